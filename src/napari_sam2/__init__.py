@@ -1,0 +1,26 @@
+"""napari-sam2: SAM 2 segmentation and tracking of z-stacks and time-lapses, in napari and from Python.
+
+The core (model, predictors, tracking session, I/O) imports no napari; the plugin is a face over it.
+"""
+
+try:
+    from ._version import __version__
+except ImportError:  # running from a source tree without an install
+    __version__ = "0.0.0+unknown"
+
+from .model import CheckpointError, load_model
+
+__all__ = ["CheckpointError", "ImagePredictor", "TrackingSession", "__version__", "load_model"]
+
+
+def __getattr__(name):
+    # Heavier faces are imported on first use so that `import napari_sam2` stays light.
+    if name == "ImagePredictor":
+        from .predictor import ImagePredictor
+
+        return ImagePredictor
+    if name == "TrackingSession":
+        from .session import TrackingSession
+
+        return TrackingSession
+    raise AttributeError(f"module 'napari_sam2' has no attribute {name!r}")
