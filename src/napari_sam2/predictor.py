@@ -1,0 +1,222 @@
+"""`ImagePredictor`: segment one 2-D image from clicks, a box or a previous mask.
+
+    set_image(image)  → the image encoder runs once (features cached)
+    predict(points=[[y, x], …], labels=[1, 0, …], box=[y0, x0, y1, x1], mask=low_res_logits)
+                      → masks at the image's own size, predicted IoU, 4h × 4w low-res logits
+
+Coordinates are napari's: (row, column) = (y, x) in pixels of the original image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model.build import resolve_device
+from .postprocess import fill_holes, remove_sprinkles
+from .preprocess import (
+    DEFAULT_PERCENTILES,
+    InputError,
+    IntensityRange,
+    as_rgb,
+    box_to_model,
+    check_finite,
+    points_to_model,
+    to_model_input,
+)
+
+#: the official predictor clamps low-res logits to this range before handing them back as mask prompts
+LOW_RES_CLAMP = 32.0
+
+
+@dataclass
+class Prediction:
+    """Result of `ImagePredictor.predict`.
+
+    masks: [M, H, W] bool (or float logits with `return_logits=True`) at the image's size;
+    iou: [M] predicted IoU; low_res_logits: [M, 4h, 4w] (256 × 256 for 1024 input), clamped to ±32, to be
+    passed back as `mask=` for refinement. M = 3 with multimask, else 1.
+    """
+
+    masks: np.ndarray
+    iou: np.ndarray
+    low_res_logits: np.ndarray
+
+    @property
+    def best(self) -> int:
+        """Index of the mask with the highest predicted IoU."""
+        return int(np.argmax(self.iou))
+
+
+def validate_points(points, labels, frame_shape) -> tuple[np.ndarray, np.ndarray]:
+    """Check clicks: [N, 2] (y, x) inside the frame, labels 0/1 of the same length."""
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise InputError(f"points must be a list of [y, x] pairs; got an array of shape {pts.shape}")
+    if labels is None:
+        labels = np.ones(len(pts), dtype=np.int32)
+    lab = np.asarray(labels).ravel()
+    if lab.shape[0] != pts.shape[0]:
+        raise InputError(f"{pts.shape[0]} points but {lab.shape[0]} labels: give one label (1 or 0) per point")
+    if not np.isin(lab, (0, 1)).all():
+        raise InputError(f"point labels must be 1 (object) or 0 (background); got {sorted(set(lab.tolist()))}")
+    h, w = frame_shape
+    outside = ~((pts[:, 0] >= 0) & (pts[:, 0] < h) & (pts[:, 1] >= 0) & (pts[:, 1] < w))
+    if outside.any():
+        raise InputError(
+            f"point {pts[outside][0].tolist()} (y, x) lies outside the image of size {h} × {w}; "
+            "coordinates are (row, column) in pixels"
+        )
+    return pts, lab.astype(np.int32)
+
+
+def validate_box(box, frame_shape) -> np.ndarray:
+    """Check a box [y0, x0, y1, x1]: four numbers, non-zero area, overlapping the frame."""
+    b = np.asarray(box, dtype=np.float64).ravel()
+    if b.shape != (4,):
+        raise InputError(f"a box is [y0, x0, y1, x1]; got {b.size} numbers")
+    if b[0] == b[2] or b[1] == b[3]:
+        raise InputError(f"the box {b.tolist()} has zero area; drag a rectangle around the object")
+    h, w = frame_shape
+    if max(b[0], b[2]) < 0 or min(b[0], b[2]) >= h or max(b[1], b[3]) < 0 or min(b[1], b[3]) >= w:
+        raise InputError(f"the box {b.tolist()} lies outside the image of size {h} × {w}")
+    return b
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CUDA (the default there), nothing elsewhere."""
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class ImagePredictor:
+    """Single-image SAM 2 segmentation with napari coordinates.
+
+    precision: "auto" = bf16 autocast on CUDA, fp32 elsewhere; or "fp32" / "bf16".
+    max_hole_area / max_sprinkle_area: optional post-processing on the low-res logits (CPU; off by default as
+    in the official predictor).
+    """
+
+    def __init__(self, model, precision: str = "auto", max_hole_area: int = 0, max_sprinkle_area: int = 0):
+        self.model = model
+        self.device = model.device
+        self.precision = ("bf16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
+        self.max_hole_area = max_hole_area
+        self.max_sprinkle_area = max_sprinkle_area
+        self._features = None
+        self._embedding = None
+        self.image_shape: tuple[int, int] | None = None
+
+    @classmethod
+    def from_checkpoint(cls, name_or_path, device="auto", **kwargs) -> "ImagePredictor":
+        from .model.build import load_model
+
+        return cls(load_model(name_or_path, device=resolve_device(device)), **kwargs)
+
+    @torch.inference_mode()
+    def set_image(
+        self,
+        image,
+        channel: int | None = None,
+        channel_axis: int | None = None,
+        intensity: IntensityRange | tuple[float, float] | None = None,
+        percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    ) -> None:
+        """Encode a 2-D image (any numeric dtype, grey [Y, X] or with channels [Y, X, C]).
+
+        intensity: a fixed (low, high) range or IntensityRange; default: `percentiles` of the image.
+        """
+        array = np.asarray(image)
+        if array.ndim < 2:
+            raise InputError(f"expected a 2-D image; got an array of shape {array.shape}")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+            raise InputError(f"the image has dtype {array.dtype}; a numeric array is needed")
+        rgb = as_rgb(array, channel=channel, channel_axis=channel_axis)
+        check_finite(rgb)
+        if intensity is None:
+            intensity = IntensityRange.from_percentiles(rgb, percentiles)
+        elif not isinstance(intensity, IntensityRange):
+            intensity = IntensityRange(*intensity)
+        x = to_model_input(intensity.apply(rgb), self.model.image_size)[None].to(self.device)
+        self.set_preprocessed(x, rgb.shape[:2])
+
+    @torch.inference_mode()
+    def set_preprocessed(self, model_input: torch.Tensor, image_shape: tuple[int, int]) -> None:
+        """Encode an already preprocessed input [1, 3, S, S]; `image_shape` (H, W) is what masks come back at."""
+        with autocast_context(self.device, self.precision):
+            self._features = self.model.encode_image(model_input.to(self.device))
+            self._embedding = self.model.image_embedding(self._features)
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._features is not None
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        points=None,
+        labels=None,
+        box=None,
+        mask=None,
+        multimask: bool = True,
+        return_logits: bool = False,
+    ) -> Prediction:
+        """Masks for prompts on the current image.
+
+        points: [[y, x], …] (row, col) pixels; labels: 1 object / 0 background per point (default all 1);
+        box: [y0, x0, y1, x1]; mask: low-res logits [4h, 4w] or [1, 4h, 4w] from an earlier prediction.
+        """
+        if self._features is None:
+            raise RuntimeError("no image is set: call set_image(image) before predict()")
+        size = self.model.image_size
+        coords, point_labels = [], []
+        if box is not None:
+            b = validate_box(box, self.image_shape)
+            coords.append(box_to_model(b, self.image_shape, size))
+            point_labels.append(np.array([2, 3], dtype=np.int32))
+        if points is not None and len(points):
+            pts, lab = validate_points(points, labels, self.image_shape)
+            coords.append(points_to_model(pts, self.image_shape, size))
+            point_labels.append(lab)
+        mask_prompt = None
+        if mask is not None:
+            m = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
+            low = self.model.cfg.low_res_mask_size
+            if m.shape[-2:] != (low, low):
+                raise InputError(
+                    f"mask prompt has shape {tuple(m.shape)}; pass the {low} × {low} low_res_logits of an earlier "
+                    "prediction"
+                )
+            mask_prompt = m.reshape(1, 1, low, low).to(self.device)
+        if not coords and mask_prompt is None:
+            raise InputError("no prompt: give points, a box or a mask")
+        point_coords = point_lab = None
+        if coords:
+            point_coords = torch.from_numpy(np.concatenate(coords))[None].to(self.device)
+            point_lab = torch.from_numpy(np.concatenate(point_labels))[None].to(self.device)
+        with autocast_context(self.device, self.precision):
+            out = self.model.decode(
+                self._embedding,
+                self._features.high_res,
+                point_coords,
+                point_lab,
+                mask_prompt=mask_prompt,
+                multimask=multimask,
+                object_gate=False,
+                pad_when_empty=False,
+            )
+        raw = out.multi_logits.float()
+        cleaned = remove_sprinkles(fill_holes(raw, self.max_hole_area, fill_value=10.0), self.max_sprinkle_area)
+        masks = self.model.upsample_logits(cleaned, self.image_shape)[0]
+        if not return_logits:
+            masks = masks > 0.0
+        return Prediction(
+            masks=masks.cpu().numpy(),
+            iou=out.multi_ious[0].float().cpu().numpy(),
+            low_res_logits=torch.clamp(raw[0], -LOW_RES_CLAMP, LOW_RES_CLAMP).cpu().numpy(),
+        )
