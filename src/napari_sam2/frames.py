@@ -1,0 +1,165 @@
+"""Lazy frame sources: one 2-D frame at a time out of any array-like stack, never the whole stack.
+
+A stack is anything indexable with numpy semantics and a `.shape` (numpy arrays and memmaps, zarr arrays,
+dask arrays, tifffile's zarr stores): the stream axis (z or t) plus (Y, X), and optionally a channel axis.
+`FrameSource` reads frame i as `np.asarray(stack[..., i, ...])`, so a 2,000-frame stack costs the memory
+of one frame (plus a small read-ahead).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange, as_rgb, check_finite, to_model_input
+
+
+class FrameSource:
+    """Frames of a stack along `axis`, preprocessed for a model of input size `image_size`.
+
+    stack: [..., N (at `axis`), ..., Y, X] with an optional channel axis (`channel_axis`, counted in the
+    full stack's axes); `channel` picks one channel of multichannel data (None keeps 3-channel RGB).
+    intensity: one range for the whole stack (default: `percentiles` of up to `sample_frames` frames).
+    preprocessed: the stack already holds network inputs [N, 3, S, S] (ImageNet-normalised float), e.g. to
+    reproduce another preprocessing exactly; then `frame_shape` gives the (H, W) masks come back at.
+    """
+
+    def __init__(
+        self,
+        stack,
+        image_size: int,
+        axis: int = 0,
+        channel: int | None = None,
+        channel_axis: int | None = None,
+        intensity: IntensityRange | tuple[float, float] | None = None,
+        percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+        sample_frames: int = 16,
+        preprocessed: bool = False,
+        frame_shape: tuple[int, int] | None = None,
+        read_ahead: int = 2,
+    ):
+        if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
+            stack = np.asarray(stack)
+        self.stack = stack
+        self.image_size = image_size
+        self.preprocessed = preprocessed
+        shape = tuple(int(s) for s in stack.shape)
+        ndim = len(shape)
+        self.num_frames = shape[axis] if -ndim <= axis < ndim else 0
+        if preprocessed:
+            if ndim != 4 or shape[1] != 3 or shape[2] != shape[3] or shape[2] != image_size:
+                raise InputError(f"preprocessed frames must be [N, 3, {image_size}, {image_size}]; got {shape}")
+            self.axis, self.channel_axis = 0, None
+            self.frame_shape = tuple(frame_shape) if frame_shape else (image_size, image_size)
+            self.intensity = None
+        else:
+            if ndim < 3:
+                raise InputError(
+                    f"a stack needs a z/t axis plus (Y, X); got {ndim} dimension(s) {shape}. "
+                    "For a single 2-D image use ImagePredictor"
+                )
+            if not -ndim <= axis < ndim:
+                raise InputError(f"axis {axis} is out of range for a stack of shape {shape} ({ndim} axes)")
+            self.axis = axis % ndim
+            if channel_axis is None and ndim >= 4 and shape[-1] <= 16 and self.axis != ndim - 1:
+                channel_axis = ndim - 1  # a short trailing axis is channels (RGB, or a few fluorophores)
+            if channel_axis is not None:
+                if not -ndim <= channel_axis < ndim:
+                    raise InputError(f"channel axis {channel_axis} is out of range for shape {shape}")
+                channel_axis %= ndim
+                if channel_axis == self.axis:
+                    raise InputError("the channel axis and the stream axis must differ")
+            self.channel_axis = channel_axis
+            spatial = [i for i in range(ndim) if i not in (self.axis, channel_axis)]
+            if len(spatial) != 2:
+                raise InputError(
+                    f"after the stream axis ({self.axis}) and channel axis ({channel_axis}) the stack of shape "
+                    f"{shape} must have exactly 2 spatial axes (Y, X), not {len(spatial)}; pick the axes"
+                )
+            if channel_axis is not None:
+                n_ch = shape[channel_axis]
+                if channel is None and n_ch not in (1, 3, 4):
+                    raise InputError(f"the stack has {n_ch} channels; choose one with channel=<index> (0…{n_ch - 1})")
+                if channel is not None and not -n_ch <= channel < n_ch:
+                    raise InputError(f"channel {channel} does not exist: the stack has {n_ch} channels")
+            elif channel is not None:
+                raise InputError(f"channel={channel} was given but the stack of shape {shape} has no channel axis")
+            self.channel = channel
+            self.frame_shape = (shape[spatial[0]], shape[spatial[1]])
+            if isinstance(intensity, IntensityRange) or intensity is None:
+                self.intensity = intensity
+            else:
+                self.intensity = IntensityRange(*intensity)
+            if self.intensity is None:
+                self.intensity = self._stack_intensity(percentiles, sample_frames)
+        self.num_frames = shape[self.axis]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam2-read") if read_ahead else None
+        self.read_ahead = read_ahead
+        self._pending: dict[int, Future] = {}
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def raw_frame(self, index: int) -> np.ndarray:
+        """Frame `index` as stored: [Y, X] or [Y, X, C] (channels moved last)."""
+        self.check_index(index)
+        key = [slice(None)] * len(self.stack.shape)
+        key[self.axis] = index
+        frame = np.asarray(self.stack[tuple(key)])
+        if self.channel_axis is not None:
+            ch = self.channel_axis - (1 if self.channel_axis > self.axis else 0)
+            frame = np.moveaxis(frame, ch, -1)
+        return frame
+
+    def check_index(self, index: int) -> None:
+        if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_frames:
+            raise InputError(f"frame {index} is outside the stack (frames 0…{self.num_frames - 1})")
+
+    def _stack_intensity(self, percentiles, sample_frames) -> IntensityRange:
+        """One intensity range for the whole stack from evenly spaced frames (so masks don't flicker)."""
+        n = int(self.stack.shape[self.axis])
+        picks = np.unique(np.linspace(0, n - 1, min(n, sample_frames)).round().astype(int))
+        values = []
+        for i in picks:
+            frame = self._rgb(self.raw_frame(int(i)))
+            check_finite(frame, f"frame {i}")
+            values.append(frame[:: max(1, frame.shape[0] // 256), :: max(1, frame.shape[1] // 256)].ravel())
+        try:
+            return IntensityRange.from_percentiles(np.concatenate(values), percentiles)
+        except InputError as exc:
+            raise InputError(f"{exc} (sampled {len(picks)} frames of the stack)") from None
+
+    def _rgb(self, frame: np.ndarray) -> np.ndarray:
+        return as_rgb(frame, channel=self.channel, channel_axis=-1 if frame.ndim == 3 else None)
+
+    def _load(self, index: int) -> torch.Tensor:
+        if self.preprocessed:
+            return torch.as_tensor(np.asarray(self.stack[index]), dtype=torch.float32)
+        rgb = self._rgb(self.raw_frame(index))
+        check_finite(rgb, f"frame {index}")
+        if np.ptp(rgb) == 0:
+            raise InputError(
+                f"frame {index} is constant (every pixel {rgb.flat[0]}); nothing can be segmented there — "
+                "skip it with propagate(start=…, stop=…) or check the channel"
+            )
+        return to_model_input(self.intensity.apply(rgb), self.image_size)
+
+    def model_input(self, index: int, upcoming: list[int] = ()) -> torch.Tensor:
+        """Network input [3, S, S] for frame `index`; starts reading `upcoming` frames in the background."""
+        self.check_index(index)
+        future = self._pending.pop(index, None)
+        tensor = future.result() if future is not None else self._load(index)
+        if self._pool is not None:
+            for nxt in list(upcoming)[: self.read_ahead]:
+                if 0 <= nxt < self.num_frames and nxt not in self._pending:
+                    self._pending[nxt] = self._pool.submit(self._load, nxt)
+        # forget stale read-aheads (e.g. after a change of direction) so memory stays bounded
+        for stale in [k for k in self._pending if k not in upcoming]:
+            self._pending.pop(stale).cancel()
+        return tensor
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

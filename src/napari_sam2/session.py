@@ -1,0 +1,655 @@
+"""`TrackingSession`: SAM 2's streaming memory carries prompted objects through a z-stack or time-lapse.
+
+Data flow of one tracked frame, for every object at once:
+
+    frame (lazy read, stack-wide intensity) → image encoder (LRU feature cache)
+      → memory attention over the object's memory bank (conditioning frames + recent frames + pointers)
+      → mask decoder (mask logits, predicted IoU, object score, object pointer)
+      → memory encoder (the new memory of this frame) → pruned memory bank → FrameResult
+
+What the session keeps, per object, and why (everything else is dropped as soon as no future frame can use it,
+so memory does not grow with the stack length):
+  * prompts per frame (points, box, mask) — to re-run and to save them as provenance;
+  * conditioning frames (every prompted frame): memory, pointer, mask logits — attended by every frame;
+  * tracked frames: the pointer, object score and IoU (≈ 1 KiB) of every tracked frame, and the memory
+    (bf16, as the official predictor stores it) of frames within `num_maskmem − 1` of the current frame or of a
+    conditioning frame (a later pass in the other direction starts from there); pointers likewise within 15;
+  * mask logits of tracked frames in an LRU budget (`result_cache_bytes`): used when a correction lands on a
+    tracked frame (the previous mask is a prompt, as in the official predictor).
+
+Two presets:
+  "default"  corrections stick: a prompt on a tracked frame makes it a conditioning frame; propagation only
+             recomputes frames a prompt has made stale (after it up to the object's next conditioning frame, in
+             the direction it was tracked) and never overwrites a prompted frame; small holes are filled on the
+             CPU (≤ 8 px, as the official predictor does on a GPU).
+  "parity"   the official video predictor exactly (facebookresearch/sam2 2b90b9f, CPU): a correction on a
+             tracked frame is a non-conditioning output that the next propagation over it recomputes; every
+             frame in range is recomputed; no hole filling (the official CPU path skips it).
+Coordinates are napari's: (row, col) = (y, x) in pixels of the frame.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .frames import FrameSource
+from .model.sam2 import NO_OBJECT_LOGIT, ImageFeatures, Memory, Pointer
+from .postprocess import fill_holes
+from .predictor import autocast_context, validate_box, validate_points
+from .preprocess import InputError, box_to_model, points_to_model
+
+#: official: prompt logits fed back with a correction are clamped to ±32
+PROMPT_LOGIT_CLAMP = 32.0
+#: official: at most 16 object pointers (the current frame's 15 predecessors + conditioning frames)
+MAX_POINTER_FRAMES = 16
+
+PRESETS = {
+    "default": {"sticky_corrections": True, "fill_hole_area": 8, "recompute_all": False, "keep_all_memories": False},
+    "parity": {"sticky_corrections": False, "fill_hole_area": 0, "recompute_all": True, "keep_all_memories": True},
+}
+
+
+@dataclass
+class Prompt:
+    """The prompts of one object on one frame, in napari pixels of the frame.
+
+    points [N, 2] (y, x), labels [N] (1/0), box [4] (y0, x0, y1, x1) or None, mask [H, W] bool or None.
+    """
+
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int32))
+    box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    @property
+    def num_points(self) -> int:
+        """Points as the network sees them (a box counts as its two corners)."""
+        return len(self.points) + (2 if self.box is not None else 0)
+
+
+@dataclass
+class FrameOutput:
+    """One object's output on one frame (device tensors, batch 1).
+
+    logits [1, 1, 4h, 4w] fp32 low-res mask logits (after hole filling when on; None once evicted);
+    memory [1, mem, h, w] bf16 (None: pruned, or not encoded yet); pointer [1, d] (None: pruned);
+    score [1, 1] object-score logit; iou: predicted IoU.
+    pending_memory: made by a prompt; its memory is encoded at the next propagation from the binarised mask
+    (official: propagate_in_video_preflight), so that several clicks on a frame cost one memory encoding.
+    """
+
+    logits: torch.Tensor | None
+    memory: torch.Tensor | None
+    pointer: torch.Tensor | None
+    score: torch.Tensor
+    iou: float
+    pending_memory: bool = False
+
+
+class ObjectTrack:
+    """Everything the session knows about one object."""
+
+    def __init__(self, obj_id: int):
+        self.obj_id = obj_id
+        self.prompts: dict[int, Prompt] = {}
+        self.cond: dict[int, FrameOutput] = {}  # conditioning frames, in the order they were made
+        self.tracked: dict[int, FrameOutput] = {}  # non-conditioning frames
+        self.visited: dict[int, bool] = {}  # frames a propagation has passed → was it a reverse pass
+        self.stale: set[int] = set()  # tracked frames that a later prompt has invalidated
+
+    def output(self, frame: int) -> FrameOutput | None:
+        """The current output on `frame`: a pending correction first (parity preset), then the prompt's."""
+        tracked = self.tracked.get(frame)
+        if tracked is not None and tracked.pending_memory:
+            return tracked
+        return self.cond.get(frame) or tracked
+
+
+@dataclass
+class FrameResult:
+    """Result of one frame, for every object that has an output on it.
+
+    obj_ids [K]; logits [K, H, W] float32 mask logits at the frame's size; masks [K, H, W] bool (logit > 0);
+    labels [H, W] uint32 (object id per pixel, overlaps to the higher logit); scores [K] object-score logits
+    (≤ 0: the object is absent / occluded, its mask empty); ious [K] predicted IoU; computed: the ids whose
+    output was (re)computed in this call (others were taken from the session's store).
+    """
+
+    frame: int
+    obj_ids: list[int]
+    logits: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    ious: np.ndarray
+    computed: list[int]
+
+    @property
+    def present(self) -> np.ndarray:
+        """[K] bool: the object-score head says the object is on this frame."""
+        return self.scores > 0
+
+
+class FeatureCache:
+    """LRU cache of per-frame image features with a byte budget (the encoder is the costly step)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[int, ImageFeatures] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def get(self, frame: int) -> ImageFeatures | None:
+        item = self._items.get(frame)
+        if item is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(frame)
+        return item
+
+    def put(self, frame: int, features: ImageFeatures) -> None:
+        if frame in self._items:
+            self._bytes -= self._items.pop(frame).nbytes
+        self._items[frame] = features
+        self._bytes += features.nbytes
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    def __contains__(self, frame: int) -> bool:
+        return frame in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+
+class TrackingSession:
+    """Prompt objects on any frame of a stack and propagate them with SAM 2's memory.
+
+    model: a `SAM2Model` (e.g. `napari_sam2.load_model("sam2.1_hiera_tiny")`).
+    stack: array-like with the stream axis `axis` plus (Y, X) and optionally channels (see `FrameSource`).
+    preset: "default" (sticky corrections, CPU hole filling) or "parity" (the official predictor's behaviour).
+    feature_cache_bytes: budget of the image-feature LRU (≈ 16 MiB per frame at 1024²).
+    result_cache_bytes: budget of retained mask logits of tracked frames (for corrections and re-yields).
+    num_frames: the stack length the pointer encoding assumes (default: the stack's; the official normalises
+        pointer distances by min(num_frames, 16) − 1).
+    Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
+    frame_shape, read_ahead).
+    """
+
+    def __init__(
+        self,
+        model,
+        stack,
+        axis: int = 0,
+        preset: str = "default",
+        precision: str = "auto",
+        feature_cache_bytes: int = 1 << 30,
+        result_cache_bytes: int = 256 << 20,
+        fill_hole_area: int | None = None,
+        num_frames: int | None = None,
+        **frame_options,
+    ):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        options = PRESETS[preset]
+        self.model = model
+        self.device = model.device
+        self.cfg = model.cfg
+        self.preset = preset
+        self.sticky_corrections = options["sticky_corrections"]
+        self.recompute_all = options["recompute_all"]
+        self.keep_all_memories = options["keep_all_memories"]
+        self.fill_hole_area = options["fill_hole_area"] if fill_hole_area is None else fill_hole_area
+        self.precision = ("bf16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
+        self.frames = FrameSource(stack, model.image_size, axis=axis, **frame_options)
+        self.num_frames = num_frames or len(self.frames)
+        self.frame_shape = self.frames.frame_shape
+        self.features = FeatureCache(feature_cache_bytes)
+        self.result_cache_bytes = result_cache_bytes
+        self._result_lru: OrderedDict[tuple[int, int], int] = OrderedDict()  # (obj, frame) → bytes
+        self._result_bytes = 0
+        self.objects: dict[int, ObjectTrack] = {}
+        self._lock = threading.RLock()  # the widget prompts from the GUI thread while a worker may propagate
+        self.encoder_runs = 0
+
+    # ------------------------------------------------------------------ frames and features
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def _features(self, frame: int, upcoming: list[int] = ()) -> ImageFeatures:
+        feats = self.features.get(frame)
+        if feats is None:
+            x = self.frames.model_input(frame, upcoming)[None].to(self.device, non_blocking=True)
+            with torch.inference_mode(), autocast_context(self.device, self.precision):
+                feats = self.model.encode_image(x)
+            self.encoder_runs += 1
+            self.features.put(frame, feats)
+        return feats
+
+    def encode_frames(self, frames=None, progress=None) -> None:
+        """Encode frames ahead of prompting (the widget does this in the background). progress(i, n)."""
+        frames = list(range(len(self.frames))) if frames is None else list(frames)
+        for i, frame in enumerate(frames):
+            with self._lock:
+                self._features(frame, frames[i + 1 : i + 3])
+            if progress is not None:
+                progress(i + 1, len(frames))
+
+    # ------------------------------------------------------------------ prompts
+    @property
+    def obj_ids(self) -> list[int]:
+        return list(self.objects)
+
+    def _object(self, obj_id: int, create: bool = False) -> ObjectTrack:
+        if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool) or obj_id <= 0:
+            raise InputError(f"object ids are positive integers (the label value); got {obj_id!r}")
+        obj_id = int(obj_id)
+        if obj_id not in self.objects:
+            if not create:
+                raise InputError(f"unknown object id {obj_id}; known objects: {self.obj_ids or 'none yet'}")
+            self.objects[obj_id] = ObjectTrack(obj_id)
+        return self.objects[obj_id]
+
+    def add_prompt(
+        self,
+        frame: int,
+        obj_id: int,
+        points=None,
+        labels=None,
+        box=None,
+        mask=None,
+        replace: bool = False,
+    ) -> FrameResult:
+        """Prompt object `obj_id` on `frame` and return that frame's result at once.
+
+        points [[y, x], …] with labels (1 object / 0 background, default 1) are added to the frame's earlier
+        clicks (replace=True starts over); box [y0, x0, y1, x1] replaces the frame's box; mask [H, W] bool
+        replaces all prompts of the frame. Only the decoder runs when the frame's features are cached.
+        """
+        self.frames.check_index(frame)
+        has_points = points is not None and len(points) > 0
+        if not has_points and box is None and mask is None:
+            raise InputError("no prompt: give points, a box or a mask")
+        if mask is not None and (has_points or box is not None):
+            raise InputError("give either a mask or points/box for one frame, not both")
+        # validate everything before touching any state
+        pts = lab = bx = m = None
+        if has_points:
+            pts, lab = validate_points(points, labels, self.frame_shape)
+        if box is not None:
+            bx = validate_box(box, self.frame_shape)
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.shape != tuple(self.frame_shape):
+                raise InputError(f"the mask has shape {m.shape}; it must match the frame size {self.frame_shape}")
+            m = m.astype(bool)
+        with self._lock, torch.inference_mode():
+            obj = self._object(obj_id, create=True)
+            old = obj.prompts.get(frame)
+            if m is not None or old is None or old.mask is not None or replace:
+                prompt = Prompt()
+            else:
+                prompt = Prompt(old.points.copy(), old.labels.copy(), old.box)
+            if m is not None:
+                prompt.mask = m
+            if pts is not None:
+                prompt.points = np.concatenate([prompt.points.reshape(-1, 2), pts])
+                prompt.labels = np.concatenate([prompt.labels, lab]).astype(np.int32)
+            if bx is not None:
+                prompt.box = bx
+            obj.prompts[frame] = prompt
+            self._run_prompt(obj, frame, prompt)
+            return self._result(frame, computed=[obj.obj_id])
+
+    def _run_prompt(self, obj: ObjectTrack, frame: int, prompt: Prompt) -> None:
+        """The official add_new_points_or_box / add_new_mask step for one object.
+
+        A frame no propagation has visited is an initial conditioning frame (no memory). On a visited frame
+        the prompt is a correction: the frame is conditioned on the object's memory bank in the direction it
+        was tracked, and its previous mask logits join the clicks as a mask prompt.
+        """
+        is_first = frame not in obj.visited
+        reverse = False if is_first else obj.visited[frame]
+        previous = obj.output(frame)
+        feats = self._features(frame)
+        with autocast_context(self.device, self.precision):
+            if prompt.mask is not None:
+                mask = torch.from_numpy(prompt.mask).float()[None, None].to(self.device)
+                size = self.model.image_size
+                if mask.shape[-2:] != (size, size):
+                    mask = F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                    mask = (mask >= 0.5).float()
+                out = self.model.mask_as_output(feats, mask)
+            else:
+                coords, labels = self._prompt_points(prompt)
+                if is_first:
+                    embedding = self.model.image_embedding(feats)
+                else:
+                    embedding = self._conditioned(obj, frame, feats, reverse)
+                prev_logits = None
+                if previous is not None and previous.logits is not None:
+                    prev_logits = previous.logits.clamp(-PROMPT_LOGIT_CLAMP, PROMPT_LOGIT_CLAMP)
+                out = self.model.decode(
+                    embedding,
+                    feats.high_res,
+                    coords,
+                    labels,
+                    mask_prompt=prev_logits,
+                    multimask=prompt.num_points <= 1,  # one click (or none) is ambiguous: best of three
+                )
+        result = FrameOutput(
+            logits=fill_holes(out.logits.float(), self.fill_hole_area),
+            memory=None,
+            pointer=out.object_pointer.float(),
+            score=out.object_score.float(),
+            iou=float(out.iou.float().flatten()[0]),
+            pending_memory=True,
+        )
+        self._forget_result(obj.obj_id, frame)
+        if is_first or self.sticky_corrections:
+            obj.tracked.pop(frame, None)
+            obj.cond[frame] = result
+            if not is_first:
+                self._invalidate_after_prompt(obj, frame)
+        else:  # parity: a correction is a non-conditioning output, recomputed by the next pass over it
+            obj.tracked[frame] = result
+            self._remember_result(obj.obj_id, frame, result)
+        obj.stale.discard(frame)
+
+    def _prompt_points(self, prompt: Prompt):
+        size = self.model.image_size
+        coords, labels = [], []
+        if prompt.box is not None:
+            coords.append(box_to_model(prompt.box, self.frame_shape, size))
+            labels.append(np.array([2, 3], dtype=np.int32))
+        if len(prompt.points):
+            coords.append(points_to_model(prompt.points, self.frame_shape, size))
+            labels.append(prompt.labels.astype(np.int32))
+        c = torch.from_numpy(np.concatenate(coords))[None].to(self.device)
+        lab = torch.from_numpy(np.concatenate(labels))[None].to(self.device)
+        return c, lab
+
+    def _invalidate_after_prompt(self, obj: ObjectTrack, frame: int) -> None:
+        """A new conditioning frame makes stale the frames whose memory chain runs through it."""
+        later = [c for c in obj.cond if c > frame]
+        earlier = [c for c in obj.cond if c < frame]
+        stop_fwd = min(later) if later else self.num_frames
+        stop_rev = max(earlier) if earlier else -1
+        for f in obj.tracked:
+            reverse = obj.visited.get(f, False)
+            if (frame < f < stop_fwd and not reverse) or (stop_rev < f < frame and reverse):
+                obj.stale.add(f)
+
+    def clear_prompts(self, frame: int, obj_id: int) -> None:
+        """Remove the prompts of `obj_id` on `frame`; its result there reverts to a tracked (stale) frame."""
+        with self._lock:
+            obj = self._object(obj_id)
+            obj.prompts.pop(frame, None)
+            tracked = obj.tracked.get(frame)
+            if tracked is not None and tracked.pending_memory:
+                del obj.tracked[frame]
+            out = obj.cond.pop(frame, None)
+            if out is not None:  # as the official: the output stays as a tracked one, the frame unvisited
+                out.pending_memory = False
+                obj.tracked[frame] = out
+                obj.visited.pop(frame, None)
+                obj.stale.add(frame)
+                self._invalidate_after_prompt(obj, frame)
+
+    def remove_object(self, obj_id: int) -> None:
+        with self._lock:
+            self._object(obj_id)
+            del self.objects[int(obj_id)]
+            for key in [k for k in self._result_lru if k[0] == int(obj_id)]:
+                self._result_bytes -= self._result_lru.pop(key)
+
+    def reset(self) -> None:
+        """Forget all objects and prompts (image features stay cached)."""
+        with self._lock:
+            self.objects.clear()
+            self._result_lru.clear()
+            self._result_bytes = 0
+
+    # ------------------------------------------------------------------ memory
+    def _conditioned(self, obj_or_objs, frame: int, feats: ImageFeatures, reverse: bool) -> torch.Tensor:
+        """Memory-conditioned embedding [B, d, h, w] for one object (or several with the same bank layout)."""
+        objs = obj_or_objs if isinstance(obj_or_objs, list) else [obj_or_objs]
+        banks = [self._memory_bank(o, frame, reverse) for o in objs]
+        memories = [
+            Memory(torch.cat([b[0][i][1] for b in banks], dim=0), banks[0][0][i][0]) for i in range(len(banks[0][0]))
+        ]
+        pointers = [
+            Pointer(torch.cat([b[1][i][1] for b in banks], dim=0), banks[0][1][i][0]) for i in range(len(banks[0][1]))
+        ]
+        batch = feats.select([0] * len(objs))
+        max_ptrs = min(self.num_frames, self.cfg.max_obj_ptrs_in_encoder)
+        return self.model.condition_on_memory(batch, memories, pointers, max_ptrs - 1)
+
+    def _memory_bank(self, obj: ObjectTrack, frame: int, reverse: bool):
+        """The official memory selection for `obj` at `frame` → ([(tpos index, memory)], [(distance, pointer)])."""
+        nmem = self.cfg.num_maskmem
+        memories = [(nmem - 1, out.memory) for out in obj.cond.values() if out.memory is not None]
+        step = 1 if reverse else -1  # where "previous" frames lie
+        for t_pos in range(1, nmem):
+            out = obj.tracked.get(frame + step * (nmem - t_pos))
+            if out is not None and out.memory is not None:
+                memories.append((nmem - t_pos - 1, out.memory))
+        max_ptrs = min(self.num_frames, self.cfg.max_obj_ptrs_in_encoder)
+        sign = -1 if reverse else 1
+        pointers = []
+        for t, out in obj.cond.items():
+            if (t >= frame) if reverse else (t <= frame):
+                dist = (frame - t) * sign if self.cfg.use_signed_tpos_enc_to_obj_ptrs else abs(frame - t)
+                pointers.append((dist, out.pointer))
+        for t_diff in range(1, max_ptrs):
+            t = frame + step * t_diff
+            if t < 0 or t >= self.num_frames:
+                break
+            out = obj.tracked.get(t)
+            if out is not None and out.pointer is not None:
+                pointers.append((t_diff, out.pointer))
+        return memories, pointers
+
+    def _bank_signature(self, obj: ObjectTrack, frame: int, reverse: bool):
+        mems, ptrs = self._memory_bank(obj, frame, reverse)
+        return tuple(i for i, _ in mems), tuple(d for d, _ in ptrs)
+
+    def _preflight(self) -> None:
+        """Before a pass (official propagate_in_video_preflight): encode the memories of prompted frames from
+        their stored low-res logits (upsampled, binarised), and drop tracked outputs of conditioning frames."""
+        size = self.model.image_size
+        for obj in self.objects.values():
+            for frame, out in list(obj.tracked.items()) + list(obj.cond.items()):
+                if out.pending_memory:
+                    feats = self._features(frame)
+                    high = F.interpolate(out.logits, size=(size, size), mode="bilinear", align_corners=False)
+                    with autocast_context(self.device, self.precision):
+                        memory = self.model.encode_memory(feats, high, out.score, binarize=True)
+                    out.memory = memory.to(torch.bfloat16)
+                    out.pending_memory = False
+            for frame in obj.cond:
+                if obj.tracked.pop(frame, None) is not None:
+                    self._forget_result(obj.obj_id, frame)
+
+    def _prune(self, obj: ObjectTrack, frame: int, reverse: bool) -> None:
+        """Drop the memories and pointers of tracked frames that neither the rest of this pass nor a later pass
+        starting at a conditioning frame can attend to: memories num_maskmem − 1 or more frames behind the
+        current frame, pointers 15 or more (and as far from every conditioning frame)."""
+        if self.keep_all_memories:
+            return
+        keep_mem = self.cfg.num_maskmem - 1
+        keep_ptr = MAX_POINTER_FRAMES - 1
+        conds = list(obj.cond)
+        for f, out in obj.tracked.items():
+            behind = (f - frame) if reverse else (frame - f)  # > 0 for frames this pass has left behind
+            near_cond = min((abs(f - c) for c in conds), default=self.num_frames)
+            # the next frame reads memories 1…keep_mem frames back, so `keep_mem` behind is already unused;
+            # a pass from a conditioning frame c reads c±1 … c±(keep_mem − 1)
+            if behind >= keep_mem and near_cond >= keep_mem:
+                out.memory = None
+            if behind >= keep_ptr and near_cond >= keep_ptr:
+                out.pointer = None
+
+    # ------------------------------------------------------------------ results kept for corrections
+    def _remember_result(self, obj_id: int, frame: int, out: FrameOutput) -> None:
+        key = (obj_id, frame)
+        size = out.logits.numel() * out.logits.element_size()
+        self._forget_result(obj_id, frame)
+        self._result_lru[key] = size
+        self._result_bytes += size
+        while self._result_bytes > self.result_cache_bytes and self._result_lru:
+            (oid, f), nbytes = self._result_lru.popitem(last=False)
+            self._result_bytes -= nbytes
+            victim = self.objects.get(oid)
+            if victim is not None and f in victim.tracked:
+                victim.tracked[f].logits = None
+
+    def _forget_result(self, obj_id: int, frame: int) -> None:
+        nbytes = self._result_lru.pop((obj_id, frame), None)
+        if nbytes is not None:
+            self._result_bytes -= nbytes
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(self, direction: str = "forward", start: int | None = None, stop: int | None = None):
+        """Track every object frame by frame; a generator of `FrameResult`.
+
+        direction: "forward", "backward" or "both" (forward, then backward from the same start).
+        start: first frame (default: the earliest prompted frame of any object); stop: last frame, inclusive
+        (default: the stack's end in that direction). Stopping the generator between two frames (cancel)
+        leaves every finished frame valid. In the default preset, frames that no prompt has made stale are
+        skipped (nothing to recompute), prompted frames are yielded from their prompt.
+        """
+        if direction not in ("forward", "backward", "both"):
+            raise InputError(f"direction must be 'forward', 'backward' or 'both'; got {direction!r}")
+        with self._lock:
+            if not self.objects:
+                raise InputError("nothing to propagate: add a prompt (points, box or mask) on some frame first")
+            missing = [o.obj_id for o in self.objects.values() if not o.cond and not o.prompts]
+            if missing:
+                raise InputError(f"objects {missing} have no prompt on any frame; prompt them or remove them")
+            if start is None:
+                start = min(f for o in self.objects.values() for f in o.cond)
+            self.frames.check_index(start)
+            if stop is not None:
+                self.frames.check_index(stop)
+            if direction == "both" and stop is not None:
+                raise InputError("stop applies to one direction: propagate 'forward' and 'backward' separately")
+        last = len(self.frames) - 1
+        passes = []
+        if direction in ("forward", "both"):
+            passes.append((list(range(start, (last if stop is None else stop) + 1)), False))
+        if direction in ("backward", "both") and start > 0:  # the official skips a reverse pass from frame 0
+            passes.append((list(range(start, (0 if stop is None else stop) - 1, -1)), True))
+        for order, reverse in passes:
+            yield from self._propagate_pass(order, reverse)
+
+    def _propagate_pass(self, order: list[int], reverse: bool):
+        with self._lock, torch.inference_mode():
+            self._preflight()
+        for i, frame in enumerate(order):
+            with self._lock, torch.inference_mode():
+                todo = [
+                    o
+                    for o in self.objects.values()
+                    if frame not in o.cond and (self.recompute_all or frame not in o.tracked or frame in o.stale)
+                ]
+                has_cond = any(frame in o.cond for o in self.objects.values())
+                if todo:
+                    self._track_frame(frame, todo, reverse, order[i + 1 : i + 3])
+                for o in self.objects.values():
+                    o.visited[frame] = reverse
+                if not todo and not has_cond and not self.recompute_all:
+                    continue  # nothing changed on this frame
+                result = self._result(frame, computed=[o.obj_id for o in todo])
+            yield result
+
+    def _track_frame(self, frame: int, objects: list[ObjectTrack], reverse: bool, upcoming: list[int]) -> None:
+        """One frame for several objects: shared encoder pass, batched where the memory banks line up."""
+        feats = self._features(frame, upcoming)
+        groups: dict[tuple, list[ObjectTrack]] = {}
+        for obj in objects:
+            groups.setdefault(self._bank_signature(obj, frame, reverse), []).append(obj)
+        for group in groups.values():
+            with autocast_context(self.device, self.precision):
+                embedding = self._conditioned(group, frame, feats, reverse)
+                batch = feats.select([0] * len(group))
+                out = self.model.decode(embedding, batch.high_res, multimask=True)
+                high = self.model.upsample_logits(out.logits)
+                memory = self.model.encode_memory(batch, high, out.object_score, binarize=False)
+            logits = fill_holes(out.logits.float(), self.fill_hole_area)
+            for k, obj in enumerate(group):
+                result = FrameOutput(
+                    logits=logits[k : k + 1],
+                    memory=memory[k : k + 1].to(torch.bfloat16),  # stored in bf16, as the official does
+                    pointer=out.object_pointer[k : k + 1].float(),
+                    score=out.object_score[k : k + 1].float(),
+                    iou=float(out.iou[k].float()),
+                )
+                obj.tracked[frame] = result
+                obj.stale.discard(frame)
+                self._remember_result(obj.obj_id, frame, result)
+                self._prune(obj, frame, reverse)
+
+    # ------------------------------------------------------------------ results
+    def _result(self, frame: int, computed: list[int]) -> FrameResult:
+        ids, lows, scores, ious = [], [], [], []
+        for obj in self.objects.values():
+            out = obj.output(frame)
+            if out is None or out.logits is None:
+                continue
+            ids.append(obj.obj_id)
+            lows.append(out.logits)
+            scores.append(float(out.score.flatten()[0]))
+            ious.append(out.iou)
+        h, w = self.frame_shape
+        if ids:
+            logits = self.model.upsample_logits(torch.cat(lows, dim=0), (h, w))[:, 0].cpu().numpy()
+        else:
+            logits = np.zeros((0, h, w), dtype=np.float32)
+        masks = logits > 0
+        labels = np.zeros((h, w), dtype=np.uint32)
+        if ids:
+            best = np.argmax(logits, axis=0)
+            any_fg = masks.any(axis=0)
+            labels[any_fg] = np.asarray(ids, dtype=np.uint32)[best[any_fg]]
+        return FrameResult(
+            frame=frame,
+            obj_ids=ids,
+            logits=logits.astype(np.float32, copy=False),
+            masks=masks,
+            labels=labels,
+            scores=np.asarray(scores, dtype=np.float32),
+            ious=np.asarray(ious, dtype=np.float32),
+            computed=list(computed),
+        )
+
+    def result(self, frame: int) -> FrameResult:
+        """The stored result of `frame` (objects whose logits are no longer retained are left out)."""
+        self.frames.check_index(frame)
+        with self._lock:
+            return self._result(frame, computed=[])
+
+    def close(self) -> None:
+        self.frames.close()
+        self.features.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+__all__ = ["FrameResult", "NO_OBJECT_LOGIT", "Prompt", "TrackingSession"]
