@@ -78,8 +78,8 @@ class IntensityRange:
 def as_rgb(frame: np.ndarray, channel: int | None = None, channel_axis: int | None = None) -> np.ndarray:
     """A 2-D frame as [Y, X, 3]: grey is replicated; one channel of a multichannel frame is picked.
 
-    frame: [Y, X], or [Y, X, C] / [C, Y, X] with `channel_axis` saying where C is (default: last axis if it
-    has 3 or 4 entries and the frame is 3-D). `channel=None` on a 3-channel frame keeps it as RGB.
+    frame: [Y, X], or [Y, X, C] / [C, Y, X] with `channel_axis` saying where C is (default: the shorter of
+    the first and last axes). `channel=None` on a 3-channel frame keeps it as RGB.
     """
     frame = np.asarray(frame)
     if frame.ndim == 2:
@@ -89,8 +89,8 @@ def as_rgb(frame: np.ndarray, channel: int | None = None, channel_axis: int | No
             f"expected a 2-D image (Y, X) or one with channels (Y, X, C); got shape {frame.shape}. "
             "For a stack, use TrackingSession or pick one frame"
         )
-    if channel_axis is None:
-        channel_axis = -1 if frame.shape[-1] <= 4 else 0
+    if channel_axis is None:  # channels are the short axis: (Y, X, C) or (C, Y, X)
+        channel_axis = -1 if frame.shape[-1] <= frame.shape[0] else 0
     frame = np.moveaxis(frame, channel_axis, -1)
     n = frame.shape[-1]
     if channel is not None:
