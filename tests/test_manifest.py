@@ -1,0 +1,24 @@
+"""The npe2 manifest is valid and its sample-data commands give napari layer data."""
+
+from pathlib import Path
+
+import pytest
+
+npe2 = pytest.importorskip("npe2")
+
+import napari_sam2  # noqa: E402
+
+MANIFEST = Path(napari_sam2.__file__).parent / "napari.yaml"
+
+
+def test_manifest_parses_and_sample_data_loads():
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    assert manifest.name == "napari-sam2"
+    keys = {s.key for s in manifest.contributions.sample_data}
+    assert keys == {"nuclei_timelapse", "nuclei_timelapse_16bit", "nuclei_zstack"}
+    for command in manifest.contributions.commands:
+        module, func = command.python_name.split(":")
+        layers = getattr(__import__(module, fromlist=[func]), func)()
+        (image, image_kw, image_type), (labels, labels_kw, labels_type) = layers
+        assert (image_type, labels_type) == ("image", "labels")
+        assert image.shape == labels.shape and labels.max() > 0
