@@ -41,9 +41,7 @@ def partition_windows(grid: torch.Tensor, window: int) -> tuple[torch.Tensor, tu
     return windows.reshape(-1, window, window, c), (hp, wp)
 
 
-def merge_windows(
-    windows: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
-) -> torch.Tensor:
+def merge_windows(windows: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
     """Inverse of `partition_windows`: windows [B·nh·nw, window, window, C] → grid [B, H, W, C].
 
     `padded_hw` is the padded grid the windows tile, `hw` the size kept (the padding is cut off).
