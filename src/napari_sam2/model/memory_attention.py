@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from .transformer import Attention
 
 
 @functools.lru_cache(maxsize=16)
@@ -64,7 +65,7 @@ def grid_side(num_tokens: int) -> int:
     return side
 
 
-class RoPEAttention(nn.Module):
+class RoPEAttention(Attention):
     """Multi-head attention with 2-D axial rotary position encoding on queries and (spatial) keys.
 
     q_proj: embedding_dim → inner (= embedding_dim // downsample_rate), k_proj / v_proj: kv_in_dim → inner,
@@ -86,28 +87,13 @@ class RoPEAttention(nn.Module):
         rope_theta: float = 10000.0,
         rope_k_repeat: bool = False,
     ) -> None:
-        super().__init__()
-        self.embedding_dim = embedding_dim
-        self.kv_in_dim = embedding_dim if kv_in_dim is None else kv_in_dim
-        self.internal_dim = embedding_dim // downsample_rate
-        self.num_heads = num_heads
-        if self.internal_dim % num_heads:
-            raise ValueError(f"num_heads={num_heads} must divide the inner width {self.internal_dim}")
+        super().__init__(embedding_dim, num_heads, downsample_rate, dropout, kv_in_dim)
         self.head_dim = self.internal_dim // num_heads
         if self.head_dim % 4:
             raise ValueError(f"axial RoPE needs a head dim divisible by 4, got {self.head_dim}")
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
-        self.dropout_p = dropout
         self.feat_size = feat_size
         self.rope_theta = float(rope_theta)
         self.rope_k_repeat = rope_k_repeat
-
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, N, inner] → [B, heads, N, head_dim]."""
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0
@@ -118,9 +104,9 @@ class RoPEAttention(nn.Module):
         The last `num_k_exclude_rope` keys (object pointers) are not rotated; the others must be whole
         frames of the query grid (exactly one frame without `rope_k_repeat`).
         """
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
+        q = self.split_heads(self.q_proj(q))
+        k = self.split_heads(self.k_proj(k))
+        v = self.split_heads(self.v_proj(v))
 
         num_queries, num_keys = q.shape[-2], k.shape[-2]
         num_rope_keys = num_keys - num_k_exclude_rope
@@ -143,7 +129,7 @@ class RoPEAttention(nn.Module):
 
         dropout_p = self.dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        return self.out_proj(self.merge_heads(out))
 
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu}
