@@ -13,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import torch
 
+from .embedding_cache import frame_digest
 from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange, as_rgb, check_finite, to_model_input
 
 
@@ -24,6 +25,7 @@ class FrameSource:
     intensity: one range for the whole stack (default: `percentiles` of up to `sample_frames` frames).
     preprocessed: the stack already holds network inputs [N, 3, S, S] (ImageNet-normalised float), e.g. to
     reproduce another preprocessing exactly; then `frame_shape` gives the (H, W) masks come back at.
+    read_ahead: frames prepared ahead on a background thread; pin_memory: return page-locked tensors (CUDA).
     """
 
     def __init__(
@@ -39,6 +41,7 @@ class FrameSource:
         preprocessed: bool = False,
         frame_shape: tuple[int, int] | None = None,
         read_ahead: int = 2,
+        pin_memory: bool = False,
     ):
         if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
             stack = np.asarray(stack)
@@ -97,6 +100,8 @@ class FrameSource:
         self.num_frames = shape[self.axis]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam2-read") if read_ahead else None
         self.read_ahead = read_ahead
+        self.pin_memory = pin_memory
+        self.digests = False  # set by a session that persists features (embedding_cache)
         self._pending: dict[int, Future] = {}
 
     def __len__(self) -> int:
@@ -134,23 +139,34 @@ class FrameSource:
     def _rgb(self, frame: np.ndarray) -> np.ndarray:
         return as_rgb(frame, channel=self.channel, channel_axis=-1 if frame.ndim == 3 else None)
 
-    def _load(self, index: int) -> torch.Tensor:
+    def _load(self, index: int) -> tuple[torch.Tensor, bytes | None]:
+        """(network input [3, S, S], digest of the frame's pixels or None); runs on the read-ahead thread."""
         if self.preprocessed:
-            return torch.as_tensor(np.asarray(self.stack[index]), dtype=torch.float32)
-        rgb = self._rgb(self.raw_frame(index))
-        check_finite(rgb, f"frame {index}")
-        if np.ptp(rgb) == 0:
-            raise InputError(
-                f"frame {index} is constant (every pixel {rgb.flat[0]}); nothing can be segmented there — "
-                "skip it with propagate(start=…, stop=…) or check the channel"
-            )
-        return to_model_input(self.intensity.apply(rgb), self.image_size)
+            pixels = np.asarray(self.stack[index])
+            tensor = torch.as_tensor(pixels, dtype=torch.float32)
+        else:
+            pixels = self.raw_frame(index)
+            rgb = self._rgb(pixels)
+            check_finite(rgb, f"frame {index}")
+            if np.ptp(rgb) == 0:
+                raise InputError(
+                    f"frame {index} is constant (every pixel {rgb.flat[0]}); nothing can be segmented there — "
+                    "skip it with propagate(start=…, stop=…) or check the channel"
+                )
+            tensor = to_model_input(self.intensity.apply(rgb), self.image_size)
+        if self.pin_memory:  # page-locked, so the upload to the GPU can overlap with compute
+            tensor = tensor.pin_memory()
+        return tensor, (frame_digest(pixels) if self.digests else None)
 
     def model_input(self, index: int, upcoming: list[int] = ()) -> torch.Tensor:
         """Network input [3, S, S] for frame `index`; starts reading `upcoming` frames in the background."""
+        return self.model_input_and_digest(index, upcoming)[0]
+
+    def model_input_and_digest(self, index: int, upcoming: list[int] = ()) -> tuple[torch.Tensor, bytes | None]:
+        """`model_input` plus the frame's pixel digest (None unless `digests` is on; see embedding_cache)."""
         self.check_index(index)
         future = self._pending.pop(index, None)
-        tensor = future.result() if future is not None else self._load(index)
+        loaded = future.result() if future is not None else self._load(index)
         if self._pool is not None:
             for nxt in list(upcoming)[: self.read_ahead]:
                 if 0 <= nxt < self.num_frames and nxt not in self._pending:
@@ -158,7 +174,7 @@ class FrameSource:
         # forget stale read-aheads (e.g. after a change of direction) so memory stays bounded
         for stale in [k for k in self._pending if k not in upcoming]:
             self._pending.pop(stale).cancel()
-        return tensor
+        return loaded
 
     def close(self) -> None:
         if self._pool is not None:

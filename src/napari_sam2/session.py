@@ -30,6 +30,7 @@ Coordinates are napari's: (row, col) = (y, x) in pixels of the frame.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .embedding_cache import EmbeddingStore, model_fingerprint
 from .frames import FrameSource
 from .model.sam2 import NO_OBJECT_LOGIT, ImageFeatures, Memory, Pointer
 from .postprocess import fill_holes
@@ -102,6 +104,10 @@ class ObjectTrack:
         self.tracked: dict[int, FrameOutput] = {}  # non-conditioning frames
         self.visited: dict[int, bool] = {}  # frames a propagation has passed → was it a reverse pass
         self.stale: set[int] = set()  # tracked frames that a later prompt has invalidated
+        # tracked frames still holding a memory / a pointer: pruning looks only at these, so its cost per
+        # frame stays constant however long the stack is
+        self.holding_memory: set[int] = set()
+        self.holding_pointer: set[int] = set()
 
     def output(self, frame: int) -> FrameOutput | None:
         """The current output on `frame`: a pending correction first (parity preset), then the prompt's."""
@@ -184,6 +190,9 @@ class TrackingSession:
     result_cache_bytes: budget of retained mask logits of tracked frames (for corrections and re-yields).
     num_frames: the stack length the pointer encoding assumes (default: the stack's; the official normalises
         pointer distances by min(num_frames, 16) − 1).
+    embedding_cache: a directory in which image features are also kept on disk (zarr, one store per model
+        + preprocessing + stack; see `embedding_cache.py`), so a second propagation beyond the in-memory budget
+        or a re-opened session over the same data runs the image encoder on no frame again.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
     frame_shape, read_ahead).
     """
@@ -199,6 +208,7 @@ class TrackingSession:
         result_cache_bytes: int = 256 << 20,
         fill_hole_area: int | None = None,
         num_frames: int | None = None,
+        embedding_cache: str | os.PathLike | None = None,
         **frame_options,
     ):
         if preset not in PRESETS:
@@ -213,6 +223,7 @@ class TrackingSession:
         self.keep_all_memories = options["keep_all_memories"]
         self.fill_hole_area = options["fill_hole_area"] if fill_hole_area is None else fill_hole_area
         self.precision = ("bf16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
+        frame_options.setdefault("pin_memory", self.device.type == "cuda")
         self.frames = FrameSource(stack, model.image_size, axis=axis, **frame_options)
         self.num_frames = num_frames or len(self.frames)
         self.frame_shape = self.frames.frame_shape
@@ -223,18 +234,41 @@ class TrackingSession:
         self.objects: dict[int, ObjectTrack] = {}
         self._lock = threading.RLock()  # the widget prompts from the GUI thread while a worker may propagate
         self.encoder_runs = 0
+        self.embeddings = None if embedding_cache is None else self._open_embedding_cache(embedding_cache)
 
     # ------------------------------------------------------------------ frames and features
     def __len__(self) -> int:
         return len(self.frames)
 
+    def _open_embedding_cache(self, cache_dir) -> EmbeddingStore:
+        f = self.frames
+        key_parts = {
+            "model": model_fingerprint(self.model),
+            "image_size": self.model.image_size,
+            "precision": self.precision,
+            "stack": {"shape": list(f.stack.shape), "dtype": str(getattr(f.stack, "dtype", "")), "axis": f.axis},
+            "channel": [f.channel, f.channel_axis],
+            "intensity": None if f.intensity is None else [float(f.intensity.low), float(f.intensity.high)],
+            "preprocessed": f.preprocessed,
+        }
+        f.digests = True
+        return EmbeddingStore.open(cache_dir, key_parts, len(f))
+
     def _features(self, frame: int, upcoming: list[int] = ()) -> ImageFeatures:
+        """Features of `frame`: from the in-memory LRU, else the disk cache, else the image encoder."""
         feats = self.features.get(frame)
         if feats is None:
-            x = self.frames.model_input(frame, upcoming)[None].to(self.device, non_blocking=True)
-            with torch.inference_mode(), autocast_context(self.device, self.precision):
-                feats = self.model.encode_image(x)
-            self.encoder_runs += 1
+            x, digest = self.frames.model_input_and_digest(frame, upcoming)
+            if self.embeddings is not None:
+                feats = self.embeddings.get(frame, digest)
+            if feats is not None:
+                feats = feats.to(self.device, non_blocking=True)
+            else:
+                with torch.inference_mode(), autocast_context(self.device, self.precision):
+                    feats = self.model.encode_image(x[None].to(self.device, non_blocking=True))
+                self.encoder_runs += 1
+                if self.embeddings is not None:
+                    self.embeddings.put(frame, digest, feats)
             self.features.put(frame, feats)
         return feats
 
@@ -404,6 +438,8 @@ class TrackingSession:
             if out is not None:  # as the official: the output stays as a tracked one, the frame unvisited
                 out.pending_memory = False
                 obj.tracked[frame] = out
+                obj.holding_memory.add(frame)
+                obj.holding_pointer.add(frame)
                 obj.visited.pop(frame, None)
                 obj.stale.add(frame)
                 self._invalidate_after_prompt(obj, frame)
@@ -492,15 +528,22 @@ class TrackingSession:
         keep_mem = self.cfg.num_maskmem - 1
         keep_ptr = MAX_POINTER_FRAMES - 1
         conds = list(obj.cond)
-        for f, out in obj.tracked.items():
+
+        def unused(f: int, reach: int) -> bool:
             behind = (f - frame) if reverse else (frame - f)  # > 0 for frames this pass has left behind
             near_cond = min((abs(f - c) for c in conds), default=self.num_frames)
             # the next frame reads memories 1…keep_mem frames back, so `keep_mem` behind is already unused;
             # a pass from a conditioning frame c reads c±1 … c±(keep_mem − 1)
-            if behind >= keep_mem and near_cond >= keep_mem:
-                out.memory = None
-            if behind >= keep_ptr and near_cond >= keep_ptr:
-                out.pointer = None
+            return behind >= reach and near_cond >= reach
+
+        for f in [f for f in obj.holding_memory if unused(f, keep_mem)]:
+            obj.holding_memory.discard(f)
+            if f in obj.tracked:
+                obj.tracked[f].memory = None
+        for f in [f for f in obj.holding_pointer if unused(f, keep_ptr)]:
+            obj.holding_pointer.discard(f)
+            if f in obj.tracked:
+                obj.tracked[f].pointer = None
 
     # ------------------------------------------------------------------ results kept for corrections
     def _remember_result(self, obj_id: int, frame: int, out: FrameOutput) -> None:
@@ -598,6 +641,8 @@ class TrackingSession:
                     iou=float(out.iou[k].float()),
                 )
                 obj.tracked[frame] = result
+                obj.holding_memory.add(frame)
+                obj.holding_pointer.add(frame)
                 obj.stale.discard(frame)
                 self._remember_result(obj.obj_id, frame, result)
                 self._prune(obj, frame, reverse)
@@ -652,4 +697,4 @@ class TrackingSession:
         self.close()
 
 
-__all__ = ["FrameResult", "NO_OBJECT_LOGIT", "Prompt", "TrackingSession"]
+__all__ = ["NO_OBJECT_LOGIT", "FrameResult", "Prompt", "TrackingSession"]
