@@ -10,7 +10,16 @@ except ImportError:  # running from a source tree without an install
 
 from .model import CheckpointError, load_model
 
-__all__ = ["CheckpointError", "ImagePredictor", "TrackingSession", "__version__", "load_model"]
+__all__ = [
+    "CheckpointError",
+    "ImagePredictor",
+    "PromptSet",
+    "TrackResult",
+    "TrackingSession",
+    "__version__",
+    "load_model",
+    "track",
+]
 
 
 def __getattr__(name):
@@ -23,4 +32,12 @@ def __getattr__(name):
         from .session import TrackingSession
 
         return TrackingSession
+    if name in ("track", "TrackResult"):
+        from . import api
+
+        return getattr(api, name)
+    if name == "PromptSet":
+        from .prompts import PromptSet
+
+        return PromptSet
     raise AttributeError(f"module 'napari_sam2' has no attribute {name!r}")

@@ -1,0 +1,89 @@
+"""napari reader and writer contributions for napari-sam2 result stores (OME-Zarr 0.5); no napari import needed.
+
+Reader: a store written by napari-sam2 opens as Image (the stored frames, if any) + Labels (lazy, zarr-backed)
++ Tracks (t-stacks with objects); any other path gives None so napari asks the next reader.
+Writer: a Labels layer is saved as a result store (`io.results.save_result`), with the prompts found in the layer's
+metadata under "napari_sam2" → "prompts" (a `PromptSet.to_dict()`), if the widget put them there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .io.results import is_result_store, open_result, save_result
+
+__all__ = ["get_reader", "read_result", "write_labels"]
+
+
+def get_reader(path):
+    """npe2 reader command: a function returning layer data for our stores, else None (never raises)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        if not is_result_store(path):
+            return None
+    except Exception:  # noqa: BLE001  (a reader must never raise: napari then asks the next one)
+        return None
+    return read_result
+
+
+def read_result(path) -> list[tuple]:
+    """[(data, kwargs, layer_type), ...]: image (if stored), labels, and tracks (time-lapses with objects)."""
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    result = open_result(path)
+    name = Path(path).name
+    for ext in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+    scale = tuple(result.scale) if result.scale else None
+    common = {"scale": scale} if scale else {}
+    meta = {"napari_sam2": {"path": str(path), "provenance": result.provenance, "axes": result.axes}}
+    layers = []
+    if result.image is not None:
+        layers.append((result.image, {"name": f"{name} image", **common}, "image"))
+    labels_kwargs = {"name": f"{name} labels", "metadata": meta, **common}
+    layers.append((result.labels, labels_kwargs, "labels"))
+    if result.axes[0] == "t" and result.colors:
+        from .analysis import tracks_from_labels
+
+        data, graph = tracks_from_labels(result.labels)
+        if len(data):
+            track_kwargs = {"name": f"{name} tracks", "graph": graph}
+            if scale:
+                track_kwargs["scale"] = scale
+            layers.append((data, track_kwargs, "tracks"))
+    return layers
+
+
+def write_labels(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Labels: [T|Z, Y, X] or [T, Z, Y, X] (a 2-D layer is saved as one frame)."""
+    from .prompts import PromptSet
+
+    array = data
+    ndim = len(array.shape)
+    if ndim == 2:
+        array = np.asarray(array)[None]
+        ndim = 3
+    axes_labels = [str(a).lower()[:1] for a in (meta.get("axis_labels") or ())]
+    if ndim == 3:
+        axes = "zyx" if axes_labels[:1] == ["z"] else "tyx"
+    elif ndim == 4:
+        axes = "tzyx"
+    else:
+        raise ValueError(f"napari-sam2 saves 2-D to 4-D labels; this layer has shape {tuple(data.shape)}")
+    scale = meta.get("scale")
+    if scale is not None:
+        scale = [float(s) for s in scale]
+        scale = ([1.0] * (ndim - len(scale)) + scale)[-ndim:]
+    ours = (meta.get("metadata") or {}).get("napari_sam2") or {}
+    prompts = PromptSet.from_dict(ours["prompts"]) if ours.get("prompts") else None
+    provenance = {"source": "napari writer", "layer": meta.get("name")}
+    if ours.get("provenance"):
+        provenance["original"] = {k: v for k, v in ours["provenance"].items() if k != "prompts"}
+    save_result(path, array, axes=axes, prompts=prompts, provenance=provenance, scale=scale, overwrite=True)
+    return [str(path)]

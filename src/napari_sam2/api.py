@@ -1,0 +1,442 @@
+"""`napari_sam2.track`: prompts in, tracked label stack out — the scripted face of `TrackingSession`.
+
+    import napari_sam2
+    result = napari_sam2.track("movie.tif", "prompts.csv", model="sam2.1_hiera_tiny", out="movie.ome.zarr")
+    result.labels        # [T, Y, X] uint32, lazy (zarr) — or numpy when out=None
+    result.confidence    # rows: frame, obj_id, score, iou, present, area
+    result.tracks        # napari Tracks data [N, 4] (track_id, t, y, x); result.graph its {child: [parent]}
+
+No model logic lives here: prompts are applied to a `TrackingSession`, every `FrameResult` that propagation yields
+is written at once to a `LabelStore` (so a killed run leaves a valid store with its finished frames), and the tables
+come from `napari_sam2.analysis`. Coordinates are napari's (row, col) = (y, x) pixels of a frame.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import registry
+from .analysis import export_ctc, region_table, tracks_from_labels, write_csv
+from .io.ome_zarr import LabelStore, StoreExistsError
+from .io.readers import OpenedStack, open_stack, parse_window, resolve_axis
+from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange
+from .prompts import PromptSet
+
+__all__ = ["ModelNameError", "TrackResult", "sidecar_path", "track"]
+
+DIRECTIONS = ("forward", "backward", "both")
+
+
+class ModelNameError(InputError):
+    """A model name that is neither in the registry nor an existing checkpoint file."""
+
+
+@dataclass
+class TrackResult:
+    """What `track` produced.
+
+    labels: [N, H, W] uint32 object ids along the stream axis (lazy zarr array when written to a store, else
+    numpy). confidence: one row per (frame, object) the model output: frame, obj_id, score (object-score logit;
+    <= 0: absent), iou (predicted IoU), present, area (pixels in the final labels). regions: the regionprops table
+    (`analysis.region_table`: area, centroid, bbox, mean intensity, score, iou, track id). tracks / graph: napari
+    Tracks layer data [M, 4] (track_id, t, y, x) and {child track: [parent track]}. path: the store (None without
+    `out`); csv_path / ctc_path: files written next to it. frames_written: distinct frames written by this call.
+    """
+
+    labels: Any
+    axes: str
+    prompts: PromptSet
+    confidence: list[dict] = field(default_factory=list)
+    regions: list[dict] = field(default_factory=list)
+    tracks: np.ndarray | None = None
+    graph: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    path: Path | None = None
+    csv_path: Path | None = None
+    ctc_path: Path | None = None
+    frames_written: list[int] = field(default_factory=list)
+    store: LabelStore | None = None
+
+
+def sidecar_path(out: str | os.PathLike, suffix: str) -> Path:
+    """A file next to a store: `cells.ome.zarr` + "regions.csv" → `cells_regions.csv`."""
+    out = Path(out)
+    stem = out.name
+    for ext in (".ome.zarr", ".zarr"):
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
+            break
+    return out.parent / f"{stem}_{suffix}"
+
+
+def track(
+    stack,
+    prompts=None,
+    model: str | os.PathLike | Any | None = None,
+    axis: int | str | None = 0,
+    out: str | os.PathLike | None = None,
+    direction: str = "both",
+    channel: int | None = None,
+    device: str = "auto",
+    window=None,
+    resume: bool = False,
+    ctc: str | os.PathLike | None = None,
+    progress: Callable[[int, int], Any] | None = None,
+    *,
+    seed_frame: int = 0,
+    overwrite: bool = False,
+    preset: str = "default",
+    save_image: bool = True,
+    tables: bool = True,
+    scale=None,
+) -> TrackResult:
+    """Track the prompted objects through a stack; write the labels frame by frame as they are computed.
+
+    stack: an array-like [..., N at `axis`, ..., Y, X] (+ optional channel axis), or a path (TIFF, Zarr/OME-Zarr,
+        .npy, NIfTI; see `io.readers.open_stack`). axis: the stream axis, an index or "t"/"z" (None: t, else z).
+    prompts: a `PromptSet`; a `.json`/`.csv` prompts file; or seed labels — a [H, W] label image (or its path, or
+        a [N, H, W] label stack) whose every object on `seed_frame` becomes a mask prompt (obj_id = label value).
+    model: registry name (default "sam2.1_hiera_tiny"), checkpoint path, or a loaded `SAM2Model`.
+    out: OME-Zarr store to write (refused if it exists, unless `overwrite` or `resume`); None keeps labels in memory.
+    direction: "forward", "backward" or "both" from the first prompted frame. Frames outside the tracked range
+        (e.g. before the first prompt with "forward") are written empty at the end.
+    channel: channel of multichannel data. window: fixed intensity window (lo, hi), "lo,hi" or an IntensityRange
+        (e.g. CT "-1000,400") instead of percentile scaling. device: "auto", "cpu", "cuda", "mps".
+    progress: called as progress(frames_done, frames_total) after each frame; raising from it (e.g.
+        KeyboardInterrupt) stops the run and leaves a valid store.
+    ctc: folder for a Cell Tracking Challenge export (res_track.txt + maskTTT.tif). tables=False skips the region
+        table, tracks and CSV. scale: physical size per store axis. save_image: copy the frames into the store.
+
+    Resume (resume=True on an existing store): the prompts, direction, channel, window and preset recorded in the
+    store are used (prompts given here must equal them; a different checkpoint is refused). SAM 2's memory of a
+    frame depends on every frame tracked before it, so the run is *replayed* from the recorded prompts in the
+    original order and only the writes that did not complete before the interruption are made (a finished frame is
+    rewritten only where the original run writes it twice, e.g. the prompted start frame of a "both" run, whose
+    backward pass yields it again), so the labels are identical to those of an uninterrupted run. The price is recomputing the
+    finished part (on a GPU, minutes for thousands of frames). resume=True on a path that does not exist starts a
+    new run, so a cluster job can always be resubmitted with the same command line.
+    """
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
+    opened = _open_input(stack)
+    data = opened.data
+    shape = opened.shape
+    ax = resolve_axis(axis, opened.axes, len(shape), opened.axes_known)
+    channel_axis = _channel_axis(opened, ax)
+    frame_shape = _frame_shape(shape, ax, channel_axis)
+    n_frames = shape[ax]
+    letter = _stream_letter(axis, opened.axes[ax])
+    store_shape = (n_frames, *frame_shape)
+
+    # ---- the output store: refuse clobbering before anything slow happens
+    store: LabelStore | None = None
+    recorded: dict = {}
+    out_path = None if out is None else Path(out)
+    if out_path is not None and (out_path.exists() or out_path.is_symlink()):
+        if resume:
+            store = LabelStore.open(out_path, mode="r+")
+            recorded = store.provenance
+            if store.shape != store_shape:
+                raise InputError(
+                    f"{out_path} holds labels of shape {store.shape} but this stack gives {store_shape}; "
+                    "resume it with the stack (and axis/channel) it was made from"
+                )
+        elif not overwrite:
+            raise StoreExistsError(
+                f"{out_path} already exists; pass overwrite=True (--overwrite) to replace it or resume=True "
+                "(--resume) to finish an interrupted run"
+            )
+
+    # ---- settings: a resumed run replays what the store recorded
+    settings = recorded.get("settings", {})
+    if store is not None:
+        direction = settings.get("direction", direction)
+        preset = settings.get("preset", preset)
+        channel = settings.get("channel", channel)
+        window = settings.get("window", window)
+    intensity = window if isinstance(window, IntensityRange) else parse_window(window)
+    prompt_set = _as_prompts(prompts, seed_frame, data, ax, frame_shape)
+    if store is not None:
+        stored = PromptSet.from_dict(recorded.get("prompts") or {}, source=f"{out_path} (recorded prompts)")
+        if prompt_set is not None and prompt_set != stored:
+            raise InputError(
+                f"the prompts given differ from those recorded in {out_path}; resume without prompts (the recorded "
+                "ones are used) or write to a new output"
+            )
+        prompt_set = stored
+    if prompt_set is None or not len(prompt_set):
+        raise InputError("no prompts: give a PromptSet, a prompts file (.json/.csv) or seed labels")
+    prompt_set.validate(n_frames, frame_shape)
+
+    # ---- model
+    if model is None:
+        model = recorded.get("model", {}).get("source") or registry.DEFAULT_MODEL
+    net, model_record = _load_model(model, device)
+    recorded_sha = recorded.get("model", {}).get("checkpoint_sha256")
+    if recorded_sha and model_record["checkpoint_sha256"] and recorded_sha != model_record["checkpoint_sha256"]:
+        raise InputError(
+            f"{out_path} was made with checkpoint {recorded.get('model', {}).get('source')} (SHA-256 "
+            f"{recorded_sha[:12]}…); resuming with another model ({model_record['source']}) would mix two models"
+        )
+
+    from .session import TrackingSession
+
+    session = TrackingSession(
+        net, data, axis=ax, preset=preset, channel=channel, channel_axis=channel_axis, intensity=intensity
+    )
+    image_view = _ImageView(session.frames, channel) if (channel is not None or channel_axis is None) else None
+    settings = {
+        "direction": direction,
+        "preset": preset,
+        "axis": ax,
+        "axis_name": letter,
+        "channel": channel,
+        "channel_axis": channel_axis,
+        "window": None if intensity is None else [intensity.low, intensity.high],
+        "intensity": [session.frames.intensity.low, session.frames.intensity.high],
+        "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
+        "input": str(opened.path) if opened.format != "array" else "array",
+        "input_shape": list(shape),
+        "device": str(net.device),
+    }
+    writes_done = 0
+    if store is not None:
+        writes_done = int(recorded.get("writes", 0))
+    elif out_path is not None:
+        try:
+            store = LabelStore.create(
+                out_path,
+                store_shape,
+                axes=letter + "yx",
+                image=image_view if save_image else None,
+                scale=scale if scale is not None else _store_scale(opened, ax, channel_axis),
+                provenance={
+                    "model": model_record,
+                    "prompts": prompt_set.to_dict(),
+                    "settings": settings,
+                    "status": "running",
+                    "writes": 0,
+                },
+                overwrite=overwrite,
+            )
+        except BaseException:
+            session.close()
+            raise
+
+    # ---- propagate, writing every yielded frame at once
+    labels_mem = np.zeros(store_shape, dtype=np.uint32) if store is None else None
+    finished = set(store.finished_frames()) if store is not None else set()
+    scores: dict[tuple[int, int], tuple[float, float]] = {}
+    areas: dict[tuple[int, int], int] = {}
+    written: list[int] = []
+    write_index = 0
+
+    def emit(frame: int, labels: np.ndarray) -> None:
+        nonlocal write_index
+        if write_index >= writes_done:  # on resume, writes made before the interruption are skipped
+            if store is not None:
+                store.write_frame(frame, labels)
+                store.update_provenance({"writes": write_index + 1})
+            else:
+                labels_mem[frame] = labels
+            finished.add(frame)
+            if frame not in written:
+                written.append(frame)
+        write_index += 1
+        if progress is not None:
+            progress(len(finished), n_frames)
+
+    try:
+        prompt_set.apply(session)
+        covered: set[int] = set()
+        for result in session.propagate(direction):
+            counts = np.bincount(result.labels.ravel(), minlength=max(result.obj_ids, default=0) + 1)
+            for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
+                scores[(result.frame, obj)] = (float(score), float(iou))
+                areas[(result.frame, obj)] = int(counts[obj])
+            covered.add(result.frame)
+            emit(result.frame, result.labels)
+        for frame in range(n_frames):  # outside the propagated range: nothing tracked there
+            if frame not in covered:
+                emit(frame, np.zeros(frame_shape, dtype=np.uint32))
+    except BaseException:
+        session.close()
+        if store is not None:
+            try:
+                store.update_provenance({"status": "interrupted"})
+            except Exception:  # noqa: BLE001, S110  (the store may be what failed; finished frames are intact)
+                pass
+        raise
+    session.close()
+
+    labels_out = store.read_labels() if store is not None else labels_mem
+    confidence = [
+        {"frame": f, "obj_id": o, "score": s, "iou": i, "present": s > 0, "area": areas[(f, o)]}
+        for (f, o), (s, i) in sorted(scores.items())
+    ]
+    result = TrackResult(
+        labels=labels_out,
+        axes=letter + "yx",
+        prompts=prompt_set,
+        confidence=confidence,
+        path=out_path if store is not None else None,
+        frames_written=written,
+        store=store,
+    )
+    if tables:
+        intensity_image = image_view if image_view is not None else None
+        result.regions = region_table(labels_out, intensity=intensity_image, scores=scores)
+        result.tracks, result.graph = tracks_from_labels(labels_out)
+        if out_path is not None:
+            result.csv_path = write_csv(result.regions, sidecar_path(out_path, "regions.csv"))
+            write_csv(confidence, sidecar_path(out_path, "confidence.csv"))
+    if ctc is not None:
+        export_ctc(labels_out, ctc, overwrite=overwrite or resume)
+        result.ctc_path = Path(ctc)
+    if store is not None:
+        store.update_provenance({"status": "complete"})
+    result.provenance = store.provenance if store is not None else {"model": model_record, "settings": settings}
+    return result
+
+
+# ---------------------------------------------------------------------- helpers
+class _ImageView:
+    """The stack's frames as a lazy [N, H, W] (or [N, H, W, C] for RGB) array: what the store keeps as its image
+    and what the region table measures intensities in. Indexing reads one frame through the FrameSource."""
+
+    def __init__(self, frames, channel):
+        self._frames = frames
+        self._channel = channel
+        first = self[0]
+        self.shape = (len(frames), *first.shape)
+        self.dtype = first.dtype
+        self.ndim = len(self.shape)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            if len(key) != 1:
+                raise TypeError("frames are read one at a time: index with a frame number")
+            key = key[0]
+        frame = self._frames.raw_frame(int(key))
+        if self._channel is not None and frame.ndim == 3:
+            frame = frame[..., self._channel]
+        return frame
+
+
+def _open_input(stack) -> OpenedStack:
+    if isinstance(stack, OpenedStack):
+        return stack
+    if isinstance(stack, (str, os.PathLike)):
+        return open_stack(stack)
+    if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
+        stack = np.asarray(stack)
+    ndim = len(stack.shape)
+    guess = {3: "tyx", 4: "tyxc"}.get(ndim, "q" * max(0, ndim - 2) + "yx")
+    return OpenedStack(stack, guess, Path("."), "array", axes_known=False)
+
+
+def _channel_axis(opened: OpenedStack, ax: int) -> int | None:
+    shape, axes = opened.shape, opened.axes
+    if "c" in axes and axes.index("c") != ax:
+        return axes.index("c")
+    if len(shape) >= 4 and shape[-1] <= 16 and ax != len(shape) - 1:
+        return len(shape) - 1  # as FrameSource: a short trailing axis is channels
+    return None
+
+
+def _frame_shape(shape, ax, channel_axis) -> tuple[int, int]:
+    spatial = [i for i in range(len(shape)) if i not in (ax, channel_axis)]
+    if len(spatial) != 2:
+        raise InputError(
+            f"a stack of shape {shape} with stream axis {ax} has {len(spatial)} other non-channel axes; it needs "
+            "exactly (Y, X) — pick the stream axis with axis=… (a 4-D t+z stack: track one z or t at a time)"
+        )
+    return int(shape[spatial[0]]), int(shape[spatial[1]])
+
+
+def _stream_letter(axis, guessed: str) -> str:
+    if isinstance(axis, str) and axis.strip().lower() in ("t", "z"):
+        return axis.strip().lower()
+    return guessed if guessed in ("t", "z") else "t"
+
+
+def _store_scale(opened: OpenedStack, ax: int, channel_axis) -> list[float] | None:
+    if opened.scale is None or len(opened.scale) != len(opened.shape):
+        return None
+    spatial = [i for i in range(len(opened.shape)) if i not in (ax, channel_axis)]
+    scale = [opened.scale[ax], *(opened.scale[i] for i in spatial)]
+    return scale if all(s > 0 for s in scale) else None
+
+
+def _as_prompts(prompts, seed_frame: int, data, ax: int, frame_shape) -> PromptSet | None:
+    """PromptSet | prompts file | seed label image (array or path) → PromptSet (None stays None)."""
+    if prompts is None or isinstance(prompts, PromptSet):
+        return prompts
+    if isinstance(prompts, (str, os.PathLike)):
+        path = Path(prompts)
+        if path.suffix.lower() in (".json", ".csv"):
+            return PromptSet.load(path)
+        seeds = open_stack(path).data
+    else:
+        seeds = prompts
+    seeds = seeds if hasattr(seeds, "shape") else np.asarray(seeds)
+    if len(seeds.shape) == 3:
+        if not 0 <= seed_frame < seeds.shape[0]:
+            raise InputError(f"seed frame {seed_frame} is outside the seed stack of {seeds.shape[0]} frames")
+        seeds = seeds[seed_frame]
+    seeds = np.asarray(seeds)
+    if seeds.shape != tuple(frame_shape):
+        raise InputError(
+            f"the seed labels have shape {seeds.shape}; they must be one frame of the stack, {tuple(frame_shape)}"
+        )
+    n_frames = data.shape[ax]
+    if not 0 <= seed_frame < n_frames:
+        raise InputError(f"seed frame {seed_frame} is outside the stack (frames 0…{n_frames - 1})")
+    return PromptSet.from_seed_labels(seeds, seed_frame)
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _checkpoint_sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = registry.file_sha256(path)
+    return _SHA_CACHE[key]
+
+
+def _load_model(model, device):
+    """→ (SAM2Model, provenance record {source, config, checkpoint, checkpoint_sha256})."""
+    from .model import load_model
+
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            net = load_model(model, device=device)
+        except KeyError as exc:  # an unknown registry name
+            raise ModelNameError(str(exc.args[0]) if exc.args else str(exc)) from None
+        source = os.fspath(model)
+    else:
+        net = model
+        source = None
+        if device not in (None, "auto") and str(net.device) != str(device):
+            net = net.to(device)
+    checkpoint = getattr(net, "checkpoint_path", None)
+    record = {
+        "source": source or checkpoint,
+        "config": getattr(net.cfg, "name", None),
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": _checkpoint_sha256(checkpoint) if checkpoint and os.path.isfile(checkpoint) else None,
+    }
+    if checkpoint is None:
+        record["note"] = "an in-memory model without a checkpoint file: its weights cannot be identified by hash"
+    return net, record

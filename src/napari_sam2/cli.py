@@ -1,0 +1,342 @@
+"""The `napari-sam2` command: track stacks from a shell or a cluster job, manage models, inspect results.
+
+    napari-sam2 track IMAGE (--prompts FILE | --seeds LABELS [--seed-frame N]) --out OUT.ome.zarr
+                      [--model NAME|PATH] [--device auto|cpu|cuda|mps] [--axis t|z|INDEX] [--channel N]
+                      [--direction forward|backward|both] [--window LO,HI] [--ctc DIR] [--resume | --overwrite]
+                      [--no-image] [--quiet]
+    napari-sam2 models list | download NAME [--cache-dir DIR] | verify NAME|PATH [--cache-dir DIR]
+    napari-sam2 info OUT.ome.zarr
+    napari-sam2 demo [--model NAME|PATH] --out DIR [--frames N] [--size PX]
+
+Exit codes:
+    0    success
+    1    bad input or another user error (missing/unreadable file, bad prompts file, output exists, disk full...):
+         one message on stderr, no traceback
+    2    usage error (unknown option, missing argument)
+    3    model not available (not cached and not downloadable, unknown name, damaged or foreign checkpoint)
+    130  interrupted (Ctrl-C / SIGINT): frames finished so far stay in the store; continue with --resume
+Everything here is a thin face over `napari_sam2.track`, the registry and the result store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+__all__ = ["EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_MODEL", "EXIT_OK", "EXIT_USAGE", "ProgressBar", "main"]
+
+
+class ProgressBar:
+    """A plain-text progress bar on a stream (stderr), redrawn in place at most ~10 times a second."""
+
+    def __init__(self, label: str = "tracking", stream=None, width: int = 30):
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.start = time.monotonic()
+        self._last = 0.0
+        self._drawn = False
+        self._first_done: int | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self._first_done is None:
+            self._first_done = done - 1
+        if done < total and now - self._last < 0.1:
+            return
+        self._last = now
+        frac = done / total if total else 1.0
+        filled = round(frac * self.width)
+        rate = (done - self._first_done) / max(now - self.start, 1e-9)
+        bar = "#" * filled + "-" * (self.width - filled)
+        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} frames  {rate:.1f} frames/s")
+        self.stream.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-sam2",
+        description="SAM 2 tracking of z-stacks and time-lapses from the command line.",
+        epilog="Exit codes: 0 ok, 1 bad input, 2 usage, 3 model not available, 130 interrupted.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("track", help="track prompted objects through a stack into an OME-Zarr store")
+    t.add_argument("image", help="image stack: .tif/.tiff (OME-TIFF), .zarr (OME-Zarr), .npy, .nii/.nii.gz")
+    source = t.add_mutually_exclusive_group()
+    source.add_argument("--prompts", metavar="FILE", help="prompts file (.json or .csv: obj_id,frame,y,x,label; boxes)")
+    source.add_argument("--seeds", metavar="LABELS", help="label image of one frame: every object becomes a prompt")
+    t.add_argument("--seed-frame", type=int, default=0, metavar="N", help="frame the seed labels belong to (0)")
+    t.add_argument("--out", required=True, metavar="OUT.ome.zarr", help="output store (OME-Zarr 0.5)")
+    t.add_argument("--model", default=None, metavar="NAME|PATH", help="registry name or checkpoint path "
+                   "(default sam2.1_hiera_tiny; on --resume the recorded one)")  # fmt: skip
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--axis", default=None, metavar="t|z|INDEX", help="stream axis (default: t, else z, else 0)")
+    t.add_argument("--channel", type=int, default=None, metavar="N", help="channel of multichannel data")
+    t.add_argument("--direction", default="both", choices=["forward", "backward", "both"])
+    t.add_argument("--window", default=None, metavar="LO,HI",
+                   help="fixed intensity window instead of percentiles, e.g. --window=-1000,400 for CT")  # fmt: skip
+    t.add_argument("--ctc", default=None, metavar="DIR", help="also export Cell Tracking Challenge results here")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
+    mode.add_argument("--overwrite", action="store_true", help="replace an existing napari-sam2 store in --out")
+    t.add_argument("--no-image", action="store_true", help="do not copy the image into the store")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+
+    m = sub.add_parser("models", help="list, download or verify SAM 2 checkpoints")
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION")
+    msub.required = True
+    ml = msub.add_parser("list", help="the known checkpoints and whether they are cached")
+    ml.add_argument("--cache-dir", default=None)
+    md = msub.add_parser("download", help="fetch a checkpoint into the cache (checked against its SHA-256)")
+    md.add_argument("name")
+    md.add_argument("--cache-dir", default=None)
+    md.add_argument("--quiet", "-q", action="store_true")
+    mv = msub.add_parser("verify", help="check a cached checkpoint (by name) or a file against the recorded hash")
+    mv.add_argument("name", metavar="NAME|PATH")
+    mv.add_argument("--cache-dir", default=None)
+
+    i = sub.add_parser("info", help="what a result store holds")
+    i.add_argument("store", metavar="OUT.ome.zarr")
+
+    d = sub.add_parser("demo", help="track the synthetic nuclei time-lapse from its first-frame ground truth")
+    d.add_argument("--model", default=None, metavar="NAME|PATH")
+    d.add_argument("--out", required=True, metavar="DIR")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--frames", type=int, default=30, help="time points (30)")
+    d.add_argument("--size", type=int, default=256, help="frame size in pixels (256)")
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--quiet", "-q", action="store_true")
+    return parser
+
+
+def _join_negative_window(argv: list[str]) -> list[str]:
+    """argparse reads `--window -1000,400` as two options; make it `--window=-1000,400`."""
+    out = []
+    skip = False
+    for k, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--window" and k + 1 < len(argv) and argv[k + 1][:2].startswith("-") and argv[k + 1][1:2].isdigit():
+            out.append(f"--window={argv[k + 1]}")
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (see the module docstring)."""
+    argv = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler = {"track": _cmd_track, "models": _cmd_models, "info": _cmd_info, "demo": _cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        hint = f"; frames finished so far are kept in {out}; continue with --resume" if args.command == "track" else ""
+        _error(f"interrupted{hint}")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # classified below; anything unknown is re-raised
+        code = _classify(exc)
+        if code is None:
+            raise
+        _error(str(exc))
+        return code
+
+
+def _classify(exc: Exception) -> int | None:
+    from . import registry
+    from .api import ModelNameError
+    from .io.ome_zarr import LabelStoreError
+    from .model import CheckpointError
+    from .preprocess import InputError
+
+    if isinstance(exc, (registry.ModelNotAvailableError, registry.ChecksumError, ModelNameError, CheckpointError)):
+        return EXIT_MODEL
+    if isinstance(exc, (InputError, LabelStoreError, OSError, ValueError)):
+        return EXIT_INPUT
+    return None
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"napari-sam2: error: {message}\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------- track
+def _cmd_track(args) -> int:
+    from pathlib import Path
+
+    from .api import track
+    from .preprocess import InputError
+
+    out = Path(args.out)
+    resuming = args.resume and out.exists()
+    if not resuming and args.prompts is None and args.seeds is None:
+        raise InputError("give --prompts FILE or --seeds LABELS (or --resume an interrupted run in --out)")
+    _check_device(args.device)
+    bar = None if args.quiet else ProgressBar("replaying/tracking" if resuming else "tracking")
+    try:
+        result = track(
+            args.image,
+            args.prompts if args.prompts is not None else args.seeds,
+            model=args.model,
+            axis=args.axis,
+            out=out,
+            direction=args.direction,
+            channel=args.channel,
+            device=args.device,
+            window=args.window,
+            resume=args.resume,
+            ctc=args.ctc,
+            progress=bar,
+            seed_frame=args.seed_frame,
+            overwrite=args.overwrite,
+            save_image=not args.no_image,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        objects = sorted({row["obj_id"] for row in result.confidence})
+        print(f"tracked {len(objects)} object(s) over {result.labels.shape[0]} frames -> {result.path}")
+        print(f"  wrote {len(result.frames_written)} frame(s); table: {result.csv_path}")
+        if result.ctc_path is not None:
+            print(f"  Cell Tracking Challenge export: {result.ctc_path}")
+    return EXIT_OK
+
+
+def _check_device(device: str) -> None:
+    from .model.build import resolve_device
+    from .preprocess import InputError
+
+    try:
+        resolve_device(device)
+    except RuntimeError as exc:
+        raise InputError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------- models
+def _cmd_models(args) -> int:
+    from . import registry
+
+    if args.models_command == "list":
+        folder = registry.cache_dir(args.cache_dir)
+        print(f"{'name':<22} {'version':<7} {'params':>8} {'size':>9}  cached   (cache: {folder})")
+        for name in registry.list_models():
+            info = registry.model_info(name)
+            size = f"{info.file_size / 1e6:.0f} MB" if info.file_size else "?"
+            cached = "yes" if (folder / info.filename).is_file() else "no"
+            print(f"{info.name:<22} {info.version:<7} {info.params / 1e6:>7.1f}M {size:>9}  {cached}")
+        return EXIT_OK
+    if args.models_command == "download":
+        try:
+            registry.model_info(args.name)
+        except KeyError as exc:
+            from .api import ModelNameError
+
+            raise ModelNameError(exc.args[0]) from None
+        path = registry.checkpoint_path(args.name, cache_dir=args.cache_dir, download=True, progress=not args.quiet)
+        print(path)
+        return EXIT_OK
+    ok, message = registry.verify(args.name, cache_dir=args.cache_dir)
+    print(message)
+    return EXIT_OK if ok else EXIT_INPUT
+
+
+# ---------------------------------------------------------------------- info
+def _cmd_info(args) -> int:
+    from .io.results import open_result
+
+    result = open_result(args.store)
+    prov = result.provenance
+    model = prov.get("model", {})
+    settings = prov.get("settings", {})
+    n = int(result.labels.shape[0])
+    print(f"{result.path}: napari-sam2 result, axes {result.axes}, shape {tuple(result.labels.shape)}")
+    print(f"  frames finished: {len(result.finished_frames)}/{n}  status: {prov.get('status', '?')}")
+    print(f"  objects: {len(result.colors)} ({_short(sorted(result.colors))})")
+    print(f"  image stored: {'yes' if result.image is not None else 'no'}  scale: {result.scale}")
+    if model:
+        sha = model.get("checkpoint_sha256")
+        print(f"  model: {model.get('source')} (config {model.get('config')}, sha256 {sha[:16] + '…' if sha else '-'})")
+    if result.prompts is not None:
+        print(f"  prompts: {len(result.prompts)} on frames {_short(result.prompts.frames)}")
+    if settings:
+        keys = ("direction", "axis_name", "channel", "window", "preset", "input")
+        print("  settings: " + ", ".join(f"{k}={settings.get(k)}" for k in keys if k in settings))
+    print(f"  created {prov.get('created', '?')} by napari-sam2 {prov.get('package_version', '?')}")
+    if len(result.finished_frames) < n:
+        print("  incomplete: finish it with `napari-sam2 track IMAGE --out STORE --resume`")
+    return EXIT_OK
+
+
+def _short(values, limit: int = 12) -> str:
+    values = list(values)
+    text = ", ".join(str(v) for v in values[:limit])
+    return text + (f", … ({len(values)} in all)" if len(values) > limit else "")
+
+
+# ---------------------------------------------------------------------- demo
+def _cmd_demo(args) -> int:
+    from pathlib import Path
+
+    import tifffile
+
+    from .api import track
+    from .sample_data import nuclei_timelapse, write_ctc_ground_truth
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_device(args.device)
+    sample = nuclei_timelapse(n_frames=args.frames, shape=(args.size, args.size))
+    image_path = out / "nuclei.tif"
+    tifffile.imwrite(image_path, sample.image, metadata={"axes": "TYX"})
+    tifffile.imwrite(out / "seeds.tif", sample.labels[0])
+    write_ctc_ground_truth(sample, out / "01_GT", overwrite=True)
+    bar = None if args.quiet else ProgressBar("demo")
+    try:
+        result = track(
+            image_path,
+            sample.labels[0],
+            model=args.model,
+            axis="t",
+            out=out / "nuclei.ome.zarr",
+            direction="forward",
+            device=args.device,
+            ctc=out / "01_RES",
+            progress=bar,
+            overwrite=args.overwrite,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"store: {result.path}\ntable: {result.csv_path}\nCTC:   {result.ctc_path} (ground truth: {out / '01_GT'})")
+    try:
+        from ctc_metrics import evaluate_sequence
+    except ImportError:
+        print("TRA: install py-ctcmetrics to score the result against the ground truth")
+        return EXIT_OK
+    scores = evaluate_sequence(str(out / "01_RES"), str(out / "01_GT"), ["Valid", "DET", "TRA"], threads=1)
+    print(f"TRA: {scores['TRA']:.4f}  DET: {scores['DET']:.4f}  (valid: {scores['Valid']})")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

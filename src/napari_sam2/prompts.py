@@ -1,0 +1,474 @@
+"""Prompts of a tracking run as data: build them in code, from files, from seed labels or from napari layers.
+
+A `PromptSet` is an ordered list of `ObjectPrompt` (one object's points / box / mask on one frame). Applied to a
+`TrackingSession` in that order it reproduces the clicks that made a result, so it is also what a result store keeps
+as provenance and what `--resume` reads back. Coordinates are napari's: (row, col) = (y, x) in pixels of the frame.
+
+Files:
+  JSON  {"format": "napari-sam2-prompts", "version": 1, "prompts": [{"obj_id", "frame", "points": [[y, x], ...],
+        "labels": [1, 0, ...], "box": [y0, x0, y1, x1] | null, "mask": {"shape": [H, W], "rle": [...]} | null}]}
+        Masks are run-length encoded over the C-ordered (row-major) pixels: run lengths alternating background,
+        foreground, background, ... starting with background (a mask starting with foreground begins with 0).
+  CSV   header with columns obj_id, frame, y, x, label (label optional, default 1: 1 = object, 0 = background),
+        and for boxes kind=box with y0, x0, y1, x1 (kind optional: "point" or "box"). Rows of the same object and
+        frame are one prompt; masks cannot be written to CSV (use JSON or seed labels).
+Every bad input raises `PromptError` (an `InputError`) that names the file, the line (CSV, and JSON syntax) or
+the prompt index (JSON) and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .preprocess import InputError
+
+FORMAT_NAME = "napari-sam2-prompts"
+FORMAT_VERSION = 1
+CSV_COLUMNS = ("obj_id", "frame", "kind", "y", "x", "label", "y0", "x0", "y1", "x1")
+
+__all__ = ["CSV_COLUMNS", "ObjectPrompt", "PromptError", "PromptSet", "rle_decode", "rle_encode"]
+
+
+class PromptError(InputError):
+    """A prompt (or prompts file) that cannot be used; the message names where and what."""
+
+
+@dataclass
+class ObjectPrompt:
+    """One object's prompt on one frame, napari pixels of the frame: points [N, 2] (y, x) float, labels [N] int
+    (1 object / 0 background), box [4] (y0, x0, y1, x1) or None, mask [H, W] bool or None."""
+
+    obj_id: int
+    frame: int
+    points: np.ndarray
+    labels: np.ndarray
+    box: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "obj_id": int(self.obj_id),
+            "frame": int(self.frame),
+            "points": np.asarray(self.points, dtype=float).reshape(-1, 2).tolist(),
+            "labels": [int(v) for v in self.labels],
+            "box": None if self.box is None else [float(v) for v in self.box],
+            "mask": None if self.mask is None else {"shape": list(self.mask.shape), "rle": rle_encode(self.mask)},
+        }
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ObjectPrompt) and self.to_dict() == other.to_dict()
+
+
+# ---------------------------------------------------------------------- run-length encoding of masks
+def rle_encode(mask) -> list[int]:
+    """[H, W] bool → run lengths over the row-major pixels, alternating background/foreground, background first."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    if flat.size == 0:
+        return []
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    bounds = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(bounds).tolist()
+    return ([0] + runs) if flat[0] else runs
+
+
+def rle_decode(runs, shape) -> np.ndarray:
+    """Inverse of `rle_encode`: run lengths + (H, W) → [H, W] bool."""
+    shape = tuple(int(s) for s in shape)
+    runs = np.asarray(runs, dtype=np.int64)
+    if runs.ndim != 1 or (runs.size and runs.min() < 0):
+        raise ValueError("run lengths must be a flat list of non-negative integers")
+    total = int(np.prod(shape))
+    if int(runs.sum()) != total:
+        raise ValueError(f"run lengths add up to {int(runs.sum())} pixels but the shape {shape} has {total}")
+    values = np.arange(runs.size) % 2 == 1  # odd runs are foreground
+    return np.repeat(values, runs).reshape(shape)
+
+
+# ---------------------------------------------------------------------- validation helpers
+def _int(value, field: str, where: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise PromptError(f"{where}: {field} must be an integer; got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PromptError(f"{where}: {field} must be an integer; got {value!r}") from None
+    if not number.is_integer() or number < minimum:
+        rule = "a positive integer" if minimum == 1 else "a non-negative integer"
+        raise PromptError(f"{where}: {field} must be {rule}; got {value!r}")
+    return int(number)
+
+
+def _float_array(value, field: str, where: str, shape_rule: str, check) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise PromptError(f"{where}: {field} must be numbers ({shape_rule}); got {value!r}") from None
+    if not check(arr):
+        raise PromptError(f"{where}: {field} must be {shape_rule}; got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise PromptError(f"{where}: {field} holds a NaN or infinite coordinate")
+    return arr
+
+
+def _make_prompt(frame, obj_id, points, labels, box, mask, where: str) -> ObjectPrompt:
+    obj_id = _int(obj_id, "obj_id", where, 1)
+    frame = _int(frame, "frame", where, 0)
+    has_points = points is not None and len(points) > 0
+    if not has_points and box is None and mask is None:
+        raise PromptError(f"{where}: object {obj_id} on frame {frame} has no points, box or mask")
+    if mask is not None and (has_points or box is not None):
+        raise PromptError(f"{where}: give either a mask or points/box for object {obj_id} on frame {frame}, not both")
+    pts = np.zeros((0, 2))
+    lab = np.zeros((0,), dtype=np.int32)
+    if has_points:
+        pts = _float_array(points, "points", where, "[[y, x], ...]", lambda a: a.ndim == 2 and a.shape[1] == 2)
+        if labels is None:
+            lab = np.ones(len(pts), dtype=np.int32)
+        else:
+            raw = np.asarray(labels).ravel()
+            if raw.dtype == bool:
+                raw = raw.astype(np.int32)
+            if len(raw) != len(pts):
+                raise PromptError(f"{where}: {len(pts)} points but {len(raw)} labels")
+            try:
+                lab = raw.astype(np.float64)
+            except (TypeError, ValueError):
+                raise PromptError(f"{where}: labels must be 1 (object) or 0 (background); got {list(raw)}") from None
+            if not np.all(np.isin(lab, (0, 1))):
+                raise PromptError(f"{where}: labels must be 1 (object) or 0 (background); got {raw.tolist()}")
+            lab = lab.astype(np.int32)
+    bx = None
+    if box is not None:
+        bx = _float_array(box, "box", where, "[y0, x0, y1, x1]", lambda a: a.shape == (4,))
+    m = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.ndim != 2:
+            raise PromptError(f"{where}: mask must be a 2-D [H, W] array; got shape {m.shape}")
+        m = m.astype(bool)
+        if not m.any():
+            raise PromptError(f"{where}: the mask of object {obj_id} on frame {frame} is empty")
+    return ObjectPrompt(obj_id, frame, pts, lab, bx, m)
+
+
+# ---------------------------------------------------------------------- the prompt set
+class PromptSet:
+    """An ordered list of `ObjectPrompt` (order = the order they were given, which is the order they are applied)."""
+
+    def __init__(self, prompts: Iterable[ObjectPrompt] = ()):
+        self._prompts: list[ObjectPrompt] = list(prompts)
+
+    def add(self, frame, obj_id, points=None, labels=None, box=None, mask=None) -> ObjectPrompt:
+        """Append one object's prompt on `frame`: points [[y, x], ...] with labels (default 1), a box
+        [y0, x0, y1, x1], or a mask [H, W] (alone). Returns the new `ObjectPrompt`."""
+        prompt = _make_prompt(frame, obj_id, points, labels, box, mask, f"prompt {len(self._prompts)}")
+        self._prompts.append(prompt)
+        return prompt
+
+    def __iter__(self) -> Iterator[ObjectPrompt]:
+        return iter(self._prompts)
+
+    def __len__(self) -> int:
+        return len(self._prompts)
+
+    def __getitem__(self, index):
+        return self._prompts[index]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, PromptSet) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"PromptSet({len(self)} prompts, objects {self.obj_ids}, frames {self.frames})"
+
+    @property
+    def obj_ids(self) -> list[int]:
+        """Object ids in first-seen order."""
+        return list(dict.fromkeys(p.obj_id for p in self._prompts))
+
+    @property
+    def frames(self) -> list[int]:
+        """Prompted frames, sorted."""
+        return sorted({p.frame for p in self._prompts})
+
+    # -------------------------------------------------------------- use
+    def validate(self, num_frames: int, frame_shape: tuple[int, int]) -> None:
+        """Check every prompt against a stack of `num_frames` frames of (H, W) `frame_shape`; one clear error."""
+        h, w = frame_shape
+        for i, p in enumerate(self._prompts):
+            where = f"prompt {i} (object {p.obj_id}, frame {p.frame})"
+            if not 0 <= p.frame < num_frames:
+                raise PromptError(f"{where}: frame {p.frame} is outside the stack (frames 0…{num_frames - 1})")
+            if len(p.points):
+                outside = (p.points[:, 0] < 0) | (p.points[:, 0] > h) | (p.points[:, 1] < 0) | (p.points[:, 1] > w)
+                if outside.any():
+                    y, x = p.points[np.flatnonzero(outside)[0]]
+                    raise PromptError(f"{where}: point (y={y:g}, x={x:g}) lies outside the {h}×{w} frame")
+            if p.box is not None:
+                y0, x0, y1, x1 = p.box
+                if max(y0, y1) < 0 or min(y0, y1) > h or max(x0, x1) < 0 or min(x0, x1) > w:
+                    raise PromptError(f"{where}: box {p.box.tolist()} lies outside the {h}×{w} frame")
+            if p.mask is not None and p.mask.shape != (h, w):
+                raise PromptError(f"{where}: mask shape {p.mask.shape} does not match the frame size {(h, w)}")
+
+    def apply(self, session) -> list:
+        """`session.add_prompt(...)` for each prompt, in order → the `FrameResult` of each."""
+        results = []
+        for p in self._prompts:
+            if p.mask is not None:
+                results.append(session.add_prompt(p.frame, p.obj_id, mask=p.mask))
+            else:
+                points = p.points if len(p.points) else None
+                labels = p.labels if len(p.points) else None
+                results.append(session.add_prompt(p.frame, p.obj_id, points=points, labels=labels, box=p.box))
+        return results
+
+    # -------------------------------------------------------------- dict / JSON
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (masks run-length encoded)."""
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "prompts": [p.to_dict() for p in self._prompts]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "prompts") -> PromptSet:
+        """Inverse of `to_dict`; errors name `source`, the prompt index and the field."""
+        if not isinstance(data, Mapping):
+            raise PromptError(f"{source}: expected an object with 'prompts'; got {type(data).__name__}")
+        if data.get("format", FORMAT_NAME) != FORMAT_NAME:
+            raise PromptError(f"{source}: format is {data.get('format')!r}, expected {FORMAT_NAME!r}")
+        version = data.get("version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise PromptError(f"{source}: prompts format version {version!r} is not supported (expected 1)")
+        items = data.get("prompts")
+        if not isinstance(items, list):
+            raise PromptError(f"{source}: field 'prompts' must be a list of prompts")
+        out = cls()
+        for i, item in enumerate(items):
+            where = f"{source}: prompts[{i}]"
+            if not isinstance(item, Mapping):
+                raise PromptError(f"{where}: expected an object; got {type(item).__name__}")
+            unknown = set(item) - {"obj_id", "frame", "points", "labels", "box", "mask"}
+            if unknown:
+                raise PromptError(f"{where}: unknown field(s) {sorted(unknown)}")
+            for required in ("obj_id", "frame"):
+                if required not in item:
+                    raise PromptError(f"{where}: field {required!r} is missing")
+            mask = item.get("mask")
+            if mask is not None:
+                try:
+                    mask = rle_decode(mask["rle"], mask["shape"])
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise PromptError(f"{where}.mask: not a valid run-length mask ({exc})") from None
+            out._prompts.append(
+                _make_prompt(item["frame"], item["obj_id"], item.get("points"), item.get("labels"), item.get("box"),
+                             mask, where)
+            )  # fmt: skip
+        return out
+
+    # -------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to `.json` (everything) or `.csv` (points and boxes; masks refused)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            path.write_text(json.dumps(self.to_dict(), indent=1))
+        elif suffix == ".csv":
+            if any(p.mask is not None for p in self._prompts):
+                raise PromptError(f"{path}: mask prompts cannot be written to CSV; save as .json instead")
+            with path.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(CSV_COLUMNS)
+                for p in self._prompts:
+                    for (y, x), label in zip(p.points, p.labels, strict=True):
+                        writer.writerow([p.obj_id, p.frame, "point", _num(y), _num(x), int(label), "", "", "", ""])
+                    if p.box is not None:
+                        writer.writerow([p.obj_id, p.frame, "box", "", "", "", *(_num(v) for v in p.box)])
+        else:
+            raise PromptError(f"{path}: prompts are saved as .json or .csv, not {suffix or 'no extension'!r}")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PromptSet:
+        """Read a `.json` or `.csv` prompts file (see the module docstring)."""
+        path = Path(path)
+        if not path.is_file():
+            raise PromptError(f"prompts file {path} does not exist" + ("" if not path.exists() else " (not a file)"))
+        suffix = path.suffix.lower()
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PromptError(f"{path}: cannot be read as text ({exc})") from None
+        if suffix == ".json":
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise PromptError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+            prompts = cls.from_dict(data, source=str(path))
+        elif suffix == ".csv":
+            prompts = cls._from_csv(text, str(path))
+        else:
+            raise PromptError(f"{path}: prompts files are .json or .csv, not {suffix or 'no extension'!r}")
+        if not len(prompts):
+            raise PromptError(f"{path}: holds no prompts")
+        return prompts
+
+    @classmethod
+    def _from_csv(cls, text: str, source: str) -> PromptSet:
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if header is None:
+            raise PromptError(f"{source}:1: empty file; expected a header with {', '.join(CSV_COLUMNS[:6])}")
+        header = [h.strip().lower() for h in header]
+        unknown = [h for h in header if h not in CSV_COLUMNS]
+        if unknown:
+            raise PromptError(f"{source}:1: unknown column {unknown[0]!r}; columns are {', '.join(CSV_COLUMNS)}")
+        for required in ("obj_id", "frame"):
+            if required not in header:
+                raise PromptError(f"{source}:1: column {required!r} is missing")
+        groups: dict[tuple[int, int], dict[str, Any]] = {}
+        first_line: dict[tuple[int, int], int] = {}
+        for line, row in enumerate(reader, start=2):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                raise PromptError(f"{source}:{line}: {len(row)} values but the header has {len(header)} columns")
+            cells = {h: c.strip() for h, c in zip(header, row, strict=True)}
+            where = f"{source}:{line}"
+            obj_id = _int(cells["obj_id"], "column 'obj_id'", where, 1)
+            frame = _int(cells["frame"], "column 'frame'", where, 0)
+            kind = cells.get("kind", "").lower() or ("box" if cells.get("y0") else "point")
+            group = groups.setdefault((obj_id, frame), {"points": [], "labels": [], "box": None})
+            first_line.setdefault((obj_id, frame), line)
+            if kind == "point":
+                y = _csv_float(cells, "y", where)
+                x = _csv_float(cells, "x", where)
+                label = cells.get("label", "") or "1"
+                if label not in ("0", "1", "1.0", "0.0"):
+                    raise PromptError(f"{where}: column 'label' must be 1 (object) or 0 (background); got {label!r}")
+                group["points"].append([y, x])
+                group["labels"].append(int(float(label)))
+            elif kind == "box":
+                if group["box"] is not None:
+                    raise PromptError(f"{where}: a second box for object {obj_id} on frame {frame}")
+                group["box"] = [_csv_float(cells, k, where) for k in ("y0", "x0", "y1", "x1")]
+            else:
+                raise PromptError(f"{where}: column 'kind' must be 'point' or 'box'; got {kind!r}")
+        out = cls()
+        for (obj_id, frame), group in groups.items():
+            where = f"{source}:{first_line[(obj_id, frame)]}"
+            out._prompts.append(
+                _make_prompt(frame, obj_id, group["points"] or None, group["labels"] or None, group["box"], None, where)
+            )
+        return out
+
+    # -------------------------------------------------------------- other sources
+    @classmethod
+    def from_seed_labels(cls, labels_2d, frame: int = 0) -> PromptSet:
+        """Every object of a label image of one frame (e.g. Cellpose / StarDist output) becomes a mask prompt on
+        `frame`, with obj_id = its label value. labels_2d: [H, W] integers, 0 = background."""
+        labels = np.asarray(labels_2d)
+        if labels.ndim != 2:
+            raise PromptError(f"seed labels must be one 2-D frame [H, W]; got shape {labels.shape}")
+        if labels.dtype == bool:
+            labels = labels.astype(np.uint8)
+        if not np.issubdtype(labels.dtype, np.integer):
+            if not np.issubdtype(labels.dtype, np.floating) or not np.all(np.mod(labels, 1) == 0):
+                raise PromptError(f"seed labels must be integer object ids; got dtype {labels.dtype}")
+            labels = labels.astype(np.int64)
+        if labels.size and labels.min() < 0:
+            raise PromptError(f"seed labels must be >= 0 (0 = background); found {labels.min()}")
+        ids = [int(v) for v in np.unique(labels) if v != 0]
+        if not ids:
+            raise PromptError("the seed labels hold no objects (every pixel is 0)")
+        if ids[-1] > 2**32 - 1:
+            raise PromptError(f"seed label {ids[-1]} does not fit the uint32 label store")
+        out = cls()
+        for obj_id in ids:
+            out.add(frame, obj_id, mask=labels == obj_id)
+        return out
+
+    @classmethod
+    def from_layers(
+        cls,
+        points_data=None,
+        points_labels=None,
+        points_obj_ids=None,
+        boxes_data=None,
+        boxes_obj_ids=None,
+        axis: int = 0,
+    ) -> PromptSet:
+        """Prompts from napari layer data (full nD layer coordinates, e.g. (t, y, x)).
+
+        points_data [N, D] with points_labels [N] (1/0, default 1) and points_obj_ids [N]; boxes_data: a list of
+        [4, D] rectangle corners (a Shapes layer's data) with boxes_obj_ids. `axis` is the stream axis in layer
+        coordinates; the frame is that coordinate rounded, (y, x) are the last two other coordinates. Points of
+        the same object and frame form one prompt, a box joins them.
+        """
+        groups: dict[tuple[int, int], dict[str, Any]] = {}
+
+        def frame_and_yx(coords, where):
+            coords = np.asarray(coords, dtype=float).ravel()
+            if coords.size < 3 or not -coords.size <= axis < coords.size:
+                raise PromptError(f"{where}: needs the stream axis {axis} plus (y, x); got {coords.size} coordinates")
+            ax = axis % coords.size
+            other = [c for i, c in enumerate(coords) if i != ax]
+            return round(coords[ax]), other[-2:]
+
+        if points_data is not None and len(points_data):
+            pts = np.asarray(points_data, dtype=float)
+            n = len(pts)
+            labels = np.ones(n, dtype=np.int32) if points_labels is None else np.asarray(points_labels).ravel()
+            if points_obj_ids is None:
+                raise PromptError("points_obj_ids is required: which object each point belongs to")
+            ids = np.asarray(points_obj_ids).ravel()
+            if len(labels) != n or len(ids) != n:
+                raise PromptError(f"{n} points but {len(labels)} labels and {len(ids)} object ids")
+            for i in range(n):
+                frame, yx = frame_and_yx(pts[i], f"point {i}")
+                g = groups.setdefault((frame, _int(ids[i], "obj_id", f"point {i}", 1)), {"p": [], "l": [], "b": None})
+                g["p"].append(yx)
+                g["l"].append(int(labels[i]))
+        if boxes_data is not None and len(boxes_data):
+            if boxes_obj_ids is None or len(boxes_obj_ids) != len(boxes_data):
+                raise PromptError("boxes_obj_ids must give one object id per box")
+            for i, corners in enumerate(boxes_data):
+                corners = np.asarray(corners, dtype=float)
+                if corners.ndim != 2 or len(corners) < 2:
+                    raise PromptError(f"box {i}: expected rectangle corners [4, D]; got shape {corners.shape}")
+                frames, yxs = zip(*(frame_and_yx(c, f"box {i}") for c in corners), strict=True)
+                if len(set(frames)) != 1:
+                    raise PromptError(f"box {i}: its corners lie on different frames {sorted(set(frames))}")
+                yxs = np.asarray(yxs)
+                box = [yxs[:, 0].min(), yxs[:, 1].min(), yxs[:, 0].max(), yxs[:, 1].max()]
+                key = (frames[0], _int(boxes_obj_ids[i], "obj_id", f"box {i}", 1))
+                g = groups.setdefault(key, {"p": [], "l": [], "b": None})
+                g["b"] = box
+        out = cls()
+        for (frame, obj_id), g in groups.items():
+            out.add(frame, obj_id, points=g["p"] or None, labels=g["l"] or None, box=g["b"])
+        return out
+
+
+def _num(value) -> str:
+    value = float(value)
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _csv_float(cells: Mapping[str, str], column: str, where: str) -> float:
+    if column not in cells:
+        raise PromptError(f"{where}: column {column!r} is missing")
+    text = cells[column]
+    try:
+        value = float(text)
+    except ValueError:
+        raise PromptError(f"{where}: column {column!r} must be a number; got {text!r}") from None
+    if not np.isfinite(value):
+        raise PromptError(f"{where}: column {column!r} must be finite; got {text!r}")
+    return value

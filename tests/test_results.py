@@ -1,0 +1,106 @@
+"""Whole-result save/open, and the napari reader/writer contributions run through npe2 (no viewer)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import napari_sam2
+from napari_sam2.io.ome_zarr import LabelStoreError
+from napari_sam2.io.results import is_result_store, open_result, save_result
+from napari_sam2.prompts import PromptSet
+
+MANIFEST = Path(napari_sam2.__file__).parent / "napari.yaml"
+
+
+def _labels(n=4, shape=(24, 32)):
+    labels = np.zeros((n, *shape), np.uint32)
+    for t in range(n):
+        labels[t, 4:10, 2 + 3 * t : 8 + 3 * t] = 3
+        if t != 2:  # object 9 vanishes on frame 2 and comes back: two tracks
+            labels[t, 14:20, 20:26] = 9
+    return labels
+
+
+def _prompts():
+    prompts = PromptSet()
+    prompts.add(0, 3, points=[[6, 4]])
+    prompts.add(0, 9, box=[14, 20, 20, 26])
+    return prompts
+
+
+def test_save_and_open_roundtrip(tmp_path):
+    labels = _labels()
+    image = (labels * 20).astype(np.uint8)
+    path = tmp_path / "r.ome.zarr"
+    save_result(path, labels, image=image, prompts=_prompts(), provenance={"note": "x"}, scale=(1, 0.5, 0.5))
+    result = open_result(path)
+    np.testing.assert_array_equal(result.labels[:], labels)
+    np.testing.assert_array_equal(result.image[:], image)
+    assert result.axes == "tyx" and result.scale == (1, 0.5, 0.5)
+    assert result.prompts == _prompts()
+    assert result.provenance["note"] == "x" and result.provenance["status"] == "complete"
+    assert result.finished_frames == [0, 1, 2, 3] and result.complete
+    assert sorted(result.colors) == [3, 9]
+    assert is_result_store(path) and not is_result_store(tmp_path) and not is_result_store(tmp_path / "nothing")
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_result(path, labels)
+    save_result(path, labels[:2], overwrite=True)
+    assert open_result(path).labels.shape == (2, 24, 32) and open_result(path).prompts is None
+    with pytest.raises((FileNotFoundError, LabelStoreError)):
+        open_result(tmp_path / "missing.zarr")
+
+
+@pytest.fixture
+def plugin_manager():
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager.instance()
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    registered = manifest.name in pm._manifests
+    if not registered:
+        pm.register(manifest)
+    yield npe2
+    if not registered:
+        pm.unregister(manifest.name)
+
+
+def test_npe2_reader_opens_our_store_and_declines_others(tmp_path, plugin_manager):
+    npe2 = plugin_manager
+    labels = _labels()
+    path = tmp_path / "cells.ome.zarr"
+    save_result(path, labels, image=(labels * 20).astype(np.uint8), prompts=_prompts(), scale=(1, 0.5, 0.5))
+    layers = npe2.read([str(path)], stack=False, plugin_name="napari-sam2")
+    assert [t for _, _, t in layers] == ["image", "labels", "tracks"]
+    _, (lab, lab_kw, _), (tracks, tracks_kw, _) = layers
+    np.testing.assert_array_equal(np.asarray(lab), labels)
+    assert lab_kw["name"] == "cells labels" and lab_kw["scale"] == (1, 0.5, 0.5)
+    assert lab_kw["metadata"]["napari_sam2"]["provenance"]["prompts"] == _prompts().to_dict()
+    assert sorted(set(tracks[:, 0].astype(int))) == [3, 9, 10] and tracks_kw["graph"] == {10: [9]}
+
+    from napari_sam2._napari_io import get_reader
+
+    assert get_reader(str(tmp_path)) is None  # a plain folder
+    assert get_reader(str(tmp_path / "missing.zarr")) is None
+    import zarr
+
+    zarr.create_array(tmp_path / "foreign.zarr", shape=(2, 4, 4), dtype="u1")
+    assert get_reader(str(tmp_path / "foreign.zarr")) is None
+
+
+def test_npe2_writer_saves_a_labels_layer(tmp_path, plugin_manager):
+    npe2 = plugin_manager
+    labels = _labels()
+    meta = {
+        "name": "tracked",
+        "scale": (1.0, 0.25, 0.25),
+        "metadata": {"napari_sam2": {"prompts": _prompts().to_dict(), "provenance": {"model": {"source": "m"}}}},
+    }
+    out = tmp_path / "saved.ome.zarr"
+    written = npe2.write(str(out), [(labels, meta, "labels")], plugin_name="napari-sam2")
+    assert written == [str(out)]
+    result = open_result(out)
+    np.testing.assert_array_equal(result.labels[:], labels)
+    assert result.prompts == _prompts() and result.scale == (1.0, 0.25, 0.25)
+    assert result.provenance["original"]["model"]["source"] == "m"
+    # and napari can read back what it wrote, through our reader
+    assert [t for _, _, t in npe2.read([str(out)], stack=False, plugin_name="napari-sam2")] == ["labels", "tracks"]
