@@ -183,3 +183,24 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path, stack, tiny_checkp
     out.mkdir()
     with pytest.raises(StoreExistsError, match="overwrite=True"):
         track(stack, _prompts(), model=tiny_checkpoint, out=out)
+
+
+def test_resume_with_an_embedding_cache_encodes_only_the_unfinished_frames(tmp_path, stack, tiny_checkpoint):
+    prompts = _prompts(frame=0)
+    cache = tmp_path / "features"
+    out = tmp_path / "cut.ome.zarr"
+    with pytest.raises(Stop):
+        track(
+            stack,
+            prompts,
+            model=tiny_checkpoint,
+            out=out,
+            device="cpu",
+            direction="forward",
+            progress=_stop_after(3),
+            embedding_cache=cache,
+        )
+    resumed = track(stack, None, model=tiny_checkpoint, out=out, device="cpu", resume=True, embedding_cache=cache)
+    assert resumed.encoder_runs == len(stack) - 3  # the replayed frames 0-2 came from disk
+    reference = track(stack, prompts, model=tiny_checkpoint, device="cpu", direction="forward", tables=False)
+    np.testing.assert_array_equal(resumed.labels[:], reference.labels)

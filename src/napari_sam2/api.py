@@ -47,6 +47,7 @@ class TrackResult:
     (`analysis.region_table`: area, centroid, bbox, mean intensity, score, iou, track id). tracks / graph: napari
     Tracks layer data [M, 4] (track_id, t, y, x) and {child track: [parent track]}. path: the store (None without
     `out`); csv_path / ctc_path: files written next to it. frames_written: distinct frames written by this call.
+    encoder_runs: frames the image encoder ran on (frames found in `embedding_cache` cost none).
     """
 
     labels: Any
@@ -62,6 +63,7 @@ class TrackResult:
     ctc_path: Path | None = None
     frames_written: list[int] = field(default_factory=list)
     store: LabelStore | None = None
+    encoder_runs: int = 0
 
 
 def sidecar_path(out: str | os.PathLike, suffix: str) -> Path:
@@ -95,6 +97,7 @@ def track(
     save_image: bool = True,
     tables: bool = True,
     scale=None,
+    embedding_cache: str | os.PathLike | None = None,
 ) -> TrackResult:
     """Track the prompted objects through a stack; write the labels frame by frame as they are computed.
 
@@ -112,6 +115,9 @@ def track(
         KeyboardInterrupt) stops the run and leaves a valid store.
     ctc: folder for a Cell Tracking Challenge export (res_track.txt + maskTTT.tif). tables=False skips the region
         table, tracks and CSV. scale: physical size per store axis. save_image: copy the frames into the store.
+
+    embedding_cache: a directory for image features on disk (see `TrackingSession`): a resumed or repeated run
+        over the same frames then runs the image encoder on no frame again (≈ 16 MiB per frame for tiny at 1024²).
 
     Resume (resume=True on an existing store): the prompts, direction, channel, window and preset recorded in the
     store are used (prompts given here must equal them; a different checkpoint is refused). SAM 2's memory of a
@@ -188,7 +194,14 @@ def track(
     from .session import TrackingSession
 
     session = TrackingSession(
-        net, data, axis=ax, preset=preset, channel=channel, channel_axis=channel_axis, intensity=intensity
+        net,
+        data,
+        axis=ax,
+        preset=preset,
+        channel=channel,
+        channel_axis=channel_axis,
+        intensity=intensity,
+        embedding_cache=embedding_cache,
     )
     image_view = _ImageView(session.frames, channel) if (channel is not None or channel_axis is None) else None
     settings = {
@@ -288,6 +301,7 @@ def track(
         path=out_path if store is not None else None,
         frames_written=written,
         store=store,
+        encoder_runs=session.encoder_runs,
     )
     if tables:
         intensity_image = image_view if image_view is not None else None

@@ -3,7 +3,7 @@
     napari-sam2 track IMAGE (--prompts FILE | --seeds LABELS [--seed-frame N]) --out OUT.ome.zarr
                       [--model NAME|PATH] [--device auto|cpu|cuda|mps] [--axis t|z|INDEX] [--channel N]
                       [--direction forward|backward|both] [--window LO,HI] [--ctc DIR] [--resume | --overwrite]
-                      [--no-image] [--quiet]
+                      [--no-image] [--embedding-cache DIR] [--quiet]
     napari-sam2 models list | download NAME [--cache-dir DIR] | verify NAME|PATH [--cache-dir DIR]
     napari-sam2 info OUT.ome.zarr
     napari-sam2 demo [--model NAME|PATH] --out DIR [--frames N] [--size PX]
@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing napari-sam2 store in --out")
     t.add_argument("--no-image", action="store_true", help="do not copy the image into the store")
+    t.add_argument(
+        "--embedding-cache",
+        default=None,
+        metavar="DIR",
+        help="keep image features on disk here, so --resume and reruns skip the image encoder",
+    )
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
 
     m = sub.add_parser("models", help="list, download or verify SAM 2 checkpoints")
@@ -209,6 +215,7 @@ def _cmd_track(args) -> int:
             seed_frame=args.seed_frame,
             overwrite=args.overwrite,
             save_image=not args.no_image,
+            embedding_cache=args.embedding_cache,
         )
     finally:
         if bar is not None:
