@@ -1,4 +1,4 @@
-"""The npe2 manifest is valid and its sample-data commands give napari layer data."""
+"""The npe2 manifest is valid, every command resolves, and the sample-data commands give napari layer data."""
 
 from pathlib import Path
 
@@ -16,8 +16,12 @@ def test_manifest_parses_and_sample_data_loads():
     assert manifest.name == "napari-sam2"
     keys = {s.key for s in manifest.contributions.sample_data}
     assert keys == {"nuclei_timelapse", "nuclei_timelapse_16bit", "nuclei_zstack"}
-    for command in manifest.contributions.commands:
+    commands = {c.id: c for c in manifest.contributions.commands}
+    for command in commands.values():  # every command points at something importable and callable
         module, func = command.python_name.split(":")
+        assert callable(getattr(__import__(module, fromlist=[func]), func)), command.id
+    for sample in manifest.contributions.sample_data:
+        module, func = commands[sample.command].python_name.split(":")
         layers = getattr(__import__(module, fromlist=[func]), func)()
         (image, image_kw, image_type), (labels, labels_kw, labels_type) = layers
         assert (image_type, labels_type) == ("image", "labels")

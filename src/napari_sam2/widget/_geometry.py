@@ -1,0 +1,223 @@
+"""How an image layer's axes map to a tracking session: which axis is streamed, which are pixels, which are fixed.
+
+napari layer axes (the layer's data axes without an RGB axis) are split into
+  * the stream axis (z or t) that SAM 2 walks through (none for a 2-D image: one frame),
+  * the two spatial axes (the layer's last two non-channel axes: Y, X),
+  * an optional channel axis (RGB: the data's last axis; or a short axis of a multichannel layer),
+  * every other axis (e.g. t while streaming z of a TZYX layer): held at one index per session.
+Nothing here reads pixels: `LazyView` only rewrites indices, so dask / zarr layers stay on disk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..preprocess import InputError
+
+#: label stacks above this many bytes live in a temporary on-disk zarr array instead of memory
+IN_MEMORY_LABELS_LIMIT = 1 << 30
+
+
+class LazyView:
+    """A read-only view of `base` with some axes held at one index (`fixed`: base axis → index), and a leading
+    length-1 axis when `add_leading` (a 2-D image seen as a one-frame stack). Indexing forwards one combined
+    key to `base`, so nothing is read until a frame is asked for."""
+
+    def __init__(self, base, fixed: dict[int, int] | None = None, add_leading: bool = False):
+        self.base = base
+        self.fixed = dict(fixed or {})
+        self.add_leading = add_leading
+        free = [int(s) for i, s in enumerate(base.shape) if i not in self.fixed]
+        self.shape = tuple(([1] if add_leading else []) + free)
+        self.dtype = getattr(base, "dtype", np.dtype(float))
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = tuple(key) + (slice(None),) * (self.ndim - len(key))
+        if self.add_leading:
+            lead, key = key[0], key[1:]
+            if not isinstance(lead, slice) and int(lead) != 0:
+                raise IndexError(f"index {lead} is out of range for a one-frame stack")
+        it = iter(key)
+        full = tuple(self.fixed[i] if i in self.fixed else next(it) for i in range(len(self.base.shape)))
+        out = self.base[full]
+        if self.add_leading and isinstance(lead, slice):
+            out = np.asarray(out)[None]
+        return out
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+@dataclass
+class StackGeometry:
+    """Axes of one image layer as tracking sees them (all axis numbers are layer axes unless named `data_`).
+
+    ndim: the layer's ndim (RGB axis excluded); stream_axis: None for a 2-D image; channel_axis: a layer axis of
+    a non-RGB multichannel layer, or None; rgb: the data has a trailing colour axis (channel chooses one colour,
+    None keeps RGB); spatial: (y_axis, x_axis); fixed_axes: the other axes, held per session.
+    """
+
+    data: object
+    ndim: int
+    rgb: bool
+    stream_axis: int | None
+    spatial: tuple[int, int]
+    channel_axis: int | None = None
+    channel: int | None = None
+    fixed_axes: tuple[int, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_layer(cls, layer, stream_axis: int | None, channel_axis: int | None = None, channel: int | None = None):
+        """Check the layer's axes and the user's choice; raises `InputError` with what to do."""
+        data = layer.data
+        if isinstance(data, (list, tuple)):  # a multiscale layer: track the full-resolution level
+            data = data[0]
+        rgb = bool(getattr(layer, "rgb", False))
+        ndim = int(layer.ndim)
+        if ndim < 2:
+            raise InputError(f"layer {layer.name!r} is {ndim}-D; SAM 2 needs images of at least 2-D (Y, X)")
+        if rgb and channel_axis is not None:
+            raise InputError("an RGB layer has its colour axis last; no other channel axis can be chosen")
+        non_channel = [a for a in range(ndim) if a != channel_axis]
+        if len(non_channel) < 2:
+            raise InputError(f"layer {layer.name!r}: after the channel axis fewer than two axes are left for Y, X")
+        spatial = (non_channel[-2], non_channel[-1])
+        if stream_axis is not None and (stream_axis in spatial or stream_axis == channel_axis):
+            raise InputError(f"axis {stream_axis} cannot be the stream axis: it is a pixel or channel axis")
+        if stream_axis is None and len(non_channel) > 2:
+            stream_axis = non_channel[0]
+        fixed = tuple(a for a in non_channel[:-2] if a != stream_axis)
+        shape = [int(s) for s in np.shape(data)[:ndim]] if not rgb else [int(s) for s in data.shape[:-1]]
+        h, w = shape[spatial[0]], shape[spatial[1]]
+        if min(h, w) < 8:
+            hint = (
+                " It looks like an RGB / multichannel image shown as a stack: open it with rgb=True or pick the "
+                "channel axis."
+                if min(h, w) <= 4
+                else ""
+            )
+            raise InputError(f"frames of layer {layer.name!r} would be {h}×{w} pixels, too small to segment.{hint}")
+        n_channels = data.shape[-1] if rgb else (shape[channel_axis] if channel_axis is not None else None)
+        if n_channels is not None and channel is not None and not 0 <= channel < n_channels:
+            raise InputError(f"channel {channel} does not exist: the layer has {n_channels} channels")
+        if channel_axis is not None and channel is None and n_channels not in (1, 3, 4):
+            channel = 0
+        return cls(data, ndim, rgb, stream_axis, spatial, channel_axis, channel, fixed)
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def layer_shape(self) -> tuple[int, ...]:
+        shape = tuple(int(s) for s in self.data.shape)
+        return shape[:-1] if self.rgb else shape
+
+    @property
+    def num_frames(self) -> int:
+        return 1 if self.stream_axis is None else self.layer_shape[self.stream_axis]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return self.layer_shape[self.spatial[0]], self.layer_shape[self.spatial[1]]
+
+    @property
+    def label_axes(self) -> tuple[int, ...]:
+        """Layer axes the label array has (the channel axis of a multichannel layer is dropped)."""
+        return tuple(a for a in range(self.ndim) if a != self.channel_axis)
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        return tuple(self.layer_shape[a] for a in self.label_axes)
+
+    # ------------------------------------------------------------------ sessions
+    def key_of(self, coords) -> tuple[int, ...]:
+        """The fixed-axis indices (session key) of layer coordinates."""
+        return tuple(round(float(coords[a])) for a in self.fixed_axes)
+
+    def frame_of(self, coords) -> int:
+        return 0 if self.stream_axis is None else round(float(coords[self.stream_axis]))
+
+    def yx_of(self, coords) -> list[float]:
+        return [float(coords[self.spatial[0]]), float(coords[self.spatial[1]])]
+
+    def key_in_range(self, key) -> bool:
+        return all(0 <= k < self.layer_shape[a] for k, a in zip(key, self.fixed_axes, strict=True))
+
+    def stack_for(self, key: tuple[int, ...]):
+        """(lazy stack, stream axis in it, channel axis in it or None) for the session with fixed indices `key`.
+
+        The returned stack keeps the layer's axis order minus the fixed axes (plus the RGB axis last)."""
+        fixed = dict(zip(self.fixed_axes, key, strict=True))
+        if self.stream_axis is None:
+            view = LazyView(self.data, add_leading=True)
+            kept = [None] + list(range(len(self.data.shape)))
+        else:
+            view = LazyView(self.data, fixed)
+            kept = [a for a in range(len(self.data.shape)) if a not in fixed]
+        axis = kept.index(self.stream_axis)
+        if self.rgb:
+            channel_axis = len(kept) - 1
+        elif self.channel_axis is not None:
+            channel_axis = kept.index(self.channel_axis)
+        else:
+            channel_axis = None
+        return view, axis, channel_axis
+
+    def label_index(self, key: tuple[int, ...], frame: int) -> tuple:
+        """Index into the label array of one frame of session `key`."""
+        fixed = dict(zip(self.fixed_axes, key, strict=True))
+        index = []
+        for a in self.label_axes:
+            if a in fixed:
+                index.append(fixed[a])
+            elif a == self.stream_axis:
+                index.append(frame)
+            else:
+                index.append(slice(None))
+        return tuple(index)
+
+    def axes_string(self, axis_labels=()) -> str:
+        """OME axes of the label array for saving ("tyx", "zyx" or "tzyx"), from the viewer's axis labels when
+        they name t / z, else t for the stream axis of a 3-D stack."""
+        n = len(self.label_axes)
+        if n == 2:
+            return "tyx"
+        labels = [str(axis_labels[a]).lower() if a < len(axis_labels) else "" for a in self.label_axes]
+        if n == 3:
+            return "zyx" if labels[0] == "z" else "tyx"
+        if n == 4:
+            return "tzyx"
+        raise InputError(f"labels of {n} axes cannot be saved as OME-Zarr t/z/y/x (at most 4 axes)")
+
+
+def make_label_array(shape: tuple[int, ...], tmp_dir: str | None = None):
+    """A zeroed uint32 label array: in memory when small, else a temporary on-disk zarr array (one chunk per
+    frame) so that long stacks never need their labels in RAM."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * 4
+    if nbytes <= IN_MEMORY_LABELS_LIMIT:
+        return np.zeros(shape, dtype=np.uint32)
+    import tempfile
+
+    import zarr
+
+    path = tempfile.mkdtemp(prefix="napari-sam2-labels-", dir=tmp_dir)
+    chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
+    return zarr.open_array(path, mode="w", shape=shape, chunks=chunks, dtype="uint32", fill_value=0)
+
+
+def label_layer_data(base, geometry: StackGeometry):
+    """What the Labels layer shows: `base` itself, or for a multichannel layer a view with the channel axis
+    put back at stride 0 (every channel shows, and painting writes, the same labels) so the layers line up."""
+    if geometry.channel_axis is None:
+        return base
+    if not isinstance(base, np.ndarray):
+        raise InputError("labels of a multichannel layer this large cannot be shown; split the channels first")
+    n_channels = geometry.layer_shape[geometry.channel_axis]
+    expanded = np.expand_dims(base, geometry.channel_axis)
+    shape = list(expanded.shape)
+    shape[geometry.channel_axis] = n_channels
+    strides = list(expanded.strides)
+    strides[geometry.channel_axis] = 0
+    return np.lib.stride_tricks.as_strided(expanded, shape=tuple(shape), strides=tuple(strides), writeable=True)
