@@ -193,6 +193,8 @@ class TrackingSession:
     embedding_cache: a directory in which image features are also kept on disk (zarr, one store per model
         + preprocessing + stack; see `embedding_cache.py`), so a second propagation beyond the in-memory budget
         or a re-opened session over the same data runs the image encoder on no frame again.
+    object_batch: at most this many objects go through memory attention and the heads together (default: all
+        whose memory banks line up) — a bound on device memory with hundreds of cells; results do not depend on it.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
     frame_shape, read_ahead).
     """
@@ -209,6 +211,7 @@ class TrackingSession:
         fill_hole_area: int | None = None,
         num_frames: int | None = None,
         embedding_cache: str | os.PathLike | None = None,
+        object_batch: int | None = None,
         **frame_options,
     ):
         if preset not in PRESETS:
@@ -234,6 +237,7 @@ class TrackingSession:
         self.objects: dict[int, ObjectTrack] = {}
         self._lock = threading.RLock()  # the widget prompts from the GUI thread while a worker may propagate
         self.encoder_runs = 0
+        self.object_batch = object_batch
         self.embeddings = None if embedding_cache is None else self._open_embedding_cache(embedding_cache)
 
     # ------------------------------------------------------------------ frames and features
@@ -624,7 +628,9 @@ class TrackingSession:
         groups: dict[tuple, list[ObjectTrack]] = {}
         for obj in objects:
             groups.setdefault(self._bank_signature(obj, frame, reverse), []).append(obj)
-        for group in groups.values():
+        size = self.object_batch or len(objects)
+        batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+        for group in batches:
             with autocast_context(self.device, self.precision):
                 embedding = self._conditioned(group, frame, feats, reverse)
                 batch = feats.select([0] * len(group))
