@@ -5,8 +5,37 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+
+class InferenceCache:
+    """One value derived from some parameters / buffers, computed once and reused at inference.
+
+    `get(compute, *tensors)` returns `compute()`, recomputing it whenever anything it may depend on
+    changed: each tensor's storage and in-place version (`load_state_dict` copies in place, `.to()` makes
+    new storage), device, dtype, the inference-mode / autocast state and `extra`. The storages of the
+    tensors last used are kept alive, so a new tensor cannot reuse their address and look unchanged.
+    Under autograd nothing is cached (the value must be part of the graph). Treat the value as read-only.
+    """
+
+    def __init__(self) -> None:
+        self._entry: tuple | None = None  # (key, value, kept-alive tensors), replaced as a whole
+
+    def get(self, compute, *tensors: torch.Tensor, extra: tuple = ()):
+        if torch.is_grad_enabled():
+            return compute()
+        device_type = tensors[0].device.type
+        try:  # torch >= 2.4
+            autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
+        except (TypeError, AttributeError):
+            autocast = (torch.is_autocast_enabled(), torch.is_autocast_cpu_enabled(), torch.get_autocast_gpu_dtype())
+        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        key += (torch.is_inference_mode_enabled(), autocast) + tuple(extra)
+        entry = self._entry
+        if entry is None or entry[0] != key:
+            entry = (key, compute(), tuple(t.detach() for t in tensors))
+            self._entry = entry
+        return entry[1]
 
 
 class MLP(nn.Module):

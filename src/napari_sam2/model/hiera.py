@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP
+from .common import MLP, InferenceCache
 from .configs import HieraConfig
 
 
@@ -39,6 +39,23 @@ def partition_windows(grid: torch.Tensor, window: int) -> tuple[torch.Tensor, tu
     hp, wp = h + pad_h, w + pad_w
     windows = grid.view(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
     return windows.reshape(-1, window, window, c), (hp, wp)
+
+
+def add_merged_windows(
+    grid: torch.Tensor, windows: torch.Tensor, window: int, padded_hw: tuple[int, int]
+) -> torch.Tensor:
+    """`grid` [B, H, W, C] + `merge_windows(windows, …)`, without materialising the merged grid.
+
+    Without padding ((H, W) == padded_hw) the windows are read through a strided view, which saves one full
+    copy of the grid; the sum is elementwise, so the values are exactly those of merge-then-add.
+    """
+    b, h, w, c = grid.shape
+    if (h, w) != tuple(padded_hw):
+        return grid + merge_windows(windows, window, padded_hw, (h, w))
+    nh, nw = h // window, w // window
+    # [B·nh·nw, win, win, C] → [B, nh, win(row), nw, win(col), C]: the grid's own index order
+    merged_view = windows.reshape(b, nh, nw, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return (grid.reshape(b, nh, window, nw, window, c) + merged_view).reshape(b, h, w, c)
 
 
 def merge_windows(windows: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
@@ -135,19 +152,17 @@ class MultiScaleBlock(nn.Module):
             residual = max_pool_grid(residual, self.q_stride)
 
         if self.window == 0:
-            attended = self.attn(normed)
+            x = residual + self.attn(normed)
         else:
             windows, padded_hw = partition_windows(normed, self.window)
             windows = self.attn(windows)
-            out_window, out_hw = self.window, normed.shape[1:3]
+            out_window = self.window
             if self.q_stride is not None:
                 # every window (padding included) was pooled: smaller windows tiling a smaller padded grid
                 out_window = self.window // self.q_stride[0]
-                out_hw = residual.shape[1:3]
-                padded_hw = (out_hw[0] + (-out_hw[0]) % out_window, out_hw[1] + (-out_hw[1]) % out_window)
-            attended = merge_windows(windows, out_window, padded_hw, out_hw)
-
-        x = residual + attended
+                out_h, out_w = residual.shape[1:3]
+                padded_hw = (out_h + (-out_h) % out_window, out_w + (-out_w) % out_window)
+            x = add_merged_windows(residual, windows, out_window, padded_hw)
         return x + self.mlp(self.norm2(x))
 
 
@@ -191,6 +206,7 @@ class Hiera(nn.Module):
             self.blocks.append(MultiScaleBlock(dim, dim_out, heads, window, q_stride, cfg.mlp_ratio))
             dim = dim_out
         self.channel_list = tuple(self.blocks[end].dim_out for end in reversed(self.stage_ends))
+        self._pos_cache = InferenceCache()  # the last position embedding computed at inference
 
     def position_embedding(self, height: int, width: int) -> torch.Tensor:
         """[1, H, W, C]: the background embedding resized bicubically to H × W + the window embedding tiled.
@@ -205,17 +221,40 @@ class Hiera(nn.Module):
                 f"embedding; the input side must be a multiple of {stride * wh} pixels "
                 f"(got {height * stride}×{width * stride})"
             )
+        # The bicubic resize (single-threaded, ~0.1 s at 1024 px) depends only on the two parameters: at
+        # inference it is computed once per grid size and reused until the weights, device or precision
+        # change (see InferenceCache).
+        return self._pos_cache.get(
+            lambda: self._compute_position_embedding(height, width),
+            self.pos_embed,
+            self.pos_embed_window,
+            extra=(height, width),
+        )
+
+    def _compute_position_embedding(self, height: int, width: int) -> torch.Tensor:
+        wh, ww = self.pos_embed_window.shape[-2:]
         background = F.interpolate(self.pos_embed, size=(height, width), mode="bicubic")
         tiled = self.pos_embed_window.tile(1, 1, height // wh, width // ww)
-        return (background + tiled).permute(0, 2, 3, 1)
+        # channels-last and contiguous: the trunk's token grid takes this layout from it (see forward)
+        return (background + tiled).permute(0, 2, 3, 1).contiguous()
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         """images [B, 3, S, S] → [B, C_i, S/4/2^i, S/4/2^i] for each stage i, highest resolution first."""
-        x = self.patch_embed(images)
-        x = x + self.position_embedding(x.shape[1], x.shape[2])
+        x = self.patch_embed(images)  # a channels-first conv output seen as [B, H, W, C] (strided)
+        # The sum takes the memory layout of its first operand: with the contiguous embedding first, the
+        # grid becomes contiguous channels-last here, once, instead of every LayerNorm of stage 1 copying
+        # it (the values are the same: addition is commutative).
+        x = self.position_embedding(x.shape[1], x.shape[2]) + x
+        # The official trunk keeps the conv's channels-first layout until the first width-changing block
+        # (whose residual is a fresh projection). The neck's 1×1 convolutions choose their kernel by layout,
+        # and a different kernel rounds differently: maps from that stretch are handed on channels-first
+        # contiguous, as the official trunk hands them, so that the outputs stay bitwise equal.
+        channels_first = True
         stage_maps = []
         for i, block in enumerate(self.blocks):
             x = block(x)
+            channels_first = channels_first and block.dim == block.dim_out
             if i in self.stage_ends:
-                stage_maps.append(x.permute(0, 3, 1, 2))
+                stage_map = x.permute(0, 3, 1, 2)
+                stage_maps.append(stage_map.contiguous() if channels_first else stage_map)
         return stage_maps

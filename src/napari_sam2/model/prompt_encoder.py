@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from .common import LayerNorm2d
+from .common import InferenceCache, LayerNorm2d
 
 NUM_POINT_LABELS = 4  # negative, positive, box corner 1, box corner 2
 PAD_LABEL = -1
@@ -94,10 +94,19 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self._dense_pe_cache = InferenceCache()
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Position encoding of every cell of the image embedding, [1, C, h, w]."""
-        return self.pe_layer.grid(self.image_embedding_size).unsqueeze(0)
+        """Position encoding of every cell of the image embedding, [1, C, h, w] (treat it as read-only).
+
+        It depends only on the Gaussian matrix, yet costs an h·w·C sin + cos: at inference (no autograd)
+        it is computed once and reused while the matrix (identity, in-place version), the device and the
+        inference / autocast state stay the same.
+        """
+        return self._dense_pe_cache.get(
+            lambda: self.pe_layer.grid(self.image_embedding_size).unsqueeze(0),
+            self.pe_layer.positional_encoding_gaussian_matrix,
+        )
 
     def embed_points(self, coords: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:
         """coords [B, N, 2] (x, y) in input pixels, labels [B, N] → tokens [B, N (+1 if pad), C]."""
