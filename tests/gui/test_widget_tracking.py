@@ -158,6 +158,12 @@ def test_save_and_reopen_continue(sam_viewer, stack, qtbot, tmp_path, tiny_check
     assert saved.provenance["checkpoint"] == str(tiny_checkpoint)
     assert saved.provenance["stream_axis"] == 0 and saved.provenance["image_layer"] == "blobs"
 
+    # the scripted face (track(), and through it the CLI) gives the widget's labels for the saved prompts
+    from napari_sam2 import track
+
+    scripted = track(stack, saved.prompts, model=tiny_checkpoint, device="cpu", direction="both", tables=False)
+    np.testing.assert_array_equal(scripted.labels, np.asarray(w.labels_layer.data))
+
     # a new viewer: open the result onto the same image; labels and prompts come back and work continues
     viewer2, _layer2, w2 = sam_viewer(stack)
     with qtbot.waitSignal(w2.opened, timeout=WAIT_MS):
