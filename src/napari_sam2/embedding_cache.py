@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import zarr
 
 from .model.sam2 import ImageFeatures
 
@@ -97,7 +96,7 @@ class EmbeddingStore:
         self.path = path
         self.key_parts = dict(key_parts)
         self.num_frames = num_frames
-        self._group: zarr.Group | None = None
+        self._group = None  # zarr.Group once the store exists
         self._dtypes: dict[str, torch.dtype] = {}  # per stored array
         self._channels_last: set[str] = set()
         self._vision_pos: torch.Tensor | None = None
@@ -113,6 +112,8 @@ class EmbeddingStore:
 
     def _attach_existing(self) -> None:
         try:
+            import zarr  # only when a cache is used: the tracking core does not need zarr
+
             group = zarr.open_group(self.path, mode="r+")
             info = group.attrs.get(STORE_FORMAT, {})
             if info.get("version") != STORE_VERSION:
@@ -127,6 +128,8 @@ class EmbeddingStore:
 
     def _create(self, features: ImageFeatures) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        import zarr
+
         group = zarr.open_group(self.path, mode="w-", zarr_format=3)
         tensors = dict(zip(_LEVELS, [features.vision, *features.high_res]))
         for level, t in tensors.items():
