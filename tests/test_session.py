@@ -92,7 +92,7 @@ def test_batched_objects_equal_objects_tracked_alone(tiny_model, stack):
         np.testing.assert_allclose(together[f].logits[0], alone1[f].logits[0], atol=1e-4, rtol=1e-4)
         np.testing.assert_allclose(together[f].logits[1], alone2[f].logits[0], atol=1e-4, rtol=1e-4)
 
-    s = TrackingSession(tiny_model, stack, object_batch=1)  # a batch-size bound changes nothing
+    s = TrackingSession(tiny_model, stack, object_batch=8)  # batched (the CPU default is one at a time)
     for obj, pts in {1: [[30, 39]], 2: [[65, 86]]}.items():
         s.add_prompt(3, obj, points=pts)
     one_by_one = {r.frame: r for r in s.propagate("forward")}

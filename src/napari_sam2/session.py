@@ -193,8 +193,8 @@ class TrackingSession:
     embedding_cache: a directory in which image features are also kept on disk (zarr, one store per model
         + preprocessing + stack; see `embedding_cache.py`), so a second propagation beyond the in-memory budget
         or a re-opened session over the same data runs the image encoder on no frame again.
-    object_batch: at most this many objects go through memory attention and the heads together (default: all
-        whose memory banks line up) — a bound on device memory with hundreds of cells; results do not depend on it.
+    object_batch: at most this many objects (whose memory banks line up) go through memory attention and the heads
+        together: default 64 on CUDA, 1 elsewhere (faster on a CPU); results do not depend on it.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
     frame_shape, read_ahead).
     """
@@ -237,7 +237,9 @@ class TrackingSession:
         self.objects: dict[int, ObjectTrack] = {}
         self._lock = threading.RLock()  # the widget prompts from the GUI thread while a worker may propagate
         self.encoder_runs = 0
-        self.object_batch = object_batch
+        # one object at a time on a CPU: batching 16 objects at 1024² ran 1.9× slower there (caches outgrown;
+        # bench_tracking.py speed), while a GPU gains from batches
+        self.object_batch = object_batch or (64 if self.device.type == "cuda" else 1)
         self.embeddings = None if embedding_cache is None else self._open_embedding_cache(embedding_cache)
 
     # ------------------------------------------------------------------ frames and features
@@ -628,7 +630,7 @@ class TrackingSession:
         groups: dict[tuple, list[ObjectTrack]] = {}
         for obj in objects:
             groups.setdefault(self._bank_signature(obj, frame, reverse), []).append(obj)
-        size = self.object_batch or len(objects)
+        size = self.object_batch
         batches = [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
         for group in batches:
             with autocast_context(self.device, self.precision):
