@@ -158,6 +158,7 @@ def nuclei_timelapse(
     psf_sigma: float = 1.2,
     photons: float = 150.0,
     read_noise: float = 2.0,
+    nucleus_radius: float | None = None,
 ) -> SampleStack:
     """A 2-D fluorescence time-lapse of nuclei with ground truth: image [T, Y, X], labels [T, Y, X] uint32, lineage.
 
@@ -165,7 +166,8 @@ def nuclei_timelapse(
     n_nuclei: nuclei on the first frame (ids 1..n_nuclei); a division adds two more ids. seed: all randomness.
     dtype: numpy.uint8 (8-bit, 0..255) or numpy.uint16 (12-bit camera, 0..4095).
     psf_sigma: lateral Gaussian PSF in pixels. photons: photons per pixel of a bright nucleus (lower = noisier).
-    read_noise: camera read noise in electrons.
+    read_noise: camera read noise in electrons. nucleus_radius: typical radius in pixels (default ~10 px at 256,
+    scaled with the shape; motion scales with it).
 
     Staged events (by id, given enough nuclei and frames; `events` records them):
       1  divides at frame T//2: it elongates and brightens, then ends; daughters n_nuclei+1 and n_nuclei+2 start
@@ -182,7 +184,7 @@ def nuclei_timelapse(
     h, w = (int(s) for s in shape)
     _camera_range(dtype)
     rng = np.random.default_rng(seed)
-    r0 = max(3.0, 10.0 * min(h, w) / 256)
+    r0 = max(3.0, 10.0 * min(h, w) / 256) if nucleus_radius is None else float(nucleus_radius)
     roles = ["divides", "leaves_and_returns", "touch_a", "touch_b", "vanishes"]
     roles = roles[:n_nuclei] + ["wanders"] * max(0, n_nuclei - len(roles))
     if n_nuclei == 3:  # a touching pair needs both members
@@ -380,6 +382,7 @@ def nuclei_zstack(
     depth_attenuation: float = 0.5,
     photons: float = 200.0,
     read_noise: float = 2.0,
+    nucleus_radius: float | None = None,
 ) -> SampleStack:
     """A 3-D fluorescence stack of ellipsoidal nuclei with ground truth: image [Z, Y, X], labels [Z, Y, X] uint32.
 
@@ -390,6 +393,7 @@ def nuclei_zstack(
     psf_sigma: lateral PSF sigma in pixels; axial_ratio: axial / lateral PSF width (the axial blur is stronger).
     depth_attenuation: brightness left at the deepest slice (z = Z-1) relative to the top (z = 0), from
     scattering/absorption, falling exponentially with depth. photons, read_noise: as in `nuclei_timelapse`.
+    nucleus_radius: typical lateral radius in pixels (default ~11 px at 256, scaled with the shape).
     """
     n_slices, n_nuclei = int(n_slices), int(n_nuclei)
     if n_slices < 1 or n_nuclei < 0:
@@ -397,7 +401,7 @@ def nuclei_zstack(
     h, w = (int(s) for s in shape)
     _camera_range(dtype)
     rng = np.random.default_rng(seed)
-    r0 = max(3.0, 11.0 * min(h, w) / 256)
+    r0 = max(3.0, 11.0 * min(h, w) / 256) if nucleus_radius is None else float(nucleus_radius)
     depth = (n_slices - 1) * z_step  # physical extent along z, in pixel units
 
     # ellipsoids: centre (z, y, x) in pixel units, semi-axes a, b (in the y-x plane, a along `angle`), c (along z)
