@@ -152,9 +152,43 @@ CONFIGS: dict[str, SAM2Config] = {
 }
 
 
+#: Our small SAM 2 for fluorescence microscopy (model/train_nano.py; model card: model/README.md). Same
+#: architecture as the official models, shrunk consistently: input 256 (features 16 × 16, masks 64 × 64); a
+#: five-block Hiera whose windows tile the 64/32/16/8 token grids; every later module 64 wide (a multiple of the
+#: decoder's 8 heads); memories 32 wide (dividing 64, so a pointer is two memory tokens); 4 memories.
+NANO_FLUO = SAM2Config(
+    name="nano-fluo",
+    version="2.1",
+    trunk=HieraConfig(
+        embed_dim=16,
+        num_heads=1,
+        stages=(1, 1, 2, 1),
+        global_att_blocks=(3,),
+        window_pos_embed_bkg_spatial_size=(4, 4),
+        window_spec=(8, 4, 8, 8),
+    ),
+    image_size=256,
+    d_model=64,
+    mem_dim=32,
+    num_maskmem=4,
+    mem_attention_layers=1,
+    mem_attention_heads=1,
+    mem_attention_ffn=256,
+    max_obj_ptrs_in_encoder=8,
+    decoder_mlp_dim=256,
+    iou_head_hidden_dim=64,
+)
+
+#: Small configurations of our own, by name (loaded from checkpoints that carry their config).
+CUSTOM_CONFIGS: dict[str, SAM2Config] = {NANO_FLUO.name: NANO_FLUO}
+
+
 def get_config(name: str) -> SAM2Config:
     """Look up a configuration by name; accepts `sam2.1_hiera_t`, `sam2.1_hiera_tiny` and `sam2.1-tiny`."""
     key = name.strip().lower().replace("-", "_")
+    for custom in CUSTOM_CONFIGS.values():
+        if key == custom.name.replace("-", "_"):
+            return custom
     for short, long in _SIZE_NAMES.items():
         for prefix in ("sam2.1_hiera_", "sam2_hiera_", "sam2.1_", "sam2_"):
             if key in (prefix + long, prefix + short):
