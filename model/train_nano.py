@@ -1,0 +1,463 @@
+"""Train `nano-fluo`, our small SAM 2 for fluorescence microscopy, from scratch on synthetic time-lapses and z-stacks.
+
+    python model/train_nano.py --out runs/nano --steps 6000          # CPU or CUDA ("auto")
+    python model/train_nano.py --out runs/nano --steps 6000 --resume # continues from runs/nano/last.pt
+    python model/train_nano.py --out runs/nano --export src/napari_sam2/weights/nano_fluo.pt
+
+Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
+and returning nuclei; z-stacks of ellipsoids), with random nucleus size (4–18 px radius at the model input), density,
+8/16-bit camera, PSF, photon count and read noise; 256² or another size resized as the preprocessing does. Each
+movie goes through the same preprocessing as at inference (stack percentiles → [0, 1] → grey as RGB → ImageNet
+normalisation). Clips of `--frames` consecutive frames (stride 1–2, forwards or backwards, flipped/rotated).
+
+Objective (SAM 2's video objective, on our network's own inference steps — `SAM2Model.decode`, `encode_memory`,
+`condition_on_memory` — so what is trained is what runs): one object per clip, prompted on its first frame as a user
+would (one click inside, a box, a mask, or a click followed by 1–2 corrective clicks placed in the largest error);
+the following frames are tracked with the memory bank laid out as `TrackingSession` lays it out (the prompted frame,
+the previous num_maskmem − 1 frames, object pointers), memories rounded to bf16 as stored at inference.
+Losses per frame (SAM 2's weights): focal ×20 + dice on every candidate mask (all three candidates are supervised:
+a click on a nucleus is not ambiguous, so the IoU head's choice cannot go wrong), L1 between predicted and actual IoU,
+and binary cross-entropy of the object-presence score; mask and IoU losses only where the object is present.
+
+Reproducible: the data of step k depends only on (--seed, k); `--resume` restores weights, optimiser and schedule
+from `<out>/last.pt` (written every --save-every steps), so an interrupted run continues where it stopped.
+Held-out seeds (≥ 1,000,000) are used only by --val-every and benchmarks/bench_nano.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from napari_sam2.model.build import build_model, config_from_dict, resolve_device
+from napari_sam2.model.configs import NANO_FLUO
+from napari_sam2.model.sam2 import NO_OBJECT_LOGIT, Memory, Pointer
+from napari_sam2.preprocess import IntensityRange, to_model_input
+from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
+
+HELD_OUT_SEED = 1_000_000  # training movies use seeds below this
+PROMPT_LOGIT_CLAMP = 32.0  # as TrackingSession: previous logits given back as a mask prompt
+LOSS_WEIGHTS = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "presence": 1.0}
+
+
+# ---------------------------------------------------------------------- data
+@dataclasses.dataclass
+class Movie:
+    """A preprocessed synthetic movie: frames [T, 3, S, S] (model input), labels [T, S, S] int64 at model size,
+    image [T, Y, X] the camera frames they came from."""
+
+    frames: torch.Tensor
+    labels: torch.Tensor
+    special: tuple[int, ...]  # ids with staged events (division, leaving/returning, vanishing)
+    image: np.ndarray
+
+
+def make_movie(seed: int, image_size: int, n_frames: int = 12) -> Movie:
+    """One random synthetic movie, preprocessed as `FrameSource` does at inference (one intensity range for the
+    movie from its 1st and 99.8th percentiles — here of every other pixel — then grey → RGB → ImageNet-normalised,
+    resized to the model input with antialiasing)."""
+    rng = np.random.default_rng(seed)
+    radius = float(np.exp(rng.uniform(math.log(4.0), math.log(18.0))))  # at the model input
+    side = int(rng.choice([image_size] * 3 + [192, 320, 384]))
+    radius_here = radius * side / image_size
+    fill = rng.uniform(0.08, 0.35)
+    n_nuclei = int(np.clip(round(fill * side * side / (math.pi * radius_here**2)), 3, 40))
+    dtype = np.uint8 if rng.random() < 0.5 else np.uint16
+    common = dict(
+        shape=(side, side),
+        n_nuclei=n_nuclei,
+        seed=int(rng.integers(2**31)),
+        dtype=dtype,
+        psf_sigma=float(rng.uniform(0.6, 2.0)),
+        photons=float(np.exp(rng.uniform(math.log(15.0), math.log(400.0)))),
+        read_noise=float(rng.uniform(1.0, 4.0)),
+        nucleus_radius=radius_here,
+    )
+    if rng.random() < 0.25:
+        stack = nuclei_zstack(n_slices=n_frames, z_step=float(rng.uniform(1.0, 3.0)), **common)
+        special = ()
+    else:
+        stack = nuclei_timelapse(n_frames=n_frames, **common)
+        special = tuple(i for i in (1, 2, 5) if i <= n_nuclei)
+    image = stack.image
+    intensity = IntensityRange.from_percentiles(image[:, ::2, ::2])
+    frames = torch.stack(
+        [to_model_input(np.repeat(intensity.apply(f)[..., None], 3, axis=-1), image_size) for f in image]
+    )
+    labels = torch.from_numpy(stack.labels.astype(np.int64))
+    if side != image_size:
+        labels = F.interpolate(labels[:, None].float(), size=(image_size, image_size), mode="nearest")[:, 0].long()
+    return Movie(frames, labels, special, image)
+
+
+@dataclasses.dataclass
+class Clip:
+    """frames [T, 3, S, S]; masks [T, S, S] bool of the target object (empty where it is absent)."""
+
+    frames: torch.Tensor
+    masks: torch.Tensor
+
+
+def sample_clip(movie: Movie, rng: np.random.Generator, length: int, min_area: int = 12) -> Clip | None:
+    """A clip of `length` frames of one object present (≥ min_area pixels) on its first frame."""
+    n = movie.frames.shape[0]
+    stride = int(rng.integers(1, 3)) if n >= 2 * length else 1
+    span = (length - 1) * stride + 1
+    start = int(rng.integers(0, n - span + 1))
+    idx = list(range(start, start + span, stride))
+    if rng.random() < 0.5:
+        idx = idx[::-1]
+    labels = movie.labels[idx]
+    ids, counts = torch.unique(labels[0], return_counts=True)
+    candidates = [int(i) for i, c in zip(ids, counts) if i > 0 and c >= min_area]
+    if not candidates:
+        return None
+    special = [i for i in candidates if i in movie.special]
+    obj = int(rng.choice(special)) if special and rng.random() < 0.3 else int(rng.choice(candidates))
+    frames, masks = movie.frames[idx], labels == obj
+    k = int(rng.integers(4))
+    frames, masks = torch.rot90(frames, k, dims=(-2, -1)), torch.rot90(masks, k, dims=(-2, -1))
+    if rng.random() < 0.5:
+        frames, masks = frames.flip(-1), masks.flip(-1)
+    return Clip(frames.contiguous(), masks.contiguous())
+
+
+def click_inside(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """(x, y) of a click a user would give: a pixel well inside the object (distance ≥ 40 % of its deepest)."""
+    depth = ndimage.distance_transform_edt(mask)
+    ys, xs = np.nonzero(depth >= 0.4 * depth.max())
+    k = int(rng.integers(len(ys)))
+    return float(xs[k]), float(ys[k])
+
+
+def correction_click(pred: np.ndarray, mask: np.ndarray) -> tuple[float, float, int] | None:
+    """(x, y, label) at the centre of the largest error: positive in a missed region, negative in a false one."""
+    missed, false = mask & ~pred, pred & ~mask
+    if not missed.any() and not false.any():
+        return None
+    depth_missed = ndimage.distance_transform_edt(np.pad(missed, 1))[1:-1, 1:-1]
+    depth_false = ndimage.distance_transform_edt(np.pad(false, 1))[1:-1, 1:-1]
+    positive = depth_missed.max() >= depth_false.max()
+    depth = depth_missed if positive else depth_false
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return float(x), float(y), int(positive)
+
+
+def box_around(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The two corners [[x0, y0], [x1, y1]] of the object's box, each side jittered by ≤ 10 % (max 20 px)."""
+    ys, xs = np.nonzero(mask)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    w, h = x1 - x0, y1 - y0
+    noise = np.clip(rng.normal(0, 0.1, 4) * np.array([w, h, w, h]), -20, 20)
+    box = np.array([x0, y0, x1, y1], dtype=np.float32) + noise.astype(np.float32)
+    size = mask.shape[0]
+    return np.clip(box, 0, size).reshape(2, 2)
+
+
+# ---------------------------------------------------------------------- losses
+def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid focal loss (α 0.25, γ 2, mean over pixels) and dice loss per candidate: logits [M, S, S], target [S, S]."""
+    target = target.float().expand_as(logits)
+    prob = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    alpha = 0.25 * target + 0.75 * (1 - target)
+    focal = (alpha * ce * (1 - p_t) ** 2).flatten(1).mean(1)
+    inter = (prob * target).flatten(1).sum(1)
+    dice = 1 - (2 * inter + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
+    return focal, dice
+
+
+def frame_loss(model, out, target: torch.Tensor, stats: dict) -> torch.Tensor:
+    """SAM 2's per-frame loss for one object: out is a DecoderOutput (batch 1, ungated), target [S, S] bool."""
+    present = bool(target.any())
+    presence = F.binary_cross_entropy_with_logits(out.object_score.flatten(), target.any().float().view(1))
+    loss = LOSS_WEIGHTS["presence"] * presence
+    stats["presence"].append(float(presence.detach()))
+    stats["presence_acc"].append(float((out.object_score.flatten()[0] > 0) == present))
+    if present:
+        logits = model.upsample_logits(out.multi_logits)[0]  # [M, S, S]
+        focal, dice = mask_losses(logits, target)
+        with torch.no_grad():
+            pred = logits > 0
+            inter = (pred & target).flatten(1).sum(1).float()
+            union = (pred | target).flatten(1).sum(1).float()
+            actual_iou = inter / union.clamp(min=1)
+        iou_loss = (out.multi_ious[0].float() - actual_iou).abs()
+        loss = loss + (LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice + LOSS_WEIGHTS["iou"] * iou_loss).mean()
+        stats["iou"].append(float(actual_iou[int(torch.argmax(out.multi_ious[0]))]))
+    return loss
+
+
+# ---------------------------------------------------------------------- one clip, as TrackingSession runs it
+def bf16_round(x: torch.Tensor) -> torch.Tensor:
+    """Round to bf16 in the forward pass (memories are stored so at inference), identity for the gradient."""
+    return x + (x.to(torch.bfloat16).float() - x).detach()
+
+
+PROMPT_KINDS, PROMPT_ODDS = ["click", "box", "mask", "corrections"], [0.45, 0.2, 0.1, 0.25]
+
+
+def run_clip(
+    model, clip: Clip, rng: np.random.Generator, stats: dict, max_pointer_distance: int, prompt: str | None = None
+) -> torch.Tensor:
+    """Prompt the first frame (`prompt`: one of PROMPT_KINDS, default drawn at random), track the rest with the
+    memory bank; returns the summed loss of the clip."""
+    cfg = model.cfg
+    device = model.device
+    size = cfg.image_size
+    feats_all = model.encode_image(clip.frames.to(device))
+    masks = clip.masks.to(device)
+    first = clip.masks[0].numpy()
+    loss = 0.0
+
+    # --- the prompted (conditioning) frame
+    feats0 = feats_all.select(slice(0, 1))
+    kind = prompt or str(rng.choice(PROMPT_KINDS, p=PROMPT_ODDS))
+    if kind == "mask":
+        out = model.mask_as_output(feats0, masks[0][None, None].float())
+    else:
+        embedding = model.image_embedding(feats0)
+        if kind == "box":
+            coords = torch.from_numpy(box_around(first, rng))[None].to(device)
+            labels = torch.tensor([[2, 3]], dtype=torch.int32, device=device)
+        else:
+            x, y = click_inside(first, rng)
+            coords = torch.tensor([[[x, y]]], dtype=torch.float32, device=device)
+            labels = torch.ones(1, 1, dtype=torch.int32, device=device)
+        out = model.decode(embedding, feats0.high_res, coords, labels, multimask=coords.shape[1] <= 1, object_gate=False)
+        loss = loss + frame_loss(model, out, masks[0], stats)
+        if kind == "corrections":
+            for _ in range(int(rng.integers(1, 3))):
+                pred = (model.upsample_logits(out.logits)[0, 0] > 0).cpu().numpy()
+                click = correction_click(pred, first)
+                if click is None:
+                    break
+                coords = torch.cat([coords, torch.tensor([[[click[0], click[1]]]], device=device)], dim=1)
+                labels = torch.cat([labels, torch.tensor([[click[2]]], dtype=torch.int32, device=device)], dim=1)
+                previous = out.logits.detach().clamp(-PROMPT_LOGIT_CLAMP, PROMPT_LOGIT_CLAMP)
+                out = model.decode(
+                    embedding, feats0.high_res, coords, labels, mask_prompt=previous, multimask=False, object_gate=False
+                )
+                loss = loss + frame_loss(model, out, masks[0], stats)
+        out = gated(model, out)
+    cond_memory = bf16_round(
+        model.encode_memory(feats0, model.upsample_logits(out.logits), out.object_score, binarize=True)
+    )
+    cond_pointer = out.object_pointer
+
+    # --- the tracked frames
+    nmem = cfg.num_maskmem
+    tracked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # frame → (memory, pointer)
+    for t in range(1, clip.frames.shape[0]):
+        feats = feats_all.select(slice(t, t + 1))
+        memories = [Memory(cond_memory, nmem - 1)]
+        for t_pos in range(1, nmem):
+            prev = t - (nmem - t_pos)
+            if prev in tracked:
+                memories.append(Memory(tracked[prev][0], nmem - t_pos - 1))
+        pointers = [Pointer(cond_pointer, t)]
+        for t_diff in range(1, min(t, cfg.max_obj_ptrs_in_encoder)):
+            if t - t_diff in tracked:
+                pointers.append(Pointer(tracked[t - t_diff][1], t_diff))
+        embedding = model.condition_on_memory(feats, memories, pointers, max_pointer_distance)
+        out = model.decode(embedding, feats.high_res, multimask=True, object_gate=False)
+        loss = loss + frame_loss(model, out, masks[t], stats)
+        out = gated(model, out)
+        memory = model.encode_memory(feats, model.upsample_logits(out.logits), out.object_score, binarize=False)
+        tracked[t] = (bf16_round(memory), out.object_pointer)
+    return loss
+
+
+def gated(model, out):
+    """What the decoder's object gate does at inference: absent → NO_OBJECT_LOGIT masks and the no-object pointer."""
+    present = out.object_score > 0
+    logits = torch.where(present[:, :, None, None], out.logits, torch.full_like(out.logits, NO_OBJECT_LOGIT))
+    pointer = model._gate_pointer(out.object_pointer, present.float())
+    return dataclasses.replace(out, logits=logits, object_pointer=pointer)
+
+
+# ---------------------------------------------------------------------- schedule, checkpoints
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_training_state(path: Path, model, optimizer, step: int, args) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "config": config_dict(model.cfg),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "torch_rng": torch.get_rng_state(),
+            "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def export(state_path: Path, target: Path) -> None:
+    """Write the shipped checkpoint {"model": fp32 state dict, "config": ...} (tensors and plain values only, loadable
+    with weights_only=True) and, beside it, the JSON record the registry checks it against (hash, size, params)."""
+    from napari_sam2.registry import file_sha256
+
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    training = {"steps": state["step"], **state["args"]}
+    torch.save({"model": state["model"], "config": state["config"], "training": training}, target)
+    record = {
+        "sha256": file_sha256(target),
+        "file_size": target.stat().st_size,
+        "params": sum(p.numel() for p in build_model(config_from_dict(state["config"])).parameters()),
+        "training": training,
+    }
+    target.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"exported step {state['step']} to {target} ({record['file_size'] / 1e6:.2f} MB)")
+
+
+# ---------------------------------------------------------------------- validation (quick; the benchmark is thorough)
+@torch.no_grad()
+def validate(model, image_size: int, n_movies: int, length: int, max_pointer_distance: int) -> dict:
+    stats = {"presence": [], "presence_acc": [], "iou": []}
+    first_ious, later_ious = [], []
+    model.eval()
+    for k in range(n_movies):
+        movie = make_movie(HELD_OUT_SEED + k, image_size)
+        rng = np.random.default_rng(HELD_OUT_SEED + k)
+        clip = sample_clip(movie, rng, length)
+        if clip is None:
+            continue
+        stats["iou"].clear()
+        run_clip(model, clip, rng, stats, max_pointer_distance, prompt="click")
+        first_ious.append(stats["iou"][0])
+        later_ious.extend(stats["iou"][1:])
+    model.train()
+    return {
+        "val_click_iou": float(np.mean(first_ious)),
+        "val_track_iou": float(np.mean(later_ious)) if later_ious else float("nan"),
+    }
+
+
+# ---------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for last.pt and log.jsonl")
+    parser.add_argument("--steps", type=int, default=6000, help="total optimiser steps (sets the schedule)")
+    parser.add_argument("--clips", type=int, default=4, help="clips (objects) per step")
+    parser.add_argument("--frames", type=int, default=6, help="frames per clip")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool", type=int, default=12, help="recent movies clips are drawn from")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--save-every", type=int, default=100)
+    parser.add_argument("--val-every", type=int, default=500)
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    parser.add_argument("--export", type=Path, help="only write the shipped checkpoint from <out>/last.pt and exit")
+    parser.add_argument("--stop-after", type=float, default=0, help="stop (saving) after this many minutes")
+    args = parser.parse_args(argv)
+
+    state_path = args.out / "last.pt"
+    if args.export:
+        export(state_path, args.export)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    cfg = NANO_FLUO
+    model = build_model(cfg).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    start = 0
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        cfg = config_from_dict(state["config"])
+        model = build_model(cfg).to(device).train()
+        model.load_state_dict(state["model"])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        print(f"resumed at step {start}", flush=True)
+    max_pointer_distance = cfg.max_obj_ptrs_in_encoder - 1  # as on any stack longer than the pointer reach
+    params = sum(p.numel() for p in model.parameters())
+    print(f"nano-fluo: {params:,} parameters on {device}; steps {start}..{args.steps}", flush=True)
+
+    pool: dict[int, Movie] = {}
+    log = (args.out / "log.jsonl").open("a")
+    began = time.time()
+    window = {"loss": [], "presence": [], "presence_acc": [], "iou": []}
+    for step in range(start, args.steps):
+        newest = step // 2  # a new movie every other step (making one costs ~0.3 s, a step ~1 s on 2 CPU cores)
+        for k in range(max(0, newest - args.pool + 1), newest + 1):  # the pool is a function of the step: resumable
+            if k not in pool:
+                pool[k] = make_movie(args.seed * 10_000_000 + k, cfg.image_size)
+        for k in [k for k in pool if k <= newest - args.pool]:
+            del pool[k]
+        rng = np.random.default_rng([args.seed, step])
+        lr = learning_rate(step, args.steps, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        stats = {"presence": [], "presence_acc": [], "iou": []}
+        loss = 0.0
+        clips = 0
+        keys = sorted(pool)
+        while clips < args.clips:
+            clip = sample_clip(pool[keys[int(rng.integers(len(keys)))]], rng, args.frames)
+            if clip is None:
+                continue
+            loss = loss + run_clip(model, clip, rng, stats, max_pointer_distance) / (args.clips * args.frames)
+            clips += 1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        window["loss"].append(float(loss))
+        for key in ("presence", "presence_acc", "iou"):
+            window[key].extend(stats[key])
+        done = step + 1
+        if done % 25 == 0 or done == args.steps:
+            record = {
+                "step": done,
+                "lr": lr,
+                "minutes": (time.time() - began) / 60,
+                **{k: float(np.mean(v)) if v else None for k, v in window.items()},
+            }
+            window = {k: [] for k in window}
+            if args.val_every and (done % args.val_every == 0 or done == args.steps):
+                record.update(validate(model, cfg.image_size, 12, 8, max_pointer_distance))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(json.dumps(record), flush=True)
+        stop = args.stop_after and (time.time() - began) / 60 >= args.stop_after
+        if done % args.save_every == 0 or done == args.steps or stop:
+            save_training_state(state_path, model, optimizer, done, args)
+        if stop:
+            print(f"stopped after {args.stop_after} minutes at step {done}; --resume continues", flush=True)
+            break
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""model/train_nano.py: the real training loop, a few small steps (data, prompts, video objective, resume, export)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam2 import load_model
+from napari_sam2.registry import file_sha256
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def train_nano():
+    spec = importlib.util.spec_from_file_location("train_nano", ROOT / "model" / "train_nano.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_nano"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+SMALL = ["--clips", "1", "--frames", "3", "--val-every", "0", "--save-every", "1", "--pool", "2", "--threads", "1"]
+
+
+def test_resume_continues_exactly_and_export_loads(train_nano, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_nano.main(["--out", str(straight), "--steps", "4", *SMALL]) == 0
+    assert train_nano.main(["--out", str(split), "--steps", "4", "--stop-after", "1e-9", *SMALL]) == 0
+    stopped = torch.load(split / "last.pt", weights_only=True)
+    assert stopped["step"] == 1  # stopped after its first step, state saved
+    assert train_nano.main(["--out", str(split), "--steps", "4", "--resume", *SMALL]) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(split / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    initial = train_nano.build_model(train_nano.NANO_FLUO).state_dict()
+    changed = [k for k in a["model"] if not torch.equal(a["model"][k], initial[k])]
+    assert changed, "four optimiser steps left every weight at its initial value"
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), f"{key} differs after stop + resume"
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 4 and np.isfinite(log[-1]["loss"])
+
+    target = tmp_path / "weights" / "nano_fluo.pt"
+    assert train_nano.main(["--out", str(straight), "--export", str(target)]) == 0
+    record = json.loads(target.with_suffix(".json").read_text())
+    assert record["sha256"] == file_sha256(target) and record["file_size"] == target.stat().st_size
+    model = load_model(target, device="cpu")
+    assert model.cfg == train_nano.NANO_FLUO and record["params"] == sum(p.numel() for p in model.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, a["model"][key])
+
+
+def test_prompts_are_what_a_user_gives(train_nano):
+    rng = np.random.default_rng(0)
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 20:50] = True
+    for _ in range(20):
+        x, y = train_nano.click_inside(mask, rng)
+        assert mask[int(y), int(x)]
+        assert 13 <= y <= 26 and 23 <= x <= 46  # well inside, not on the border
+        (x0, y0), (x1, y1) = train_nano.box_around(mask, rng)
+        # each side moved by a 10 %-of-size normal draw: within 4 sigma
+        assert abs(x0 - 20) <= 12 and abs(y0 - 10) <= 8 and abs(x1 - 50) <= 12 and abs(y1 - 30) <= 8
+        assert x0 < x1 and y0 < y1
+    pred = mask.copy()
+    pred[10:30, 35:50] = False  # missed the right part: a positive click there
+    x, y, label = train_nano.correction_click(pred, mask)
+    assert label == 1 and 35 <= x < 50 and 10 <= y < 30
+    pred = mask.copy()
+    pred[40:60, 40:60] = True  # a false region: a negative click there
+    x, y, label = train_nano.correction_click(pred, mask)
+    assert label == 0 and 40 <= x < 60 and 40 <= y < 60
+    assert train_nano.correction_click(mask, mask) is None
+
+
+def test_movies_are_preprocessed_as_at_inference(train_nano):
+    from napari_sam2.frames import FrameSource
+
+    for seed in range(6):  # some at 256², some made at another size and resized
+        movie = train_nano.make_movie(seed, 256, n_frames=4)
+        assert movie.frames.shape == (4, 3, 256, 256) and movie.labels.shape == (4, 256, 256)
+        source = FrameSource(movie.image, 256, read_ahead=0)
+        for t in range(4):  # same range, resize and normalisation as at inference (percentiles of a subsample)
+            assert torch.allclose(source.model_input(t), movie.frames[t], atol=0.05)
+    clip = train_nano.sample_clip(movie, np.random.default_rng(1), 3)
+    assert clip.masks[0].sum() >= 12 and clip.frames.shape == (3, 3, 256, 256)
