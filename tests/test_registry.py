@@ -43,8 +43,8 @@ def _hermetic_env(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------- the table
-def test_table_has_the_eight_official_checkpoints():
-    assert registry.list_models() == list(OFFICIAL_PARAMS)
+def test_table_has_the_builtin_model_and_the_eight_official_checkpoints():
+    assert registry.list_models() == [registry.BUILTIN_MODEL, *OFFICIAL_PARAMS]
     for name, params in OFFICIAL_PARAMS.items():
         info = registry.model_info(name)
         assert info.name == name
@@ -121,7 +121,8 @@ def test_import_and_lookups_never_touch_the_network(monkeypatch, tmp_path):
     fresh = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "_registry_copy", fresh)  # dataclasses look their module up there
     spec.loader.exec_module(fresh)
-    assert len(fresh.list_models()) == 8
+    assert len(fresh.list_models()) == 9
+    assert fresh.checkpoint_path("nano-fluo").parent == fresh.BUILTIN_DIR  # built in: no download, no cache
     fresh.model_info("sam2.1_hiera_l")
     assert fresh.verify("sam2.1_hiera_tiny", cache_dir=tmp_path)[0] is False
     with pytest.raises(fresh.ModelNotAvailableError):
@@ -327,3 +328,35 @@ def test_load_model_by_name_downloads_through_the_registry(tiny_checkpoint, entr
         assert server.counts == ["/test_ckpt.pt"]
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- the built-in model
+def test_builtin_model_ships_in_the_package_and_loads_offline(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    info = registry.model_info("nano")
+    assert info.name == "nano-fluo" and info.builtin and info.url == ""
+    path = registry.checkpoint_path("nano-fluo", download=False)
+    assert path.parent == registry.BUILTIN_DIR and path.stat().st_size == info.file_size <= 20_000_000
+    assert registry.verify("nano-fluo")[0] is True
+    from napari_sam2 import load_model
+
+    model = load_model("nano-fluo", device="cpu")
+    assert model.cfg.name == "nano-fluo" and sum(p.numel() for p in model.parameters()) == info.params
+
+
+def test_builtin_model_damaged_or_missing_is_refused_with_the_fix(monkeypatch, tmp_path):
+    original = registry.checkpoint_path("nano-fluo")
+    monkeypatch.setattr(registry, "BUILTIN_DIR", tmp_path)
+    with pytest.raises(ModelNotAvailableError, match="reinstall napari-sam2"):
+        registry.checkpoint_path("nano-fluo")
+    data = bytearray(original.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / original.name).write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="recorded SHA-256: reinstall"):
+        registry.checkpoint_path("nano-fluo")
+    (tmp_path / original.name).write_bytes(bytes(data[:-10]))
+    with pytest.raises(ChecksumError, match="bytes, expected"):
+        registry.checkpoint_path("nano-fluo")

@@ -117,7 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("store", metavar="OUT.ome.zarr")
 
     d = sub.add_parser("demo", help="track the synthetic nuclei time-lapse from its first-frame ground truth")
-    d.add_argument("--model", default=None, metavar="NAME|PATH")
+    d.add_argument("--model", default="nano-fluo", metavar="NAME|PATH",
+                   help="registry name or .pt file (default: the built-in nano-fluo, no download)")  # fmt: skip
     d.add_argument("--out", required=True, metavar="DIR")
     d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     d.add_argument("--frames", type=int, default=30, help="time points (30)")
@@ -249,7 +250,10 @@ def _cmd_models(args) -> int:
         for name in registry.list_models():
             info = registry.model_info(name)
             size = f"{info.file_size / 1e6:.0f} MB" if info.file_size else "?"
-            cached = "yes" if (folder / info.filename).is_file() else "no"
+            if info.builtin:
+                cached = "built-in" if (registry.BUILTIN_DIR / info.filename).is_file() else "missing"
+            else:
+                cached = "yes" if (folder / info.filename).is_file() else "no"
             print(f"{info.name:<22} {info.version:<7} {info.params / 1e6:>7.1f}M {size:>9}  {cached}")
         return EXIT_OK
     if args.models_command == "download":

@@ -1,4 +1,5 @@
-"""The official SAM 2 / 2.1 checkpoints by name: where they come from, what they must hash to, where they are cached.
+"""SAM 2 checkpoints by name: the official SAM 2 / 2.1 ones (where they come from, what they must hash to, where
+they are cached) and our built-in `nano-fluo` (shipped inside the package: no download, works offline).
 
 Nothing here touches the network at import or when looking things up; only `checkpoint_path(..., download=True)`
 does, and only when the file is not cached yet. No torch, no napari.
@@ -43,7 +44,9 @@ __all__ = [
 
 CACHE_ENV = "NAPARI_SAM2_CACHE"
 BASE_URL_ENV = "NAPARI_SAM2_BASE_URL"
-DEFAULT_MODEL = "sam2.1_hiera_tiny"
+DEFAULT_MODEL = "sam2.1_hiera_tiny"  # track() and the CLI: the official model, for real work
+BUILTIN_MODEL = "nano-fluo"  # the widget, the demo and the sample data: in the package, needs no download
+BUILTIN_DIR = Path(__file__).parent / "weights"
 
 _SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/072824"  # SAM 2.0, July 2024
 _SAM21_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"  # SAM 2.1, September 2024
@@ -78,8 +81,10 @@ class ModelInfo:
 
     name: registry name (`sam2.1_hiera_tiny`); config: our/official config name (`sam2.1_hiera_t`);
     version: "2.0" or "2.1"; size: tiny | small | base_plus | large; filename: the file name in the cache;
-    url: Meta's download URL; sha256 / file_size: of that file (None: not recorded); params: parameter count;
-    hf_repo: Meta's Hugging Face repository holding the same file; aliases: other accepted spellings.
+    url: Meta's download URL ("" for a built-in model); sha256 / file_size: of that file (None: not recorded);
+    params: parameter count; hf_repo: Meta's Hugging Face repository holding the same file; aliases: other accepted
+    spellings; builtin: the file ships inside the package (`BUILTIN_DIR`), written by model/train_nano.py --export
+    together with a JSON record of its hash, size and parameter count.
     """
 
     name: str
@@ -94,6 +99,7 @@ class ModelInfo:
     license: str = "Apache-2.0"
     hf_repo: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    builtin: bool = False  # shipped in napari_sam2/weights/ (no url, never downloaded)
 
 
 _SHORT = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
@@ -133,8 +139,36 @@ _OFFICIAL = [
     ("2.0", "large", "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b", 897_952_466, 224_430_130),
 ]
 
-#: Every known checkpoint by registry name (the eight official ones, plus any added with `register`).
-MODELS: dict[str, ModelInfo] = {info.name: info for info in (_official(*row) for row in _OFFICIAL)}
+def _builtin(name: str, stem: str, config: str) -> ModelInfo:
+    """A model shipped in the package; its hash, size and parameters come from the record written beside it."""
+    import json
+
+    try:
+        record = json.loads((BUILTIN_DIR / f"{stem}.json").read_text())
+    except (OSError, ValueError):
+        record = {}
+    return ModelInfo(
+        name=name,
+        config=config,
+        version="2.1",
+        size="nano",
+        filename=f"{stem}.pt",
+        url="",
+        sha256=record.get("sha256"),
+        file_size=record.get("file_size"),
+        params=int(record.get("params", 0)),
+        license="BSD-3-Clause",
+        aliases=(stem, "nano"),
+        builtin=True,
+    )
+
+
+#: Every known checkpoint by registry name: the built-in one first, then the eight official ones, plus any added
+#: with `register`.
+MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in [_builtin(BUILTIN_MODEL, "nano_fluo", "nano-fluo"), *(_official(*row) for row in _OFFICIAL)]
+}
 
 
 # ---------------------------------------------------------------------- look-ups (no network)
@@ -145,7 +179,7 @@ def _normalise(name: str) -> str:
 
 
 def list_models() -> list[str]:
-    """Registry names, SAM 2.1 first, smallest first."""
+    """Registry names: the built-in nano-fluo, then the official ones (SAM 2.1 first, smallest first)."""
     return list(MODELS)
 
 
@@ -263,6 +297,8 @@ def checkpoint_path(
     and the folder to put it in. base_url (or $NAPARI_SAM2_BASE_URL): fetch `<base_url>/<file name>` instead.
     """
     info = model_info(name)
+    if info.builtin:
+        return _builtin_path(info)
     folder = _resolve_cache_dir(cache_dir)
     target = folder / info.filename
     url = _download_url(info, base_url)
@@ -286,6 +322,26 @@ def checkpoint_path(
             path=target,
         )
     _fetch(info, url, target, progress)
+    return target
+
+
+def _builtin_path(info: ModelInfo) -> Path:
+    """The file of a built-in model, checked against its record (size, then SHA-256 once per file version)."""
+    target = BUILTIN_DIR / info.filename
+    if not target.is_file() or info.sha256 is None:
+        raise ModelNotAvailableError(
+            f"the built-in model {info.name!r} is missing from this installation (expected {target} and its record "
+            f"{target.with_suffix('.json').name}): reinstall napari-sam2, or make it with model/train_nano.py --export",
+            name=info.name,
+            url="",
+            filename=info.filename,
+            path=target,
+        )
+    size = target.stat().st_size
+    if info.file_size is not None and size != info.file_size:
+        raise ChecksumError(f"the built-in model {target} has {size} bytes, expected {info.file_size}: reinstall")
+    if file_sha256(target) != info.sha256:  # a few MB: hashed on every load, no stamp file in site-packages
+        raise ChecksumError(f"the built-in model {target} does not have its recorded SHA-256: reinstall napari-sam2")
     return target
 
 
@@ -359,7 +415,7 @@ def verify(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None 
             if os.sep in text or text.endswith((".pt", ".pth")):
                 return False, f"no such file: {as_path}"
             return False, str(exc.args[0])
-        path = _resolve_cache_dir(cache_dir) / info.filename
+        path = BUILTIN_DIR / info.filename if info.builtin else _resolve_cache_dir(cache_dir) / info.filename
         if not path.is_file():
             return False, f"{info.name} is not downloaded (expected at {path})"
         return _verify_file(path, info)
