@@ -1,7 +1,7 @@
 """Train `nano-fluo`, our small SAM 2 for fluorescence microscopy, from scratch on synthetic time-lapses and z-stacks.
 
-    python model/train_nano.py --out runs/nano --steps 6000          # CPU or CUDA ("auto")
-    python model/train_nano.py --out runs/nano --steps 6000 --resume # continues from runs/nano/last.pt
+    python model/train_nano.py --out runs/nano --steps 3600          # CPU or CUDA ("auto")
+    python model/train_nano.py --out runs/nano --steps 3600 --resume # continues from runs/nano/last.pt
     python model/train_nano.py --out runs/nano --export src/napari_sam2/weights/nano_fluo.pt
 
 Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
@@ -17,7 +17,9 @@ the following frames are tracked with the memory bank laid out as `TrackingSessi
 the previous num_maskmem − 1 frames, object pointers), memories rounded to bf16 as stored at inference.
 Losses per frame (SAM 2's weights): focal ×20 + dice on every candidate mask (all three candidates are supervised:
 a click on a nucleus is not ambiguous, so the IoU head's choice cannot go wrong), L1 between predicted and actual IoU,
-and binary cross-entropy of the object-presence score; mask and IoU losses only where the object is present.
+and binary cross-entropy of the object-presence score; mask and IoU losses only where the object is present. For
+the first half of training a class-balanced cross-entropy is added (weight 1 → 0): without it the from-scratch
+network settled on empty masks (IoU 0 after 425 steps of 4 × 6 frames).
 
 Reproducible: the data of step k depends only on (--seed, k); `--resume` restores weights, optimiser and schedule
 from `<out>/last.pt` (written every --save-every steps), so an interrupted run continues where it stopped.
@@ -165,8 +167,9 @@ def box_around(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- losses
-def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sigmoid focal loss (α 0.25, γ 2, mean over pixels) and dice loss per candidate: logits [M, S, S], target [S, S]."""
+def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per candidate (logits [M, S, S], target [S, S]): sigmoid focal loss (α 0.25, γ 2, mean over pixels), dice
+    loss, and class-balanced cross-entropy (mean over object pixels + mean over background pixels, halved)."""
     target = target.float().expand_as(logits)
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -175,11 +178,19 @@ def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     focal = (alpha * ce * (1 - p_t) ** 2).flatten(1).mean(1)
     inter = (prob * target).flatten(1).sum(1)
     dice = 1 - (2 * inter + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
-    return focal, dice
+    positives = target.flatten(1).sum(1).clamp(min=1)
+    negatives = (1 - target).flatten(1).sum(1).clamp(min=1)
+    balanced = 0.5 * ((ce * target).flatten(1).sum(1) / positives + (ce * (1 - target)).flatten(1).sum(1) / negatives)
+    return focal, dice, balanced
 
 
-def frame_loss(model, out, target: torch.Tensor, stats: dict) -> torch.Tensor:
-    """SAM 2's per-frame loss for one object: out is a DecoderOutput (batch 1, ungated), target [S, S] bool."""
+def frame_loss(model, out, target: torch.Tensor, stats: dict, balanced_weight: float = 0.0) -> torch.Tensor:
+    """SAM 2's per-frame loss for one object: out is a DecoderOutput (batch 1, ungated), target [S, S] bool.
+
+    `balanced_weight` adds the class-balanced cross-entropy: from scratch, nuclei cover ~0.5 % of the pixels and the
+    official focal + dice losses alone let the network settle on empty masks (measured: IoU 0 after 425 steps);
+    weighting object pixels as much as background lifts it out, and the weight decays to 0 (see `balanced_weight`).
+    """
     present = bool(target.any())
     presence = F.binary_cross_entropy_with_logits(out.object_score.flatten(), target.any().float().view(1))
     loss = LOSS_WEIGHTS["presence"] * presence
@@ -187,14 +198,15 @@ def frame_loss(model, out, target: torch.Tensor, stats: dict) -> torch.Tensor:
     stats["presence_acc"].append(float((out.object_score.flatten()[0] > 0) == present))
     if present:
         logits = model.upsample_logits(out.multi_logits)[0]  # [M, S, S]
-        focal, dice = mask_losses(logits, target)
+        focal, dice, balanced = mask_losses(logits, target)
         with torch.no_grad():
             pred = logits > 0
             inter = (pred & target).flatten(1).sum(1).float()
             union = (pred | target).flatten(1).sum(1).float()
             actual_iou = inter / union.clamp(min=1)
         iou_loss = (out.multi_ious[0].float() - actual_iou).abs()
-        loss = loss + (LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice + LOSS_WEIGHTS["iou"] * iou_loss).mean()
+        per_candidate = LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice + LOSS_WEIGHTS["iou"] * iou_loss
+        loss = loss + (per_candidate + balanced_weight * balanced).mean()
         stats["iou"].append(float(actual_iou[int(torch.argmax(out.multi_ious[0]))]))
     return loss
 
@@ -209,10 +221,16 @@ PROMPT_KINDS, PROMPT_ODDS = ["click", "box", "mask", "corrections"], [0.45, 0.2,
 
 
 def run_clip(
-    model, clip: Clip, rng: np.random.Generator, stats: dict, max_pointer_distance: int, prompt: str | None = None
+    model,
+    clip: Clip,
+    rng: np.random.Generator,
+    stats: dict,
+    max_pointer_distance: int,
+    prompt: str | None = None,
+    balanced_weight: float = 0.0,
 ) -> torch.Tensor:
     """Prompt the first frame (`prompt`: one of PROMPT_KINDS, default drawn at random), track the rest with the
-    memory bank; returns the summed loss of the clip."""
+    memory bank; returns the summed loss of the clip (`balanced_weight`: see `frame_loss`)."""
     cfg = model.cfg
     device = model.device
     size = cfg.image_size
@@ -236,7 +254,7 @@ def run_clip(
             coords = torch.tensor([[[x, y]]], dtype=torch.float32, device=device)
             labels = torch.ones(1, 1, dtype=torch.int32, device=device)
         out = model.decode(embedding, feats0.high_res, coords, labels, multimask=coords.shape[1] <= 1, object_gate=False)
-        loss = loss + frame_loss(model, out, masks[0], stats)
+        loss = loss + frame_loss(model, out, masks[0], stats, balanced_weight)
         if kind == "corrections":
             for _ in range(int(rng.integers(1, 3))):
                 pred = (model.upsample_logits(out.logits)[0, 0] > 0).cpu().numpy()
@@ -249,7 +267,7 @@ def run_clip(
                 out = model.decode(
                     embedding, feats0.high_res, coords, labels, mask_prompt=previous, multimask=False, object_gate=False
                 )
-                loss = loss + frame_loss(model, out, masks[0], stats)
+                loss = loss + frame_loss(model, out, masks[0], stats, balanced_weight)
         out = gated(model, out)
     cond_memory = bf16_round(
         model.encode_memory(feats0, model.upsample_logits(out.logits), out.object_score, binarize=True)
@@ -272,7 +290,7 @@ def run_clip(
                 pointers.append(Pointer(tracked[t - t_diff][1], t_diff))
         embedding = model.condition_on_memory(feats, memories, pointers, max_pointer_distance)
         out = model.decode(embedding, feats.high_res, multimask=True, object_gate=False)
-        loss = loss + frame_loss(model, out, masks[t], stats)
+        loss = loss + frame_loss(model, out, masks[t], stats, balanced_weight)
         out = gated(model, out)
         memory = model.encode_memory(feats, model.upsample_logits(out.logits), out.object_score, binarize=False)
         tracked[t] = (bf16_round(memory), out.object_pointer)
@@ -293,6 +311,12 @@ def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def balanced_weight(step: int, total: int) -> float:
+    """Weight of the class-balanced cross-entropy: 1 for the first quarter of training, falling linearly to 0 at
+    the half; the second half optimises SAM 2's own objective only."""
+    return float(np.clip(2.0 - 4.0 * step / max(1, total), 0.0, 1.0))
 
 
 def config_dict(cfg) -> dict:
@@ -361,9 +385,9 @@ def validate(model, image_size: int, n_movies: int, length: int, max_pointer_dis
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for last.pt and log.jsonl")
-    parser.add_argument("--steps", type=int, default=6000, help="total optimiser steps (sets the schedule)")
-    parser.add_argument("--clips", type=int, default=4, help="clips (objects) per step")
-    parser.add_argument("--frames", type=int, default=6, help="frames per clip")
+    parser.add_argument("--steps", type=int, default=3600, help="total optimiser steps (sets the schedule)")
+    parser.add_argument("--clips", type=int, default=6, help="clips (objects) per step")
+    parser.add_argument("--frames", type=int, default=4, help="frames per clip")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
@@ -427,13 +451,14 @@ def main(argv=None) -> int:
             clip = sample_clip(pool[keys[int(rng.integers(len(keys)))]], rng, args.frames)
             if clip is None:
                 continue
-            loss = loss + run_clip(model, clip, rng, stats, max_pointer_distance) / (args.clips * args.frames)
+            clip_loss = run_clip(model, clip, rng, stats, max_pointer_distance, None, balanced_weight(step, args.steps))
+            loss = loss + clip_loss / (args.clips * args.frames)
             clips += 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        window["loss"].append(float(loss))
+        window["loss"].append(float(loss.detach()))
         for key in ("presence", "presence_acc", "iou"):
             window[key].extend(stats[key])
         done = step + 1
