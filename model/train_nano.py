@@ -1,7 +1,7 @@
 """Train `nano-fluo`, our small SAM 2 for fluorescence microscopy, from scratch on synthetic time-lapses and z-stacks.
 
-    python model/train_nano.py --out runs/nano --steps 3600          # CPU or CUDA ("auto")
-    python model/train_nano.py --out runs/nano --steps 3600 --resume # continues from runs/nano/last.pt
+    python model/train_nano.py --out runs/nano --steps 1500          # CPU or CUDA ("auto")
+    python model/train_nano.py --out runs/nano --steps 1500 --resume # continues from runs/nano/last.pt
     python model/train_nano.py --out runs/nano --export src/napari_sam2/weights/nano_fluo.pt
 
 Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
@@ -385,9 +385,9 @@ def validate(model, image_size: int, n_movies: int, length: int, max_pointer_dis
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for last.pt and log.jsonl")
-    parser.add_argument("--steps", type=int, default=3600, help="total optimiser steps (sets the schedule)")
-    parser.add_argument("--clips", type=int, default=6, help="clips (objects) per step")
-    parser.add_argument("--frames", type=int, default=4, help="frames per clip")
+    parser.add_argument("--steps", type=int, default=1500, help="total optimiser steps (sets the schedule)")
+    parser.add_argument("--clips", type=int, default=8, help="clips (objects) per step")
+    parser.add_argument("--frames", type=int, default=3, help="frames per clip")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)

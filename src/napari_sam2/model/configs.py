@@ -154,8 +154,8 @@ CONFIGS: dict[str, SAM2Config] = {
 
 #: Our small SAM 2 for fluorescence microscopy (model/train_nano.py; model card: model/README.md). Same
 #: architecture as the official models, shrunk consistently: input 256 (features 16 × 16, masks 64 × 64); a
-#: five-block Hiera whose windows tile the 64/32/16/8 token grids; every later module 64 wide (a multiple of the
-#: decoder's 8 heads); memories 32 wide (dividing 64, so a pointer is two memory tokens); 4 memories.
+#: five-block Hiera whose windows tile the 64/32/16/8 token grids; every later module 64 wide (the decoder: 2 heads
+#: of 32); memories 32 wide (dividing 64, so a pointer is two memory tokens); 4 memories.
 NANO_FLUO = SAM2Config(
     name="nano-fluo",
     version="2.1",
@@ -176,6 +176,8 @@ NANO_FLUO = SAM2Config(
     mem_attention_ffn=256,
     max_obj_ptrs_in_encoder=8,
     decoder_mlp_dim=256,
+    decoder_heads=2,  # 8 heads of width 4 did not learn which nucleus was clicked (IoU 0.02 after 250 steps);
+    decoder_attention_downsample=1,  # 2 heads of width 32 began to (0.11 after 200 steps, same data and seed)
     iou_head_hidden_dim=64,
 )
 
