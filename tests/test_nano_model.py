@@ -1,0 +1,99 @@
+"""The built-in nano-fluo model does the job: a click on a nucleus gives that nucleus, the track follows it.
+
+Held-out synthetic movies (seeds the training never drew; see model/train_nano.py), run through the public
+engine exactly as a user would. The bars are below what benchmarks/bench_nano.py measured (model/README.md),
+with a margin for a different machine's float rounding; they fail for a random or untrained model.
+"""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_sam2 import load_model, track
+from napari_sam2.prompts import PromptSet
+from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
+from napari_sam2.session import TrackingSession
+
+HELD_OUT = 3_000_000
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return load_model("nano-fluo", device="cpu")
+
+
+def deepest_point(mask):
+    depth = ndimage.distance_transform_edt(mask)
+    return np.unravel_index(int(np.argmax(depth)), depth.shape)
+
+
+def iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return np.logical_and(a, b).sum() / union if union else 1.0
+
+
+def test_a_click_on_a_nucleus_gives_that_nucleus(nano):
+    movie = nuclei_timelapse(n_frames=1, n_nuclei=10, seed=HELD_OUT)
+    truth = movie.labels[0]
+    ious = []
+    with TrackingSession(nano, movie.image) as session:
+        for obj in np.unique(truth)[1:]:
+            result = session.add_prompt(0, int(obj), points=[deepest_point(truth == obj)], labels=[1])
+            mask = result.masks[result.obj_ids.index(int(obj))]
+            ious.append(iou(mask, truth == obj))
+            # the clicked nucleus, not its neighbours: most of the mask lies on it (the touching pair 3/4 is the
+            # hardest case; lowest measured: 0.686)
+            assert (truth[mask] == obj).mean() > 0.6, f"the mask for nucleus {obj} spills onto others"
+    assert np.median(ious) >= CLICK_MEDIAN_BAR, ious
+
+
+def test_one_click_per_nucleus_tracks_them_through_the_movie(nano, tmp_path):
+    movie = nuclei_timelapse(n_frames=30, n_nuclei=8, seed=HELD_OUT + 1)
+    truth = movie.labels
+    prompts = PromptSet()
+    for obj in np.unique(truth[0])[1:]:
+        prompts.add(0, int(obj), points=[deepest_point(truth[0] == obj)], labels=[1])
+    result = track(movie.image, prompts, model=nano, axis=0, direction="forward", tables=False)
+    labels = np.asarray(result.labels)
+    ious = [
+        iou(labels[t] == obj, truth[t] == obj)
+        for obj in prompts.obj_ids
+        for t in range(1, 30)
+        if (truth[t] == obj).any()
+    ]
+    assert np.mean(ious) >= TRACK_MEAN_BAR
+    # the nucleus that swims out is reported absent while it is away
+    gap = movie.events["leaves_and_returns"]["absent_frames"]
+    rows = {(r["frame"], r["obj_id"]): r for r in result.confidence}
+    absent = [rows[(t, 2)]["score"] <= 0 for t in gap if (t, 2) in rows]
+    assert np.mean(absent) >= ABSENT_BAR
+
+
+def test_zstack_click_follows_the_nucleus_through_z(nano):
+    stack = nuclei_zstack(n_slices=16, n_nuclei=8, seed=HELD_OUT + 2)
+    truth = stack.labels
+    z = 8
+    obj = int(np.bincount(truth[z].ravel())[1:].argmax() + 1)  # the largest cross-section on slice 8
+    with TrackingSession(nano, stack.image) as session:
+        session.add_prompt(z, obj, points=[deepest_point(truth[z] == obj)], labels=[1])
+        masks = {r.frame: r.masks[r.obj_ids.index(obj)] for r in session.propagate("both") if obj in r.obj_ids}
+    ious = [iou(masks[k], truth[k] == obj) for k in masks if (truth[k] == obj).sum() > 30]
+    assert np.mean(ious) >= ZSTACK_MEAN_BAR
+
+
+def test_demo_runs_offline_with_the_builtin_model_and_scores_tra(tmp_path, capsys):
+    pytest.importorskip("ctc_metrics")
+    from napari_sam2 import cli
+
+    code = cli.main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--quiet"])  # default model, 30 frames
+    text = capsys.readouterr().out
+    assert code == 0
+    tra = float(text.split("TRA: ")[1].split()[0])
+    assert tra >= DEMO_TRA_BAR
+
+
+CLICK_MEDIAN_BAR = 0.8  # measured 0.916
+TRACK_MEAN_BAR = 0.75  # measured 0.844
+ABSENT_BAR = 0.8  # measured 1.0
+ZSTACK_MEAN_BAR = 0.75  # measured 0.835
+DEMO_TRA_BAR = 0.75  # measured 0.847
