@@ -2,6 +2,12 @@
 
     python model/train_nano.py --out runs/nano --steps 1500          # CPU or CUDA ("auto")
     python model/train_nano.py --out runs/nano --steps 1500 --resume # continues from runs/nano/last.pt
+
+The shipped nano-fluo was trained in three legs (the middle one on prompted frames only; see model/README.md):
+
+    python model/train_nano.py --out runs/nano --until 300
+    python model/train_nano.py --out runs/nano --resume --clips 16 --frames 1 --until 807
+    python model/train_nano.py --out runs/nano --resume
     python model/train_nano.py --out runs/nano --export src/napari_sam2/weights/nano_fluo.pt
 
 Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
@@ -399,6 +405,7 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     parser.add_argument("--export", type=Path, help="only write the shipped checkpoint from <out>/last.pt and exit")
     parser.add_argument("--stop-after", type=float, default=0, help="stop (saving) after this many minutes")
+    parser.add_argument("--until", type=int, default=0, help="stop (saving) after this step (to change settings)")
     args = parser.parse_args(argv)
 
     state_path = args.out / "last.pt"
@@ -475,11 +482,11 @@ def main(argv=None) -> int:
             log.write(json.dumps(record) + "\n")
             log.flush()
             print(json.dumps(record), flush=True)
-        stop = args.stop_after and (time.time() - began) / 60 >= args.stop_after
+        stop = (args.stop_after and (time.time() - began) / 60 >= args.stop_after) or done == args.until
         if done % args.save_every == 0 or done == args.steps or stop:
             save_training_state(state_path, model, optimizer, done, args)
         if stop:
-            print(f"stopped after {args.stop_after} minutes at step {done}; --resume continues", flush=True)
+            print(f"stopped at step {done}; --resume continues", flush=True)
             break
     return 0
 

@@ -33,6 +33,8 @@ def test_resume_continues_exactly_and_export_loads(train_nano, tmp_path):
     assert train_nano.main(["--out", str(split), "--steps", "4", "--stop-after", "1e-9", *SMALL]) == 0
     stopped = torch.load(split / "last.pt", weights_only=True)
     assert stopped["step"] == 1  # stopped after its first step, state saved
+    assert train_nano.main(["--out", str(split), "--steps", "4", "--resume", "--until", "2", *SMALL]) == 0
+    assert torch.load(split / "last.pt", weights_only=True)["step"] == 2
     assert train_nano.main(["--out", str(split), "--steps", "4", "--resume", *SMALL]) == 0
     a = torch.load(straight / "last.pt", weights_only=True)
     b = torch.load(split / "last.pt", weights_only=True)
