@@ -52,9 +52,9 @@ from napari_sam2.model.configs import NANO_FLUO
 from napari_sam2.model.sam2 import NO_OBJECT_LOGIT, Memory, Pointer
 from napari_sam2.preprocess import IntensityRange, to_model_input
 from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
+from napari_sam2.session import PROMPT_LOGIT_CLAMP  # previous logits given back as a mask prompt, as at inference
 
 HELD_OUT_SEED = 1_000_000  # training movies use seeds below this
-PROMPT_LOGIT_CLAMP = 32.0  # as TrackingSession: previous logits given back as a mask prompt
 LOSS_WEIGHTS = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "presence": 1.0}
 
 
@@ -81,16 +81,16 @@ def make_movie(seed: int, image_size: int, n_frames: int = 12) -> Movie:
     fill = rng.uniform(0.08, 0.35)
     n_nuclei = int(np.clip(round(fill * side * side / (math.pi * radius_here**2)), 3, 40))
     dtype = np.uint8 if rng.random() < 0.5 else np.uint16
-    common = dict(
-        shape=(side, side),
-        n_nuclei=n_nuclei,
-        seed=int(rng.integers(2**31)),
-        dtype=dtype,
-        psf_sigma=float(rng.uniform(0.6, 2.0)),
-        photons=float(np.exp(rng.uniform(math.log(15.0), math.log(400.0)))),
-        read_noise=float(rng.uniform(1.0, 4.0)),
-        nucleus_radius=radius_here,
-    )
+    common = {
+        "shape": (side, side),
+        "n_nuclei": n_nuclei,
+        "seed": int(rng.integers(2**31)),
+        "dtype": dtype,
+        "psf_sigma": float(rng.uniform(0.6, 2.0)),
+        "photons": float(np.exp(rng.uniform(math.log(15.0), math.log(400.0)))),
+        "read_noise": float(rng.uniform(1.0, 4.0)),
+        "nucleus_radius": radius_here,
+    }
     if rng.random() < 0.25:
         stack = nuclei_zstack(n_slices=n_frames, z_step=float(rng.uniform(1.0, 3.0)), **common)
         special = ()
@@ -239,7 +239,6 @@ def run_clip(
     memory bank; returns the summed loss of the clip (`balanced_weight`: see `frame_loss`)."""
     cfg = model.cfg
     device = model.device
-    size = cfg.image_size
     feats_all = model.encode_image(clip.frames.to(device))
     masks = clip.masks.to(device)
     first = clip.masks[0].numpy()
@@ -259,7 +258,9 @@ def run_clip(
             x, y = click_inside(first, rng)
             coords = torch.tensor([[[x, y]]], dtype=torch.float32, device=device)
             labels = torch.ones(1, 1, dtype=torch.int32, device=device)
-        out = model.decode(embedding, feats0.high_res, coords, labels, multimask=coords.shape[1] <= 1, object_gate=False)
+        out = model.decode(
+            embedding, feats0.high_res, coords, labels, multimask=coords.shape[1] <= 1, object_gate=False
+        )
         loss = loss + frame_loss(model, out, masks[0], stats, balanced_weight)
         if kind == "corrections":
             for _ in range(int(rng.integers(1, 3))):
@@ -325,16 +326,12 @@ def balanced_weight(step: int, total: int) -> float:
     return float(np.clip(2.0 - 4.0 * step / max(1, total), 0.0, 1.0))
 
 
-def config_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def save_training_state(path: Path, model, optimizer, step: int, args) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
             "model": model.state_dict(),
-            "config": config_dict(model.cfg),
+            "config": dataclasses.asdict(model.cfg),
             "optimizer": optimizer.state_dict(),
             "step": step,
             "torch_rng": torch.get_rng_state(),

@@ -139,6 +139,7 @@ _OFFICIAL = [
     ("2.0", "large", "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b", 897_952_466, 224_430_130),
 ]
 
+
 def _builtin(name: str, stem: str, config: str) -> ModelInfo:
     """A model shipped in the package; its hash, size and parameters come from the record written beside it."""
     import json
@@ -326,7 +327,8 @@ def checkpoint_path(
 
 
 def _builtin_path(info: ModelInfo) -> Path:
-    """The file of a built-in model, checked against its record (size, then SHA-256 once per file version)."""
+    """The file of a built-in model, checked against its record: size, then SHA-256 (a few MB, hashed at every load;
+    no stamp file is written into the installation, unlike `_cached_file_problem` for the download cache)."""
     target = BUILTIN_DIR / info.filename
     if not target.is_file() or info.sha256 is None:
         raise ModelNotAvailableError(
@@ -340,7 +342,7 @@ def _builtin_path(info: ModelInfo) -> Path:
     size = target.stat().st_size
     if info.file_size is not None and size != info.file_size:
         raise ChecksumError(f"the built-in model {target} has {size} bytes, expected {info.file_size}: reinstall")
-    if file_sha256(target) != info.sha256:  # a few MB: hashed on every load, no stamp file in site-packages
+    if file_sha256(target) != info.sha256:
         raise ChecksumError(f"the built-in model {target} does not have its recorded SHA-256: reinstall napari-sam2")
     return target
 
