@@ -172,7 +172,7 @@ def _classify(exc: Exception) -> int | None:
     from .api import ModelNameError
     from .io.ome_zarr import LabelStoreError
     from .model import CheckpointError
-    from .preprocess import InputError
+    from .errors import InputError
 
     if isinstance(exc, (registry.ModelNotAvailableError, registry.ChecksumError, ModelNameError, CheckpointError)):
         return EXIT_MODEL
@@ -191,7 +191,7 @@ def _cmd_track(args) -> int:
     from pathlib import Path
 
     from .api import track
-    from .preprocess import InputError
+    from .errors import InputError
 
     out = Path(args.out)
     resuming = args.resume and out.exists()
@@ -232,7 +232,7 @@ def _cmd_track(args) -> int:
 
 def _check_device(device: str) -> None:
     from .model.build import resolve_device
-    from .preprocess import InputError
+    from .errors import InputError
 
     try:
         resolve_device(device)

@@ -18,13 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_PERCENTILES = (1.0, 99.8)
-
-
-class InputError(ValueError):
-    """Input data that cannot be segmented as given, with what to do instead."""
 
 
 @dataclass(frozen=True)

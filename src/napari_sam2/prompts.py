@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .preprocess import InputError
+from .errors import InputError
 
 FORMAT_NAME = "napari-sam2-prompts"
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..preprocess import InputError
+from ..errors import InputError
 
 #: label stacks above this many bytes live in a temporary on-disk zarr array instead of memory
 IN_MEMORY_LABELS_LIMIT = 1 << 30

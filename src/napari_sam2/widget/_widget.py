@@ -35,7 +35,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..preprocess import InputError
+from ..errors import InputError
 from . import _worker
 from ._confidence import ConfidenceStrip
 from ._geometry import StackGeometry, label_layer_data, make_label_array

@@ -1,0 +1,10 @@
+"""The exceptions every face (widget, Python API, CLI) reports as one clear message.
+
+They live here, apart from the code that raises them, so that a face can catch them without importing torch.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Input data that cannot be segmented as given, with what to do instead."""
