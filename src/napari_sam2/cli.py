@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
 def _classify(exc: Exception) -> int | None:
     from . import registry
     from .api import ModelNameError
+    from .errors import InputError
     from .io.ome_zarr import LabelStoreError
     from .model import CheckpointError
-    from .errors import InputError
 
     if isinstance(exc, (registry.ModelNotAvailableError, registry.ChecksumError, ModelNameError, CheckpointError)):
         return EXIT_MODEL
@@ -231,8 +231,8 @@ def _cmd_track(args) -> int:
 
 
 def _check_device(device: str) -> None:
-    from .model.build import resolve_device
     from .errors import InputError
+    from .model.build import resolve_device
 
     try:
         resolve_device(device)
