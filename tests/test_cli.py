@@ -215,3 +215,38 @@ def test_demo_runs_the_main_job(tmp_path, tiny_checkpoint, capsys):
     assert "TRA: " in text
     tra = float(text.split("TRA: ")[1].split()[0])
     assert 0.0 <= tra <= 1.0
+    assert "{" not in text  # py-ctcmetrics' raw result dict is not shown
+
+    # a second run into the same folder: a message with the option demo accepts, nothing replaced
+    before = (out / "nuclei_regions.csv").read_bytes()
+    assert cli.main(["demo", "--model", str(tiny_checkpoint), "--out", str(out), "--frames", "5", "--size", "96",
+                     "--device", "cpu", "--quiet"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" not in err and "Traceback" not in err
+    assert (out / "nuclei_regions.csv").read_bytes() == before
+
+
+def test_demo_without_out_writes_into_a_new_temporary_folder(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    assert cli.main(["demo", "--frames", "3", "--size", "64", "--device", "cpu", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    (made,) = list((tmp_path / "tmp").iterdir())
+    assert made.name.startswith("napari-sam2-demo-") and str(made) in text
+    assert (made / "nuclei.ome.zarr").is_dir() and not any((tmp_path / "cwd").iterdir())
+
+
+def test_every_option_has_help_text_and_track_defaults_to_the_builtin_model(files, capsys):
+    subparsers = next(a for a in cli._parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name in ("track", "demo"):
+        for action in subparsers.choices[name]._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help text"
+    out = files["dir"] / "default.ome.zarr"
+    args = ["track", str(files["image"]), "--seeds", str(files["seeds"]), "--out", str(out), "--device", "cpu", "-q"]
+    assert cli.main(args) == 0
+    assert open_result(out).provenance["model"]["source"] == "nano-fluo"  # offline, no download

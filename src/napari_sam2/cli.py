@@ -6,7 +6,7 @@
                       [--no-image] [--embedding-cache DIR] [--quiet]
     napari-sam2 models list | download NAME [--cache-dir DIR] | verify NAME|PATH [--cache-dir DIR]
     napari-sam2 info OUT.ome.zarr
-    napari-sam2 demo [--model NAME|PATH] --out DIR [--frames N] [--size PX]
+    napari-sam2 demo [--model NAME|PATH] [--out DIR] [--frames N] [--size PX] [--overwrite]
 
 Exit codes:
     0    success
@@ -25,6 +25,9 @@ import sys
 import time
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEFAULT_CLI_MODEL = "nano-fluo"  # the built-in model: works offline; name an official checkpoint for real work
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+DEVICE_HELP = "where the model runs; auto: cuda, else mps, else cpu (auto)"
 
 __all__ = ["EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_MODEL", "EXIT_OK", "EXIT_USAGE", "ProgressBar", "main"]
 
@@ -79,12 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--seeds", metavar="LABELS", help="label image of one frame: every object becomes a prompt")
     t.add_argument("--seed-frame", type=int, default=0, metavar="N", help="frame the seed labels belong to (0)")
     t.add_argument("--out", required=True, metavar="OUT.ome.zarr", help="output store (OME-Zarr 0.5)")
-    t.add_argument("--model", default=None, metavar="NAME|PATH", help="registry name or checkpoint path "
-                   "(default sam2.1_hiera_tiny; on --resume the recorded one)")  # fmt: skip
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--model", default=None, metavar="NAME|PATH", help="registry name (e.g. sam2.1_hiera_tiny, "
+                   "downloaded once) or checkpoint path (default: the built-in nano-fluo, offline; on --resume "
+                   "the recorded one)")  # fmt: skip
+    t.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     t.add_argument("--axis", default=None, metavar="t|z|INDEX", help="stream axis (default: t, else z, else 0)")
     t.add_argument("--channel", type=int, default=None, metavar="N", help="channel of multichannel data")
-    t.add_argument("--direction", default="both", choices=["forward", "backward", "both"])
+    t.add_argument("--direction", default="both", choices=["forward", "backward", "both"],
+                   help="propagate from the first prompted frame forward, backward or both ways (both)")  # fmt: skip
     t.add_argument("--window", default=None, metavar="LO,HI",
                    help="fixed intensity window instead of percentiles, e.g. --window=-1000,400 for CT")  # fmt: skip
     t.add_argument("--ctc", default=None, metavar="DIR", help="also export Cell Tracking Challenge results here")
@@ -119,12 +124,13 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="track the synthetic nuclei time-lapse from its first-frame ground truth")
     d.add_argument("--model", default="nano-fluo", metavar="NAME|PATH",
                    help="registry name or .pt file (default: the built-in nano-fluo, no download)")  # fmt: skip
-    d.add_argument("--out", required=True, metavar="DIR")
-    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    d.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the sample, its ground truth and the results (default: a new temporary folder)")  # fmt: skip
+    d.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     d.add_argument("--frames", type=int, default=30, help="time points (30)")
     d.add_argument("--size", type=int, default=256, help="frame size in pixels (256)")
-    d.add_argument("--overwrite", action="store_true")
-    d.add_argument("--quiet", "-q", action="store_true")
+    d.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in --out")
+    d.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
 
 
@@ -198,12 +204,15 @@ def _cmd_track(args) -> int:
     if not resuming and args.prompts is None and args.seeds is None:
         raise InputError("give --prompts FILE or --seeds LABELS (or --resume an interrupted run in --out)")
     _check_device(args.device)
+    model = args.model
+    if model is None and not resuming:  # a resumed run uses the model recorded in the store
+        model = DEFAULT_CLI_MODEL
     bar = None if args.quiet else ProgressBar("replaying/tracking" if resuming else "tracking")
     try:
         result = track(
             args.image,
             args.prompts if args.prompts is not None else args.seeds,
-            model=args.model,
+            model=model,
             axis=args.axis,
             out=out,
             direction=args.direction,
@@ -306,20 +315,31 @@ def _short(values, limit: int = 12) -> str:
 
 # ---------------------------------------------------------------------- demo
 def _cmd_demo(args) -> int:
+    import tempfile
     from pathlib import Path
 
     import tifffile
 
     from .api import track
+    from .errors import InputError
     from .sample_data import nuclei_timelapse, write_ctc_ground_truth
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if args.out is None:  # never into the working tree unless asked
+        out = Path(tempfile.mkdtemp(prefix="napari-sam2-demo-"))
+    else:
+        out = Path(args.out)
+        earlier = [p.name for p in (out / "nuclei.ome.zarr", out / "01_RES") if p.exists()]
+        if earlier and not args.overwrite:
+            raise InputError(
+                f"{out} already holds the results of an earlier demo ({', '.join(earlier)}); pass --overwrite to "
+                "replace them, or choose another --out (or none: a new temporary folder)"
+            )
+        out.mkdir(parents=True, exist_ok=True)
     _check_device(args.device)
     sample = nuclei_timelapse(n_frames=args.frames, shape=(args.size, args.size))
     image_path = out / "nuclei.tif"
-    tifffile.imwrite(image_path, sample.image, metadata={"axes": "TYX"})
-    tifffile.imwrite(out / "seeds.tif", sample.labels[0])
+    tifffile.imwrite(image_path, sample.image, metadata={"axes": "TYX"}, photometric="minisblack")
+    tifffile.imwrite(out / "seeds.tif", sample.labels[0], photometric="minisblack")
     write_ctc_ground_truth(sample, out / "01_GT", overwrite=True)
     bar = None if args.quiet else ProgressBar("demo")
     try:
@@ -339,14 +359,24 @@ def _cmd_demo(args) -> int:
         if bar is not None:
             bar.close()
     print(f"store: {result.path}\ntable: {result.csv_path}\nCTC:   {result.ctc_path} (ground truth: {out / '01_GT'})")
+    print(_ctc_scores(out / "01_RES", out / "01_GT"))
+    return EXIT_OK
+
+
+def _ctc_scores(res, gt) -> str:
+    """One line with the Cell Tracking Challenge TRA and DET scores of `res` against `gt` (py-ctcmetrics)."""
+    import contextlib
+    import io
+
     try:
         from ctc_metrics import evaluate_sequence
     except ImportError:
-        print("TRA: install py-ctcmetrics to score the result against the ground truth")
-        return EXIT_OK
-    scores = evaluate_sequence(str(out / "01_RES"), str(out / "01_GT"), ["Valid", "DET", "TRA"], threads=1)
-    print(f"TRA: {scores['TRA']:.4f}  DET: {scores['DET']:.4f}  (valid: {scores['Valid']})")
-    return EXIT_OK
+        return "TRA: not computed; pip install py-ctcmetrics (or napari-sam2[all]) to score against the ground truth"
+    with contextlib.redirect_stdout(io.StringIO()):  # py-ctcmetrics prints its raw result dict
+        scores = evaluate_sequence(str(res), str(gt), ["Valid", "DET", "TRA"], threads=1)
+    if not scores.get("Valid"):
+        return "TRA: not computed; py-ctcmetrics judged the exported result invalid"
+    return f"TRA: {scores['TRA']:.4f}  DET: {scores['DET']:.4f}  (CTC measures against the ground truth; 1 = perfect)"
 
 
 if __name__ == "__main__":
