@@ -105,7 +105,8 @@ def track(
         .npy, NIfTI; see `io.readers.open_stack`). axis: the stream axis, an index or "t"/"z" (None: t, else z).
     prompts: a `PromptSet`; a `.json`/`.csv` prompts file; or seed labels — a [H, W] label image (or its path, or
         a [N, H, W] label stack) whose every object on `seed_frame` becomes a mask prompt (obj_id = label value).
-    model: registry name (default "sam2.1_hiera_tiny"), checkpoint path, or a loaded `SAM2Model`.
+    model: registry name (default: the built-in "nano-fluo"; "sam2.1_hiera_tiny" for real work), checkpoint path,
+        or a loaded `SAM2Model`.
     out: OME-Zarr store to write (refused if it exists, unless `overwrite` or `resume`); None keeps labels in memory.
     direction: "forward", "backward" or "both" from the first prompted frame. Frames outside the tracked range
         (e.g. before the first prompt with "forward") are written empty at the end.

@@ -25,7 +25,6 @@ import sys
 import time
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-DEFAULT_CLI_MODEL = "nano-fluo"  # the built-in model: works offline; name an official checkpoint for real work
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DEVICE_HELP = "where the model runs; auto: cuda, else mps, else cpu (auto)"
 
@@ -204,15 +203,12 @@ def _cmd_track(args) -> int:
     if not resuming and args.prompts is None and args.seeds is None:
         raise InputError("give --prompts FILE or --seeds LABELS (or --resume an interrupted run in --out)")
     _check_device(args.device)
-    model = args.model
-    if model is None and not resuming:  # a resumed run uses the model recorded in the store
-        model = DEFAULT_CLI_MODEL
     bar = None if args.quiet else ProgressBar("replaying/tracking" if resuming else "tracking")
     try:
         result = track(
             args.image,
             args.prompts if args.prompts is not None else args.seeds,
-            model=model,
+            model=args.model,  # None: the recorded one on --resume, else registry.DEFAULT_MODEL (nano-fluo)
             axis=args.axis,
             out=out,
             direction=args.direction,

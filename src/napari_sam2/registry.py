@@ -44,8 +44,10 @@ __all__ = [
 
 CACHE_ENV = "NAPARI_SAM2_CACHE"
 BASE_URL_ENV = "NAPARI_SAM2_BASE_URL"
-DEFAULT_MODEL = "sam2.1_hiera_tiny"  # track() and the CLI: the official model, for real work
-BUILTIN_MODEL = "nano-fluo"  # the widget, the demo and the sample data: in the package, needs no download
+BUILTIN_MODEL = "nano-fluo"  # in the package, needs no download
+# Every face (widget, track(), the CLI, the demo) uses the built-in model unless the user names another, so a first
+# run works offline; the official checkpoints (sam2.1_hiera_tiny and up) are the choice for real work.
+DEFAULT_MODEL = BUILTIN_MODEL
 BUILTIN_DIR = Path(__file__).parent / "weights"
 
 _SAM2_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/072824"  # SAM 2.0, July 2024
