@@ -101,6 +101,32 @@ def test_npe2_writer_saves_a_labels_layer(tmp_path, plugin_manager):
     result = open_result(out)
     np.testing.assert_array_equal(result.labels[:], labels)
     assert result.prompts == _prompts() and result.scale == (1.0, 0.25, 0.25)
-    assert result.provenance["original"]["model"]["source"] == "m"
+    assert result.record.model.source == "m" and result.record.tool == "napari writer"
+    assert result.record.input["layer"] == "tracked"
     # and napari can read back what it wrote, through our reader
     assert [t for _, _, t in npe2.read([str(out)], stack=False, plugin_name="napari-sam2")] == ["labels", "tracks"]
+
+
+def test_napari_open_then_save_keeps_prompts_model_and_settings(tmp_path, plugin_manager):
+    """File ▸ Open then File ▸ Save: the reader's metadata carries the provenance, the writer keeps all of it."""
+    from napari_sam2.io.provenance import ModelRecord, Provenance
+
+    npe2 = plugin_manager
+    labels = _labels()
+    record = Provenance(
+        model=ModelRecord(source="nano-fluo", config="nano", checkpoint_sha256="ab" * 32),
+        settings={"direction": "forward", "preset": "default"},
+        parents={10: 9},
+        tool="track",
+    )
+    first = tmp_path / "first.ome.zarr"
+    save_result(first, labels, prompts=_prompts(), provenance=record)
+    layers = npe2.read([str(first)], stack=False, plugin_name="napari-sam2")
+    data, kwargs, _ = next(layer for layer in layers if layer[2] == "labels")
+    second = tmp_path / "second.ome.zarr"
+    npe2.write(str(second), [(np.asarray(data), kwargs, "labels")], plugin_name="napari-sam2")
+    back = open_result(second)
+    assert back.prompts == _prompts()
+    assert back.record.model == record.model and back.record.settings == record.settings
+    assert back.record.parents == {10: 9} and back.record.tool == "napari writer"
+    assert back.record.extra["saved_from"] == str(first)

@@ -2,8 +2,10 @@
 
 Reader: a store written by napari-sam2 opens as Image (the stored frames, if any) + Labels (lazy, zarr-backed)
 + Tracks (t-stacks with objects); any other path gives None so napari asks the next reader.
-Writer: a Labels layer is saved as a result store (`io.results.save_result`), with the prompts found in the layer's
-metadata under "napari_sam2" → "prompts" (a `PromptSet.to_dict()`), if the widget put them there.
+Writer: a Labels layer is saved as a result store (`io.results.save_result`). The layer's metadata under
+"napari_sam2" carries what the reader found ("provenance": the recorded `Provenance` dict, prompts included), so
+File ▸ Open then File ▸ Save keeps the model, settings and prompts; a "prompts" entry there (a `PromptSet.to_dict()`)
+replaces the recorded prompts.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def read_result(path) -> list[tuple]:
 
 def write_labels(path: str, data, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels: [T|Z, Y, X] or [T, Z, Y, X] (a 2-D layer is saved as one frame)."""
+    from .io.provenance import Provenance
     from .prompts import PromptSet
 
     array = data
@@ -81,9 +84,14 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
         scale = [float(s) for s in scale]
         scale = ([1.0] * (ndim - len(scale)) + scale)[-ndim:]
     ours = (meta.get("metadata") or {}).get("napari_sam2") or {}
-    prompts = PromptSet.from_dict(ours["prompts"]) if ours.get("prompts") else None
-    provenance = {"source": "napari writer", "layer": meta.get("name")}
-    if ours.get("provenance"):
-        provenance["original"] = {k: v for k, v in ours["provenance"].items() if k != "prompts"}
-    save_result(path, array, axes=axes, prompts=prompts, provenance=provenance, scale=scale, overwrite=True)
+    record = Provenance.from_dict(ours.get("provenance"), source=f"layer {meta.get('name')!r} (provenance)")
+    if ours.get("prompts"):
+        record.prompts = PromptSet.from_dict(ours["prompts"], source=f"layer {meta.get('name')!r} (prompts)")
+    if ours.get("path"):
+        record.extra["saved_from"] = str(ours["path"])
+    record.tool = "napari writer"
+    record.input = {**record.input, "layer": meta.get("name")}
+    record.status, record.created = None, None  # a new store: complete when written, dated now
+    record.extra.pop("writes", None)
+    save_result(path, array, axes=axes, provenance=record, scale=scale, overwrite=True)
     return [str(path)]

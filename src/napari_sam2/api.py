@@ -24,6 +24,7 @@ import numpy as np
 from . import registry
 from .analysis import export_ctc, region_table, tracks_from_labels, write_csv
 from .io.ome_zarr import LabelStore, StoreExistsError
+from .io.provenance import ModelRecord, Provenance, model_record
 from .io.readers import OpenedStack, open_stack, parse_window, resolve_axis
 from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange
 from .prompts import PromptSet
@@ -143,12 +144,12 @@ def track(
 
     # ---- the output store: refuse clobbering before anything slow happens
     store: LabelStore | None = None
-    recorded: dict = {}
+    recorded: Provenance | None = None
     out_path = None if out is None else Path(out)
     if out_path is not None and (out_path.exists() or out_path.is_symlink()):
         if resume:
             store = LabelStore.open(out_path, mode="r+")
-            recorded = store.provenance
+            recorded = Provenance.from_store(store)
             if store.shape != store_shape:
                 raise InputError(
                     f"{out_path} holds labels of shape {store.shape} but this stack gives {store_shape}; "
@@ -161,7 +162,7 @@ def track(
             )
 
     # ---- settings: a resumed run replays what the store recorded
-    settings = recorded.get("settings", {})
+    settings = recorded.settings if recorded is not None else {}
     if store is not None:
         direction = settings.get("direction", direction)
         preset = settings.get("preset", preset)
@@ -169,8 +170,8 @@ def track(
         window = settings.get("window", window)
     intensity = window if isinstance(window, IntensityRange) else parse_window(window)
     prompt_set = _as_prompts(prompts, seed_frame, data, ax, frame_shape)
-    if store is not None:
-        stored = PromptSet.from_dict(recorded.get("prompts") or {}, source=f"{out_path} (recorded prompts)")
+    if recorded is not None:
+        stored = recorded.prompts if recorded.prompts is not None else PromptSet()
         if prompt_set is not None and prompt_set != stored:
             raise InputError(
                 f"the prompts given differ from those recorded in {out_path}; resume without prompts (the recorded "
@@ -183,13 +184,13 @@ def track(
 
     # ---- model
     if model is None:
-        model = recorded.get("model", {}).get("source") or registry.DEFAULT_MODEL
-    net, model_record = _load_model(model, device)
-    recorded_sha = recorded.get("model", {}).get("checkpoint_sha256")
-    if recorded_sha and model_record["checkpoint_sha256"] and recorded_sha != model_record["checkpoint_sha256"]:
+        model = (recorded.model.source if recorded is not None else None) or registry.DEFAULT_MODEL
+    net, used_model = _load_model(model, device)
+    recorded_sha = recorded.model.checkpoint_sha256 if recorded is not None else None
+    if recorded_sha and used_model.checkpoint_sha256 and recorded_sha != used_model.checkpoint_sha256:
         raise InputError(
-            f"{out_path} was made with checkpoint {recorded.get('model', {}).get('source')} (SHA-256 "
-            f"{recorded_sha[:12]}…); resuming with another model ({model_record['source']}) would mix two models"
+            f"{out_path} was made with checkpoint {recorded.model.source} (SHA-256 "
+            f"{recorded_sha[:12]}…); resuming with another model ({used_model.source}) would mix two models"
         )
 
     from .session import TrackingSession
@@ -215,13 +216,20 @@ def track(
         "window": None if intensity is None else [intensity.low, intensity.high],
         "intensity": [session.frames.intensity.low, session.frames.intensity.high],
         "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
-        "input": str(opened.path) if opened.format != "array" else "array",
-        "input_shape": list(shape),
         "device": str(net.device),
     }
+    provenance = Provenance(
+        model=used_model,
+        settings=settings,
+        prompts=prompt_set,
+        input={"path": str(opened.path) if opened.format != "array" else "array", "shape": list(shape)},
+        tool="track",
+        status="running",
+        extra={"writes": 0},
+    )
     writes_done = 0
-    if store is not None:
-        writes_done = int(recorded.get("writes", 0))
+    if recorded is not None:
+        writes_done = int(recorded.extra.get("writes", 0))
     elif out_path is not None:
         try:
             store = LabelStore.create(
@@ -230,13 +238,7 @@ def track(
                 axes=letter + "yx",
                 image=image_view if save_image else None,
                 scale=scale if scale is not None else _store_scale(opened, ax, channel_axis),
-                provenance={
-                    "model": model_record,
-                    "prompts": prompt_set.to_dict(),
-                    "settings": settings,
-                    "status": "running",
-                    "writes": 0,
-                },
+                provenance=provenance.to_dict(),
                 overwrite=overwrite,
             )
         except BaseException:
@@ -316,7 +318,8 @@ def track(
         result.ctc_path = Path(ctc)
     if store is not None:
         store.update_provenance({"status": "complete"})
-    result.provenance = store.provenance if store is not None else {"model": model_record, "settings": settings}
+    provenance.status = "complete"
+    result.provenance = store.provenance if store is not None else provenance.to_dict()
     return result
 
 
@@ -419,19 +422,8 @@ def _as_prompts(prompts, seed_frame: int, data, ax: int, frame_shape) -> PromptS
     return PromptSet.from_seed_labels(seeds, seed_frame)
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def _checkpoint_sha256(path: str) -> str:
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = registry.file_sha256(path)
-    return _SHA_CACHE[key]
-
-
-def _load_model(model, device):
-    """→ (SAM2Model, provenance record {source, config, checkpoint, checkpoint_sha256})."""
+def _load_model(model, device) -> tuple[Any, ModelRecord]:
+    """→ (SAM2Model, its provenance `ModelRecord`)."""
     from .model import load_model
 
     if isinstance(model, (str, os.PathLike)):
@@ -439,19 +431,8 @@ def _load_model(model, device):
             net = load_model(model, device=device)
         except KeyError as exc:  # an unknown registry name
             raise ModelNameError(str(exc.args[0]) if exc.args else str(exc)) from None
-        source = os.fspath(model)
-    else:
-        net = model
-        source = None
-        if device not in (None, "auto") and str(net.device) != str(device):
-            net = net.to(device)
-    checkpoint = getattr(net, "checkpoint_path", None)
-    record = {
-        "source": source or checkpoint,
-        "config": getattr(net.cfg, "name", None),
-        "checkpoint": checkpoint,
-        "checkpoint_sha256": _checkpoint_sha256(checkpoint) if checkpoint and os.path.isfile(checkpoint) else None,
-    }
-    if checkpoint is None:
-        record["note"] = "an in-memory model without a checkpoint file: its weights cannot be identified by hash"
-    return net, record
+        return net, model_record(net, model)
+    net = model
+    if device not in (None, "auto") and str(net.device) != str(device):
+        net = net.to(device)
+    return net, model_record(net)

@@ -281,23 +281,25 @@ def _cmd_info(args) -> int:
     from .io.results import open_result
 
     result = open_result(args.store)
-    prov = result.provenance
-    model = prov.get("model", {})
-    settings = prov.get("settings", {})
+    record = result.record
+    settings = record.settings
     n = int(result.labels.shape[0])
     print(f"{result.path}: napari-sam2 result, axes {result.axes}, shape {tuple(result.labels.shape)}")
-    print(f"  frames finished: {len(result.finished_frames)}/{n}  status: {prov.get('status', '?')}")
+    print(f"  frames finished: {len(result.finished_frames)}/{n}  status: {record.status or '?'}")
     print(f"  objects: {len(result.colors)} ({_short(sorted(result.colors))})")
     print(f"  image stored: {'yes' if result.image is not None else 'no'}  scale: {result.scale}")
-    if model:
-        sha = model.get("checkpoint_sha256")
-        print(f"  model: {model.get('source')} (config {model.get('config')}, sha256 {sha[:16] + '…' if sha else '-'})")
+    if record.model.source or record.model.checkpoint_sha256:
+        print(f"  model: {record.model.describe()}")
     if result.prompts is not None:
         print(f"  prompts: {len(result.prompts)} on frames {_short(result.prompts.frames)}")
+    if record.parents:
+        print(f"  lineage: {len(record.parents)} object(s) with a parent")
     if settings:
-        keys = ("direction", "axis_name", "channel", "window", "preset", "input")
+        keys = ("direction", "axis_name", "stream_axis", "channel", "window", "preset")
         print("  settings: " + ", ".join(f"{k}={settings.get(k)}" for k in keys if k in settings))
-    print(f"  created {prov.get('created', '?')} by napari-sam2 {prov.get('package_version', '?')}")
+    if record.input:
+        print("  input: " + ", ".join(f"{k}={v}" for k, v in record.input.items()))
+    print(f"  made by {record.tool or '?'} on {record.created or '?'} with napari-sam2 {record.package_version or '?'}")
     if len(result.finished_frames) < n:
         print("  incomplete: finish it with `napari-sam2 track IMAGE --out STORE --resume`")
     return EXIT_OK

@@ -139,6 +139,8 @@ def test_confidence_strip_jumps_and_weakest_frame(sam_viewer, stack, qtbot):
 
 
 def test_save_and_reopen_continue(sam_viewer, stack, qtbot, tmp_path, tiny_checkpoint):
+    """Across faces: widget Save → `napari-sam2 info` → `track --resume` → widget Open → napari Open/Save."""
+    from napari_sam2 import registry
     from napari_sam2.io.results import open_result
 
     _viewer, _layer, w = sam_viewer(stack)
@@ -155,14 +157,27 @@ def test_save_and_reopen_continue(sam_viewer, stack, qtbot, tmp_path, tiny_check
     np.testing.assert_array_equal(np.asarray(saved.labels), np.asarray(w.labels_layer.data))
     assert saved.axes == "tyx" and saved.complete
     assert saved.prompts == w.prompt_set() and saved.prompts.obj_ids == [1, 2]
-    assert saved.provenance["checkpoint"] == str(tiny_checkpoint)
-    assert saved.provenance["stream_axis"] == 0 and saved.provenance["image_layer"] == "blobs"
+    assert saved.record.model.checkpoint == str(tiny_checkpoint) and saved.record.tool == "widget"
+    assert saved.record.model.checkpoint_sha256 == registry.file_sha256(tiny_checkpoint)
+    assert saved.record.settings["stream_axis"] == 0 and saved.record.input["layer"] == "blobs"
 
     # the scripted face (track(), and through it the CLI) gives the widget's labels for the saved prompts
     from napari_sam2 import track
 
     scripted = track(stack, saved.prompts, model=tiny_checkpoint, device="cpu", direction="both", tables=False)
     np.testing.assert_array_equal(scripted.labels, np.asarray(w.labels_layer.data))
+
+    # across faces: `napari-sam2 info` and `track --resume` read the widget's store (no traceback)
+    from napari_sam2 import cli
+
+    np.save(tmp_path / "stack.npy", stack)
+    assert cli.main(["info", str(path)]) == 0
+    assert (
+        cli.main(["track", str(tmp_path / "stack.npy"), "--out", str(path), "--resume", "-q", "--device", "cpu"]) == 0
+    )
+    resumed = open_result(path)
+    assert resumed.complete and resumed.prompts == saved.prompts
+    np.testing.assert_array_equal(np.asarray(resumed.labels), np.asarray(w.labels_layer.data))
 
     # a new viewer: open the result onto the same image; labels and prompts come back and work continues
     viewer2, _layer2, w2 = sam_viewer(stack)
@@ -179,6 +194,15 @@ def test_save_and_reopen_continue(sam_viewer, stack, qtbot, tmp_path, tiny_check
     assert w2.table.item(0, 1).text() == "2, 4"
     _run(w2, qtbot, w2.forward_button)
     assert np.asarray(w2.labels_layer.data).any()
+    assert w2.provenance().model.source == str(tiny_checkpoint)
+
+    # napari's own File > Open then File > Save keep the prompts the widget saved
+    from napari_sam2._napari_io import read_result, write_labels
+
+    _data, kwargs, _kind = next(layer for layer in read_result(str(path)) if layer[2] == "labels")
+    resaved = tmp_path / "resaved.ome.zarr"
+    write_labels(str(resaved), np.asarray(saved.labels), {**kwargs, "scale": None})
+    assert open_result(resaved).prompts == saved.prompts
 
 
 def test_bad_input_notifies_and_keeps_labels(sam_viewer, stack, qtbot, tmp_path, notes):

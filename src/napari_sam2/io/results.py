@@ -16,6 +16,7 @@ import numpy as np
 
 from ..prompts import PromptSet
 from .ome_zarr import ATTR_KEY, LabelStore, LabelStoreError
+from .provenance import Provenance
 
 __all__ = ["SavedResult", "is_result_store", "open_result", "save_result"]
 
@@ -25,8 +26,9 @@ class SavedResult:
     """A result store opened read-only.
 
     labels: lazy zarr array in `axes` order (e.g. [T, Y, X] uint32); image: the stored source image (lazy) or
-    None; prompts: the `PromptSet` recorded in the provenance (None when none was recorded); provenance: model,
-    checkpoint hash, settings, package version, dates; finished_frames: first-axis indices completely written;
+    None; prompts: the `PromptSet` recorded in the provenance (None when none was recorded); provenance: the
+    recorded dict as stored (model, checkpoint hash, settings, package version, dates); record: the same read as
+    a `Provenance` (any version of the record); finished_frames: first-axis indices completely written;
     scale: physical size per axis (1.0 each unless given).
     """
 
@@ -40,6 +42,7 @@ class SavedResult:
     scale: tuple[float, ...] | None = None
     colors: dict[int, list[int]] = field(default_factory=dict)
     store: LabelStore | None = None
+    record: Provenance | None = None
 
     @property
     def complete(self) -> bool:
@@ -54,21 +57,25 @@ def save_result(
     axes: str = "tyx",
     image=None,
     prompts: PromptSet | None = None,
-    provenance: dict | None = None,
+    provenance: Provenance | dict | None = None,
     scale=None,
     overwrite: bool = False,
 ) -> LabelStore:
     """Write a whole label stack (e.g. a napari Labels layer) as an OME-Zarr 0.5 result store at `path`.
 
     labels: [T, Y, X] / [Z, Y, X] / [T, Z, Y, X] integer ids in `axes` order, written one frame at a time (a
-    lazy array is never loaded whole). image: optional source image of the same shape. prompts: recorded in the
-    provenance as `prompts.to_dict()`. overwrite: replace an earlier napari-sam2 store (never other folders).
+    lazy array is never loaded whole). image: optional source image of the same shape. provenance: a
+    `Provenance` (or its dict form); prompts: replace the provenance's prompts. overwrite: replace an earlier
+    napari-sam2 store (never other folders).
     """
     shape = tuple(int(s) for s in labels.shape)
-    info = dict(provenance or {})
+    if not isinstance(provenance, Provenance):
+        provenance = Provenance.from_dict(provenance)
     if prompts is not None:
-        info["prompts"] = prompts.to_dict()
-    info.setdefault("status", "complete")
+        provenance.prompts = prompts
+    if provenance.status is None:
+        provenance.status = "complete"
+    info = provenance.to_dict()
     store = LabelStore.create(path, shape, axes=axes, image=image, provenance=info, scale=scale, overwrite=overwrite)
     for t in range(shape[0]):
         store.write_frame(t, np.asarray(labels[t]))
@@ -92,12 +99,10 @@ def open_result(path: str | os.PathLike) -> SavedResult:
     """Open a result store read-only (lazily; nothing but metadata is read here)."""
     store = LabelStore.open(path, mode="r")
     provenance = store.provenance
-    prompts = None
-    if provenance.get("prompts"):
-        try:
-            prompts = PromptSet.from_dict(provenance["prompts"], source=f"{path} (provenance)")
-        except ValueError as exc:
-            raise LabelStoreError(f"{path}: the recorded prompts cannot be read ({exc})") from None
+    try:
+        record = Provenance.from_dict(provenance, source=f"{path} (provenance)")
+    except ValueError as exc:
+        raise LabelStoreError(f"{path}: the recorded prompts cannot be read ({exc})") from None
     scale = None
     for ms in store.attrs["ome"].get("multiscales", []):
         for transform in ms["datasets"][0].get("coordinateTransformations", []):
@@ -108,10 +113,11 @@ def open_result(path: str | os.PathLike) -> SavedResult:
         labels=store.read_labels(),
         image=store.read_image(),
         axes=store.axes,
-        prompts=prompts,
+        prompts=record.prompts,
         provenance=provenance,
         finished_frames=store.finished_frames(),
         scale=scale,
         colors=store.colors,
         store=store,
+        record=record,
     )

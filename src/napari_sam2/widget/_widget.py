@@ -94,6 +94,7 @@ class SAM2Widget(QWidget):
         viewer = self.viewer = napari_viewer
         self.model = None
         self.model_source: str | None = None
+        self._opened_record = None  # the Provenance of the last opened result
         self.image_layer = None
         self.geometry: StackGeometry | None = None
         self.labels_layer = None
@@ -1047,29 +1048,45 @@ class SAM2Widget(QWidget):
                 )
         return prompts
 
-    def provenance(self) -> dict:
+    def provenance(self):
+        """The `Provenance` of what the widget holds now (the checkpoint's hash is added by the save job)."""
         import napari
 
-        from .. import __version__
+        from ..io.provenance import ModelRecord, Provenance
 
         g = self.geometry
         pos = self.current_position()
-        return {
-            "tool": "napari-sam2 widget",
-            "napari_sam2_version": __version__,
-            "napari_version": napari.__version__,
-            "model": self.model_source,
-            "model_config": getattr(getattr(self.model, "cfg", None), "name", None),
-            "checkpoint": getattr(self.model, "checkpoint_path", None),
-            "device": str(getattr(self.model, "device", "")) or None,
-            "preset": next((s.preset for s in self.sessions.values() if not isinstance(s, str)), "default"),
-            "image_layer": self.image_layer.name,
-            "image_source": str(self.image_layer.source.path) if self.image_layer.source.path else None,
-            "stream_axis": g.stream_axis,
-            "channel_axis": g.channel_axis,
-            "channel": g.channel,
-            "session_key": list(pos[0]) if pos else [],
-        }
+        if self.model is not None:
+            checkpoint = getattr(self.model, "checkpoint_path", None)
+            model = ModelRecord(
+                source=self.model_source,
+                config=getattr(self.model.cfg, "name", None),
+                checkpoint=None if checkpoint is None else str(checkpoint),
+            )
+        elif self._opened_record is not None:  # opened, not re-tracked: the opened result's model made it
+            model = self._opened_record.model
+        else:
+            model = ModelRecord(source=self.model_source)
+        source_path = self.image_layer.source.path
+        return Provenance(
+            model=model,
+            settings={
+                "device": str(getattr(self.model, "device", "")) or None,
+                "preset": next((s.preset for s in self.sessions.values() if not isinstance(s, str)), "default"),
+                "stream_axis": g.stream_axis,
+                "channel_axis": g.channel_axis,
+                "channel": g.channel,
+                "session_key": list(pos[0]) if pos else [],
+            },
+            parents=dict(self._opened_record.parents) if self._opened_record is not None else {},
+            input={
+                "layer": self.image_layer.name,
+                "path": str(source_path) if source_path else None,
+                "shape": [int(n) for n in self.image_layer.data.shape],
+            },
+            tool="widget",
+            extra={"napari_version": napari.__version__},
+        )
 
     def save(self, path: str | None = None) -> None:
         """Save the labels as an OME-Zarr result with the prompts, model and settings (a worker writes it)."""
@@ -1153,7 +1170,8 @@ class SAM2Widget(QWidget):
             plane = np.asarray(result.labels[t]).astype(np.uint32)
             target[t] = plane
             ids.update(int(i) for i in np.unique(plane) if i)
-        key = tuple(result.provenance.get("session_key", [])) or (0,) * len(g.fixed_axes)
+        record = result.record
+        key = tuple(record.settings.get("session_key") or ()) or (0,) * len(g.fixed_axes)
         if len(key) != len(g.fixed_axes):
             key = (0,) * len(g.fixed_axes)
         if result.prompts is not None:
@@ -1169,7 +1187,8 @@ class SAM2Widget(QWidget):
             self.select_object(self.objects[0])
         else:
             self.new_object()
-        model = result.provenance.get("model")
+        self._opened_record = record
+        model = record.model.source
         if model and self.model is None:
             self.set_model_source(model)
             _notify("info", f"Result made with {model}: load it to continue tracking.")

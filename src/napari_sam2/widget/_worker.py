@@ -7,6 +7,8 @@ propagation or an encoding pass interleave frame by frame.
 
 from __future__ import annotations
 
+import os
+
 from ..prompts import PromptSet
 
 
@@ -64,8 +66,13 @@ def propagate_job(session, passes):
             yield index, abs(result.frame - start) + 1, result
 
 
-def save_job(path, labels, axes, prompts: PromptSet, provenance: dict, scale):
+def save_job(path, labels, axes, prompts: PromptSet, provenance, scale):
+    """Write the result store; `provenance` is a `Provenance` (the checkpoint is hashed here, off the GUI thread)."""
+    from ..io.provenance import checkpoint_sha256
     from ..io.results import save_result
 
+    model = provenance.model
+    if model.checkpoint and not model.checkpoint_sha256 and os.path.isfile(model.checkpoint):
+        model.checkpoint_sha256 = checkpoint_sha256(model.checkpoint)
     save_result(path, labels, axes=axes, prompts=prompts, provenance=provenance, scale=scale, overwrite=True)
     return str(path)
