@@ -250,3 +250,26 @@ def test_every_option_has_help_text_and_track_defaults_to_the_builtin_model(file
     args = ["track", str(files["image"]), "--seeds", str(files["seeds"]), "--out", str(out), "--device", "cpu", "-q"]
     assert cli.main(args) == 0
     assert open_result(out).provenance["model"]["source"] == "nano-fluo"  # offline, no download
+
+
+def test_help_and_models_list_import_nothing_heavy():
+    """`napari-sam2 --help` and `models list` must start fast: beyond `import napari_sam2` (which imports no torch
+    since the package became lazy), the CLI imports neither torch nor numpy/zarr/scipy/napari for them."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import napari_sam2
+        from napari_sam2 import cli
+        before = set(sys.modules)
+        assert cli.main(["--help"]) == 0
+        assert cli.main(["models", "list"]) == 0
+        assert cli.main(["track", "--help"]) == 0
+        heavy = ("torch", "numpy", "zarr", "scipy", "napari", "tifffile", "skimage")
+        added = sorted(m for m in set(sys.modules) - before if m.split(".")[0] in heavy)
+        print("HEAVY", added, "torch" in before)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line.startswith("HEAVY [] "), line
