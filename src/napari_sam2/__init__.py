@@ -11,6 +11,7 @@ except ImportError:  # running from a source tree without an install
 from .model import CheckpointError, load_model
 
 __all__ = [
+    "AutoMasks",
     "CheckpointError",
     "ImagePredictor",
     "PromptSet",
@@ -18,6 +19,7 @@ __all__ = [
     "TrackingSession",
     "__version__",
     "load_model",
+    "segment_everything",
     "track",
 ]
 
@@ -36,6 +38,10 @@ def __getattr__(name):
         from . import api
 
         return getattr(api, name)
+    if name in ("segment_everything", "AutoMasks"):
+        from . import automatic
+
+        return getattr(automatic, name)
     if name == "PromptSet":
         from .prompts import PromptSet
 

@@ -694,6 +694,20 @@ class TrackingSession:
         with self._lock:
             return self._result(frame, computed=[])
 
+    def segment_everything(self, frame: int, **params):
+        """Every object on `frame` by SAM 2's automatic mask generator, from the cached image features.
+
+        The frame is encoded at most once for tracking and discovery together. params: those of
+        `napari_sam2.segment_everything` (points_per_side, pred_iou_thresh, …; no crops). Returns `AutoMasks`
+        (labels (Y, X) uint32, objects) at the frame's size. Adds no object to the session.
+        """
+        from .automatic import segment_features
+
+        self.frames.check_index(frame)
+        with self._lock:
+            feats = self._features(frame)
+            return segment_features(self.model, feats, self.frame_shape, precision=self.precision, **params)
+
     def close(self) -> None:
         self.frames.close()
         self.features.clear()
