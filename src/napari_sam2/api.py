@@ -13,6 +13,7 @@ come from `napari_sam2.analysis`. Coordinates are napari's (row, col) = (y, x) p
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,10 @@ import numpy as np
 
 from . import registry
 from .analysis import export_ctc, region_table, tracks_from_labels, write_csv
+from .io.identity import InputIdentity
+from .io.lock import StoreLock
 from .io.ome_zarr import LabelStore, StoreExistsError
+from .io.outputs import check_outputs, ctc_names, merge_outputs, owned_files, planned_outputs
 from .io.provenance import ModelRecord, Provenance, model_record
 from .io.readers import OpenedStack, open_stack, parse_window, resolve_axis
 from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange
@@ -84,7 +88,7 @@ def track(
     model: str | os.PathLike | Any | None = None,
     axis: int | str | None = 0,
     out: str | os.PathLike | None = None,
-    direction: str = "both",
+    direction: str | None = None,
     channel: int | None = None,
     device: str = "auto",
     window=None,
@@ -109,8 +113,8 @@ def track(
     model: registry name (default: the built-in "nano-fluo"; "sam2.1_hiera_tiny" for real work), checkpoint path,
         or a loaded `SAM2Model`.
     out: OME-Zarr store to write (refused if it exists, unless `overwrite` or `resume`); None keeps labels in memory.
-    direction: "forward", "backward" or "both" from the first prompted frame. Frames outside the tracked range
-        (e.g. before the first prompt with "forward") are written empty at the end.
+    direction: "forward", "backward" or "both" (None: "both") from the first prompted frame. Frames outside the range
+        tracked (e.g. before the first prompt with "forward") are written empty at the end.
     channel: channel of multichannel data. window: fixed intensity window (lo, hi), "lo,hi" or an IntensityRange
         (e.g. CT "-1000,400") instead of percentile scaling. device: "auto", "cpu", "cuda", "mps".
     progress: called as progress(frames_done, frames_total) after each frame; raising from it (e.g.
@@ -130,7 +134,58 @@ def track(
     finished part (on a GPU, minutes for thousands of frames). resume=True on a path that does not exist starts a
     new run, so a cluster job can always be resubmitted with the same command line.
     """
-    if direction not in DIRECTIONS:
+    run = functools.partial(
+        _track,
+        prompts=prompts,
+        model=model,
+        axis=axis,
+        out=out,
+        direction=direction,
+        channel=channel,
+        device=device,
+        window=window,
+        resume=resume,
+        ctc=ctc,
+        progress=progress,
+        seed_frame=seed_frame,
+        overwrite=overwrite,
+        preset=preset,
+        save_image=save_image,
+        tables=tables,
+        scale=scale,
+        embedding_cache=embedding_cache,
+    )
+    if out is None:
+        return run(stack)
+    opened = _open_input(stack)
+    _refuse_input_as_output(opened, Path(out), overwrite, resume)
+    with StoreLock(out):  # one writer per store, side files included (see io/lock.py)
+        return run(opened)
+
+
+def _track(
+    stack,
+    prompts=None,
+    model: str | os.PathLike | Any | None = None,
+    axis: int | str | None = 0,
+    out: str | os.PathLike | None = None,
+    direction: str | None = None,
+    channel: int | None = None,
+    device: str = "auto",
+    window=None,
+    resume: bool = False,
+    ctc: str | os.PathLike | None = None,
+    progress: Callable[[int, int], Any] | None = None,
+    *,
+    seed_frame: int = 0,
+    overwrite: bool = False,
+    preset: str = "default",
+    save_image: bool = True,
+    tables: bool = True,
+    scale=None,
+    embedding_cache: str | os.PathLike | None = None,
+) -> TrackResult:
+    if direction is not None and direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
     opened = _open_input(stack)
     data = opened.data
@@ -141,6 +196,8 @@ def track(
     n_frames = shape[ax]
     letter = _stream_letter(axis, opened.axes[ax])
     store_shape = (n_frames, *frame_shape)
+    source = str(opened.path) if opened.format != "array" else "the input array"
+    identity = InputIdentity(shape, data.dtype, n_frames, source=source)  # io/identity.py
 
     # ---- the output store: refuse clobbering before anything slow happens
     store: LabelStore | None = None
@@ -155,6 +212,7 @@ def track(
                     f"{out_path} holds labels of shape {store.shape} but this stack gives {store_shape}; "
                     "resume it with the stack (and axis/channel) it was made from"
                 )
+            identity.attach(store, resume=True)
         elif not overwrite:
             raise StoreExistsError(
                 f"{out_path} already exists; pass overwrite=True (--overwrite) to replace it or resume=True "
@@ -164,10 +222,12 @@ def track(
     # ---- settings: a resumed run replays what the store recorded
     settings = recorded.settings if recorded is not None else {}
     if store is not None:
+        _refuse_changed_settings(out_path, settings, direction=direction, channel=channel, window=window)
         direction = settings.get("direction", direction)
         preset = settings.get("preset", preset)
         channel = settings.get("channel", channel)
         window = settings.get("window", window)
+    direction = direction or "both"
     intensity = window if isinstance(window, IntensityRange) else parse_window(window)
     prompt_set = _as_prompts(prompts, seed_frame, data, ax, frame_shape)
     if recorded is not None:
@@ -181,6 +241,16 @@ def track(
     if prompt_set is None or not len(prompt_set):
         raise InputError("no prompts: give a PromptSet, a prompts file (.json/.csv) or seed labels")
     prompt_set.validate(n_frames, frame_shape)
+
+    # ---- side files: refused before anything is created unless this store wrote them (io/outputs.py)
+    csv_paths = [sidecar_path(out_path, "regions.csv"), sidecar_path(out_path, "confidence.csv")] if (
+        out_path is not None and tables) else []  # fmt: skip
+    outputs = planned_outputs(csv_paths, ctc, n_frames)
+    old_outputs = recorded.extra.get("outputs") if recorded is not None else _old_outputs(out_path, overwrite)
+    owned = set() if out_path is None else owned_files(old_outputs)
+    if out_path is None and overwrite:  # no store to record ownership: only the files this export writes
+        owned = {os.path.join(outputs["ctc"]["dir"], n) for n in ctc_names(n_frames)} if ctc is not None else set()
+    check_outputs(outputs, owned, overwrite or store is not None, out_path)
 
     # ---- model
     if model is None:
@@ -204,7 +274,13 @@ def track(
         channel_axis=channel_axis,
         intensity=intensity,
         embedding_cache=embedding_cache,
+        on_read=identity,
     )
+    try:  # the prompts are applied before the store exists: a prompt that fails leaves nothing behind
+        prompt_set.apply(session)
+    except BaseException:
+        session.close()
+        raise
     image_view = _ImageView(session.frames, channel) if (channel is not None or channel_axis is None) else None
     settings = {
         "direction": direction,
@@ -225,11 +301,14 @@ def track(
         input={"path": str(opened.path) if opened.format != "array" else "array", "shape": list(shape)},
         tool="track",
         status="running",
-        extra={"writes": 0},
+        extra={"writes": 0, "outputs": outputs},
     )
     writes_done = 0
+    damaged: set[int] = set()
     if recorded is not None:
         writes_done = int(recorded.extra.get("writes", 0))
+        damaged = _unreadable_frames(store)  # finished frames whose chunks were damaged since: rewritten
+        store.update_provenance({"outputs": merge_outputs(recorded.extra.get("outputs"), outputs)})
     elif out_path is not None:
         try:
             store = LabelStore.create(
@@ -241,6 +320,7 @@ def track(
                 provenance=provenance.to_dict(),
                 overwrite=overwrite,
             )
+            identity.attach(store, resume=False)
         except BaseException:
             session.close()
             raise
@@ -255,7 +335,8 @@ def track(
 
     def emit(frame: int, labels: np.ndarray) -> None:
         nonlocal write_index
-        if write_index >= writes_done:  # on resume, writes made before the interruption are skipped
+        # on resume, writes made before the interruption are skipped (but damaged finished frames are redone)
+        if write_index >= writes_done or frame in damaged:
             if store is not None:
                 store.write_frame(frame, labels)
                 store.update_provenance({"writes": write_index + 1})
@@ -269,13 +350,13 @@ def track(
             progress(len(finished), n_frames)
 
     try:
-        prompt_set.apply(session)
         covered: set[int] = set()
         for result in session.propagate(direction):
-            counts = np.bincount(result.labels.ravel(), minlength=max(result.obj_ids, default=0) + 1)
+            ids, counts = np.unique(result.labels, return_counts=True)  # not bincount: ids go up to 2**32 - 1
+            count_of = dict(zip(ids.tolist(), counts.tolist(), strict=True))
             for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
                 scores[(result.frame, obj)] = (float(score), float(iou))
-                areas[(result.frame, obj)] = int(counts[obj])
+                areas[(result.frame, obj)] = int(count_of.get(obj, 0))
             covered.add(result.frame)
             emit(result.frame, result.labels)
         for frame in range(n_frames):  # outside the propagated range: nothing tracked there
@@ -283,14 +364,30 @@ def track(
                 emit(frame, np.zeros(frame_shape, dtype=np.uint32))
     except BaseException:
         session.close()
-        if store is not None:
-            try:
-                store.update_provenance({"status": "interrupted"})
-            except Exception:  # noqa: BLE001, S110  (the store may be what failed; finished frames are intact)
-                pass
+        _mark_interrupted(store, changed=bool(written) or not writes_done)
         raise
     session.close()
+    try:
+        return _finish(locals())
+    except BaseException:  # the tables or the CTC export failed: the run is not complete, --resume redoes them
+        _mark_interrupted(store, changed=True)
+        raise
 
+
+def _mark_interrupted(store, changed: bool) -> None:
+    """Record a stopped run as "interrupted" (never "running"); a resume that wrote nothing keeps its status."""
+    if store is None or not changed:
+        return
+    try:
+        store.update_provenance({"status": "interrupted"})
+    except Exception:  # noqa: BLE001, S110  (the store may be what failed; finished frames are intact)
+        pass
+
+
+def _finish(v: dict) -> TrackResult:
+    """Tables, CTC export and the final status of a run whose labels are all written (`v`: `_track`'s locals)."""
+    store, labels_mem, scores, areas, out_path = v["store"], v["labels_mem"], v["scores"], v["areas"], v["out_path"]
+    image_view, tables, ctc = v["image_view"], v["tables"], v["ctc"]
     labels_out = store.read_labels() if store is not None else labels_mem
     confidence = [
         {"frame": f, "obj_id": o, "score": s, "iou": i, "present": s > 0, "area": areas[(f, o)]}
@@ -298,13 +395,13 @@ def track(
     ]
     result = TrackResult(
         labels=labels_out,
-        axes=letter + "yx",
-        prompts=prompt_set,
+        axes=v["letter"] + "yx",
+        prompts=v["prompt_set"],
         confidence=confidence,
         path=out_path if store is not None else None,
-        frames_written=written,
+        frames_written=v["written"],
         store=store,
-        encoder_runs=session.encoder_runs,
+        encoder_runs=v["session"].encoder_runs,
     )
     if tables:
         intensity_image = image_view if image_view is not None else None
@@ -314,10 +411,11 @@ def track(
             result.csv_path = write_csv(result.regions, sidecar_path(out_path, "regions.csv"))
             write_csv(confidence, sidecar_path(out_path, "confidence.csv"))
     if ctc is not None:
-        export_ctc(labels_out, ctc, overwrite=overwrite or resume)
+        export_ctc(labels_out, ctc, overwrite=True)  # existing files there were checked: ours (io/outputs.py)
         result.ctc_path = Path(ctc)
     if store is not None:
         store.update_provenance({"status": "complete"})
+    provenance = v["provenance"]
     provenance.status = "complete"
     result.provenance = store.provenance if store is not None else provenance.to_dict()
     return result
@@ -348,6 +446,55 @@ class _ImageView:
         if self._channel is not None and frame.ndim == 3:
             frame = frame[..., self._channel]
         return frame
+
+
+def _refuse_changed_settings(out_path, recorded: dict, **given) -> None:
+    """A resumed run replays the recorded settings; one given explicitly that differs is refused, not ignored."""
+    for name, value in given.items():
+        if value is None or name not in recorded:
+            continue
+        if name == "window":
+            window = value if isinstance(value, IntensityRange) else parse_window(value)
+            value = [window.low, window.high]
+        if value != recorded[name]:
+            raise InputError(
+                f"{out_path} was made with {name}={recorded[name]!r}; a resumed run replays it, so {name}={value!r} "
+                f"cannot apply: resume without --{name}, or write to a new --out"
+            )
+
+
+def _old_outputs(out_path: Path, overwrite: bool) -> dict | None:
+    """The "outputs" record of the store an overwrite replaces (None if there is none or it is not ours)."""
+    if not overwrite or not (out_path / "zarr.json").is_file():
+        return None
+    try:
+        return LabelStore.open(out_path, mode="r").provenance.get("outputs")
+    except Exception:  # noqa: BLE001  (not a store of ours: LabelStore.create refuses to replace it anyway)
+        return None
+
+
+def _unreadable_frames(store: LabelStore) -> set[int]:
+    """Finished frames whose label chunks cannot be read any more (damaged on disk since): a resume redoes them."""
+    labels = store.read_labels()
+    bad = set()
+    for frame in store.finished_frames():
+        try:
+            np.asarray(labels[frame])
+        except Exception:  # noqa: BLE001  (zarr raises codec-specific errors for a damaged chunk)
+            bad.add(frame)
+    return bad
+
+
+def _refuse_input_as_output(opened: OpenedStack, out: Path, overwrite: bool, resume: bool) -> None:
+    """`--overwrite` of the store the image is read from would delete the image before it is read."""
+    if opened.format == "array" or resume or not overwrite:
+        return
+    source, target = Path(os.path.realpath(opened.path)), Path(os.path.realpath(out))
+    if source == target or target in source.parents:
+        raise InputError(
+            f"--out {out} is the input image's own store ({opened.path}); overwriting it would delete the image "
+            "before it is read: write to another --out"
+        )
 
 
 def _open_input(stack) -> OpenedStack:

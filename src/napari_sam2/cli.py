@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     t.add_argument("--axis", default=None, metavar="t|z|INDEX", help="stream axis (default: t, else z, else 0)")
     t.add_argument("--channel", type=int, default=None, metavar="N", help="channel of multichannel data")
-    t.add_argument("--direction", default="both", choices=["forward", "backward", "both"],
+    t.add_argument("--direction", default=None, choices=["forward", "backward", "both"],
                    help="propagate from the first prompted frame forward, backward or both ways (both)")  # fmt: skip
     t.add_argument("--window", default=None, metavar="LO,HI",
                    help="fixed intensity window instead of percentiles, e.g. --window=-1000,400 for CT")  # fmt: skip

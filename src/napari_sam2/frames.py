@@ -42,10 +42,12 @@ class FrameSource:
         frame_shape: tuple[int, int] | None = None,
         read_ahead: int = 2,
         pin_memory: bool = False,
+        on_read=None,
     ):
         if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
             stack = np.asarray(stack)
         self.stack = stack
+        self.on_read = on_read  # on_read(index, pixels) sees every frame read, before it is used (io/identity.py)
         self.image_size = image_size
         self.preprocessed = preprocessed
         shape = tuple(int(s) for s in stack.shape)
@@ -112,14 +114,26 @@ class FrameSource:
         self.check_index(index)
         key = [slice(None)] * len(self.stack.shape)
         key[self.axis] = index
-        frame = np.asarray(self.stack[tuple(key)])
+        try:
+            frame = np.asarray(self.stack[tuple(key)])
+        except (InputError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001  (a damaged file: zlib, truncated gzip, a corrupt zarr chunk ...)
+            raise InputError(
+                f"frame {index} of the stack cannot be read ({type(exc).__name__}: {exc}); the file is damaged "
+                "there — repair or re-export it"
+            ) from None
+        if self.on_read is not None:
+            self.on_read(index, frame)
         if self.channel_axis is not None:
             ch = self.channel_axis - (1 if self.channel_axis > self.axis else 0)
             frame = np.moveaxis(frame, ch, -1)
         return frame
 
     def check_index(self, index: int) -> None:
-        if not isinstance(index, (int, np.integer)) or not 0 <= index < self.num_frames:
+        if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+            raise InputError(f"a frame is an integer index; got {index!r} ({type(index).__name__})")
+        if not 0 <= index < self.num_frames:
             raise InputError(f"frame {index} is outside the stack (frames 0…{self.num_frames - 1})")
 
     def _stack_intensity(self, percentiles, sample_frames) -> IntensityRange:

@@ -144,8 +144,9 @@ class LabelStore:
             "axes": [{"name": a, "type": AXIS_TYPES[a], **({"unit": units[a]} if a in units else {})} for a in axes],
             "datasets": [{"path": LEVEL_PATH, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
         }
-        with _io_errors(path, "create the store"):
+        with _removed_on_failure(path) as made, _io_errors(path, "create the store"):
             root = zarr.open_group(path, mode="w-", zarr_format=3)
+            made.append(path)
             root_attrs: dict[str, Any] = {ATTR_KEY: {"format": STORE_FORMAT, "labels": name}}
             if image is not None:
                 root_attrs["ome"] = {"version": NGFF_VERSION, "multiscales": [{**multiscale, "name": "image"}]}
@@ -390,8 +391,23 @@ def _io_errors(path: Path, action: str) -> Iterator[None]:
         raise StoreWriteError(
             err.errno,
             f"could not {action} in {path}: {cause}{where}. Frames recorded as finished before this are intact; "
-            f"{hint}, then resume with LabelStore.open({str(path)!r}, mode='r+').",
+            f"{hint}, then resume: `napari-sam2 track ... --resume` (Python: track(..., resume=True), or "
+            f"LabelStore.open({str(path)!r}, mode='r+')).",
         ) from err
+
+
+@contextmanager
+def _removed_on_failure(path: Path) -> Iterator[list]:
+    """Remove a store this call created if creating it fails part way (a frame of the image unreadable, Ctrl-C
+    while copying it): a half-made store is debris that would need --overwrite. The caller appends to the
+    yielded list once *it* has made the directory, so a store another process made is never touched."""
+    made: list = []
+    try:
+        yield made
+    except BaseException:
+        if made:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def _clear_target(path: Path, overwrite: bool) -> None:
@@ -401,6 +417,14 @@ def _clear_target(path: Path, overwrite: bool) -> None:
         raise StoreExistsError(
             f"{path} already exists. Pass overwrite=True to replace it, or resume it with "
             f"LabelStore.open({str(path)!r}, mode='r+')."
+        )
+    from .lock import StoreLockedError, is_held_elsewhere, lock_path
+
+    holder = is_held_elsewhere(path)
+    if holder is not None:
+        raise StoreLockedError(
+            f"{path} is being written by {holder}; overwrite will not delete it under a running writer "
+            f"(lock file {lock_path(path)})"
         )
     if path.is_dir() and not path.is_symlink():
         if not any(path.iterdir()):
