@@ -105,3 +105,20 @@ def test_bfloat16_features_round_trip_exactly(tmp_path):
     ):
         assert ours.dtype == ref.dtype
         assert torch.equal(ours, ref)
+
+
+def test_every_frame_is_its_own_files_so_writers_of_disjoint_frames_do_not_race(tiny_model, stack, tmp_path):
+    import zarr
+
+    a = TrackingSession(tiny_model, stack, embedding_cache=tmp_path, intensity=INTENSITY)
+    a.encode_frames([0])  # creates the store (napari_sam2.encode lets one task do this before the others start)
+    b = TrackingSession(tiny_model, stack, embedding_cache=tmp_path, intensity=INTENSITY)
+    assert a.embeddings.parallel_safe and b.embeddings.parallel_safe
+    group = zarr.open_group(a.embeddings.path, mode="r")
+    for name in ("vision", "high_res_0", "high_res_1", "digest"):
+        assert group[name].chunks[0] == 1  # a digest chunk shared by frames could lose a concurrent writer's update
+    for f in range(1, len(stack)):
+        (a if f % 2 else b).encode_frames([f])
+    c = TrackingSession(tiny_model, stack, embedding_cache=tmp_path, intensity=INTENSITY)
+    c.encode_frames()
+    assert c.encoder_runs == 0 and c.embeddings.hits == len(stack)

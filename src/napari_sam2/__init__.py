@@ -18,9 +18,11 @@ __all__ = [
     "TrackResult",
     "TrackingSession",
     "__version__",
+    "encode",
     "load_model",
     "segment_everything",
     "track",
+    "track_many",
 ]
 
 
@@ -42,6 +44,10 @@ def __getattr__(name):
         from . import automatic
 
         return getattr(automatic, name)
+    if name in ("track_many", "encode"):
+        from . import scale_out
+
+        return getattr(scale_out, name)
     if name == "PromptSet":
         from .prompts import PromptSet
 

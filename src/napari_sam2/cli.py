@@ -4,6 +4,9 @@
                       [--model NAME|PATH] [--device auto|cpu|cuda|mps] [--axis t|z|INDEX] [--channel N]
                       [--direction forward|backward|both] [--window LO,HI] [--ctc DIR] [--resume | --overwrite]
                       [--no-image] [--embedding-cache DIR] [--quiet]
+    napari-sam2 track-many IMAGE... (--seeds-pattern P | --prompts-dir DIR | --prompts FILE) --out-dir OUT
+                      [--scheduler local|ADDRESS] [--workers N] ...     (Dask; see napari_sam2.scale_out)
+    napari-sam2 encode IMAGE --embedding-cache DIR [--scheduler local|ADDRESS] [--workers N] ...
     napari-sam2 models list | download NAME [--cache-dir DIR] | verify NAME|PATH [--cache-dir DIR]
     napari-sam2 info OUT.ome.zarr
     napari-sam2 demo [--model NAME|PATH] [--out DIR] [--frames N] [--size PX] [--overwrite]
@@ -104,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
 
+    from .scale_out import add_cli_parsers
+
+    add_cli_parsers(sub)  # track-many, encode
+
     m = sub.add_parser("models", help="list, download or verify SAM 2 checkpoints")
     msub = m.add_subparsers(dest="models_command", metavar="ACTION")
     msub.required = True
@@ -156,12 +163,23 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler = {"track": _cmd_track, "models": _cmd_models, "info": _cmd_info, "demo": _cmd_demo}[args.command]
+    from . import scale_out
+
+    handler = {
+        "track": _cmd_track,
+        "track-many": scale_out.cmd_track_many,
+        "encode": scale_out.cmd_encode,
+        "models": _cmd_models,
+        "info": _cmd_info,
+        "demo": _cmd_demo,
+    }[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         hint = f"; frames finished so far are kept in {out}; continue with --resume" if args.command == "track" else ""
+        if args.command == "track-many":
+            hint = "; finished frames are kept in each store: run the same command again to resume"
         _error(f"interrupted{hint}")
         return EXIT_INTERRUPTED
     except Exception as exc:  # classified below; anything unknown is re-raised

@@ -9,6 +9,7 @@ One zarr v3 store per (model weights, preprocessing, stack layout) under a user-
         high_res_1   [N, d/4, 2h, 2w]
         vision_pos   [1, d, h, w]          the (frame-independent) position encoding
         digest       [N, 16] uint8         a hash of each frame's raw pixels; all zero = not stored
+                                           (one chunk per frame, like the features: see "Several writers")
 
 The key is a hash of everything the features depend on except the pixels: the model's weights, the input size,
 the compute precision, the intensity range, channel and axes, the stack's shape and dtype. The pixels are
@@ -16,6 +17,13 @@ checked per frame: a frame whose digest differs from the stored one (the data ch
 and overwritten, so a stale cache can cost time but never gives wrong features.
 Features are stored exactly (float32 as float32; bfloat16 bit patterns as int16), so results from cached
 features are identical to results from fresh ones.
+
+Several writers (`napari_sam2.encode` fills one store from many Dask tasks): every array has one chunk per frame,
+so writers of disjoint frames write disjoint files, and zarr's LocalStore writes each file to a temporary name and
+renames it into place, so a reader sees a frame's digest either absent or whole. Creating the store writes shared
+metadata; `encode` lets one task create it before the others start (and a second creator attaches to the first's
+store instead of failing). Stores made before this layout keep all digests in one chunk (`parallel_safe` False):
+two writers there could lose each other's digest, so `encode` gives such a store one task.
 """
 
 from __future__ import annotations
@@ -130,7 +138,13 @@ class EmbeddingStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         import zarr
 
-        group = zarr.open_group(self.path, mode="w-", zarr_format=3)
+        try:
+            group = zarr.open_group(self.path, mode="w-", zarr_format=3)
+        except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+            self._attach_existing()  # another writer created it meanwhile: use theirs
+            if self._group is None:
+                raise OSError(f"{self.path} appeared meanwhile and is not a usable embedding store") from None
+            return
         tensors = dict(zip(_LEVELS, [features.vision, *features.high_res]))
         for level, t in tensors.items():
             storage = _to_numpy(t[:1]).dtype
@@ -140,9 +154,8 @@ class EmbeddingStore:
         pos = _to_numpy(features.vision_pos[:1])
         group.create_array("vision_pos", shape=pos.shape, dtype=pos.dtype, compressors=None)[...] = pos
         tensors["vision_pos"] = features.vision_pos
-        group.create_array(
-            "digest", shape=(self.num_frames, DIGEST_BYTES), chunks=(self.num_frames, DIGEST_BYTES), dtype="uint8"
-        )
+        # one chunk per frame: concurrent writers of different frames never rewrite each other's digest
+        group.create_array("digest", shape=(self.num_frames, DIGEST_BYTES), chunks=(1, DIGEST_BYTES), dtype="uint8")
         names = {v: k for k, v in _DTYPES.items()}
         dtypes = {level: names[t.dtype] for level, t in tensors.items()}
         # the memory layout too: the same values in another layout take other kernels (last-bit differences)
@@ -156,11 +169,20 @@ class EmbeddingStore:
         self._group, self._dtypes = group, {k: _DTYPES[v] for k, v in dtypes.items()}
         self._channels_last = set(channels_last)
 
+    @property
+    def parallel_safe(self) -> bool:
+        """Whether tasks may write disjoint frames at once: every frame's digest is its own chunk (True for a
+        store not created yet)."""
+        return self._group is None or self._group["digest"].chunks[0] == 1
+
     def get(self, frame: int, digest: bytes) -> ImageFeatures | None:
         """Stored features of `frame` if its stored pixel digest equals `digest`, else None."""
         if self._group is None:
             return None
-        stored = bytes(np.asarray(self._group["digest"][frame], dtype=np.uint8))
+        try:
+            stored = bytes(np.asarray(self._group["digest"][frame], dtype=np.uint8))
+        except Exception:  # noqa: BLE001  (an unreadable digest chunk: the frame counts as not stored)
+            return None
         if stored != digest:
             return None
         arrays = [self._read(level, slice(frame, frame + 1)) for level in _LEVELS]
