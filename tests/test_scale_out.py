@@ -17,17 +17,18 @@ from napari_sam2 import encode, track, track_many
 from napari_sam2.cli import main
 from napari_sam2.io.ome_zarr import LabelStore
 from napari_sam2.sample_data import nuclei_timelapse
-from napari_sam2.scale_out import SUMMARY_NAME, stack_name
+from napari_sam2.scale_out import SUMMARY_NAME, local_cluster, stack_name
 
 THREADS = 1  # torch threads, equal in the serial reference and in the workers (results may depend on them)
 N_FRAMES, SIZE = 6, 64
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
-    )
+    env = dict(os.environ)
+    cluster = local_cluster(2)
+    assert {k: os.environ.get(k) for k in THREAD_VARS} == {k: env.get(k) for k in THREAD_VARS}  # left alone
     c = distributed.Client(cluster)
     yield c
     c.close()

@@ -40,7 +40,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["EncodeResult", "StackRow", "TrackManyResult", "encode", "stack_name", "track_many"]
+__all__ = ["EncodeResult", "StackRow", "TrackManyResult", "encode", "local_cluster", "stack_name", "track_many"]
 
 log = logging.getLogger(__name__)
 
@@ -235,8 +235,6 @@ def _connect(client, scheduler: str | None, workers: int | None, retries: int, d
         finally:
             c.close()
         return
-    import dask
-
     n = workers or default_workers
     try:
         import bokeh  # noqa: F401  (the dashboard needs it; without it, no dashboard and no warning)
@@ -244,17 +242,38 @@ def _connect(client, scheduler: str | None, workers: int | None, retries: int, d
         dashboard = ":0"  # any free port: several runs (or users) on one machine must not collide on 8787
     except ImportError:
         dashboard = None
-    # a worker that dies is replaced and its task rescheduled this many times before the stack is given up
-    with dask.config.set({"distributed.scheduler.allowed-failures": max(3, retries)}):
-        cluster = distributed.LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=dashboard, silence_logs=logging.ERROR
-        )
-        c = distributed.Client(cluster)
+    cluster = local_cluster(n, dashboard=dashboard, allowed_failures=max(3, retries))
+    c = distributed.Client(cluster)
     try:
         yield c, n
     finally:
         c.close()
         cluster.close()
+
+
+def local_cluster(n_workers: int, *, dashboard: str | None = None, allowed_failures: int = 3):
+    """A `distributed.LocalCluster` of `n_workers` single-threaded process workers, as `track_many` starts it.
+
+    Each task sets its own torch threads, so the nanny is told not to export OMP_NUM_THREADS / MKL_NUM_THREADS /
+    OPENBLAS_NUM_THREADS=1: it sets them in *this* process's environment before spawning a worker, where they
+    would stay and change the thread count (and so the last bits of float results) of any later subprocess.
+    A worker that dies is replaced, and its task rescheduled up to `allowed_failures` times.
+    """
+    import dask
+    import distributed
+
+    keep_env = {f"distributed.nanny.pre-spawn-environ.{k}": None for k in _THREAD_VARS}
+    with dask.config.set({**keep_env, "distributed.scheduler.allowed-failures": allowed_failures}):
+        return distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=dashboard,
+            silence_logs=logging.ERROR,
+        )
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _dashboard(client) -> str | None:
