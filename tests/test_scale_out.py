@@ -140,7 +140,8 @@ def test_cli_corrupt_file_fails_alone(client, plate, serial, tiny_checkpoint, tm
     assert "1 of 2 stacks failed" in captured.err and "Traceback" not in captured.err
     rows = {line.split(",")[0]: line for line in (tmp_path / "out" / SUMMARY_NAME).read_text().splitlines()[1:]}
     bad_row = rows[str(tmp_path / "in" / "bad.tif")]
-    assert ",failed," in bad_row and "bad.tif" in bad_row.split(",failed,")[1] and "truncated" in bad_row
+    error = bad_row.split(",failed,")[1]
+    assert "cannot be read" in error and ("damaged" in error or "truncated" in error)  # why, and what to do
     assert ",done," in rows[str(tmp_path / "in" / "P1.tif")]
     store = LabelStore.open(tmp_path / "out" / "P1.ome.zarr")
     np.testing.assert_array_equal(store.read_labels()[...], serial["P1.tif"])
