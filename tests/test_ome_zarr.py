@@ -81,7 +81,7 @@ def test_round_trip_layout_and_metadata(tmp_path, image):
     assert label_attrs["ome"]["multiscales"][0]["datasets"] == ms["datasets"]  # as many levels as the image
     image_label = label_attrs["ome"]["image-label"]
     assert image_label["source"] == {"image": "../../"} and image_label["version"] == "0.5"
-    assert [c["label-value"] for c in image_label["colors"]] == [3, 7]
+    assert [c["label-value"] for c in image_label["colors"]] == [0, 3, 7]  # 0: the background, transparent
     assert label_attrs["napari_sam2"]["provenance"]["checkpoint_sha256"] == "ab" * 32
     level = _json(path / "labels" / "sam2" / "0" / "zarr.json")
     assert level["dimension_names"] == ["t", "y", "x"] and level["data_type"] == "uint32"
@@ -177,7 +177,8 @@ def test_ome_zarr_py_reads_our_store(tmp_path, image):
     assert label_node.metadata["name"] == "sam2"
     assert [a["name"] for a in label_node.metadata["axes"]] == ["t", "y", "x"]
     assert label_node.metadata["coordinateTransformations"] == [[{"type": "scale", "scale": [1.0, 0.5, 0.5]}]]
-    assert label_node.metadata["color"] == {3: [c / 255 for c in label_color(3)], 7: [c / 255 for c in label_color(7)]}
+    colors = {3: [c / 255 for c in label_color(3)], 7: [c / 255 for c in label_color(7)], 0: [0.0] * 4}
+    assert label_node.metadata["color"] == colors
     np.testing.assert_array_equal(np.asarray(label_node.data[0]), store.read_labels()[:])
 
     # Without a source image the label image itself is a complete multiscale image.
@@ -197,7 +198,7 @@ def test_store_validates_against_ngff_models(tmp_path, image):
     assert type(models.open_ome_zarr(zarr.open_group(path / "labels", mode="r"))).__name__ == "Labels"
     label = models.open_ome_zarr(zarr.open_group(path / "labels" / "sam2", mode="r"))
     assert type(label).__name__ == "ImageLabel"
-    assert [c.label_value for c in label.attributes.ome.image_label.colors] == [3, 7]
+    assert [c.label_value for c in label.attributes.ome.image_label.colors] == [0, 3, 7]
 
     # The validator does catch a broken store (e.g. the labels group without its version, ome-zarr-py's bug).
     broken = tmp_path / "broken.ome.zarr"

@@ -43,21 +43,29 @@ def read_result(path) -> list[tuple]:
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
     scale = tuple(result.scale) if result.scale else None
-    common = {"scale": scale} if scale else {}
+    # napari shows the store's axes by name (the slider reads "t" or "z") and at its physical scale and units
+    common: dict = {"axis_labels": tuple(result.axes)}
+    if scale:
+        common["scale"] = scale
+    if result.units:
+        common["units"] = tuple(result.units.get(a, "pixel") for a in result.axes)
     meta = {"napari_sam2": {"path": str(path), "provenance": result.provenance, "axes": result.axes}}
     layers = []
     if result.image is not None:
         layers.append((result.image, {"name": f"{name} image", **common}, "image"))
     labels_kwargs = {"name": f"{name} labels", "metadata": meta, **common}
+    if result.colors:  # the colours recorded in image-label, as the widget and other OME-Zarr viewers show them
+        colormap = {int(k): [c / 255 for c in rgba] for k, rgba in result.colors.items()}
+        colormap[0] = [0.0, 0.0, 0.0, 0.0]
+        colormap[None] = [1.0, 1.0, 1.0, 1.0]  # an id without a recorded colour: white, never hidden
+        labels_kwargs["colormap"] = colormap
     layers.append((result.labels, labels_kwargs, "labels"))
     if result.axes[0] == "t" and result.colors:
         from .analysis import tracks_from_labels
 
         data, graph = tracks_from_labels(result.labels)
         if len(data):
-            track_kwargs = {"name": f"{name} tracks", "graph": graph}
-            if scale:
-                track_kwargs["scale"] = scale
+            track_kwargs = {"name": f"{name} tracks", "graph": graph, **common}
             layers.append((data, track_kwargs, "tracks"))
     return layers
 
@@ -93,5 +101,9 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     record.input = {**record.input, "layer": meta.get("name")}
     record.status, record.created = None, None  # a new store: complete when written, dated now
     record.extra.pop("writes", None)
-    save_result(path, array, axes=axes, provenance=record, scale=scale, overwrite=True)
+    units = meta.get("units")  # napari's pint units ("micrometer", "second"; "pixel" when unset)
+    if units is not None:
+        units = [str(u) for u in units]
+        units = (["pixel"] * (ndim - len(units)) + units)[-ndim:]
+    save_result(path, array, axes=axes, provenance=record, scale=scale, units=units, overwrite=True)
     return [str(path)]

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 from skimage.measure import regionprops
 
+from .io.units import symbol
+
 CTC_MAX_LABEL = 2**16 - 1  # CTC masks are uint16
 
 __all__ = [
@@ -94,6 +96,9 @@ def region_table(
     scores: Mapping[tuple[int, int], tuple[float, float]] | None = None,
     *,
     parents: Mapping[int, int] | None = None,
+    scale: Sequence[float] | None = None,
+    units: Mapping[str, str] | None = None,
+    axes: str | None = None,
 ) -> list[dict[str, Any]]:
     """One row per object per frame, measured with skimage.measure.regionprops.
 
@@ -102,6 +107,11 @@ def region_table(
     Columns: frame, label (object id), track_id (see module docstring), area (pixels or voxels), centroid_[z,]y,x,
     bbox_[z0,]y0,x0,[z1,]y1,x1 (half-open, like numpy slices), mean_intensity (or mean_intensity_<c> per
     channel), score, iou (None where `scores` has no entry). Frames where an object is absent have no row.
+    Physical columns, beside the pixel ones, when `scale` (size per axis of the stack, e.g. [30, 0.5, 0.5]) or
+    `units` ({axis letter: UDUNITS-2 unit}, e.g. {"t": "second", "y": "micrometer", "x": "micrometer"}) is given:
+    the frame's position (e.g. t_s = frame × 30), area_<u>2 (area_<u>3 for volumes) and centroid_<axis>_<u>, with
+    <u> the unit's symbol (um, nm, s, ...) or "phys" when unknown. axes: the stack's axis letters (default "t"
+    then "yx" or "zyx").
     """
     if intensity is not None and not hasattr(intensity, "shape"):
         intensity = np.asarray(intensity)
@@ -110,20 +120,27 @@ def region_table(
         raise ValueError(f"intensity shape {tuple(intensity.shape)} must start with the label shape {shape}")
     if intensity is not None and intensity.ndim > len(shape) + 1:
         raise ValueError(f"intensity may add at most one channel axis to the label shape {shape}")
+    physical = _physical_columns(shape, scale, units, axes)
     rows: list[dict[str, Any]] = []
     for t, frame in _frames(labels_stack):
-        axes = "zyx"[3 - frame.ndim :]
+        axes_ = "zyx"[3 - frame.ndim :]
         image = None if intensity is None else np.asarray(intensity[t])
         for region in regionprops(frame, intensity_image=image):
             row: dict[str, Any] = {"frame": t, "label": int(region.label), "track_id": None}
             row["area"] = int(region.area)
-            for a, c in zip(axes, region.centroid, strict=True):
+            for a, c in zip(axes_, region.centroid, strict=True):
                 row[f"centroid_{a}"] = float(c)
             bbox = region.bbox
-            for k, a in enumerate(axes):
+            for k, a in enumerate(axes_):
                 row[f"bbox_{a}0"] = int(bbox[k])
-            for k, a in enumerate(axes):
+            for k, a in enumerate(axes_):
                 row[f"bbox_{a}1"] = int(bbox[frame.ndim + k])
+            if physical is not None:
+                (frame_column, step), (area_column, voxel), centroid_columns = physical
+                row[frame_column] = t * step
+                row[area_column] = float(region.area) * voxel
+                for (column, size), c in zip(centroid_columns, region.centroid, strict=True):
+                    row[column] = float(c) * size
             if image is not None:
                 mean = np.atleast_1d(region.intensity_mean)
                 if image.ndim == frame.ndim:
@@ -146,6 +163,25 @@ def region_table(
     for row in rows:
         row["track_id"] = track_of[(row["label"], row["frame"])]
     return rows
+
+
+def _physical_columns(shape, scale, units, axes):
+    """Column names and factors of the physical columns of `region_table` (None: pixels only)."""
+    if scale is None and not units:
+        return None
+    ndim = len(shape)
+    scale = [1.0] * ndim if scale is None else [float(v) for v in scale]
+    if len(scale) != ndim:
+        raise ValueError(f"scale {scale} must give one size per axis of the label shape {shape}")
+    axes = (axes or "t" + "zyx"[4 - ndim :]).lower()
+    units = dict(units or {})
+    symbols = [symbol(units.get(a)) for a in axes]
+    frame_column = (f"{axes[0]}_{symbols[0]}", scale[0])
+    spatial = set(symbols[1:])
+    area_unit = f"{symbols[1]}{ndim - 1}" if len(spatial) == 1 and "phys" not in spatial else "phys"
+    area_column = (f"area_{area_unit}", float(np.prod(scale[1:])))
+    centroids = [(f"centroid_{a}_{u}", size) for a, u, size in zip(axes[1:], symbols[1:], scale[1:], strict=True)]
+    return frame_column, area_column, centroids
 
 
 def scores_from_results(results: Iterable[Any]) -> dict[tuple[int, int], tuple[float, float]]:

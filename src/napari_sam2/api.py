@@ -30,6 +30,7 @@ from .io.ome_zarr import LabelStore, StoreExistsError
 from .io.outputs import check_outputs, ctc_names, merge_outputs, owned_files, planned_outputs
 from .io.provenance import ModelRecord, Provenance, model_record
 from .io.readers import OpenedStack, open_stack, parse_window, resolve_axis
+from .io.units import normalise_unit
 from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange
 from .prompts import PromptSet
 
@@ -53,6 +54,7 @@ class TrackResult:
     Tracks layer data [M, 4] (track_id, t, y, x) and {child track: [parent track]}. path: the store (None without
     `out`); csv_path / ctc_path: files written next to it. frames_written: distinct frames written by this call.
     encoder_runs: frames the image encoder ran on (frames found in `embedding_cache` cost none).
+    scale / units: physical size per axis and {axis: unit} as written to the store (None: pixels / unknown).
     """
 
     labels: Any
@@ -69,6 +71,8 @@ class TrackResult:
     frames_written: list[int] = field(default_factory=list)
     store: LabelStore | None = None
     encoder_runs: int = 0
+    scale: list[float] | None = None  # physical size per axis of `axes` (None: pixels)
+    units: dict[str, str] | None = None  # {axis letter: UDUNITS-2 unit}
 
 
 def sidecar_path(out: str | os.PathLike, suffix: str) -> Path:
@@ -102,6 +106,7 @@ def track(
     save_image: bool = True,
     tables: bool = True,
     scale=None,
+    units=None,
     embedding_cache: str | os.PathLike | None = None,
 ) -> TrackResult:
     """Track the prompted objects through a stack; write the labels frame by frame as they are computed.
@@ -120,7 +125,11 @@ def track(
     progress: called as progress(frames_done, frames_total) after each frame; raising from it (e.g.
         KeyboardInterrupt) stops the run and leaves a valid store.
     ctc: folder for a Cell Tracking Challenge export (res_track.txt + maskTTT.tif). tables=False skips the region
-        table, tracks and CSV. scale: physical size per store axis. save_image: copy the frames into the store.
+        table, tracks and CSV. scale: physical size per store axis (stream axis, y, x), e.g. a napari layer's
+        scale; default: read from the file (OME-TIFF, ImageJ TIFF, OME-Zarr, NIfTI). units: {axis letter: unit}
+        or one unit per store axis ("micrometer"/"µm", "second"/"s", ...); default: read from the file. Both go
+        into the store's axes and into physical columns of the region table (area_um2, centroid_y_um, t_s, ...).
+        save_image: copy the frames into the store.
 
     embedding_cache: a directory for image features on disk (see `TrackingSession`): a resumed or repeated run
         over the same frames then runs the image encoder on no frame again (≈ 16 MiB per frame for tiny at 1024²).
@@ -153,6 +162,7 @@ def track(
         save_image=save_image,
         tables=tables,
         scale=scale,
+        units=units,
         embedding_cache=embedding_cache,
     )
     if out is None:
@@ -183,6 +193,7 @@ def _track(
     save_image: bool = True,
     tables: bool = True,
     scale=None,
+    units=None,
     embedding_cache: str | os.PathLike | None = None,
 ) -> TrackResult:
     if direction is not None and direction not in DIRECTIONS:
@@ -303,6 +314,11 @@ def _track(
         status="running",
         extra={"writes": 0, "outputs": outputs},
     )
+    if store is not None:  # resuming: the store keeps what the first run recorded
+        store_scale, store_units = store.scale, store.units
+    else:
+        store_scale = scale if scale is not None else _store_scale(opened, ax, channel_axis)
+        store_units = _store_units(units, opened, ax, channel_axis, letter)
     writes_done = 0
     damaged: set[int] = set()
     if recorded is not None:
@@ -316,7 +332,8 @@ def _track(
                 store_shape,
                 axes=letter + "yx",
                 image=image_view if save_image else None,
-                scale=scale if scale is not None else _store_scale(opened, ax, channel_axis),
+                scale=store_scale,
+                units=store_units,
                 provenance=provenance.to_dict(),
                 overwrite=overwrite,
             )
@@ -388,6 +405,7 @@ def _finish(v: dict) -> TrackResult:
     """Tables, CTC export and the final status of a run whose labels are all written (`v`: `_track`'s locals)."""
     store, labels_mem, scores, areas, out_path = v["store"], v["labels_mem"], v["scores"], v["areas"], v["out_path"]
     image_view, tables, ctc = v["image_view"], v["tables"], v["ctc"]
+    store_scale, store_units, letter = v["store_scale"], v["store_units"], v["letter"]
     labels_out = store.read_labels() if store is not None else labels_mem
     confidence = [
         {"frame": f, "obj_id": o, "score": s, "iou": i, "present": s > 0, "area": areas[(f, o)]}
@@ -402,10 +420,19 @@ def _finish(v: dict) -> TrackResult:
         frames_written=v["written"],
         store=store,
         encoder_runs=v["session"].encoder_runs,
+        scale=None if store_scale is None else [float(size) for size in store_scale],
+        units=store_units,
     )
     if tables:
         intensity_image = image_view if image_view is not None else None
-        result.regions = region_table(labels_out, intensity=intensity_image, scores=scores)
+        result.regions = region_table(
+            labels_out,
+            intensity=intensity_image,
+            scores=scores,
+            scale=store_scale,
+            units=store_units,
+            axes=letter + "yx",
+        )
         result.tracks, result.graph = tracks_from_labels(labels_out)
         if out_path is not None:
             result.csv_path = write_csv(result.regions, sidecar_path(out_path, "regions.csv"))
@@ -532,6 +559,24 @@ def _stream_letter(axis, guessed: str) -> str:
     if isinstance(axis, str) and axis.strip().lower() in ("t", "z"):
         return axis.strip().lower()
     return guessed if guessed in ("t", "z") else "t"
+
+
+def _store_units(units, opened: OpenedStack, ax: int, channel_axis, letter: str) -> dict[str, str] | None:
+    """{store axis letter: UDUNITS-2 unit} from `units` (a mapping or one per store axis) or the file's metadata."""
+    store_axes = letter + "yx"
+    if units is None:
+        if not opened.units:
+            return None
+        spatial = [i for i in range(len(opened.shape)) if i not in (ax, channel_axis)]
+        sources = [opened.axes[i] for i in (ax, *spatial)]
+        units = {a: opened.units.get(src) for a, src in zip(store_axes, sources, strict=True)}
+    elif not isinstance(units, dict):
+        units = list(units)
+        if len(units) != len(store_axes):
+            raise InputError(f"units must give one unit per axis of {store_axes!r}; got {units}")
+        units = dict(zip(store_axes, units, strict=True))
+    clean = {a: normalise_unit(units.get(a)) for a in store_axes}
+    return {a: u for a, u in clean.items() if u} or None
 
 
 def _store_scale(opened: OpenedStack, ax: int, channel_axis) -> list[float] | None:

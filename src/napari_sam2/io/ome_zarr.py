@@ -42,6 +42,7 @@ DONE_PATH = "done"
 AXIS_TYPES = {"t": "time", "z": "space", "y": "space", "x": "space"}
 SUPPORTED_AXES = ("tyx", "zyx", "tzyx")
 UINT32_MAX = 2**32 - 1
+BACKGROUND_COLOR = {"label-value": 0, "rgba": [0, 0, 0, 0]}
 
 
 class LabelStoreError(Exception):
@@ -141,6 +142,8 @@ class LabelStore:
         leading = shape[:-2]
         plane_chunks = (1,) * len(leading) + shape[-2:]
         multiscale = {
+            "type": "none",  # the downscaling method: none, there is one resolution level
+            "metadata": {"description": "a single resolution level written by napari-sam2 (no downscaling)"},
             "axes": [{"name": a, "type": AXIS_TYPES[a], **({"unit": units[a]} if a in units else {})} for a in axes],
             "datasets": [{"path": LEVEL_PATH, "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
         }
@@ -154,7 +157,9 @@ class LabelStore:
             labels_group = root.create_group("labels")
             labels_group.update_attributes({"ome": {"version": NGFF_VERSION, "labels": [name]}})
             group = labels_group.create_group(name)
-            image_label: dict[str, Any] = {"version": NGFF_VERSION, "colors": []}
+            # The background's colour (transparent) is always listed, so `colors` is never the empty list that
+            # the NGFF 0.5 (strict) label schema rejects, even before the first frame is written.
+            image_label: dict[str, Any] = {"version": NGFF_VERSION, "colors": [dict(BACKGROUND_COLOR)]}
             if image is not None:
                 image_label["source"] = {"image": "../../"}
             group.update_attributes(
@@ -252,10 +257,30 @@ class LabelStore:
         return dict(self._group.attrs[ATTR_KEY].get("provenance", {}))
 
     @property
+    def scale(self) -> list[float] | None:
+        """Physical size per axis (the first dataset's scale transform), None when every entry is 1 (pixels)."""
+        for ms in self._group.attrs["ome"].get("multiscales", []):
+            for transform in ms["datasets"][0].get("coordinateTransformations", []):
+                if transform.get("type") == "scale":
+                    scale = [float(v) for v in transform["scale"]]
+                    return None if all(v == 1.0 for v in scale) else scale
+        return None
+
+    @property
+    def units(self) -> dict[str, str] | None:
+        """{axis name: unit} of the axes that carry one (None: none does)."""
+        units = {}
+        for ms in self._group.attrs["ome"].get("multiscales", [])[:1]:
+            units = {a["name"]: a["unit"] for a in ms.get("axes", []) if isinstance(a, dict) and a.get("unit")}
+        return units or None
+
+    @property
     def colors(self) -> dict[int, list[int]]:
-        """{label id: [r, g, b, a]} as recorded in image-label."""
+        """{label id: [r, g, b, a]} of the objects as recorded in image-label (the background, 0, left out)."""
         image_label = self._group.attrs["ome"].get("image-label", {})
-        return {int(c["label-value"]): list(c["rgba"]) for c in image_label.get("colors", [])}
+        colors = {int(c["label-value"]): list(c["rgba"]) for c in image_label.get("colors", []) if "rgba" in c}
+        colors.pop(0, None)
+        return colors
 
     def __repr__(self) -> str:
         done = int(self.done.sum())

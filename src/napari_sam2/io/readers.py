@@ -17,6 +17,7 @@ alternative to percentile scaling.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..preprocess import InputError, IntensityRange
+from .units import normalise_unit
 
 __all__ = ["LazyTranspose", "OpenedStack", "open_stack", "parse_window", "resolve_axis"]
 
@@ -42,7 +44,8 @@ class OpenedStack:
     path: Path
     format: str
     axes_known: bool = False
-    scale: tuple[float, ...] | None = None
+    scale: tuple[float, ...] | None = None  # physical size per axis (None: the file said nothing)
+    units: dict[str, str] | None = None  # {axis letter: UDUNITS-2 unit}, e.g. {"t": "second", "x": "micrometer"}
     _keep: Any = None  # an open file object the data reads from
 
     @property
@@ -190,18 +193,19 @@ def _open_tiff(path: Path, series: int) -> OpenedStack:
             axes, known = _normalise_axes(s.axes, len(s.shape))
             if len(s.shape) < 2:
                 raise InputError(f"{path} holds no image (shape {s.shape})")
+            scale, units = _tiff_physical(tif, series, axes)
     except (tifffile.TiffFileError, OSError) as exc:
         raise InputError(f"{path} is not a readable TIFF file ({exc})") from None
     try:
         data = tifffile.memmap(path, series=series, mode="r")
-        return OpenedStack(data, axes, path, "tiff (memmap)", axes_known=known)
+        return OpenedStack(data, axes, path, "tiff (memmap)", axes_known=known, scale=scale, units=units)
     except (ValueError, OSError):
         pass  # compressed or tiled: read page by page through tifffile's zarr store
     store = tifffile.imread(path, aszarr=True, series=series, level=0)
     data = zarr.open(store, mode="r")
     if not hasattr(data, "shape"):  # a multiscale group
         data = data["0"]
-    return OpenedStack(data, axes, path, "tiff (zarr)", axes_known=known, _keep=store)
+    return OpenedStack(data, axes, path, "tiff (zarr)", axes_known=known, scale=scale, units=units, _keep=store)
 
 
 def _open_zarr(path: Path, key: str | None) -> OpenedStack:
@@ -239,7 +243,12 @@ def _open_zarr(path: Path, key: str | None) -> OpenedStack:
         for transform in dataset.get("coordinateTransformations", []):
             if transform.get("type") == "scale":
                 scale = tuple(float(v) for v in transform["scale"])
-        return OpenedStack(array, axes, path, "ome-zarr", axes_known=known, scale=scale)
+        units = {}
+        for letter, axis in zip(axes, axes_meta or [], strict=False):
+            unit = normalise_unit(axis.get("unit")) if isinstance(axis, dict) else None
+            if unit:
+                units[letter] = unit
+        return OpenedStack(array, axes, path, "ome-zarr", axes_known=known, scale=scale, units=units or None)
     arrays = [name for name, _ in node.arrays()]
     if len(arrays) == 1:
         array = node[arrays[0]]
@@ -269,4 +278,51 @@ def _open_nifti(path: Path) -> OpenedStack:
         raise InputError(f"{path}: NIfTI with {ndim} dimensions {proxy.shape}; expected 3-D (i, j, k) or 4-D")
     zooms = image.header.get_zooms()[:ndim]
     scale = tuple(float(z) for z in reversed(zooms))
-    return OpenedStack(data, axes, path, "nifti", axes_known=True, scale=scale)
+    space, time = (normalise_unit(u) for u in image.header.get_xyzt_units())  # "unknown" → None
+    units = {a: space for a in "zyx" if space}
+    if time and "t" in axes:
+        units["t"] = time
+    return OpenedStack(data, axes, path, "nifti", axes_known=True, scale=scale, units=units or None)
+
+
+def _tiff_physical(tif, series: int, axes: str) -> tuple[tuple[float, ...] | None, dict[str, str] | None]:
+    """Physical size per axis and units from OME-XML (PhysicalSizeX/Y/Z, TimeIncrement and their units; OME's
+    defaults are µm and s) or ImageJ metadata (XY from the resolution tags, `spacing`, `finterval`, `unit`)."""
+    sizes: dict[str, float] = {}
+    units: dict[str, str] = {}
+    try:
+        if tif.is_ome and tif.ome_metadata:
+            import tifffile
+
+            images = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", [])
+            images = images if isinstance(images, list) else [images]
+            pixels = images[series].get("Pixels", {}) if series < len(images) else {}
+            for letter, key, default in (("x", "PhysicalSizeX", "µm"), ("y", "PhysicalSizeY", "µm"),
+                                         ("z", "PhysicalSizeZ", "µm"), ("t", "TimeIncrement", "s")):  # fmt: skip
+                if key in pixels:
+                    sizes[letter] = float(pixels[key])
+                    unit = normalise_unit(pixels.get(f"{key}Unit", default))
+                    if unit:
+                        units[letter] = unit
+        elif tif.is_imagej and tif.imagej_metadata:
+            meta = tif.imagej_metadata
+            unit = normalise_unit(meta.get("unit"))
+            page = tif.pages[0]
+            for letter, tag in (("x", "XResolution"), ("y", "YResolution")):
+                if tag in page.tags:
+                    num, den = page.tags[tag].value
+                    if num and den and unit:  # without a unit ImageJ's resolution is pixels per inch of print
+                        sizes[letter] = den / num
+                        units[letter] = unit
+            if meta.get("spacing") and unit:
+                sizes["z"], units["z"] = float(meta["spacing"]), unit
+            if meta.get("finterval"):
+                sizes["t"], units["t"] = float(meta["finterval"]), "second"
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError):
+        return None, None  # unreadable metadata: pixels as units rather than a failed open
+    if not sizes:
+        return None, None
+    scale = tuple(sizes.get(a, 1.0) for a in axes)
+    if not all(math.isfinite(v) and v > 0 for v in scale):
+        return None, None
+    return scale, {a: u for a, u in units.items() if a in axes} or None

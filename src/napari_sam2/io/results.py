@@ -17,6 +17,7 @@ import numpy as np
 from ..prompts import PromptSet
 from .ome_zarr import ATTR_KEY, LabelStore, LabelStoreError
 from .provenance import Provenance
+from .units import normalise_unit
 
 __all__ = ["SavedResult", "is_result_store", "open_result", "save_result"]
 
@@ -29,7 +30,8 @@ class SavedResult:
     None; prompts: the `PromptSet` recorded in the provenance (None when none was recorded); provenance: the
     recorded dict as stored (model, checkpoint hash, settings, package version, dates); record: the same read as
     a `Provenance` (any version of the record); finished_frames: first-axis indices completely written;
-    scale: physical size per axis (1.0 each unless given).
+    scale: physical size per axis (1.0 each unless given); units: {axis letter: UDUNITS-2 unit} of the axes that
+    carry one (None: none does).
     """
 
     path: Path
@@ -43,6 +45,7 @@ class SavedResult:
     colors: dict[int, list[int]] = field(default_factory=dict)
     store: LabelStore | None = None
     record: Provenance | None = None
+    units: dict[str, str] | None = None
 
     @property
     def complete(self) -> bool:
@@ -59,6 +62,7 @@ def save_result(
     prompts: PromptSet | None = None,
     provenance: Provenance | dict | None = None,
     scale=None,
+    units=None,
     overwrite: bool = False,
 ) -> LabelStore:
     """Write a whole label stack (e.g. a napari Labels layer) as an OME-Zarr 0.5 result store at `path`.
@@ -66,7 +70,8 @@ def save_result(
     labels: [T, Y, X] / [Z, Y, X] / [T, Z, Y, X] integer ids in `axes` order, written one frame at a time (a
     lazy array is never loaded whole). image: optional source image of the same shape. provenance: a
     `Provenance` (or its dict form); prompts: replace the provenance's prompts. overwrite: replace an earlier
-    napari-sam2 store (never other folders).
+    napari-sam2 store (never other folders). scale: physical size per axis; units: {axis letter: unit} or one
+    unit per axis (e.g. a napari layer's `units`; "pixel" and unknown units are left out).
     """
     shape = tuple(int(s) for s in labels.shape)
     if not isinstance(provenance, Provenance):
@@ -76,7 +81,12 @@ def save_result(
     if provenance.status is None:
         provenance.status = "complete"
     info = provenance.to_dict()
-    store = LabelStore.create(path, shape, axes=axes, image=image, provenance=info, scale=scale, overwrite=overwrite)
+    if units is not None and not isinstance(units, dict):
+        units = dict(zip(axes, units, strict=False))
+    units = {a: u for a, u in ((a, normalise_unit(u)) for a, u in (units or {}).items()) if u and a in axes}
+    store = LabelStore.create(
+        path, shape, axes=axes, image=image, provenance=info, scale=scale, units=units, overwrite=overwrite
+    )
     for t in range(shape[0]):
         store.write_frame(t, np.asarray(labels[t]))
     return store
@@ -120,4 +130,5 @@ def open_result(path: str | os.PathLike) -> SavedResult:
         colors=store.colors,
         store=store,
         record=record,
+        units=store.units,
     )
