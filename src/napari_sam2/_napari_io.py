@@ -1,7 +1,8 @@
 """napari reader and writer contributions for napari-sam2 result stores (OME-Zarr 0.5); no napari import needed.
 
 Reader: a store written by napari-sam2 opens as Image (the stored frames, if any) + Labels (lazy, zarr-backed)
-+ Tracks (t-stacks with objects); any other path gives None so napari asks the next reader.
++ Tracks (t-stacks with objects; the graph carries gaps and the recorded lineage of divisions); any other path
+gives None so napari asks the next reader.
 Writer: a Labels layer is saved as a result store (`io.results.save_result`). The layer's metadata under
 "napari_sam2" carries what the reader found ("provenance": the recorded `Provenance` dict, prompts included), so
 File ▸ Open then File ▸ Save keeps the model, settings and prompts; a "prompts" entry there (a `PromptSet.to_dict()`)
@@ -61,9 +62,17 @@ def read_result(path) -> list[tuple]:
         labels_kwargs["colormap"] = colormap
     layers.append((result.labels, labels_kwargs, "labels"))
     if result.axes[0] == "t" and result.colors:
-        from .analysis import tracks_from_labels
+        from .analysis import consistent_parents, parents_from_provenance, tracks_from_labels
 
-        data, graph = tracks_from_labels(result.labels)
+        parents = parents_from_provenance(result.provenance)
+        if parents:  # the recorded lineage was made consistent with these labels; recheck for edited stores
+            presence = {}
+            for t in range(int(result.labels.shape[0])):
+                for obj in np.unique(np.asarray(result.labels[t])):
+                    if obj:
+                        presence.setdefault(int(obj), []).append(t)
+            parents, _ = consistent_parents(parents, presence)
+        data, graph = tracks_from_labels(result.labels, parents=parents)
         if len(data):
             track_kwargs = {"name": f"{name} tracks", "graph": graph, **common}
             layers.append((data, track_kwargs, "tracks"))

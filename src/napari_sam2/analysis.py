@@ -36,7 +36,9 @@ CTC_MAX_LABEL = 2**16 - 1  # CTC masks are uint16
 
 __all__ = [
     "TrackSegment",
+    "consistent_parents",
     "export_ctc",
+    "parents_from_provenance",
     "region_table",
     "scores_from_results",
     "track_segments",
@@ -89,6 +91,38 @@ def tracks_from_labels(
     return data, graph
 
 
+def consistent_parents(
+    parents: Mapping[int, int], presence: Mapping[int, Sequence[int]]
+) -> tuple[dict[int, int], dict[int, str]]:
+    """Split a lineage {daughter: mother} into the links the track rules accept and the ones they cannot.
+
+    presence: {object id: frames where it has pixels} (e.g. from the label stack). A link is kept when both
+    objects appear and the mother appears on some frame before the daughter's first one (a mother whose every
+    pixel was taken by neighbours in the final labels has no track to be the parent of). Returns (kept,
+    dropped) with dropped = {daughter: why}; daughters that never appear are silently left out of both.
+    """
+    first = {int(o): min(fr) for o, fr in presence.items() if len(fr)}
+    kept: dict[int, int] = {}
+    dropped: dict[int, str] = {}
+    for daughter, mother in parents.items():
+        daughter, mother = int(daughter), int(mother)
+        if daughter not in first:
+            continue
+        if mother not in first:
+            dropped[daughter] = f"its parent {mother} never appears in the labels"
+        elif first[mother] >= first[daughter]:
+            dropped[daughter] = f"its parent {mother} does not appear before frame {first[daughter]}"
+        else:
+            kept[daughter] = mother
+    return kept, dropped
+
+
+def parents_from_provenance(provenance: Mapping[str, Any]) -> dict[int, int]:
+    """The lineage {daughter object id: mother object id} recorded in a result store's provenance dict ({} if none;
+    stored as "parents": {"<daughter>": mother}, JSON object keys being strings; see `io.provenance`)."""
+    return {int(d): int(m) for d, m in (provenance.get("parents") or {}).items()}
+
+
 # ---------------------------------------------------------------------- measurements
 def region_table(
     labels_stack,
@@ -104,7 +138,10 @@ def region_table(
 
     intensity: optional image of the stack's shape (or with a trailing channel axis) for mean intensities.
     scores: optional {(frame, object id): (object score, predicted IoU)}, e.g. from `scores_from_results`.
-    Columns: frame, label (object id), track_id (see module docstring), area (pixels or voxels), centroid_[z,]y,x,
+    parents: {daughter object id: mother object id} (divisions).
+    Columns: frame, label (object id), track_id (see module docstring), parent_track_id (the track's parent
+    track: the mother's for a daughter's first track, the earlier piece for a continuation; 0 = none),
+    parent_label (the mother's object id for a daughter, else 0), area (pixels or voxels), centroid_[z,]y,x,
     bbox_[z0,]y0,x0,[z1,]y1,x1 (half-open, like numpy slices), mean_intensity (or mean_intensity_<c> per
     channel), score, iou (None where `scores` has no entry). Frames where an object is absent have no row.
     Physical columns, beside the pixel ones, when `scale` (size per axis of the stack, e.g. [30, 0.5, 0.5]) or
@@ -127,6 +164,8 @@ def region_table(
         image = None if intensity is None else np.asarray(intensity[t])
         for region in regionprops(frame, intensity_image=image):
             row: dict[str, Any] = {"frame": t, "label": int(region.label), "track_id": None}
+            row["parent_track_id"] = 0
+            row["parent_label"] = 0
             row["area"] = int(region.area)
             for a, c in zip(axes_, region.centroid, strict=True):
                 row[f"centroid_{a}"] = float(c)
@@ -159,9 +198,13 @@ def region_table(
     track_of = {}
     for seg in _segments(presence, parents or {}):
         for t in range(seg.start, seg.end + 1):
-            track_of[(seg.object_id, t)] = seg.track_id
+            track_of[(seg.object_id, t)] = seg
+    mothers = {int(d): int(m) for d, m in (parents or {}).items()}
     for row in rows:
-        row["track_id"] = track_of[(row["label"], row["frame"])]
+        seg = track_of[(row["label"], row["frame"])]
+        row["track_id"] = seg.track_id
+        row["parent_track_id"] = seg.parent
+        row["parent_label"] = mothers.get(row["label"], 0)
     return rows
 
 

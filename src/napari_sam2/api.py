@@ -16,14 +16,14 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import registry
-from .analysis import export_ctc, region_table, tracks_from_labels, write_csv
+from .analysis import consistent_parents, export_ctc, region_table, tracks_from_labels, write_csv
 from .io.identity import InputIdentity
 from .io.lock import StoreLock
 from .io.ome_zarr import LabelStore, StoreExistsError
@@ -34,7 +34,7 @@ from .io.units import normalise_unit
 from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange
 from .prompts import PromptSet
 
-__all__ = ["ModelNameError", "TrackResult", "sidecar_path", "track"]
+__all__ = ["ModelNameError", "TrackResult", "lineage_record", "sidecar_path", "track"]
 
 DIRECTIONS = ("forward", "backward", "both")
 
@@ -55,6 +55,10 @@ class TrackResult:
     `out`); csv_path / ctc_path: files written next to it. frames_written: distinct frames written by this call.
     encoder_runs: frames the image encoder ran on (frames found in `embedding_cache` cost none).
     scale / units: physical size per axis and {axis: unit} as written to the store (None: pixels / unknown).
+    parents: the lineage {daughter object id: mother object id} (divisions found by discovery); it is what the
+    graph, the regions' parent column, the CTC parents and the store's provenance ("parents") carry.
+    lineage_dropped: {daughter: why} for links the final labels cannot carry (e.g. a mother left with no pixel).
+    events: what discovery did, one dict per event ({"frame", "kind": "arrival"|"division", ...}).
     """
 
     labels: Any
@@ -73,6 +77,9 @@ class TrackResult:
     encoder_runs: int = 0
     scale: list[float] | None = None  # physical size per axis of `axes` (None: pixels)
     units: dict[str, str] | None = None  # {axis letter: UDUNITS-2 unit}
+    parents: dict[int, int] = field(default_factory=dict)
+    lineage_dropped: dict[int, str] = field(default_factory=dict)
+    events: list[dict] = field(default_factory=list)
 
 
 def sidecar_path(out: str | os.PathLike, suffix: str) -> Path:
@@ -108,6 +115,8 @@ def track(
     scale=None,
     units=None,
     embedding_cache: str | os.PathLike | None = None,
+    discover=None,
+    auto: bool = False,
 ) -> TrackResult:
     """Track the prompted objects through a stack; write the labels frame by frame as they are computed.
 
@@ -133,6 +142,12 @@ def track(
 
     embedding_cache: a directory for image features on disk (see `TrackingSession`): a resumed or repeated run
         over the same frames then runs the image encoder on no frame again (≈ 16 MiB per frame for tiny at 1024²).
+
+    discover: find new objects and divisions while tracking forward (see `napari_sam2.discovery`): True (every
+        frame), an int k (every k frames), a dict of `DiscoveryOptions` fields or a `DiscoveryOptions`. New objects
+        get ids above the prompted ones; divisions end the mother and start two daughters (`TrackResult.parents`).
+    auto: no prompts needed: segment everything on `seed_frame` (each mask becomes an object, ids 1.. in order of
+        decreasing area) and track forward with discovery (every frame unless `discover` says otherwise).
 
     Resume (resume=True on an existing store): the prompts, direction, channel, window and preset recorded in the
     store are used (prompts given here must equal them; a different checkpoint is refused). SAM 2's memory of a
@@ -164,6 +179,8 @@ def track(
         scale=scale,
         units=units,
         embedding_cache=embedding_cache,
+        discover=discover,
+        auto=auto,
     )
     if out is None:
         return run(stack)
@@ -195,6 +212,8 @@ def _track(
     scale=None,
     units=None,
     embedding_cache: str | os.PathLike | None = None,
+    discover=None,
+    auto: bool = False,
 ) -> TrackResult:
     if direction is not None and direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
@@ -240,6 +259,26 @@ def _track(
         window = settings.get("window", window)
     direction = direction or "both"
     intensity = window if isinstance(window, IntensityRange) else parse_window(window)
+    if auto and prompts is not None:
+        raise InputError("auto segments the first frame itself: give either prompts/seeds or auto, not both")
+    from .discovery import DiscoveryOptions
+
+    if store is not None and "discover" in settings:  # replay what was recorded (a custom detector: given again)
+        recorded_discover = settings["discover"]
+        if isinstance(discover, DiscoveryOptions) and discover.detector is not None:
+            recorded_discover = {**recorded_discover, "detector": None}
+            discover = replace(DiscoveryOptions.coerce(recorded_discover), detector=discover.detector)
+        else:
+            discover = recorded_discover
+        auto = bool(settings.get("auto", auto))
+    if auto and discover is None:
+        discover = {"on_start_frame": False}
+
+    discovery = DiscoveryOptions.coerce(discover)
+    if discovery is not None and auto:
+        discovery.on_start_frame = False
+    if discovery is not None and direction == "backward":
+        raise InputError("discovery follows time forward: use direction 'forward' or 'both' with discover/auto")
     prompt_set = _as_prompts(prompts, seed_frame, data, ax, frame_shape)
     if recorded is not None:
         stored = recorded.prompts if recorded.prompts is not None else PromptSet()
@@ -249,9 +288,12 @@ def _track(
                 "ones are used) or write to a new output"
             )
         prompt_set = stored
-    if prompt_set is None or not len(prompt_set):
-        raise InputError("no prompts: give a PromptSet, a prompts file (.json/.csv) or seed labels")
-    prompt_set.validate(n_frames, frame_shape)
+    if (prompt_set is None or not len(prompt_set)) and not auto:
+        raise InputError("no prompts: give a PromptSet, a prompts file (.json/.csv) or seed labels (or auto=True)")
+    if not 0 <= seed_frame < n_frames:
+        raise InputError(f"seed frame {seed_frame} is outside the stack (frames 0…{n_frames - 1})")
+    if prompt_set is not None:
+        prompt_set.validate(n_frames, frame_shape)
 
     # ---- side files: refused before anything is created unless this store wrote them (io/outputs.py)
     csv_paths = [sidecar_path(out_path, "regions.csv"), sidecar_path(out_path, "confidence.csv")] if (
@@ -287,6 +329,25 @@ def _track(
         embedding_cache=embedding_cache,
         on_read=identity,
     )
+    if prompt_set is None or not len(prompt_set):  # auto: the first frame's objects, segmented
+        from .discovery import segment_frame
+
+        try:
+            masks = segment_frame(session, seed_frame, discovery)
+        except BaseException:
+            session.close()
+            raise
+        masks = sorted(masks, key=lambda m: -int(m.sum()))
+        prompt_set = PromptSet()
+        taken = np.zeros(frame_shape, dtype=bool)
+        for mask in masks:  # overlapping masks: the larger keeps the shared pixels
+            own = mask & ~taken
+            if own.sum() >= discovery.min_area:
+                prompt_set.add(seed_frame, len(prompt_set) + 1, mask=own)
+                taken |= own
+        if not len(prompt_set):
+            session.close()
+            raise InputError(f"segment everything found no object on frame {seed_frame}; nothing to track")
     try:  # the prompts are applied before the store exists: a prompt that fails leaves nothing behind
         prompt_set.apply(session)
     except BaseException:
@@ -305,6 +366,9 @@ def _track(
         "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
         "device": str(net.device),
     }
+    if discovery is not None:
+        settings["discover"] = discovery.to_dict()
+        settings["auto"] = bool(auto)
     provenance = Provenance(
         model=used_model,
         settings=settings,
@@ -349,6 +413,7 @@ def _track(
     areas: dict[tuple[int, int], int] = {}
     written: list[int] = []
     write_index = 0
+    events: list[dict] = []
 
     def emit(frame: int, labels: np.ndarray) -> None:
         nonlocal write_index
@@ -368,7 +433,13 @@ def _track(
 
     try:
         covered: set[int] = set()
-        for result in session.propagate(direction):
+        if discovery is None:
+            results = session.propagate(direction)
+        else:
+            from .discovery import propagate_with_discovery
+
+            results = propagate_with_discovery(session, discovery, direction, events=events)
+        for result in results:
             ids, counts = np.unique(result.labels, return_counts=True)  # not bincount: ids go up to 2**32 - 1
             count_of = dict(zip(ids.tolist(), counts.tolist(), strict=True))
             for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
@@ -422,7 +493,18 @@ def _finish(v: dict) -> TrackResult:
         encoder_runs=v["session"].encoder_runs,
         scale=None if store_scale is None else [float(size) for size in store_scale],
         units=store_units,
+        events=v["events"],
     )
+    presence: dict[int, list[int]] = {}
+    for (f, o), area in sorted(areas.items()):
+        if area:
+            presence.setdefault(o, []).append(f)
+    result.parents, result.lineage_dropped = consistent_parents(v["session"].parents, presence)
+    lineage = lineage_record(result.parents, result.lineage_dropped, v["events"])
+    if store is not None:
+        store.update_provenance(lineage)
+    v["provenance"].parents = dict(result.parents)
+    v["provenance"].extra["lineage"] = lineage["lineage"]
     if tables:
         intensity_image = image_view if image_view is not None else None
         result.regions = region_table(
@@ -432,13 +514,16 @@ def _finish(v: dict) -> TrackResult:
             scale=store_scale,
             units=store_units,
             axes=letter + "yx",
+            parents=result.parents,
         )
-        result.tracks, result.graph = tracks_from_labels(labels_out)
+        result.tracks, result.graph = tracks_from_labels(labels_out, parents=result.parents)
         if out_path is not None:
             result.csv_path = write_csv(result.regions, sidecar_path(out_path, "regions.csv"))
             write_csv(confidence, sidecar_path(out_path, "confidence.csv"))
     if ctc is not None:
-        export_ctc(labels_out, ctc, overwrite=True)  # existing files there were checked: ours (io/outputs.py)
+        export_ctc(
+            labels_out, ctc, parents=result.parents, overwrite=True
+        )  # existing files there: ours (io/outputs.py)
         result.ctc_path = Path(ctc)
     if store is not None:
         store.update_provenance({"status": "complete"})
@@ -449,6 +534,16 @@ def _finish(v: dict) -> TrackResult:
 
 
 # ---------------------------------------------------------------------- helpers
+def lineage_record(parents, dropped=None, events=()) -> dict:
+    """Provenance entries of a lineage: "parents" {"<daughter>": mother} (the `Provenance.parents` field) and
+    "lineage" {"dropped": {"<daughter>": why}, "events": [discovery events]} (read back with
+    `analysis.parents_from_provenance`)."""
+    return {
+        "parents": {str(int(d)): int(m) for d, m in sorted(parents.items())},
+        "lineage": {"dropped": {str(d): why for d, why in sorted((dropped or {}).items())}, "events": list(events)},
+    }
+
+
 class _ImageView:
     """The stack's frames as a lazy [N, H, W] (or [N, H, W, C] for RGB) array: what the store keeps as its image
     and what the region table measures intensities in. Indexing reads one frame through the FrameSource."""

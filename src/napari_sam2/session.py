@@ -99,6 +99,12 @@ class ObjectTrack:
 
     def __init__(self, obj_id: int):
         self.obj_id = obj_id
+        # lineage: the mother (a division's daughters) and the frames the object exists on; None = unbounded.
+        # Propagation never tracks the object outside [first, last] (a mother ends when she divides, a daughter
+        # starts on the frame she is born on and is not tracked backwards before it).
+        self.parent: int | None = None
+        self.first: int | None = None
+        self.last: int | None = None
         self.prompts: dict[int, Prompt] = {}
         self.cond: dict[int, FrameOutput] = {}  # conditioning frames, in the order they were made
         self.tracked: dict[int, FrameOutput] = {}  # non-conditioning frames
@@ -109,8 +115,14 @@ class ObjectTrack:
         self.holding_memory: set[int] = set()
         self.holding_pointer: set[int] = set()
 
+    def alive(self, frame: int) -> bool:
+        """The object exists on `frame` (inside its lineage span)."""
+        return (self.first is None or frame >= self.first) and (self.last is None or frame <= self.last)
+
     def output(self, frame: int) -> FrameOutput | None:
         """The current output on `frame`: a pending correction first (parity preset), then the prompt's."""
+        if not self.alive(frame):
+            return None
         tracked = self.tracked.get(frame)
         if tracked is not None and tracked.pending_memory:
             return tracked
@@ -237,6 +249,7 @@ class TrackingSession:
         self.objects: dict[int, ObjectTrack] = {}
         self._lock = threading.RLock()  # the widget prompts from the GUI thread while a worker may propagate
         self.encoder_runs = 0
+        self._pending = False  # a prompt's memory is still to be encoded (see _propagate_pass)
         # one object at a time on a CPU: batching 16 objects at 1024² ran 1.9× slower there (caches outgrown;
         # bench_tracking.py speed), while a GPU gains from batches
         self.object_batch = object_batch or (64 if self.device.type == "cuda" else 1)
@@ -278,6 +291,12 @@ class TrackingSession:
             self.features.put(frame, feats)
         return feats
 
+    def image_features(self, frame: int) -> ImageFeatures:
+        """The image-encoder features of `frame` (from the caches when there; e.g. for segment-everything)."""
+        self.frames.check_index(frame)
+        with self._lock, torch.inference_mode():
+            return self._features(frame)
+
     def encode_frames(self, frames=None, progress=None) -> None:
         """Encode frames ahead of prompting (the widget does this in the background). progress(i, n)."""
         frames = list(range(len(self.frames))) if frames is None else list(frames)
@@ -301,6 +320,60 @@ class TrackingSession:
                 raise InputError(f"unknown object id {obj_id}; known objects: {self.obj_ids or 'none yet'}")
             self.objects[obj_id] = ObjectTrack(obj_id)
         return self.objects[obj_id]
+
+    # ------------------------------------------------------------------ lineage
+    def add_object(self, obj_id: int, parent: int | None = None, start: int | None = None) -> None:
+        """Declare object `obj_id` (before prompting it) with its lineage.
+
+        parent: the mother's object id when `obj_id` is a daughter of a division (the mother must be known).
+        start: the first frame the object exists on (a daughter: the frame after the mother's last); propagation
+        never tracks it before that frame, in either direction. None: no bound. On an existing object both are
+        updated. Prompt it afterwards with `add_prompt` (a new object on its start frame: a mask prompt).
+        """
+        with self._lock:
+            if parent is not None:
+                parent = int(self._object(parent).obj_id)
+                if parent == int(obj_id):
+                    raise InputError(f"object {obj_id} cannot be its own parent")
+            if start is not None:
+                self.frames.check_index(start)
+            obj = self._object(obj_id, create=True)
+            obj.parent = parent
+            obj.first = None if start is None else int(start)
+            for frame in [f for f in list(obj.tracked) + list(obj.cond) if not obj.alive(f)]:
+                self._drop_output(obj, frame)
+
+    def end_object(self, obj_id: int, last_frame: int) -> None:
+        """The object exists up to `last_frame` (inclusive) and no longer: e.g. a mother that divides between
+        `last_frame` and the next frame. Its outputs and prompts after `last_frame` are dropped and propagation
+        never tracks it there again. `last_frame` = -1 … the object's whole past is dropped."""
+        with self._lock:
+            obj = self._object(obj_id)
+            if last_frame >= 0:
+                self.frames.check_index(last_frame)
+            obj.last = int(last_frame)
+            for frame in [f for f in list(obj.tracked) + list(obj.cond) + list(obj.prompts) if not obj.alive(f)]:
+                self._drop_output(obj, frame)
+
+    def _drop_output(self, obj: ObjectTrack, frame: int) -> None:
+        obj.tracked.pop(frame, None)
+        obj.cond.pop(frame, None)
+        obj.prompts.pop(frame, None)
+        obj.visited.pop(frame, None)
+        obj.stale.discard(frame)
+        obj.holding_memory.discard(frame)
+        obj.holding_pointer.discard(frame)
+        self._forget_result(obj.obj_id, frame)
+
+    @property
+    def parents(self) -> dict[int, int]:
+        """{daughter object id: mother object id} for every object with a parent (the lineage of divisions)."""
+        return {o.obj_id: o.parent for o in self.objects.values() if o.parent is not None}
+
+    def span(self, obj_id: int) -> tuple[int | None, int | None]:
+        """(first, last) frame the object exists on, as declared by `add_object` / `end_object` (None: unbounded)."""
+        obj = self._object(obj_id)
+        return obj.first, obj.last
 
     def add_prompt(
         self,
@@ -337,6 +410,12 @@ class TrackingSession:
             m = m.astype(bool)
         with self._lock, torch.inference_mode():
             obj = self._object(obj_id, create=True)
+            if not obj.alive(frame):
+                raise InputError(
+                    f"object {obj.obj_id} exists on frames {obj.first if obj.first is not None else 0}…"
+                    f"{obj.last if obj.last is not None else len(self.frames) - 1} only (its lineage); frame {frame} "
+                    "lies outside: prompt a new object there instead"
+                )
             old = obj.prompts.get(frame)
             if m is not None or old is None or old.mask is not None or replace:
                 prompt = Prompt()
@@ -407,6 +486,7 @@ class TrackingSession:
             obj.tracked[frame] = result
             self._remember_result(obj.obj_id, frame, result)
         obj.stale.discard(frame)
+        self._pending = True
 
     def _prompt_points(self, prompt: Prompt):
         size = self.model.image_size
@@ -451,9 +531,13 @@ class TrackingSession:
                 self._invalidate_after_prompt(obj, frame)
 
     def remove_object(self, obj_id: int) -> None:
+        """Forget an object; daughters of it lose their parent (they stay, as objects without a mother)."""
         with self._lock:
             self._object(obj_id)
             del self.objects[int(obj_id)]
+            for other in self.objects.values():
+                if other.parent == int(obj_id):
+                    other.parent = None
             for key in [k for k in self._result_lru if k[0] == int(obj_id)]:
                 self._result_bytes -= self._result_lru.pop(key)
 
@@ -524,6 +608,7 @@ class TrackingSession:
             for frame in obj.cond:
                 if obj.tracked.pop(frame, None) is not None:
                     self._forget_result(obj.obj_id, frame)
+        self._pending = False
 
     def _prune(self, obj: ObjectTrack, frame: int, reverse: bool) -> None:
         """Drop the memories and pointers of tracked frames that neither the rest of this pass nor a later pass
@@ -585,11 +670,14 @@ class TrackingSession:
         with self._lock:
             if not self.objects:
                 raise InputError("nothing to propagate: add a prompt (points, box or mask) on some frame first")
-            missing = [o.obj_id for o in self.objects.values() if not o.cond and not o.prompts]
+            missing = [o.obj_id for o in self.objects.values() if not o.cond and not o.prompts and o.last is None]
             if missing:
                 raise InputError(f"objects {missing} have no prompt on any frame; prompt them or remove them")
             if start is None:
-                start = min(f for o in self.objects.values() for f in o.cond)
+                conds = [f for o in self.objects.values() for f in o.cond]
+                if not conds:
+                    raise InputError("nothing to propagate: no object has a prompted frame left")
+                start = min(conds)
             self.frames.check_index(start)
             if stop is not None:
                 self.frames.check_index(stop)
@@ -609,16 +697,22 @@ class TrackingSession:
             self._preflight()
         for i, frame in enumerate(order):
             with self._lock, torch.inference_mode():
+                if self._pending:  # prompted between two frames of this pass (e.g. discovery added an object)
+                    self._preflight()
                 todo = [
                     o
                     for o in self.objects.values()
-                    if frame not in o.cond and (self.recompute_all or frame not in o.tracked or frame in o.stale)
+                    if frame not in o.cond
+                    and o.alive(frame)
+                    and (o.cond or o.tracked)
+                    and (self.recompute_all or frame not in o.tracked or frame in o.stale)
                 ]
                 has_cond = any(frame in o.cond for o in self.objects.values())
                 if todo:
                     self._track_frame(frame, todo, reverse, order[i + 1 : i + 3])
                 for o in self.objects.values():
-                    o.visited[frame] = reverse
+                    if o.alive(frame):
+                        o.visited[frame] = reverse
                 if not todo and not has_cond and not self.recompute_all:
                     continue  # nothing changed on this frame
                 result = self._result(frame, computed=[o.obj_id for o in todo])
