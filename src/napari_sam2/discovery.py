@@ -133,10 +133,7 @@ def segment_frame(session, frame: int, generator: dict[str, Any] | None = None) 
         if generator.detector is not None:
             return [np.asarray(m, dtype=bool) for m in generator.detector(session, frame)]
         generator = generator.generator
-    from .automatic import segment_everything_features
-
-    auto = segment_everything_features(session.model, session.image_features(frame), session.frame_shape,
-                                       **(generator or {}))  # fmt: skip
+    auto = session.segment_everything(frame, **(generator or {}))
     return [np.asarray(o.mask, dtype=bool) for o in auto.objects]
 
 

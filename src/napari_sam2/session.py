@@ -291,12 +291,6 @@ class TrackingSession:
             self.features.put(frame, feats)
         return feats
 
-    def image_features(self, frame: int) -> ImageFeatures:
-        """The image-encoder features of `frame` (from the caches when there; e.g. for segment-everything)."""
-        self.frames.check_index(frame)
-        with self._lock, torch.inference_mode():
-            return self._features(frame)
-
     def encode_frames(self, frames=None, progress=None) -> None:
         """Encode frames ahead of prompting (the widget does this in the background). progress(i, n)."""
         frames = list(range(len(self.frames))) if frames is None else list(frames)
