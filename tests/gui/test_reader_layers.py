@@ -53,3 +53,23 @@ def test_plain_open_without_a_chooser_where_napari_allows_it(make_napari_viewer,
     finally:
         settings.extension2reader = before
     assert [type(layer).__name__ for layer in layers] == ["Image", "Labels", "Tracks"]
+
+
+def test_widget_layers_and_saved_store_keep_the_image_units(sam_viewer, stack, qtbot, tmp_path):
+    from conftest import WAIT_MS, wait_idle
+
+    from napari_sam2.io.results import open_result
+
+    units = ("second", "micrometer", "micrometer")
+    _viewer, _layer, w = sam_viewer(stack, scale=(30.0, 0.5, 0.5), units=units, axis_labels=("t", "y", "x"))
+    for made in (w.labels_layer, w.prompt_layers.points, w.prompt_layers.boxes):
+        assert tuple(str(u) for u in made.units) == units and tuple(made.axis_labels) == ("t", "y", "x")
+        np.testing.assert_allclose(made.scale, [30.0, 0.5, 0.5])
+    with qtbot.waitSignal(w.prompted, timeout=WAIT_MS):
+        w.prompt_layers.points.add([0, 30, 30])
+    wait_idle(qtbot, w)
+    with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
+        w.save(str(tmp_path / "saved.ome.zarr"))
+    saved = open_result(tmp_path / "saved.ome.zarr")
+    assert saved.scale == (30.0, 0.5, 0.5)
+    assert saved.units == {"t": "second", "y": "micrometer", "x": "micrometer"}

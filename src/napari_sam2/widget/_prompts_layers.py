@@ -17,6 +17,18 @@ import numpy as np
 
 from ._geometry import StackGeometry
 
+
+def same_space(layer) -> dict:
+    """Layer kwargs that put a new layer in `layer`'s world: scale, translate, units and axis names (napari warns
+    about, and stops rendering, units that differ between layers)."""
+    return {
+        "scale": layer.scale,
+        "translate": layer.translate,
+        "units": tuple(layer.units),
+        "axis_labels": tuple(layer.axis_labels),
+    }
+
+
 POSITIVE_FACE = (0.2, 1.0, 0.2, 1.0)
 NEGATIVE_FACE = (1.0, 0.2, 0.8, 1.0)
 NEGATIVE_MODIFIER = "Shift"  # Shift + click adds a background (negative) point
@@ -67,7 +79,7 @@ class PromptLayers:
         self._next_uid = 0
         self._muted = 0
         self.obj_id = 1
-        kw = {"ndim": image_layer.ndim, "scale": image_layer.scale, "translate": image_layer.translate}
+        kw = {"ndim": image_layer.ndim, **same_space(image_layer)}
         self.points = viewer.add_points(
             np.empty((0, image_layer.ndim)),
             name=f"SAM2 points ({image_layer.name})",

@@ -39,7 +39,7 @@ from ..errors import InputError
 from . import _worker
 from ._confidence import ConfidenceStrip
 from ._geometry import StackGeometry, label_layer_data, make_label_array
-from ._prompts_layers import PromptLayers
+from ._prompts_layers import PromptLayers, same_space
 
 if TYPE_CHECKING:
     import napari
@@ -471,9 +471,8 @@ class SAM2Widget(QWidget):
         self.labels_layer = self.viewer.add_labels(
             label_layer_data(self.label_base, g),
             name=f"SAM2 labels ({layer.name})",
-            scale=layer.scale,
-            translate=layer.translate,
             opacity=0.5,
+            **same_space(layer),
         )
         self.objects, self.current_obj, self._max_id = [], None, 0
         self.prompt_layers = PromptLayers(self.viewer, layer, g, self._on_prompt_changes, self.color_of)
@@ -496,9 +495,8 @@ class SAM2Widget(QWidget):
             self.labels_layer = self.viewer.add_labels(
                 label_layer_data(self.label_base, self.geometry),
                 name=f"SAM2 labels ({self.image_layer.name})",
-                scale=self.image_layer.scale,
-                translate=self.image_layer.translate,
                 opacity=0.5,
+                **same_space(self.image_layer),
             )
 
     def color_of(self, obj_id: int):
@@ -1105,8 +1103,9 @@ class SAM2Widget(QWidget):
             _notify("warning", str(exc))
             return
         scale = [float(self.image_layer.scale[a]) for a in self.geometry.label_axes]
+        units = [str(self.image_layer.units[a]) for a in self.geometry.label_axes]
         if labels.ndim != len(scale):
-            scale = [1.0, *scale]
+            scale, units = [1.0, *scale], ["pixel", *units]
         self.save_worker = self._start_worker(
             _worker.save_job,
             path,
@@ -1115,6 +1114,7 @@ class SAM2Widget(QWidget):
             self.prompt_set(),
             self.provenance(),
             scale,
+            units,
             returned=lambda p: (_notify("info", f"Saved {p}"), self.saved.emit(p)),
             errored=lambda exc: _notify("error", f"Could not save {path}: {_error_text(exc)}"),
             finished=self._save_done,

@@ -66,7 +66,7 @@ def propagate_job(session, passes):
             yield index, abs(result.frame - start) + 1, result
 
 
-def save_job(path, labels, axes, prompts: PromptSet, provenance, scale):
+def save_job(path, labels, axes, prompts: PromptSet, provenance, scale, units=None):
     """Write the result store; `provenance` is a `Provenance` (the checkpoint is hashed here, off the GUI thread)."""
     from ..io.provenance import checkpoint_sha256
     from ..io.results import save_result
@@ -74,5 +74,7 @@ def save_job(path, labels, axes, prompts: PromptSet, provenance, scale):
     model = provenance.model
     if model.checkpoint and not model.checkpoint_sha256 and os.path.isfile(model.checkpoint):
         model.checkpoint_sha256 = checkpoint_sha256(model.checkpoint)
-    save_result(path, labels, axes=axes, prompts=prompts, provenance=provenance, scale=scale, overwrite=True)
+    save_result(
+        path, labels, axes=axes, prompts=prompts, provenance=provenance, scale=scale, units=units, overwrite=True
+    )
     return str(path)
