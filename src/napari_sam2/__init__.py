@@ -8,8 +8,6 @@ try:
 except ImportError:  # running from a source tree without an install
     __version__ = "0.0.0+unknown"
 
-from .model import CheckpointError, load_model
-
 __all__ = [
     "AutoMasks",
     "CheckpointError",
@@ -27,7 +25,12 @@ __all__ = [
 
 
 def __getattr__(name):
-    # Heavier faces are imported on first use so that `import napari_sam2` stays light.
+    # Everything is imported on first use, so `import napari_sam2` (and so `napari-sam2 --help`, `models list`,
+    # napari's plugin discovery) imports no torch.
+    if name in ("CheckpointError", "load_model"):
+        from . import model
+
+        return getattr(model, name)
     if name == "ImagePredictor":
         from .predictor import ImagePredictor
 
