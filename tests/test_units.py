@@ -27,7 +27,7 @@ def ome_movie(tmp_path, blob_stack):
     return path, seeds
 
 
-def test_ome_tiff_units_reach_store_reader_layers_and_regions(ome_movie, tmp_path):
+def test_ome_tiff_units_reach_store_reader_layers_and_regions(ome_movie, tmp_path, capsys):
     path, seeds = ome_movie
     opened = open_stack(path)
     assert opened.scale == (30.0, 0.5, 0.5)
@@ -63,6 +63,11 @@ def test_ome_tiff_units_reach_store_reader_layers_and_regions(ome_movie, tmp_pat
         assert row["centroid_x_um"] == pytest.approx(0.5 * row["centroid_x"])
     header = (tmp_path / "movie_regions.csv").read_text().splitlines()[0].split(",")
     assert {"area", "area_um2", "centroid_y", "centroid_y_um", "t_s"} <= set(header)
+    from napari_sam2 import cli
+
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    assert "scale: t=30 second, y=0.5 micrometer, x=0.5 micrometer" in capsys.readouterr().out
 
 
 def test_a_layer_scale_and_units_go_through_the_writer(tmp_path):

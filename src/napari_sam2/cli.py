@@ -305,7 +305,12 @@ def _cmd_info(args) -> int:
     print(f"{result.path}: napari-sam2 result, axes {result.axes}, shape {tuple(result.labels.shape)}")
     print(f"  frames finished: {len(result.finished_frames)}/{n}  status: {record.status or '?'}")
     print(f"  objects: {len(result.colors)} ({_short(sorted(result.colors))})")
-    print(f"  image stored: {'yes' if result.image is not None else 'no'}  scale: {result.scale}")
+    units = result.units or {}
+    sizes = result.scale or (1.0,) * len(result.axes)
+    scale = ", ".join(
+        f"{a}={v:g}" + (f" {units[a]}" if a in units else "") for a, v in zip(result.axes, sizes, strict=True)
+    )
+    print(f"  image stored: {'yes' if result.image is not None else 'no'}  scale: {scale}")
     if record.model.source or record.model.checkpoint_sha256:
         print(f"  model: {record.model.describe()}")
     if result.prompts is not None:
