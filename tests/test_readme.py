@@ -20,6 +20,7 @@ from napari_sam2.io.results import open_result
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 SAMPLE = ROOT / "sample_data"
+REMAKE = "the generators changed: run `python sample_data/make_sample_data.py` and commit sample_data/"
 NEEDS_DOWNLOAD = "--model sam2.1_hiera_tiny"  # an official checkpoint: not fetched in tests
 
 
@@ -66,9 +67,11 @@ def test_sample_data_is_what_the_script_makes(tmp_path):
         shipped = SAMPLE / made.name
         assert shipped.is_file(), f"{shipped.name} is made by the script but not committed"
         if made.suffix == ".tif":  # OME-XML carries a fresh UUID: compare pixels and shapes
-            np.testing.assert_array_equal(tifffile.imread(made), tifffile.imread(shipped), err_msg=made.name)
+            np.testing.assert_array_equal(
+                tifffile.imread(made), tifffile.imread(shipped), err_msg=f"{made.name}; {REMAKE}"
+            )
         else:
-            assert made.read_text() == shipped.read_text(), made.name
+            assert made.read_text() == shipped.read_text(), f"{made.name}; {REMAKE}"
     seeds = tifffile.imread(SAMPLE / "nuclei_seeds.tif")
     truth = tifffile.imread(SAMPLE / "nuclei_ground_truth.tif")
     np.testing.assert_array_equal(seeds, truth[0])
