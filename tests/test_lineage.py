@@ -128,7 +128,7 @@ def test_a_division_reaches_session_csv_graph_ctc_and_reader(nano, tmp_path):
 
     out = tmp_path / "movie.ome.zarr"
     result = track(movie.image, movie.labels[0], model=nano, direction="forward", out=out, ctc=tmp_path / "RES",
-                   discover=DiscoveryOptions(detector=oracle, arrivals=False))  # fmt: skip
+                   discover=DiscoveryOptions(detector=oracle, arrivals=False, division_gap=0))  # fmt: skip
     divisions = [e for e in result.events if e["kind"] == "division"]
     assert [(e["frame"], e["mother"]) for e in divisions] == [(t_div, mother)]
     daughters = divisions[0]["daughters"]
@@ -180,3 +180,34 @@ def test_an_arrival_is_found_on_its_first_discovery_frame(nano):
     assert not (labels[:3] == new).any()
     assert (labels[3] == new).sum() > 0.8 * newcomer.sum()
     assert (labels[5] == new).any()  # and tracked afterwards
+
+
+# ---------------------------------------------------------------------- the command line: --auto
+def test_cli_auto_finds_the_nuclei_and_opens_in_napari_with_the_lineage_graph(tmp_path, capsys):
+    import tifffile
+
+    from napari_sam2 import cli
+    from napari_sam2._napari_io import get_reader
+
+    movie = nuclei_timelapse(n_frames=4, shape=(128, 128), n_nuclei=4, seed=21)
+    tifffile.imwrite(tmp_path / "movie.tif", movie.image, metadata={"axes": "TYX"})
+    out = tmp_path / "movie.ome.zarr"
+    argv = ["track", str(tmp_path / "movie.tif"), "--auto", "--points-per-side", "8", "--discover-every", "2"]
+    code = cli.main([*argv, "--out", str(out), "--device", "cpu", "--ctc", str(tmp_path / "RES")])
+    assert code == 0, capsys.readouterr().err
+    layers = get_reader(str(out))(str(out))
+    kinds = [layer[2] for layer in layers]
+    assert kinds == ["image", "labels", "tracks"]
+    labels = np.asarray(layers[1][0])
+    # most true nuclei of the first frame were found without any prompt
+    truth = movie.labels[0]
+    found = [o for o in np.unique(truth)[1:] if (labels[0][truth == o] > 0).mean() > 0.5]
+    assert len(found) >= 3
+    # the lineage graph napari gets is the one recorded (gaps and divisions)
+    from napari_sam2.io.results import open_result
+
+    record = open_result(out).provenance
+    assert record["settings"]["auto"] is True and record["settings"]["discover"]["every"] == 2
+    assert layers[2][1]["graph"] == tracks_from_labels(labels, parents=parents_from_provenance(record))[1]
+    both = ["track", str(tmp_path / "movie.tif"), "--prompts", "x.csv", "--auto", "--out", str(tmp_path / "y")]
+    assert cli.main(both) == cli.EXIT_USAGE  # prompts and --auto exclude each other

@@ -202,3 +202,37 @@ def test_layer_data(movie):
     assert img is movie.image and lab is movie.labels
     assert (img_kind, lab_kind) == ("image", "labels")
     assert img_meta["scale"] == lab_meta["scale"] == (1.0, 1.0, 1.0)
+
+
+# ---------------------------------------------------------------------- lineage events (opt-in)
+def test_arrivals_and_extra_divisions_leave_the_default_movie_untouched():
+    plain = nuclei_timelapse(n_frames=12, shape=(96, 96), seed=3)
+    richer = nuclei_timelapse(n_frames=12, shape=(96, 96), seed=3, arrivals=0, extra_divisions=0)
+    np.testing.assert_array_equal(plain.image, richer.image)
+    np.testing.assert_array_equal(plain.labels, richer.labels)
+
+
+def test_lineage_preset_has_arrivals_from_the_border_and_several_divisions():
+    from napari_sam2.sample_data import nuclei_lineage_timelapse
+
+    movie = nuclei_lineage_timelapse(n_frames=24, shape=(160, 160), seed=2)
+    labels = movie.labels
+    n = labels.shape[0]
+    divisions = movie.events["divisions"]
+    assert len(divisions) == 4
+    for div in divisions:
+        mother, (a, b), t = div["parent"], div["children"], div["frame"]
+        assert movie.lineage[a] == movie.lineage[b] == mother
+        assert _frames_present(labels, mother)[-1] == t - 1  # the mother ends the frame before
+        assert _frames_present(labels, a)[0] == _frames_present(labels, b)[0] == t
+    arrivals = movie.events["arrivals"]
+    assert len(arrivals) == 3
+    for arrival in arrivals:
+        frames = _frames_present(labels, arrival["id"])
+        assert frames[0] == arrival["frame"] and 0.2 * n <= frames[0] <= 0.65 * n
+        first = labels[frames[0]] == arrival["id"]
+        edge = np.zeros_like(first)
+        edge[0, :] = edge[-1, :] = edge[:, 0] = edge[:, -1] = True
+        assert (first & edge).any()  # it enters through the border
+        assert frames == list(range(frames[0], n))  # and stays
+    assert arrivals[0]["id"] not in movie.lineage

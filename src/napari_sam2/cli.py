@@ -1,6 +1,7 @@
 """The `napari-sam2` command: track stacks from a shell or a cluster job, manage models, inspect results.
 
-    napari-sam2 track IMAGE (--prompts FILE | --seeds LABELS [--seed-frame N]) --out OUT.ome.zarr
+    napari-sam2 track IMAGE (--prompts FILE | --seeds LABELS | --auto) [--seed-frame N] [--discover-every K]
+                      --out OUT.ome.zarr
                       [--model NAME|PATH] [--device auto|cpu|cuda|mps] [--axis t|z|INDEX] [--channel N]
                       [--direction forward|backward|both] [--window LO,HI] [--ctc DIR] [--resume | --overwrite]
                       [--no-image] [--embedding-cache DIR] [--quiet]
@@ -82,7 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     source = t.add_mutually_exclusive_group()
     source.add_argument("--prompts", metavar="FILE", help="prompts file (.json or .csv: obj_id,frame,y,x,label; boxes)")
     source.add_argument("--seeds", metavar="LABELS", help="label image of one frame: every object becomes a prompt")
+    source.add_argument("--auto", action="store_true",
+                        help="no prompts: segment everything on the seed frame, then track and discover new cells "
+                        "and divisions (every frame unless --discover-every)")  # fmt: skip
     t.add_argument("--seed-frame", type=int, default=0, metavar="N", help="frame the seed labels belong to (0)")
+    t.add_argument("--points-per-side", type=int, default=None, metavar="N",
+                   help="segment-everything grid of --auto and discovery (default 16: N² decoder runs per frame)")  # fmt: skip
+    t.add_argument("--discover-every", type=int, default=None, metavar="K",
+                   help="find new cells and divisions by segment-everything every K frames while tracking forward "
+                   "(1 = every frame; with --prompts/--seeds, or to thin out --auto's)")  # fmt: skip
     t.add_argument("--out", required=True, metavar="OUT.ome.zarr", help="output store (OME-Zarr 0.5)")
     t.add_argument("--model", default=None, metavar="NAME|PATH", help="registry name (e.g. sam2.1_hiera_tiny, "
                    "downloaded once) or checkpoint path (default: the built-in nano-fluo, offline; on --resume "
@@ -218,8 +227,10 @@ def _cmd_track(args) -> int:
 
     out = Path(args.out)
     resuming = args.resume and out.exists()
-    if not resuming and args.prompts is None and args.seeds is None:
-        raise InputError("give --prompts FILE or --seeds LABELS (or --resume an interrupted run in --out)")
+    if not resuming and args.prompts is None and args.seeds is None and not args.auto:
+        raise InputError("give --prompts FILE or --seeds LABELS, or --auto (or --resume an interrupted run in --out)")
+    if args.discover_every is not None and args.discover_every < 1:
+        raise InputError(f"--discover-every takes K >= 1 (1 = every frame); got {args.discover_every}")
     _check_device(args.device)
     bar = None if args.quiet else ProgressBar("replaying/tracking" if resuming else "tracking")
     try:
@@ -240,17 +251,47 @@ def _cmd_track(args) -> int:
             overwrite=args.overwrite,
             save_image=not args.no_image,
             embedding_cache=args.embedding_cache,
+            discover=_discovery(args),
+            auto=args.auto,
         )
     finally:
         if bar is not None:
             bar.close()
     if not args.quiet:
         objects = sorted({row["obj_id"] for row in result.confidence})
+        if result.events:
+            arrivals = sum(e["kind"] == "arrival" for e in result.events)
+            divisions = sum(e["kind"] == "division" for e in result.events)
+            print(
+                f"discovery: {arrivals} new object(s), {divisions} division(s) (lineage: {len(result.parents)} link(s))"
+            )
         print(f"tracked {len(objects)} object(s) over {result.labels.shape[0]} frames -> {result.path}")
         print(f"  wrote {len(result.frames_written)} frame(s); table: {result.csv_path}")
         if result.ctc_path is not None:
             print(f"  Cell Tracking Challenge export: {result.ctc_path}")
     return EXIT_OK
+
+
+def _discovery(args):
+    """--discover-every / --points-per-side → track()'s `discover` (None: off, or --auto's default)."""
+    from .errors import InputError
+
+    if args.discover_every is None and not args.auto:
+        if args.points_per_side is not None:
+            raise InputError("--points-per-side sets the segment-everything grid of --auto / --discover-every")
+        return None
+    if args.discover_every is None and args.points_per_side is None:
+        return None  # --auto's defaults
+    from .discovery import DiscoveryOptions
+
+    options = DiscoveryOptions(every=args.discover_every or 1)
+    if args.points_per_side is not None:
+        if args.points_per_side < 1:
+            raise InputError(f"--points-per-side takes N >= 1; got {args.points_per_side}")
+        options.generator["points_per_side"] = args.points_per_side
+    if args.auto:
+        options.on_start_frame = False
+    return options
 
 
 def _check_device(device: str) -> None:

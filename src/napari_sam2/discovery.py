@@ -12,7 +12,9 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
 * **Division** of a tracked object M (mother), by either of two signs:
   (a) two auto masks lie mostly inside M (each ≥ `division_inside` of its own area within M) and each covers
       ≥ `division_min_share` of M; the two largest such masks are of comparable size (smaller / larger ≥
-      `division_size_ratio`) and together cover ≥ `division_coverage` of M;
+      `division_size_ratio`), together cover ≥ `division_coverage` of M, and are apart (no pixel of one within
+      `division_gap` px of the other: daughters separate, while the two halves segment-everything sometimes
+      makes of one textured nucleus touch — measured on the synthetic movies, this is what tells them apart);
   (b) M's mask falls into two connected components, each ≥ `division_min_share` of M, of comparable size
       (same ratio) — the daughters' masks are the components;
   (c) an unexplained auto mask (see arrivals) touches M (within `touch_distance` px) and is of comparable size
@@ -24,7 +26,9 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   a freshly born daughter, still touching her sister, from being split once more.
 * **Arrival**: an auto mask of ≥ `min_area` pixels that no tracked object explains — its best IoU with any tracked
   mask is < `match_iou` and ≤ `arrival_max_covered` of it is covered by tracked masks — becomes a new object that
-  starts on frame t, prompted by that mask (the part of it no tracked object holds).
+  starts on frame t, prompted by that mask (the part of it no tracked object holds) — unless it touches a tracked
+  mask (within `touch_distance` px; `arrival_apart`): that is a piece of a tracked cell the tracker let go of.
+  A newcomer is therefore found once it is clear of the cells around it.
 Every event is recorded (frame, kind, objects) in the list given as `events`.
 New ids count up from the largest id the session has ever held, so they never reuse a deleted object's id.
 """
@@ -40,7 +44,14 @@ from scipy import ndimage
 
 from .errors import InputError
 
-__all__ = ["DiscoveryOptions", "compare_masks", "propagate_with_discovery", "segment_frame"]
+__all__ = ["DISCOVERY_GENERATOR", "DiscoveryOptions", "compare_masks", "propagate_with_discovery", "segment_frame"]
+
+
+#: segment-everything settings for discovery: a 16 × 16 grid (a quarter of the official 32 × 32: the decoder runs
+#: once per grid point, which is what discovery costs) and looser quality filters than the official 0.8 / 0.95,
+#: under which the built-in nano-fluo keeps no mask at all (its predicted IoUs on the synthetic nuclei lie at
+#: 0.68-0.86, stabilities at 0.85-0.95; measured on the demo movie's candidates)
+DISCOVERY_GENERATOR = {"points_per_side": 16, "pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}
 
 
 @dataclass
@@ -54,9 +65,9 @@ class DiscoveryOptions:
     min_area: smallest auto mask (pixels) that can become a new object.
     match_iou: an auto mask with IoU ≥ this against some tracked mask is explained by it.
     arrival_max_covered: an auto mask more covered than this (fraction of its pixels) by tracked masks is not new.
-    division_inside, division_min_share, division_size_ratio, division_coverage, division_shrink,
-    touch_distance, min_cycle: the division rules.
-    generator: keyword arguments for `segment_everything` (e.g. points_per_side, pred_iou_thresh).
+    division_inside, division_min_share, division_size_ratio, division_coverage, division_gap, division_shrink,
+    touch_distance, min_cycle, arrival_apart: the division and arrival rules.
+    generator: keyword arguments for `segment_everything` (default `DISCOVERY_GENERATOR`; e.g. points_per_side).
     detector: instead of segment everything, any detector: detector(session, frame) → list of [H, W] bool masks
         (e.g. a Cellpose run on `session.frames.raw_frame(frame)`); not recorded in provenance beyond its name.
     """
@@ -74,8 +85,10 @@ class DiscoveryOptions:
     division_coverage: float = 0.6
     division_shrink: float = 0.75
     touch_distance: float = 2.0
+    division_gap: float = 1.0
+    arrival_apart: bool = True
     min_cycle: int = 4
-    generator: dict[str, Any] = field(default_factory=dict)
+    generator: dict[str, Any] = field(default_factory=lambda: dict(DISCOVERY_GENERATOR))
     detector: Callable[[Any, int], list[np.ndarray]] | None = None
 
     def __post_init__(self):
@@ -189,7 +202,8 @@ def compare_masks(
                 a, b = inside[:2]
                 ratio = min(auto_area[a], auto_area[b]) / max(auto_area[a], auto_area[b])
                 cover = (inter[a, i] + inter[b, i]) / areas[i]
-                if ratio >= options.division_size_ratio and cover >= options.division_coverage:
+                apart = not _within(auto[a], auto[b], options.division_gap)
+                if ratio >= options.division_size_ratio and cover >= options.division_coverage and apart:
                     proposals.append(Proposal("division", [auto[a], auto[b]], mother=i, sign="two masks inside"))
                     used.update((a, b))
                     continue
@@ -223,9 +237,18 @@ def compare_masks(
             mask = auto[j] & ~taken
             if mask.sum() < options.min_area:
                 continue
+            if options.arrival_apart and _within(mask, labels > 0, options.touch_distance):
+                continue  # touching a tracked cell: a part of it the tracker let go of, not a newcomer
             proposals.append(Proposal("arrival", [mask]))
             taken = taken | mask  # two overlapping auto masks do not make two arrivals
     return proposals
+
+
+def _within(a: np.ndarray, b: np.ndarray, distance: float) -> bool:
+    """Masks a and b touch or come closer than `distance` pixels."""
+    if distance <= 0:
+        return bool((a & b).any())
+    return bool((ndimage.binary_dilation(a, iterations=max(1, round(distance))) & b).any())
 
 
 def _disjoint_largest(candidates: list[int], auto: list[np.ndarray], area: np.ndarray) -> list[int]:

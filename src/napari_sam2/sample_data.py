@@ -24,7 +24,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SampleStack", "as_layer_data", "nuclei_timelapse", "nuclei_zstack", "write_ctc_ground_truth"]
+__all__ = [
+    "SampleStack",
+    "as_layer_data",
+    "nuclei_lineage_timelapse",
+    "nuclei_timelapse",
+    "nuclei_zstack",
+    "write_ctc_ground_truth",
+]
 
 
 @dataclass
@@ -159,6 +166,8 @@ def nuclei_timelapse(
     photons: float = 150.0,
     read_noise: float = 2.0,
     nucleus_radius: float | None = None,
+    arrivals: int = 0,
+    extra_divisions: int = 0,
 ) -> SampleStack:
     """A 2-D fluorescence time-lapse of nuclei with ground truth: image [T, Y, X], labels [T, Y, X] uint32, lineage.
 
@@ -177,6 +186,15 @@ def nuclei_timelapse(
       5  fades and disappears for good at about 70 % of the movie.
       others wander (persistent random walks) and keep clear of each other.
     Slow photobleaching dims nuclei by ~10 % over the movie. Runs in well under a second at the defaults.
+
+    Opt-in events (drawn from a second random stream, so the defaults above stay bit-identical):
+      arrivals: that many new nuclei swim in from the border between 25 % and 60 % of the movie (first seen
+         partly inside the field, fully inside a few frames later), ids after the division's daughters;
+         `events["arrivals"]` = [{"id", "frame" (first frame with pixels)}].
+      extra_divisions: that many wandering nuclei divide as well (at 35-75 % of the movie), each ending on the
+         frame before its two daughters appear; `events["divisions"]` lists every division (the scripted one
+         first) as {"parent", "children", "frame"}, and `lineage` holds them all.
+    `nuclei_lineage_timelapse` is the preset with several of both.
     """
     n_frames, n_nuclei = int(n_frames), int(n_nuclei)
     if n_frames < 1 or n_nuclei < 0:
@@ -345,6 +363,12 @@ def nuclei_timelapse(
     if vanish_id is not None and vanish_end < n_frames - 1:
         events["vanishes"] = {"id": vanish_id, "last_frame": vanish_end}
 
+    if arrivals or extra_divisions:
+        _add_lineage_events(
+            np.random.default_rng([seed, 14]), tracks, textures, lineage, events, (h, w), n_frames, r0, half,
+            [o for o in wanderer_ids if o != vanish_id], arrivals, extra_divisions,
+        )  # fmt: skip
+
     # --- render
     autofluorescence, illumination = _background(rng, (h, w))
     image = np.empty((n_frames, h, w), dtype=np.dtype(dtype))
@@ -360,12 +384,99 @@ def nuclei_timelapse(
         optical = ndimage.gaussian_filter((bleach * signal + autofluorescence) * illumination, psf_sigma)
         image[t] = _camera(optical, rng, dtype, photons, read_noise)
 
+    for arrival in events.get("arrivals", []):  # the first frame with pixels (it starts outside the field)
+        seen = (labels == arrival["id"]).reshape(n_frames, -1).any(axis=1)
+        arrival["frame"] = int(np.argmax(seen)) if seen.any() else None
     if "leaves_and_returns" in roles:
         present = (labels == 2).reshape(n_frames, -1).any(axis=1)
         gap = [t for t in range(n_frames) if not present[t]]
         if gap and present[: gap[0]].any() and present[gap[-1] :].any():
             events["leaves_and_returns"] = {"id": 2, "absent_frames": gap}
     return SampleStack(image, labels, lineage, axes="TYX", scale=(1.0, 1.0, 1.0), events=events)
+
+
+def _add_lineage_events(rng, tracks, textures, lineage, events, shape, n_frames, r0, half, wanderers, n_in, n_div):
+    """Arrivals from the border and divisions of wanderers (see `nuclei_timelapse`), in place."""
+    h, w = shape
+    next_id = max(tracks, default=0) + 1
+    if "division" in events:
+        events["divisions"] = [dict(events["division"])]
+
+    def clearance(path: dict[int, _Shape2D], skip=()) -> float:
+        """Smallest gap between the path and every other nucleus over the path's frames."""
+        gap = np.inf
+        for t, s in path.items():
+            for obj, tr in tracks.items():
+                if obj in skip or t not in tr:
+                    continue
+                o = tr[t]
+                gap = min(gap, math.hypot(s.y - o.y, s.x - o.x) - max(s.a, s.b) - max(o.a, o.b))
+        return gap
+
+    for _ in range(int(n_in)):
+        a = r0 * rng.uniform(0.95, 1.2)
+        b = a * rng.uniform(0.7, 0.9)
+        best, best_gap = None, -np.inf
+        for _ in range(40):  # best of 40 random entries: keeps newcomers clear of everyone else
+            t_in = int(rng.integers(max(1, round(0.25 * n_frames)), max(2, round(0.6 * n_frames)) + 1))
+            side = int(rng.integers(4))
+            along = rng.uniform(0.2, 0.8)
+            start = [(-a, along * w), (h + a, along * w), (along * h, -a), (along * h, w + a)][side]
+            inward = [(1, 0), (-1, 0), (0, 1), (0, -1)][side]
+            speed = rng.uniform(0.35, 0.55) * r0
+            angle = rng.uniform(0, math.pi)
+            path = {}
+            for k, t in enumerate(range(t_in, n_frames)):
+                step = min(k, 4 * a / speed) * speed  # swims in, then drifts slowly
+                drift = max(0.0, k - 4 * a / speed) * 0.05 * r0
+                y = start[0] + inward[0] * (step + drift)
+                x = start[1] + inward[1] * (step + drift)
+                path[t] = _Shape2D(y + 0.4 * a * inward[0], x + 0.4 * a * inward[1], a, b, angle, rng.uniform(0.6, 0.9))
+            gap = clearance(path)
+            if gap > best_gap:
+                best, best_gap = path, gap
+        obj = next_id
+        next_id += 1
+        textures[obj] = _texture_patch(rng, half, a)
+        tracks[obj] = best
+        events.setdefault("arrivals", []).append({"id": obj, "frame": min(best)})
+
+    candidates = [o for o in wanderers if o in tracks]
+    rng.shuffle(candidates)
+    for mother in candidates[: int(n_div)]:
+        t_div = int(rng.integers(max(2, round(0.35 * n_frames)), max(3, round(0.75 * n_frames)) + 1))
+        if t_div >= n_frames:
+            continue
+        track = tracks[mother]
+        for t in (t_div - 2, t_div - 1):  # prophase/metaphase: longer, thinner, brighter
+            s = track[t]
+            track[t] = _Shape2D(s.y, s.x, s.a * 1.2, s.b * 0.75, s.angle, s.brightness * 1.3)
+        last = track[t_div - 1]
+        for t in range(t_div, n_frames):
+            del track[t]
+        direction = np.array([math.sin(last.angle), math.cos(last.angle)])
+        children = (next_id, next_id + 1)
+        next_id += 2
+        for sign, child in zip((-1, 1), children, strict=True):
+            textures[child] = _texture_patch(rng, half, 0.8 * r0)
+            lineage[child] = mother
+            path = {}
+            for k, t in enumerate(range(t_div, n_frames)):
+                grow = min(1.0, k / 6)
+                ca, cb = r0 * (0.72 + 0.22 * grow), r0 * (0.58 + 0.17 * grow)
+                apart = 0.92 * ca + 0.45 * r0 * min(k, 5)
+                cy = float(np.clip(last.y + sign * apart * direction[0], ca, h - ca - 1))
+                cx = float(np.clip(last.x + sign * apart * direction[1], ca, w - ca - 1))
+                path[t] = _Shape2D(cy, cx, ca, cb, last.angle + 0.02 * k * sign, last.brightness / 1.3)
+            tracks[child] = path
+        events.setdefault("divisions", []).append({"parent": mother, "children": children, "frame": t_div})
+
+
+def nuclei_lineage_timelapse(n_frames: int = 40, seed: int = 0, **kwargs) -> SampleStack:
+    """The harder lineage preset of `nuclei_timelapse`: 40 frames of 256 x 256, 10 nuclei, the scripted division
+    plus 3 more (4 in all), 3 nuclei arriving from the border mid-movie. Keyword arguments override any setting."""
+    settings = {"shape": (256, 256), "n_nuclei": 10, "arrivals": 3, "extra_divisions": 3, **kwargs}
+    return nuclei_timelapse(n_frames=n_frames, seed=seed, **settings)
 
 
 # ---------------------------------------------------------------------- z-stack
