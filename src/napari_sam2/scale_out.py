@@ -145,9 +145,9 @@ def _expand_inputs(inputs) -> list[Path]:
             matches = sorted(glob.glob(os.path.expanduser(text)))
             if not matches:
                 raise InputError(f"no file matches {text!r}")
-            paths += [Path(m) for m in matches]
+            paths += [Path(os.path.abspath(m)) for m in matches]
         else:
-            paths.append(Path(text).expanduser())
+            paths.append(Path(os.path.abspath(os.path.expanduser(text))))
     if not paths:
         raise InputError("no input stacks given")
     seen: dict[str, Path] = {}
@@ -177,13 +177,15 @@ def _prompts_for(source, path: Path, index: int, n: int):
         text = os.fspath(source)
         if "{" in text:
             try:
-                found = Path(text.format(name=name, stem=name, parent=str(path.parent)))
+                found = Path(
+                    os.path.abspath(os.path.expanduser(text.format(name=name, stem=name, parent=str(path.parent))))
+                )
             except (KeyError, IndexError, ValueError) as exc:
                 raise InputError(f"bad pattern {text!r}: use {{name}} (and {{parent}}); {exc}") from None
             if not found.exists():
                 raise InputError(f"{found} (the pattern {text!r} for {path.name}) does not exist")
             return found
-        folder = Path(text).expanduser()
+        folder = Path(os.path.abspath(os.path.expanduser(text)))
         if folder.is_dir():
             for suffix in (".json", ".csv"):
                 if (folder / f"{name}{suffix}").is_file():
@@ -427,7 +429,7 @@ def track_many(
     if unknown:
         raise TypeError(f"track_many() got unexpected options {sorted(unknown)}; track options: {_TRACK_OPTIONS}")
     paths = _expand_inputs(inputs)
-    out_dir = Path(out_dir).expanduser()
+    out_dir = Path(os.path.abspath(os.path.expanduser(out_dir)))  # workers may run in another directory
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[StackRow] = []
     todo: list[tuple[int, dict]] = []
@@ -450,7 +452,7 @@ def track_many(
             "input": str(path),
             "output": str(out),
             "prompts": prompts,
-            "options": {**track_options, "progress": frame_progress},
+            "options": {**_absolute_paths(track_options), "progress": frame_progress},
             "torch_threads": torch_threads,
         }
         todo.append((k, spec))
@@ -473,6 +475,20 @@ def track_many(
             _run_stacks(c, todo, rows, retries, resources, report)
     summary = _write_summary(rows, out_dir / SUMMARY_NAME)
     return TrackManyResult(rows, summary, dashboard)
+
+
+def _absolute_paths(options: dict) -> dict:
+    """Relative model / embedding-cache paths made absolute: a worker may run in another directory."""
+    out = dict(options)
+    cache = out.get("embedding_cache")
+    if cache is not None:
+        out["embedding_cache"] = os.path.abspath(os.path.expanduser(cache))
+    model = out.get("model")
+    if isinstance(model, (str, os.PathLike)):  # a registry name stays a name
+        text = os.fspath(model)
+        if os.sep in text or text.endswith(".pt") or os.path.exists(text):
+            out["model"] = os.path.abspath(os.path.expanduser(text))
+    return out
 
 
 def _run_stacks(client, todo, rows, retries, resources, report) -> None:
@@ -635,13 +651,13 @@ def encode(
     ax = resolve_axis(axis, opened.axes, len(opened.shape), opened.axes_known)
     n_frames = int(opened.shape[ax])
     base = {
-        "stack": str(opened.path),
-        "model": os.fspath(model),
+        "stack": os.path.abspath(opened.path),  # workers may run in another directory
+        "model": _absolute_paths({"model": model})["model"],
         "axis": ax,
         "channel": channel,
         "window": window,
         "device": device,
-        "embedding_cache": str(Path(embedding_cache).expanduser()),
+        "embedding_cache": os.path.abspath(os.path.expanduser(embedding_cache)),
         "torch_threads": torch_threads,
     }
     dashboard = None
