@@ -11,9 +11,12 @@ from napari_sam2.automatic import (
     box_iou_matrix,
     box_nms,
     crop_boxes,
+    deepest_point,
+    default_settings,
     labels_from_masks,
     masks_to_boxes,
     point_grid,
+    resolve_parts,
     segment_features,
     stability_scores,
 )
@@ -111,6 +114,31 @@ def test_labels_smaller_masks_win_and_spanning_masks_go():
     assert len(objects) == 1 and objects[0].area == 36  # the 12-pixel sliver is below min_area
 
 
+def _disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+
+
+def test_resolve_parts_drops_pieces_of_a_cell_and_masks_spanning_cells():
+    shape = (40, 80)
+    cell = _disc(shape, 20, 15, 10)
+    piece = cell & (np.mgrid[0:40, 0:80][1] < 12)  # the left part of the cell
+    left, right = _disc(shape, 20, 45, 8), _disc(shape, 20, 60, 8)  # two touching cells
+    pair = left | right | (_disc(shape, 20, 52, 4))  # a mask spanning both
+    kept = resolve_parts([_obj(piece, 0.9), _obj(pair, 0.9), _obj(cell, 0.8), _obj(left, 0.7), _obj(right, 0.7)])
+    assert [o.predicted_iou for o in kept] == [0.8, 0.7, 0.7]  # the piece and the spanning mask are gone, order kept
+    assert np.array_equal(kept[0].mask, cell) and np.array_equal(kept[1].mask, left)
+    # one cell inside a larger mask is not a cluster: the larger mask stays, the cell inside it is its part
+    kept = resolve_parts([_obj(pair, 0.9), _obj(left, 0.7)])
+    assert len(kept) == 1 and np.array_equal(kept[0].mask, pair)
+
+
+def test_deepest_point_is_the_centre_of_a_disc():
+    mask = _disc((40, 80), 22, 31, 9)
+    ys, xs = np.nonzero(mask)
+    assert deepest_point(mask, (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)) == (22, 31)
+
+
 # ------------------------------------------------------------------ faces on a tiny random model
 
 
@@ -184,6 +212,20 @@ def test_crops_m2m_and_small_region_options_run(tiny_model):
     _check_result(res, img.shape)
     crops = {c.crop_box for c in res.candidates}
     assert crops <= {(0, 0, 64, 64)} | {(y0, x0, y1, x1) for (x0, y0, x1, y1), _ in crop_boxes((64, 64), 1, 0.25)}
+
+
+def test_recenter_and_model_defaults(tiny_model):
+    img = blob_image()
+    res = segment_everything(tiny_model, img, recenter=True, **LENIENT)
+    _check_result(res, img.shape)
+    assert len(res.objects) > 0
+    for o in res.objects:  # each object comes from a click on a pixel of a candidate
+        y, x = (int(v) for v in o.point)
+        assert any(c.mask[y, x] for c in res.candidates)
+    # official defaults for any model but nano-fluo; None means "the model's default"
+    assert default_settings(tiny_model).pred_iou_thresh == 0.8 and not default_settings(tiny_model).recenter
+    nano = default_settings(napari_sam2.load_model("nano-fluo", device="cpu"))
+    assert nano.recenter and nano.pred_iou_thresh == 0.0 and nano.stability_score_thresh == 0.8
 
 
 def test_exported_and_bad_input_is_one_clear_message(tiny_model):

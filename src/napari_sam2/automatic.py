@@ -17,9 +17,16 @@ The algorithm and the parameter names are those of the official `SAM2AutomaticMa
 6. `min_mask_region_area` > 0 fills holes and removes islands of at most that many pixels in each candidate's
    low-res logits (the model's `image_size / 4` grid, as the official predictor does), before the upsampling.
 
-Then, beyond the official generator, the surviving masks are made into one label image with no overlaps
-(`labels_from_masks`): where masks overlap the smaller one wins (a cell beats a mask spanning a cluster of cells),
-and an object left with less than `min_kept_fraction` of its own mask, or fewer than `min_area` pixels, is dropped.
+Then, beyond the official generator, the surviving masks become one label image with no overlaps:
+7. `recenter` (default for nano-fluo): each mask is prompted again with one click at its deepest pixel, and
+   repeats of an object (mask IoU > 0.5) are dropped — a small model answers centred clicks best;
+8. `resolve_parts`: a mask lying inside a larger one is a piece of it (dropped), unless ≥ 2 such non-overlapping
+   masks cover most of the larger one, which then spans a cluster of objects (dropped instead);
+9. `labels_from_masks`: where masks still overlap the smaller one wins, and an object left with less than
+   `min_kept_fraction` of its mask, or fewer than `min_area` pixels, is dropped.
+
+Defaults are the official ones except for models listed in `MODEL_DEFAULTS` (nano-fluo, whose IoU head is
+uncalibrated); benchmarks/bench_automatic.py measures them.
 
 Coordinates are napari's: points (y, x), boxes (y0, x0, y1, x1) with exclusive ends (`mask[y0:y1, x0:x1]` is the
 box), in pixels of the image.
@@ -34,6 +41,7 @@ from itertools import product
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .errors import InputError
 from .postprocess import fill_holes, remove_sprinkles
@@ -88,7 +96,7 @@ class AutoMasks:
 @dataclass(frozen=True)
 class AutoMaskSettings:
     """The generator's parameters (names and defaults of the official SAM2AutomaticMaskGenerator, plus the last
-    three, ours, for the label image). See the module docstring for what each does."""
+    four, ours, for the label image). See the module docstring for what each does."""
 
     points_per_side: int = 32
     points_per_batch: int = 64
@@ -105,6 +113,7 @@ class AutoMaskSettings:
     use_m2m: bool = False
     multimask_output: bool = True
     # ours: turning the candidates into one label image
+    recenter: bool = False
     min_area: int = 0
     min_kept_fraction: float = 0.5
 
@@ -383,6 +392,69 @@ def generate_candidates(
 # ---------------------------------------------------------------------------------------------- label image
 
 
+#: a mask lying ≥ this fraction inside a larger one is one of its parts (or one cell of a cluster it spans)
+PART_OF = 0.8
+#: a larger mask is a cluster (dropped, its cells kept) when ≥ 2 of its parts that do not overlap, each at least
+#: MIN_PART of its area, cover ≥ CLUSTER_COVER of it; otherwise it is one object and its parts go
+CLUSTER_COVER = 0.7
+MIN_PART = 0.2
+#: recentred masks overlapping an earlier one by a mask IoU above this are the same object found twice
+DUPLICATE_IOU = 0.5
+
+
+def _box_slices(a: AutoObject, b: AutoObject):
+    """Slices of the intersection of two objects' boxes, or None when the boxes do not meet."""
+    y0, x0 = max(a.box[0], b.box[0]), max(a.box[1], b.box[1])
+    y1, x1 = min(a.box[2], b.box[2]), min(a.box[3], b.box[3])
+    return (slice(y0, y1), slice(x0, x1)) if y0 < y1 and x0 < x1 else None
+
+
+def _overlap(a: AutoObject, b: AutoObject) -> int:
+    where = _box_slices(a, b)
+    return 0 if where is None else int(np.count_nonzero(a.mask[where] & b.mask[where]))
+
+
+def resolve_parts(objects: list[AutoObject]) -> list[AutoObject]:
+    """Drop the parts of whole objects and the masks that span a cluster of objects (see PART_OF, CLUSTER_COVER).
+
+    SAM's grid clicks give, for one cell, the cell and pieces of it, and for touching cells each cell and their
+    union; painting them as they come would split cells or merge neighbours. Largest first: a mask's parts are
+    the smaller masks lying ≥ PART_OF inside it; if ≥ 2 of them (non-overlapping, each ≥ MIN_PART of it) cover
+    ≥ CLUSTER_COVER of it, the mask is a cluster and goes, else its parts go. Order is kept.
+    """
+    n = len(objects)
+    order = sorted(range(n), key=lambda i: (-objects[i].area, i))
+    alive = [o.area > 0 for o in objects]
+    for a in order:
+        if not alive[a]:
+            continue
+        big = objects[a]
+        parts = [
+            b
+            for b in order
+            if b != a
+            and alive[b]
+            and objects[b].area < big.area
+            and _overlap(big, objects[b]) >= PART_OF * objects[b].area
+        ]
+        if not parts:
+            continue
+        chosen: list[AutoObject] = []
+        for b in parts:  # largest first
+            part = objects[b]
+            if part.area >= MIN_PART * big.area and all(_overlap(part, c) <= 0.2 * part.area for c in chosen):
+                chosen.append(part)
+        covered = np.zeros(big.mask.shape, dtype=bool)
+        for c in chosen:
+            covered |= c.mask
+        if len(chosen) >= 2 and np.count_nonzero(covered & big.mask) >= CLUSTER_COVER * big.area:
+            alive[a] = False
+        else:
+            for b in parts:
+                alive[b] = False
+    return [o for o, keep in zip(objects, alive) if keep]
+
+
 def labels_from_masks(
     candidates: list[AutoObject], image_shape, min_area: int = 0, min_kept_fraction: float = 0.5
 ) -> tuple[np.ndarray, list[AutoObject]]:
@@ -416,20 +488,110 @@ def labels_from_masks(
     return labels, objects
 
 
+# ---------------------------------------------------------------------------------------------- recentring
+
+
+def deepest_point(mask: np.ndarray, box) -> tuple[int, int]:
+    """(y, x) of the mask's pixel farthest from its border (first in raster order on ties)."""
+    y0, x0, y1, x1 = box
+    depth = ndimage.distance_transform_edt(np.pad(mask[y0:y1, x0:x1], 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return int(y) + y0, int(x) + x0
+
+
+def recenter(model, features, image_shape, objects: list[AutoObject], s: AutoMaskSettings) -> list[AutoObject]:
+    """Prompt each object again with one click at its deepest pixel (best of 3 masks by predicted IoU).
+
+    A grid click lands anywhere on a cell and a small model answers an off-centre click with a poorer mask than a
+    centred one; the centred click is how a user prompts (and how nano-fluo was trained). Masks repeating an
+    earlier one (mask IoU > DUPLICATE_IOU) and empty ones are dropped; order is kept. features: of the whole image.
+    """
+    if not objects:
+        return []
+    h, w = image_shape
+    device = features.vision.device
+    size = float(model.image_size)
+    embedding = model.image_embedding(features)
+    centres = [deepest_point(o.mask, o.box) for o in objects]
+    found: list[AutoObject] = []
+    batch = int(s.points_per_batch)
+    for start in range(0, len(centres), batch):
+        chunk = centres[start : start + batch]
+        b = len(chunk)
+        coords = torch.tensor([[[x / w * size, y / h * size]] for y, x in chunk], dtype=torch.float32, device=device)
+        res = model.decode(
+            embedding.expand(b, -1, -1, -1),
+            [x.expand(b, -1, -1, -1) for x in features.high_res],
+            coords,
+            torch.ones(b, 1, dtype=torch.int32, device=device),
+            multimask=True,
+            object_gate=False,
+            pad_when_empty=False,
+        )
+        ious = res.multi_ious.float()
+        best = torch.argmax(ious, dim=1)
+        rows = torch.arange(b, device=device)
+        low = res.multi_logits.float()[rows, best][:, None]
+        logits = model.upsample_logits(_postprocess_low_res(low, s), (h, w))[:, 0]
+        stability = stability_scores(logits, s.mask_threshold, s.stability_score_offset).tolist()
+        masks = (logits > s.mask_threshold).cpu().numpy()
+        for k, (y, x) in enumerate(chunk):
+            mask = masks[k]
+            ys, xs = np.nonzero(mask)
+            if len(ys) == 0:
+                continue
+            box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+            obj = AutoObject(
+                mask,
+                box,
+                len(ys),
+                float(ious[k, best[k]]),
+                stability[k],
+                (float(y), float(x)),
+                objects[start + k].crop_box,
+            )
+            if all(_overlap(obj, f) <= DUPLICATE_IOU * (obj.area + f.area - _overlap(obj, f)) for f in found):
+                found.append(obj)
+    return found
+
+
 # ---------------------------------------------------------------------------------------------- faces
 
 
-def _settings(params: dict) -> AutoMaskSettings:
+#: Defaults that differ from the official ones, per model (`model.cfg.name`); every other model gets the official
+#: generator's defaults. nano-fluo's IoU head is uncalibrated (it predicts ~0.7–0.8 for good and bad masks alike),
+#: so the official pred_iou_thresh 0.8 / stability 0.95 keep almost nothing; these values were chosen on synthetic
+#: frames of seeds 2,500,000+ (benchmarks/bench_automatic.py --dev) and reported on other, held-out seeds.
+MODEL_DEFAULTS: dict[str, dict] = {
+    "nano-fluo": {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.8, "recenter": True},
+}
+
+
+def default_settings(model) -> AutoMaskSettings:
+    """The settings `segment_everything` uses for `model` when a parameter is not given (None)."""
+    name = getattr(getattr(model, "cfg", None), "name", None)
+    return AutoMaskSettings(**MODEL_DEFAULTS.get(name, {}))
+
+
+def _settings(model, params: dict) -> AutoMaskSettings:
+    """The model's defaults, overridden by the parameters given (None = not given)."""
     unknown = sorted(set(params) - set(AutoMaskSettings.__dataclass_fields__))
     if unknown:
         raise InputError(
             f"unknown segment_everything parameter(s) {unknown}; known: {sorted(AutoMaskSettings.__dataclass_fields__)}"
         )
-    return AutoMaskSettings(**params)
+    base = default_settings(model).__dict__
+    return AutoMaskSettings(**{**base, **{k: v for k, v in params.items() if v is not None}})
 
 
-def _finish(candidates: list[AutoObject], image_shape, s: AutoMaskSettings) -> AutoMasks:
-    labels, objects = labels_from_masks(candidates, image_shape, int(s.min_area), float(s.min_kept_fraction))
+def _finish(model, features, candidates: list[AutoObject], image_shape, s: AutoMaskSettings) -> AutoMasks:
+    """Candidates → label image: optional recentring, parts and clusters resolved, overlaps painted."""
+    objects = candidates
+    if s.recenter:
+        with torch.inference_mode():
+            objects = recenter(model, features, image_shape, objects, s)
+    objects = resolve_parts(objects)
+    labels, objects = labels_from_masks(objects, image_shape, int(s.min_area), float(s.min_kept_fraction))
     return AutoMasks(labels=labels, objects=objects, candidates=candidates)
 
 
@@ -442,7 +604,7 @@ def segment_features(model, features, image_shape: tuple[int, int], *, precision
     """
     from .predictor import autocast_context
 
-    s = _settings(params)
+    s = _settings(model, params)
     if s.crop_n_layers:
         raise InputError("crop_n_layers > 0 re-encodes image crops; call segment_everything(model, image, ...) instead")
     if features.vision.shape[0] != 1:
@@ -452,7 +614,7 @@ def segment_features(model, features, image_shape: tuple[int, int], *, precision
     precision = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
     with autocast_context(device, precision):
         candidates = generate_candidates(model, lambda box: features, image_shape, s)
-    return _finish(candidates, image_shape, s)
+        return _finish(model, features, candidates, image_shape, s)
 
 
 def segment_everything(
@@ -461,8 +623,8 @@ def segment_everything(
     *,
     points_per_side: int = 32,
     points_per_batch: int = 64,
-    pred_iou_thresh: float = 0.8,
-    stability_score_thresh: float = 0.95,
+    pred_iou_thresh: float | None = None,
+    stability_score_thresh: float | None = None,
     stability_score_offset: float = 1.0,
     mask_threshold: float = 0.0,
     box_nms_thresh: float = 0.7,
@@ -473,6 +635,7 @@ def segment_everything(
     min_mask_region_area: int = 0,
     use_m2m: bool = False,
     multimask_output: bool = True,
+    recenter: bool | None = None,
     min_area: int = 0,
     min_kept_fraction: float = 0.5,
     channel: int | None = None,
@@ -491,8 +654,11 @@ def segment_everything(
     points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset,
     mask_threshold, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
     crop_n_points_downscale_factor, min_mask_region_area (pixels of the model's low-res mask grid), use_m2m,
-    multimask_output. Ours: min_area (pixels; smaller objects are dropped from the label image) and
-    min_kept_fraction (an object that keeps less of its mask after overlaps are resolved is dropped).
+    multimask_output. Ours: recenter (prompt each found object again at its deepest pixel), min_area (pixels;
+    smaller objects are dropped from the label image) and min_kept_fraction (an object that keeps less of its
+    mask after overlaps are resolved is dropped). A parameter left at None takes the model's default
+    (`MODEL_DEFAULTS`: the built-in nano-fluo uses pred_iou_thresh 0, stability_score_thresh 0.8, recenter; other
+    models the official 0.8, 0.95, no recentring).
     Returns AutoMasks: labels (Y, X) uint32 without overlaps, objects (mask, box (y0, x0, y1, x1), area,
     predicted_iou, stability_score, point (y, x)) most confident first, and the raw overlapping candidates.
     """
@@ -501,7 +667,7 @@ def segment_everything(
     from .preprocess import DEFAULT_PERCENTILES, IntensityRange, as_rgb, check_finite, to_model_input
 
     # the generator's parameters, picked by name from the arguments
-    s = _settings({k: v for k, v in locals().items() if k in AutoMaskSettings.__dataclass_fields__})
+    params = {k: v for k, v in locals().items() if k in AutoMaskSettings.__dataclass_fields__}
     predictor = model if isinstance(model, ImagePredictor) else None
     if predictor is not None:
         model = predictor.model
@@ -513,6 +679,7 @@ def segment_everything(
             "pass a model name to load it there"
         )
     precision = predictor.precision if predictor is not None else ("bf16" if model.device.type == "cuda" else "fp32")
+    s = _settings(model, params)
 
     if image is None:
         if predictor is None or not predictor.is_image_set:
@@ -536,15 +703,19 @@ def segment_everything(
     rgb01 = intensity_range.apply(rgb)  # one intensity mapping for the image and all its crops
     image_shape = rgb01.shape[:2]
     whole = [0, 0, image_shape[1], image_shape[0]]
+    encoded = {}
 
     def encode_crop(box):
         if box == whole and predictor is not None:
             predictor.set_preprocessed(to_model_input(rgb01, model.image_size)[None], image_shape)
-            return predictor._features
-        x0, y0, x1, y1 = box
-        x = to_model_input(rgb01[y0:y1, x0:x1], model.image_size)[None].to(model.device)
-        return model.encode_image(x)
+            feats = predictor._features
+        else:
+            x0, y0, x1, y1 = box
+            feats = model.encode_image(to_model_input(rgb01[y0:y1, x0:x1], model.image_size)[None].to(model.device))
+        if box == whole:
+            encoded["whole"] = feats  # for recentring
+        return feats
 
     with torch.inference_mode(), autocast_context(model.device, precision):
         candidates = generate_candidates(model, encode_crop, image_shape, s)
-    return _finish(candidates, image_shape, s)
+        return _finish(model, encoded["whole"], candidates, image_shape, s)
