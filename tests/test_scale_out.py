@@ -163,3 +163,20 @@ def test_parallel_encode_then_track_runs_no_encoder(client, plate, tiny_checkpoi
     np.testing.assert_array_equal(result.labels, fresh.labels)
     again = encode(movie, cache, model=tiny_checkpoint, client=client, chunk_frames=2, torch_threads=THREADS)
     assert again.encoded == 0 and again.cached == N_FRAMES
+
+
+def test_cli_auto_tracks_each_stack_as_track_auto_does(client, plate, tmp_path):
+    movie = plate / "plate" / "P0.tif"
+    argv = ["track-many", str(movie), "--auto", "--points-per-side", "8", "--discover-every", "3"]
+    argv += ["--out-dir", str(tmp_path), "--scheduler", client.scheduler.address, "--threads-per-worker", str(THREADS)]
+    assert main([*argv, "--quiet"]) == 0
+    store = LabelStore.open(tmp_path / "P0.ome.zarr")
+    assert store.provenance["settings"]["auto"] is True and store.provenance["status"] == "complete"
+    from napari_sam2.discovery import DiscoveryOptions
+
+    options = DiscoveryOptions(every=3, on_start_frame=False)
+    options.generator["points_per_side"] = 8
+    with pinned_threads():
+        serial = track(movie, auto=True, discover=options)
+    assert len(np.unique(serial.labels)) > 1  # it found something to compare
+    np.testing.assert_array_equal(store.read_labels()[...], serial.labels)

@@ -5,7 +5,7 @@
                       [--model NAME|PATH] [--device auto|cpu|cuda|mps] [--axis t|z|INDEX] [--channel N]
                       [--direction forward|backward|both] [--window LO,HI] [--ctc DIR] [--resume | --overwrite]
                       [--no-image] [--embedding-cache DIR] [--quiet]
-    napari-sam2 track-many IMAGE... (--seeds-pattern P | --prompts-dir DIR | --prompts FILE) --out-dir OUT
+    napari-sam2 track-many IMAGE... (--seeds-pattern P | --prompts-dir DIR | --prompts FILE | --auto) --out-dir OUT
                       [--scheduler local|ADDRESS] [--workers N] ...     (Dask; see napari_sam2.scale_out)
     napari-sam2 encode IMAGE --embedding-cache DIR [--scheduler local|ADDRESS] [--workers N] ...
     napari-sam2 models list | download NAME [--cache-dir DIR] | verify NAME|PATH [--cache-dir DIR]

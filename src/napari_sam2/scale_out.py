@@ -61,6 +61,8 @@ _TRACK_OPTIONS = (
     "tables",
     "scale",
     "embedding_cache",
+    "discover",
+    "auto",
 )
 
 
@@ -404,7 +406,8 @@ def track_many(
     prompts_or_seeds: per stack, what `track` takes as `prompts`: a pattern with `{name}` (and `{parent}`), e.g.
         "seeds/{name}_seeds.tif" (seed labels) or "prompts/{name}.json"; a directory holding `<name>.json` or
         `<name>.csv`; a mapping {path | file name | name: prompts}; a list aligned with the inputs; a callable
-        path → prompts; a single file / PromptSet / seed array for every stack; or None to only resume stores.
+        path → prompts; a single file / PromptSet / seed array for every stack; or None with auto=True (each
+        stack segments its seed frame itself, see `track`) or to only resume stores.
     out_dir: created if needed; also receives `track_many_summary.csv` and each stack's region/confidence CSVs.
     client: a `distributed.Client` to use (not closed). Else scheduler: "local" / None starts a LocalCluster of
         `workers` process workers (default: half the cores, at most one per stack) closed at the end; an address
@@ -420,7 +423,7 @@ def track_many(
     frame_progress: `track`'s per-frame progress(frames_done, frames_total), called inside the worker (it must
         pickle; its output goes to the worker's log).
     track_options: passed to every stack's `track`: model, axis, direction, channel, device, window, seed_frame,
-        preset, save_image, tables, scale, embedding_cache.
+        preset, save_image, tables, scale, embedding_cache, discover, auto.
 
     Returns a `TrackManyResult` (rows in input order; the summary is also written as CSV). Stacks whose store is
     already complete are skipped without any cluster work; interrupted stores are resumed.
@@ -443,8 +446,8 @@ def track_many(
             continue
         try:
             prompts = _prompts_for(prompts_or_seeds, path, k, len(paths))
-            if prompts is None and not out.exists():
-                raise InputError(f"no prompts for {path.name} and no store {out} to resume")
+            if prompts is None and not out.exists() and not track_options.get("auto"):
+                raise InputError(f"no prompts for {path.name} and no store {out} to resume (or use auto=True)")
         except InputError as exc:
             row.status, row.error = "failed", _message(exc)
             continue
@@ -724,6 +727,13 @@ def add_cli_parsers(sub) -> None:
                         "e.g. 'seeds/{name}_seeds.tif'")  # fmt: skip
     source.add_argument("--prompts-dir", metavar="DIR", help="prompts files DIR/<name>.json or DIR/<name>.csv")
     source.add_argument("--prompts", metavar="FILE", help="one prompts file (.json/.csv) for every stack")
+    source.add_argument("--auto", action="store_true",
+                        help="no prompts: each stack segments everything on its seed frame, then tracks and "
+                        "discovers new cells and divisions (as track --auto)")  # fmt: skip
+    t.add_argument("--points-per-side", type=int, default=None, metavar="N",
+                   help="segment-everything grid of --auto and discovery (as track)")  # fmt: skip
+    t.add_argument("--discover-every", type=int, default=None, metavar="K",
+                   help="discovery every K frames (as track)")  # fmt: skip
     t.add_argument("--out-dir", required=True, metavar="OUT", help="folder of the result stores and the summary")
     _cluster_options(t)
     t.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
@@ -787,6 +797,8 @@ def cmd_track_many(args) -> int:
     """`napari-sam2 track-many`: returns 0 if every stack is done or skipped, 1 if any failed."""
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers must be at least 1")
+    from .cli import _discovery
+
     prompts = args.seeds_pattern or args.prompts_dir or args.prompts
     if args.prompts_dir is not None and not Path(args.prompts_dir).is_dir():
         raise InputError(f"--prompts-dir {args.prompts_dir} is not a folder")
@@ -803,6 +815,11 @@ def cmd_track_many(args) -> int:
         "save_image": not args.no_image,
         "embedding_cache": args.embedding_cache,
     }
+    discover = _discovery(args)  # the same rules as `napari-sam2 track`
+    if discover is not None:
+        options["discover"] = discover
+    if args.auto:
+        options["auto"] = True
     run = track_many(
         args.inputs,
         prompts,
