@@ -36,25 +36,27 @@ HELD_OUT = 4_000_000
 
 
 def traccuracy_scores(gt_dir: Path, res_dir: Path) -> dict:
+    """TRA, DET, LNK (CTC matcher) and division recall / precision / F1 with frame buffer 1 (IoU ≥ 0.5
+    one-to-one matcher, which traccuracy's division metrics require)."""
     from traccuracy import run_metrics
     from traccuracy.loaders import load_ctc_data
-    from traccuracy.matchers import CTCMatcher
+    from traccuracy.matchers import CTCMatcher, IOUMatcher
     from traccuracy.metrics import CTCMetrics, DivisionMetrics
 
-    gt = load_ctc_data(str(gt_dir / "TRA"), str(gt_dir / "TRA" / "man_track.txt"))
-    pred = load_ctc_data(str(res_dir), str(res_dir / "res_track.txt"))
-    results, _ = run_metrics(gt, pred, CTCMatcher(), [CTCMetrics(), DivisionMetrics(max_frame_buffer=1)])
+    def load():
+        gt = load_ctc_data(str(gt_dir / "TRA"), str(gt_dir / "TRA" / "man_track.txt"))
+        pred = load_ctc_data(str(res_dir), str(res_dir / "res_track.txt"))
+        return gt, pred
+
     out = {}
-    for block in results:
-        res = block["results"]
-        for key in ("TRA", "DET", "LNK"):
-            if key in res:
-                out[key] = float(res[key])
-        for key, value in res.items():
-            if "Division F1" in key or key == "Frame Buffer 1" or "F1" in str(key):
-                out[f"division {key}"] = value
-        if block.get("metric", {}).get("name") == "DivisionMetrics":
-            out["division"] = res
+    results, _ = run_metrics(*load(), CTCMatcher(), [CTCMetrics()])
+    for key in ("TRA", "DET", "LNK"):
+        out[key] = round(float(results[0]["results"][key]), 4)
+    results, _ = run_metrics(*load(), IOUMatcher(iou_threshold=0.5, one_to_one=True), [DivisionMetrics(1)])
+    buffer1 = results[0]["results"].get("Frame Buffer 1", results[0]["results"])
+    for key in ("Division Recall", "Division Precision", "Division F1"):
+        if key in buffer1:
+            out[f"{key} (buffer 1)"] = round(float(buffer1[key]), 4)
     return out
 
 
@@ -97,8 +99,7 @@ def run_auto(args) -> list[dict]:
             "seed": HELD_OUT + k,
             "frames": args.frames,
             "seconds": round(seconds, 1),
-            **{k2: v for k2, v in scores.items() if k2 != "division"},
-            "division": scores.get("division"),
+            **scores,
             "arrivals_found": f"{found}/{total}",
             "events": {kind: sum(e["kind"] == kind for e in result.events) for kind in ("arrival", "division")},
             "true_divisions": len(movie.events.get("divisions", [])),
@@ -140,7 +141,7 @@ def run_demo(args) -> dict:
                 "seconds": round(seconds, 1),
                 "TRA (py-ctcmetrics)": round(float(ctc["TRA"]), 4),
                 "DET (py-ctcmetrics)": round(float(ctc["DET"]), 4),
-                **{k: v for k, v in traccuracy_scores(tmp / "01_GT", res).items() if k != "division"},
+                **traccuracy_scores(tmp / "01_GT", res),
                 "daughters with the right parent": daughters_ok,
                 "events": result.events,
             }
