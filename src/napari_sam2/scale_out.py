@@ -739,7 +739,7 @@ def add_cli_parsers(sub) -> None:
     t.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
                    help="Dask resources per stack, e.g. GPU=1 with workers started --resources GPU=1")  # fmt: skip
     _stack_options(t)
-    t.add_argument("--direction", default="both", choices=["forward", "backward", "both"])
+    t.add_argument("--direction", default="both", choices=["forward", "backward", "both"], help="as track (both)")
     t.add_argument("--seed-frame", type=int, default=0, metavar="N", help="frame the seed labels belong to (0)")
     t.add_argument("--no-image", action="store_true", help="do not copy the images into the stores")
     t.add_argument("--embedding-cache", default=None, metavar="DIR", help="keep image features on disk here")
@@ -755,7 +755,7 @@ def add_cli_parsers(sub) -> None:
     _cluster_options(e)
     e.add_argument("--chunk-frames", type=int, default=None, metavar="N",
                    help="frames per task (default: about four tasks per worker)")  # fmt: skip
-    e.add_argument("--quiet", "-q", action="store_true")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress lines, no summary")
 
 
 def _stack_options(p) -> None:
