@@ -9,13 +9,13 @@ Coordinates are napari's: (row, column) = (y, x) in pixels of the original image
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .model.build import resolve_device
+from .model.precision import autocast_context, resolve_precision
 from .postprocess import fill_holes, remove_sprinkles
 from .preprocess import (
     DEFAULT_PERCENTILES,
@@ -86,17 +86,11 @@ def validate_box(box, frame_shape) -> np.ndarray:
     return b
 
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CUDA (the default there), nothing elsewhere."""
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class ImagePredictor:
     """Single-image SAM 2 segmentation with napari coordinates.
 
-    precision: "auto" = bf16 autocast on CUDA, fp32 elsewhere; or "fp32" / "bf16".
+    precision: "auto" = bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere; or "fp32" / "bf16"
+    (see `napari_sam2.model.precision`).
     max_hole_area / max_sprinkle_area: optional post-processing on the low-res logits (CPU; off by default as
     in the official predictor).
     """
@@ -104,7 +98,7 @@ class ImagePredictor:
     def __init__(self, model, precision: str = "auto", max_hole_area: int = 0, max_sprinkle_area: int = 0):
         self.model = model
         self.device = model.device
-        self.precision = ("bf16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
+        self.precision = resolve_precision(self.device, precision)
         self.max_hole_area = max_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         self._features = None

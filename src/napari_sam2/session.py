@@ -43,7 +43,8 @@ from .embedding_cache import EmbeddingStore, model_fingerprint
 from .frames import FrameSource
 from .model.sam2 import NO_OBJECT_LOGIT, ImageFeatures, Memory, Pointer
 from .postprocess import fill_holes
-from .predictor import autocast_context, validate_box, validate_points
+from .model.precision import autocast_context, resolve_precision
+from .predictor import validate_box, validate_points
 from .preprocess import InputError, box_to_model, points_to_model
 
 #: official: prompt logits fed back with a correction are clamped to ±32
@@ -237,7 +238,7 @@ class TrackingSession:
         self.recompute_all = options["recompute_all"]
         self.keep_all_memories = options["keep_all_memories"]
         self.fill_hole_area = options["fill_hole_area"] if fill_hole_area is None else fill_hole_area
-        self.precision = ("bf16" if self.device.type == "cuda" else "fp32") if precision == "auto" else precision
+        self.precision = resolve_precision(self.device, precision, preset)
         frame_options.setdefault("pin_memory", self.device.type == "cuda")
         self.frames = FrameSource(stack, model.image_size, axis=axis, **frame_options)
         self.num_frames = num_frames or len(self.frames)

@@ -78,10 +78,15 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics in fp32 whatever the input's dtype: under bf16 autocast the convolutions around it give
+        # bf16, and a variance of bf16 squares (8-bit mantissa) is off by percents. The result goes back to
+        # the input's dtype so the next convolution takes it as it would (fp32 inputs are unchanged).
+        dtype = x.dtype
+        x = x.float()
         mean = x.mean(1, keepdim=True)
         var = (x - mean).pow(2).mean(1, keepdim=True)
         x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+        return (self.weight[:, None, None] * x + self.bias[:, None, None]).to(dtype)
 
 
 def sine_frequencies(num_feats: int, temperature: float, device=None) -> torch.Tensor:

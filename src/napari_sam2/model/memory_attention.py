@@ -23,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .precision import autocast_dtype
 from .transformer import Attention
 
 
@@ -48,13 +50,36 @@ def axial_rope_table(
         return angles.cos(), angles.sin()
 
 
+@functools.lru_cache(maxsize=16)
+def axial_rope_rotations(
+    head_dim: int, side: int, theta: float = 10000.0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The rotations of `axial_rope_table` as unit complex numbers cos + i·sin, [side², head_dim / 2] complex64."""
+    cos, sin = axial_rope_table(head_dim, side, theta, device)
+    with torch.inference_mode(False), torch.no_grad():
+        return torch.complex(cos, sin)
+
+
 def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive channel pairs (x[..., 2j], x[..., 2j+1]) of x [..., N, D] by the angles of
-    cos/sin [N, D/2]. Computed in fp32, returned in x's dtype."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
-    return rotated.flatten(-2).to(x.dtype)
+    cos/sin [N, D/2]. Computed in fp32 (as the official, whatever x's dtype), returned in x's dtype."""
+    turned = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous()) * torch.complex(cos, sin)
+    return torch.view_as_real(turned).flatten(-2).to(x.dtype)
+
+
+def rotate_pairs_(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """In place: rotate the channel pairs of x [..., N, D] by `rotations` [N, D/2] (complex, see
+    `axial_rope_rotations`). One complex multiply in fp32 (the official's arithmetic; bf16 inputs are widened
+    first and rounded back once), instead of separate cos/sin products, a stack and a concatenation: on a CPU
+    the elementwise passes over the memory keys cost more than the bf16 attention itself did. Returns x.
+    Needs x's last dimension contiguous (true of a projection's output split into heads) and no autograd."""
+    if x.dtype == torch.float32:
+        torch.view_as_complex(x.unflatten(-1, (-1, 2))).mul_(rotations)
+    else:
+        wide = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        wide.mul_(rotations)
+        x.copy_(torch.view_as_real(wide).flatten(-2))
+    return x
 
 
 def grid_side(num_tokens: int) -> int:
@@ -119,13 +144,18 @@ class RoPEAttention(Attention):
                 + ("" if self.rope_k_repeat else " (exactly one frame expected without rope_k_repeat)")
             )
         side = self.feat_size if num_queries == self.feat_size**2 else grid_side(num_queries)
-        cos, sin = axial_rope_table(self.head_dim, side, self.rope_theta, q.device)
-
-        q = rotate_pairs(q, cos, sin)
-        if frames:
-            spatial = k[:, :, :num_rope_keys].unflatten(2, (frames, num_queries))  # [B, heads, frames, Lq, hd]
-            spatial = rotate_pairs(spatial, cos, sin).flatten(2, 3)
-            k = torch.cat([spatial, k[:, :, num_rope_keys:]], dim=2)
+        if torch.is_grad_enabled():  # training: out of place, so autograd sees plain functions
+            cos, sin = axial_rope_table(self.head_dim, side, self.rope_theta, q.device)
+            q = rotate_pairs(q, cos, sin)
+            if frames:
+                spatial = k[:, :, :num_rope_keys].unflatten(2, (frames, num_queries))  # [B, heads, frames, Lq, hd]
+                spatial = rotate_pairs(spatial, cos, sin).flatten(2, 3)
+                k = torch.cat([spatial, k[:, :, num_rope_keys:]], dim=2)
+        else:  # inference: q and k are fresh projections, rotated where they lie (no copies)
+            rotations = axial_rope_rotations(self.head_dim, side, self.rope_theta, q.device)
+            rotate_pairs_(q, rotations)
+            if frames:
+                rotate_pairs_(k[:, :, :num_rope_keys].unflatten(2, (frames, num_queries)), rotations)
 
         dropout_p = self.dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
@@ -175,13 +205,22 @@ class MemoryAttentionLayer(nn.Module):
         self.activation = _ACTIVATIONS[activation]
 
     def forward(
-        self, x: torch.Tensor, memory: torch.Tensor, memory_pos: torch.Tensor, num_obj_ptr_tokens: int = 0
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor | None,
+        num_obj_ptr_tokens: int = 0,
+        memory_keys: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [B, L, d_model], memory and memory_pos [B, M, mem_dim] → [B, L, d_model]."""
+        """x [B, L, d_model], memory and memory_pos [B, M, mem_dim] → [B, L, d_model].
+
+        `memory_keys` = memory + memory_pos, when the caller has it already (then memory_pos is not used).
+        """
         h = self.norm1(x)
         x = x + self.dropout(self.self_attn(h, h, h))
         h = self.norm2(x)
-        attended = self.cross_attn_image(h, memory + memory_pos, memory, num_k_exclude_rope=num_obj_ptr_tokens)
+        keys = memory + memory_pos if memory_keys is None else memory_keys
+        attended = self.cross_attn_image(h, keys, memory, num_k_exclude_rope=num_obj_ptr_tokens)
         x = x + self.dropout(attended)
         h = self.norm3(x)
         x = x + self.dropout(self.linear2(self.dropout(self.activation(self.linear1(h)))))
@@ -232,7 +271,16 @@ class MemoryAttention(nn.Module):
         if curr.shape[1] != memory.shape[1]:
             raise ValueError(f"batch sizes differ: curr {curr.shape[1]}, memory {memory.shape[1]}")
         x = curr + 0.1 * curr_pos if self.pos_enc_at_input else curr
-        x, memory, memory_pos = x.transpose(0, 1), memory.transpose(0, 1), memory_pos.transpose(0, 1)
+        x = x.transpose(0, 1)
+        # The keys' input memory + memory_pos is the same in every layer: summed once (in the memory's dtype,
+        # fp32 as in the official, which sums in each layer). Under autocast the k/v projections of every layer
+        # would cast these [M, mem_dim] tensors to bf16 again; cast once here instead (the same values), and
+        # batch first and contiguous, so no layer copies them either.
+        keys = (memory + memory_pos).transpose(0, 1)
+        values = memory.transpose(0, 1)
+        dtype = autocast_dtype(x.device)
+        keys = keys.to(dtype or keys.dtype, memory_format=torch.contiguous_format)
+        values = values.to(dtype or values.dtype, memory_format=torch.contiguous_format)
         for layer in self.layers:
-            x = layer(x, memory, memory_pos, num_obj_ptr_tokens)
+            x = layer(x, values, None, num_obj_ptr_tokens, memory_keys=keys)
         return self.norm(x).transpose(0, 1)
