@@ -1,13 +1,13 @@
 """Compute precision: which one "auto" means on this machine, and the autocast context that applies it.
 
-    "fp32"  everything in float32 (the official SAM 2's only CPU precision; the parity preset on a CPU).
-    "bf16"  bfloat16 autocast: matmuls, convolutions and attention in bf16, the residual streams, the
-            normalisation statistics, RoPE rotations and the stored memories' rounding as the official
-            GPU path has them (see the modules' comments). SAM 2's own precision on a GPU.
-    "auto"  bf16 on CUDA; on a CPU, bf16 exactly when the CPU has native bf16 arithmetic (x86 AVX512-BF16 or
-            AMX-BF16: recent Xeons, Zen 4 and later), where the encoder and the memory attention run ~1.5–2×
-            faster; fp32 on every other CPU, where bf16 would be emulated and slower. The parity preset of
-            the tracking session resolves "auto" to what the official predictor runs on that device.
+"fp32"  everything in float32 (the official SAM 2's only CPU precision; the parity preset on a CPU).
+"bf16"  bfloat16 autocast: matmuls, convolutions and attention in bf16, the residual streams, the
+        normalisation statistics, RoPE rotations and the stored memories' rounding as the official
+        GPU path has them (see the modules' comments). SAM 2's own precision on a GPU.
+"auto"  bf16 on CUDA; on a CPU, bf16 exactly when the CPU has native bf16 arithmetic (x86 AVX512-BF16 or
+        AMX-BF16: recent Xeons, Zen 4 and later), where the encoder and the memory attention run ~1.5–2×
+        faster; fp32 on every other CPU, where bf16 would be emulated and slower. The parity preset of
+        the tracking session resolves "auto" to what the official predictor runs on that device.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _cpuinfo_flags() -> set[str]:
 
 
 def resolve_precision(device: torch.device | str, precision: str = "auto", preset: str | None = None) -> str:
-    """"fp32" or "bf16" for `precision` ("auto", "fp32" or "bf16") on `device`.
+    """ "fp32" or "bf16" for `precision` ("auto", "fp32" or "bf16") on `device`.
 
     preset "parity" makes "auto" what the official SAM 2 runs there: fp32 on a CPU, bf16 on CUDA.
     """
