@@ -602,7 +602,7 @@ def segment_features(model, features, image_shape: tuple[int, int], *, precision
     features); image_shape: (Y, X) of the frame the masks come back at. Parameters: as `segment_everything`;
     crops (`crop_n_layers` > 0) need the image itself, so they are refused here.
     """
-    from .predictor import autocast_context
+    from .model.precision import autocast_context, resolve_precision
 
     s = _settings(model, params)
     if s.crop_n_layers:
@@ -611,7 +611,7 @@ def segment_features(model, features, image_shape: tuple[int, int], *, precision
         raise InputError(f"features of one frame are needed; got a batch of {features.vision.shape[0]}")
     image_shape = (int(image_shape[0]), int(image_shape[1]))
     device = features.vision.device
-    precision = ("bf16" if device.type == "cuda" else "fp32") if precision == "auto" else precision
+    precision = resolve_precision(device, precision)
     with autocast_context(device, precision):
         candidates = generate_candidates(model, lambda box: features, image_shape, s)
         return _finish(model, features, candidates, image_shape, s)
@@ -663,6 +663,7 @@ def segment_everything(
     predicted_iou, stability_score, point (y, x)) most confident first, and the raw overlapping candidates.
     """
     from .model.build import load_model, resolve_device
+    from .model.precision import resolve_precision
     from .predictor import ImagePredictor, autocast_context
     from .preprocess import DEFAULT_PERCENTILES, IntensityRange, as_rgb, check_finite, to_model_input
 
@@ -678,7 +679,7 @@ def segment_everything(
             f"the model is on {model.device} but device={device!r} was asked; move it first (model.to(device)) or "
             "pass a model name to load it there"
         )
-    precision = predictor.precision if predictor is not None else ("bf16" if model.device.type == "cuda" else "fp32")
+    precision = predictor.precision if predictor is not None else resolve_precision(model.device)
     s = _settings(model, params)
 
     if image is None:
