@@ -611,7 +611,7 @@ def segment_features(model, features, image_shape: tuple[int, int], *, precision
         raise InputError(f"features of one frame are needed; got a batch of {features.vision.shape[0]}")
     image_shape = (int(image_shape[0]), int(image_shape[1]))
     device = features.vision.device
-    precision = resolve_precision(device, precision)
+    precision = resolve_precision(device, precision, model=model)
     with autocast_context(device, precision):
         candidates = generate_candidates(model, lambda box: features, image_shape, s)
         return _finish(model, features, candidates, image_shape, s)
@@ -679,7 +679,7 @@ def segment_everything(
             f"the model is on {model.device} but device={device!r} was asked; move it first (model.to(device)) or "
             "pass a model name to load it there"
         )
-    precision = predictor.precision if predictor is not None else resolve_precision(model.device)
+    precision = predictor.precision if predictor is not None else resolve_precision(model.device, model=model)
     s = _settings(model, params)
 
     if image is None:

@@ -89,8 +89,8 @@ def validate_box(box, frame_shape) -> np.ndarray:
 class ImagePredictor:
     """Single-image SAM 2 segmentation with napari coordinates.
 
-    precision: "auto" = bf16 autocast on CUDA and on CPUs with native bf16, fp32 elsewhere; or "fp32" / "bf16"
-    (see `napari_sam2.model.precision`).
+    precision: "auto" = bf16 autocast on CUDA, and for SAM 2-sized networks on CPUs with native bf16; fp32 elsewhere;
+    or "fp32" / "bf16" (see `napari_sam2.model.precision`).
     max_hole_area / max_sprinkle_area: optional post-processing on the low-res logits (CPU; off by default as
     in the official predictor).
     """
@@ -98,7 +98,7 @@ class ImagePredictor:
     def __init__(self, model, precision: str = "auto", max_hole_area: int = 0, max_sprinkle_area: int = 0):
         self.model = model
         self.device = model.device
-        self.precision = resolve_precision(self.device, precision)
+        self.precision = resolve_precision(self.device, precision, model=model)
         self.max_hole_area = max_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         self._features = None

@@ -238,7 +238,7 @@ class TrackingSession:
         self.recompute_all = options["recompute_all"]
         self.keep_all_memories = options["keep_all_memories"]
         self.fill_hole_area = options["fill_hole_area"] if fill_hole_area is None else fill_hole_area
-        self.precision = resolve_precision(self.device, precision, preset)
+        self.precision = resolve_precision(self.device, precision, preset, model)
         frame_options.setdefault("pin_memory", self.device.type == "cuda")
         self.frames = FrameSource(stack, model.image_size, axis=axis, **frame_options)
         self.num_frames = num_frames or len(self.frames)

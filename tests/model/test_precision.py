@@ -4,9 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2 import TrackingSession, load_model
-from napari_sam2.model import precision
-from napari_sam2.model.precision import autocast_context, cpu_has_native_bf16, resolve_precision
+from napari_sam2 import TrackingSession
+from napari_sam2.model import build_model, precision
+from napari_sam2.model.precision import (
+    BF16_MIN_PARAMETERS,
+    autocast_context,
+    cpu_has_native_bf16,
+    resolve_precision,
+)
 from napari_sam2.predictor import ImagePredictor
 
 
@@ -27,11 +32,12 @@ def test_detection_agrees_with_the_kernel_flags():
     assert cpu_has_native_bf16() is kernel
 
 
-def test_auto_is_bf16_exactly_when_the_cpu_has_native_bf16(tiny_checkpoint):
+def test_auto_is_bf16_exactly_when_the_cpu_has_native_bf16():
+    """A SAM 2-sized network (2.1 tiny, random weights): bf16 on this CPU exactly when it has native bf16."""
     native = cpu_has_native_bf16()
     expected = "bf16" if native else "fp32"
     assert resolve_precision("cpu") == expected
-    model = load_model(tiny_checkpoint, device="cpu")
+    model = build_model("sam2.1_hiera_t")
     stack = np.random.default_rng(0).integers(0, 255, (2, 64, 64), dtype=np.uint8)
     assert TrackingSession(model, stack).precision == expected
     assert ImagePredictor(model).precision == expected
@@ -40,6 +46,14 @@ def test_auto_is_bf16_exactly_when_the_cpu_has_native_bf16(tiny_checkpoint):
     # explicit choices are kept
     assert TrackingSession(model, stack, precision="fp32").precision == "fp32"
     assert TrackingSession(model, stack, preset="parity", precision="bf16").precision == "bf16"
+
+
+def test_small_networks_stay_fp32(tiny_model):
+    """bf16 made the 0.9 M-parameter nano-fluo slower on a CPU: small networks keep fp32 under "auto"."""
+    assert sum(p.numel() for p in tiny_model.parameters()) < BF16_MIN_PARAMETERS
+    assert resolve_precision("cpu", model=tiny_model) == "fp32"
+    assert ImagePredictor(tiny_model).precision == "fp32"
+    assert ImagePredictor(tiny_model, precision="bf16").precision == "bf16"
 
 
 @pytest.mark.parametrize("native", [True, False])
