@@ -63,7 +63,8 @@ def test_image_predictor_matches_official(name, make_checkpoint):
     img = test_image()
 
     official = SAM2ImagePredictor(build_sam2(YAML[name], str(ckpt), device="cpu"))
-    ours = ImagePredictor(load_model(ckpt, device="cpu"))
+    # fp32, the official's CPU precision ("auto" picks bf16 for SAM 2-sized networks on a CPU with native bf16)
+    ours = ImagePredictor(load_model(ckpt, device="cpu"), precision="fp32")
     with torch.inference_mode():
         official.set_image(img)
     ours.set_image(img, intensity=(0, 255))  # the official maps uint8 by /255
