@@ -399,7 +399,7 @@ def check_correctness(res, deadline, ctx):
         "status": verdict(iou >= 0.99 and nano_iou >= 0.99),
     }
     if dev.type == "cpu":
-        rows["bf16 vs fp32"]["note"] = "on the CPU autocast is off: both runs are fp32 (dry run of the code path)"
+        rows["bf16 vs fp32"]["note"] = "on the CPU: CPU bf16 autocast (model/precision.py), not the CUDA kernels"
     log(f"  bf16 vs fp32: IoU random tiny {iou:.4f} (worst frame {worst:.4f}), nano-fluo {nano_iou:.4f}")
 
     # 3. objects batched vs one at a time

@@ -46,7 +46,8 @@ def test_cpu_dry_run_runs_every_check_and_writes_json_and_table(tmp_path):
     assert (
         rows["batched vs one at a time"]["fp32"]["within"] and rows["batched vs one at a time"]["fp32"]["masks_equal"]
     )
-    assert rows["bf16 vs fp32"]["nano_fluo_iou"] == 1.0  # the CPU has no autocast: both runs are fp32
+    # bf16 is a real bf16 autocast on the CPU too (model/precision.py): the GPU bar applies
+    assert rows["bf16 vs fp32"]["nano_fluo_iou"] >= 0.99
     official = rows["official vs ours"]["status"]
     # CI's py env has no sam2: skipped with the reason; where it is installed, the official runs (CPU, 128²)
     assert official == "pass" if _official_importable() else official.startswith("skipped: official not installed")
