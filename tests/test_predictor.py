@@ -67,7 +67,7 @@ def test_bad_inputs(predictor):
     with pytest.raises(InputError, match="NaN"):
         predictor.set_image(np.full((20, 20), np.nan))
     predictor.set_image(np.arange(400, dtype=np.float32).reshape(20, 20))
-    with pytest.raises(InputError, match="outside the image"):
+    with pytest.raises(InputError, match="outside the 20×20 frame"):
         predictor.predict(points=[[25, 3]])
     with pytest.raises(InputError, match="zero area"):
         predictor.predict(box=[2, 2, 2, 9])

@@ -190,3 +190,32 @@ def test_apply_gives_the_same_results_as_direct_prompts(tiny_model, blob_stack):
         assert len(via_set) == 2
         np.testing.assert_array_equal(via_set[-1].labels, direct.labels)
         np.testing.assert_allclose(via_set[-1].logits, direct.logits)
+
+
+def test_one_set_of_rules_for_every_face(tmp_path, tiny_model, blob_stack):
+    """A point at y == height (or a zero-area box) is refused alike by PromptSet, the session and track(), and
+    track() refuses it before any output store exists."""
+    from napari_sam2 import track
+    from napari_sam2.session import TrackingSession
+
+    stack = blob_stack(n_frames=3, shape=(32, 48))
+    for bad, message in [({"points": [[32, 10]]}, "outside the 32×48 frame"), ({"box": [4, 4, 4, 20]}, "zero area")]:
+        prompts = PromptSet()
+        prompts.add(1, 1, **bad)
+        with pytest.raises(PromptError, match=message):
+            prompts.validate(3, (32, 48))
+        with TrackingSession(tiny_model, stack) as session:
+            with pytest.raises(PromptError, match=message):
+                prompts.apply(session)
+            with pytest.raises(PromptError, match=message):
+                session.add_prompt(1, 1, **bad)
+            assert session.obj_ids == []
+        out = tmp_path / "never.ome.zarr"
+        with pytest.raises(PromptError, match=message):
+            track(stack, prompts, model=tiny_model, out=out, device="cpu")
+        assert not out.exists()
+    inside = PromptSet()
+    inside.add(1, 1, points=[[31.9, 47.9]])
+    inside.validate(3, (32, 48))
+    with TrackingSession(tiny_model, stack) as session:
+        assert inside.apply(session)[0].obj_ids == [1]

@@ -365,6 +365,7 @@ def _track(
         "intensity": [session.frames.intensity.low, session.frames.intensity.high],
         "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
         "device": str(net.device),
+        "threads": _torch_threads(),
     }
     if discovery is not None:
         settings["discover"] = discovery.to_dict()
@@ -455,6 +456,7 @@ def _track(
         _mark_interrupted(store, changed=bool(written) or not writes_done)
         raise
     session.close()
+    provenance.edit_log = session.edit_log
     try:
         return _finish(locals())
     except BaseException:  # the tables or the CTC export failed: the run is not complete, --resume redoes them
@@ -525,9 +527,9 @@ def _finish(v: dict) -> TrackResult:
             labels_out, ctc, parents=result.parents, overwrite=True
         )  # existing files there: ours (io/outputs.py)
         result.ctc_path = Path(ctc)
-    if store is not None:
-        store.update_provenance({"status": "complete"})
     provenance = v["provenance"]
+    if store is not None:
+        store.update_provenance({"status": "complete", "edit_log": provenance.edit_log})
     provenance.status = "complete"
     result.provenance = store.provenance if store is not None else provenance.to_dict()
     return result
@@ -542,6 +544,13 @@ def lineage_record(parents, dropped=None, events=()) -> dict:
         "parents": {str(int(d)): int(m) for d, m in sorted(parents.items())},
         "lineage": {"dropped": {str(d): why for d, why in sorted((dropped or {}).items())}, "events": list(events)},
     }
+
+
+def _torch_threads() -> int:
+    """torch's CPU thread count: float sums, and so boundary pixels, depend on it (a replay sets the same)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 class _ImageView:

@@ -10,6 +10,7 @@
     napari-sam2 encode IMAGE --embedding-cache DIR [--scheduler local|ADDRESS] [--workers N] ...
     napari-sam2 models list | download NAME [--cache-dir DIR] | verify NAME|PATH [--cache-dir DIR]
     napari-sam2 info OUT.ome.zarr
+    napari-sam2 replay RESULT.ome.zarr [--image PATH] [--model NAME|PATH] [--device ...] [--threads N]
     napari-sam2 demo [--model NAME|PATH] [--out DIR] [--frames N] [--size PX] [--overwrite]
 
 Exit codes:
@@ -136,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="what a result store holds")
     i.add_argument("store", metavar="OUT.ome.zarr")
 
+    r = sub.add_parser("replay", help="re-run a result's recorded edits and check that they give its labels")
+    r.add_argument("store", metavar="RESULT.ome.zarr")
+    r.add_argument("--image", default=None, metavar="PATH", help="the stack it was made from (default: recorded)")
+    r.add_argument("--model", default=None, metavar="NAME|PATH", help="default: the recorded model")
+    r.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recorded count)")
+
     d = sub.add_parser("demo", help="track the synthetic nuclei time-lapse from its first-frame ground truth")
     d.add_argument("--model", default="nano-fluo", metavar="NAME|PATH",
                    help="registry name or .pt file (default: the built-in nano-fluo, no download)")  # fmt: skip
@@ -181,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": _cmd_models,
         "info": _cmd_info,
         "demo": _cmd_demo,
+        "replay": _cmd_replay,
     }[args.command]
     try:
         return handler(args)
@@ -367,6 +376,23 @@ def _cmd_info(args) -> int:
     if len(result.finished_frames) < n:
         print("  incomplete: finish it with `napari-sam2 track IMAGE --out STORE --resume`")
     return EXIT_OK
+
+
+def _cmd_replay(args) -> int:
+    from .replay import replay
+
+    _check_device(args.device)
+    result = replay(args.store, image=args.image, model=args.model, device=args.device, threads=args.threads)
+    n = result.labels.shape[0]
+    if result.identical:
+        print(f"replayed {args.store}: identical labels on all {n} frames")
+        return EXIT_OK
+    _error(
+        f"replaying {args.store} gives other labels on {len(result.differing_frames)} of {n} frames "
+        f"({_short(result.differing_frames)}; {result.differing_pixels} pixels): other thread count, device or "
+        "package version than the recording?"
+    )
+    return EXIT_INPUT
 
 
 def _short(values, limit: int = 12) -> str:

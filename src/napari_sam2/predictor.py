@@ -52,38 +52,22 @@ class Prediction:
 
 
 def validate_points(points, labels, frame_shape) -> tuple[np.ndarray, np.ndarray]:
-    """Check clicks: [N, 2] (y, x) inside the frame, labels 0/1 of the same length."""
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 2:
-        raise InputError(f"points must be a list of [y, x] pairs; got an array of shape {pts.shape}")
-    if labels is None:
-        labels = np.ones(len(pts), dtype=np.int32)
-    lab = np.asarray(labels).ravel()
-    if lab.shape[0] != pts.shape[0]:
-        raise InputError(f"{pts.shape[0]} points but {lab.shape[0]} labels: give one label (1 or 0) per point")
-    if not np.isin(lab, (0, 1)).all():
-        raise InputError(f"point labels must be 1 (object) or 0 (background); got {sorted(set(lab.tolist()))}")
-    h, w = frame_shape
-    outside = ~((pts[:, 0] >= 0) & (pts[:, 0] < h) & (pts[:, 1] >= 0) & (pts[:, 1] < w))
-    if outside.any():
-        raise InputError(
-            f"point {pts[outside][0].tolist()} (y, x) lies outside the image of size {h} × {w}; "
-            "coordinates are (row, column) in pixels"
-        )
-    return pts, lab.astype(np.int32)
+    """Check clicks: [N, 2] (y, x) inside the frame, labels 0/1 of the same length (the rules of
+    `prompts.ObjectPrompt.check`) → (points float64 [N, 2], labels int32 [N])."""
+    from .prompts import check_points, make_prompt
+
+    prompt = make_prompt(0, 1, points=points, labels=labels, where="prompt")
+    check_points(prompt.points, frame_shape, "prompt")
+    return prompt.points.astype(np.float64), prompt.labels.astype(np.int32)
 
 
 def validate_box(box, frame_shape) -> np.ndarray:
     """Check a box [y0, x0, y1, x1]: four numbers, non-zero area, overlapping the frame."""
-    b = np.asarray(box, dtype=np.float64).ravel()
-    if b.shape != (4,):
-        raise InputError(f"a box is [y0, x0, y1, x1]; got {b.size} numbers")
-    if b[0] == b[2] or b[1] == b[3]:
-        raise InputError(f"the box {b.tolist()} has zero area; drag a rectangle around the object")
-    h, w = frame_shape
-    if max(b[0], b[2]) < 0 or min(b[0], b[2]) >= h or max(b[1], b[3]) < 0 or min(b[1], b[3]) >= w:
-        raise InputError(f"the box {b.tolist()} lies outside the image of size {h} × {w}")
-    return b
+    from .prompts import check_box, make_prompt
+
+    prompt = make_prompt(0, 1, box=box, where="prompt")
+    check_box(prompt.box, frame_shape, "prompt")
+    return prompt.box.astype(np.float64)
 
 
 class ImagePredictor:

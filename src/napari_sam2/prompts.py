@@ -35,7 +35,17 @@ FORMAT_NAME = "napari-sam2-prompts"
 FORMAT_VERSION = 1
 CSV_COLUMNS = ("obj_id", "frame", "kind", "y", "x", "label", "y0", "x0", "y1", "x1")
 
-__all__ = ["CSV_COLUMNS", "ObjectPrompt", "PromptError", "PromptSet", "rle_decode", "rle_encode"]
+__all__ = [
+    "CSV_COLUMNS",
+    "ObjectPrompt",
+    "PromptError",
+    "PromptSet",
+    "check_box",
+    "check_points",
+    "make_prompt",
+    "rle_decode",
+    "rle_encode",
+]
 
 
 class PromptError(InputError):
@@ -66,6 +76,78 @@ class ObjectPrompt:
 
     def __eq__(self, other) -> bool:
         return isinstance(other, ObjectPrompt) and self.to_dict() == other.to_dict()
+
+    @classmethod
+    def from_dict(cls, item: Mapping[str, Any], where: str = "prompt") -> ObjectPrompt:
+        """Inverse of `to_dict`; errors name `where` and the field."""
+        if not isinstance(item, Mapping):
+            raise PromptError(f"{where}: expected an object; got {type(item).__name__}")
+        unknown = set(item) - {"obj_id", "frame", "points", "labels", "box", "mask"}
+        if unknown:
+            raise PromptError(f"{where}: unknown field(s) {sorted(unknown)}")
+        for required in ("obj_id", "frame"):
+            if required not in item:
+                raise PromptError(f"{where}: field {required!r} is missing")
+        mask = item.get("mask")
+        if mask is not None:
+            try:
+                mask = rle_decode(mask["rle"], mask["shape"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise PromptError(f"{where}.mask: not a valid run-length mask ({exc})") from None
+        return _make_prompt(
+            item["frame"], item["obj_id"], item.get("points"), item.get("labels"), item.get("box"), mask, where
+        )
+
+    @property
+    def num_points(self) -> int:
+        """Points as the network sees them (a box counts as its two corners)."""
+        return len(self.points) + (2 if self.box is not None else 0)
+
+    def check(self, frame_shape: tuple[int, int], num_frames: int | None = None, where: str | None = None) -> None:
+        """The one set of rules for a prompt on a stack of `num_frames` (H, W) frames (PromptSet, session, widget
+        and files all apply it): frame in range; points at 0 ≤ y < H, 0 ≤ x < W; a box of non-zero area that
+        overlaps the frame; a mask of the frame's size. Raises `PromptError` naming `where`."""
+        where = where or f"object {self.obj_id} on frame {self.frame}"
+        if num_frames is not None and not 0 <= self.frame < num_frames:
+            raise PromptError(f"{where}: frame {self.frame} is outside the stack (frames 0…{num_frames - 1})")
+        if len(self.points):
+            check_points(self.points, frame_shape, where)
+        if self.box is not None:
+            check_box(self.box, frame_shape, where)
+        if self.mask is not None and self.mask.shape != tuple(frame_shape):
+            raise PromptError(
+                f"{where}: mask shape {self.mask.shape} does not match the frame size {tuple(frame_shape)}"
+            )
+
+
+def check_points(points: np.ndarray, frame_shape: tuple[int, int], where: str = "prompt") -> None:
+    """Points [N, 2] (y, x) must lie on the frame: 0 ≤ y < H and 0 ≤ x < W (pixel (r, c) covers r…r+1, so y == H is
+    already below the last row)."""
+    h, w = frame_shape
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    outside = ~((pts[:, 0] >= 0) & (pts[:, 0] < h) & (pts[:, 1] >= 0) & (pts[:, 1] < w))
+    if outside.any():
+        y, x = pts[np.flatnonzero(outside)[0]]
+        raise PromptError(
+            f"{where}: point (y={y:g}, x={x:g}) lies outside the {h}×{w} frame (0 ≤ y < {h}, 0 ≤ x < {w}; "
+            "coordinates are (row, column) pixels)"
+        )
+
+
+def check_box(box: np.ndarray, frame_shape: tuple[int, int], where: str = "prompt") -> None:
+    """A box [y0, x0, y1, x1] must have a non-zero area and overlap the frame."""
+    h, w = frame_shape
+    y0, x0, y1, x1 = (float(v) for v in np.asarray(box, dtype=float).ravel())
+    if y0 == y1 or x0 == x1:
+        raise PromptError(f"{where}: the box {[y0, x0, y1, x1]} has zero area; drag a rectangle around the object")
+    if max(y0, y1) < 0 or min(y0, y1) >= h or max(x0, x1) < 0 or min(x0, x1) >= w:
+        raise PromptError(f"{where}: box {[y0, x0, y1, x1]} lies outside the {h}×{w} frame")
+
+
+def make_prompt(frame, obj_id, points=None, labels=None, box=None, mask=None, where: str = "prompt") -> ObjectPrompt:
+    """One checked `ObjectPrompt` from loose values (structure only: types, counts, labels 0/1, finite numbers,
+    a non-empty 2-D mask; where it lies on a stack is `ObjectPrompt.check`). Raises `PromptError`."""
+    return _make_prompt(frame, obj_id, points, labels, box, mask, where)
 
 
 # ---------------------------------------------------------------------- run-length encoding of masks
@@ -174,6 +256,12 @@ class PromptSet:
         self._prompts.append(prompt)
         return prompt
 
+    def append(self, prompt: ObjectPrompt) -> None:
+        """Append an `ObjectPrompt` made elsewhere (`make_prompt`, the widget's layers)."""
+        if not isinstance(prompt, ObjectPrompt):
+            raise TypeError(f"expected an ObjectPrompt; got {type(prompt).__name__}")
+        self._prompts.append(prompt)
+
     def __iter__(self) -> Iterator[ObjectPrompt]:
         return iter(self._prompts)
 
@@ -201,35 +289,15 @@ class PromptSet:
 
     # -------------------------------------------------------------- use
     def validate(self, num_frames: int, frame_shape: tuple[int, int]) -> None:
-        """Check every prompt against a stack of `num_frames` frames of (H, W) `frame_shape`; one clear error."""
-        h, w = frame_shape
+        """Check every prompt against a stack of `num_frames` frames of (H, W) `frame_shape` with the rules of
+        `ObjectPrompt.check` (the session's own); one clear error naming the prompt."""
         for i, p in enumerate(self._prompts):
-            where = f"prompt {i} (object {p.obj_id}, frame {p.frame})"
-            if not 0 <= p.frame < num_frames:
-                raise PromptError(f"{where}: frame {p.frame} is outside the stack (frames 0…{num_frames - 1})")
-            if len(p.points):
-                outside = (p.points[:, 0] < 0) | (p.points[:, 0] > h) | (p.points[:, 1] < 0) | (p.points[:, 1] > w)
-                if outside.any():
-                    y, x = p.points[np.flatnonzero(outside)[0]]
-                    raise PromptError(f"{where}: point (y={y:g}, x={x:g}) lies outside the {h}×{w} frame")
-            if p.box is not None:
-                y0, x0, y1, x1 = p.box
-                if max(y0, y1) < 0 or min(y0, y1) > h or max(x0, x1) < 0 or min(x0, x1) > w:
-                    raise PromptError(f"{where}: box {p.box.tolist()} lies outside the {h}×{w} frame")
-            if p.mask is not None and p.mask.shape != (h, w):
-                raise PromptError(f"{where}: mask shape {p.mask.shape} does not match the frame size {(h, w)}")
+            p.check(frame_shape, num_frames, where=f"prompt {i} (object {p.obj_id}, frame {p.frame})")
 
     def apply(self, session) -> list:
-        """`session.add_prompt(...)` for each prompt, in order → the `FrameResult` of each."""
-        results = []
-        for p in self._prompts:
-            if p.mask is not None:
-                results.append(session.add_prompt(p.frame, p.obj_id, mask=p.mask))
-            else:
-                points = p.points if len(p.points) else None
-                labels = p.labels if len(p.points) else None
-                results.append(session.add_prompt(p.frame, p.obj_id, points=points, labels=labels, box=p.box))
-        return results
+        """`session.add(prompt)` for each prompt, in order (clicks on the same object and frame add up, as in the
+        widget) → the `FrameResult` of each."""
+        return [session.add(p) for p in self._prompts]
 
     # -------------------------------------------------------------- dict / JSON
     def to_dict(self) -> dict[str, Any]:
@@ -249,28 +317,7 @@ class PromptSet:
         items = data.get("prompts")
         if not isinstance(items, list):
             raise PromptError(f"{source}: field 'prompts' must be a list of prompts")
-        out = cls()
-        for i, item in enumerate(items):
-            where = f"{source}: prompts[{i}]"
-            if not isinstance(item, Mapping):
-                raise PromptError(f"{where}: expected an object; got {type(item).__name__}")
-            unknown = set(item) - {"obj_id", "frame", "points", "labels", "box", "mask"}
-            if unknown:
-                raise PromptError(f"{where}: unknown field(s) {sorted(unknown)}")
-            for required in ("obj_id", "frame"):
-                if required not in item:
-                    raise PromptError(f"{where}: field {required!r} is missing")
-            mask = item.get("mask")
-            if mask is not None:
-                try:
-                    mask = rle_decode(mask["rle"], mask["shape"])
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise PromptError(f"{where}.mask: not a valid run-length mask ({exc})") from None
-            out._prompts.append(
-                _make_prompt(item["frame"], item["obj_id"], item.get("points"), item.get("labels"), item.get("box"),
-                             mask, where)
-            )  # fmt: skip
-        return out
+        return cls(ObjectPrompt.from_dict(item, f"{source}: prompts[{i}]") for i, item in enumerate(items))
 
     # -------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,11 +41,11 @@ import torch.nn.functional as F
 
 from .embedding_cache import EmbeddingStore, model_fingerprint
 from .frames import FrameSource
+from .model.precision import autocast_context, resolve_precision
 from .model.sam2 import NO_OBJECT_LOGIT, ImageFeatures, Memory, Pointer
 from .postprocess import fill_holes
-from .model.precision import autocast_context, resolve_precision
-from .predictor import validate_box, validate_points
 from .preprocess import InputError, box_to_model, points_to_model
+from .prompts import ObjectPrompt, make_prompt
 
 #: official: prompt logits fed back with a correction are clamped to ±32
 PROMPT_LOGIT_CLAMP = 32.0
@@ -58,22 +58,8 @@ PRESETS = {
 }
 
 
-@dataclass
-class Prompt:
-    """The prompts of one object on one frame, in napari pixels of the frame.
-
-    points [N, 2] (y, x), labels [N] (1/0), box [4] (y0, x0, y1, x1) or None, mask [H, W] bool or None.
-    """
-
-    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
-    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), dtype=np.int32))
-    box: np.ndarray | None = None
-    mask: np.ndarray | None = None
-
-    @property
-    def num_points(self) -> int:
-        """Points as the network sees them (a box counts as its two corners)."""
-        return len(self.points) + (2 if self.box is not None else 0)
+#: the prompts of one object on one frame: the one prompt type of the package (see prompts.py)
+Prompt = ObjectPrompt
 
 
 @dataclass
@@ -106,7 +92,7 @@ class ObjectTrack:
         self.parent: int | None = None
         self.first: int | None = None
         self.last: int | None = None
-        self.prompts: dict[int, Prompt] = {}
+        self.prompts: dict[int, ObjectPrompt] = {}
         self.cond: dict[int, FrameOutput] = {}  # conditioning frames, in the order they were made
         self.tracked: dict[int, FrameOutput] = {}  # non-conditioning frames
         self.visited: dict[int, bool] = {}  # frames a propagation has passed → was it a reverse pass
@@ -255,10 +241,52 @@ class TrackingSession:
         # bench_tracking.py speed), while a GPU gains from batches
         self.object_batch = object_batch or (64 if self.device.type == "cuda" else 1)
         self.embeddings = None if embedding_cache is None else self._open_embedding_cache(embedding_cache)
+        # Every edit, in order (see `edit_log`); `_quiet` > 0 while a public method runs others on its behalf.
+        self._log: list[dict] = []
+        self._quiet = 0
+        self._pass: dict | None = None  # the pass running now: its log entry, frame order and frames done
 
     # ------------------------------------------------------------------ frames and features
     def __len__(self) -> int:
         return len(self.frames)
+
+    # ------------------------------------------------------------------ the edit log
+    @property
+    def edit_log(self) -> list[dict]:
+        """Every edit since the session was made, in order, as JSON-able dicts: {"op": "add", "prompt":
+        ObjectPrompt.to_dict(), "replace"}, {"op": "set", "frame", "obj_id", "prompt": dict | None}, {"op": "clear",
+        "frame", "obj_id"}, {"op": "remove", "obj_id"}, {"op": "reset"}, {"op": "object", "obj_id", "parent", "start"},
+        {"op": "end", "obj_id", "last_frame"} and {"op": "pass", "first", "last",
+        "reverse", "frames"} (a propagation pass over frames first…last, of which `frames` were processed before
+        it ended or was stopped). SAM 2's memory makes a result depend on the order of prompts and passes, not only
+        on the prompts, so `napari_sam2.replay` re-runs this log to reproduce a session bit for bit (same thread
+        count). A copy."""
+        with self._lock:
+            return [dict(entry) for entry in self._log]
+
+    def _record(self, entry: dict) -> dict:
+        if self._quiet:
+            return entry
+        self._log.append(entry)
+        active = self._pass
+        if entry["op"] != "pass" and active is not None and active["done"] < len(active["order"]):
+            # an edit between two frames of a pass (e.g. discovery adds an object): the rest of the pass is logged
+            # as a pass of its own after the edit, so a replay makes the edit at the same point
+            order = active["order"]
+            active["entry"] = {"op": "pass", "first": order[active["done"]], "last": order[-1],
+                               "reverse": active["reverse"], "frames": 0}  # fmt: skip
+            self._log.append(active["entry"])
+        return entry
+
+    class _Quiet:
+        def __init__(self, session):
+            self.session = session
+
+        def __enter__(self):
+            self.session._quiet += 1
+
+        def __exit__(self, *exc):
+            self.session._quiet -= 1
 
     def _open_embedding_cache(self, cache_dir) -> EmbeddingStore:
         f = self.frames
@@ -333,6 +361,7 @@ class TrackingSession:
             if start is not None:
                 self.frames.check_index(start)
             obj = self._object(obj_id, create=True)
+            self._record({"op": "object", "obj_id": int(obj_id), "parent": parent, "start": start and int(start)})
             obj.parent = parent
             obj.first = None if start is None else int(start)
             for frame in [f for f in list(obj.tracked) + list(obj.cond) if not obj.alive(f)]:
@@ -346,6 +375,7 @@ class TrackingSession:
             obj = self._object(obj_id)
             if last_frame >= 0:
                 self.frames.check_index(last_frame)
+            self._record({"op": "end", "obj_id": int(obj_id), "last_frame": int(last_frame)})
             obj.last = int(last_frame)
             for frame in [f for f in list(obj.tracked) + list(obj.cond) + list(obj.prompts) if not obj.alive(f)]:
                 self._drop_output(obj, frame)
@@ -386,25 +416,18 @@ class TrackingSession:
         clicks (replace=True starts over); box [y0, x0, y1, x1] replaces the frame's box; mask [H, W] bool
         replaces all prompts of the frame. Only the decoder runs when the frame's features are cached.
         """
-        self.frames.check_index(frame)
-        has_points = points is not None and len(points) > 0
-        if not has_points and box is None and mask is None:
-            raise InputError("no prompt: give points, a box or a mask")
-        if mask is not None and (has_points or box is not None):
-            raise InputError("give either a mask or points/box for one frame, not both")
-        # validate everything before touching any state
-        pts = lab = bx = m = None
-        if has_points:
-            pts, lab = validate_points(points, labels, self.frame_shape)
-        if box is not None:
-            bx = validate_box(box, self.frame_shape)
-        if mask is not None:
-            m = np.asarray(mask)
-            if m.shape != tuple(self.frame_shape):
-                raise InputError(f"the mask has shape {m.shape}; it must match the frame size {self.frame_shape}")
-            m = m.astype(bool)
+        prompt = make_prompt(frame, obj_id, points, labels, box, mask, where=f"object {obj_id} on frame {frame}")
+        return self.add(prompt, replace=replace)
+
+    def add(self, prompt: ObjectPrompt, replace: bool = False) -> FrameResult:
+        """Apply one `ObjectPrompt` (what `add_prompt` builds; `PromptSet.apply` sends each of its prompts here):
+        its points join the object's earlier clicks on that frame (replace=True starts over), its box replaces the
+        frame's box, a mask replaces every prompt of the frame. Checked first (`ObjectPrompt.check`): a bad prompt
+        changes nothing. Returns the frame's result."""
+        prompt.check(self.frame_shape, len(self.frames))
+        frame = int(prompt.frame)
         with self._lock, torch.inference_mode():
-            obj = self._object(obj_id, create=True)
+            obj = self._object(prompt.obj_id, create=True)
             if not obj.alive(frame):
                 raise InputError(
                     f"object {obj.obj_id} exists on frames {obj.first if obj.first is not None else 0}…"
@@ -412,22 +435,83 @@ class TrackingSession:
                     "lies outside: prompt a new object there instead"
                 )
             old = obj.prompts.get(frame)
-            if m is not None or old is None or old.mask is not None or replace:
-                prompt = Prompt()
+            if prompt.mask is not None or old is None or old.mask is not None or replace:
+                merged = ObjectPrompt(obj.obj_id, frame, np.zeros((0, 2)), np.zeros((0,), dtype=np.int32))
             else:
-                prompt = Prompt(old.points.copy(), old.labels.copy(), old.box)
-            if m is not None:
-                prompt.mask = m
-            if pts is not None:
-                prompt.points = np.concatenate([prompt.points.reshape(-1, 2), pts])
-                prompt.labels = np.concatenate([prompt.labels, lab]).astype(np.int32)
-            if bx is not None:
-                prompt.box = bx
-            obj.prompts[frame] = prompt
-            self._run_prompt(obj, frame, prompt)
+                merged = ObjectPrompt(obj.obj_id, frame, old.points.copy(), old.labels.copy(), old.box)
+            if prompt.mask is not None:
+                merged.mask = np.asarray(prompt.mask, dtype=bool)
+            if len(prompt.points):
+                merged.points = np.concatenate([merged.points.reshape(-1, 2), np.asarray(prompt.points, float)])
+                merged.labels = np.concatenate([merged.labels, prompt.labels]).astype(np.int32)
+            if prompt.box is not None:
+                merged.box = np.asarray(prompt.box, dtype=float)
+            obj.prompts[frame] = merged
+            self._run_prompt(obj, frame, merged)
+            self._record({"op": "add", "prompt": prompt.to_dict(), "replace": bool(replace)})  # logged once it worked
             return self._result(frame, computed=[obj.obj_id])
 
-    def _run_prompt(self, obj: ObjectTrack, frame: int, prompt: Prompt) -> None:
+    def set_prompt(self, frame: int, obj_id: int, prompt: ObjectPrompt | None) -> list[FrameResult]:
+        """Make `prompt` the whole of object `obj_id`'s prompts on `frame` (None: remove them), e.g. after a click was
+        deleted or moved in the widget. An object no propagation has passed starts over from its prompts (they are
+        all initial conditioning frames, independent of each other); otherwise the frame's prompt is replaced as a
+        correction. Returns the results of the frames whose output changed."""
+        frame, obj_id = int(frame), int(obj_id)
+        if prompt is not None:
+            if (int(prompt.frame), int(prompt.obj_id)) != (frame, obj_id):
+                raise InputError(
+                    f"the prompt is for object {prompt.obj_id} on frame {prompt.frame}, not {obj_id} on {frame}"
+                )
+            prompt.check(self.frame_shape, len(self.frames))
+        with self._lock:
+            with self._Quiet(self):
+                results = self._set_prompt(frame, obj_id, prompt)
+            self._record({"op": "set", "frame": frame, "obj_id": obj_id, "prompt": prompt and prompt.to_dict()})
+            return results
+
+    def _set_prompt(self, frame: int, obj_id: int, prompt: ObjectPrompt | None) -> list[FrameResult]:
+        obj = self.objects.get(obj_id)
+        if obj is None:
+            return [] if prompt is None else [self.add(prompt)]
+        if not obj.visited:
+            others = [p for f, p in obj.prompts.items() if f != frame]
+            self.remove_object(obj_id)
+            for p in others:
+                self.add(p)
+            if prompt is not None:
+                self.add(prompt)
+            return [self.result(f) for f in sorted({frame, *(p.frame for p in others)})]
+        self.clear_prompts(frame, obj_id)
+        if prompt is not None:
+            self.add(prompt, replace=True)
+        return [self.result(frame)]
+
+    def prompts_of(self, obj_id: int) -> dict[int, ObjectPrompt]:
+        """{frame: the object's current prompt there} (copies)."""
+        with self._lock:
+            obj = self._object(obj_id)
+            return {
+                f: ObjectPrompt(p.obj_id, f, p.points.copy(), p.labels.copy(), p.box, p.mask)
+                for f, p in obj.prompts.items()
+            }
+
+    def is_encoded(self, frame: int) -> bool:
+        """Whether `frame`'s image features are in memory (a prompt there then runs only the decoder)."""
+        return frame in self.features
+
+    def has_propagated(self, obj_id: int) -> bool:
+        """Whether any propagation has passed over object `obj_id` (its prompts then are corrections)."""
+        with self._lock:
+            obj = self.objects.get(int(obj_id))
+            return obj is not None and bool(obj.visited)
+
+    def visited_frames(self, obj_id: int) -> dict[int, str]:
+        """{frame: "forward" | "backward"}: the frames a propagation has passed for `obj_id`, and in which direction."""
+        with self._lock:
+            obj = self._object(obj_id)
+            return {f: ("backward" if rev else "forward") for f, rev in obj.visited.items()}
+
+    def _run_prompt(self, obj: ObjectTrack, frame: int, prompt: ObjectPrompt) -> None:
         """The official add_new_points_or_box / add_new_mask step for one object.
 
         A frame no propagation has visited is an initial conditioning frame (no memory). On a visited frame
@@ -483,7 +567,7 @@ class TrackingSession:
         obj.stale.discard(frame)
         self._pending = True
 
-    def _prompt_points(self, prompt: Prompt):
+    def _prompt_points(self, prompt: ObjectPrompt):
         size = self.model.image_size
         coords, labels = [], []
         if prompt.box is not None:
@@ -511,6 +595,7 @@ class TrackingSession:
         """Remove the prompts of `obj_id` on `frame`; its result there reverts to a tracked (stale) frame."""
         with self._lock:
             obj = self._object(obj_id)
+            self._record({"op": "clear", "frame": int(frame), "obj_id": int(obj_id)})
             obj.prompts.pop(frame, None)
             tracked = obj.tracked.get(frame)
             if tracked is not None and tracked.pending_memory:
@@ -529,6 +614,7 @@ class TrackingSession:
         """Forget an object; daughters of it lose their parent (they stay, as objects without a mother)."""
         with self._lock:
             self._object(obj_id)
+            self._record({"op": "remove", "obj_id": int(obj_id)})
             del self.objects[int(obj_id)]
             for other in self.objects.values():
                 if other.parent == int(obj_id):
@@ -539,6 +625,7 @@ class TrackingSession:
     def reset(self) -> None:
         """Forget all objects and prompts (image features stay cached)."""
         with self._lock:
+            self._record({"op": "reset"})
             self.objects.clear()
             self._result_lru.clear()
             self._result_bytes = 0
@@ -687,9 +774,33 @@ class TrackingSession:
         for order, reverse in passes:
             yield from self._propagate_pass(order, reverse)
 
+    def propagate_pass(self, first: int, last: int, reverse: bool, frames: int | None = None):
+        """One propagation pass over first…last (inclusive; last < first when `reverse`), stopping after `frames`
+        of them (default all): what `propagate` runs, and what an edit log's "pass" entries replay. A generator of
+        `FrameResult`, as `propagate`."""
+        self.frames.check_index(first)
+        self.frames.check_index(last)
+        if (last < first) != bool(reverse) and first != last:
+            raise InputError(f"a {'backward' if reverse else 'forward'} pass cannot run from {first} to {last}")
+        step = -1 if reverse else 1
+        order = list(range(first, last + step, step))
+        if frames is not None:
+            order = order[: int(frames)]
+        if not order:
+            return
+        yield from self._propagate_pass(order, bool(reverse))
+
     def _propagate_pass(self, order: list[int], reverse: bool):
         with self._lock, torch.inference_mode():
+            entry = self._record({"op": "pass", "first": order[0], "last": order[-1], "reverse": reverse, "frames": 0})
+            self._pass = {"entry": entry, "order": order, "reverse": reverse, "done": 0}
             self._preflight()
+        try:
+            yield from self._pass_frames(order, reverse)
+        finally:
+            self._pass = None
+
+    def _pass_frames(self, order: list[int], reverse: bool):
         for i, frame in enumerate(order):
             with self._lock, torch.inference_mode():
                 if self._pending:  # prompted between two frames of this pass (e.g. discovery added an object)
@@ -708,6 +819,9 @@ class TrackingSession:
                 for o in self.objects.values():
                     if o.alive(frame):
                         o.visited[frame] = reverse
+                # counted before the yield: a consumer that stops there has this frame
+                self._pass["entry"]["frames"] += 1
+                self._pass["done"] = i + 1
                 if not todo and not has_cond and not self.recompute_all:
                     continue  # nothing changed on this frame
                 result = self._result(frame, computed=[o.obj_id for o in todo])

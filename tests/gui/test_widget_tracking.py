@@ -86,7 +86,7 @@ def test_cancel_keeps_finished_frames_and_resumes(sam_viewer, blob_stack, qtbot,
         np.testing.assert_array_equal(labels[f], expected[f], err_msg=f"frame {f}")
 
 
-def test_correction_sticks_after_repropagation(sam_viewer, stack, qtbot, reference):
+def test_correction_sticks_after_repropagation(sam_viewer, stack, qtbot, reference, tmp_path, capsys):
     viewer, _layer, w = sam_viewer(stack)
     _prompt(w, qtbot, [0, 30, 30])
     _run(w, qtbot, w.forward_button)
@@ -112,6 +112,17 @@ def test_correction_sticks_after_repropagation(sam_viewer, stack, qtbot, referen
     np.testing.assert_array_equal(labels[3], corrected)  # the corrected frame is kept
     for f in range(6):
         np.testing.assert_array_equal(labels[f], expected[f], err_msg=f"frame {f}")
+
+    # the saved result records the session's edits; `napari-sam2 replay` re-runs them to the same labels
+    from napari_sam2 import cli
+
+    path = tmp_path / "corrected.ome.zarr"
+    with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
+        w.save(str(path))
+    np.save(tmp_path / "stack.npy", stack)
+    capsys.readouterr()
+    assert cli.main(["replay", str(path), "--image", str(tmp_path / "stack.npy"), "--device", "cpu"]) == 0
+    assert "identical labels on all 6 frames" in capsys.readouterr().out
 
 
 def test_confidence_strip_jumps_and_weakest_frame(sam_viewer, stack, qtbot):

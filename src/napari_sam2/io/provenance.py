@@ -14,6 +14,7 @@ Layout of `to_dict()` (JSON)::
      "prompts": PromptSet.to_dict() | null,
      "parents": {"child id": parent id, ...},   # lineage (divisions); empty when no object has a parent
      "input": {"path": ..., "shape": [...], "layer": ...},   # what was tracked
+     "edit_log": [...],          # TrackingSession.edit_log: every prompt and pass in order (see replay.py)
      "package_version": "...", "status": "running" | "interrupted" | "complete", "created": ISO date,
      ...}                        # any other key is kept as it is (`extra`)
 """
@@ -35,7 +36,7 @@ PROVENANCE_VERSION = 2
 _OLD_WIDGET_SETTINGS = ("device", "preset", "stream_axis", "channel_axis", "channel", "session_key")
 _KNOWN = {
     "provenance_version", "tool", "model", "settings", "prompts", "parents", "input", "package_version", "status",
-    "created",
+    "created", "edit_log",
 }  # fmt: skip
 
 
@@ -92,7 +93,9 @@ class Provenance:
 
     prompts: the `PromptSet` that, applied in order, reproduces the tracking (None when none was recorded, e.g.
     labels saved from a hand-drawn layer). parents: {obj_id: parent obj_id} for objects born by division.
-    extra: any other recorded key (kept through a read/write round trip).
+    edit_log: the session's ordered edits (`TrackingSession.edit_log`), which `napari_sam2.replay` re-runs to
+    reproduce the labels bit for bit (None when not recorded). extra: any other recorded key (kept through a
+    read/write round trip).
     """
 
     model: ModelRecord = field(default_factory=ModelRecord)
@@ -104,6 +107,7 @@ class Provenance:
     tool: str | None = None
     status: str | None = None
     created: str | None = None
+    edit_log: list[dict] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -128,7 +132,7 @@ class Provenance:
                 "package_version": self.package_version,
             }
         )
-        for key in ("status", "created"):
+        for key in ("status", "created", "edit_log"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -196,6 +200,7 @@ class Provenance:
             tool=tool,
             status=data.get("status"),
             created=data.get("created"),
+            edit_log=list(data["edit_log"]) if isinstance(data.get("edit_log"), list) else None,
             extra={k: v for k, v in data.items() if k not in consumed},
         )
 

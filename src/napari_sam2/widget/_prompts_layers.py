@@ -294,6 +294,22 @@ class PromptLayers:
         labels = np.array([r.label for r in recs], dtype=np.int32)
         return points, labels, (boxes[-1] if boxes else None)
 
+    def prompt(self, key, frame, obj_id):
+        """The group's remaining prompts as one `ObjectPrompt` (the package's prompt type), None when none is left."""
+        from ..prompts import make_prompt
+
+        points, labels, box = self.group(key, frame, obj_id)
+        if not len(points) and box is None:
+            return None
+        return make_prompt(
+            frame,
+            obj_id,
+            points=points if len(points) else None,
+            labels=labels if len(points) else None,
+            box=box,
+            where=f"object {obj_id} on frame {frame}",
+        )
+
     def groups(self, key=None, obj_id=None) -> list[tuple]:
         """(key, frame, obj_id) of every group, in the order their first prompt was given."""
         seen = {}

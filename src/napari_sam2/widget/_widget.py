@@ -289,11 +289,11 @@ class SAM2Widget(QWidget):
     def _start_worker(self, func, *args, **handlers):
         """Start `func(*args)` on a napari thread worker; `handlers` map signal names (returned, yielded, errored,
         aborted, finished) to GUI-thread callbacks, which are dropped once the widget has shut down."""
-        from napari.qt.threading import create_worker
+        # superqt's worker, not napari's: napari's adds a raw traceback notification on error, and every error
+        # here gets its own message from the handlers instead
+        from superqt.utils import create_worker
 
         worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
-        with contextlib.suppress(Exception):  # our own message replaces napari's raw traceback notification
-            worker.errored.disconnect(worker._relay_error)
         for name, callback in handlers.items():
             getattr(worker, name).connect(lambda *a, cb=callback: cb(*a) if self._alive else None)
         worker.finished.connect(lambda: self._workers.discard(worker))
@@ -629,10 +629,17 @@ class SAM2Widget(QWidget):
         s = self.sessions.get(key)
         return None if s is None or isinstance(s, str) else s
 
-    def _snapshot(self, key) -> list[tuple]:
-        """All prompt groups of session `key`, in the order given: [(frame, obj, points, labels, box)]."""
-        pl = self.prompt_layers
-        return [(frame, obj, *pl.group(k, frame, obj)) for k, frame, obj in pl.groups(key=key)]
+    def _snapshot(self, key):
+        """The prompts of session `key` as a `PromptSet`, one `ObjectPrompt` per (object, frame) in the order their
+        first prompt was given (groups left empty by deletions are skipped)."""
+        from ..prompts import PromptSet
+
+        prompts = PromptSet()
+        for k, frame, obj in self.prompt_layers.groups(key=key):
+            prompt = self.prompt_layers.prompt(k, frame, obj)
+            if prompt is not None:
+                prompts.append(prompt)
+        return prompts
 
     def _create_session(self, key) -> None:
         """Queue the creation of session `key`: a fresh session plus every prompt already made for it."""
@@ -641,7 +648,7 @@ class SAM2Widget(QWidget):
 
         def job():
             session = _worker.make_session(model, geometry, key)
-            return session, _worker.apply_groups(session, groups)
+            return session, groups.apply(session)
 
         def done(value):
             session, results = value
@@ -671,7 +678,7 @@ class SAM2Widget(QWidget):
         self._stop_encoding()
         n = len(session)
         order = sorted(range(n), key=lambda f: (abs(f - frame), f))[:MAX_PREFETCH]
-        order = [f for f in order if f not in session.features]
+        order = [f for f in order if not session.is_encoded(f)]
         if not order:
             return
         self.encode_bar.setRange(0, len(order))
@@ -760,11 +767,10 @@ class SAM2Widget(QWidget):
 
             drop = ()
         else:  # resync: rows were removed or moved
-            points, labels, box = self.prompt_layers.group(key, frame, obj)
-            others = [g for g in self._snapshot(key) if g[1] == obj]
+            prompt = self.prompt_layers.prompt(key, frame, obj)
 
             def job():
-                return self._resync(self.sessions[key], frame, obj, points, labels, box, others)
+                return self.sessions[key].set_prompt(frame, obj, prompt)
 
             drop = (obj,)
 
@@ -774,30 +780,6 @@ class SAM2Widget(QWidget):
             self._after_prompt(results)
 
         self._enqueue(job, done)
-
-    @staticmethod
-    def _resync(session, frame, obj, points, labels, box, groups_of_obj):
-        """Worker side of a removal: re-send what is left of one object's prompts on one frame."""
-        track = session.objects.get(obj)
-        has = len(points) > 0 or box is not None
-        if track is None:
-            return _worker.apply_groups(session, [(frame, obj, points, labels, box)]) if has else []
-        if not track.visited:  # never propagated: start the object over from its remaining prompts
-            frames = {frame} | {g[0] for g in groups_of_obj}
-            session.remove_object(obj)
-            _worker.apply_groups(session, groups_of_obj)
-            return [session.result(f) for f in sorted(frames)]
-        session.clear_prompts(frame, obj)
-        if has:
-            session.add_prompt(
-                frame,
-                obj,
-                points=points if len(points) else None,
-                labels=labels if len(points) else None,
-                box=box,
-                replace=True,
-            )
-        return [session.result(frame)]
 
     def _after_prompt(self, results) -> None:
         self._weak_cursor = -1
@@ -1033,27 +1015,25 @@ class SAM2Widget(QWidget):
     # ================================================================== save / open
     def prompt_set(self, key=None):
         """The prompts of session `key` (default: current) as a `PromptSet`, in the order they were given."""
-        from ..prompts import PromptSet
-
         if key is None:
             pos = self.current_position()
             key = pos[0] if pos else ()
-        prompts = PromptSet()
-        for frame, obj, points, labels, box in self._snapshot(key):
-            if len(points) or box is not None:
-                prompts.add(
-                    frame, obj, points=points if len(points) else None, labels=labels if len(points) else None, box=box
-                )
-        return prompts
+        return self._snapshot(key)
 
     def provenance(self):
         """The `Provenance` of what the widget holds now (the checkpoint's hash is added by the save job)."""
         import napari
 
+        import torch
+
         from ..io.provenance import ModelRecord, Provenance
 
         g = self.geometry
         pos = self.current_position()
+        session = self.sessions.get(pos[0]) if pos else None
+        edit_log = None
+        if session is not None and not isinstance(session, str) and self._opened_record is None:
+            edit_log = session.edit_log  # a session continued from an opened result does not start from nothing
         if self.model is not None:
             checkpoint = getattr(self.model, "checkpoint_path", None)
             model = ModelRecord(
@@ -1075,6 +1055,7 @@ class SAM2Widget(QWidget):
                 "channel_axis": g.channel_axis,
                 "channel": g.channel,
                 "session_key": list(pos[0]) if pos else [],
+                "threads": torch.get_num_threads(),
             },
             parents=dict(self._opened_record.parents) if self._opened_record is not None else {},
             input={
@@ -1083,6 +1064,7 @@ class SAM2Widget(QWidget):
                 "shape": [int(n) for n in self.image_layer.data.shape],
             },
             tool="widget",
+            edit_log=edit_log,
             extra={"napari_version": napari.__version__},
         )
 

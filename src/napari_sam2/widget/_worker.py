@@ -31,25 +31,6 @@ def make_session(model, geometry, key):
     return TrackingSession(model, stack, axis=axis, **options)
 
 
-def apply_groups(session, groups) -> list:
-    """Send prompt groups [(frame, obj_id, points [N, 2], labels [N], box | None)] in order → FrameResults."""
-    results = []
-    for frame, obj_id, points, labels, box in groups:
-        has_points = points is not None and len(points) > 0
-        if not has_points and box is None:
-            continue
-        results.append(
-            session.add_prompt(
-                frame,
-                obj_id,
-                points=points if has_points else None,
-                labels=labels if has_points else None,
-                box=box,
-            )
-        )
-    return results
-
-
 def encode_job(session, frames):
     """Generator: encode `frames` one by one (current frame first) → yields (done, total)."""
     for i, frame in enumerate(frames):
