@@ -1023,7 +1023,6 @@ class SAM2Widget(QWidget):
     def provenance(self):
         """The `Provenance` of what the widget holds now (the checkpoint's hash is added by the save job)."""
         import napari
-
         import torch
 
         from ..io.provenance import ModelRecord, Provenance
