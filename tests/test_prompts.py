@@ -158,24 +158,6 @@ def test_seed_labels_become_mask_prompts():
         PromptSet.from_seed_labels(np.full((4, 4), -1))
 
 
-def test_from_layers_reads_napari_coordinates():
-    points = np.array([[0, 10, 12], [0, 20, 30], [3.0, 40, 50]])  # (t, y, x)
-    corners = [np.array([[3, 30, 40], [3, 30, 70], [3, 60, 70], [3, 60, 40]], float)]
-    prompts = PromptSet.from_layers(points, [1, 0, 1], [1, 1, 2], corners, [2], axis=0)
-    assert [(p.obj_id, p.frame) for p in prompts] == [(1, 0), (2, 3)]
-    np.testing.assert_array_equal(prompts[0].points, [[10, 12], [20, 30]])
-    np.testing.assert_array_equal(prompts[0].labels, [1, 0])
-    np.testing.assert_array_equal(prompts[1].box, [30, 40, 60, 70])
-    np.testing.assert_array_equal(prompts[1].points, [[40, 50]])
-    # stream axis in the middle of the layer's coordinates: (y, z, x)
-    mid = PromptSet.from_layers(np.array([[10, 2, 12]]), None, [5], axis=1)
-    assert (mid[0].frame, mid[0].points.tolist()) == (2, [[10, 12]])
-    with pytest.raises(PromptError, match="points_obj_ids is required"):
-        PromptSet.from_layers(points, None, None)
-    with pytest.raises(PromptError, match="corners lie on different frames"):
-        PromptSet.from_layers(boxes_data=[np.array([[0, 1, 1], [1, 5, 5]], float)], boxes_obj_ids=[1])
-
-
 def test_apply_gives_the_same_results_as_direct_prompts(tiny_model, blob_stack):
     from napari_sam2.session import TrackingSession
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import registry
 from .analysis import consistent_parents, export_ctc, region_table, tracks_from_labels, write_csv
+from .errors import ModelNameError
 from .io.identity import InputIdentity
 from .io.lock import StoreLock
 from .io.ome_zarr import LabelStore, StoreExistsError
@@ -37,10 +38,6 @@ from .prompts import PromptSet
 __all__ = ["ModelNameError", "TrackResult", "lineage_record", "sidecar_path", "track"]
 
 DIRECTIONS = ("forward", "backward", "both")
-
-
-class ModelNameError(InputError):
-    """A model name that is neither in the registry nor an existing checkpoint file."""
 
 
 @dataclass

@@ -8,3 +8,11 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Input data that cannot be segmented as given, with what to do instead."""
+
+
+class ModelNameError(InputError):
+    """A model name that is neither in the registry nor an existing checkpoint file."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used, with the reason and what to do about it."""

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model.build import resolve_device
 from .model.precision import autocast_context, resolve_precision
 from .postprocess import fill_holes, remove_sprinkles
 from .preprocess import (
@@ -88,12 +87,6 @@ class ImagePredictor:
         self._features = None
         self._embedding = None
         self.image_shape: tuple[int, int] | None = None
-
-    @classmethod
-    def from_checkpoint(cls, name_or_path, device="auto", **kwargs) -> "ImagePredictor":
-        from .model.build import load_model
-
-        return cls(load_model(name_or_path, device=resolve_device(device)), **kwargs)
 
     @torch.inference_mode()
     def set_image(

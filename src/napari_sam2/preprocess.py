@@ -122,21 +122,6 @@ def check_finite(frame: np.ndarray, where: str = "the image") -> None:
         raise InputError(f"{where} contains NaN or Inf pixels; replace them (e.g. np.nan_to_num) first")
 
 
-def preprocess_frame(
-    frame: np.ndarray,
-    image_size: int,
-    intensity: IntensityRange | None = None,
-    channel: int | None = None,
-    channel_axis: int | None = None,
-) -> torch.Tensor:
-    """One frame → the network's input [3, S, S]. `intensity=None` takes percentiles of this frame."""
-    rgb = as_rgb(frame, channel=channel, channel_axis=channel_axis)
-    check_finite(rgb)
-    if intensity is None:
-        intensity = IntensityRange.from_percentiles(rgb)
-    return to_model_input(intensity.apply(rgb), image_size)
-
-
 # --- coordinates: napari (row, col) in original pixels ↔ SAM (x, y) in model-input pixels -------------
 
 

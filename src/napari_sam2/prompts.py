@@ -441,67 +441,6 @@ class PromptSet:
             out.add(frame, obj_id, mask=labels == obj_id)
         return out
 
-    @classmethod
-    def from_layers(
-        cls,
-        points_data=None,
-        points_labels=None,
-        points_obj_ids=None,
-        boxes_data=None,
-        boxes_obj_ids=None,
-        axis: int = 0,
-    ) -> PromptSet:
-        """Prompts from napari layer data (full nD layer coordinates, e.g. (t, y, x)).
-
-        points_data [N, D] with points_labels [N] (1/0, default 1) and points_obj_ids [N]; boxes_data: a list of
-        [4, D] rectangle corners (a Shapes layer's data) with boxes_obj_ids. `axis` is the stream axis in layer
-        coordinates; the frame is that coordinate rounded, (y, x) are the last two other coordinates. Points of
-        the same object and frame form one prompt, a box joins them.
-        """
-        groups: dict[tuple[int, int], dict[str, Any]] = {}
-
-        def frame_and_yx(coords, where):
-            coords = np.asarray(coords, dtype=float).ravel()
-            if coords.size < 3 or not -coords.size <= axis < coords.size:
-                raise PromptError(f"{where}: needs the stream axis {axis} plus (y, x); got {coords.size} coordinates")
-            ax = axis % coords.size
-            other = [c for i, c in enumerate(coords) if i != ax]
-            return round(coords[ax]), other[-2:]
-
-        if points_data is not None and len(points_data):
-            pts = np.asarray(points_data, dtype=float)
-            n = len(pts)
-            labels = np.ones(n, dtype=np.int32) if points_labels is None else np.asarray(points_labels).ravel()
-            if points_obj_ids is None:
-                raise PromptError("points_obj_ids is required: which object each point belongs to")
-            ids = np.asarray(points_obj_ids).ravel()
-            if len(labels) != n or len(ids) != n:
-                raise PromptError(f"{n} points but {len(labels)} labels and {len(ids)} object ids")
-            for i in range(n):
-                frame, yx = frame_and_yx(pts[i], f"point {i}")
-                g = groups.setdefault((frame, _int(ids[i], "obj_id", f"point {i}", 1)), {"p": [], "l": [], "b": None})
-                g["p"].append(yx)
-                g["l"].append(int(labels[i]))
-        if boxes_data is not None and len(boxes_data):
-            if boxes_obj_ids is None or len(boxes_obj_ids) != len(boxes_data):
-                raise PromptError("boxes_obj_ids must give one object id per box")
-            for i, corners in enumerate(boxes_data):
-                corners = np.asarray(corners, dtype=float)
-                if corners.ndim != 2 or len(corners) < 2:
-                    raise PromptError(f"box {i}: expected rectangle corners [4, D]; got shape {corners.shape}")
-                frames, yxs = zip(*(frame_and_yx(c, f"box {i}") for c in corners), strict=True)
-                if len(set(frames)) != 1:
-                    raise PromptError(f"box {i}: its corners lie on different frames {sorted(set(frames))}")
-                yxs = np.asarray(yxs)
-                box = [yxs[:, 0].min(), yxs[:, 1].min(), yxs[:, 0].max(), yxs[:, 1].max()]
-                key = (frames[0], _int(boxes_obj_ids[i], "obj_id", f"box {i}", 1))
-                g = groups.setdefault(key, {"p": [], "l": [], "b": None})
-                g["b"] = box
-        out = cls()
-        for (frame, obj_id), g in groups.items():
-            out.add(frame, obj_id, points=g["p"] or None, labels=g["l"] or None, box=g["b"])
-        return out
-
 
 def _num(value) -> str:
     value = float(value)

@@ -28,7 +28,7 @@ YAML = {
 H, W = 300, 400
 
 
-def test_image():
+def sample_image():
     rng = np.random.default_rng(1)
     img = rng.integers(0, 70, size=(H, W, 3), dtype=np.uint8)
     yy, xx = np.mgrid[0:H, 0:W]
@@ -60,7 +60,7 @@ def _official_predict(pred, kwargs):
 def test_image_predictor_matches_official(name, make_checkpoint):
     torch.set_num_threads(2)
     ckpt = make_checkpoint(name, seed=3)
-    img = test_image()
+    img = sample_image()
 
     official = SAM2ImagePredictor(build_sam2(YAML[name], str(ckpt), device="cpu"))
     # fp32, the official's CPU precision ("auto" picks bf16 for SAM 2-sized networks on a CPU with native bf16)

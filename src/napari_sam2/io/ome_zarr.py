@@ -335,11 +335,6 @@ class LabelStore:
         with _io_errors(self.path, f"record frame {index} as finished"):
             self._done[key] = True  # 3. only now is the frame finished
 
-    def set_colors(self, colors: Mapping[int, Sequence[int]]) -> None:
-        """Set/replace display colours: {label id: (r, g, b, a)} with 0-255 ints (e.g. the napari layer's)."""
-        self._require_writable()
-        self._add_colors({int(k): [int(c) for c in v] for k, v in colors.items()})
-
     def update_provenance(self, entries: Mapping[str, Any]) -> None:
         """Merge `entries` (JSON-able) into the provenance record, e.g. prompts added after creation."""
         self._require_writable()

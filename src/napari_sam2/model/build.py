@@ -14,11 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import CheckpointError
 from .configs import SAM2Config, config_from_state_dict, get_config
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used, with the reason and what to do about it."""
 
 
 def build_model(config: SAM2Config | str) -> "SAM2Model":  # noqa: F821

@@ -57,11 +57,6 @@ class ConfidenceStrip(QWidget):
         self._resize()
         self.update()
 
-    def add_result(self, frame: int, obj_ids, scores, ious) -> None:
-        for obj, score, iou in zip(obj_ids, scores, ious, strict=True):
-            self.values.setdefault(int(obj), {})[int(frame)] = (float(score), float(iou))
-        self.update()
-
     def set_current(self, frame: int) -> None:
         self.current = int(frame)
         self.update()

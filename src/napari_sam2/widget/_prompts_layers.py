@@ -120,9 +120,6 @@ class PromptLayers:
             negative = NEGATIVE_MODIFIER in event.modifiers
             layer.feature_defaults = {"obj_id": self.obj_id, "positive": 0 if negative else 1, "uid": -1}
 
-    def alive(self) -> bool:
-        return self.points in self.viewer.layers or self.boxes in self.viewer.layers
-
     # ------------------------------------------------------------------ watching edits
     def _on_data(self, event) -> None:
         if self._muted or str(getattr(event, "action", "")) not in ("added", "removed", "changed"):
