@@ -643,6 +643,7 @@ def segment_everything(
     intensity_range=None,
     percentiles: tuple[float, float] | None = None,
     device=None,
+    precision: str = "auto",
 ) -> AutoMasks:
     """Find every object on one 2-D frame with a grid of point prompts (SAM 2's automatic mask generator).
 
@@ -659,6 +660,7 @@ def segment_everything(
     mask after overlaps are resolved is dropped). A parameter left at None takes the model's default
     (`MODEL_DEFAULTS`: the built-in nano-fluo uses pred_iou_thresh 0, stability_score_thresh 0.8, recenter; other
     models the official 0.8, 0.95, no recentring).
+    precision: "auto", "fp32" or "bf16" (see `napari_sam2.model.precision`); a predictor's own is used.
     Returns AutoMasks: labels (Y, X) uint32 without overlaps, objects (mask, box (y0, x0, y1, x1), area,
     predicted_iou, stability_score, point (y, x)) most confident first, and the raw overlapping candidates.
     """
@@ -679,7 +681,10 @@ def segment_everything(
             f"the model is on {model.device} but device={device!r} was asked; move it first (model.to(device)) or "
             "pass a model name to load it there"
         )
-    precision = predictor.precision if predictor is not None else resolve_precision(model.device, model=model)
+    if predictor is not None:
+        precision = predictor.precision
+    else:
+        precision = resolve_precision(model.device, precision, model=model)
     s = _settings(model, params)
 
     if image is None:

@@ -80,7 +80,8 @@ def test_segment_everything_matches_official_generator(case, models):
     generator.predictor._bb_feat_sizes = [(SIZE // 4,) * 2, (SIZE // 8,) * 2, (SIZE // 16,) * 2]
     with torch.inference_mode():
         theirs = generator.generate(img)
-    got = segment_everything(ours, img, intensity_range=(0, 255), **settings).candidates
+    # fp32, the official's CPU precision ("auto" picks bf16 for SAM 2-sized networks on a CPU with native bf16)
+    got = segment_everything(ours, img, intensity_range=(0, 255), precision="fp32", **settings).candidates
 
     clicks = settings["points_per_side"] ** 2 * (3 if settings.get("multimask_output", True) else 1)
     assert 0 < len(theirs) < clicks, "the settings must keep some candidates and drop others to mean anything"
