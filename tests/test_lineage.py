@@ -87,7 +87,7 @@ def test_compare_masks_rules():
     labels[5:15, 5:25] = 1  # a mother, 10 x 20
     labels[25:35, 25:35] = 2  # a well-explained object
     left, right = np.zeros_like(labels, bool), np.zeros_like(labels, bool)
-    left[5:15, 5:14], right[5:15, 16:25] = True, True
+    left[5:15, 5:12], right[5:15, 18:25] = True, True  # daughters 6 px apart (division_gap 3)
     same = labels == 2
     newcomer = np.zeros_like(left)
     newcomer[25:35, 2:12] = True

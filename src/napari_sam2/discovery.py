@@ -13,8 +13,9 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   (a) two auto masks lie mostly inside M (each ≥ `division_inside` of its own area within M) and each covers
       ≥ `division_min_share` of M; the two largest such masks are of comparable size (smaller / larger ≥
       `division_size_ratio`), together cover ≥ `division_coverage` of M, and are apart (no pixel of one within
-      `division_gap` px of the other: daughters separate, while the two halves segment-everything sometimes
-      makes of one textured nucleus touch — measured on the synthetic movies, this is what tells them apart);
+      `division_gap` px of the other, default 3: daughters separate, while the two halves segment-everything
+      sometimes makes of one textured nucleus touch — measured on the synthetic movies, this is what tells them
+      apart; a division is therefore recognised a frame or so after the daughters appear);
   (b) M's mask falls into two connected components, each ≥ `division_min_share` of M, of comparable size
       (same ratio) — the daughters' masks are the components;
   (c) an unexplained auto mask (see arrivals) touches M (within `touch_distance` px) and is of comparable size
@@ -85,7 +86,7 @@ class DiscoveryOptions:
     division_coverage: float = 0.6
     division_shrink: float = 0.75
     touch_distance: float = 2.0
-    division_gap: float = 1.0
+    division_gap: float = 3.0
     arrival_apart: bool = True
     min_cycle: int = 4
     generator: dict[str, Any] = field(default_factory=lambda: dict(DISCOVERY_GENERATOR))
