@@ -11,6 +11,7 @@ tracking through z of a TZYX stack).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -251,18 +252,14 @@ class PromptLayers:
             g.key_in_range(key) and 0 <= frame < g.num_frames and -0.5 <= yx[0] <= h - 0.5 and -0.5 <= yx[1] <= w - 0.5
         )
 
+    @contextlib.contextmanager
     def muted(self):
         """Context manager: edits made inside are not reported."""
-        layers = self
-
-        class _Mute:
-            def __enter__(self):
-                layers._muted += 1
-
-            def __exit__(self, *exc):
-                layers._muted -= 1
-
-        return _Mute()
+        self._muted += 1
+        try:
+            yield
+        finally:
+            self._muted -= 1
 
     def _recolor_points(self) -> None:
         n = len(self.points.data)
@@ -413,6 +410,12 @@ class PromptLayers:
                     column[rows] = values
                     self.boxes.features[col] = column
         self.recolor()
+
+    def detach(self) -> None:
+        """Stop watching the layers (they stay in the viewer, e.g. holding work on a previous image)."""
+        for layer in (self.points, self.boxes):
+            with contextlib.suppress(Exception):
+                layer.events.data.disconnect(self._on_data)
 
     def remove_layers(self) -> None:
         for layer in (self.points, self.boxes):

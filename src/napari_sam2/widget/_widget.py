@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import InputError
+from ..replay import merge_result
 from . import _worker
 from ._confidence import ConfidenceStrip
 from ._geometry import StackGeometry, label_layer_data, make_label_array
@@ -457,8 +458,7 @@ class SAM2Widget(QWidget):
         # the previous image's layers: empty ones go, ones holding work stay in the viewer (detached)
         if self.prompt_layers is not None:
             old = self.prompt_layers
-            old.points.events.data.disconnect(old._on_data)
-            old.boxes.events.data.disconnect(old._on_data)
+            old.detach()
             if not old.points_rec and not old.boxes_rec:
                 old.remove_layers()
         old_labels, self.labels_layer = self.labels_layer, None
@@ -809,11 +809,7 @@ class SAM2Widget(QWidget):
         if self.label_base is None or geometry is None:
             return
         index = geometry.label_index(key, result.frame)
-        new = result.labels.astype(np.uint32, copy=True)
-        old = np.asarray(self.label_base[index])
-        keep = (old != 0) & (new == 0) & ~np.isin(old, list(result.obj_ids) + list(drop))
-        new[keep] = old[keep]
-        self.label_base[index] = new
+        self.label_base[index] = merge_result(self.label_base[index], result, drop)  # as replay writes them
         self._conf.setdefault(key, {})
         for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
             self._conf[key].setdefault(int(obj), {})[int(result.frame)] = (float(score), float(iou))
@@ -900,7 +896,7 @@ class SAM2Widget(QWidget):
             _notify("info", "Wait for the propagation to end (or cancel it) before deleting an object.")
             return
         for key, s in list(self.sessions.items()):
-            if not isinstance(s, str) and obj in s.objects:
+            if not isinstance(s, str) and obj in s.obj_ids:
 
                 def job(s=s):
                     s.remove_object(obj)
@@ -1224,9 +1220,7 @@ class SAM2Widget(QWidget):
             with contextlib.suppress(Exception):
                 emitter.disconnect(callback)
         if self.prompt_layers is not None:
-            for layer in (self.prompt_layers.points, self.prompt_layers.boxes):
-                with contextlib.suppress(Exception):
-                    layer.events.data.disconnect(self.prompt_layers._on_data)
+            self.prompt_layers.detach()
 
     @property
     def workers_running(self) -> bool:
