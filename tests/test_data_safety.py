@@ -10,7 +10,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +183,28 @@ def test_4_ctc_overwrite_removes_only_files_the_run_wrote(movie, tmp_path, capsy
     assert code == 0, err
     assert sorted(p.name for p in ctc.iterdir()) == written
     assert tree_digest(tmp_path / "mask050.tif") == {str(tmp_path / "mask050.tif"): user_digest[str(user)]}
+
+
+# ---------------------------------------------------------------------- 5. the embedding cache is verified
+def test_5_damaged_embedding_cache_chunks_are_recomputed_never_used(movie, tmp_path):
+    cache = tmp_path / "features"
+    first = track(movie["a"], movie["seeds"], model="nano-fluo", axis="t", device="cpu", tables=False,
+                  embedding_cache=cache)  # fmt: skip
+    np.testing.assert_array_equal(first.labels, movie["ref"])
+    (store,) = cache.glob("*.zarr")
+    rng = np.random.default_rng(0)
+    for t in range(2, 6):  # frames 2-5: chunks replaced by random bytes of the same size
+        chunk = next((store / "vision" / "c" / str(t)).rglob("*"), None)
+        while chunk.is_dir():
+            chunk = next(chunk.iterdir())
+        chunk.write_bytes(rng.integers(0, 256, chunk.stat().st_size, dtype=np.uint8).tobytes())
+    chunk = next(p for p in (store / "high_res_0" / "c" / "1").rglob("*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:100])  # frame 1: truncated
+    again = track(movie["a"], movie["seeds"], model="nano-fluo", axis="t", device="cpu", tables=False,
+                  embedding_cache=cache)  # fmt: skip
+    assert again.encoder_runs == 5  # the five damaged frames, and only those
+    np.testing.assert_array_equal(again.labels, movie["ref"])  # no wrong label
+    third = track(movie["a"], movie["seeds"], model="nano-fluo", axis="t", device="cpu", tables=False,
+                  embedding_cache=cache)  # fmt: skip
+    assert third.encoder_runs == 0  # rewritten: whole again
+    np.testing.assert_array_equal(third.labels, movie["ref"])

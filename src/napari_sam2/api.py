@@ -30,7 +30,7 @@ from .io.lock import StoreLock
 from .io.ome_zarr import LabelStore, StoreExistsError
 from .io.outputs import check_outputs, ctc_names, merge_outputs, owned_files, planned_outputs
 from .io.provenance import ModelRecord, Provenance, model_record
-from .io.readers import OpenedStack, open_stack, parse_window, resolve_axis
+from .io.readers import OpenedStack, check_pixels, open_stack, parse_window, resolve_axis
 from .io.units import normalise_unit
 from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange
 from .prompts import PromptSet
@@ -217,6 +217,7 @@ def _track(
     opened = _open_input(stack)
     data = opened.data
     shape = opened.shape
+    check_pixels(shape, getattr(data, "dtype", None))
     ax = resolve_axis(axis, opened.axes, len(shape), opened.axes_known)
     channel_axis = _channel_axis(opened, ax)
     frame_shape = _frame_shape(shape, ax, channel_axis)
@@ -695,7 +696,7 @@ def _as_prompts(prompts, seed_frame: int, data, ax: int, frame_shape) -> PromptS
     if isinstance(prompts, (str, os.PathLike)):
         path = Path(prompts)
         if path.suffix.lower() in (".json", ".csv"):
-            return PromptSet.load(path)
+            return PromptSet.load(path, frame_shape=frame_shape)
         seeds = open_stack(path).data
     else:
         seeds = prompts

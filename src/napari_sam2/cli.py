@@ -20,6 +20,7 @@ Exit codes:
     2    usage error (unknown option, missing argument)
     3    model not available (not cached and not downloadable, unknown name, damaged or foreign checkpoint)
     130  interrupted (Ctrl-C / SIGINT): frames finished so far stay in the store; continue with --resume
+    143  terminated (SIGTERM, e.g. a cluster job's time limit): the same as 130
 Everything here is a thin face over `napari_sam2.track`, the registry and the result store.
 """
 
@@ -30,10 +31,20 @@ import sys
 import time
 
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process it killed
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 DEVICE_HELP = "where the model runs; auto: cuda, else mps, else cpu (auto)"
 
-__all__ = ["EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_MODEL", "EXIT_OK", "EXIT_USAGE", "ProgressBar", "main"]
+__all__ = [
+    "EXIT_INPUT",
+    "EXIT_INTERRUPTED",
+    "EXIT_MODEL",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "EXIT_USAGE",
+    "ProgressBar",
+    "main",
+]
 
 
 class ProgressBar:
@@ -74,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-sam2",
         description="SAM 2 tracking of z-stacks and time-lapses from the command line.",
-        epilog="Exit codes: 0 ok, 1 bad input, 2 usage, 3 model not available, 130 interrupted.",
+        epilog="Exit codes: 0 ok, 1 bad input, 2 usage, 3 model not available, 130 interrupted, 143 terminated.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -175,31 +186,101 @@ def _join_negative_window(argv: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
-    argv = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    from . import scale_out
+    import signal
 
-    handler = {
-        "track": _cmd_track,
-        "track-many": scale_out.cmd_track_many,
-        "encode": scale_out.cmd_encode,
-        "models": _cmd_models,
-        "info": _cmd_info,
-        "demo": _cmd_demo,
-        "replay": _cmd_replay,
-    }[args.command]
+    from .errors import Terminated
+
+    def on_sigterm(signum, frame):  # a stop like Ctrl-C: the run records itself as interrupted, never "running"
+        raise Terminated("terminated (SIGTERM)")
+
+    args = None
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (e.g. called from a worker): keep the default
+        previous = None
+    try:
+        argv = _join_negative_window(list(sys.argv[1:] if argv is None else argv))
+        try:
+            args = _parser().parse_args(argv)
+        except SystemExit as exc:  # argparse: 0 for --help, 2 for usage errors
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        _import_deferring_signals(args.command, on_sigterm)
+        from . import scale_out
+
+        handler = {
+            "track": _cmd_track,
+            "track-many": scale_out.cmd_track_many,
+            "encode": scale_out.cmd_encode,
+            "models": _cmd_models,
+            "info": _cmd_info,
+            "demo": _cmd_demo,
+            "replay": _cmd_replay,
+        }[args.command]
+        return _run(handler, args)
+    except KeyboardInterrupt as exc:  # also before the handler runs (e.g. Ctrl-C while starting up)
+        return _interrupted(exc, args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+_MODULES = {"track": "api", "demo": "api", "info": "io.results", "models": "registry", "track-many": "scale_out",
+            "encode": "scale_out", "replay": "api"}  # fmt: skip
+
+
+def _import_deferring_signals(command: str, on_sigterm) -> None:
+    """Import what `command` needs (numpy, zarr, torch: seconds) with Ctrl-C / SIGTERM held back until the imports
+    are complete: a KeyboardInterrupt inside a half-imported numpy or torch breaks later imports with tracebacks.
+    A signal that came meanwhile is raised afterwards, as if it had come at once."""
+    import importlib
+    import signal
+
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        pending.append(signum)
+
+    try:
+        old_int = signal.signal(signal.SIGINT, hold)
+        signal.signal(signal.SIGTERM, hold)
+    except ValueError:  # not the main thread: nothing to defer
+        importlib.import_module(f"{__package__}.{_MODULES[command]}")
+        return
+    try:
+        importlib.import_module(f"{__package__}.{_MODULES[command]}")
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, on_sigterm)
+    if pending:
+        from .errors import Terminated
+
+        raise Terminated("terminated (SIGTERM)") if pending[0] == signal.SIGTERM else KeyboardInterrupt
+
+
+def _interrupted(exc: BaseException, args) -> int:
+    from .errors import Terminated
+
+    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+    out = getattr(args, "out", None) if args is not None else None
+    hint = ""
+    if out is not None and getattr(args, "command", None) == "track":
+        from .io.results import is_result_store
+
+        if is_result_store(out):
+            hint = f"; frames finished so far are kept in {out}; continue with --resume"
+        else:
+            hint = "; nothing was written"
+    if getattr(args, "command", None) == "track-many":
+        hint = "; finished frames are kept in each store: run the same command again to resume"
+    _error(f"{what}{hint}")
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
+def _run(handler, args) -> int:
     try:
         return handler(args)
     except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        hint = f"; frames finished so far are kept in {out}; continue with --resume" if args.command == "track" else ""
-        if args.command == "track-many":
-            hint = "; finished frames are kept in each store: run the same command again to resume"
-        _error(f"interrupted{hint}")
-        return EXIT_INTERRUPTED
+        raise
     except Exception as exc:  # classified below; anything unknown is re-raised
         code = _classify(exc)
         if code is None:
@@ -240,6 +321,10 @@ def _cmd_track(args) -> int:
         raise InputError("give --prompts FILE or --seeds LABELS, or --auto (or --resume an interrupted run in --out)")
     if args.discover_every is not None and args.discover_every < 1:
         raise InputError(f"--discover-every takes K >= 1 (1 = every frame); got {args.discover_every}")
+    if args.prompts is not None and Path(args.prompts).suffix.lower() not in (".json", ".csv"):
+        raise InputError(
+            f"--prompts {args.prompts}: prompts files are .json or .csv (a label image of seeds goes to --seeds)"
+        )
     _check_device(args.device)
     bar = None if args.quiet else ProgressBar("replaying/tracking" if resuming else "tracking")
     try:
@@ -412,6 +497,8 @@ def _cmd_demo(args) -> int:
     from .errors import InputError
     from .sample_data import nuclei_timelapse, write_ctc_ground_truth
 
+    if not 64 <= args.size <= 2048 or not 2 <= args.frames <= 1000:  # the sample is made in memory, whole
+        raise InputError(f"demo: --size must be 64…2048 pixels and --frames 2…1000; got {args.size} and {args.frames}")
     if args.out is None:  # never into the working tree unless asked
         out = Path(tempfile.mkdtemp(prefix="napari-sam2-demo-"))
     else:

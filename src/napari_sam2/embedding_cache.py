@@ -8,13 +8,16 @@ One zarr v3 store per (model weights, preprocessing, stack layout) under a user-
         high_res_0   [N, d/8, 4h, 4w]      the decoder's projected high-resolution maps
         high_res_1   [N, d/4, 2h, 2w]
         vision_pos   [1, d, h, w]          the (frame-independent) position encoding
+        checksum     [N, 16] uint8         a hash of each frame's stored features (all levels)
         digest       [N, 16] uint8         a hash of each frame's raw pixels; all zero = not stored
-                                           (one chunk per frame, like the features: see "Several writers")
+                                           (both one chunk per frame, like the features: see "Several writers")
 
 The key is a hash of everything the features depend on except the pixels: the model's weights, the input size,
 the compute precision, the intensity range, channel and axes, the stack's shape and dtype. The pixels are
 checked per frame: a frame whose digest differs from the stored one (the data changed on disk) is encoded again
-and overwritten, so a stale cache can cost time but never gives wrong features.
+and overwritten, so a stale cache can cost time but never gives wrong features. What is read back is checked too:
+a frame whose features do not hash to their recorded checksum (a chunk replaced or damaged on disk), or that
+cannot be read at all (a truncated chunk), is logged, encoded again and rewritten — never used, never fatal.
 Features are stored exactly (float32 as float32; bfloat16 bit patterns as int16), so results from cached
 features are identical to results from fresh ones.
 
@@ -44,7 +47,7 @@ from .model.sam2 import ImageFeatures
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "napari-sam2-embeddings"
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: per-frame feature checksums
 DIGEST_BYTES = 16
 _LEVELS = ("vision", "high_res_0", "high_res_1")
 
@@ -69,9 +72,20 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
-    """Stable hash of JSON-able facts (sorted keys) naming one embedding store."""
-    text = json.dumps(parts, sort_keys=True, default=str)
+    """Stable hash of JSON-able facts (sorted keys) naming one embedding store (and the store format version, so
+    stores of an older layout are left alone, never misread)."""
+    text = json.dumps({**parts, "store_version": STORE_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def features_checksum(arrays) -> bytes:
+    """16-byte BLAKE2b of stored feature arrays (their bytes, shapes and dtypes), in order."""
+    h = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype.str}".encode())
+        h.update(a.data)
+    return h.digest()
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -108,7 +122,7 @@ class EmbeddingStore:
         self._dtypes: dict[str, torch.dtype] = {}  # per stored array
         self._channels_last: set[str] = set()
         self._vision_pos: torch.Tensor | None = None
-        self.hits = self.writes = 0
+        self.hits = self.writes = self.damaged = 0
         if path.exists():
             self._attach_existing()
 
@@ -153,6 +167,7 @@ class EmbeddingStore:
             )
         pos = _to_numpy(features.vision_pos[:1])
         group.create_array("vision_pos", shape=pos.shape, dtype=pos.dtype, compressors=None)[...] = pos
+        group.create_array("checksum", shape=(self.num_frames, DIGEST_BYTES), chunks=(1, DIGEST_BYTES), dtype="uint8")
         tensors["vision_pos"] = features.vision_pos
         # one chunk per frame: concurrent writers of different frames never rewrite each other's digest
         group.create_array("digest", shape=(self.num_frames, DIGEST_BYTES), chunks=(1, DIGEST_BYTES), dtype="uint8")
@@ -165,6 +180,7 @@ class EmbeddingStore:
             "dtypes": dtypes,
             "channels_last": channels_last,
             "key": self.key_parts,
+            "vision_pos_checksum": features_checksum([pos]).hex(),
         }
         self._group, self._dtypes = group, {k: _DTYPES[v] for k, v in dtypes.items()}
         self._channels_last = set(channels_last)
@@ -181,18 +197,26 @@ class EmbeddingStore:
             return None
         try:
             stored = bytes(np.asarray(self._group["digest"][frame], dtype=np.uint8))
-        except Exception:  # noqa: BLE001  (an unreadable digest chunk: the frame counts as not stored)
+            if stored != digest:
+                return None
+            raw = [np.asarray(self._group[level][frame : frame + 1]) for level in _LEVELS]
+            if features_checksum(raw) != bytes(np.asarray(self._group["checksum"][frame], dtype=np.uint8)):
+                raise ValueError("the stored features do not match their checksum")
+            if self._vision_pos is None:
+                pos = np.asarray(self._group["vision_pos"][...])
+                if features_checksum([pos]).hex() != self._group.attrs[STORE_FORMAT].get("vision_pos_checksum"):
+                    raise ValueError("the stored position encoding does not match its checksum")
+                self._vision_pos = self._as_tensor("vision_pos", pos)
+        except Exception as exc:  # noqa: BLE001 — damaged on disk (any codec/IO error): recompute, rewrite
+            log.warning("embedding cache %s: frame %d is damaged (%s); computing it again", self.path, frame, exc)
+            self.damaged += 1
             return None
-        if stored != digest:
-            return None
-        arrays = [self._read(level, slice(frame, frame + 1)) for level in _LEVELS]
-        if self._vision_pos is None:
-            self._vision_pos = self._read("vision_pos", Ellipsis)
+        arrays = [self._as_tensor(level, a) for level, a in zip(_LEVELS, raw, strict=True)]
         self.hits += 1
         return ImageFeatures(arrays[0], self._vision_pos, arrays[1:])
 
-    def _read(self, level: str, index) -> torch.Tensor:
-        t = _to_tensor(self._group[level][index], self._dtypes[level])
+    def _as_tensor(self, level: str, array: np.ndarray) -> torch.Tensor:
+        t = _to_tensor(array, self._dtypes[level])
         return t.contiguous(memory_format=torch.channels_last) if level in self._channels_last else t
 
     def put(self, frame: int, digest: bytes, features: ImageFeatures) -> None:
@@ -204,8 +228,10 @@ class EmbeddingStore:
                 self._create(features)
             if features.vision.dtype != self._dtypes["vision"]:
                 return  # another precision than the store's (cannot happen with one key; kept safe)
-            for level, t in zip(_LEVELS, [features.vision, *features.high_res]):
-                self._group[level][frame : frame + 1] = _to_numpy(t)
+            arrays = [_to_numpy(t) for t in [features.vision, *features.high_res]]
+            for level, a in zip(_LEVELS, arrays, strict=True):
+                self._group[level][frame : frame + 1] = a
+            self._group["checksum"][frame] = np.frombuffer(features_checksum(arrays), dtype=np.uint8)
             # the digest last: a frame counts as stored only once all of its levels are written
             self._group["digest"][frame] = np.frombuffer(digest, dtype=np.uint8)
             self.writes += 1
@@ -214,4 +240,4 @@ class EmbeddingStore:
             self.path, self._group = None, None
 
 
-__all__ = ["EmbeddingStore", "cache_key", "frame_digest", "model_fingerprint"]
+__all__ = ["EmbeddingStore", "cache_key", "features_checksum", "frame_digest", "model_fingerprint"]

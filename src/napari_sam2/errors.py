@@ -16,3 +16,8 @@ class ModelNameError(InputError):
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used, with the reason and what to do about it."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into a stop like Ctrl-C (the command line does this), so a run records itself as interrupted
+    and keeps its finished frames instead of dying mid-write with its status "running"."""

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .embedding_cache import frame_digest
+from .io.readers import check_pixels
 from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange, as_rgb, check_finite, to_model_input
 
 
@@ -52,6 +53,7 @@ class FrameSource:
         self.preprocessed = preprocessed
         shape = tuple(int(s) for s in stack.shape)
         ndim = len(shape)
+        check_pixels(shape, getattr(stack, "dtype", None))
         self.num_frames = shape[axis] if -ndim <= axis < ndim else 0
         if preprocessed:
             if ndim != 4 or shape[1] != 3 or shape[2] != shape[3] or shape[2] != image_size:
@@ -125,6 +127,8 @@ class FrameSource:
             ) from None
         if self.on_read is not None:
             self.on_read(index, frame)
+        if frame.dtype == bool:  # a mask stack: intensities 0/1
+            frame = frame.astype(np.uint8)
         if self.channel_axis is not None:
             ch = self.channel_axis - (1 if self.channel_axis > self.axis else 0)
             frame = np.moveaxis(frame, ch, -1)

@@ -94,6 +94,7 @@ def as_rgb(frame: np.ndarray, channel: int | None = None, channel_axis: int | No
     if channel is not None:
         if not -n <= channel < n:
             raise InputError(f"channel {channel} does not exist: the image has {n} channels (0…{n - 1})")
+        channel %= n  # -1 = the last channel (a slice -1:0 would be empty)
         return np.repeat(frame[..., channel : channel + 1], 3, axis=-1)
     if n == 3:
         return frame

@@ -33,6 +33,11 @@ from .errors import InputError
 
 FORMAT_NAME = "napari-sam2-prompts"
 FORMAT_VERSION = 1
+#: object ids are label values of the uint32 label store
+MAX_OBJ_ID = 2**32 - 1
+#: a mask whose frame size is not known yet (e.g. a result's provenance read alone) may declare at most this many
+#: pixels (a 16384² frame): a few bytes of JSON must not make the reader allocate gigabytes
+MAX_MASK_PIXELS = 16384 * 16384
 CSV_COLUMNS = ("obj_id", "frame", "kind", "y", "x", "label", "y0", "x0", "y1", "x1")
 
 __all__ = [
@@ -78,8 +83,9 @@ class ObjectPrompt:
         return isinstance(other, ObjectPrompt) and self.to_dict() == other.to_dict()
 
     @classmethod
-    def from_dict(cls, item: Mapping[str, Any], where: str = "prompt") -> ObjectPrompt:
-        """Inverse of `to_dict`; errors name `where` and the field."""
+    def from_dict(cls, item: Mapping[str, Any], where: str = "prompt", frame_shape=None) -> ObjectPrompt:
+        """Inverse of `to_dict`; errors name `where` and the field. frame_shape: (H, W) of the stack, if known: a
+        mask declaring another size is refused before it is decoded (see `PromptSet.from_dict`)."""
         if not isinstance(item, Mapping):
             raise PromptError(f"{where}: expected an object; got {type(item).__name__}")
         unknown = set(item) - {"obj_id", "frame", "points", "labels", "box", "mask"}
@@ -90,6 +96,7 @@ class ObjectPrompt:
                 raise PromptError(f"{where}: field {required!r} is missing")
         mask = item.get("mask")
         if mask is not None:
+            _check_mask_shape(mask, frame_shape, where)
             try:
                 mask = rle_decode(mask["rle"], mask["shape"])
             except (KeyError, TypeError, ValueError) as exc:
@@ -176,7 +183,7 @@ def rle_decode(runs, shape) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- validation helpers
-def _int(value, field: str, where: str, minimum: int) -> int:
+def _int(value, field: str, where: str, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise PromptError(f"{where}: {field} must be an integer; got {value!r}")
     try:
@@ -186,6 +193,8 @@ def _int(value, field: str, where: str, minimum: int) -> int:
     if not number.is_integer() or number < minimum:
         rule = "a positive integer" if minimum == 1 else "a non-negative integer"
         raise PromptError(f"{where}: {field} must be {rule}; got {value!r}")
+    if maximum is not None and int(number) > maximum:
+        raise PromptError(f"{where}: {field} must be at most {maximum} (it is a uint32 label value); got {value!r}")
     return int(number)
 
 
@@ -202,7 +211,7 @@ def _float_array(value, field: str, where: str, shape_rule: str, check) -> np.nd
 
 
 def _make_prompt(frame, obj_id, points, labels, box, mask, where: str) -> ObjectPrompt:
-    obj_id = _int(obj_id, "obj_id", where, 1)
+    obj_id = _int(obj_id, "obj_id", where, 1, MAX_OBJ_ID)
     frame = _int(frame, "frame", where, 0)
     has_points = points is not None and len(points) > 0
     if not has_points and box is None and mask is None:
@@ -236,6 +245,8 @@ def _make_prompt(frame, obj_id, points, labels, box, mask, where: str) -> Object
         m = np.asarray(mask)
         if m.ndim != 2:
             raise PromptError(f"{where}: mask must be a 2-D [H, W] array; got shape {m.shape}")
+        if m.dtype.kind in "fc" and not np.all(np.isfinite(m)):
+            raise PromptError(f"{where}: the mask of object {obj_id} on frame {frame} holds NaN or infinite values")
         m = m.astype(bool)
         if not m.any():
             raise PromptError(f"{where}: the mask of object {obj_id} on frame {frame} is empty")
@@ -305,8 +316,10 @@ class PromptSet:
         return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "prompts": [p.to_dict() for p in self._prompts]}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "prompts") -> PromptSet:
-        """Inverse of `to_dict`; errors name `source`, the prompt index and the field."""
+    def from_dict(cls, data: Mapping[str, Any], source: str = "prompts", frame_shape=None) -> PromptSet:
+        """Inverse of `to_dict`; errors name `source`, the prompt index and the field. frame_shape: (H, W) of the
+        stack the prompts are for; a mask declaring another size is refused before it is decoded (without it, masks
+        may declare at most `MAX_MASK_PIXELS`)."""
         if not isinstance(data, Mapping):
             raise PromptError(f"{source}: expected an object with 'prompts'; got {type(data).__name__}")
         if data.get("format", FORMAT_NAME) != FORMAT_NAME:
@@ -317,7 +330,7 @@ class PromptSet:
         items = data.get("prompts")
         if not isinstance(items, list):
             raise PromptError(f"{source}: field 'prompts' must be a list of prompts")
-        return cls(ObjectPrompt.from_dict(item, f"{source}: prompts[{i}]") for i, item in enumerate(items))
+        return cls(ObjectPrompt.from_dict(item, f"{source}: prompts[{i}]", frame_shape) for i, item in enumerate(items))
 
     # -------------------------------------------------------------- files
     def save(self, path: str | os.PathLike) -> Path:
@@ -342,8 +355,8 @@ class PromptSet:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> PromptSet:
-        """Read a `.json` or `.csv` prompts file (see the module docstring)."""
+    def load(cls, path: str | os.PathLike, frame_shape=None) -> PromptSet:
+        """Read a `.json` or `.csv` prompts file (see the module docstring); frame_shape as in `from_dict`."""
         path = Path(path)
         if not path.is_file():
             raise PromptError(f"prompts file {path} does not exist" + ("" if not path.exists() else " (not a file)"))
@@ -357,7 +370,7 @@ class PromptSet:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise PromptError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-            prompts = cls.from_dict(data, source=str(path))
+            prompts = cls.from_dict(data, source=str(path), frame_shape=frame_shape)
         elif suffix == ".csv":
             prompts = cls._from_csv(text, str(path))
         else:
@@ -369,6 +382,13 @@ class PromptSet:
     @classmethod
     def _from_csv(cls, text: str, source: str) -> PromptSet:
         reader = csv.reader(io.StringIO(text))
+        try:
+            return cls._read_csv(reader, source)
+        except csv.Error as exc:  # e.g. a field over the csv module's 131,072-character limit
+            raise PromptError(f"{source}:{reader.line_num}: not a valid CSV row ({exc})") from None
+
+    @classmethod
+    def _read_csv(cls, reader, source: str) -> PromptSet:
         header = next(reader, None)
         if header is None:
             raise PromptError(f"{source}:1: empty file; expected a header with {', '.join(CSV_COLUMNS[:6])}")
@@ -388,7 +408,7 @@ class PromptSet:
                 raise PromptError(f"{source}:{line}: {len(row)} values but the header has {len(header)} columns")
             cells = {h: c.strip() for h, c in zip(header, row, strict=True)}
             where = f"{source}:{line}"
-            obj_id = _int(cells["obj_id"], "column 'obj_id'", where, 1)
+            obj_id = _int(cells["obj_id"], "column 'obj_id'", where, 1, MAX_OBJ_ID)
             frame = _int(cells["frame"], "column 'frame'", where, 0)
             kind = cells.get("kind", "").lower() or ("box" if cells.get("y0") else "point")
             group = groups.setdefault((obj_id, frame), {"points": [], "labels": [], "box": None})
@@ -434,12 +454,31 @@ class PromptSet:
         ids = [int(v) for v in np.unique(labels) if v != 0]
         if not ids:
             raise PromptError("the seed labels hold no objects (every pixel is 0)")
-        if ids[-1] > 2**32 - 1:
-            raise PromptError(f"seed label {ids[-1]} does not fit the uint32 label store")
+        if ids[-1] > MAX_OBJ_ID:
+            raise PromptError(f"seed label {ids[-1]} does not fit the uint32 label store (object ids 1…{MAX_OBJ_ID})")
         out = cls()
         for obj_id in ids:
             out.add(frame, obj_id, mask=labels == obj_id)
         return out
+
+
+def _check_mask_shape(mask, frame_shape, where: str) -> None:
+    """Refuse a run-length mask whose declared shape is not the frame's (or absurd) before decoding allocates it."""
+    shape = mask.get("shape") if isinstance(mask, Mapping) else None
+    if (
+        not isinstance(shape, (list, tuple))
+        or len(shape) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+    ):
+        raise PromptError(f"{where}.mask: 'shape' must be [H, W], two positive integers; got {shape!r}")
+    if frame_shape is not None and tuple(shape) != tuple(int(v) for v in frame_shape):
+        raise PromptError(
+            f"{where}.mask: declared shape {list(shape)} does not match the frame size {tuple(frame_shape)}"
+        )
+    if frame_shape is None and shape[0] * shape[1] > MAX_MASK_PIXELS:
+        raise PromptError(
+            f"{where}.mask: declared shape {list(shape)} exceeds the {MAX_MASK_PIXELS} pixels a mask may have"
+        )
 
 
 def _num(value) -> str:

@@ -49,6 +49,8 @@ from .prompts import ObjectPrompt, make_prompt
 
 #: official: prompt logits fed back with a correction are clamped to ±32
 PROMPT_LOGIT_CLAMP = 32.0
+#: object ids are the values of the uint32 label image
+MAX_OBJ_ID = 2**32 - 1
 #: official: at most 16 object pointers (the current frame's 15 predecessors + conditioning frames)
 MAX_POINTER_FRAMES = 16
 
@@ -139,6 +141,11 @@ class FrameResult:
     def present(self) -> np.ndarray:
         """[K] bool: the object-score head says the object is on this frame."""
         return self.scores > 0
+
+
+def _check_obj_id(obj_id) -> None:
+    if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool) or not 0 < obj_id <= MAX_OBJ_ID:
+        raise InputError(f"object ids are integers 1…{MAX_OBJ_ID} (the value in the uint32 labels); got {obj_id!r}")
 
 
 class FeatureCache:
@@ -335,8 +342,7 @@ class TrackingSession:
         return list(self.objects)
 
     def _object(self, obj_id: int, create: bool = False) -> ObjectTrack:
-        if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool) or obj_id <= 0:
-            raise InputError(f"object ids are positive integers (the label value); got {obj_id!r}")
+        _check_obj_id(obj_id)
         obj_id = int(obj_id)
         if obj_id not in self.objects:
             if not create:
@@ -427,6 +433,7 @@ class TrackingSession:
         prompt.check(self.frame_shape, len(self.frames))
         frame = int(prompt.frame)
         with self._lock, torch.inference_mode():
+            created = int(prompt.obj_id) not in self.objects
             obj = self._object(prompt.obj_id, create=True)
             if not obj.alive(frame):
                 raise InputError(
@@ -447,9 +454,19 @@ class TrackingSession:
             if prompt.box is not None:
                 merged.box = np.asarray(prompt.box, dtype=float)
             obj.prompts[frame] = merged
-            self._run_prompt(obj, frame, merged)
+            try:
+                self._run_prompt(obj, frame, merged)
+                result = self._result(frame, computed=[obj.obj_id])
+            except BaseException:  # a failed call leaves the session as it was
+                if created:
+                    self.objects.pop(obj.obj_id, None)
+                elif old is None:
+                    obj.prompts.pop(frame, None)
+                else:
+                    obj.prompts[frame] = old
+                raise
             self._record({"op": "add", "prompt": prompt.to_dict(), "replace": bool(replace)})  # logged once it worked
-            return self._result(frame, computed=[obj.obj_id])
+            return result
 
     def set_prompt(self, frame: int, obj_id: int, prompt: ObjectPrompt | None) -> list[FrameResult]:
         """Make `prompt` the whole of object `obj_id`'s prompts on `frame` (None: remove them), e.g. after a click was

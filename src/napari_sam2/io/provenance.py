@@ -139,7 +139,7 @@ class Provenance:
         return out
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, source: str = "provenance") -> Provenance:
+    def from_dict(cls, data: Mapping[str, Any] | None, source: str = "provenance", frame_shape=None) -> Provenance:
         """Read a recorded provenance of any version (tolerant: unknown keys go to `extra`; the older flat widget
         record and the napari writer's "original" are understood). Bad prompts raise `PromptError` naming `source`."""
         data = dict(data or {})
@@ -151,7 +151,7 @@ class Provenance:
             for key in ("status", "created", "package_version"):
                 if key in data:
                     inner[key] = data[key]
-            record = cls.from_dict(inner, source)
+            record = cls.from_dict(inner, source, frame_shape)
             record.tool = "napari writer"
             record.input = {**record.input, **({"layer": data["layer"]} if data.get("layer") else {})}
             return record
@@ -182,7 +182,7 @@ class Provenance:
                     record_input.setdefault("shape", settings.pop("input_shape"))
         prompts = None
         if data.get("prompts"):
-            prompts = PromptSet.from_dict(data["prompts"], source=f"{source} (prompts)")
+            prompts = PromptSet.from_dict(data["prompts"], source=f"{source} (prompts)", frame_shape=frame_shape)
         parents = {}
         for child, parent in (data.get("parents") or {}).items():
             parents[int(child)] = int(parent)
@@ -207,7 +207,7 @@ class Provenance:
     @classmethod
     def from_store(cls, store) -> Provenance:
         """The provenance of an open `LabelStore`."""
-        return cls.from_dict(store.provenance, source=f"{store.path} (provenance)")
+        return cls.from_dict(store.provenance, source=f"{store.path} (provenance)", frame_shape=store.shape[-2:])
 
 
 # ---------------------------------------------------------------------- model records

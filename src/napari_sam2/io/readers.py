@@ -28,7 +28,7 @@ import numpy as np
 from ..preprocess import InputError, IntensityRange
 from .units import normalise_unit
 
-__all__ = ["LazyTranspose", "OpenedStack", "open_stack", "parse_window", "resolve_axis"]
+__all__ = ["LazyTranspose", "OpenedStack", "check_pixels", "open_stack", "parse_window", "resolve_axis"]
 
 NIFTI_HINT = "pip install napari-sam2[nifti]"
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
@@ -93,6 +93,22 @@ class LazyTranspose:
         return out if dtype is None else out.astype(dtype)
 
 
+def check_pixels(shape, dtype) -> None:
+    """Refuse what cannot be segmented before anything is read: an empty axis, complex or non-numeric pixels."""
+    if any(s == 0 for s in shape):
+        raise InputError(f"the stack has shape {shape}: an axis of length 0 holds no image")
+    if dtype is None:
+        return
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise InputError(
+            f"the stack holds complex numbers ({dtype}); take the magnitude or the real part first (napari-sam2 will "
+            "not drop the imaginary part silently)"
+        )
+    if dtype.kind not in "biuf":
+        raise InputError(f"the stack's pixels are not numbers (dtype {dtype}); convert it to an integer or float type")
+
+
 def parse_window(text: str | tuple[float, float] | None) -> IntensityRange | None:
     """Parse "LO,HI" (e.g. "-1000,400") or (lo, hi) → IntensityRange(lo, hi); None → None (percentiles)."""
     if text is None:
@@ -122,6 +138,8 @@ def resolve_axis(axis: int | str | None, axes: str, ndim: int, axes_known: bool 
             if letter in axes:
                 return axes.index(letter)
         return 0
+    if isinstance(axis, bool) or not isinstance(axis, (str, int, np.integer)):
+        raise InputError(f"axis must be an integer index or a letter (t, z); got {axis!r} ({type(axis).__name__})")
     if isinstance(axis, str) and axis.strip().lstrip("-").isdigit():
         axis = int(axis)
     if isinstance(axis, str):
@@ -228,11 +246,17 @@ def _open_zarr(path: Path, key: str | None) -> OpenedStack:
             axes, known = _guess_axes(node.ndim), False
         return OpenedStack(node, axes, path, "zarr", axes_known=known)
     attrs = node.attrs.asdict()
-    multiscales = attrs.get("ome", attrs).get("multiscales")
+    multiscales = attrs.get("ome", attrs).get("multiscales") if isinstance(attrs.get("ome", attrs), dict) else None
     if multiscales:
-        ms = multiscales[0]
-        dataset = ms["datasets"][0]
-        array = node[dataset["path"]]
+        ms, dataset = _first_dataset(path, multiscales)
+        try:
+            array = node[dataset["path"]]
+        except KeyError:
+            raise InputError(
+                f"{path}: its OME-Zarr multiscales name the array {dataset['path']!r}, which is missing"
+            ) from None
+        if not hasattr(array, "shape"):
+            raise InputError(f"{path}: {dataset['path']!r} named by its multiscales is a group, not an array")
         axes_meta = ms.get("axes")
         if axes_meta:
             names = "".join((a["name"] if isinstance(a, dict) else a)[0] for a in axes_meta)
@@ -257,6 +281,36 @@ def _open_zarr(path: Path, key: str | None) -> OpenedStack:
         f"{path} is a Zarr group without OME-Zarr multiscales and with {len(arrays)} arrays ({arrays[:5]}); "
         "name the array to read"
     )
+
+
+def _first_dataset(path: Path, multiscales) -> tuple[dict, dict]:
+    """The first multiscale and its first (full-resolution) dataset, checked (malformed metadata: InputError)."""
+    bad = f"{path}: malformed OME-Zarr metadata"
+    if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+        raise InputError(f"{bad}: 'multiscales' must be a list of objects; got {type(multiscales).__name__}")
+    ms = multiscales[0]
+    datasets = ms.get("datasets")
+    if not isinstance(datasets, list) or not datasets or not isinstance(datasets[0], dict):
+        raise InputError(f"{bad}: multiscales[0] has no 'datasets' list")
+    if not isinstance(datasets[0].get("path"), str):
+        raise InputError(f"{bad}: multiscales[0].datasets[0] has no 'path'")
+    axes = ms.get("axes")
+    if axes is not None and (
+        not isinstance(axes, list)
+        or not all(isinstance(a, str) and a or isinstance(a, dict) and isinstance(a.get("name"), str) and a["name"]
+                   for a in axes)
+    ):  # fmt: skip
+        raise InputError(f"{bad}: multiscales[0].axes must be a list of named axes")
+    transforms = datasets[0].get("coordinateTransformations", [])
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        raise InputError(f"{bad}: coordinateTransformations must be a list of objects")
+    for t in transforms:
+        if t.get("type") == "scale":
+            scale = t.get("scale")
+            if not isinstance(scale, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in scale):  # fmt: skip
+                raise InputError(f"{bad}: a scale transformation must be a list of numbers")
+    return ms, datasets[0]
 
 
 def _open_nifti(path: Path) -> OpenedStack:

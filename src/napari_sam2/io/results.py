@@ -110,7 +110,7 @@ def open_result(path: str | os.PathLike) -> SavedResult:
     store = LabelStore.open(path, mode="r")
     provenance = store.provenance
     try:
-        record = Provenance.from_dict(provenance, source=f"{path} (provenance)")
+        record = Provenance.from_dict(provenance, source=f"{path} (provenance)", frame_shape=store.shape[-2:])
     except ValueError as exc:
         raise LabelStoreError(f"{path}: the recorded prompts cannot be read ({exc})") from None
     scale = None

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from .configs import SAM2Config, config_from_state_dict, get_config
+from .configs import SAM2Config, check_config, config_from_state_dict, get_config
 
 
 def build_model(config: SAM2Config | str) -> "SAM2Model":  # noqa: F821
@@ -27,7 +27,7 @@ def build_model(config: SAM2Config | str) -> "SAM2Model":  # noqa: F821
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" → CUDA if available, else Apple MPS, else CPU. Asking for a missing device is an error."""
+    """ "auto" → CUDA if available, else Apple MPS, else CPU. Asking for a missing device is an error."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -83,15 +83,36 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict | None]:
     )
 
 
-def config_from_dict(data: dict) -> SAM2Config:
-    """Rebuild a SAM2Config stored in a checkpoint (our own small models carry theirs)."""
+def config_from_dict(data: dict, source: str = "the checkpoint") -> SAM2Config:
+    """Rebuild a SAM2Config stored in a checkpoint (our own small models carry theirs). Every field is checked
+    (known name, type, sane range: `configs.check_config`) before anything is built; a bad one is a
+    CheckpointError naming it."""
+    import dataclasses
+
     from .configs import HieraConfig
 
-    data = dict(data)
-    trunk = data.pop("trunk")
-    trunk = HieraConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in trunk.items()})
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    return SAM2Config(trunk=trunk, **fields)
+    def fields_of(cls, values, where):
+        if not isinstance(values, dict):
+            raise CheckpointError(f"{source}: its stored config{where} must be a mapping; got {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CheckpointError(f"{source}: its stored config{where} has unknown field(s) {unknown}")
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+    data = fields_of(SAM2Config, data, "")
+    if "trunk" not in data:
+        raise CheckpointError(f"{source}: its stored config has no 'trunk' (the image encoder's Hiera settings)")
+    for required in ("name", "version"):
+        if required not in data:
+            raise CheckpointError(f"{source}: its stored config has no {required!r}")
+    data["trunk"] = HieraConfig(**fields_of(HieraConfig, data["trunk"], "['trunk']"))
+    config = SAM2Config(**data)
+    try:
+        check_config(config)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{source}: its stored config is not usable: {exc}") from None
+    return config
 
 
 def _describe_mismatch(model: torch.nn.Module, state_dict: dict, limit: int = 5) -> str:
@@ -124,12 +145,39 @@ def model_from_state_dict(state_dict: dict, config: SAM2Config | None = None, so
         except ValueError as exc:
             sample = ", ".join(list(state_dict)[:5])
             raise CheckpointError(f"{source} is not a SAM 2 / 2.1 checkpoint: {exc} (first keys: {sample})") from exc
+    from .configs import CONFIGS, CUSTOM_CONFIGS
+
+    # a config that is not one we ship (e.g. stored in the file) is built shapes-only first: compared with the
+    # state dict before any weight is allocated
+    trusted = config in (CONFIGS.get(config.name), CUSTOM_CONFIGS.get(config.name))
+    probe = None if trusted else _shapes_only(config)
+    if probe is not None:
+        mismatch = _describe_mismatch(probe, state_dict)
+        if mismatch:
+            raise CheckpointError(f"{source} does not match the configuration {config.name!r}: {mismatch}")
+    bad = [k for k, t in state_dict.items() if torch.is_tensor(t) and t.is_floating_point() and not t.isfinite().all()]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite weights in {len(bad)} tensor(s) (first: {bad[0]}): the file is damaged "
+            "or the training diverged; use another checkpoint"
+        )
     model = build_model(config)
     mismatch = _describe_mismatch(model, state_dict)
     if mismatch:
         raise CheckpointError(f"{source} does not match the configuration {config.name!r}: {mismatch}")
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+def _shapes_only(config: SAM2Config):
+    """The network of `config` on the meta device (shapes, no memory), or None where it cannot be built so."""
+    from .sam2 import SAM2Model
+
+    try:
+        with torch.device("meta"):
+            return SAM2Model(config)
+    except Exception:  # noqa: BLE001  (a module computing a buffer eagerly: the real build checks instead)
+        return None
 
 
 def load_model(
@@ -153,7 +201,7 @@ def load_model(
     if isinstance(config, str):
         config = get_config(config)
     if config is None and stored_config is not None:
-        config = config_from_dict(stored_config)
+        config = config_from_dict(stored_config, source=f"checkpoint {path}")
     model = model_from_state_dict(state_dict, config, source=f"checkpoint {path}")
     model.checkpoint_path = str(path)
     return model.to(target)

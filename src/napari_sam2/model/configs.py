@@ -8,6 +8,7 @@ facebookresearch/sam2's yaml files plus the class defaults they rely on (see doc
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 
@@ -183,6 +184,74 @@ NANO_FLUO = SAM2Config(
 
 #: Small configurations of our own, by name (loaded from checkpoints that carry their config).
 CUSTOM_CONFIGS: dict[str, SAM2Config] = {NANO_FLUO.name: NANO_FLUO}
+
+
+#: sane ranges of the sizes a config may ask for (the official large model is far inside them); a checkpoint's
+#: stored config is checked against them before any tensor is built, so a few bytes cannot ask for terabytes
+_LIMITS = {
+    "image_size": (32, 4096),
+    "backbone_stride": (1, 64),
+    "d_model": (1, 4096),
+    "mem_dim": (1, 4096),
+    "num_maskmem": (1, 64),
+    "mem_attention_layers": (0, 64),
+    "mem_attention_heads": (1, 64),
+    "mem_attention_ffn": (1, 65536),
+    "decoder_depth": (1, 64),
+    "decoder_heads": (1, 64),
+    "decoder_mlp_dim": (1, 65536),
+    "num_multimask_outputs": (1, 16),
+    "iou_head_depth": (1, 64),
+    "iou_head_hidden_dim": (1, 65536),
+    "max_obj_ptrs_in_encoder": (1, 1024),
+    "prompt_mask_in_chans": (1, 4096),
+    "fuser_layers": (0, 64),
+    "fuser_kernel": (1, 31),
+    "trunk.embed_dim": (1, 4096),
+    "trunk.num_heads": (1, 64),
+    "trunk.patch_kernel": (1, 64),
+    "trunk.patch_stride": (1, 64),
+    "trunk.window_pos_embed_size": (1, 256),
+}
+
+
+def check_config(cfg: SAM2Config) -> None:
+    """Raise ValueError (naming the field) if a config has a value of the wrong type or outside a sane range."""
+    for prefix, obj in (("", cfg), ("trunk.", cfg.trunk)):
+        for f in dataclasses.fields(obj):
+            if prefix == "" and f.name == "trunk":
+                if not isinstance(cfg.trunk, HieraConfig):
+                    raise ValueError("'trunk' must be a Hiera trunk configuration")
+                continue
+            value, default = getattr(obj, f.name), f.default
+            if f.name in ("name", "version"):
+                if not isinstance(value, str):
+                    raise ValueError(f"{prefix}{f.name} must be a string; got {value!r}")
+                continue
+            kinds = (
+                (bool,) if isinstance(default, bool)
+                else (int,) if isinstance(default, int)
+                else (int, float) if isinstance(default, float)
+                else (tuple,)
+            )  # fmt: skip
+            if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+                raise ValueError(f"{prefix}{f.name} must be {kinds[0].__name__}; got {value!r}")
+            if isinstance(value, tuple) and (
+                len(value) > 64 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 4096
+                                           for v in value)
+            ):  # fmt: skip
+                raise ValueError(f"{prefix}{f.name} must be up to 64 integers in 0…4096; got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{prefix}{f.name} must be a finite number; got {value!r}")
+            limits = _LIMITS.get(prefix + f.name)
+            if limits and not limits[0] <= value <= limits[1]:
+                raise ValueError(f"{prefix}{f.name} = {value} is outside the sane range {limits[0]}…{limits[1]}")
+    if cfg.image_size % 32:
+        raise ValueError(f"image_size must be a multiple of 32; got {cfg.image_size}")
+    if not 1 <= len(cfg.trunk.stages) <= 8 or not all(1 <= s <= 64 for s in cfg.trunk.stages):
+        raise ValueError(f"trunk.stages must be 1…8 stages of 1…64 blocks; got {cfg.trunk.stages}")
+    if max(cfg.trunk.stage_dims) > 16384:
+        raise ValueError(f"trunk widths {cfg.trunk.stage_dims} exceed 16384 channels")
 
 
 def get_config(name: str) -> SAM2Config:
