@@ -7,9 +7,12 @@ built-in nano-fluo on 64² stacks; subprocesses only where another live process 
 """
 
 import hashlib
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +211,276 @@ def test_5_damaged_embedding_cache_chunks_are_recomputed_never_used(movie, tmp_p
                   embedding_cache=cache)  # fmt: skip
     assert third.encoder_runs == 0  # rewritten: whole again
     np.testing.assert_array_equal(third.labels, movie["ref"])
+
+
+# ---------------------------------------------------------------------- 6. limits before allocation
+def test_6_a_tiny_prompts_file_declaring_a_huge_mask_is_refused_before_decoding(movie, tmp_path, capsys):
+    prompts = tmp_path / "p.json"
+    prompts.write_text(
+        '{"prompts": [{"obj_id": 1, "frame": 0, "mask": {"shape": [50000, 50000], "rle": [2500000000]}}]}'
+    )
+    assert prompts.stat().st_size < 130
+    out = tmp_path / "run.ome.zarr"
+    code, err = run_cli(capsys, "track", movie["a"], "--prompts", prompts, "--out", out, "--device", "cpu", "-q")
+    assert code == cli.EXIT_INPUT and "does not match the frame size (64, 64)" in err
+    assert not out.exists()
+    # the same mask inside a result's provenance: `info` refuses it without decoding it
+    assert run_cli(capsys, *_track_args(movie, out))[0] == 0
+    record = LabelStore.open(out).provenance
+    record["prompts"] = json.loads(prompts.read_text())
+    LabelStore.open(out, mode="r+").update_provenance(record)
+    code, err = run_cli(capsys, "info", out)
+    assert code == cli.EXIT_INPUT and "does not match the frame size" in err
+
+
+def test_6_object_ids_up_to_the_uint32_limit_work_and_beyond_it_are_refused(movie, tmp_path, capsys):
+    prompts = tmp_path / "p.csv"
+    prompts.write_text("obj_id,frame,y,x\n4294967295,0,20,20\n")
+    y, x = np.argwhere(tifffile.imread(movie["seeds"]) > 0)[0]
+    prompts.write_text(f"obj_id,frame,y,x\n4294967295,0,{y},{x}\n")
+    out = tmp_path / "run.ome.zarr"
+    code, err = run_cli(capsys, "track", movie["a"], "--prompts", prompts, "--out", out, "--device", "cpu", "-q")
+    assert code == 0, err
+    assert set(np.unique(LabelStore.open(out).read_labels()[:])) <= {0, 4294967295}
+    prompts.write_text(f"obj_id,frame,y,x\n4294967296,0,{y},{x}\n")
+    code, err = run_cli(capsys, "track", movie["a"], "--prompts", prompts, "--out", tmp_path / "b.ome.zarr", "-q")
+    assert code == cli.EXIT_INPUT and "at most 4294967295" in err and not (tmp_path / "b.ome.zarr").exists()
+
+
+def _nano_with_config(tmp_path, name, change=None, nan=False):
+    import torch
+
+    from napari_sam2 import registry
+
+    saved = torch.load(registry.BUILTIN_DIR / registry.model_info("nano-fluo").filename, weights_only=True)
+    config, weights = json.loads(json.dumps(saved["config"])), dict(saved["model"])
+    if change is not None:
+        change(config)
+    if nan:
+        key = next(k for k, t in weights.items() if t.is_floating_point())
+        weights[key] = weights[key].clone()
+        weights[key].view(-1)[0] = float("nan")
+    path = tmp_path / f"{name}.pt"
+    torch.save({"model": weights, "config": config}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "nan", "message"),
+    [
+        ("huge", lambda c: c["trunk"].update(embed_dim=2**20), False, "trunk.embed_dim = 1048576 is outside"),
+        ("unknown_field", lambda c: c.update(bogus=1), False, "unknown field(s) ['bogus']"),
+        ("string_size", lambda c: c.update(image_size="256"), False, "image_size must be int"),
+        ("no_trunk", lambda c: c.pop("trunk"), False, "has no 'trunk'"),
+        ("nan_weights", None, True, "NaN or infinite weights"),
+    ],
+)
+def test_6_8_9_checkpoint_configs_are_checked_before_any_tensor(movie, tmp_path, capsys, name, change, nan, message):
+    checkpoint = _nano_with_config(tmp_path, name, change, nan)
+    out = tmp_path / "run.ome.zarr"
+    code, err = run_cli(capsys, "track", movie["a"], "--seeds", movie["seeds"], "--out", out, "--model", checkpoint,
+                        "--device", "cpu", "-q")  # fmt: skip
+    assert code == cli.EXIT_MODEL and message in err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------- 7. a failed call leaves the session as it was
+def test_7_a_failed_add_prompt_leaves_the_session_unchanged(movie):
+    from napari_sam2 import TrackingSession, load_model
+    from napari_sam2.errors import InputError
+
+    image = tifffile.imread(movie["a"])
+    seeds = tifffile.imread(movie["seeds"])
+    y, x = np.argwhere(seeds > 0)[0]
+    with TrackingSession(load_model("nano-fluo", device="cpu"), image) as session:
+        session.add_prompt(0, 1, points=[[y, x]])
+        for bad in (
+            {"frame": 0, "obj_id": 2**32, "points": [[y, x]]},
+            {"frame": 0, "obj_id": 2, "mask": np.zeros((64, 64), bool)},
+            {"frame": 0, "obj_id": 2, "mask": np.full((64, 64), np.nan)},
+            {"frame": 1.0, "obj_id": 2, "points": [[y, x]]},
+        ):
+            with pytest.raises(InputError) as info:
+                session.add_prompt(**bad)
+            assert session.obj_ids == [1]
+        assert "integer index" in str(info.value)  # frame=1.0: not "outside the stack"
+        assert session.add_prompt(0, 1, points=[[y, x]], replace=True).obj_ids == [1]  # the session still works
+        results = list(session.propagate("forward"))
+        assert len(results) == 6
+
+
+# ---------------------------------------------------------------------- 8. tracebacks → one message
+def _damaged_inputs(folder: Path, image: np.ndarray) -> dict[str, Path]:
+    import gzip
+
+    import zarr
+
+    paths = {}
+    np.save(folder / "empty.npy", np.zeros((0,), np.uint8))
+    paths["empty npy"] = folder / "empty.npy"
+    np.save(folder / "complex.npy", image.astype(np.complex64))
+    paths["complex"] = folder / "complex.npy"
+    tifffile.imwrite(folder / "zlib.tif", image, compression="zlib", metadata={"axes": "TYX"})
+    with tifffile.TiffFile(folder / "zlib.tif") as tif:
+        strips = [(o, c) for page in tif.pages for o, c in zip(page.dataoffsets, page.databytecounts, strict=True)]
+    offset, count = strips[len(strips) // 2]
+    data = bytearray((folder / "zlib.tif").read_bytes())
+    data[offset + 4 : offset + count - 4] = bytes(count - 8)  # a frame's deflate stream destroyed
+    (folder / "zlib.tif").write_bytes(bytes(data))
+    paths["corrupt zlib frame"] = folder / "zlib.tif"
+    array = zarr.open_array(folder / "c.zarr", mode="w", shape=image.shape, chunks=(1, 64, 64), dtype=image.dtype)
+    array[:] = image
+    chunk = folder / "c.zarr" / "c" / "2" / "0" / "0"
+    chunk.write_bytes(bytes(chunk.stat().st_size))
+    paths["corrupt zarr chunk"] = folder / "c.zarr"
+    for name, multiscales in (("not a list", {"a": 1}), ("no datasets", [{"axes": ["t", "y", "x"]}])):
+        group = zarr.open_group(folder / f"{name}.zarr", mode="w", zarr_format=3)
+        group.create_array("0", data=image)
+        group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
+        paths[f"multiscales {name}"] = folder / f"{name}.zarr"
+    try:
+        import nibabel
+    except ImportError:
+        return paths
+    nibabel.save(nibabel.Nifti1Image(np.transpose(image, (2, 1, 0)).astype(np.int16), np.eye(4)), folder / "v.nii")
+    raw = gzip.compress((folder / "v.nii").read_bytes())
+    (folder / "t.nii.gz").write_bytes(raw[: len(raw) * 2 // 3])
+    paths["truncated nii.gz"] = folder / "t.nii.gz"
+    return paths
+
+
+def test_8_damaged_or_malformed_inputs_give_one_message(movie, tmp_path, capsys):
+    inputs = _damaged_inputs(tmp_path, tifffile.imread(movie["a"]))
+    for what, path in inputs.items():
+        out = tmp_path / f"{what}.ome.zarr"
+        code, err = run_cli(capsys, "track", path, "--seeds", movie["seeds"], "--out", out, "--axis", "0",
+                            "--device", "cpu", "-q")  # fmt: skip
+        assert code == cli.EXIT_INPUT, (what, err)
+        assert not out.exists() or LabelStore.open(out).provenance["status"] == "interrupted", what
+    assert len(inputs) >= 6
+
+
+def test_8_prompt_files_and_options_that_crashed_give_one_message(movie, tmp_path, capsys):
+    long_field = tmp_path / "long.csv"
+    long_field.write_text("obj_id,frame,y,x\n1,0,10," + "1" * 140_000 + "\n")
+    seeds = tifffile.imread(movie["seeds"]).astype(np.int64)
+    seeds[seeds == seeds.max()] = 2**40
+    tifffile.imwrite(tmp_path / "big_seeds.tif", seeds)
+    cases = [
+        (["--prompts", long_field], "not a valid CSV row"),
+        (["--seeds", tmp_path / "big_seeds.tif"], "does not fit the uint32 label store"),
+        (["--prompts", tmp_path / "x.txt"], "prompts files are .json or .csv"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / "run.ome.zarr"
+        code, err = run_cli(capsys, "track", movie["a"], *extra, "--out", out, "--device", "cpu", "-q")
+        assert code == cli.EXIT_INPUT and message in err, err
+        assert not out.exists()
+    code, err = run_cli(capsys, "demo", "--size", "100000", "--out", tmp_path / "demo", "-q")
+    assert code == cli.EXIT_INPUT and "--size must be" in err and not (tmp_path / "demo").exists()
+
+
+def test_8_9_silent_acceptances_now_work_or_are_refused(movie, tmp_path, capsys):
+    image = tifffile.imread(movie["a"])
+    np.save(tmp_path / "bool.npy", image > np.percentile(image, 90))  # a bool stack tracks
+    code, err = run_cli(capsys, "track", tmp_path / "bool.npy", "--seeds", movie["seeds"],
+                        "--out", tmp_path / "bool.ome.zarr", "--device", "cpu", "-q")  # fmt: skip
+    assert code == 0, err
+    np.save(tmp_path / "rgb.npy", np.stack([image // 2, image // 3, image], -1))  # --channel -1: the last channel
+    code, err = run_cli(capsys, "track", tmp_path / "rgb.npy", "--seeds", movie["seeds"], "--channel", "-1",
+                        "--out", tmp_path / "rgb.ome.zarr", "--device", "cpu", "-q")  # fmt: skip
+    assert code == 0, err
+    np.testing.assert_array_equal(LabelStore.open(tmp_path / "rgb.ome.zarr").read_labels()[:], movie["ref"])
+    from napari_sam2.errors import InputError
+
+    for axis in (1.5, True):
+        with pytest.raises(InputError, match="axis must be an integer"):
+            track(image, tmp_path / "x.csv", model="nano-fluo", axis=axis)
+    # --direction / --window given to --resume are refused, not ignored
+    out = tmp_path / "run.ome.zarr"
+    _interrupted(movie, out)
+    before = tree_digest(out)
+    for option in (["--direction", "forward"], ["--window", "0,100"]):
+        code, err = run_cli(capsys, "track", movie["a"], "--out", out, "--resume", *option, "--device", "cpu", "-q")
+        assert code == cli.EXIT_INPUT and "a resumed run replays it" in err
+    assert tree_digest(out) == before
+
+
+def test_8_a_damaged_finished_chunk_is_rewritten_on_resume(movie, tmp_path, capsys):
+    out = tmp_path / "run.ome.zarr"
+    _interrupted(movie, out, after=4)
+    finished = LabelStore.open(out).finished_frames()
+    chunk = next(p for p in (out / "labels" / "sam2" / "0" / "c" / str(finished[1])).rglob("*") if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    code, err = run_cli(capsys, "track", movie["a"], "--out", out, "--resume", "--device", "cpu", "-q")
+    assert code == 0, err
+    np.testing.assert_array_equal(LabelStore.open(out).read_labels()[:], movie["ref"])
+
+
+# ---------------------------------------------------------------------- 9. failures that left debris or lied
+def test_9_a_prompt_that_fails_leaves_no_store(movie, tmp_path, capsys):
+    image = tifffile.imread(movie["a"]).copy()
+    image[0] = 7  # the prompted frame is constant: the prompt fails when applied
+    tifffile.imwrite(tmp_path / "flat.tif", image, metadata={"axes": "TYX"})
+    out = tmp_path / "run.ome.zarr"
+    code, err = run_cli(capsys, *_track_args(movie, out, image=tmp_path / "flat.tif"))
+    assert code == cli.EXIT_INPUT and "constant" in err
+    assert not out.exists()  # no 0-frame "interrupted" store that would need --overwrite
+
+
+def _wait_for(predicate, timeout=120.0):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_9_sigterm_leaves_an_interrupted_store_that_resumes_bit_identically(tmp_path):
+    long = nuclei_timelapse(n_frames=30, shape=(64, 64), n_nuclei=2, seed=5)
+    tifffile.imwrite(tmp_path / "m.tif", long.image, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "s.tif", long.labels[0].astype(np.uint16))
+    out = tmp_path / "run.ome.zarr"
+    args = [sys.executable, "-m", "napari_sam2.cli", "track", str(tmp_path / "m.tif"), "--seeds", str(tmp_path / "s.tif"),
+            "--out", str(out), "--device", "cpu", "--direction", "forward", "-q"]  # fmt: skip
+
+    def some_frames_done():
+        try:
+            return 2 <= len(LabelStore.open(out).finished_frames()) < 30
+        except Exception:  # noqa: BLE001  (not created yet)
+            return False
+
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=_env())
+    assert _wait_for(some_frames_done)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == cli.EXIT_TERMINATED, err
+    assert "Traceback" not in err and "terminated; frames finished so far are kept" in err
+    assert LabelStore.open(out).provenance["status"] == "interrupted"
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, env=_env(), check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    ref = track(long.image, long.labels[0], model="nano-fluo", axis=0, device="cpu", direction="forward", tables=False)
+    np.testing.assert_array_equal(LabelStore.open(out).read_labels()[:], ref.labels)
+
+
+def test_9_ctrl_c_while_starting_up_gives_one_message(movie, tmp_path):
+    out = tmp_path / "run.ome.zarr"
+    args = [sys.executable, "-m", "napari_sam2.cli", *map(str, _track_args(movie, out))]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=_env())
+
+    def importing_numpy():  # the moment a KeyboardInterrupt used to break half-imported modules
+        try:
+            return "_multiarray_umath" in Path(f"/proc/{proc.pid}/maps").read_text()
+        except OSError:
+            return True
+
+    if not Path("/proc/self/maps").exists():
+        proc.kill()
+        pytest.skip("needs /proc to see when the process imports numpy")
+    assert _wait_for(importing_numpy, timeout=60)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == cli.EXIT_INTERRUPTED, err
+    assert "Traceback" not in err and "interrupted; nothing was written" in err
+    assert not out.exists()

@@ -76,8 +76,8 @@ def tracks_from_labels(
     """
     centroids: dict[tuple[int, int], tuple[float, ...]] = {}
     for t, frame in _frames(labels_stack):
-        for region in regionprops(frame):
-            centroids[(region.label, t)] = tuple(float(c) for c in region.centroid)
+        for label, region in _regions(frame):
+            centroids[(label, t)] = tuple(float(c) for c in region.centroid)
     presence: dict[int, list[int]] = {}
     for obj, t in sorted(centroids, key=lambda k: (k[0], k[1])):
         presence.setdefault(obj, []).append(t)
@@ -162,8 +162,8 @@ def region_table(
     for t, frame in _frames(labels_stack):
         axes_ = "zyx"[3 - frame.ndim :]
         image = None if intensity is None else np.asarray(intensity[t])
-        for region in regionprops(frame, intensity_image=image):
-            row: dict[str, Any] = {"frame": t, "label": int(region.label), "track_id": None}
+        for label, region in _regions(frame, image):
+            row: dict[str, Any] = {"frame": t, "label": label, "track_id": None}
             row["parent_track_id"] = 0
             row["parent_label"] = 0
             row["area"] = int(region.area)
@@ -188,7 +188,7 @@ def region_table(
                     for c, value in enumerate(mean):
                         row[f"mean_intensity_{c}"] = float(value)
             if scores is not None:
-                score, iou = scores.get((t, int(region.label)), (None, None))
+                score, iou = scores.get((t, row["label"]), (None, None))
                 row["score"] = None if score is None else float(score)
                 row["iou"] = None if iou is None else float(iou)
             rows.append(row)
@@ -319,6 +319,17 @@ def export_ctc(
 
 
 # ---------------------------------------------------------------------- internals
+def _regions(frame: np.ndarray, image=None):
+    """(object id, regionprops region) per object of a frame. regionprops allocates per label value up to the
+    largest (an id of 2**32 - 1 would ask for gigabytes), so the ids are made consecutive first."""
+    ids, dense = np.unique(frame, return_inverse=True)
+    dense = dense.reshape(frame.shape)
+    if ids[0] != 0:  # no background in this frame: keep 0 free
+        ids, dense = np.concatenate([[0], ids]), dense + 1
+    for region in regionprops(dense, intensity_image=image):
+        yield int(ids[region.label]), region
+
+
 def _frames(labels_stack):
     """(t, frame) pairs, one frame read at a time; frames must hold non-negative integer ids."""
     for t in range(int(labels_stack.shape[0])):
