@@ -145,7 +145,9 @@ class FrameResult:
 
 def _check_obj_id(obj_id) -> None:
     if not isinstance(obj_id, (int, np.integer)) or isinstance(obj_id, bool) or not 0 < obj_id <= MAX_OBJ_ID:
-        raise InputError(f"object ids are integers 1…{MAX_OBJ_ID} (the value in the uint32 labels); got {obj_id!r}")
+        raise InputError(
+            f"object ids are positive integers 1…{MAX_OBJ_ID} (the value in the uint32 labels); got {obj_id!r}"
+        )
 
 
 class FeatureCache:
