@@ -92,9 +92,9 @@ def quality(model, base: int, seeds: int, settings: dict, verbose: bool = False)
 
 def speed(model, settings: dict, rounds: int = 3) -> dict:
     movie = nuclei_timelapse(n_frames=rounds + 2, shape=(256, 256), seed=HELD_OUT + 999)
-    ids = [int(i) for i in np.unique(movie.labels[0])[1:]]
     auto, tracking = [], []
     for r in range(rounds):
+        ids = [int(i) for i in np.unique(movie.labels[r])[1:]]  # the objects present on the prompted frame
         t0 = time.perf_counter()
         segment_everything(model, movie.image[r + 1], **settings)
         auto.append(time.perf_counter() - t0)
