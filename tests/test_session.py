@@ -56,6 +56,20 @@ def test_cancel_keeps_finished_frames_and_resumes(session):
     assert rest == [0, 5, 6, 7, 8, 9]  # the prompted frame, then only what was not tracked yet
 
 
+def test_a_cancelled_pass_closed_late_leaves_a_newer_pass_running(session):
+    # The widget's worker stops iterating on Cancel; the abandoned generator is closed only when it is
+    # garbage-collected, possibly while the next propagation runs (seen as a TypeError under load in CI).
+    session.add_prompt(0, 1, points=[[30, 30]])
+    first = session.propagate("forward")
+    assert [next(first).frame, next(first).frame] == [0, 1]
+    second = session.propagate("forward")
+    frames = [next(second).frame]
+    first.close()
+    frames += [r.frame for r in second]
+    assert frames == [0] + list(range(2, 10))
+    assert [e["frames"] for e in session.edit_log if e["op"] == "pass"] == [2, 10]
+
+
 def test_correction_sticks_and_retracks_only_what_it_can_change(tiny_model, stack):
     s = TrackingSession(tiny_model, stack)
     s.add_prompt(2, 1, points=[[30, 36]])

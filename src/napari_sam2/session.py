@@ -812,14 +812,18 @@ class TrackingSession:
     def _propagate_pass(self, order: list[int], reverse: bool):
         with self._lock, torch.inference_mode():
             entry = self._record({"op": "pass", "first": order[0], "last": order[-1], "reverse": reverse, "frames": 0})
-            self._pass = {"entry": entry, "order": order, "reverse": reverse, "done": 0}
+            state = {"entry": entry, "order": order, "reverse": reverse, "done": 0}
+            self._pass = state
             self._preflight()
         try:
-            yield from self._pass_frames(order, reverse)
+            yield from self._pass_frames(order, reverse, state)
         finally:
-            self._pass = None
+            # A cancelled generator may be closed only when it is garbage-collected, after a newer pass began:
+            # clear the marker only if it is still this pass's.
+            if self._pass is state:
+                self._pass = None
 
-    def _pass_frames(self, order: list[int], reverse: bool):
+    def _pass_frames(self, order: list[int], reverse: bool, state: dict):
         for i, frame in enumerate(order):
             with self._lock, torch.inference_mode():
                 if self._pending:  # prompted between two frames of this pass (e.g. discovery added an object)
@@ -839,8 +843,8 @@ class TrackingSession:
                     if o.alive(frame):
                         o.visited[frame] = reverse
                 # counted before the yield: a consumer that stops there has this frame
-                self._pass["entry"]["frames"] += 1
-                self._pass["done"] = i + 1
+                state["entry"]["frames"] += 1
+                state["done"] = i + 1
                 if not todo and not has_cond and not self.recompute_all:
                     continue  # nothing changed on this frame
                 result = self._result(frame, computed=[o.obj_id for o in todo])
