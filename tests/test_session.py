@@ -242,3 +242,12 @@ def test_cuda_bf16_tracking(tiny_checkpoint, stack):
     assert s.precision == "bf16"
     s.add_prompt(0, 1, points=[[30, 30]])
     assert len(list(s.propagate())) == 10
+
+
+def test_a_torch_tensor_stack_is_accepted_like_its_numpy_twin(tiny_model, stack):
+    # frames already in torch (e.g. on the GPU, as benchmarks/gpu_check.py hands them) are a valid stack
+    a = TrackingSession(tiny_model, stack).add_prompt(2, 1, points=[[30, 42]], labels=[1])
+    b = TrackingSession(tiny_model, torch.from_numpy(np.ascontiguousarray(stack))).add_prompt(
+        2, 1, points=[[30, 42]], labels=[1]
+    )
+    np.testing.assert_array_equal(a.labels, b.labels)

@@ -99,7 +99,16 @@ def check_pixels(shape, dtype) -> None:
         raise InputError(f"the stack has shape {shape}: an axis of length 0 holds no image")
     if dtype is None:
         return
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        # a torch tensor (e.g. frames already on the GPU) has torch.float32 etc.: numpy knows the name after the dot
+        try:
+            dtype = np.dtype(str(dtype).rsplit(".", 1)[-1])
+        except TypeError:
+            raise InputError(
+                f"the stack's pixel type {dtype} is not one numpy knows; convert it to an integer or float type"
+            ) from None
     if dtype.kind == "c":
         raise InputError(
             f"the stack holds complex numbers ({dtype}); take the magnitude or the real part first (napari-sam2 will "
