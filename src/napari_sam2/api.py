@@ -14,6 +14,7 @@ come from `napari_sam2.analysis`. Coordinates are napari's (row, col) = (y, x) p
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -90,6 +91,26 @@ def sidecar_path(out: str | os.PathLike, suffix: str) -> Path:
     return out.parent / f"{stem}_{suffix}"
 
 
+def _one_writer(run):
+    """track()'s outer step: when writing a store, refuse an output that is the input's own store and hold the
+    store's writer lock (io/lock.py, side files included) for the whole run; `run` gets the opened input."""
+
+    @functools.wraps(run)
+    def locked(*args, **kwargs):
+        bound = inspect.signature(run).bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = bound.arguments
+        if given["out"] is None:
+            return run(*bound.args, **bound.kwargs)
+        given["stack"] = _open_input(given["stack"])
+        _refuse_input_as_output(given["stack"], Path(given["out"]), given["overwrite"], given["resume"])
+        with StoreLock(given["out"]):
+            return run(*bound.args, **bound.kwargs)
+
+    return locked
+
+
+@_one_writer
 def track(
     stack,
     prompts=None,
@@ -155,63 +176,6 @@ def track(
     finished part (on a GPU, minutes for thousands of frames). resume=True on a path that does not exist starts a
     new run, so a cluster job can always be resubmitted with the same command line.
     """
-    run = functools.partial(
-        _track,
-        prompts=prompts,
-        model=model,
-        axis=axis,
-        out=out,
-        direction=direction,
-        channel=channel,
-        device=device,
-        window=window,
-        resume=resume,
-        ctc=ctc,
-        progress=progress,
-        seed_frame=seed_frame,
-        overwrite=overwrite,
-        preset=preset,
-        save_image=save_image,
-        tables=tables,
-        scale=scale,
-        units=units,
-        embedding_cache=embedding_cache,
-        discover=discover,
-        auto=auto,
-    )
-    if out is None:
-        return run(stack)
-    opened = _open_input(stack)
-    _refuse_input_as_output(opened, Path(out), overwrite, resume)
-    with StoreLock(out):  # one writer per store, side files included (see io/lock.py)
-        return run(opened)
-
-
-def _track(
-    stack,
-    prompts=None,
-    model: str | os.PathLike | Any | None = None,
-    axis: int | str | None = 0,
-    out: str | os.PathLike | None = None,
-    direction: str | None = None,
-    channel: int | None = None,
-    device: str = "auto",
-    window=None,
-    resume: bool = False,
-    ctc: str | os.PathLike | None = None,
-    progress: Callable[[int, int], Any] | None = None,
-    *,
-    seed_frame: int = 0,
-    overwrite: bool = False,
-    preset: str = "default",
-    save_image: bool = True,
-    tables: bool = True,
-    scale=None,
-    units=None,
-    embedding_cache: str | os.PathLike | None = None,
-    discover=None,
-    auto: bool = False,
-) -> TrackResult:
     if direction is not None and direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
     opened = _open_input(stack)
@@ -473,7 +437,7 @@ def _mark_interrupted(store, changed: bool) -> None:
 
 
 def _finish(v: dict) -> TrackResult:
-    """Tables, CTC export and the final status of a run whose labels are all written (`v`: `_track`'s locals)."""
+    """Tables, CTC export and the final status of a run whose labels are all written (`v`: `track`'s locals)."""
     store, labels_mem, scores, areas, out_path = v["store"], v["labels_mem"], v["scores"], v["areas"], v["out_path"]
     image_view, tables, ctc = v["image_view"], v["tables"], v["ctc"]
     store_scale, store_units, letter = v["store_scale"], v["store_units"], v["letter"]
