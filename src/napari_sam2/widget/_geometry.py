@@ -194,17 +194,30 @@ class StackGeometry:
 
 def make_label_array(shape: tuple[int, ...], tmp_dir: str | None = None):
     """A zeroed uint32 label array: in memory when small, else a temporary on-disk zarr array (one chunk per
-    frame) so that long stacks never need their labels in RAM."""
+    frame) so that long stacks never need their labels in RAM.
+
+    The temporary folder lives exactly as long as the returned array: it is removed when the array is garbage
+    collected (the widget drops it for a new image or closes) or, at the latest, when Python exits — a long
+    session that opens many large stacks must not fill the temporary disk with abandoned label arrays.
+    """
     nbytes = int(np.prod(shape, dtype=np.int64)) * 4
     if nbytes <= IN_MEMORY_LABELS_LIMIT:
         return np.zeros(shape, dtype=np.uint32)
+    import shutil
     import tempfile
+    import weakref
 
     import zarr
 
     path = tempfile.mkdtemp(prefix="napari-sam2-labels-", dir=tmp_dir)
-    chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
-    return zarr.open_array(path, mode="w", shape=shape, chunks=chunks, dtype="uint32", fill_value=0)
+    try:
+        chunks = (1,) * (len(shape) - 2) + tuple(shape[-2:])
+        array = zarr.open_array(path, mode="w", shape=shape, chunks=chunks, dtype="uint32", fill_value=0)
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    weakref.finalize(array, shutil.rmtree, path, ignore_errors=True)
+    return array
 
 
 def label_layer_data(base, geometry: StackGeometry):
