@@ -16,6 +16,7 @@ import torch
 from napari_sam2 import encode, track, track_many
 from napari_sam2.cli import main
 from napari_sam2.io.ome_zarr import LabelStore
+from napari_sam2.io.outputs import OutputExistsError
 from napari_sam2.sample_data import nuclei_timelapse
 from napari_sam2.scale_out import SUMMARY_NAME, local_cluster, stack_name
 
@@ -180,3 +181,29 @@ def test_cli_auto_tracks_each_stack_as_track_auto_does(client, plate, tmp_path):
         serial = track(movie, auto=True, discover=options)
     assert len(np.unique(serial.labels)) > 1  # it found something to compare
     np.testing.assert_array_equal(store.read_labels()[...], serial.labels)
+
+
+def test_summary_not_written_by_track_many_is_refused_before_any_work(plate, tmp_path, capsys):
+    """OUT/track_many_summary.csv follows the side-file rule: a file track-many did not write is never replaced
+    without --overwrite, and the refusal comes before any stack is touched; its own summary is replaced freely."""
+    out = tmp_path / "out"
+    out.mkdir()
+    theirs = out / SUMMARY_NAME
+    theirs.write_text("plate,well,notes\nA1,1,keep me\n")
+    inputs = str(plate / "plate" / "*.tif")
+    never = "tcp://127.0.0.1:1"  # never contacted: every stack fails (no prompts, no store) without cluster work
+    with pytest.raises(OutputExistsError, match="not written by track-many"):
+        track_many(inputs, None, out, scheduler=never, progress=False)
+    assert theirs.read_text() == "plate,well,notes\nA1,1,keep me\n" and sorted(os.listdir(out)) == [SUMMARY_NAME]
+
+    argv = ["track-many", inputs, "--prompts", str(plate / "none.json"), "--out-dir", str(out), "--scheduler", never]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "not written by track-many" in err and "--overwrite" in err and "Traceback" not in err
+    assert theirs.read_text() == "plate,well,notes\nA1,1,keep me\n"
+
+    run = track_many(inputs, None, out, scheduler=never, progress=False, overwrite=True)
+    assert [r.status for r in run.rows] == ["failed"] * 3
+    assert theirs.read_text().startswith("input,output,status,")  # replaced, as asked
+    again = track_many(inputs, None, out, scheduler=never, progress=False)  # ours now: replaced without asking
+    assert again.summary_path == theirs and len(theirs.read_text().splitlines()) == 4

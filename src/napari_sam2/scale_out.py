@@ -397,6 +397,7 @@ def track_many(
     resources: Mapping[str, float] | None = None,
     progress: bool | Callable[[StackRow, int, int], Any] = True,
     frame_progress: Callable[[int, int], Any] | None = None,
+    overwrite: bool = False,
     **track_options,
 ) -> TrackManyResult:
     """Track many stacks in parallel on Dask, one task per stack, each into `out_dir/<name>.ome.zarr`.
@@ -409,6 +410,8 @@ def track_many(
         path → prompts; a single file / PromptSet / seed array for every stack; or None with auto=True (each
         stack segments its seed frame itself, see `track`) or to only resume stores.
     out_dir: created if needed; also receives `track_many_summary.csv` and each stack's region/confidence CSVs.
+        A summary file there that track_many did not write is refused before any work (OutputExistsError) unless
+        `overwrite` (it replaces only that file: stores are always resumed or skipped, never replaced).
     client: a `distributed.Client` to use (not closed). Else scheduler: "local" / None starts a LocalCluster of
         `workers` process workers (default: half the cores, at most one per stack) closed at the end; an address
         ("tcp://host:8786") connects to a running cluster.
@@ -433,6 +436,8 @@ def track_many(
         raise TypeError(f"track_many() got unexpected options {sorted(unknown)}; track options: {_TRACK_OPTIONS}")
     paths = _expand_inputs(inputs)
     out_dir = Path(os.path.abspath(os.path.expanduser(out_dir)))  # workers may run in another directory
+    summary_path = out_dir / SUMMARY_NAME
+    _check_summary(summary_path, overwrite)  # before any work: a refusal after hours of tracking would be cruel
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[StackRow] = []
     todo: list[tuple[int, dict]] = []
@@ -476,7 +481,7 @@ def track_many(
             if dashboard and progress:
                 _say(f"Dask dashboard: {dashboard}")
             _run_stacks(c, todo, rows, retries, resources, report)
-    summary = _write_summary(rows, out_dir / SUMMARY_NAME)
+    summary = _write_summary(rows, summary_path)
     return TrackManyResult(rows, summary, dashboard)
 
 
@@ -520,10 +525,39 @@ def _task_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_message(exc)}"
 
 
+_SUMMARY_COLUMNS = ("input", "output", "status", "frames", "objects", "seconds", "resumed_frames", "error", "worker")
+
+
+def _summary_is_ours(path: Path) -> bool:
+    """A summary written by track_many: a plain file whose header is exactly our columns. (A run has no store of
+    its own to record the file in, as a store records its side files in io/outputs.py; the header is the record.)"""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open(newline="") as f:
+            header = f.readline(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return header.rstrip("\r\n") == ",".join(_SUMMARY_COLUMNS)
+
+
+def _check_summary(path: Path, overwrite: bool) -> None:
+    """Refuse to replace a file at the summary's path that track_many did not write (as io/outputs.py refuses a
+    side file a store did not record), unless `overwrite`."""
+    if overwrite or not os.path.lexists(path) or _summary_is_ours(path):
+        return
+    from .io.outputs import OutputExistsError
+
+    raise OutputExistsError(
+        f"{path} exists and was not written by track-many, so it is not replaced; move it away, choose another "
+        "--out-dir, or pass --overwrite (overwrite=True) to replace that file"
+    )
+
+
 def _write_summary(rows: list[StackRow], path: Path) -> Path:
     from .analysis import write_csv
 
-    cols = ("input", "output", "status", "frames", "objects", "seconds", "resumed_frames", "error", "worker")
+    cols = _SUMMARY_COLUMNS
     return write_csv(
         [{c: round(getattr(r, c), 2) if c == "seconds" else getattr(r, c) for c in cols} for r in rows], path
     )
@@ -743,6 +777,9 @@ def add_cli_parsers(sub) -> None:
     t.add_argument("--seed-frame", type=int, default=0, metavar="N", help="frame the seed labels belong to (0)")
     t.add_argument("--no-image", action="store_true", help="do not copy the images into the stores")
     t.add_argument("--embedding-cache", default=None, metavar="DIR", help="keep image features on disk here")
+    t.add_argument("--overwrite", action="store_true",
+                   help=f"replace an OUT/{SUMMARY_NAME} that track-many did not write (stores are never replaced: "
+                   "finished ones are skipped, interrupted ones resumed)")  # fmt: skip
     t.add_argument("--quiet", "-q", action="store_true", help="no progress lines, no table")
 
     e = sub.add_parser(
@@ -830,6 +867,7 @@ def cmd_track_many(args) -> int:
         retries=args.retries,
         resources=_parse_resources(args.resources),
         progress=not args.quiet,
+        overwrite=args.overwrite,
         **options,
     )
     if not args.quiet:
