@@ -201,3 +201,70 @@ def test_ctc_dropped_detections_lower_tra(tmp_path):
     aogm = 2 * W_FN + 3 * W_EA + 1 * W_ED
     assert scores["Valid"] == 1 and scores["DET"] == pytest.approx(1 - 2 * W_FN / (W_FN * 12))
     assert scores["TRA"] == pytest.approx(1 - aogm / (W_FN * 12 + W_EA * 10))
+
+
+# ---------------------------------------------------------------------- 3D+t: [T, Z, Y, X] label stacks
+def _balls(t_max=4):
+    """[4, 8, 32, 40]: two ellipsoids (z radius 2, y/x radius 4) moving right through 3-D, ids 1 and 2."""
+    stack = np.zeros((t_max, 8, 32, 40), np.uint32)
+    zz, yy, xx = np.mgrid[:8, :32, :40]
+    for t in range(t_max):
+        stack[t][(zz - 3) ** 2 / 4 + (yy - 10) ** 2 / 16 + (xx - 6 - 5 * t) ** 2 / 16 <= 1] = 1
+        stack[t][(zz - 4) ** 2 / 4 + (yy - 22) ** 2 / 16 + (xx - 6 - 5 * t) ** 2 / 16 <= 1] = 2
+    return stack
+
+
+def test_tzyx_regions_have_z_and_volumes_in_physical_units(tmp_path):
+    stack = _balls()
+    voxels = int((stack[0] == 1).sum())
+    rows = region_table(
+        stack,
+        scale=[60.0, 2.0, 0.5, 0.5],
+        units={"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"},
+    )
+    assert len(rows) == 8
+    r = rows[2]  # object 1 on t = 1
+    assert (r["frame"], r["label"], r["track_id"]) == (1, 1, 1)
+    assert r["volume"] == r["area"] == voxels
+    assert (r["centroid_z"], r["centroid_y"], r["centroid_x"]) == (3.0, 10.0, 11.0)
+    assert r["t_s"] == 60.0 and r["volume_um3"] == pytest.approx(voxels * 2.0 * 0.25)
+    assert (r["centroid_z_um"], r["centroid_y_um"], r["centroid_x_um"]) == (6.0, 5.0, 5.5)
+    assert "area_um3" not in r
+    back = list(csv.DictReader(write_csv(rows, tmp_path / "r.csv").open()))
+    assert float(back[2]["centroid_z"]) == 3.0 and int(back[2]["volume"]) == voxels
+
+
+def test_tzyx_tracks_carry_z():
+    data, graph = tracks_from_labels(_balls())
+    assert data.shape == (8, 5) and graph == {}
+    np.testing.assert_array_equal(data[:4], [[1, t, 3.0, 10.0, 6 + 5 * t] for t in range(4)])
+    np.testing.assert_array_equal(data[4:, 2], [4.0] * 4)
+
+
+def test_ctc_3d_export_read_by_traccuracy_and_scored_by_py_ctcmetrics(tmp_path):
+    from ctc_metrics import evaluate_sequence
+    from traccuracy.loaders import load_ctc_data
+
+    gt = _balls()
+    gt[3][gt[3] == 2] = 0  # object 2 leaves before the last time point
+    assert export_ctc(gt, tmp_path / "01_RES") == {1: [1], 2: [2]}
+    mask = tifffile.imread(tmp_path / "01_RES" / "mask002.tif")
+    assert mask.shape == (8, 32, 40) and mask.dtype == np.uint16  # CTC 3-D: one [Z, Y, X] TIFF per time point
+    np.testing.assert_array_equal(mask, gt[2])
+    assert (tmp_path / "01_RES" / "res_track.txt").read_text() == "1 0 3 0\n2 0 2 0\n"
+
+    graph = load_ctc_data(str(tmp_path / "01_RES"), str(tmp_path / "01_RES" / "res_track.txt"))
+    assert graph.segmentation.shape == gt.shape
+    nodes = sorted((a["t"], a["segmentation_id"], a["z"]) for _, a in graph.graph.nodes(data=True))
+    assert nodes == [(0, 1, 3.0), (0, 2, 4.0), (1, 1, 3.0), (1, 2, 4.0), (2, 1, 3.0), (2, 2, 4.0), (3, 1, 3.0)]
+
+    export_ctc(gt, tmp_path / "01_GT", ground_truth=True)
+    metrics = ["Valid", "DET", "SEG", "TRA"]
+    scores = evaluate_sequence(str(tmp_path / "01_RES"), str(tmp_path / "01_GT"), metrics, threads=1)
+    assert scores["Valid"] == 1 and scores["SEG"] == 1.0 and scores["TRA"] == 1.0
+    res = gt.copy()
+    res[1][gt[1] == 2] = 0  # object 2 missed at t = 1: one vertex and two links lost, one gap link wrong
+    export_ctc(res, tmp_path / "01_RES", overwrite=True)
+    scores = evaluate_sequence(str(tmp_path / "01_RES"), str(tmp_path / "01_GT"), metrics, threads=1)
+    assert scores["Valid"] == 1
+    assert scores["TRA"] == pytest.approx(1 - (W_FN + 2 * W_EA + W_ED) / (W_FN * 7 + W_EA * 5))

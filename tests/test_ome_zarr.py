@@ -108,6 +108,48 @@ def test_tzyx_planes_and_volumes(tmp_path):
         store.write_frame((0, 4), volume[0])
 
 
+def test_tzyx_store_axes_units_and_independent_readers(tmp_path):
+    """A 3D+t store: axes t, z, y, x with their types, units and scale; one chunk per (t, z) plane; read back by
+    ome-zarr-py and accepted by the NGFF models."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    shape = (3, 4, 16, 20)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 200, shape, dtype=np.uint8)
+    units = {"t": "second", "z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    path = tmp_path / "v.ome.zarr"
+    store = LabelStore.create(path, shape, axes="tzyx", image=image, scale=(30, 2, 0.5, 0.5), units=units)
+    volume = np.zeros(shape[1:], np.uint32)
+    volume[1:3, 4:9, 4:9] = 5
+    for t in range(shape[0]):
+        store.write_frame(t, np.roll(volume, t, axis=2))
+    ms = _json(path / "labels" / "sam2" / "zarr.json")["attributes"]["ome"]["multiscales"][0]
+    assert ms["axes"] == [
+        {"name": "t", "type": "time", "unit": "second"},
+        {"name": "z", "type": "space", "unit": "micrometer"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    assert ms["datasets"][0]["coordinateTransformations"] == [{"type": "scale", "scale": [30.0, 2.0, 0.5, 0.5]}]
+    level = _json(path / "labels" / "sam2" / "0" / "zarr.json")
+    assert level["dimension_names"] == ["t", "z", "y", "x"]
+    assert level["chunk_grid"]["configuration"]["chunk_shape"] == [1, 1, 16, 20]
+    assert store.done.shape == (3, 4) and store.finished_frames() == [0, 1, 2]
+    assert store.scale == [30.0, 2.0, 0.5, 0.5] and store.units == units
+
+    nodes = list(Reader(parse_url(str(path)))())
+    image_node, _, label_node = nodes
+    np.testing.assert_array_equal(np.asarray(image_node.data[0]), image)
+    assert [a["name"] for a in label_node.metadata["axes"]] == ["t", "z", "y", "x"]
+    np.testing.assert_array_equal(np.asarray(label_node.data[0])[2], np.roll(volume, 2, axis=2))
+
+    models = pytest.importorskip("ome_zarr_models", reason="ome-zarr-models validates OME-Zarr (testing extra)")
+    assert type(models.open_ome_zarr(zarr.open_group(path, mode="r"))).__name__ == "Image"
+    label = models.open_ome_zarr(zarr.open_group(path / "labels" / "sam2", mode="r"))
+    assert type(label).__name__ == "ImageLabel"
+
+
 def test_interrupted_run_resumes(tmp_path):
     path = tmp_path / "run.ome.zarr"
     store = LabelStore.create(path, SHAPE)

@@ -201,3 +201,82 @@ def test_one_set_of_rules_for_every_face(tmp_path, tiny_model, blob_stack):
     inside.validate(3, (32, 48))
     with TrackingSession(tiny_model, stack) as session:
         assert inside.apply(session)[0].obj_ids == [1]
+
+
+# ---------------------------------------------------------------------- 3D+t (TZYX) prompts: (t, z) slices
+def _tz():
+    prompts = PromptSet()
+    prompts.add(3, 1, points=[[10, 12], [20.5, 30]], labels=[1, 0], t=0)
+    prompts.add(5, 2, box=[5, 6, 25, 40], t=2)
+    prompts.add(3, 1, points=[[11, 13]], t=2)  # the same object and z on another time point: a separate prompt
+    return prompts
+
+
+def test_tz_prompts_roundtrip_json_and_csv(tmp_path):
+    prompts = _tz()
+    assert prompts.is_4d and prompts.times == [0, 2] and prompts.slices == [(0, 3), (2, 3), (2, 5)]
+    assert prompts[1].t == 2 and prompts[1].z == 5 and prompts[1].slice_index == (2, 5)
+    data = json.loads(prompts.save(tmp_path / "p.json").read_text())
+    assert data["prompts"][0]["t"] == 0 and data["prompts"][0]["z"] == 3 and "frame" not in data["prompts"][0]
+    assert PromptSet.load(tmp_path / "p.json") == prompts
+
+    path = prompts.save(tmp_path / "p.csv")
+    assert path.read_text().splitlines()[0] == "obj_id,t,z,kind,y,x,label,y0,x0,y1,x1"
+    back = PromptSet.load(path)
+    assert back == prompts and [p.slice_index for p in back] == [(0, 3), (2, 5), (2, 3)]
+
+
+def test_old_prompt_files_without_t_still_load(tmp_path):
+    path = tmp_path / "old.csv"
+    path.write_text("obj_id,frame,y,x\n1,0,5,6\n")
+    back = PromptSet.load(path)
+    assert back[0].t is None and back[0].frame == 0 and not back.is_4d and back.times == []
+    assert back[0].to_dict().keys() == {"obj_id", "frame", "points", "labels", "box", "mask"}  # unchanged format
+    old_json = {"prompts": [{"obj_id": 1, "frame": 2, "points": [[1, 2]], "labels": [1]}]}
+    assert PromptSet.from_dict(old_json)[0].t is None
+
+
+def test_tz_prompts_checked_against_a_tzyx_stack(tmp_path):
+    prompts = _tz()
+    prompts.validate(8, (64, 64), num_times=3)
+    with pytest.raises(PromptError, match=r"t=2 is outside the stack \(t 0…1\)"):
+        prompts.validate(8, (64, 64), num_times=2)
+    with pytest.raises(PromptError, match=r"z slice 5 is outside the stack \(z 0…4\)"):
+        prompts.validate(5, (64, 64), num_times=3)
+    old = PromptSet()
+    old.add(0, 1, points=[[1, 1]])
+    with pytest.raises(PromptError, match="needs a time point t as well as its z slice"):
+        old.validate(8, (64, 64), num_times=3)
+    with pytest.raises(PromptError, match="has one stream axis"):
+        prompts.validate(8, (64, 64))
+    mixed = PromptSet([*_tz(), *old])
+    with pytest.raises(PromptError, match="has no time point t while other prompts have one"):
+        mixed.save(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("obj_id,t,y,x\n1,0,5,6\n", "column 'z' is missing"),
+        ("obj_id,t,z,frame,y,x\n1,0,1,1,5,6\n", "unknown column 'frame'.*gives t and z instead of frame"),
+        ("obj_id,t,z,y,x\n1,-1,1,5,6\n", ":2: column 't' must be"),
+        ("obj_id,t,z,y,x\n1,0,1.5,5,6\n", ":2: column 'z' must be"),
+    ],
+)
+def test_tz_csv_errors_name_line_and_field(tmp_path, text, expected):
+    path = tmp_path / "p.csv"
+    path.write_text(text)
+    with pytest.raises(PromptError, match=expected):
+        PromptSet.load(path)
+
+
+def test_tz_json_errors():
+    bad = {"prompts": [{"obj_id": 1, "z": 2, "points": [[1, 2]]}]}
+    with pytest.raises(PromptError, match="'z' needs a time point 't'"):
+        PromptSet.from_dict(bad)
+    bad = {"prompts": [{"obj_id": 1, "t": 2, "points": [[1, 2]]}]}
+    with pytest.raises(PromptError, match="field 'z' is missing"):
+        PromptSet.from_dict(bad)
+    bad = {"prompts": [{"obj_id": 1, "t": 0, "z": 2, "frame": 2, "points": [[1, 2]]}]}
+    with pytest.raises(PromptError, match="not both"):
+        PromptSet.from_dict(bad)

@@ -87,6 +87,34 @@ def test_npe2_reader_opens_our_store_and_declines_others(tmp_path, plugin_manage
     assert get_reader(str(tmp_path / "foreign.zarr")) is None
 
 
+def test_npe2_reader_opens_a_tzyx_store_as_4d_layers(tmp_path, plugin_manager):
+    """A 3D+t result opens as a 4-D Labels layer (both sliders) at its physical scale, with 4-D tracks (t, z, y, x)."""
+    npe2 = plugin_manager
+    labels = np.zeros((3, 5, 24, 32), np.uint32)
+    for t in range(3):
+        labels[t, 1:4, 4:10, 2 + 3 * t : 8 + 3 * t] = 3
+        labels[t, 2:5, 14:20, 20:26] = 9
+    path = tmp_path / "embryo.ome.zarr"
+    units = ["second", "micrometer", "micrometer", "micrometer"]
+    save_result(path, labels, axes="tzyx", image=(labels * 20).astype(np.uint8), scale=(30, 2, 0.5, 0.5), units=units)
+    layers = npe2.read([str(path)], stack=False, plugin_name="napari-sam2")
+    assert [t for _, _, t in layers] == ["image", "labels", "tracks"]
+    (img, img_kw, _), (lab, lab_kw, _), (tracks, tracks_kw, _) = layers
+    assert img.shape == lab.shape == (3, 5, 24, 32)
+    np.testing.assert_array_equal(np.asarray(lab), labels)
+    assert lab_kw["scale"] == img_kw["scale"] == (30, 2, 0.5, 0.5)
+    assert lab_kw["axis_labels"] == ("t", "z", "y", "x") and lab_kw["units"] == tuple(units)
+    assert tracks.shape == (6, 5) and tracks_kw["scale"] == (30, 2, 0.5, 0.5)  # track id, t, z, y, x
+    np.testing.assert_array_equal(tracks[tracks[:, 0] == 9][:, 1:3], [[0, 3.0], [1, 3.0], [2, 3.0]])
+
+    # napari's writer saves the 4-D layer back as a tzyx store
+    out = tmp_path / "again.ome.zarr"
+    npe2.write(str(out), [(np.asarray(lab), lab_kw, "labels")], plugin_name="napari-sam2")
+    again = open_result(out)
+    assert again.axes == "tzyx" and tuple(again.scale) == (30, 2, 0.5, 0.5)
+    np.testing.assert_array_equal(again.labels[:], labels)
+
+
 def test_npe2_writer_saves_a_labels_layer(tmp_path, plugin_manager):
     npe2 = plugin_manager
     labels = _labels()

@@ -141,12 +141,13 @@ def region_table(
     parents: {daughter object id: mother object id} (divisions).
     Columns: frame, label (object id), track_id (see module docstring), parent_track_id (the track's parent
     track: the mother's for a daughter's first track, the earlier piece for a continuation; 0 = none),
-    parent_label (the mother's object id for a daughter, else 0), area (pixels or voxels), centroid_[z,]y,x,
+    parent_label (the mother's object id for a daughter, else 0), area (pixels; voxels for [T, Z, Y, X] stacks,
+    which also get the same number as `volume`), centroid_[z,]y,x,
     bbox_[z0,]y0,x0,[z1,]y1,x1 (half-open, like numpy slices), mean_intensity (or mean_intensity_<c> per
     channel), score, iou (None where `scores` has no entry). Frames where an object is absent have no row.
     Physical columns, beside the pixel ones, when `scale` (size per axis of the stack, e.g. [30, 0.5, 0.5]) or
     `units` ({axis letter: UDUNITS-2 unit}, e.g. {"t": "second", "y": "micrometer", "x": "micrometer"}) is given:
-    the frame's position (e.g. t_s = frame × 30), area_<u>2 (area_<u>3 for volumes) and centroid_<axis>_<u>, with
+    the frame's position (e.g. t_s = frame × 30), area_<u>2 (volume_<u>3 for 3-D objects) and centroid_<axis>_<u>, with
     <u> the unit's symbol (um, nm, s, ...) or "phys" when unknown. axes: the stack's axis letters (default "t"
     then "yx" or "zyx").
     """
@@ -167,6 +168,8 @@ def region_table(
             row["parent_track_id"] = 0
             row["parent_label"] = 0
             row["area"] = int(region.area)
+            if frame.ndim == 3:  # a TZYX stack: each object is a 3-D mask per time point
+                row["volume"] = int(region.area)
             for a, c in zip(axes_, region.centroid, strict=True):
                 row[f"centroid_{a}"] = float(c)
             bbox = region.bbox
@@ -222,7 +225,8 @@ def _physical_columns(shape, scale, units, axes):
     frame_column = (f"{axes[0]}_{symbols[0]}", scale[0])
     spatial = set(symbols[1:])
     area_unit = f"{symbols[1]}{ndim - 1}" if len(spatial) == 1 and "phys" not in spatial else "phys"
-    area_column = (f"area_{area_unit}", float(np.prod(scale[1:])))
+    size = "volume" if ndim == 4 else "area"  # a [T, Z, Y, X] stack measures volumes
+    area_column = (f"{size}_{area_unit}", float(np.prod(scale[1:])))
     centroids = [(f"centroid_{a}_{u}", size) for a, u, size in zip(axes[1:], symbols[1:], scale[1:], strict=True)]
     return frame_column, area_column, centroids
 

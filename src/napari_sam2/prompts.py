@@ -12,6 +12,11 @@ Files:
   CSV   header with columns obj_id, frame, y, x, label (label optional, default 1: 1 = object, 0 = background),
         and for boxes kind=box with y0, x0, y1, x1 (kind optional: "point" or "box"). Rows of the same object and
         frame are one prompt; masks cannot be written to CSV (use JSON or seed labels).
+
+3D+t (TZYX) stacks: a prompt lies on one (t, z) slice. `ObjectPrompt.t` holds the time point and `frame` the z
+slice (the frame of that time point's z-stream); `t` is None for a prompt on a 3-D stack. Files name the two
+indices `t` and `z`: CSV columns obj_id, t, z, y, x, ... and JSON fields "t" and "z" (instead of "frame"). Files
+without `t` (every file written before 3D+t) load as before; a file either gives `t` on every row or on none.
 Every bad input raises `PromptError` (an `InputError`) that names the file, the line (CSV, and JSON syntax) or
 the prompt index (JSON) and the field.
 """
@@ -39,9 +44,12 @@ MAX_OBJ_ID = 2**32 - 1
 #: pixels (a 16384² frame): a few bytes of JSON must not make the reader allocate gigabytes
 MAX_MASK_PIXELS = 16384 * 16384
 CSV_COLUMNS = ("obj_id", "frame", "kind", "y", "x", "label", "y0", "x0", "y1", "x1")
+#: the CSV columns of prompts on a TZYX stack: (t, z) instead of frame
+CSV_COLUMNS_TZ = ("obj_id", "t", "z", "kind", "y", "x", "label", "y0", "x0", "y1", "x1")
 
 __all__ = [
     "CSV_COLUMNS",
+    "CSV_COLUMNS_TZ",
     "ObjectPrompt",
     "PromptError",
     "PromptSet",
@@ -60,7 +68,8 @@ class PromptError(InputError):
 @dataclass
 class ObjectPrompt:
     """One object's prompt on one frame, napari pixels of the frame: points [N, 2] (y, x) float, labels [N] int
-    (1 object / 0 background), box [4] (y0, x0, y1, x1) or None, mask [H, W] bool or None."""
+    (1 object / 0 background), box [4] (y0, x0, y1, x1) or None, mask [H, W] bool or None.
+    t: the time point of a prompt on a TZYX stack, whose `frame` is then the z slice (None: a 3-D stack's frame)."""
 
     obj_id: int
     frame: int
@@ -68,11 +77,23 @@ class ObjectPrompt:
     labels: np.ndarray
     box: np.ndarray | None = None
     mask: np.ndarray | None = None
+    t: int | None = None
+
+    @property
+    def z(self) -> int:
+        """The z slice of a TZYX prompt (the same number as `frame`)."""
+        return int(self.frame)
+
+    @property
+    def slice_index(self) -> tuple[int, ...]:
+        """(t, z) of a TZYX prompt, (frame,) otherwise: where the prompt lies in the label stack."""
+        return (int(self.frame),) if self.t is None else (int(self.t), int(self.frame))
 
     def to_dict(self) -> dict[str, Any]:
+        where = {"frame": int(self.frame)} if self.t is None else {"t": int(self.t), "z": int(self.frame)}
         return {
             "obj_id": int(self.obj_id),
-            "frame": int(self.frame),
+            **where,
             "points": np.asarray(self.points, dtype=float).reshape(-1, 2).tolist(),
             "labels": [int(v) for v in self.labels],
             "box": None if self.box is None else [float(v) for v in self.box],
@@ -88,9 +109,18 @@ class ObjectPrompt:
         mask declaring another size is refused before it is decoded (see `PromptSet.from_dict`)."""
         if not isinstance(item, Mapping):
             raise PromptError(f"{where}: expected an object; got {type(item).__name__}")
-        unknown = set(item) - {"obj_id", "frame", "points", "labels", "box", "mask"}
+        unknown = set(item) - {"obj_id", "frame", "t", "z", "points", "labels", "box", "mask"}
         if unknown:
             raise PromptError(f"{where}: unknown field(s) {sorted(unknown)}")
+        item = dict(item)
+        if "z" in item:  # a TZYX prompt: z is its frame
+            if "frame" in item:
+                raise PromptError(f"{where}: give the slice as 'z' (with 't') or as 'frame', not both")
+            if "t" not in item:
+                raise PromptError(f"{where}: field 'z' needs a time point 't' (a 3-D stack's prompts use 'frame')")
+            item["frame"] = item.pop("z")
+        elif "t" in item and "frame" not in item:
+            raise PromptError(f"{where}: field 'z' is missing (a prompt with a time point 't' lies on a z slice)")
         for required in ("obj_id", "frame"):
             if required not in item:
                 raise PromptError(f"{where}: field {required!r} is missing")
@@ -102,7 +132,14 @@ class ObjectPrompt:
             except (KeyError, TypeError, ValueError) as exc:
                 raise PromptError(f"{where}.mask: not a valid run-length mask ({exc})") from None
         return _make_prompt(
-            item["frame"], item["obj_id"], item.get("points"), item.get("labels"), item.get("box"), mask, where
+            item["frame"],
+            item["obj_id"],
+            item.get("points"),
+            item.get("labels"),
+            item.get("box"),
+            mask,
+            where,
+            t=item.get("t"),
         )
 
     @property
@@ -110,12 +147,34 @@ class ObjectPrompt:
         """Points as the network sees them (a box counts as its two corners)."""
         return len(self.points) + (2 if self.box is not None else 0)
 
-    def check(self, frame_shape: tuple[int, int], num_frames: int | None = None, where: str | None = None) -> None:
+    def check(
+        self,
+        frame_shape: tuple[int, int],
+        num_frames: int | None = None,
+        where: str | None = None,
+        num_times: int | None = None,
+    ) -> None:
         """The one set of rules for a prompt on a stack of `num_frames` (H, W) frames (PromptSet, session, widget
         and files all apply it): frame in range; points at 0 ≤ y < H, 0 ≤ x < W; a box of non-zero area that
-        overlaps the frame; a mask of the frame's size. Raises `PromptError` naming `where`."""
-        where = where or f"object {self.obj_id} on frame {self.frame}"
-        if num_frames is not None and not 0 <= self.frame < num_frames:
+        overlaps the frame; a mask of the frame's size. Raises `PromptError` naming `where`.
+        num_times: the T of a TZYX stack (then `num_frames` is its Z): the prompt must carry a t in 0…T-1."""
+        where = where or self.describe()
+        if num_times is not None:
+            if self.t is None:
+                raise PromptError(
+                    f"{where}: a prompt on a TZYX stack needs a time point t as well as its z slice (CSV columns "
+                    "obj_id, t, z, y, x; JSON fields 't' and 'z')"
+                )
+            if not 0 <= self.t < num_times:
+                raise PromptError(f"{where}: time point t={self.t} is outside the stack (t 0…{num_times - 1})")
+            if num_frames is not None and not 0 <= self.frame < num_frames:
+                raise PromptError(f"{where}: z slice {self.frame} is outside the stack (z 0…{num_frames - 1})")
+        elif num_frames is not None and self.t is not None:
+            raise PromptError(
+                f"{where}: the prompt has a time point t={self.t} but the stack has one stream axis; "
+                "give prompts without t (CSV column 'frame') for a 3-D stack"
+            )
+        elif num_frames is not None and not 0 <= self.frame < num_frames:
             raise PromptError(f"{where}: frame {self.frame} is outside the stack (frames 0…{num_frames - 1})")
         if len(self.points):
             check_points(self.points, frame_shape, where)
@@ -125,6 +184,12 @@ class ObjectPrompt:
             raise PromptError(
                 f"{where}: mask shape {self.mask.shape} does not match the frame size {tuple(frame_shape)}"
             )
+
+    def describe(self) -> str:
+        """ "object 3 on frame 5" / "object 3 at t=2, z=5", for messages."""
+        if self.t is None:
+            return f"object {self.obj_id} on frame {self.frame}"
+        return f"object {self.obj_id} at t={self.t}, z={self.frame}"
 
 
 def check_points(points: np.ndarray, frame_shape: tuple[int, int], where: str = "prompt") -> None:
@@ -151,10 +216,13 @@ def check_box(box: np.ndarray, frame_shape: tuple[int, int], where: str = "promp
         raise PromptError(f"{where}: box {[y0, x0, y1, x1]} lies outside the {h}×{w} frame")
 
 
-def make_prompt(frame, obj_id, points=None, labels=None, box=None, mask=None, where: str = "prompt") -> ObjectPrompt:
+def make_prompt(
+    frame, obj_id, points=None, labels=None, box=None, mask=None, where: str = "prompt", *, t=None
+) -> ObjectPrompt:
     """One checked `ObjectPrompt` from loose values (structure only: types, counts, labels 0/1, finite numbers,
-    a non-empty 2-D mask; where it lies on a stack is `ObjectPrompt.check`). Raises `PromptError`."""
-    return _make_prompt(frame, obj_id, points, labels, box, mask, where)
+    a non-empty 2-D mask; where it lies on a stack is `ObjectPrompt.check`). Raises `PromptError`.
+    t: the time point of a prompt on a TZYX stack (`frame` is then its z slice)."""
+    return _make_prompt(frame, obj_id, points, labels, box, mask, where, t=t)
 
 
 # ---------------------------------------------------------------------- run-length encoding of masks
@@ -210,9 +278,10 @@ def _float_array(value, field: str, where: str, shape_rule: str, check) -> np.nd
     return arr
 
 
-def _make_prompt(frame, obj_id, points, labels, box, mask, where: str) -> ObjectPrompt:
+def _make_prompt(frame, obj_id, points, labels, box, mask, where: str, t=None) -> ObjectPrompt:
     obj_id = _int(obj_id, "obj_id", where, 1, MAX_OBJ_ID)
-    frame = _int(frame, "frame", where, 0)
+    frame = _int(frame, "frame" if t is None else "z", where, 0)
+    t = None if t is None else _int(t, "t", where, 0)
     has_points = points is not None and len(points) > 0
     if not has_points and box is None and mask is None:
         raise PromptError(f"{where}: object {obj_id} on frame {frame} has no points, box or mask")
@@ -250,7 +319,7 @@ def _make_prompt(frame, obj_id, points, labels, box, mask, where: str) -> Object
         m = m.astype(bool)
         if not m.any():
             raise PromptError(f"{where}: the mask of object {obj_id} on frame {frame} is empty")
-    return ObjectPrompt(obj_id, frame, pts, lab, bx, m)
+    return ObjectPrompt(obj_id, frame, pts, lab, bx, m, t)
 
 
 # ---------------------------------------------------------------------- the prompt set
@@ -260,10 +329,11 @@ class PromptSet:
     def __init__(self, prompts: Iterable[ObjectPrompt] = ()):
         self._prompts: list[ObjectPrompt] = list(prompts)
 
-    def add(self, frame, obj_id, points=None, labels=None, box=None, mask=None) -> ObjectPrompt:
+    def add(self, frame, obj_id, points=None, labels=None, box=None, mask=None, *, t=None) -> ObjectPrompt:
         """Append one object's prompt on `frame`: points [[y, x], ...] with labels (default 1), a box
-        [y0, x0, y1, x1], or a mask [H, W] (alone). Returns the new `ObjectPrompt`."""
-        prompt = _make_prompt(frame, obj_id, points, labels, box, mask, f"prompt {len(self._prompts)}")
+        [y0, x0, y1, x1], or a mask [H, W] (alone). Returns the new `ObjectPrompt`.
+        TZYX stacks: `t` is the time point and `frame` the z slice, e.g. ``add(z, obj_id, points, t=t)``."""
+        prompt = _make_prompt(frame, obj_id, points, labels, box, mask, f"prompt {len(self._prompts)}", t=t)
         self._prompts.append(prompt)
         return prompt
 
@@ -295,20 +365,37 @@ class PromptSet:
 
     @property
     def frames(self) -> list[int]:
-        """Prompted frames, sorted."""
+        """Prompted frames, sorted (the z slices of TZYX prompts; see `slices` for (t, z))."""
         return sorted({p.frame for p in self._prompts})
 
+    @property
+    def times(self) -> list[int]:
+        """Prompted time points of TZYX prompts, sorted ([] when no prompt carries a t)."""
+        return sorted({p.t for p in self._prompts if p.t is not None})
+
+    @property
+    def slices(self) -> list[tuple[int, ...]]:
+        """Prompted (t, z) slices of TZYX prompts, or (frame,) of 3-D ones, sorted."""
+        return sorted({p.slice_index for p in self._prompts})
+
+    @property
+    def is_4d(self) -> bool:
+        """True when the prompts carry time points (they are for a TZYX stack)."""
+        return any(p.t is not None for p in self._prompts)
+
     # -------------------------------------------------------------- use
-    def validate(self, num_frames: int, frame_shape: tuple[int, int]) -> None:
+    def validate(self, num_frames: int, frame_shape: tuple[int, int], num_times: int | None = None) -> None:
         """Check every prompt against a stack of `num_frames` frames of (H, W) `frame_shape` with the rules of
-        `ObjectPrompt.check` (the session's own); one clear error naming the prompt."""
+        `ObjectPrompt.check` (the session's own); one clear error naming the prompt. A TZYX stack: `num_times`
+        its T and `num_frames` its Z (every prompt must then carry a t)."""
         for i, p in enumerate(self._prompts):
-            p.check(frame_shape, num_frames, where=f"prompt {i} (object {p.obj_id}, frame {p.frame})")
+            where = f"prompt {i} ({p.describe()})"
+            p.check(frame_shape, num_frames, where=where, num_times=num_times)
 
     def apply(self, session) -> list:
         """`session.add(prompt)` for each prompt, in order (clicks on the same object and frame add up, as in the
-        widget) → the `FrameResult` of each."""
-        return [session.add(p) for p in self._prompts]
+        widget) → the result of each. A TZYX prompt goes to a 3D+t session as `session.add(t, z, prompt)`."""
+        return [session.add(p) if p.t is None else session.add(p.t, p.frame, p) for p in self._prompts]
 
     # -------------------------------------------------------------- dict / JSON
     def to_dict(self) -> dict[str, Any]:
@@ -338,21 +425,35 @@ class PromptSet:
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix == ".json":
+            self._require_one_kind(path)
             path.write_text(json.dumps(self.to_dict(), indent=1))
         elif suffix == ".csv":
             if any(p.mask is not None for p in self._prompts):
                 raise PromptError(f"{path}: mask prompts cannot be written to CSV; save as .json instead")
+            self._require_one_kind(path)
+            tz = self.is_4d
             with path.open("w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(CSV_COLUMNS)
+                writer.writerow(CSV_COLUMNS_TZ if tz else CSV_COLUMNS)
                 for p in self._prompts:
+                    where = [p.obj_id, p.t, p.frame] if tz else [p.obj_id, p.frame]
                     for (y, x), label in zip(p.points, p.labels, strict=True):
-                        writer.writerow([p.obj_id, p.frame, "point", _num(y), _num(x), int(label), "", "", "", ""])
+                        writer.writerow([*where, "point", _num(y), _num(x), int(label), "", "", "", ""])
                     if p.box is not None:
-                        writer.writerow([p.obj_id, p.frame, "box", "", "", "", *(_num(v) for v in p.box)])
+                        writer.writerow([*where, "box", "", "", "", *(_num(v) for v in p.box)])
         else:
             raise PromptError(f"{path}: prompts are saved as .json or .csv, not {suffix or 'no extension'!r}")
         return path
+
+    def _require_one_kind(self, source) -> None:
+        """Prompts of one set are all for a TZYX stack (with t) or all for a 3-D stack (without)."""
+        with_t = [p.t is not None for p in self._prompts]
+        if any(with_t) and not all(with_t):
+            first = self._prompts[with_t.index(False)]
+            raise PromptError(
+                f"{source}: {first.describe()} has no time point t while other prompts have one; prompts of a "
+                "TZYX stack all carry t (and z), those of a 3-D stack none"
+            )
 
     @classmethod
     def load(cls, path: str | os.PathLike, frame_shape=None) -> PromptSet:
@@ -371,6 +472,7 @@ class PromptSet:
             except json.JSONDecodeError as exc:
                 raise PromptError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
             prompts = cls.from_dict(data, source=str(path), frame_shape=frame_shape)
+            prompts._require_one_kind(path)
         elif suffix == ".csv":
             prompts = cls._from_csv(text, str(path))
         else:
@@ -393,14 +495,17 @@ class PromptSet:
         if header is None:
             raise PromptError(f"{source}:1: empty file; expected a header with {', '.join(CSV_COLUMNS[:6])}")
         header = [h.strip().lower() for h in header]
-        unknown = [h for h in header if h not in CSV_COLUMNS]
+        tz = "t" in header or "z" in header  # a TZYX file: (t, z) instead of frame
+        columns = CSV_COLUMNS_TZ if tz else CSV_COLUMNS
+        unknown = [h for h in header if h not in columns]
         if unknown:
-            raise PromptError(f"{source}:1: unknown column {unknown[0]!r}; columns are {', '.join(CSV_COLUMNS)}")
-        for required in ("obj_id", "frame"):
+            hint = " (a TZYX file gives t and z instead of frame)" if tz and unknown[0] == "frame" else ""
+            raise PromptError(f"{source}:1: unknown column {unknown[0]!r}; columns are {', '.join(columns)}{hint}")
+        for required in ("obj_id", "t", "z") if tz else ("obj_id", "frame"):
             if required not in header:
                 raise PromptError(f"{source}:1: column {required!r} is missing")
-        groups: dict[tuple[int, int], dict[str, Any]] = {}
-        first_line: dict[tuple[int, int], int] = {}
+        groups: dict[tuple[int, ...], dict[str, Any]] = {}
+        first_line: dict[tuple[int, ...], int] = {}
         for line, row in enumerate(reader, start=2):
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -409,10 +514,15 @@ class PromptSet:
             cells = {h: c.strip() for h, c in zip(header, row, strict=True)}
             where = f"{source}:{line}"
             obj_id = _int(cells["obj_id"], "column 'obj_id'", where, 1, MAX_OBJ_ID)
-            frame = _int(cells["frame"], "column 'frame'", where, 0)
+            if tz:
+                frame = _int(cells["z"], "column 'z'", where, 0)
+                key: tuple[int, ...] = (obj_id, frame, _int(cells["t"], "column 't'", where, 0))
+            else:
+                frame = _int(cells["frame"], "column 'frame'", where, 0)
+                key = (obj_id, frame)
             kind = cells.get("kind", "").lower() or ("box" if cells.get("y0") else "point")
-            group = groups.setdefault((obj_id, frame), {"points": [], "labels": [], "box": None})
-            first_line.setdefault((obj_id, frame), line)
+            group = groups.setdefault(key, {"points": [], "labels": [], "box": None})
+            first_line.setdefault(key, line)
             if kind == "point":
                 y = _csv_float(cells, "y", where)
                 x = _csv_float(cells, "x", where)
@@ -423,15 +533,18 @@ class PromptSet:
                 group["labels"].append(int(float(label)))
             elif kind == "box":
                 if group["box"] is not None:
-                    raise PromptError(f"{where}: a second box for object {obj_id} on frame {frame}")
+                    slice_ = f"t={key[2]}, z={frame}" if tz else f"frame {frame}"
+                    raise PromptError(f"{where}: a second box for object {obj_id} on {slice_}")
                 group["box"] = [_csv_float(cells, k, where) for k in ("y0", "x0", "y1", "x1")]
             else:
                 raise PromptError(f"{where}: column 'kind' must be 'point' or 'box'; got {kind!r}")
         out = cls()
-        for (obj_id, frame), group in groups.items():
-            where = f"{source}:{first_line[(obj_id, frame)]}"
+        for key, group in groups.items():
+            obj_id, frame, *t = key
+            where = f"{source}:{first_line[key]}"
+            points, labels = group["points"] or None, group["labels"] or None
             out._prompts.append(
-                _make_prompt(frame, obj_id, group["points"] or None, group["labels"] or None, group["box"], None, where)
+                _make_prompt(frame, obj_id, points, labels, group["box"], None, where, t=t[0] if t else None)
             )
         return out
 
