@@ -108,6 +108,14 @@ class StackGeometry:
             channel = 0
         return cls(data, ndim, rgb, stream_axis, spatial, channel_axis, channel, fixed)
 
+    @classmethod
+    def from_array(cls, data, stream_axis: int | None = 0, channel_axis: int | None = None, channel: int | None = None):
+        """The geometry of a plain array (no napari layer; e.g. a (T, Y, X) stack) — `from_layer`'s checks."""
+        from types import SimpleNamespace
+
+        layer = SimpleNamespace(data=data, rgb=False, ndim=len(np.shape(data)), name="array")
+        return cls.from_layer(layer, stream_axis, channel_axis, channel)
+
     # ------------------------------------------------------------------ shapes
     @property
     def layer_shape(self) -> tuple[int, ...]:

@@ -1,16 +1,15 @@
 """The napari dock widget: click on a slice, let SAM 2 carry the objects through the stack, save the labels.
 
-The widget holds no model logic. It maps viewer state (the chosen image layer, the prompt layers, the dims slider)
-to `TrackingSession` calls and writes the sessions' `FrameResult`s back into one Labels layer. Everything that can
-take long (loading a model, opening a session, encoding frames, prompting an unencoded frame, propagating, saving)
-runs on napari thread workers; prompt jobs run one after another in the order they were made.
+The widget lays out and shows; what it does lives in `TrackingController` (`_controller.py`, no Qt, no napari):
+the sessions (one per slice), the job queue that applies prompts in the order they were made, the labels every
+result is merged into, propagation and save / open. The widget maps viewer state (the chosen image layer, the
+prompt layers, the dims slider) to controller calls, runs the controller's long work on Qt thread workers, and
+shows what the controller reports (it is the controller's `ControllerView`).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,10 +35,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..errors import InputError
-from ..replay import merge_result
-from . import _worker
 from ._confidence import ConfidenceStrip
-from ._geometry import StackGeometry, label_layer_data, make_label_array
+from ._controller import ControllerView, TrackingController, error_text
+from ._geometry import StackGeometry, label_layer_data
 from ._prompts_layers import PromptLayers, same_space
 
 if TYPE_CHECKING:
@@ -47,7 +45,6 @@ if TYPE_CHECKING:
 
 CHOOSE_FILE = "choose a .pt file…"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-MAX_PREFETCH = 64  # frames encoded ahead when a layer is chosen (the feature cache holds about this many at 1024²)
 
 #: (key, what it does) — bound on the viewer while the widget lives; listed in the widget's tooltip and README
 SHORTCUTS = (
@@ -72,12 +69,19 @@ def _notify(kind: str, message: str) -> None:
     )
 
 
-def _error_text(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, (InputError, ValueError, OSError, RuntimeError)) else f"{type(exc).__name__}: {text}"
+def _qt_worker(func, *args, **handlers):
+    """An unstarted thread worker running `func(*args)` with `handlers` connected to its signals (the controller's
+    `spawn`). superqt's worker, not napari's: napari's adds a raw traceback notification on error, and every error
+    here gets its own message from the handlers instead."""
+    from superqt.utils import create_worker
+
+    worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
+    for name, callback in handlers.items():
+        getattr(worker, name).connect(lambda *a, cb=callback: cb(*a))
+    return worker
 
 
-class SAM2Widget(QWidget):
+class SAM2Widget(QWidget, ControllerView):
     """Dock widget: image/model pickers, objects, prompts, propagation, confidence strip, save/open."""
 
     #: emitted on the GUI thread after each prompt job's labels are written (the list of FrameResults)
@@ -93,32 +97,13 @@ class SAM2Widget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__()
         viewer = self.viewer = napari_viewer
-        self.model = None
-        self.model_source: str | None = None
-        self._opened_record = None  # the Provenance of the last opened result
+        self.controller = TrackingController(view=self, spawn=_qt_worker, prompts_of=self.prompt_set)
         self.image_layer = None
-        self.geometry: StackGeometry | None = None
         self.labels_layer = None
-        self.label_base = None
         self.prompt_layers: PromptLayers | None = None
-        self.sessions: dict[tuple, object] = {}  # key → TrackingSession, or "creating"
-        self._session_guard = threading.Lock()
-        self.objects: list[int] = []
         self.current_obj: int | None = None
-        self._max_id = 0
-        self._conf: dict[tuple, dict] = {}
-        self._jobs: collections.deque = collections.deque()
-        self.job_worker = None
-        self.model_worker = None
-        self.encode_worker = None
-        self.propagation_worker = None
-        self.save_worker = None
-        self._prop_progress = ((), [1], None)
-        self._frames_written = 0
         self._weak_cursor = -1
-        self._encoded = (0, 0)
         self._alive = True
-        self._workers: set = set()
         self._build_ui()
         self._bind_keys()
         viewer.layers.events.inserted.connect(self._refresh_layer_choices)
@@ -127,6 +112,48 @@ class SAM2Widget(QWidget):
         viewer.dims.events.current_step.connect(self._on_dims)
         self._refresh_layer_choices()
         self._update_buttons()
+
+    # ---- the controller's state, read where the widget (and its tests) always read it
+    @property
+    def model(self):
+        return self.controller.model
+
+    @property
+    def model_source(self) -> str | None:
+        return self.controller.model_source
+
+    @property
+    def geometry(self) -> StackGeometry | None:
+        return self.controller.geometry
+
+    @property
+    def label_base(self):
+        return self.controller.labels
+
+    @property
+    def sessions(self) -> dict:
+        return self.controller.sessions
+
+    @property
+    def objects(self) -> list[int]:
+        return self.controller.object_ids
+
+    @property
+    def propagation_worker(self):
+        return self.controller.propagation_worker
+
+    @property
+    def model_worker(self):
+        return self.controller.model_worker
+
+    @property
+    def idle(self) -> bool:
+        """No prompt job, session creation or propagation is pending (tests wait on this)."""
+        return self.controller.idle
+
+    @property
+    def workers_running(self) -> bool:
+        return bool(self.controller.workers)
 
     # ================================================================== UI
     def _build_ui(self) -> None:
@@ -286,22 +313,6 @@ class SAM2Widget(QWidget):
             self.viewer.bind_key(key, handler, overwrite=True)
             self._keys.append(key)
 
-    # ================================================================== workers
-    def _start_worker(self, func, *args, **handlers):
-        """Start `func(*args)` on a napari thread worker; `handlers` map signal names (returned, yielded, errored,
-        aborted, finished) to GUI-thread callbacks, which are dropped once the widget has shut down."""
-        # superqt's worker, not napari's: napari's adds a raw traceback notification on error, and every error
-        # here gets its own message from the handlers instead
-        from superqt.utils import create_worker
-
-        worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True)
-        for name, callback in handlers.items():
-            getattr(worker, name).connect(lambda *a, cb=callback: cb(*a) if self._alive else None)
-        worker.finished.connect(lambda: self._workers.discard(worker))
-        self._workers.add(worker)
-        worker.start()
-        return worker
-
     # ================================================================== layers
     def _image_layers(self):
         from napari.layers import Image
@@ -325,11 +336,8 @@ class SAM2Widget(QWidget):
         layer = event.value
         if layer is self.image_layer:
             running = self.propagation_worker is not None
-            self.cancel()
-            self._stop_encoding()
+            self.controller.drop_image()
             self.image_layer = None
-            self.geometry = None
-            self.sessions.clear()
             msg = f"The image layer {layer.name!r} was removed"
             if running:
                 msg += "; propagation stops after the current frame and every finished frame is kept"
@@ -356,9 +364,9 @@ class SAM2Widget(QWidget):
         layer = next((x for x in self._image_layers() if x.name == name), None)
         if layer is self.image_layer and layer is not None:
             return
-        self._stop_encoding()
+        self.controller.stop_encoding()
         self.image_layer = layer
-        self.geometry = None
+        self.controller.set_geometry(None)
         if layer is None:
             self._update_buttons()
             return
@@ -434,13 +442,12 @@ class SAM2Widget(QWidget):
             )
         except InputError as exc:
             _notify("warning", str(exc))
-            self.geometry = None
+            self.controller.set_geometry(None)
             self._update_buttons()
             return
-        old = self.geometry
-        self.geometry = geometry
-        if new_layer or self.label_base is None or old is None or old.label_shape != geometry.label_shape:
-            self._make_output_layers()
+        old_labels = self.label_base
+        if self.controller.set_geometry(geometry, new_labels=new_layer):
+            self._make_output_layers(old_labels)
         else:
             self.prompt_layers.geometry = geometry
             self._rederive_prompts()
@@ -448,11 +455,10 @@ class SAM2Widget(QWidget):
         for spin in (self.range_from, self.range_to):
             spin.setRange(0, max(0, n - 1))
         self.range_to.setValue(max(0, n - 1))
-        self._conf.clear()
         self.strip.reset(n)
         self._reset_sessions()
 
-    def _make_output_layers(self) -> None:
+    def _make_output_layers(self, old_labels_data) -> None:
         g = self.geometry
         layer = self.image_layer
         # the previous image's layers: empty ones go, ones holding work stay in the viewer (detached)
@@ -463,18 +469,17 @@ class SAM2Widget(QWidget):
                 old.remove_layers()
         old_labels, self.labels_layer = self.labels_layer, None
         if old_labels is not None and old_labels in self.viewer.layers:
-            if isinstance(self.label_base, np.ndarray) and not self.label_base.any():
+            if isinstance(old_labels_data, np.ndarray) and not old_labels_data.any():
                 self.viewer.layers.remove(old_labels)
             else:
                 old_labels.name = f"{old_labels.name} (detached)"
-        self.label_base = make_label_array(g.label_shape)
         self.labels_layer = self.viewer.add_labels(
             label_layer_data(self.label_base, g),
             name=f"SAM2 labels ({layer.name})",
             opacity=0.5,
             **same_space(layer),
         )
-        self.objects, self.current_obj, self._max_id = [], None, 0
+        self.current_obj = None
         self.prompt_layers = PromptLayers(self.viewer, layer, g, self._on_prompt_changes, self.color_of)
         self.new_object()
 
@@ -528,12 +533,12 @@ class SAM2Widget(QWidget):
             return
         key, frame = pos
         self.strip.set_current(frame)
-        if self.strip.values is not self._conf.setdefault(key, {}):
-            self.strip.values = self._conf[key]
+        conf = self.controller.confidence.setdefault(key, {})
+        if self.strip.values is not conf:
+            self.strip.values = conf
             self.strip.update()
             self._refresh_objects()
-            if self.model is not None and key not in self.sessions and self.geometry.key_in_range(key):
-                self._create_session(key)
+        self.controller.focus(key, frame)
         self._update_buttons()
 
     # ================================================================== model
@@ -560,32 +565,7 @@ class SAM2Widget(QWidget):
             return
         device = self.device_combo.currentText()
         self.status.setText(f"Loading {source} on {device}…")
-        self.model_worker = self._start_worker(
-            _worker.load_model_job,
-            source,
-            device,
-            returned=lambda model: self._on_model_loaded(model, source),
-            errored=lambda exc: self._on_model_failed(exc, source, device),
-            finished=self._model_worker_done,
-        )
-        self._update_buttons()
-
-    def _model_worker_done(self) -> None:
-        self.model_worker = None
-        self._update_buttons()
-
-    def _on_model_failed(self, exc, source, device) -> None:
-        self.status.setText(f"Could not load {source}." + (f" Still using {self.model_source}." if self.model else ""))
-        hint = ""
-        if device in ("cuda", "mps") and isinstance(exc, RuntimeError):
-            hint = " Choose device 'auto' or 'cpu'."
-        _notify("error", f"Model {source!r} could not be loaded: {_error_text(exc)}{hint}")
-
-    def _on_model_loaded(self, model, source) -> None:
-        self.model = model
-        self.model_source = source
-        self._reset_sessions()
-        self._update_status()
+        self.controller.load_model(source, device)
 
     def _update_status(self) -> None:
         parts = []
@@ -598,24 +578,65 @@ class SAM2Widget(QWidget):
             g = self.geometry
             axis = "one image" if g.stream_axis is None else f"{g.num_frames} frames along axis {g.stream_axis}"
             parts.append(f"{self.image_layer.name}: {axis}")
-        done, total = self._encoded
+        done, total = self.controller.encoded
         if total:
             parts.append(f"features {done}/{total}")
         self.status.setText(" · ".join(parts))
 
+    # ================================================================== what the controller reports
+    def show_message(self, kind: str, text: str) -> None:
+        if self._alive:
+            _notify(kind, text)
+
+    def show_labels(self, key) -> None:
+        if self.geometry is not None:
+            self._ensure_labels_layer()
+        if self.labels_layer is not None:
+            self.labels_layer.refresh()
+        self.strip.update()
+
+    def show_prompted(self, results) -> None:
+        self._weak_cursor = -1
+        self._refresh_objects()
+        self.prompted.emit(results)
+        self._update_buttons()
+
+    def show_session_ready(self, key, session) -> None:
+        self.sessionReady.emit()
+
+    def show_encoding(self, done: int, total: int) -> None:
+        self.encode_bar.setVisible(total > 0)
+        if total:
+            self.encode_bar.setRange(0, total)
+            self.encode_bar.setValue(done)
+        self._update_status()
+
+    def show_propagation(self, done: int, total: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def show_propagation_done(self, frames_written: int, cancelled: bool) -> None:
+        self._weak_cursor = -1
+        self._refresh_objects()
+        self.propagationDone.emit(frames_written)
+
+    def show_model(self, model, source) -> None:
+        if model is None:
+            current = self.model_source
+            self.status.setText(f"Could not load {source}." + (f" Still using {current}." if self.model else ""))
+        else:
+            self._update_status()
+
+    def show_state(self) -> None:
+        if self._alive:
+            self._update_buttons()
+
     # ================================================================== sessions
     def _reset_sessions(self) -> None:
-        self._stop_encoding()
-        self._jobs.clear()
-        with self._session_guard:
-            for s in self.sessions.values():
-                if not isinstance(s, str):
-                    s.close()
-            self.sessions.clear()
-        if self.model is not None and self.geometry is not None:
-            pos = self.current_position()
-            if pos is not None:
-                self._create_session(pos[0])
+        pos = self.current_position()
+        if pos is not None:
+            self.controller.current = pos
+        self.controller.reset_sessions()
         self._update_status()
         self._update_buttons()
 
@@ -626,113 +647,7 @@ class SAM2Widget(QWidget):
             if pos is None:
                 return None
             key = pos[0]
-        s = self.sessions.get(key)
-        return None if s is None or isinstance(s, str) else s
-
-    def _snapshot(self, key):
-        """The prompts of session `key` as a `PromptSet`, one `ObjectPrompt` per (object, frame) in the order their
-        first prompt was given (groups left empty by deletions are skipped)."""
-        from ..prompts import PromptSet
-
-        prompts = PromptSet()
-        for k, frame, obj in self.prompt_layers.groups(key=key):
-            prompt = self.prompt_layers.prompt(k, frame, obj)
-            if prompt is not None:
-                prompts.append(prompt)
-        return prompts
-
-    def _create_session(self, key) -> None:
-        """Queue the creation of session `key`: a fresh session plus every prompt already made for it."""
-        self.sessions[key] = "creating"
-        model, geometry, groups = self.model, self.geometry, self._snapshot(key)
-
-        def job():
-            session = _worker.make_session(model, geometry, key)
-            return session, groups.apply(session)
-
-        def done(value):
-            session, results = value
-            if self.sessions.get(key) != "creating" or self.geometry is not geometry or self.model is not model:
-                session.close()  # outdated while it was being made
-                return
-            self.sessions[key] = session
-            for r in results:
-                self._write_result(key, r)
-            self._after_prompt(results)
-            self.sessionReady.emit()
-            pos = self.current_position()
-            if pos is not None and pos[0] == key:
-                self._start_encoding(session, pos[1])
-            self._update_buttons()
-
-        def failed(exc):
-            if self.sessions.get(key) == "creating":
-                del self.sessions[key]
-            _notify(
-                "error", f"Cannot track layer {self.image_layer.name if self.image_layer else ''}: {_error_text(exc)}"
-            )
-
-        self._enqueue(job, done, failed)
-
-    def _start_encoding(self, session, frame: int) -> None:
-        self._stop_encoding()
-        n = len(session)
-        order = sorted(range(n), key=lambda f: (abs(f - frame), f))[:MAX_PREFETCH]
-        order = [f for f in order if not session.is_encoded(f)]
-        if not order:
-            return
-        self.encode_bar.setRange(0, len(order))
-        self.encode_bar.setValue(0)
-        self.encode_bar.setVisible(True)
-
-        def progress(value):
-            self.encode_bar.setValue(value[0])
-            self._encoded = value
-            self._update_status()
-
-        def finished():
-            if self.encode_worker is worker_box[0]:
-                self.encode_worker = None
-                self.encode_bar.setVisible(False)
-
-        def errored(exc):
-            _notify("warning", f"Encoding frames in the background stopped: {_error_text(exc)}")
-
-        worker_box = [None]
-        worker_box[0] = self.encode_worker = self._start_worker(
-            _worker.encode_job, session, order, yielded=progress, finished=finished, errored=errored
-        )
-
-    def _stop_encoding(self) -> None:
-        if self.encode_worker is not None:
-            self.encode_worker.quit()
-            self.encode_worker = None
-        self.encode_bar.setVisible(False)
-        self._encoded = (0, 0)
-
-    # ================================================================== job queue (prompts, in order)
-    def _enqueue(self, job, done, failed=None) -> None:
-        self._jobs.append((job, done, failed))
-        if self.job_worker is None:
-            self._next_job()
-
-    def _next_job(self) -> None:
-        if not self._jobs:
-            self.job_worker = None
-            self._update_buttons()
-            return
-        job, done, failed = self._jobs.popleft()
-        self.job_worker = self._start_worker(
-            job,
-            returned=done,
-            errored=failed or (lambda exc: _notify("warning", f"Prompt not applied: {_error_text(exc)}")),
-            finished=self._next_job,
-        )
-
-    @property
-    def idle(self) -> bool:
-        """No prompt job, session creation or propagation is pending (tests wait on this)."""
-        return self.job_worker is None and not self._jobs and self.propagation_worker is None
+        return self.controller.session(key)
 
     # ================================================================== prompts
     def _on_prompt_changes(self, changes) -> None:
@@ -741,51 +656,22 @@ class SAM2Widget(QWidget):
             self._refresh_objects()
             return
         for change in changes:
-            if change.obj_id not in self.objects:
-                self._add_object_row(change.obj_id)
+            self.controller.add_object(change.obj_id, quiet=True)
             if change.key not in self.sessions:
-                self._create_session(change.key)  # its snapshot already holds this change
+                self.controller.create_session(change.key)  # its snapshot already holds this change
                 continue
-            self._enqueue_change(change)
+            self._send_change(change)
         self._refresh_objects()
         self._update_buttons()
 
-    def _enqueue_change(self, change) -> None:
+    def _send_change(self, change) -> None:
         key, frame, obj = change.key, change.frame, change.obj_id
         if change.kind == "points":
-            points, labels = change.points, change.labels
-
-            def job():
-                return [self.sessions[key].add_prompt(frame, obj, points=points, labels=labels)]
-
-            drop = ()
+            self.controller.add_points(key, frame, obj, change.points, change.labels)
         elif change.kind == "box":
-            box = change.box
-
-            def job():
-                return [self.sessions[key].add_prompt(frame, obj, box=box)]
-
-            drop = ()
+            self.controller.add_box(key, frame, obj, change.box)
         else:  # resync: rows were removed or moved
-            prompt = self.prompt_layers.prompt(key, frame, obj)
-
-            def job():
-                return self.sessions[key].set_prompt(frame, obj, prompt)
-
-            drop = (obj,)
-
-        def done(results):
-            for r in results:
-                self._write_result(key, r, drop=drop)
-            self._after_prompt(results)
-
-        self._enqueue(job, done)
-
-    def _after_prompt(self, results) -> None:
-        self._weak_cursor = -1
-        self._refresh_objects()
-        self.prompted.emit(results)
-        self._update_buttons()
+            self.controller.set_prompt(key, frame, obj, self.prompt_layers.prompt(key, frame, obj))
 
     def undo(self) -> None:
         """Remove the last prompt (point or box) and update that frame's mask."""
@@ -796,43 +682,17 @@ class SAM2Widget(QWidget):
             _notify("info", "Nothing to undo.")
             return
         if self.model is not None and change.key in self.sessions:
-            self._enqueue_change(change)
+            self._send_change(change)
         self._refresh_objects()
         self._update_buttons()
-
-    # ================================================================== labels
-    def _write_result(self, key, result, drop=(), geometry=None) -> None:
-        """Write one FrameResult into the labels. Pixels of objects the result does not cover (opened results,
-        painted labels, evicted outputs) are kept where the new labels are empty, except ids in `drop`.
-        `geometry`: the one the result was made under (a propagation outlives a removed image layer)."""
-        geometry = geometry or self.geometry
-        if self.label_base is None or geometry is None:
-            return
-        index = geometry.label_index(key, result.frame)
-        self.label_base[index] = merge_result(self.label_base[index], result, drop)  # as replay writes them
-        self._conf.setdefault(key, {})
-        for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
-            self._conf[key].setdefault(int(obj), {})[int(result.frame)] = (float(score), float(iou))
-        if self.geometry is not None:
-            self._ensure_labels_layer()
-        if self.labels_layer is not None:
-            self.labels_layer.refresh()
-        self.strip.update()
 
     # ================================================================== objects
     def new_object(self) -> None:
         if self.prompt_layers is None:
             return
-        obj = max([self._max_id, *self.objects, *self.prompt_layers.obj_ids()], default=0) + 1
-        self._add_object_row(obj)
+        obj = self.controller.new_object_id(self.prompt_layers.obj_ids())
+        self.controller.add_object(obj, quiet=True)
         self.select_object(obj)
-
-    def _add_object_row(self, obj: int) -> None:
-        if obj not in self.objects:
-            self.objects.append(int(obj))
-            self.objects.sort()
-        self._max_id = max(self._max_id, int(obj))
-        self._refresh_objects()
 
     def select_object(self, obj: int) -> None:
         self.current_obj = int(obj)
@@ -855,7 +715,7 @@ class SAM2Widget(QWidget):
             return
         pos = self.current_position()
         key = pos[0] if pos else ()
-        conf = self._conf.get(key, {})
+        conf = self.controller.confidence.get(key, {})
         n = self.geometry.num_frames if self.geometry else 0
         self.table.blockSignals(True)
         self.table.setRowCount(len(self.objects))
@@ -884,38 +744,17 @@ class SAM2Widget(QWidget):
             self.table.selectRow(self.objects.index(self.current_obj))
         self.table.blockSignals(False)
         self.strip.set_objects({o: self.color_of(o) for o in self.objects}, prompted)
-        if self.strip.values is not conf and key in self._conf:
-            self.strip.values = self._conf[key]
+        if self.strip.values is not conf and key in self.controller.confidence:
+            self.strip.values = self.controller.confidence[key]
 
     def delete_object(self, obj: int | None = None) -> None:
         """Delete an object (default: the selected one): its prompts, its tracking and its labels."""
         obj = self.current_obj if obj is None else int(obj)
         if obj is None or obj not in self.objects:
             return
-        if self.propagation_worker is not None:
-            _notify("info", "Wait for the propagation to end (or cancel it) before deleting an object.")
+        if not self.controller.delete_object(obj):
             return
-        for key, s in list(self.sessions.items()):
-            if not isinstance(s, str) and obj in s.obj_ids:
-
-                def job(s=s):
-                    s.remove_object(obj)
-
-                self._enqueue(job, lambda _: None)
         self.prompt_layers.remove_object(obj)
-        if isinstance(self.label_base, np.ndarray):
-            self.label_base[self.label_base == obj] = 0
-        elif self.label_base is not None:
-            for t in range(self.label_base.shape[0]):
-                plane = np.asarray(self.label_base[t])
-                if (plane == obj).any():
-                    plane[plane == obj] = 0
-                    self.label_base[t] = plane
-        for conf in self._conf.values():
-            conf.pop(obj, None)
-        self.objects.remove(obj)
-        if self.labels_layer is not None:
-            self.labels_layer.refresh()
         if self.objects:
             self.select_object(self.objects[-1])
         else:
@@ -934,7 +773,6 @@ class SAM2Widget(QWidget):
     def propagate(self, direction: str = "both") -> None:
         """Propagate every object of the current session: "forward", "backward" or "both", over all frames or the
         chosen range, on a worker; the labels update frame by frame."""
-
         if self.propagation_worker is not None:
             return
         pos = self.current_position()
@@ -942,61 +780,12 @@ class SAM2Widget(QWidget):
             _notify("info", "Pick an image layer first.")
             return
         key = pos[0]
-        session = self.session(key)
-        if session is None:
-            _notify("info", "Load a model and add a prompt first (the session is not ready yet).")
-            return
         frames = sorted({f for _, f, _ in self.prompt_layers.groups(key=key)})
-        if not frames:
-            _notify("warning", "Nothing to propagate: click on an object (or draw a box) on some frame first.")
-            return
-        if self.geometry.num_frames < 2:
-            _notify("info", "A single image has nothing to propagate to.")
-            return
-        lo, hi = self._range()
-        inside = [f for f in frames if lo <= f <= hi]
-        passes = []
-        if direction in ("forward", "both"):
-            start = min(inside, default=lo)
-            passes.append(("forward", start, hi))
-        if direction in ("backward", "both"):
-            start = max(inside, default=hi)
-            if start > lo or direction == "backward":
-                passes.append(("backward", start, lo))
-        lengths = [abs(stop - start) + 1 for _, start, stop in passes]
-        self._prop_progress = (key, lengths, self.geometry)
-        self._frames_written = 0
-        self.progress.setRange(0, sum(lengths))
-        self.progress.setValue(0)
-        self.propagation_worker = self._start_worker(
-            _worker.propagate_job,
-            session,
-            passes,
-            yielded=self._on_propagated,
-            errored=lambda exc: _notify("warning", f"Propagation stopped: {_error_text(exc)}"),
-            aborted=lambda: _notify("info", f"Propagation cancelled; {self._frames_written} finished frames kept."),
-            finished=self._on_propagation_finished,
-        )
-        self._update_buttons()
-
-    def _on_propagated(self, value) -> None:
-        pass_index, done, result = value
-        key, lengths, geometry = self._prop_progress
-        self.progress.setValue(sum(lengths[:pass_index]) + min(done, lengths[pass_index]))
-        self._write_result(key, result, geometry=geometry)
-        self._frames_written += 1
-
-    def _on_propagation_finished(self) -> None:
-        self.propagation_worker = None
-        self._weak_cursor = -1
-        self._refresh_objects()
-        self._update_buttons()
-        self.propagationDone.emit(self._frames_written)
+        self.controller.propagate(key, direction, self._range(), frames)
 
     def cancel(self) -> None:
         """Stop the propagation after the frame being computed; every finished frame stays."""
-        if self.propagation_worker is not None:
-            self.propagation_worker.quit()
+        self.controller.cancel()
 
     # ================================================================== confidence
     def next_weakest(self) -> None:
@@ -1010,62 +799,40 @@ class SAM2Widget(QWidget):
 
     # ================================================================== save / open
     def prompt_set(self, key=None):
-        """The prompts of session `key` (default: current) as a `PromptSet`, in the order they were given."""
+        """The prompts of session `key` (default: current) as a `PromptSet`, one `ObjectPrompt` per (object, frame)
+        in the order their first prompt was given (groups left empty by deletions are skipped)."""
+        from ..prompts import PromptSet
+
         if key is None:
             pos = self.current_position()
             key = pos[0] if pos else ()
-        return self._snapshot(key)
+        prompts = PromptSet()
+        if self.prompt_layers is None:
+            return prompts
+        for k, frame, obj in self.prompt_layers.groups(key=key):
+            prompt = self.prompt_layers.prompt(k, frame, obj)
+            if prompt is not None:
+                prompts.append(prompt)
+        return prompts
 
     def provenance(self):
         """The `Provenance` of what the widget holds now (the checkpoint's hash is added by the save job)."""
         import napari
-        import torch
 
-        from ..io.provenance import ModelRecord, Provenance
-
-        g = self.geometry
         pos = self.current_position()
-        session = self.sessions.get(pos[0]) if pos else None
-        edit_log = None
-        if session is not None and not isinstance(session, str) and self._opened_record is None:
-            edit_log = session.edit_log  # a session continued from an opened result does not start from nothing
-        if self.model is not None:
-            checkpoint = getattr(self.model, "checkpoint_path", None)
-            model = ModelRecord(
-                source=self.model_source,
-                config=getattr(self.model.cfg, "name", None),
-                checkpoint=None if checkpoint is None else str(checkpoint),
-            )
-        elif self._opened_record is not None:  # opened, not re-tracked: the opened result's model made it
-            model = self._opened_record.model
-        else:
-            model = ModelRecord(source=self.model_source)
         source_path = self.image_layer.source.path
-        return Provenance(
-            model=model,
-            settings={
-                "device": str(getattr(self.model, "device", "")) or None,
-                "preset": next((s.preset for s in self.sessions.values() if not isinstance(s, str)), "default"),
-                "stream_axis": g.stream_axis,
-                "channel_axis": g.channel_axis,
-                "channel": g.channel,
-                "session_key": list(pos[0]) if pos else [],
-                "threads": torch.get_num_threads(),
-            },
-            parents=dict(self._opened_record.parents) if self._opened_record is not None else {},
-            input={
+        return self.controller.provenance(
+            pos[0] if pos else (),
+            {
                 "layer": self.image_layer.name,
                 "path": str(source_path) if source_path else None,
                 "shape": [int(n) for n in self.image_layer.data.shape],
             },
-            tool="widget",
-            edit_log=edit_log,
             extra={"napari_version": napari.__version__},
         )
 
     def save(self, path: str | None = None) -> None:
         """Save the labels as an OME-Zarr result with the prompts, model and settings (a worker writes it)."""
-
         if self.label_base is None or self.geometry is None:
             _notify("info", "Nothing to save yet: pick an image layer and track something.")
             return
@@ -1073,7 +840,6 @@ class SAM2Widget(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Save result", "result.ome.zarr", "OME-Zarr (*.zarr)")
             if not path:
                 return
-        labels = self.label_base if self.label_base.ndim > 2 else self.label_base[None]
         try:
             axes = self.geometry.axes_string(list(self.viewer.dims.axis_labels)[self._world_offset() :])
         except InputError as exc:
@@ -1081,26 +847,9 @@ class SAM2Widget(QWidget):
             return
         scale = [float(self.image_layer.scale[a]) for a in self.geometry.label_axes]
         units = [str(self.image_layer.units[a]) for a in self.geometry.label_axes]
-        if labels.ndim != len(scale):
-            scale, units = [1.0, *scale], ["pixel", *units]
-        self.save_worker = self._start_worker(
-            _worker.save_job,
-            path,
-            labels,
-            axes,
-            self.prompt_set(),
-            self.provenance(),
-            scale,
-            units,
-            returned=lambda p: (_notify("info", f"Saved {p}"), self.saved.emit(p)),
-            errored=lambda exc: _notify("error", f"Could not save {path}: {_error_text(exc)}"),
-            finished=self._save_done,
+        self.controller.save(
+            path, axes, self.prompt_set(), self.provenance(), scale, units, on_saved=lambda p: self.saved.emit(p)
         )
-        self._update_buttons()
-
-    def _save_done(self) -> None:
-        self.save_worker = None
-        self._update_buttons()
 
     def open(self, path: str | None = None) -> None:
         """Open a saved result: its labels replace the current ones and its prompts return to the prompt layers
@@ -1117,7 +866,7 @@ class SAM2Widget(QWidget):
         try:
             result = open_result(path)
         except Exception as exc:  # noqa: BLE001 (any failure becomes one message)
-            _notify("error", f"Could not open {path}: {_error_text(exc)}")
+            _notify("error", f"Could not open {path}: {error_text(exc)}")
             return
         if self.image_layer is None:
             if result.image is None:
@@ -1125,47 +874,27 @@ class SAM2Widget(QWidget):
                 return
             layer = self.viewer.add_image(result.image, name=f"{result.path.name} image")
             self.select_layer(layer)
-        g = self.geometry
-        if g is None:
+        if self.geometry is None:
             return
-        shape = tuple(result.labels.shape)
-        expected = g.label_shape if len(g.label_shape) > 2 else (1, *g.label_shape)
-        if shape != expected:
-            _notify(
-                "warning",
-                f"The result's labels have shape {shape}, the picked image's frames {expected}: "
-                "pick the image the result was made from.",
-            )
+        try:
+            key, prompts = self.controller.open_result(result)
+        except InputError as exc:
+            _notify("warning", str(exc))
             return
         # start over: objects, prompts and sessions of the opened result
         for obj in list(self.prompt_layers.obj_ids()):
             self.prompt_layers.remove_object(obj)
         self.prompt_layers.history.clear()
-        target = self.label_base if self.label_base.ndim > 2 else self.label_base[None]
-        ids = set()
-        for t in range(shape[0]):
-            plane = np.asarray(result.labels[t]).astype(np.uint32)
-            target[t] = plane
-            ids.update(int(i) for i in np.unique(plane) if i)
-        record = result.record
-        key = tuple(record.settings.get("session_key") or ()) or (0,) * len(g.fixed_axes)
-        if len(key) != len(g.fixed_axes):
-            key = (0,) * len(g.fixed_axes)
-        if result.prompts is not None:
-            self.prompt_layers.add_prompts(result.prompts, key=key)
-            ids.update(result.prompts.obj_ids)
-        self._conf.clear()
-        self.strip.reset(g.num_frames)
-        self.objects = sorted(ids)
-        self._max_id = max(ids, default=0)
+        if prompts is not None:
+            self.prompt_layers.add_prompts(prompts, key=key)
+        self.strip.reset(self.geometry.num_frames)
         self._ensure_labels_layer()
         self.labels_layer.refresh()
         if self.objects:
             self.select_object(self.objects[0])
         else:
             self.new_object()
-        self._opened_record = record
-        model = record.model.source
+        model = result.record.model.source
         if model and self.model is None:
             self.set_model_source(model)
             _notify("info", f"Result made with {model}: load it to continue tracking.")
@@ -1184,7 +913,7 @@ class SAM2Widget(QWidget):
         for b in (self.forward_button, self.backward_button, self.both_button):
             b.setEnabled(can_propagate)
         self.cancel_button.setEnabled(running)
-        self.load_button.setEnabled(self.model_worker is None and not running)
+        self.load_button.setEnabled(self.controller.model_worker is None and not running)
         for w in (self.layer_combo, self.axis_combo, self.channel_axis_combo, self.model_combo, self.device_combo):
             w.setEnabled(not running)
         self.axis_combo.setEnabled(not running and has_layer and self.axis_combo.count() > 1)
@@ -1193,7 +922,7 @@ class SAM2Widget(QWidget):
         self.delete_button.setEnabled(has_layer and not running and self.current_obj in self.objects)
         self.undo_button.setEnabled(bool(self.prompt_layers and self.prompt_layers.history))
         self.weakest_button.setEnabled(bool(self.strip.weakest_frames()))
-        self.save_button.setEnabled(has_layer and not running and self.save_worker is None)
+        self.save_button.setEnabled(has_layer and not running and self.controller.save_worker is None)
         self.open_button.setEnabled(not running)
         for spin in (self.range_from, self.range_to):
             spin.setEnabled(self.range_check.isChecked() and not running)
@@ -1205,9 +934,7 @@ class SAM2Widget(QWidget):
         if not self._alive:
             return
         self._alive = False
-        self._jobs.clear()
-        for worker in list(self._workers):
-            worker.quit()
+        self.controller.shutdown()
         for key in getattr(self, "_keys", []):
             with contextlib.suppress(Exception):
                 self.viewer.bind_key(key, None, overwrite=True)
@@ -1221,10 +948,6 @@ class SAM2Widget(QWidget):
                 emitter.disconnect(callback)
         if self.prompt_layers is not None:
             self.prompt_layers.detach()
-
-    @property
-    def workers_running(self) -> bool:
-        return bool(self._workers)
 
     def closeEvent(self, event):
         self.shutdown()

@@ -1,0 +1,616 @@
+"""What the napari widget does, without Qt or napari: the model, one `TrackingSession` per slice, the job queue that
+applies prompts in the order they were made, the label image the results are merged into, propagation, and
+save / open of results.
+
+The widget (`_widget.py`) lays out, turns clicks and layer edits into calls here and shows the state this object
+reports through its `view` (see `ControllerView`). Work that can take long runs through `spawn(func, *args,
+**handlers)`, which returns an unstarted worker (`start()`, `quit()`): the widget passes one that runs on Qt thread
+workers; the default `InlineWorker` runs everything at `start()` on the calling thread, which is how the tests drive
+this class with no display. Handlers are called with what the function returned (`returned`), each value a
+generator yields (`yielded`), its exception (`errored`), `aborted` after `quit()`, and `finished` last.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..prompts import ObjectPrompt, PromptSet
+from ..replay import merge_result
+from . import _worker
+from ._geometry import StackGeometry, make_label_array
+
+MAX_PREFETCH = 64  # frames encoded ahead when a layer is chosen (the feature cache holds about this many at 1024²)
+
+__all__ = ["MAX_PREFETCH", "ControllerView", "InlineWorker", "TrackingController", "error_text", "plan_passes"]
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a notification: the message of an expected error, the type name added for anything else."""
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, (InputError, ValueError, OSError, RuntimeError)) else f"{type(exc).__name__}: {text}"
+
+
+class InlineWorker:
+    """A worker that runs its function on the calling thread at `start()` (no display, no threads: tests, scripts).
+    `quit()` from a handler stops a generator after the value being handled."""
+
+    def __init__(self, func, *args, **handlers):
+        self.func, self.args, self.handlers = func, args, handlers
+        self.abort_requested = False
+
+    def _emit(self, name, *args):
+        handler = self.handlers.get(name)
+        if handler is not None:
+            handler(*args)
+
+    def quit(self) -> None:
+        self.abort_requested = True
+
+    def start(self) -> None:
+        try:
+            value = self.func(*self.args)
+            if hasattr(value, "__next__"):
+                for item in value:
+                    self._emit("yielded", item)
+                    if self.abort_requested:
+                        value.close()
+                        self._emit("aborted")
+                        break
+                else:
+                    self._emit("returned", None)
+            else:
+                self._emit("returned", value)
+        except Exception as exc:  # noqa: BLE001 (handed to the errored handler, as a thread worker does)
+            self._emit("errored", exc)
+        self._emit("finished")
+
+
+class ControllerView:
+    """What the controller tells its face; every method does nothing here (a face overrides what it shows)."""
+
+    def show_message(self, kind: str, text: str) -> None:
+        """kind: "info", "warning" or "error"."""
+
+    def show_labels(self, key: tuple) -> None:
+        """Labels of session `key` changed (the label array was written)."""
+
+    def show_prompted(self, results: list) -> None:
+        """A prompt job's FrameResults were written."""
+
+    def show_session_ready(self, key: tuple, session) -> None:
+        """Session `key` is made and its prompts applied."""
+
+    def show_encoding(self, done: int, total: int) -> None:
+        """Background encoding progress (total 0: none running)."""
+
+    def show_propagation(self, done: int, total: int) -> None:
+        """Frames written by the running propagation / frames it will visit."""
+
+    def show_propagation_done(self, frames_written: int, cancelled: bool) -> None:
+        """A propagation run ended (finished, failed or cancelled)."""
+
+    def show_model(self, model, source: str | None) -> None:
+        """A model was loaded (or failed to: model None)."""
+
+    def show_state(self) -> None:
+        """Objects, busy state or sessions changed: refresh buttons and the object list."""
+
+
+def plan_passes(prompted_frames, direction: str, lo: int, hi: int) -> list[tuple[str, int, int]]:
+    """The propagation passes [(direction, start, stop)] over frames lo…hi for `direction` "forward", "backward" or
+    "both", starting from the first (forward) / last (backward) prompted frame inside the range."""
+    if direction not in ("forward", "backward", "both"):
+        raise InputError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
+    inside = [f for f in prompted_frames if lo <= f <= hi]
+    passes = []
+    if direction in ("forward", "both"):
+        passes.append(("forward", min(inside, default=lo), hi))
+    if direction in ("backward", "both"):
+        start = max(inside, default=hi)
+        if start > lo or direction == "backward":
+            passes.append(("backward", start, lo))
+    return passes
+
+
+class TrackingController:
+    """The widget's state and actions, with no Qt and no napari.
+
+    geometry: a `StackGeometry` (which axis is streamed, which are fixed; one session per `key` = indices of the
+    fixed axes). labels: the label array (`geometry.label_shape`, uint32) every result is merged into with
+    `replay.merge_result`. confidence: {key: {obj: {frame: (score, iou)}}}. prompts_of(key) → `PromptSet`: the
+    prompts a new session of `key` starts from (the widget reads its prompt layers; default none).
+    """
+
+    def __init__(self, view: ControllerView | None = None, spawn: Callable[..., Any] = InlineWorker, prompts_of=None):
+        self.view = view or ControllerView()
+        self.spawn = spawn
+        self.prompts_of = prompts_of or (lambda key: PromptSet())
+        self.model = None
+        self.model_source: str | None = None
+        self.geometry: StackGeometry | None = None
+        self.labels = None
+        self.sessions: dict[tuple, Any] = {}  # key → TrackingSession, or "creating"
+        self.guard = threading.Lock()
+        self.object_ids: list[int] = []
+        self.max_id = 0
+        self.confidence: dict[tuple, dict] = {}
+        self.opened_record = None  # the Provenance of the last opened result
+        self.current: tuple | None = None  # (key, frame) the face shows (see `focus`)
+        self.jobs: collections.deque = collections.deque()
+        self.job_worker = None
+        self.model_worker = None
+        self.encode_worker = None
+        self.propagation_worker = None
+        self.save_worker = None
+        self.frames_written = 0
+        self.encoded = (0, 0)
+        self.workers: set = set()
+        self.alive = True
+
+    # ================================================================== workers
+    def start(self, func, *args, **handlers):
+        """Run `func(*args)` through `spawn`; `handlers` as in the module docstring (dropped after `shutdown`)."""
+        wrapped = {name: (lambda *a, cb=cb: cb(*a) if self.alive else None) for name, cb in handlers.items()}
+        box = []
+
+        def finished():
+            self.workers.discard(box[0])
+            wrapped.get("finished", lambda: None)()
+
+        worker = self.spawn(func, *args, **{**wrapped, "finished": finished})
+        box.append(worker)
+        self.workers.add(worker)
+        return worker
+
+    @property
+    def idle(self) -> bool:
+        """No prompt job, session creation or propagation is pending."""
+        return self.job_worker is None and not self.jobs and self.propagation_worker is None
+
+    @property
+    def running(self) -> bool:
+        """A propagation runs."""
+        return self.propagation_worker is not None
+
+    # ================================================================== model
+    def load_model(self, source: str, device: str = "auto") -> None:
+        """Load a registry model or .pt file on a worker; sessions restart with it once loaded."""
+
+        def loaded(model):
+            self.set_model(model, source)
+
+        def failed(exc):
+            hint = (
+                " Choose device 'auto' or 'cpu'." if device in ("cuda", "mps") and isinstance(exc, RuntimeError) else ""
+            )
+            self.view.show_model(None, source)
+            self.view.show_message("error", f"Model {source!r} could not be loaded: {error_text(exc)}{hint}")
+
+        def done():
+            self.model_worker = None
+            self.view.show_state()
+
+        self.model_worker = worker = self.start(
+            _worker.load_model_job, source, device, returned=loaded, errored=failed, finished=done
+        )
+        self.view.show_state()
+        worker.start()
+
+    def set_model(self, model, source: str | None) -> None:
+        self.model, self.model_source = model, source
+        self.reset_sessions()
+        self.view.show_model(model, source)
+
+    # ================================================================== geometry and labels
+    def set_geometry(self, geometry: StackGeometry | None, new_labels: bool = True) -> bool:
+        """Track along `geometry` now (call `focus` and `reset_sessions` next). A new zeroed label array (and no
+        objects) unless `new_labels` is False and the old array fits; → whether the label array is new."""
+        old = self.geometry
+        self.geometry = geometry
+        self.current = None
+        self.confidence.clear()
+        if geometry is None:
+            return False
+        if new_labels or self.labels is None or old is None or old.label_shape != geometry.label_shape:
+            self.labels = make_label_array(geometry.label_shape)
+            self.object_ids, self.max_id = [], 0
+            return True
+        return False
+
+    def drop_image(self) -> None:
+        """The image went away: stop, forget geometry and sessions (the labels stay; a running propagation keeps
+        writing its finished frames into them)."""
+        self.cancel()
+        self.stop_encoding()
+        self.geometry = None
+        self.current = None
+        self.sessions.clear()
+
+    def focus(self, key, frame: int) -> None:
+        """The face shows `frame` of session `key`: make that session if needed (with a model)."""
+        self.current = (key, int(frame))
+        g = self.geometry
+        if self.model is not None and g is not None and key not in self.sessions and g.key_in_range(key):
+            self.create_session(key)
+
+    def label_stack(self):
+        """The label array with a leading frame axis (a single image's labels get one of length 1)."""
+        return self.labels if self.labels.ndim > 2 else self.labels[None]
+
+    def write_result(self, key, result, drop=(), geometry=None) -> None:
+        """Merge one FrameResult into the labels (as `replay` does: pixels of objects the result does not cover stay,
+        except ids in `drop`) and note its confidences. `geometry`: the one the result was made under (a
+        propagation outlives a change of layer; results of another geometry are dropped)."""
+        geometry = geometry or self.geometry
+        if self.labels is None or geometry is None:
+            return
+        index = geometry.label_index(key, result.frame)
+        self.labels[index] = merge_result(self.labels[index], result, drop)
+        conf = self.confidence.setdefault(key, {})
+        for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
+            conf.setdefault(int(obj), {})[int(result.frame)] = (float(score), float(iou))
+            self.add_object(int(obj), quiet=True)
+        self.view.show_labels(key)
+
+    # ================================================================== objects
+    def add_object(self, obj: int, quiet: bool = False) -> None:
+        """Put `obj` in the object list."""
+        obj = int(obj)
+        if obj not in self.object_ids:
+            self.object_ids.append(obj)
+            self.object_ids.sort()
+        self.max_id = max(self.max_id, obj)
+        if not quiet:
+            self.view.show_state()
+
+    def new_object_id(self, taken=()) -> int:
+        """An id no object has ever had (`taken`: ids in use elsewhere, e.g. in the prompt layers)."""
+        sessions = [s for s in self.sessions.values() if not isinstance(s, str)]
+        ids = [self.max_id, *self.object_ids, *taken, *(i for s in sessions for i in s.obj_ids)]
+        return max(ids, default=0) + 1
+
+    def delete_object(self, obj: int) -> bool:
+        """Delete `obj` from every session, the labels and the confidences; False (nothing done) while propagating."""
+        obj = int(obj)
+        if self.running:
+            self.view.show_message("info", "Wait for the propagation to end (or cancel it) before deleting an object.")
+            return False
+        for s in list(self.sessions.values()):
+            if not isinstance(s, str) and obj in s.obj_ids:
+                self.enqueue(lambda s=s: s.remove_object(obj), lambda _: None)
+        if isinstance(self.labels, np.ndarray):
+            self.labels[self.labels == obj] = 0
+        elif self.labels is not None:
+            for t in range(self.labels.shape[0]):
+                plane = np.asarray(self.labels[t])
+                if (plane == obj).any():
+                    plane[plane == obj] = 0
+                    self.labels[t] = plane
+        for conf in self.confidence.values():
+            conf.pop(obj, None)
+        if obj in self.object_ids:
+            self.object_ids.remove(obj)
+        self.view.show_labels(None)
+        return True
+
+    def lineage(self, key=()) -> dict[int, int]:
+        """{daughter: mother} of session `key` (divisions found while propagating with discovery)."""
+        session = self.session(key)
+        return dict(session.parents) if session is not None else {}
+
+    # ================================================================== sessions
+    def session(self, key):
+        """The ready TrackingSession of `key`, or None."""
+        s = self.sessions.get(key)
+        return None if s is None or isinstance(s, str) else s
+
+    def reset_sessions(self) -> None:
+        """Close every session and drop pending jobs; make the session of the focused key (see `focus`) when a model
+        and a geometry are there."""
+        self.stop_encoding()
+        self.jobs.clear()
+        with self.guard:
+            for s in self.sessions.values():
+                if not isinstance(s, str):
+                    s.close()
+            self.sessions.clear()
+        if self.model is not None and self.geometry is not None and self.current is not None:
+            self.create_session(self.current[0])
+        self.view.show_state()
+
+    def create_session(self, key) -> None:
+        """Queue the creation of session `key`: a fresh session plus every prompt already made for it."""
+        self.sessions[key] = "creating"
+        model, geometry, prompts = self.model, self.geometry, self.prompts_of(key)
+
+        def job():
+            session = _worker.make_session(model, geometry, key)
+            return session, prompts.apply(session)
+
+        def done(value):
+            session, results = value
+            if self.sessions.get(key) != "creating" or self.geometry is not geometry or self.model is not model:
+                session.close()  # outdated while it was being made
+                return
+            self.sessions[key] = session
+            for r in results:
+                self.write_result(key, r)
+            self.view.show_prompted(results)
+            self.view.show_session_ready(key, session)
+            if self.current is not None and self.current[0] == key:
+                self.start_encoding(session, self.current[1])
+            self.view.show_state()
+
+        def failed(exc):
+            if self.sessions.get(key) == "creating":
+                del self.sessions[key]
+            self.view.show_message("error", f"Cannot track this layer: {error_text(exc)}")
+
+        self.enqueue(job, done, failed)
+
+    # ================================================================== encoding ahead
+    def start_encoding(self, session, frame: int, limit: int = MAX_PREFETCH) -> None:
+        """Encode the `limit` frames nearest `frame` (nearest first) in the background."""
+        self.stop_encoding()
+        order = sorted(range(len(session)), key=lambda f: (abs(f - frame), f))[:limit]
+        order = [f for f in order if not session.is_encoded(f)]
+        if not order:
+            return
+        self.encoded = (0, len(order))
+        self.view.show_encoding(0, len(order))
+
+        def progress(value):
+            self.encoded = value
+            self.view.show_encoding(*value)
+
+        def finished():
+            if self.encode_worker is worker:
+                self.encode_worker = None
+                self.encoded = (0, 0)
+                self.view.show_encoding(0, 0)
+
+        def errored(exc):
+            self.view.show_message("warning", f"Encoding frames in the background stopped: {error_text(exc)}")
+
+        worker = self.encode_worker = self.start(
+            _worker.encode_job, session, order, yielded=progress, finished=finished, errored=errored
+        )
+        worker.start()
+
+    def stop_encoding(self) -> None:
+        if self.encode_worker is not None:
+            self.encode_worker.quit()
+            self.encode_worker = None
+        self.encoded = (0, 0)
+        self.view.show_encoding(0, 0)
+
+    # ================================================================== job queue (prompts, in order)
+    def enqueue(self, job, done, failed=None) -> None:
+        """Run `job()` after every job queued before it; `done(value)` / `failed(exc)` get its outcome."""
+        self.jobs.append((job, done, failed))
+        if self.job_worker is None:
+            self._next_job()
+
+    def _next_job(self) -> None:
+        if not self.jobs or not self.alive:
+            self.job_worker = None
+            self.view.show_state()
+            return
+        job, done, failed = self.jobs.popleft()
+        worker = self.job_worker = self.start(
+            job, returned=done, errored=failed or self._prompt_failed, finished=self._next_job
+        )
+        worker.start()
+
+    def _prompt_failed(self, exc) -> None:
+        self.view.show_message("warning", f"Prompt not applied: {error_text(exc)}")
+
+    # ================================================================== prompts
+    def _prompt_job(self, key, call, drop=()) -> None:
+        def job():
+            return call(self.sessions[key])
+
+        def done(results):
+            for r in results:
+                self.write_result(key, r, drop=drop)
+            self.view.show_prompted(results)
+            self.view.show_state()
+
+        self.enqueue(job, done)
+
+    def add_points(self, key, frame: int, obj: int, points, labels=None) -> None:
+        """Queue clicks [[y, x], …] (labels 1 object / 0 background) on object `obj` on `frame` of session `key`."""
+        self.add_object(obj, quiet=True)
+        self._prompt_job(key, lambda s: [s.add_prompt(frame, obj, points=points, labels=labels)])
+
+    def add_box(self, key, frame: int, obj: int, box) -> None:
+        """Queue a box (y0, x0, y1, x1) for `obj` on `frame` of session `key`."""
+        self.add_object(obj, quiet=True)
+        self._prompt_job(key, lambda s: [s.add_prompt(frame, obj, box=box)])
+
+    def add_mask(self, key, frame: int, obj: int, mask) -> None:
+        """Queue a mask prompt [H, W] bool for `obj` on `frame` of session `key`."""
+        self.add_object(obj, quiet=True)
+        self._prompt_job(key, lambda s: [s.add_prompt(frame, obj, mask=mask)])
+
+    def set_prompt(self, key, frame: int, obj: int, prompt: ObjectPrompt | None) -> None:
+        """Queue: `prompt` becomes all of `obj`'s prompts on `frame` (None: none; e.g. after a click was deleted)."""
+        self._prompt_job(key, lambda s: s.set_prompt(frame, obj, prompt), drop=(obj,))
+
+    # ================================================================== propagation
+    def propagate(self, key, direction: str, frames_range: tuple[int, int], prompted_frames) -> bool:
+        """Propagate every object of session `key` ("forward", "backward", "both") over frames_range (lo, hi) on a
+        worker, the labels written frame by frame; False (with a message) when it cannot start."""
+        if self.running:
+            return False
+        session = self.session(key)
+        if session is None:
+            self.view.show_message("info", "Load a model and add a prompt first (the session is not ready yet).")
+            return False
+        if not prompted_frames:
+            self.view.show_message(
+                "warning", "Nothing to propagate: click on an object (or draw a box) on some frame first."
+            )
+            return False
+        if self.geometry.num_frames < 2:
+            self.view.show_message("info", "A single image has nothing to propagate to.")
+            return False
+        passes = plan_passes(prompted_frames, direction, *frames_range)
+        lengths = [abs(stop - start) + 1 for _, start, stop in passes]
+        geometry, total = self.geometry, sum(lengths)
+        self.frames_written = 0
+        cancelled = []
+
+        def on_result(value):
+            pass_index, done, result = value
+            self.write_result(key, result, geometry=geometry)
+            self.frames_written += 1
+            self.view.show_propagation(sum(lengths[:pass_index]) + min(done, lengths[pass_index]), total)
+
+        def aborted():
+            cancelled.append(True)
+            self.view.show_message("info", f"Propagation cancelled; {self.frames_written} finished frames kept.")
+
+        def finished():
+            self.propagation_worker = None
+            self.view.show_propagation_done(self.frames_written, bool(cancelled))
+            self.view.show_state()
+
+        self.view.show_propagation(0, total)
+        worker = self.propagation_worker = self.start(
+            _worker.propagate_job,
+            session,
+            passes,
+            yielded=on_result,
+            errored=lambda exc: self.view.show_message("warning", f"Propagation stopped: {error_text(exc)}"),
+            aborted=aborted,
+            finished=finished,
+        )
+        self.view.show_state()
+        worker.start()
+        return True
+
+    def cancel(self) -> None:
+        """Stop the propagation after the frame being computed; every finished frame stays."""
+        if self.propagation_worker is not None:
+            self.propagation_worker.quit()
+
+    # ================================================================== save / open
+    def provenance(self, key, input_record: dict, extra: dict | None = None):
+        """The `Provenance` of what the controller holds for session `key` (the checkpoint's hash is added by the
+        save job). input_record: {"layer", "path", "shape"} of the image."""
+        import torch
+
+        from ..io.provenance import ModelRecord, Provenance
+
+        g = self.geometry
+        session = self.session(key)
+        edit_log = None
+        if session is not None and self.opened_record is None:
+            edit_log = session.edit_log  # a session continued from an opened result does not start from nothing
+        if self.model is not None:
+            checkpoint = getattr(self.model, "checkpoint_path", None)
+            model = ModelRecord(
+                source=self.model_source,
+                config=getattr(self.model.cfg, "name", None),
+                checkpoint=None if checkpoint is None else str(checkpoint),
+            )
+        elif self.opened_record is not None:  # opened, not re-tracked: the opened result's model made it
+            model = self.opened_record.model
+        else:
+            model = ModelRecord(source=self.model_source)
+        parents = dict(self.opened_record.parents) if self.opened_record is not None else {}
+        if session is not None:
+            parents.update(session.parents)
+        return Provenance(
+            model=model,
+            settings={
+                "device": str(getattr(self.model, "device", "")) or None,
+                "preset": next((s.preset for s in self.sessions.values() if not isinstance(s, str)), "default"),
+                "stream_axis": g.stream_axis,
+                "channel_axis": g.channel_axis,
+                "channel": g.channel,
+                "session_key": list(key),
+                "threads": torch.get_num_threads(),
+            },
+            parents=parents,
+            input=dict(input_record),
+            tool="widget",
+            edit_log=edit_log,
+            extra=dict(extra or {}),
+        )
+
+    def save(self, path, axes: str, prompts: PromptSet, provenance, scale, units, on_saved=None) -> None:
+        """Write the labels as an OME-Zarr result on a worker; on_saved(path) once written."""
+
+        def done():
+            self.save_worker = None
+            self.view.show_state()
+
+        def saved(p):
+            self.view.show_message("info", f"Saved {p}")
+            if on_saved is not None:
+                on_saved(p)
+
+        labels = self.label_stack()
+        if labels.ndim != len(scale):
+            scale, units = [1.0, *scale], ["pixel", *units]
+        worker = self.save_worker = self.start(
+            _worker.save_job,
+            path,
+            labels,
+            axes,
+            prompts,
+            provenance,
+            scale,
+            units,
+            returned=saved,
+            errored=lambda exc: self.view.show_message("error", f"Could not save {path}: {error_text(exc)}"),
+            finished=done,
+        )
+        self.view.show_state()
+        worker.start()
+
+    def open_result(self, result) -> tuple[tuple, PromptSet | None]:
+        """Take the labels and objects of an opened result (`io.results.open_result`) whose labels fit the geometry;
+        → (the session key it was made on, its prompts) for the face to show. Sessions restart (InputError when the
+        shapes differ)."""
+        g = self.geometry
+        shape = tuple(result.labels.shape)
+        expected = g.label_shape if len(g.label_shape) > 2 else (1, *g.label_shape)
+        if shape != expected:
+            raise InputError(
+                f"The result's labels have shape {shape}, the picked image's frames {expected}: "
+                "pick the image the result was made from."
+            )
+        target = self.label_stack()
+        ids = set()
+        for t in range(shape[0]):
+            plane = np.asarray(result.labels[t]).astype(np.uint32)
+            target[t] = plane
+            ids.update(int(i) for i in np.unique(plane) if i)
+        record = result.record
+        key = tuple(record.settings.get("session_key") or ()) or (0,) * len(g.fixed_axes)
+        if len(key) != len(g.fixed_axes):
+            key = (0,) * len(g.fixed_axes)
+        if result.prompts is not None:
+            ids.update(result.prompts.obj_ids)
+        self.confidence.clear()
+        self.object_ids = sorted(ids)
+        self.max_id = max(ids, default=0)
+        self.opened_record = record
+        return key, result.prompts
+
+    # ================================================================== teardown
+    def shutdown(self) -> None:
+        """Stop every worker and drop pending jobs; handlers of workers still finishing are ignored from now on."""
+        self.alive = False
+        self.jobs.clear()
+        for worker in list(self.workers):
+            worker.quit()

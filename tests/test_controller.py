@@ -1,0 +1,166 @@
+"""The widget's Qt-free controller, driven with no display: prompts, the job queue, label merging, propagation,
+cancel, delete, save / open. Jobs run inline (`InlineWorker`), so every call has finished when it returns."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_sam2.replay import merge_result
+from napari_sam2.widget._controller import ControllerView, TrackingController, plan_passes
+from napari_sam2.widget._geometry import StackGeometry
+
+
+class Recorder(ControllerView):
+    """Keeps what the controller reports."""
+
+    def __init__(self):
+        self.messages, self.prompted, self.ready, self.progress, self.done = [], [], [], [], []
+
+    def show_message(self, kind, text):
+        self.messages.append((kind, text))
+
+    def show_prompted(self, results):
+        self.prompted.append(results)
+
+    def show_session_ready(self, key, session):
+        self.ready.append(key)
+
+    def show_propagation(self, done, total):
+        self.progress.append((done, total))
+
+    def show_propagation_done(self, frames_written, cancelled):
+        self.done.append((frames_written, cancelled))
+
+
+@pytest.fixture
+def controller(tiny_model, blob_stack):
+    """A controller on a 6-frame 96×128 stack with the tiny model and a session on frame 0."""
+    view = Recorder()
+    c = TrackingController(view)
+    c.set_model(tiny_model, "tiny")
+    c.set_geometry(StackGeometry.from_array(blob_stack(n_frames=6)))
+    c.focus((), 0)
+    assert view.ready == [()] and c.session(()) is not None
+    yield c
+    c.shutdown()
+    c.reset_sessions()
+
+
+def reference_labels(tiny_model, stack, edits):
+    """Labels [N, H, W] of the same edits on a plain TrackingSession, merged as the widget merges them."""
+    from napari_sam2.session import TrackingSession
+
+    out = np.zeros(stack.shape, np.uint32)
+    with TrackingSession(tiny_model, stack) as s:
+        for edit in edits:
+            results = edit(s)
+            for r in results if isinstance(results, list) else list(results):
+                out[r.frame] = merge_result(out[r.frame], r)
+    return out
+
+
+def test_the_controller_imports_no_qt_and_no_napari():
+    code = (
+        "import sys, napari_sam2.widget._controller\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', "
+        "'napari', 'superqt', 'vispy')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_prompt_then_propagate_gives_the_sessions_labels(controller, tiny_model, blob_stack):
+    stack = blob_stack(n_frames=6)
+    controller.add_points((), 0, 1, [[30, 30]], [1])
+    controller.add_box((), 2, 2, (55, 75, 76, 100))
+    assert controller.view.prompted and controller.object_ids == [1, 2]
+    assert controller.propagate((), "forward", (0, 5), [0, 2])
+    assert controller.idle and controller.view.done == [(6, False)]
+    assert controller.view.progress[-1] == (6, 6)
+    expected = reference_labels(
+        tiny_model,
+        stack,
+        [
+            lambda s: [s.add_prompt(0, 1, points=[[30, 30]], labels=[1])],
+            lambda s: [s.add_prompt(2, 2, box=(55, 75, 76, 100))],
+            lambda s: list(s.propagate("forward", start=0, stop=5)),
+        ],
+    )
+    np.testing.assert_array_equal(controller.labels, expected)
+    assert set(np.unique(controller.labels)) == {0, 1, 2}
+    assert set(controller.confidence[()][1]) == set(range(6))
+
+
+def test_a_failed_prompt_says_why_and_the_queue_goes_on(controller):
+    controller.add_points((), 0, 1, [[500, 30]], [1])  # outside the 96×128 frame
+    assert controller.view.messages and controller.view.messages[-1][0] == "warning"
+    assert "Prompt not applied" in controller.view.messages[-1][1]
+    controller.add_points((), 0, 1, [[30, 30]], [1])
+    assert controller.idle and (controller.labels[0] == 1).any()
+
+
+def test_cancel_keeps_the_finished_frames(controller):
+    controller.add_points((), 0, 1, [[30, 30]], [1])
+
+    class Canceller(Recorder):
+        def show_propagation(self, done, total):
+            super().show_propagation(done, total)
+            if done == 2:
+                controller.cancel()
+
+    controller.view = Canceller()
+    controller.propagate((), "forward", (0, 5), [0])
+    assert controller.view.done == [(2, True)] and controller.idle
+    tracked = [t for t in range(6) if (controller.labels[t] == 1).any()]
+    assert tracked == [0, 1]
+    assert "cancelled" in controller.view.messages[-1][1]
+
+
+def test_delete_removes_the_object_everywhere(controller):
+    controller.add_points((), 0, 1, [[30, 30]], [1])
+    controller.add_points((), 0, 2, [[65, 95]], [1])
+    controller.propagate((), "forward", (0, 5), [0])
+    assert controller.delete_object(1)
+    assert controller.object_ids == [2] and not (controller.labels == 1).any() and (controller.labels == 2).any()
+    assert 1 not in controller.session(()).obj_ids and 1 not in controller.confidence[()]
+    assert controller.new_object_id() == 3  # ids are never reused
+
+
+def test_save_then_open_brings_back_labels_objects_and_prompts(controller, tmp_path):
+    from napari_sam2.io.results import open_result
+    from napari_sam2.prompts import PromptSet
+
+    controller.add_points((), 0, 1, [[30, 30]], [1])
+    controller.propagate((), "forward", (0, 5), [0])
+    prompts = PromptSet()
+    prompts.add(0, 1, points=[[30, 30]], labels=[1])
+    saved = []
+    provenance = controller.provenance((), {"layer": "blobs", "path": None, "shape": [6, 96, 128]})
+    assert [e["op"] for e in provenance.edit_log] == ["add", "pass"]
+    controller.save(tmp_path / "r.ome.zarr", "tyx", prompts, provenance, [1.0] * 3, ["pixel"] * 3, saved.append)
+    assert saved == [str(tmp_path / "r.ome.zarr")]
+    labels = np.array(controller.labels)
+    controller.set_geometry(controller.geometry)  # a fresh start: no labels, no objects
+    assert not controller.labels.any() and controller.object_ids == []
+    key, opened_prompts = controller.open_result(open_result(tmp_path / "r.ome.zarr"))
+    assert key == () and len(opened_prompts) == 1
+    np.testing.assert_array_equal(controller.labels, labels)
+    assert controller.object_ids == [1] and controller.opened_record.tool == "widget"
+
+
+def test_open_refuses_labels_of_another_shape(controller, tmp_path):
+    from napari_sam2.errors import InputError
+    from napari_sam2.io.results import open_result, save_result
+
+    save_result(tmp_path / "other.ome.zarr", np.zeros((3, 96, 128), np.uint32), axes="tyx")
+    with pytest.raises(InputError, match="shape"):
+        controller.open_result(open_result(tmp_path / "other.ome.zarr"))
+
+
+def test_plan_passes():
+    assert plan_passes([2, 4], "both", 0, 9) == [("forward", 2, 9), ("backward", 4, 0)]
+    assert plan_passes([0], "both", 0, 9) == [("forward", 0, 9)]
+    assert plan_passes([7], "forward", 0, 5) == [("forward", 0, 5)]  # no prompt inside: the range's start
+    assert plan_passes([3], "backward", 0, 9) == [("backward", 3, 0)]
