@@ -53,6 +53,7 @@ from napari_sam2.model.sam2 import NO_OBJECT_LOGIT, Memory, Pointer
 from napari_sam2.preprocess import IntensityRange, to_model_input
 from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
 from napari_sam2.session import PROMPT_LOGIT_CLAMP  # previous logits given back as a mask prompt, as at inference
+from napari_sam2.synthetic_hard import random_hard_stack
 
 HELD_OUT_SEED = 1_000_000  # training movies use seeds below this
 LOSS_WEIGHTS = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "presence": 1.0}
@@ -68,6 +69,7 @@ class Movie:
     labels: torch.Tensor
     special: tuple[int, ...]  # ids with staged events (division, leaving/returning, vanishing)
     image: np.ndarray
+    brightness: dict = dataclasses.field(default_factory=dict)  # hard movies: {id: relative brightness}
 
 
 def make_movie(seed: int, image_size: int, n_frames: int = 12) -> Movie:
@@ -108,16 +110,39 @@ def make_movie(seed: int, image_size: int, n_frames: int = 12) -> Movie:
     return Movie(frames, labels, special, image)
 
 
+def make_hard_movie(seed: int, image_size: int, n_frames: int = 12) -> Movie:
+    """One domain-randomised hard movie or z-stack (`napari_sam2.synthetic_hard.random_hard_stack`: brightness
+    spread up to 10×, mitotic figures, clusters, haze, debris, radius 3–40 px at the model input, 8/12/16-bit),
+    preprocessed exactly as `make_movie` does."""
+    stack, _ = random_hard_stack(seed, n_frames, image_size)
+    image = stack.image
+    intensity = IntensityRange.from_percentiles(image[:, ::2, ::2])
+    frames = torch.stack(
+        [to_model_input(np.repeat(intensity.apply(f)[..., None], 3, axis=-1), image_size) for f in image]
+    )
+    labels = torch.from_numpy(stack.labels.astype(np.int64))
+    if labels.shape[-1] != image_size:
+        labels = F.interpolate(labels[:, None].float(), size=(image_size, image_size), mode="nearest")[:, 0].long()
+    return Movie(frames, labels, tuple(stack.events["mitotic"]), image, dict(stack.events["brightness"]))
+
+
 @dataclasses.dataclass
 class Clip:
-    """frames [T, 3, S, S]; masks [T, S, S] bool of the target object (empty where it is absent)."""
+    """frames [T, 3, S, S]; masks [T, S, S] bool of the target object (empty where it is absent); labels0 [S, S]
+    every object's id on the first frame (for ambiguous prompts), transformed like the frames."""
 
     frames: torch.Tensor
     masks: torch.Tensor
+    labels0: torch.Tensor | None = None
 
 
-def sample_clip(movie: Movie, rng: np.random.Generator, length: int, min_area: int = 12) -> Clip | None:
-    """A clip of `length` frames of one object present (≥ min_area pixels) on its first frame."""
+def sample_clip(
+    movie: Movie, rng: np.random.Generator, length: int, min_area: int = 12, hard_negative: bool = False
+) -> Clip | None:
+    """A clip of `length` frames of one object present (≥ min_area pixels) on its first frame.
+
+    hard_negative: (movies with known brightness) pick a nucleus that has a brighter object (≥ 1.5×) within
+    three of its radii — the dim nucleus beside a bright or mitotic cell that the first nano-fluo confused."""
     n = movie.frames.shape[0]
     stride = int(rng.integers(1, 3)) if n >= 2 * length else 1
     span = (length - 1) * stride + 1
@@ -131,13 +156,66 @@ def sample_clip(movie: Movie, rng: np.random.Generator, length: int, min_area: i
     if not candidates:
         return None
     special = [i for i in candidates if i in movie.special]
-    obj = int(rng.choice(special)) if special and rng.random() < 0.3 else int(rng.choice(candidates))
+    dim = hard_negative_targets(labels[0], candidates, movie.brightness) if hard_negative else []
+    if dim:
+        obj = int(rng.choice(dim))
+    else:
+        obj = int(rng.choice(special)) if special and rng.random() < 0.3 else int(rng.choice(candidates))
     frames, masks = movie.frames[idx], labels == obj
+    labels0 = labels[0]
     k = int(rng.integers(4))
     frames, masks = torch.rot90(frames, k, dims=(-2, -1)), torch.rot90(masks, k, dims=(-2, -1))
+    labels0 = torch.rot90(labels0, k, dims=(-2, -1))
     if rng.random() < 0.5:
-        frames, masks = frames.flip(-1), masks.flip(-1)
-    return Clip(frames.contiguous(), masks.contiguous())
+        frames, masks, labels0 = frames.flip(-1), masks.flip(-1), labels0.flip(-1)
+    return Clip(frames.contiguous(), masks.contiguous(), labels0.contiguous())
+
+
+def hard_negative_targets(labels: torch.Tensor, candidates: list[int], brightness: dict) -> list[int]:
+    """Candidates (ids on labels [S, S]) with an object ≥ 1.5× brighter whose centre lies within 3 radii."""
+    if not brightness:
+        return []
+    ids = [int(i) for i in torch.unique(labels) if i > 0 and int(i) in brightness]
+    if len(ids) < 2:
+        return []
+    lab = labels.numpy()
+    centres = np.array(ndimage.center_of_mass(np.ones_like(lab), lab, ids))
+    radii = np.sqrt(np.array(ndimage.sum(np.ones_like(lab), lab, ids)) / math.pi)
+    where = {obj: k for k, obj in enumerate(ids)}
+    chosen = []
+    for obj in candidates:
+        if obj not in where:
+            continue
+        k = where[obj]
+        near = np.hypot(*(centres - centres[k]).T) <= 3 * radii[k]
+        brighter = np.array([brightness[o] >= 1.5 * brightness[obj] for o in ids])
+        near[k] = False
+        if (near & brighter).any():
+            chosen.append(obj)
+    return chosen
+
+
+def ambiguous_click(
+    labels0: np.ndarray, obj: int, rng: np.random.Generator
+) -> tuple[tuple[float, float], np.ndarray] | None:
+    """An ambiguous click and the answer it asks for: (x, y) on the object's side of its border with a touching
+    neighbour, and a target drawn among the three a user could mean — the nucleus, the nucleus with that
+    neighbour, the whole touching cluster. None when the object touches nothing."""
+    mask = labels0 == obj
+    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask & (labels0 > 0)
+    neighbours = [int(i) for i in np.unique(labels0[ring])]
+    if not neighbours:
+        return None
+    other = int(rng.choice(neighbours))
+    contact = np.argwhere(mask & ndimage.binary_dilation(labels0 == other, iterations=2))
+    y, x = contact[int(rng.integers(len(contact)))]
+    cluster = mask.copy()
+    for _ in range(3):  # the touching cluster around it, up to three neighbours deep
+        ring = ndimage.binary_dilation(cluster, iterations=2) & ~cluster & (labels0 > 0)
+        cluster |= np.isin(labels0, np.unique(labels0[ring]))
+    choice = int(rng.integers(3))
+    target = [mask, mask | (labels0 == other), cluster][choice]
+    return (float(x), float(y)), target
 
 
 def click_inside(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
@@ -190,12 +268,19 @@ def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return focal, dice, balanced
 
 
-def frame_loss(model, out, target: torch.Tensor, stats: dict, balanced_weight: float = 0.0) -> torch.Tensor:
+def frame_loss(
+    model, out, target: torch.Tensor, stats: dict, balanced_weight: float = 0.0, multimask_min: bool = False
+) -> torch.Tensor:
     """SAM 2's per-frame loss for one object: out is a DecoderOutput (batch 1, ungated), target [S, S] bool.
 
     `balanced_weight` adds the class-balanced cross-entropy: from scratch, nuclei cover ~0.5 % of the pixels and the
     official focal + dice losses alone let the network settle on empty masks (measured: IoU 0 after 425 steps);
     weighting object pixels as much as background lifts it out, and the weight decays to 0 (see `balanced_weight`).
+
+    `multimask_min` (SAM's rule for ambiguous prompts): of several candidates only the one with the lowest mask loss
+    is trained on the mask; every candidate's predicted IoU is trained on its actual IoU, so the IoU head learns to
+    tell a good candidate from a poor one (calibration) and the candidates are free to differ. Without it all three
+    candidates learn the same target (the first nano-fluo: nearly identical candidates, IoU head uninformative).
     """
     present = bool(target.any())
     presence = F.binary_cross_entropy_with_logits(out.object_score.flatten(), target.any().float().view(1))
@@ -211,9 +296,15 @@ def frame_loss(model, out, target: torch.Tensor, stats: dict, balanced_weight: f
             union = (pred | target).flatten(1).sum(1).float()
             actual_iou = inter / union.clamp(min=1)
         iou_loss = (out.multi_ious[0].float() - actual_iou).abs()
-        per_candidate = LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice + LOSS_WEIGHTS["iou"] * iou_loss
-        loss = loss + (per_candidate + balanced_weight * balanced).mean()
-        stats["iou"].append(float(actual_iou[int(torch.argmax(out.multi_ious[0]))]))
+        mask_loss = LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice + balanced_weight * balanced
+        if multimask_min and mask_loss.shape[0] > 1:
+            best = int(torch.argmin(mask_loss.detach()))
+            loss = loss + mask_loss[best] + LOSS_WEIGHTS["iou"] * iou_loss.mean()
+        else:
+            loss = loss + (mask_loss + LOSS_WEIGHTS["iou"] * iou_loss).mean()
+        chosen = int(torch.argmax(out.multi_ious[0]))
+        stats["iou"].append(float(actual_iou[chosen]))
+        stats.setdefault("iou_err", []).append(float(iou_loss[chosen]))
     return loss
 
 
@@ -234,9 +325,14 @@ def run_clip(
     max_pointer_distance: int,
     prompt: str | None = None,
     balanced_weight: float = 0.0,
+    multimask_min: bool = False,
+    ambiguous: bool = False,
 ) -> torch.Tensor:
     """Prompt the first frame (`prompt`: one of PROMPT_KINDS, default drawn at random), track the rest with the
-    memory bank; returns the summed loss of the clip (`balanced_weight`: see `frame_loss`)."""
+    memory bank; returns the summed loss of the clip (`balanced_weight`, `multimask_min`: see `frame_loss`).
+
+    ambiguous: a click prompt becomes an ambiguous one where the object touches another (`ambiguous_click`: on
+    the shared border, asking for the nucleus, the pair or the cluster); such a clip stops at its prompted frame."""
     cfg = model.cfg
     device = model.device
     feats_all = model.encode_image(clip.frames.to(device))
@@ -255,13 +351,23 @@ def run_clip(
             coords = torch.from_numpy(box_around(first, rng))[None].to(device)
             labels = torch.tensor([[2, 3]], dtype=torch.int32, device=device)
         else:
+            unclear = None
+            if ambiguous and kind == "click" and clip.labels0 is not None:
+                lab0 = clip.labels0.numpy()
+                unclear = ambiguous_click(lab0, int(lab0[first].max()), rng)
+            if unclear is not None:
+                (x, y), target0 = unclear
+                coords = torch.tensor([[[x, y]]], dtype=torch.float32, device=device)
+                labels = torch.ones(1, 1, dtype=torch.int32, device=device)
+                out = model.decode(embedding, feats0.high_res, coords, labels, multimask=True, object_gate=False)
+                return frame_loss(model, out, torch.from_numpy(target0).to(device), stats, balanced_weight, True)
             x, y = click_inside(first, rng)
             coords = torch.tensor([[[x, y]]], dtype=torch.float32, device=device)
             labels = torch.ones(1, 1, dtype=torch.int32, device=device)
         out = model.decode(
             embedding, feats0.high_res, coords, labels, multimask=coords.shape[1] <= 1, object_gate=False
         )
-        loss = loss + frame_loss(model, out, masks[0], stats, balanced_weight)
+        loss = loss + frame_loss(model, out, masks[0], stats, balanced_weight, multimask_min)
         if kind == "corrections":
             for _ in range(int(rng.integers(1, 3))):
                 pred = (model.upsample_logits(out.logits)[0, 0] > 0).cpu().numpy()
@@ -297,7 +403,7 @@ def run_clip(
                 pointers.append(Pointer(tracked[t - t_diff][1], t_diff))
         embedding = model.condition_on_memory(feats, memories, pointers, max_pointer_distance)
         out = model.decode(embedding, feats.high_res, multimask=True, object_gate=False)
-        loss = loss + frame_loss(model, out, masks[t], stats, balanced_weight)
+        loss = loss + frame_loss(model, out, masks[t], stats, balanced_weight, multimask_min)
         out = gated(model, out)
         memory = model.encode_memory(feats, model.upsample_logits(out.logits), out.object_score, binarize=False)
         tracked[t] = (bf16_round(memory), out.object_pointer)
@@ -313,17 +419,20 @@ def gated(model, out):
 
 
 # ---------------------------------------------------------------------- schedule, checkpoints
-def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+def learning_rate(step: int, total: int, peak: float, warmup: int, floor: float = 0.05) -> float:
+    """Linear warm-up to `peak`, then a cosine down to `floor` × peak at `total`."""
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def balanced_weight(step: int, total: int) -> float:
-    """Weight of the class-balanced cross-entropy: 1 for the first quarter of training, falling linearly to 0 at
-    the half; the second half optimises SAM 2's own objective only."""
-    return float(np.clip(2.0 - 4.0 * step / max(1, total), 0.0, 1.0))
+def balanced_weight(step: int, total: int, end: float = 0.5) -> float:
+    """Weight of the class-balanced cross-entropy: 1 for the first `end`/2 of training, falling linearly to 0 at
+    `end` (default: the half; the second half optimises SAM 2's own objective only). end 0: never (fine-tuning)."""
+    if end <= 0:
+        return 0.0
+    return float(np.clip(2.0 - 2.0 * step / (end * max(1, total)), 0.0, 1.0))
 
 
 def save_training_state(path: Path, model, optimizer, step: int, args) -> None:
@@ -335,7 +444,10 @@ def save_training_state(path: Path, model, optimizer, step: int, args) -> None:
             "optimizer": optimizer.state_dict(),
             "step": step,
             "torch_rng": torch.get_rng_state(),
-            "args": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+            "args": {
+                **{k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+                **({"init": Path(args.init).name} if args.init else {}),
+            },
         },
         tmp,
     )
@@ -364,8 +476,11 @@ def export(state_path: Path, target: Path) -> None:
 # ---------------------------------------------------------------------- validation (quick; the benchmark is thorough)
 @torch.no_grad()
 def validate(model, image_size: int, n_movies: int, length: int, max_pointer_distance: int) -> dict:
-    stats = {"presence": [], "presence_acc": [], "iou": []}
-    first_ious, later_ious = [], []
+    """Held-out movies (seeds from HELD_OUT_SEED): the old generator's click IoU over the first frame and tracking
+    IoU over the rest, and, from `n_movies // 2` hard movies (`make_hard_movie`), the click IoU on a dim nucleus
+    beside a brighter one where there is one, and the mean |predicted − actual| IoU of every chosen first-frame
+    mask (calibration)."""
+    first_ious, later_ious, hard_ious, errors = [], [], [], []
     model.eval()
     for k in range(n_movies):
         movie = make_movie(HELD_OUT_SEED + k, image_size)
@@ -373,14 +488,27 @@ def validate(model, image_size: int, n_movies: int, length: int, max_pointer_dis
         clip = sample_clip(movie, rng, length)
         if clip is None:
             continue
-        stats["iou"].clear()
+        stats = {"presence": [], "presence_acc": [], "iou": [], "iou_err": []}
         run_clip(model, clip, rng, stats, max_pointer_distance, prompt="click")
         first_ious.append(stats["iou"][0])
+        errors.append(stats["iou_err"][0])
         later_ious.extend(stats["iou"][1:])
+    for k in range(n_movies // 2):
+        movie = make_hard_movie(HELD_OUT_SEED + k, image_size, n_frames=2)
+        rng = np.random.default_rng(HELD_OUT_SEED + k)
+        clip = sample_clip(movie, rng, 1, hard_negative=True)
+        if clip is None:
+            continue
+        stats = {"presence": [], "presence_acc": [], "iou": [], "iou_err": []}
+        run_clip(model, clip, rng, stats, max_pointer_distance, prompt="click")
+        hard_ious.append(stats["iou"][0])
+        errors.append(stats["iou_err"][0])
     model.train()
     return {
         "val_click_iou": float(np.mean(first_ious)),
         "val_track_iou": float(np.mean(later_ious)) if later_ious else float("nan"),
+        "val_hard_click_iou": float(np.mean(hard_ious)) if hard_ious else float("nan"),
+        "val_iou_abs_err": float(np.mean(errors)),
     }
 
 
@@ -403,7 +531,18 @@ def main(argv=None) -> int:
     parser.add_argument("--export", type=Path, help="only write the shipped checkpoint from <out>/last.pt and exit")
     parser.add_argument("--stop-after", type=float, default=0, help="stop (saving) after this many minutes")
     parser.add_argument("--until", type=int, default=0, help="stop (saving) after this step (to change settings)")
+    parser.add_argument("--init", type=Path, help="start from these weights (a shipped checkpoint or a last.pt)")
+    parser.add_argument("--hard-fraction", type=float, default=0.0, help="share of movies from synthetic_hard")
+    parser.add_argument("--hard-negatives", type=float, default=0.0, help="odds a hard movie's clip targets a dim "
+                        "nucleus beside a brighter one")  # fmt: skip
+    parser.add_argument("--ambiguous", type=float, default=0.0, help="odds a click clip gets an ambiguous click")
+    parser.add_argument("--multimask-min", action="store_true", help="train only the best of the 3 candidate masks")
+    parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the L1 IoU-prediction loss")
+    parser.add_argument("--balanced-end", type=float, default=0.5, help="fraction of training with the balanced "
+                        "cross-entropy (0: none, as when fine-tuning)")  # fmt: skip
+    parser.add_argument("--lr-min", type=float, default=0.05, help="the cosine's floor, a fraction of --lr")
     args = parser.parse_args(argv)
+    LOSS_WEIGHTS["iou"] = args.iou_weight
 
     state_path = args.out / "last.pt"
     if args.export:
@@ -418,6 +557,13 @@ def main(argv=None) -> int:
     model = build_model(cfg).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     start = 0
+    if args.init and not (args.resume and state_path.exists()):
+        init = torch.load(args.init, map_location="cpu", weights_only=True)
+        cfg = config_from_dict(init["config"])
+        model = build_model(cfg).to(device).train()
+        model.load_state_dict(init["model"])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        print(f"initialised from {args.init}", flush=True)
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         cfg = config_from_dict(state["config"])
@@ -435,27 +581,35 @@ def main(argv=None) -> int:
     pool: dict[int, Movie] = {}
     log = (args.out / "log.jsonl").open("a")
     began = time.time()
-    window = {"loss": [], "presence": [], "presence_acc": [], "iou": []}
+    window = {"loss": [], "presence": [], "presence_acc": [], "iou": [], "iou_err": []}
     for step in range(start, args.steps):
         newest = step // 2  # a new movie every other step (making one costs ~0.3 s, a step ~1 s on 2 CPU cores)
         for k in range(max(0, newest - args.pool + 1), newest + 1):  # the pool is a function of the step: resumable
             if k not in pool:
-                pool[k] = make_movie(args.seed * 10_000_000 + k, cfg.image_size)
+                movie_seed = args.seed * 10_000_000 + k
+                hard = np.random.default_rng([args.seed, k, 16]).random() < args.hard_fraction
+                pool[k] = (make_hard_movie if hard else make_movie)(movie_seed, cfg.image_size)
         for k in [k for k in pool if k <= newest - args.pool]:
             del pool[k]
         rng = np.random.default_rng([args.seed, step])
-        lr = learning_rate(step, args.steps, args.lr, args.warmup)
+        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        stats = {"presence": [], "presence_acc": [], "iou": []}
+        stats = {"presence": [], "presence_acc": [], "iou": [], "iou_err": []}
         loss = 0.0
         clips = 0
         keys = sorted(pool)
         while clips < args.clips:
-            clip = sample_clip(pool[keys[int(rng.integers(len(keys)))]], rng, args.frames)
+            # drawn only when asked for, so that the first nano-fluo's recipe still sees the same data stream
+            hard_negative = args.hard_negatives > 0 and rng.random() < args.hard_negatives
+            clip = sample_clip(pool[keys[int(rng.integers(len(keys)))]], rng, args.frames, hard_negative=hard_negative)
             if clip is None:
                 continue
-            clip_loss = run_clip(model, clip, rng, stats, max_pointer_distance, None, balanced_weight(step, args.steps))
+            ambiguous = args.ambiguous > 0 and rng.random() < args.ambiguous
+            clip_loss = run_clip(
+                model, clip, rng, stats, max_pointer_distance, None, balanced_weight(step, args.steps, args.balanced_end),
+                args.multimask_min, ambiguous,
+            )  # fmt: skip
             loss = loss + clip_loss / (args.clips * args.frames)
             clips += 1
         optimizer.zero_grad(set_to_none=True)
@@ -463,7 +617,7 @@ def main(argv=None) -> int:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         window["loss"].append(float(loss.detach()))
-        for key in ("presence", "presence_acc", "iou"):
+        for key in ("presence", "presence_acc", "iou", "iou_err"):
             window[key].extend(stats[key])
         done = step + 1
         if done % 25 == 0 or done == args.steps:
