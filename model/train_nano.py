@@ -304,7 +304,7 @@ def frame_loss(
             loss = loss + (mask_loss + LOSS_WEIGHTS["iou"] * iou_loss).mean()
         chosen = int(torch.argmax(out.multi_ious[0]))
         stats["iou"].append(float(actual_iou[chosen]))
-        stats.setdefault("iou_err", []).append(float(iou_loss[chosen]))
+        stats.setdefault("iou_err", []).append(float(iou_loss[chosen].detach()))
     return loss
 
 

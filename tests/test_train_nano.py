@@ -91,3 +91,74 @@ def test_movies_are_preprocessed_as_at_inference(train_nano):
             assert torch.allclose(source.model_input(t), movie.frames[t], atol=0.05)
     clip = train_nano.sample_clip(movie, np.random.default_rng(1), 3)
     assert clip.masks[0].sum() >= 12 and clip.frames.shape == (3, 3, 256, 256)
+
+
+NEW = ["--hard-fraction", "1", "--hard-negatives", "1", "--ambiguous", "1", "--multimask-min", "--iou-weight", "3"]
+
+
+def test_fine_tune_from_shipped_weights_with_hard_data_resumes_exactly(train_nano, tmp_path):
+    shipped = ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt"
+    small = ["--clips", "1", "--frames", "2", "--val-every", "0", "--save-every", "1", "--pool", "2", "--threads", "1"]
+    common = ["--steps", "3", "--init", str(shipped), "--balanced-end", "0", *NEW, *small]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_nano.main(["--out", str(straight), *common]) == 0
+    assert train_nano.main(["--out", str(split), *common, "--until", "1"]) == 0
+    assert train_nano.main(["--out", str(split), *common, "--resume"]) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)
+    b = torch.load(split / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3 and a["args"]["init"] == "nano_fluo.pt"
+    start = torch.load(shipped, weights_only=True)["model"]
+    assert any(not torch.equal(a["model"][k], start[k]) for k in start), "fine-tuning changed nothing"
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"]), "stop + resume differs"
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert np.isfinite(log[-1]["iou_err"])  # calibration is on the learning curve
+    assert train_nano.LOSS_WEIGHTS["iou"] == 3.0
+    train_nano.LOSS_WEIGHTS["iou"] = 1.0  # module state: later tests in this process use the default
+
+
+def test_hard_negatives_pick_the_dim_nucleus_beside_a_bright_one(train_nano):
+    labels = torch.zeros(64, 64, dtype=torch.int64)
+    labels[10:20, 10:20] = 1  # dim, a bright neighbour at 12 px
+    labels[10:20, 22:32] = 2  # bright
+    labels[45:55, 45:55] = 3  # dim, alone
+    brightness = {1: 0.2, 2: 1.0, 3: 0.2}
+    assert train_nano.hard_negative_targets(labels, [1, 2, 3], brightness) == [1]
+    assert train_nano.hard_negative_targets(labels, [1, 2, 3], {}) == []
+
+
+def test_ambiguous_click_sits_on_the_shared_border_and_asks_for_nucleus_pair_or_cluster(train_nano):
+    labels = np.zeros((64, 64), np.int64)
+    labels[10:30, 10:30], labels[10:30, 30:50], labels[30:45, 35:50] = 1, 2, 3  # a chain of three
+    labels[50:60, 5:15] = 4  # alone
+    seen = set()
+    for seed in range(30):
+        (x, y), target = train_nano.ambiguous_click(labels, 1, np.random.default_rng(seed))
+        assert labels[int(y), int(x)] == 1 and 27 <= x < 30  # on nucleus 1, at its border with 2
+        ids = tuple(sorted(set(np.unique(labels[target])) - {0}))
+        assert (labels[target] > 0).all() and target[labels == 1].all()
+        seen.add(ids)
+    assert seen == {(1,), (1, 2), (1, 2, 3)}
+    assert train_nano.ambiguous_click(labels, 4, np.random.default_rng(0)) is None
+
+
+def test_multimask_min_trains_one_candidate_mask_and_every_iou(train_nano):
+    model = train_nano.build_model(train_nano.NANO_FLUO)
+    size = model.image_size
+    feats = model.encode_image(torch.zeros(1, 3, size, size))
+    coords = torch.tensor([[[100.0, 100.0]]])
+    out = model.decode(model.image_embedding(feats), feats.high_res, coords, torch.ones(1, 1, dtype=torch.int32),
+                       multimask=True, object_gate=False)  # fmt: skip
+    target = torch.zeros(size, size, dtype=torch.bool)
+    target[90:110, 90:110] = True
+    grads = {}
+    for flag in (False, True):
+        stats = {"presence": [], "presence_acc": [], "iou": []}
+        logits = out.multi_logits.detach().requires_grad_(True)
+        ious = out.multi_ious.detach().requires_grad_(True)
+        one = train_nano.dataclasses.replace(out, multi_logits=logits, multi_ious=ious, object_score=out.object_score)
+        train_nano.frame_loss(model, one, target, stats, multimask_min=flag).backward(retain_graph=True)
+        grads[flag] = (logits.grad.abs().flatten(2).sum(-1)[0], ious.grad[0])
+    assert (grads[False][0] > 0).all()  # all three candidate masks trained on the same target
+    assert int((grads[True][0] > 0).sum()) == 1  # only the best one
+    assert (grads[True][1] != 0).all()  # but every candidate's IoU prediction is trained
+    assert len(stats["iou_err"]) == 1 and 0 <= stats["iou_err"][0] <= 1
