@@ -164,3 +164,57 @@ def test_plan_passes():
     assert plan_passes([0], "both", 0, 9) == [("forward", 0, 9)]
     assert plan_passes([7], "forward", 0, 5) == [("forward", 0, 5)]  # no prompt inside: the range's start
     assert plan_passes([3], "backward", 0, 9) == [("backward", 3, 0)]
+
+
+def test_a_session_continued_from_an_opened_result_saves_a_log_that_replays(tiny_model, blob_stack, tmp_path):
+    """Open a result, correct it, propagate, save: the saved edit log (the opened log + the new edits) reproduces
+    the labels with `napari-sam2 replay`, bit for bit."""
+    from napari_sam2.io.results import open_result
+    from napari_sam2.prompts import PromptSet
+    from napari_sam2.replay import replay
+
+    stack = blob_stack(n_frames=6)
+    record = {"layer": "blobs", "path": None, "shape": [6, 96, 128]}
+
+    def fresh():
+        c = TrackingController(Recorder())
+        c.set_model(tiny_model, "tiny")
+        c.set_geometry(StackGeometry.from_array(stack))
+        c.focus((), 0)
+        return c
+
+    first = fresh()
+    first.add_points((), 0, 1, [[30, 30]], [1])
+    first.propagate((), "forward", (0, 5), [0])
+    prompts = PromptSet()
+    prompts.add(0, 1, points=[[30, 30]], labels=[1])
+    first.save(tmp_path / "a.ome.zarr", "tyx", prompts, first.provenance((), record), [1.0] * 3, ["pixel"] * 3)
+    first.reset_sessions()
+
+    second = fresh()
+    assert second.open_result(open_result(tmp_path / "a.ome.zarr"))[0] == ()
+    second.prompts_of = lambda key: prompts  # what the widget's prompt layers hold after Open
+    second.reset_sessions()  # the session re-runs the opened log
+    assert [e["op"] for e in second.session(()).edit_log] == ["add", "pass"]
+    np.testing.assert_array_equal(second.labels, np.asarray(open_result(tmp_path / "a.ome.zarr").labels))
+    second.add_points((), 3, 1, [[30, 60]], [0])  # a correction, then propagate on
+    second.propagate((), "forward", (0, 5), [0, 3])
+    provenance = second.provenance((), record)
+    assert [e["op"] for e in provenance.edit_log] == ["add", "pass", "add", "pass"]
+    second.save(tmp_path / "b.ome.zarr", "tyx", prompts, provenance, [1.0] * 3, ["pixel"] * 3)
+    replayed = replay(tmp_path / "b.ome.zarr", image=stack, model=tiny_model)
+    assert replayed.identical, replayed.differing_frames
+    assert not np.array_equal(replayed.labels, np.asarray(open_result(tmp_path / "a.ome.zarr").labels))
+    second.reset_sessions()
+
+
+def test_an_opened_result_without_a_log_saves_none(controller, tmp_path):
+    """A result with no edit log (e.g. saved from a plain labels layer) cannot be replayed: continuing it saves no
+    log rather than one that would not reproduce the labels."""
+    from napari_sam2.io.results import open_result, save_result
+
+    save_result(tmp_path / "plain.ome.zarr", np.zeros((6, 96, 128), np.uint32), axes="tyx")
+    controller.open_result(open_result(tmp_path / "plain.ome.zarr"))
+    controller.reset_sessions()
+    controller.add_points((), 0, 1, [[30, 30]], [1])
+    assert controller.provenance((), {}).edit_log is None

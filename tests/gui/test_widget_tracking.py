@@ -149,7 +149,7 @@ def test_confidence_strip_jumps_and_weakest_frame(sam_viewer, stack, qtbot):
     assert viewer.dims.current_step[0] == order[1]
 
 
-def test_save_and_reopen_continue(sam_viewer, stack, qtbot, tmp_path, tiny_checkpoint):
+def test_save_and_reopen_continue(sam_viewer, stack, qtbot, tmp_path, tiny_checkpoint, capsys):
     """Across faces: widget Save → `napari-sam2 info` → `track --resume` → widget Open → napari Open/Save."""
     from napari_sam2 import registry
     from napari_sam2.io.results import open_result
@@ -206,6 +206,16 @@ def test_save_and_reopen_continue(sam_viewer, stack, qtbot, tmp_path, tiny_check
     _run(w2, qtbot, w2.forward_button)
     assert np.asarray(w2.labels_layer.data).any()
     assert w2.provenance().model.source == str(tiny_checkpoint)
+
+    # the continued session saves the opened log + its own edits, and `napari-sam2 replay` reproduces its labels
+    continued = tmp_path / "continued.ome.zarr"
+    with qtbot.waitSignal(w2.saved, timeout=WAIT_MS):
+        w2.save(str(continued))
+    opened_log, log = resumed.record.edit_log, open_result(continued).record.edit_log
+    assert opened_log and log[: len(opened_log)] == opened_log and len(log) > len(opened_log)
+    capsys.readouterr()
+    assert cli.main(["replay", str(continued), "--image", str(tmp_path / "stack.npy"), "--device", "cpu"]) == 0
+    assert "identical labels on all 6 frames" in capsys.readouterr().out
 
     # napari's own File > Open then File > Save keep the prompts the widget saved
     from napari_sam2._napari_io import read_result, write_labels

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..prompts import ObjectPrompt, PromptSet
-from ..replay import merge_result
+from ..replay import merge_result, replay_log
 from . import _worker
 from ._geometry import StackGeometry, make_label_array
 
@@ -141,6 +141,10 @@ class TrackingController:
         self.max_id = 0
         self.confidence: dict[tuple, dict] = {}
         self.opened_record = None  # the Provenance of the last opened result
+        self.opened_key: tuple | None = None  # the session key the opened result was made on
+        # key → whether the session's edit log alone reproduces its labels (False: continued from an opened result
+        # that recorded no log, so the session started from its prompts only)
+        self.log_complete: dict[tuple, bool] = {}
         self.current: tuple | None = None  # (key, frame) the face shows (see `focus`)
         self.jobs: collections.deque = collections.deque()
         self.job_worker = None
@@ -220,6 +224,7 @@ class TrackingController:
         if new_labels or self.labels is None or old is None or old.label_shape != geometry.label_shape:
             self.labels = make_label_array(geometry.label_shape)
             self.object_ids, self.max_id = [], 0
+            self.opened_record = self.opened_key = None
             return True
         return False
 
@@ -324,21 +329,43 @@ class TrackingController:
             self.create_session(self.current[0])
         self.view.show_state()
 
+    def opened_log(self, key) -> list[dict] | None:
+        """The edit log of the opened result when session `key` continues it (None: nothing to continue)."""
+        record = self.opened_record
+        if record is None or key != self.opened_key or not record.edit_log:
+            return None
+        return record.edit_log
+
     def create_session(self, key) -> None:
-        """Queue the creation of session `key`: a fresh session plus every prompt already made for it."""
+        """Queue the creation of session `key`: a fresh session plus every prompt already made for it.
+
+        A session that continues an opened result first re-runs the result's edit log (as `napari-sam2 replay`
+        does): SAM 2's memory makes later edits depend on every earlier one, so only then does the session's log
+        (the opened edits + the new ones) reproduce what is saved next. Its labels replace the opened ones (they
+        are equal at the recorded thread count). Prompts changed in the face since opening are applied after it."""
         self.sessions[key] = "creating"
         model, geometry, prompts = self.model, self.geometry, self.prompts_of(key)
+        log = self.opened_log(key)
+        continued = self.opened_record is not None and key == self.opened_key
 
         def job():
             session = _worker.make_session(model, geometry, key)
-            return session, prompts.apply(session)
+            if log is None:
+                return session, prompts.apply(session), None
+            seen = {}
+            replayed = replay_log(session, log, on_result=lambda r: seen.__setitem__(r.frame, r))
+            return session, [*seen.values(), *_worker.apply_changed(session, prompts)], replayed
 
         def done(value):
-            session, results = value
+            session, results, replayed = value
             if self.sessions.get(key) != "creating" or self.geometry is not geometry or self.model is not model:
                 session.close()  # outdated while it was being made
                 return
             self.sessions[key] = session
+            self.log_complete[key] = log is not None or not continued
+            if replayed is not None:
+                for t in range(len(replayed)):
+                    self.labels[geometry.label_index(key, t)] = replayed[t]
             for r in results:
                 self.write_result(key, r)
             self.view.show_prompted(results)
@@ -512,8 +539,8 @@ class TrackingController:
         g = self.geometry
         session = self.session(key)
         edit_log = None
-        if session is not None and self.opened_record is None:
-            edit_log = session.edit_log  # a session continued from an opened result does not start from nothing
+        if session is not None and self.log_complete.get(key, True):
+            edit_log = session.edit_log  # (a continued session's log holds the opened result's log first)
         if self.model is not None:
             checkpoint = getattr(self.model, "checkpoint_path", None)
             model = ModelRecord(
@@ -604,7 +631,7 @@ class TrackingController:
         self.confidence.clear()
         self.object_ids = sorted(ids)
         self.max_id = max(ids, default=0)
-        self.opened_record = record
+        self.opened_record, self.opened_key = record, key
         return key, result.prompts
 
     # ================================================================== teardown

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from ..prompts import PromptSet
 
 
@@ -29,6 +31,36 @@ def make_session(model, geometry, key):
     if geometry.channel is not None:
         options["channel"] = geometry.channel
     return TrackingSession(model, stack, axis=axis, **options)
+
+
+def apply_changed(session, prompts: PromptSet) -> list:
+    """Make the session's point / box prompts those of `prompts` (the face's prompt layers): groups that differ are
+    set again, point / box groups the layers no longer hold are removed; mask prompts (the layers cannot show them)
+    stay. → the FrameResults of the frames that changed."""
+    wanted = {(int(p.frame), int(p.obj_id)): p for p in prompts}
+    results = []
+    for (frame, obj), prompt in wanted.items():
+        held = session.prompts_of(obj).get(frame) if obj in session.obj_ids else None
+        if held is None or not _same(held, prompt):
+            results += session.set_prompt(frame, obj, prompt)
+    for obj in session.obj_ids:
+        for frame, held in session.prompts_of(obj).items():
+            if held.mask is None and (frame, obj) not in wanted:
+                results += session.set_prompt(frame, obj, None)
+    return results
+
+
+def _same(a, b) -> bool:
+    def box(p):
+        return None if p.box is None else [float(v) for v in p.box]
+
+    return (
+        np.array_equal(np.asarray(a.points, float).reshape(-1, 2), np.asarray(b.points, float).reshape(-1, 2))
+        and np.array_equal(np.asarray(a.labels).ravel(), np.asarray(b.labels).ravel())
+        and box(a) == box(b)
+        and a.mask is None
+        and b.mask is None
+    )
 
 
 def encode_job(session, frames):
