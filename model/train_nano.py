@@ -512,6 +512,47 @@ def validate(model, image_size: int, n_movies: int, length: int, max_pointer_dis
     }
 
 
+# ---------------------------------------------------------------------- data in worker processes (for a GPU)
+def movie_for(seed: int, k: int, hard_fraction: float, image_size: int) -> Movie:
+    """Movie k of a run: a function of (seed, k) only, whichever process makes it (hard with odds hard_fraction)."""
+    hard = np.random.default_rng([seed, k, 16]).random() < hard_fraction
+    return (make_hard_movie if hard else make_movie)(seed * 10_000_000 + k, image_size)
+
+
+class MovieMaker:
+    """Movies of a run by index; with workers > 0 made ahead in that many processes (a GPU trains faster than one
+    CPU core makes movies). The same movies either way: each is a function of (seed, k)."""
+
+    def __init__(self, seed: int, hard_fraction: float, image_size: int, workers: int = 0):
+        self.args = (hard_fraction, image_size)
+        self.seed = seed
+        self.pending: dict = {}
+        self.executor = None
+        if workers > 0:
+            import concurrent.futures
+            import multiprocessing
+
+            context = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA / OpenMP state
+            self.executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+
+    def prefetch(self, indices) -> None:
+        if self.executor is None:
+            return
+        for k in indices:
+            if k not in self.pending:
+                self.pending[k] = self.executor.submit(movie_for, self.seed, k, *self.args)
+
+    def get(self, k: int) -> Movie:
+        future = self.pending.pop(k, None)
+        for old in [j for j in self.pending if j < k]:
+            self.pending.pop(old).cancel()
+        return future.result() if future is not None else movie_for(self.seed, k, *self.args)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+
 # ---------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -540,6 +581,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the L1 IoU-prediction loss")
     parser.add_argument("--balanced-end", type=float, default=0.5, help="fraction of training with the balanced "
                         "cross-entropy (0: none, as when fine-tuning)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=0, help="processes making movies ahead (0: in the loop)")
     parser.add_argument("--lr-min", type=float, default=0.05, help="the cosine's floor, a fraction of --lr")
     args = parser.parse_args(argv)
     LOSS_WEIGHTS["iou"] = args.iou_weight
@@ -582,13 +624,13 @@ def main(argv=None) -> int:
     log = (args.out / "log.jsonl").open("a")
     began = time.time()
     window = {"loss": [], "presence": [], "presence_acc": [], "iou": [], "iou_err": []}
+    movies = MovieMaker(args.seed, args.hard_fraction, cfg.image_size, args.workers)
     for step in range(start, args.steps):
         newest = step // 2  # a new movie every other step (making one costs ~0.3 s, a step ~1 s on 2 CPU cores)
+        movies.prefetch(range(newest + 1, newest + 1 + 2 * args.workers))
         for k in range(max(0, newest - args.pool + 1), newest + 1):  # the pool is a function of the step: resumable
             if k not in pool:
-                movie_seed = args.seed * 10_000_000 + k
-                hard = np.random.default_rng([args.seed, k, 16]).random() < args.hard_fraction
-                pool[k] = (make_hard_movie if hard else make_movie)(movie_seed, cfg.image_size)
+                pool[k] = movies.get(k)
         for k in [k for k in pool if k <= newest - args.pool]:
             del pool[k]
         rng = np.random.default_rng([args.seed, step])
@@ -639,6 +681,7 @@ def main(argv=None) -> int:
         if stop:
             print(f"stopped at step {done}; --resume continues", flush=True)
             break
+    movies.close()
     return 0
 
 
