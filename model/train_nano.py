@@ -10,6 +10,25 @@ The shipped nano-fluo was trained in three legs (the middle one on prompted fram
     python model/train_nano.py --out runs/nano --resume
     python model/train_nano.py --out runs/nano --export src/napari_sam2/weights/nano_fluo.pt
 
+v2 (issue 16): fine-tuning from the shipped weights on a 50/50 mix with `napari_sam2.synthetic_hard` movies (10×
+brightness spread, mitotic figures, clusters, haze, debris, radius 3–40 px, anisotropic z-stacks, 8/12/16-bit),
+hard negatives, ambiguous clicks, SAM's best-candidate mask loss and a 3× IoU loss (the CPU leg of model/README.md):
+
+    python model/train_nano.py --out runs/v2 --init src/napari_sam2/weights/nano_fluo.pt --seed 16 \
+        --steps 1200 --clips 4 --frames 2 --threads 1 --hard-fraction 0.5 --hard-negatives 0.5 --ambiguous 0.3 \
+        --multimask-min --iou-weight 3 --balanced-end 0 --lr 3e-4 --warmup 50 --lr-min 0.1 --val-every 200 \
+        --save-every 50 --pool 12 --stop-after 64        # then: --resume with the same arguments for the next leg
+
+GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
+15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
+movies, not the network, limits a GPU, hence the 12 worker processes):
+
+    python model/train_nano.py --out runs/v2gpu --init src/napari_sam2/weights/nano_fluo.pt --seed 16 \
+        --device cuda --workers 12 --steps 3000 --clips 16 --frames 3 --hard-fraction 0.5 --hard-negatives 0.5 \
+        --ambiguous 0.3 --multimask-min --iou-weight 3 --balanced-end 0 --lr 3e-4 --warmup 100 --lr-min 0.1 \
+        --val-every 500 --save-every 100 --pool 24 --stop-after 13
+    python benchmarks/bench_hard.py --model runs/v2gpu/export.pt   # after --export runs/v2gpu/export.pt
+
 Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
 and returning nuclei; z-stacks of ellipsoids), with random nucleus size (4–18 px radius at the model input), density,
 8/16-bit camera, PSF, photon count and read noise; 256² or another size resized as the preprocessing does. Each
