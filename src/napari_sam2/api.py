@@ -172,329 +172,420 @@ def track(
     frame depends on every frame tracked before it, so the run is *replayed* from the recorded prompts in the
     original order and only the writes that did not complete before the interruption are made (a finished frame is
     rewritten only where the original run writes it twice, e.g. the prompted start frame of a "both" run, whose
-    backward pass yields it again), so the labels are identical to those of an uninterrupted run. The price is recomputing the
-    finished part (on a GPU, minutes for thousands of frames). resume=True on a path that does not exist starts a
+    backward pass yields it again, or a frame discovery changed), so the labels are identical to those of an
+    uninterrupted run; the store records per frame which write it holds (`TrackJob`). The price is recomputing
+    the finished part (on a GPU, minutes for thousands of frames). resume=True on a path that does not exist starts a
     new run, so a cluster job can always be resubmitted with the same command line.
     """
-    if direction is not None and direction not in DIRECTIONS:
-        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
-    opened = _open_input(stack)
-    data = opened.data
-    shape = opened.shape
-    check_pixels(shape, getattr(data, "dtype", None))
-    ax = resolve_axis(axis, opened.axes, len(shape), opened.axes_known)
-    channel_axis = _channel_axis(opened, ax)
-    frame_shape = _frame_shape(shape, ax, channel_axis)
-    n_frames = shape[ax]
-    letter = _stream_letter(axis, opened.axes[ax])
-    store_shape = (n_frames, *frame_shape)
-    source = str(opened.path) if opened.format != "array" else "the input array"
-    identity = InputIdentity(shape, data.dtype, n_frames, source=source)  # io/identity.py
+    return TrackJob(locals()).execute()
 
-    # ---- the output store: refuse clobbering before anything slow happens
-    store: LabelStore | None = None
-    recorded: Provenance | None = None
-    out_path = None if out is None else Path(out)
-    if out_path is not None and (out_path.exists() or out_path.is_symlink()):
-        if resume:
-            store = LabelStore.open(out_path, mode="r+")
-            recorded = Provenance.from_store(store)
-            if store.shape != store_shape:
-                raise InputError(
-                    f"{out_path} holds labels of shape {store.shape} but this stack gives {store_shape}; "
-                    "resume it with the stack (and axis/channel) it was made from"
-                )
-            identity.attach(store, resume=True)
-        elif not overwrite:
-            raise StoreExistsError(
-                f"{out_path} already exists; pass overwrite=True (--overwrite) to replace it or resume=True "
-                "(--resume) to finish an interrupted run"
-            )
 
-    # ---- settings: a resumed run replays what the store recorded
-    settings = recorded.settings if recorded is not None else {}
-    if store is not None:
-        _refuse_changed_settings(out_path, settings, direction=direction, channel=channel, window=window)
-        direction = settings.get("direction", direction)
-        preset = settings.get("preset", preset)
-        channel = settings.get("channel", channel)
-        window = settings.get("window", window)
-    direction = direction or "both"
-    intensity = window if isinstance(window, IntensityRange) else parse_window(window)
-    if auto and prompts is not None:
-        raise InputError("auto segments the first frame itself: give either prompts/seeds or auto, not both")
-    from .discovery import DiscoveryOptions
+class TrackJob:
+    """One `track` call, in phases run in this order by `execute` (`ask`: track's arguments, by name).
 
-    if store is not None and "discover" in settings:  # replay what was recorded (a custom detector: given again)
-        recorded_discover = settings["discover"]
-        if isinstance(discover, DiscoveryOptions) and discover.detector is not None:
-            recorded_discover = {**recorded_discover, "detector": None}
-            discover = replace(DiscoveryOptions.coerce(recorded_discover), detector=discover.detector)
-        else:
-            discover = recorded_discover
-        auto = bool(settings.get("auto", auto))
-    if auto and discover is None:
-        discover = {"on_start_frame": False}
+    open    the input (shape, stream axis, frame shape) and, with resume, the existing store and its record;
+            an existing store is refused here unless overwrite/resume.
+    plan    settings (a resumed run takes the recorded ones), discovery options, prompts and side files: every
+            refusal that needs no model happens here, before anything slow and before anything is on disk.
+    start   the model, the session, the prompts applied (auto: the seed frame's objects, segmented), then the
+            store created with its attributes (model, settings, prompts, outputs) — or, resuming, the replay plan
+            read from the store: which writes of the original run completed (`LabelStore.write_counts`) and which
+            finished frames are damaged since.
+    run     propagation (with discovery if asked); every yielded frame is written at once and counted in the
+            store's per-frame records (`done`, `writes`): the attribute JSON is not rewritten per frame.
+    finish  frames never tracked written empty, label colours, lineage, tables, CTC export, status "complete".
 
-    discovery = DiscoveryOptions.coerce(discover)
-    if discovery is not None and auto:
-        discovery.on_start_frame = False
-    if discovery is not None and direction == "backward":
-        raise InputError("discovery follows time forward: use direction 'forward' or 'both' with discover/auto")
-    prompt_set = _as_prompts(prompts, seed_frame, data, ax, frame_shape)
-    if recorded is not None:
-        stored = recorded.prompts if recorded.prompts is not None else PromptSet()
-        if prompt_set is not None and prompt_set != stored:
-            raise InputError(
-                f"the prompts given differ from those recorded in {out_path}; resume without prompts (the recorded "
-                "ones are used) or write to a new output"
-            )
-        prompt_set = stored
-    if (prompt_set is None or not len(prompt_set)) and not auto:
-        raise InputError("no prompts: give a PromptSet, a prompts file (.json/.csv) or seed labels (or auto=True)")
-    if not 0 <= seed_frame < n_frames:
-        raise InputError(f"seed frame {seed_frame} is outside the stack (frames 0…{n_frames - 1})")
-    if prompt_set is not None:
-        prompt_set.validate(n_frames, frame_shape)
+    A failure or interruption after the store exists records status "interrupted" (one attribute write) and
+    leaves every finished frame intact for `resume=True`.
+    """
 
-    # ---- side files: refused before anything is created unless this store wrote them (io/outputs.py)
-    csv_paths = [sidecar_path(out_path, "regions.csv"), sidecar_path(out_path, "confidence.csv")] if (
-        out_path is not None and tables) else []  # fmt: skip
-    outputs = planned_outputs(csv_paths, ctc, n_frames)
-    old_outputs = recorded.extra.get("outputs") if recorded is not None else _old_outputs(out_path, overwrite)
-    owned = set() if out_path is None else owned_files(old_outputs)
-    if out_path is None and overwrite:  # no store to record ownership: only the files this export writes
-        owned = {os.path.join(outputs["ctc"]["dir"], n) for n in ctc_names(n_frames)} if ctc is not None else set()
-    check_outputs(outputs, owned, overwrite or store is not None, out_path)
+    def __init__(self, ask: dict):
+        self.ask = dict(ask)
+        self.store: LabelStore | None = None
+        self.recorded: Provenance | None = None
+        self.session = None
+        # the run's progress: results, this call's writes, and how far the replay of a resumed run has come
+        self.scores: dict[tuple[int, int], tuple[float, float]] = {}
+        self.areas: dict[tuple[int, int], int] = {}
+        self.events: list[dict] = []
+        self.written: list[int] = []  # distinct frames this call wrote, in order
+        self.finished: set[int] = set()
+        self.covered: set[int] = set()  # frames the propagation yielded
+        self.ids: set[int] = set()  # object ids in the frames written (their colours are recorded at the end)
+        self.writes_seen: dict[int, int] = {}  # frame -> how many times this run's propagation wrote it so far
+        self.write_index = 0  # writes so far, over all frames (the record of stores made before `writes`)
+        self.done_writes = np.zeros(0, dtype=np.uint32)  # per frame: writes a resumed store already holds
+        self.legacy_writes: int | None = None  # an older store's run-wide count of completed writes
+        self.damaged: set[int] = set()
+        self.labels_mem: np.ndarray | None = None
 
-    # ---- model
-    if model is None:
-        model = (recorded.model.source if recorded is not None else None) or registry.DEFAULT_MODEL
-    net, used_model = _load_model(model, device)
-    recorded_sha = recorded.model.checkpoint_sha256 if recorded is not None else None
-    if recorded_sha and used_model.checkpoint_sha256 and recorded_sha != used_model.checkpoint_sha256:
-        raise InputError(
-            f"{out_path} was made with checkpoint {recorded.model.source} (SHA-256 "
-            f"{recorded_sha[:12]}…); resuming with another model ({used_model.source}) would mix two models"
-        )
-
-    from .session import TrackingSession
-
-    session = TrackingSession(
-        net,
-        data,
-        axis=ax,
-        preset=preset,
-        channel=channel,
-        channel_axis=channel_axis,
-        intensity=intensity,
-        embedding_cache=embedding_cache,
-        on_read=identity,
-    )
-    if prompt_set is None or not len(prompt_set):  # auto: the first frame's objects, segmented
-        from .discovery import segment_frame
-
+    # ------------------------------------------------------------------ the phases
+    def execute(self) -> TrackResult:
+        self.open()
+        self.plan()
+        self.start()
         try:
-            masks = segment_frame(session, seed_frame, discovery)
+            self.run()
+        except BaseException:
+            self.session.close()
+            self._interrupted(changed=bool(self.written) or self.recorded is None)
+            raise
+        self.session.close()
+        try:
+            return self.finish()
+        except BaseException:  # the tables or the CTC export failed: the run is not complete, --resume redoes them
+            self._interrupted(changed=True)
+            raise
+
+    def open(self) -> None:
+        """The input and, with resume, the existing store; an existing store without overwrite/resume is refused."""
+        a = self.ask
+        if a["direction"] is not None and a["direction"] not in DIRECTIONS:
+            raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {a['direction']!r}")
+        self.opened = opened = _open_input(a["stack"])
+        self.data = opened.data
+        self.shape = shape = opened.shape
+        check_pixels(shape, getattr(self.data, "dtype", None))
+        self.ax = resolve_axis(a["axis"], opened.axes, len(shape), opened.axes_known)
+        self.channel_axis = _channel_axis(opened, self.ax)
+        self.frame_shape = _frame_shape(shape, self.ax, self.channel_axis)
+        self.n_frames = shape[self.ax]
+        self.letter = _stream_letter(a["axis"], opened.axes[self.ax])
+        self.store_shape = (self.n_frames, *self.frame_shape)
+        source = str(opened.path) if opened.format != "array" else "the input array"
+        self.identity = InputIdentity(shape, self.data.dtype, self.n_frames, source=source)  # io/identity.py
+
+        # the output store: refuse clobbering before anything slow happens
+        self.out_path = out_path = None if a["out"] is None else Path(a["out"])
+        if out_path is not None and (out_path.exists() or out_path.is_symlink()):
+            if a["resume"]:
+                self.store = LabelStore.open(out_path, mode="r+")
+                self.recorded = Provenance.from_store(self.store)
+                if self.store.shape != self.store_shape:
+                    raise InputError(
+                        f"{out_path} holds labels of shape {self.store.shape} but this stack gives "
+                        f"{self.store_shape}; resume it with the stack (and axis/channel) it was made from"
+                    )
+                self.identity.attach(self.store, resume=True)
+            elif not a["overwrite"]:
+                raise StoreExistsError(
+                    f"{out_path} already exists; pass overwrite=True (--overwrite) to replace it or resume=True "
+                    "(--resume) to finish an interrupted run"
+                )
+
+    def plan(self) -> None:
+        """Settings (a resumed run replays the recorded ones), discovery, prompts and the side files."""
+        from .discovery import DiscoveryOptions
+
+        a, recorded, store, out_path = self.ask, self.recorded, self.store, self.out_path
+        direction, preset, channel, window = a["direction"], a["preset"], a["channel"], a["window"]
+        discover, auto, seed_frame = a["discover"], a["auto"], a["seed_frame"]
+        settings = recorded.settings if recorded is not None else {}
+        if store is not None:
+            _refuse_changed_settings(out_path, settings, direction=direction, channel=channel, window=window)
+            direction = settings.get("direction", direction)
+            preset = settings.get("preset", preset)
+            channel = settings.get("channel", channel)
+            window = settings.get("window", window)
+        self.direction = direction or "both"
+        self.preset, self.channel = preset, channel
+        self.intensity = window if isinstance(window, IntensityRange) else parse_window(window)
+        if auto and a["prompts"] is not None:
+            raise InputError("auto segments the first frame itself: give either prompts/seeds or auto, not both")
+        if store is not None and "discover" in settings:  # replay what was recorded (a custom detector: given again)
+            recorded_discover = settings["discover"]
+            if isinstance(discover, DiscoveryOptions) and discover.detector is not None:
+                recorded_discover = {**recorded_discover, "detector": None}
+                discover = replace(DiscoveryOptions.coerce(recorded_discover), detector=discover.detector)
+            else:
+                discover = recorded_discover
+            auto = bool(settings.get("auto", auto))
+        if auto and discover is None:
+            discover = {"on_start_frame": False}
+        self.auto = auto
+        self.discovery = discovery = DiscoveryOptions.coerce(discover)
+        if discovery is not None and auto:
+            discovery.on_start_frame = False
+        if discovery is not None and self.direction == "backward":
+            raise InputError("discovery follows time forward: use direction 'forward' or 'both' with discover/auto")
+
+        prompt_set = _as_prompts(a["prompts"], seed_frame, self.data, self.ax, self.frame_shape)
+        if recorded is not None:
+            stored = recorded.prompts if recorded.prompts is not None else PromptSet()
+            if prompt_set is not None and prompt_set != stored:
+                raise InputError(
+                    f"the prompts given differ from those recorded in {out_path}; resume without prompts (the "
+                    "recorded ones are used) or write to a new output"
+                )
+            prompt_set = stored
+        if (prompt_set is None or not len(prompt_set)) and not auto:
+            raise InputError("no prompts: give a PromptSet, a prompts file (.json/.csv) or seed labels (or auto=True)")
+        if not 0 <= seed_frame < self.n_frames:
+            raise InputError(f"seed frame {seed_frame} is outside the stack (frames 0…{self.n_frames - 1})")
+        if prompt_set is not None:
+            prompt_set.validate(self.n_frames, self.frame_shape)
+        self.prompt_set = prompt_set
+
+        # side files: refused before anything is created unless this store wrote them (io/outputs.py)
+        csv_paths = [sidecar_path(out_path, "regions.csv"), sidecar_path(out_path, "confidence.csv")] if (
+            out_path is not None and a["tables"]) else []  # fmt: skip
+        self.outputs = outputs = planned_outputs(csv_paths, a["ctc"], self.n_frames)
+        overwrite = a["overwrite"]
+        old_outputs = recorded.extra.get("outputs") if recorded is not None else _old_outputs(out_path, overwrite)
+        owned = set() if out_path is None else owned_files(old_outputs)
+        if out_path is None and overwrite:  # no store to record ownership: only the files this export writes
+            ctc = a["ctc"]
+            owned = {os.path.join(outputs["ctc"]["dir"], n) for n in ctc_names(self.n_frames)} if ctc else set()
+        check_outputs(outputs, owned, overwrite or store is not None, out_path)
+
+    def start(self) -> None:
+        """Model and session, prompts applied, then the store created (or, resuming, the replay plan read)."""
+        a, recorded, out_path = self.ask, self.recorded, self.out_path
+        model = a["model"]
+        if model is None:
+            model = (recorded.model.source if recorded is not None else None) or registry.DEFAULT_MODEL
+        self.net, used_model = _load_model(model, a["device"])
+        recorded_sha = recorded.model.checkpoint_sha256 if recorded is not None else None
+        if recorded_sha and used_model.checkpoint_sha256 and recorded_sha != used_model.checkpoint_sha256:
+            raise InputError(
+                f"{out_path} was made with checkpoint {recorded.model.source} (SHA-256 "
+                f"{recorded_sha[:12]}…); resuming with another model ({used_model.source}) would mix two models"
+            )
+
+        from .session import TrackingSession
+
+        self.session = session = TrackingSession(
+            self.net,
+            self.data,
+            axis=self.ax,
+            preset=self.preset,
+            channel=self.channel,
+            channel_axis=self.channel_axis,
+            intensity=self.intensity,
+            embedding_cache=a["embedding_cache"],
+            on_read=self.identity,
+        )
+        try:  # the prompts are applied before the store exists: a prompt that fails leaves nothing behind
+            if self.prompt_set is None or not len(self.prompt_set):  # auto: the first frame's objects, segmented
+                self.prompt_set = self._segment_seed_frame()
+            self.prompt_set.apply(session)
         except BaseException:
             session.close()
             raise
-        masks = sorted(masks, key=lambda m: -int(m.sum()))
+        channel, intensity = self.channel, self.intensity
+        self.image_view = (
+            _ImageView(session.frames, channel) if (channel is not None or self.channel_axis is None) else None
+        )
+        settings = {
+            "direction": self.direction,
+            "preset": self.preset,
+            "axis": self.ax,
+            "axis_name": self.letter,
+            "channel": channel,
+            "channel_axis": self.channel_axis,
+            "window": None if intensity is None else [intensity.low, intensity.high],
+            "intensity": [session.frames.intensity.low, session.frames.intensity.high],
+            "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
+            "device": str(self.net.device),
+            "threads": _torch_threads(),
+        }
+        if self.discovery is not None:
+            settings["discover"] = self.discovery.to_dict()
+            settings["auto"] = bool(self.auto)
+        opened = self.opened
+        self.provenance = Provenance(
+            model=used_model,
+            settings=settings,
+            prompts=self.prompt_set,
+            input={"path": str(opened.path) if opened.format != "array" else "array", "shape": list(self.shape)},
+            tool="track",
+            status="running",
+            extra={"outputs": self.outputs},
+        )
+        store = self.store
+        if store is not None:  # resuming: the store keeps what the first run recorded
+            self.store_scale, self.store_units = store.scale, store.units
+        else:
+            self.store_scale = (
+                a["scale"] if a["scale"] is not None else _store_scale(opened, self.ax, self.channel_axis)
+            )
+            self.store_units = _store_units(a["units"], opened, self.ax, self.channel_axis, self.letter)
+        try:
+            if recorded is not None:
+                self._plan_replay()
+            elif out_path is not None:
+                self.store = LabelStore.create(
+                    out_path,
+                    self.store_shape,
+                    axes=self.letter + "yx",
+                    image=self.image_view if a["save_image"] else None,
+                    scale=self.store_scale,
+                    units=self.store_units,
+                    provenance=self.provenance.to_dict(),
+                    overwrite=a["overwrite"],
+                )
+                self.identity.attach(self.store, resume=False)
+            else:
+                self.labels_mem = np.zeros(self.store_shape, dtype=np.uint32)
+        except BaseException:
+            session.close()
+            raise
+        if self.store is not None:
+            self.finished = set(self.store.finished_frames())
+
+    def run(self) -> None:
+        """Propagate, writing every yielded frame at once (`_emit`) and collecting scores, areas and events."""
+        if self.discovery is None:
+            results = self.session.propagate(self.direction)
+        else:
+            from .discovery import propagate_with_discovery
+
+            results = propagate_with_discovery(self.session, self.discovery, self.direction, events=self.events)
+        for result in results:
+            ids, counts = np.unique(result.labels, return_counts=True)  # not bincount: ids go up to 2**32 - 1
+            count_of = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+            for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
+                self.scores[(result.frame, obj)] = (float(score), float(iou))
+                self.areas[(result.frame, obj)] = int(count_of.get(obj, 0))
+            self.covered.add(result.frame)
+            self._emit(result.frame, result.labels, ids.tolist())
+
+    def finish(self) -> TrackResult:
+        """Frames outside the tracked range written empty, then colours, lineage, tables, CTC and the status."""
+        for frame in range(self.n_frames):  # outside the propagated range: nothing tracked there
+            if frame not in self.covered:
+                self._emit(frame, np.zeros(self.frame_shape, dtype=np.uint32), [])
+        store, out_path, a = self.store, self.out_path, self.ask
+        scores, areas = self.scores, self.areas
+        self.provenance.edit_log = self.session.edit_log
+        if store is not None:
+            store.add_colors(self.ids)
+        labels_out = store.read_labels() if store is not None else self.labels_mem
+        confidence = [
+            {"frame": f, "obj_id": o, "score": s, "iou": i, "present": s > 0, "area": areas[(f, o)]}
+            for (f, o), (s, i) in sorted(scores.items())
+        ]
+        result = TrackResult(
+            labels=labels_out,
+            axes=self.letter + "yx",
+            prompts=self.prompt_set,
+            confidence=confidence,
+            path=out_path if store is not None else None,
+            frames_written=self.written,
+            store=store,
+            encoder_runs=self.session.encoder_runs,
+            scale=None if self.store_scale is None else [float(size) for size in self.store_scale],
+            units=self.store_units,
+            events=self.events,
+        )
+        presence: dict[int, list[int]] = {}
+        for (f, o), area in sorted(areas.items()):
+            if area:
+                presence.setdefault(o, []).append(f)
+        result.parents, result.lineage_dropped = consistent_parents(self.session.parents, presence)
+        lineage = lineage_record(result.parents, result.lineage_dropped, self.events)
+        self.provenance.parents = dict(result.parents)
+        self.provenance.extra["lineage"] = lineage["lineage"]
+        if a["tables"]:
+            result.regions = region_table(
+                labels_out,
+                intensity=self.image_view,
+                scores=scores,
+                scale=self.store_scale,
+                units=self.store_units,
+                axes=self.letter + "yx",
+                parents=result.parents,
+            )
+            result.tracks, result.graph = tracks_from_labels(labels_out, parents=result.parents)
+            if out_path is not None:
+                result.csv_path = write_csv(result.regions, sidecar_path(out_path, "regions.csv"))
+                write_csv(confidence, sidecar_path(out_path, "confidence.csv"))
+        if a["ctc"] is not None:  # existing files there: ours (io/outputs.py)
+            export_ctc(labels_out, a["ctc"], parents=result.parents, overwrite=True)
+            result.ctc_path = Path(a["ctc"])
+        self.provenance.status = "complete"
+        if store is not None:
+            store.update_provenance(
+                {**lineage, "status": "complete", "edit_log": self.provenance.edit_log, **self._legacy_done()}
+            )
+        result.provenance = store.provenance if store is not None else self.provenance.to_dict()
+        return result
+
+    # ------------------------------------------------------------------ the steps
+    def _segment_seed_frame(self) -> PromptSet:
+        """auto: the seed frame's objects (segment everything), largest first, as mask prompts with ids 1, 2, …"""
+        from .discovery import segment_frame
+
+        seed_frame, discovery = self.ask["seed_frame"], self.discovery
+        masks = sorted(segment_frame(self.session, seed_frame, discovery), key=lambda m: -int(m.sum()))
         prompt_set = PromptSet()
-        taken = np.zeros(frame_shape, dtype=bool)
+        taken = np.zeros(self.frame_shape, dtype=bool)
         for mask in masks:  # overlapping masks: the larger keeps the shared pixels
             own = mask & ~taken
             if own.sum() >= discovery.min_area:
                 prompt_set.add(seed_frame, len(prompt_set) + 1, mask=own)
                 taken |= own
         if not len(prompt_set):
-            session.close()
             raise InputError(f"segment everything found no object on frame {seed_frame}; nothing to track")
-    try:  # the prompts are applied before the store exists: a prompt that fails leaves nothing behind
-        prompt_set.apply(session)
-    except BaseException:
-        session.close()
-        raise
-    image_view = _ImageView(session.frames, channel) if (channel is not None or channel_axis is None) else None
-    settings = {
-        "direction": direction,
-        "preset": preset,
-        "axis": ax,
-        "axis_name": letter,
-        "channel": channel,
-        "channel_axis": channel_axis,
-        "window": None if intensity is None else [intensity.low, intensity.high],
-        "intensity": [session.frames.intensity.low, session.frames.intensity.high],
-        "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
-        "device": str(net.device),
-        "threads": _torch_threads(),
-    }
-    if discovery is not None:
-        settings["discover"] = discovery.to_dict()
-        settings["auto"] = bool(auto)
-    provenance = Provenance(
-        model=used_model,
-        settings=settings,
-        prompts=prompt_set,
-        input={"path": str(opened.path) if opened.format != "array" else "array", "shape": list(shape)},
-        tool="track",
-        status="running",
-        extra={"writes": 0, "outputs": outputs},
-    )
-    if store is not None:  # resuming: the store keeps what the first run recorded
-        store_scale, store_units = store.scale, store.units
-    else:
-        store_scale = scale if scale is not None else _store_scale(opened, ax, channel_axis)
-        store_units = _store_units(units, opened, ax, channel_axis, letter)
-    writes_done = 0
-    damaged: set[int] = set()
-    if recorded is not None:
-        writes_done = int(recorded.extra.get("writes", 0))
-        damaged = _unreadable_frames(store)  # finished frames whose chunks were damaged since: rewritten
-        store.update_provenance({"outputs": merge_outputs(recorded.extra.get("outputs"), outputs)})
-    elif out_path is not None:
-        try:
-            store = LabelStore.create(
-                out_path,
-                store_shape,
-                axes=letter + "yx",
-                image=image_view if save_image else None,
-                scale=store_scale,
-                units=store_units,
-                provenance=provenance.to_dict(),
-                overwrite=overwrite,
-            )
-            identity.attach(store, resume=False)
-        except BaseException:
-            session.close()
-            raise
+        return prompt_set
 
-    # ---- propagate, writing every yielded frame at once
-    labels_mem = np.zeros(store_shape, dtype=np.uint32) if store is None else None
-    finished = set(store.finished_frames()) if store is not None else set()
-    scores: dict[tuple[int, int], tuple[float, float]] = {}
-    areas: dict[tuple[int, int], int] = {}
-    written: list[int] = []
-    write_index = 0
-    events: list[dict] = []
+    def _plan_replay(self) -> None:
+        """A resumed run replays the original from its recorded prompts; this reads which of its writes completed.
 
-    def emit(frame: int, labels: np.ndarray) -> None:
-        nonlocal write_index
-        # on resume, writes made before the interruption are skipped (but damaged finished frames are redone)
-        if write_index >= writes_done or frame in damaged:
-            if store is not None:
-                store.write_frame(frame, labels)
-                store.update_provenance({"writes": write_index + 1})
-            else:
-                labels_mem[frame] = labels
-            finished.add(frame)
-            if frame not in written:
-                written.append(frame)
-        write_index += 1
-        if progress is not None:
-            progress(len(finished), n_frames)
+        The store records, per frame, which write of the run its chunks hold (`LabelStore.write_counts`): the
+        replay skips its n-th write of a frame when n <= that count, and makes the others. Propagation is
+        deterministic, so this is exactly the set of writes the original run did not finish — also where a frame
+        is written twice (the start frame of a "both" run; a frame discovery changed and yields again). Stores
+        made before that record carry a run-wide count instead (provenance "writes"): the first that many writes
+        are skipped, and the per-frame record is filled in as the replay passes them."""
+        store, recorded = self.store, self.recorded
+        self.done_writes = store.write_counts().reshape(self.n_frames, -1).max(axis=1)
+        legacy = recorded.extra.get("writes")
+        self.legacy_writes = int(legacy) if isinstance(legacy, int) and not isinstance(legacy, bool) else None
+        self.damaged = _unreadable_frames(store)  # finished frames whose chunks were damaged since: rewritten
+        store.update_provenance({"outputs": merge_outputs(recorded.extra.get("outputs"), self.outputs)})
 
-    try:
-        covered: set[int] = set()
-        if discovery is None:
-            results = session.propagate(direction)
+    def _emit(self, frame: int, labels: np.ndarray, ids) -> None:
+        """The run's next write (frame `frame`): made, unless a resumed run finds it completed in the store."""
+        n = self.writes_seen[frame] = self.writes_seen.get(frame, 0) + 1  # the run's n-th write of this frame
+        if self.legacy_writes is not None:
+            completed = self.write_index < self.legacy_writes
         else:
-            from .discovery import propagate_with_discovery
+            completed = frame < len(self.done_writes) and n <= int(self.done_writes[frame])
+        store = self.store
+        if not completed or frame in self.damaged:
+            if store is not None:
+                store.write_frame(frame, labels, colors=False)  # colours: once, at the end (`add_colors`)
+                store.record_write(frame, n)
+            else:
+                self.labels_mem[frame] = labels
+            self.ids.update(ids)
+            self.finished.add(frame)
+            if frame not in self.written:
+                self.written.append(frame)
+        elif self.legacy_writes is not None:  # an older store: its per-frame record is made as the replay passes
+            store.record_write(frame, n)
+        self.write_index += 1
+        if self.ask["progress"] is not None:
+            self.ask["progress"](len(self.finished), self.n_frames)
 
-            results = propagate_with_discovery(session, discovery, direction, events=events)
-        for result in results:
-            ids, counts = np.unique(result.labels, return_counts=True)  # not bincount: ids go up to 2**32 - 1
-            count_of = dict(zip(ids.tolist(), counts.tolist(), strict=True))
-            for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
-                scores[(result.frame, obj)] = (float(score), float(iou))
-                areas[(result.frame, obj)] = int(count_of.get(obj, 0))
-            covered.add(result.frame)
-            emit(result.frame, result.labels)
-        for frame in range(n_frames):  # outside the propagated range: nothing tracked there
-            if frame not in covered:
-                emit(frame, np.zeros(frame_shape, dtype=np.uint32))
-    except BaseException:
-        session.close()
-        _mark_interrupted(store, changed=bool(written) or not writes_done)
-        raise
-    session.close()
-    provenance.edit_log = session.edit_log
-    try:
-        return _finish(locals())
-    except BaseException:  # the tables or the CTC export failed: the run is not complete, --resume redoes them
-        _mark_interrupted(store, changed=True)
-        raise
+    def _legacy_done(self) -> dict:
+        """{"writes": None} once the replay of an older store has passed its run-wide count (the per-frame record
+        is then complete and replaces it), else {}."""
+        if self.legacy_writes is not None and self.write_index >= self.legacy_writes:
+            return {"writes": None}
+        return {}
 
-
-def _mark_interrupted(store, changed: bool) -> None:
-    """Record a stopped run as "interrupted" (never "running"); a resume that wrote nothing keeps its status."""
-    if store is None or not changed:
-        return
-    try:
-        store.update_provenance({"status": "interrupted"})
-    except Exception:  # noqa: BLE001, S110  (the store may be what failed; finished frames are intact)
-        pass
-
-
-def _finish(v: dict) -> TrackResult:
-    """Tables, CTC export and the final status of a run whose labels are all written (`v`: `track`'s locals)."""
-    store, labels_mem, scores, areas, out_path = v["store"], v["labels_mem"], v["scores"], v["areas"], v["out_path"]
-    image_view, tables, ctc = v["image_view"], v["tables"], v["ctc"]
-    store_scale, store_units, letter = v["store_scale"], v["store_units"], v["letter"]
-    labels_out = store.read_labels() if store is not None else labels_mem
-    confidence = [
-        {"frame": f, "obj_id": o, "score": s, "iou": i, "present": s > 0, "area": areas[(f, o)]}
-        for (f, o), (s, i) in sorted(scores.items())
-    ]
-    result = TrackResult(
-        labels=labels_out,
-        axes=v["letter"] + "yx",
-        prompts=v["prompt_set"],
-        confidence=confidence,
-        path=out_path if store is not None else None,
-        frames_written=v["written"],
-        store=store,
-        encoder_runs=v["session"].encoder_runs,
-        scale=None if store_scale is None else [float(size) for size in store_scale],
-        units=store_units,
-        events=v["events"],
-    )
-    presence: dict[int, list[int]] = {}
-    for (f, o), area in sorted(areas.items()):
-        if area:
-            presence.setdefault(o, []).append(f)
-    result.parents, result.lineage_dropped = consistent_parents(v["session"].parents, presence)
-    lineage = lineage_record(result.parents, result.lineage_dropped, v["events"])
-    if store is not None:
-        store.update_provenance(lineage)
-    v["provenance"].parents = dict(result.parents)
-    v["provenance"].extra["lineage"] = lineage["lineage"]
-    if tables:
-        intensity_image = image_view if image_view is not None else None
-        result.regions = region_table(
-            labels_out,
-            intensity=intensity_image,
-            scores=scores,
-            scale=store_scale,
-            units=store_units,
-            axes=letter + "yx",
-            parents=result.parents,
-        )
-        result.tracks, result.graph = tracks_from_labels(labels_out, parents=result.parents)
-        if out_path is not None:
-            result.csv_path = write_csv(result.regions, sidecar_path(out_path, "regions.csv"))
-            write_csv(confidence, sidecar_path(out_path, "confidence.csv"))
-    if ctc is not None:
-        export_ctc(
-            labels_out, ctc, parents=result.parents, overwrite=True
-        )  # existing files there: ours (io/outputs.py)
-        result.ctc_path = Path(ctc)
-    provenance = v["provenance"]
-    if store is not None:
-        store.update_provenance({"status": "complete", "edit_log": provenance.edit_log})
-    provenance.status = "complete"
-    result.provenance = store.provenance if store is not None else provenance.to_dict()
-    return result
+    def _interrupted(self, changed: bool) -> None:
+        """Record a stopped run as "interrupted" (never "running"), with the colours of the frames it wrote; a
+        resume that wrote nothing keeps its status. One attribute write or two, never a failure of its own."""
+        if self.store is None or not changed:
+            return
+        try:
+            self.store.add_colors(self.ids)
+            self.store.update_provenance({"status": "interrupted", **self._legacy_done()})
+        except Exception:  # noqa: BLE001, S110  (the store may be what failed; finished frames are intact)
+            pass
 
 
 # ---------------------------------------------------------------------- helpers

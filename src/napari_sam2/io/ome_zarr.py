@@ -8,6 +8,8 @@ Layout (`path` is a directory, conventionally named ``*.ome.zarr``)::
     labels/<name>/zarr.json    ome.multiscales + ome.image-label (colours, source) + napari_sam2 (provenance)
     labels/<name>/0/           uint32 labels (0 = background), the image's shape, one chunk per 2-D plane
     labels/<name>/done/        bool over the leading axes (t / z / t,z): which planes are finished
+    labels/<name>/writes/      (optional) uint32 over the leading axes: which write of a run a plane holds (`track`'s
+                               resume record, see `LabelStore.record_write`; absent until a run records one)
 
 Crash safety: a frame is written in the order label chunk(s) → new colours → ``done`` flag, so a run that is
 killed between (or during) two writes leaves a valid store whose ``done`` record lists only planes whose chunks
@@ -39,6 +41,7 @@ ATTR_KEY = "napari_sam2"  # our own attributes (store format, provenance) live u
 STORE_FORMAT = 1
 LEVEL_PATH = "0"  # the single resolution level of image and labels
 DONE_PATH = "done"
+WRITES_PATH = "writes"
 AXIS_TYPES = {"t": "time", "z": "space", "y": "space", "x": "space"}
 SUPPORTED_AXES = ("tyx", "zyx", "tzyx")
 UINT32_MAX = 2**32 - 1
@@ -80,6 +83,7 @@ class LabelStore:
         self._group = root[f"labels/{name}"]
         self._labels = self._group[LEVEL_PATH]
         self._done = self._group[DONE_PATH]
+        self._writes = self._group.get(WRITES_PATH)  # made on first use (`record_write`)
         image_label = self._group.attrs["ome"].get("image-label", {})
         self._colored = {int(c["label-value"]) for c in image_label.get("colors", [])}
 
@@ -303,6 +307,15 @@ class LabelStore:
         """bool array over the leading axes ([T], [Z] or [T, Z]): planes finished, read fresh from the store."""
         return np.asarray(self._done[...], dtype=bool)
 
+    def write_counts(self) -> np.ndarray:
+        """uint32 array over the leading axes: for each plane, which write of the run that made it its chunks
+        hold (the n-th time the run wrote that plane; 0: none recorded). See `record_write`."""
+        if self._writes is None:
+            self._writes = self._group.get(WRITES_PATH)  # a writer may have made it since this store was opened
+        if self._writes is None:
+            return np.zeros(self.shape[:-2], dtype=np.uint32)
+        return np.asarray(self._writes[...], dtype=np.uint32)
+
     def finished_frames(self) -> list[int]:
         """Frames (first-axis indices) whose every plane is finished."""
         done = self.done.reshape(self.shape[0], -1)
@@ -314,12 +327,15 @@ class LabelStore:
         return [i for i in range(self.shape[0]) if i not in finished]
 
     # ------------------------------------------------------------------ writing
-    def write_frame(self, index: int | Sequence[int], labels) -> None:
+    def write_frame(self, index: int | Sequence[int], labels, *, colors: bool = True) -> None:
         """Write one frame and record it as finished.
 
         index: a frame (first-axis index; labels then [Y, X], or [Z, Y, X] in a "tzyx" store) or, in a "tzyx"
             store, a (t, z) pair for one [Y, X] plane.
         labels: integer object ids (0 = background), stored as uint32.
+        colors: record a colour for each id not seen before (in the attributes: a rewrite of the label image's
+            zarr.json); False leaves that to a later `add_colors` (a run writing thousands of frames does it
+            once at the end instead of whenever an object appears).
         """
         self._require_writable()
         key = self._normalize_index(index)
@@ -329,11 +345,41 @@ class LabelStore:
                 # Rewriting a finished frame: it is unfinished until its new chunks are all on disk.
                 self._done[key] = False
             self._labels[key] = data  # 1. the chunk(s)
-        new_ids = set(np.unique(data).tolist()) - {0} - self._colored
-        if new_ids:
-            self._add_colors({i: label_color(i) for i in new_ids})  # 2. colours of objects that appeared
+        if colors:
+            self.add_colors(np.unique(data).tolist())  # 2. colours of objects that appeared
         with _io_errors(self.path, f"record frame {index} as finished"):
             self._done[key] = True  # 3. only now is the frame finished
+
+    def add_colors(self, ids) -> None:
+        """Record the stable colour (`label_color`) of every id in `ids` that has none yet (0 is background);
+        one attribute write, none if every id has its colour."""
+        self._require_writable()
+        new_ids = {int(i) for i in ids} - {0} - self._colored
+        if new_ids:
+            self._add_colors({i: label_color(i) for i in new_ids})
+
+    def record_write(self, index: int | Sequence[int], count: int) -> None:
+        """Record that the plane(s) at `index` hold the `count`-th write a run made there (call it after
+        `write_frame` returned, so a crash in between only under-counts and a resume redoes that write).
+
+        A resumed run replays the original one and skips its n-th write of a plane when n <= the recorded
+        count: one small chunk per frame, instead of a run-wide counter in the attributes (see `api.track`)."""
+        self._require_writable()
+        key = self._normalize_index(index)
+        if not 0 <= int(count) <= UINT32_MAX:
+            raise ValueError(f"write count must lie in 0..{UINT32_MAX}; got {count}")
+        with _io_errors(self.path, f"record the write of frame {index}"):
+            if self._writes is None:
+                leading = self.shape[:-2]
+                self._writes = self._group.create_array(
+                    WRITES_PATH,
+                    shape=leading,
+                    dtype="uint32",
+                    chunks=leading,  # one chunk, as `done`: each update rewrites one small file atomically
+                    fill_value=0,
+                    dimension_names=list(self.axes[: len(leading)]),
+                )
+            self._writes[key] = int(count)
 
     def update_provenance(self, entries: Mapping[str, Any]) -> None:
         """Merge `entries` (JSON-able) into the provenance record, e.g. prompts added after creation."""

@@ -1,0 +1,108 @@
+"""track() as a job: progress lives in the store's per-frame records, not in its attributes, and a run killed at
+any write resumes to the labels of an uninterrupted run — also where discovery writes a frame twice."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from napari_sam2 import PromptSet, load_model, track
+from napari_sam2.discovery import DiscoveryOptions
+from napari_sam2.io.ome_zarr import LabelStore
+from napari_sam2.sample_data import nuclei_timelapse
+
+ATTRS = "labels/sam2/zarr.json"  # the label image's attributes: provenance, colours, NGFF metadata
+
+
+def _stop_at_call(k):
+    """progress that raises KeyboardInterrupt (a Ctrl-C) on its k-th call, i.e. right after the run's k-th write."""
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if len(calls) == k:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+@pytest.fixture(scope="module")
+def division_movie():
+    """A 6-frame 128² nuclei movie with a division (frame 3) and an arrival (frame 5), nano-fluo, and the oracle
+    detector that makes discovery find both and write frames 3 and 5 twice (tests/test_lineage.py)."""
+    movie = nuclei_timelapse(n_frames=6, shape=(128, 128), n_nuclei=3, seed=11)
+
+    def oracle(session, frame):
+        truth = movie.labels[frame]
+        return [truth == o for o in np.unique(truth)[1:]]
+
+    options = DiscoveryOptions(detector=oracle, arrivals=True, division_gap=0)
+    return movie, load_model("nano-fluo", device="cpu"), options
+
+
+def _run(movie, model, options, out, **kwargs):
+    return track(movie.image, movie.labels[0], model=model, direction="forward", out=out, discover=options,
+                 tables=False, **kwargs)  # fmt: skip
+
+
+def test_attributes_are_not_rewritten_per_frame_and_kill_at_a_twice_written_frame_resumes_exactly(
+    division_movie, tmp_path
+):
+    movie, model, options = division_movie
+    out = tmp_path / "full.ome.zarr"
+    seen = []  # per progress call: the attributes file (mtime, bytes digest) and the store's per-frame records
+
+    def watch(done, total):
+        attrs = out / ATTRS
+        seen.append((attrs.stat().st_mtime_ns, hashlib.sha256(attrs.read_bytes()).hexdigest()))
+        counts.append(LabelStore.open(out).write_counts().tolist())
+
+    counts: list = []
+    full = _run(movie, model, options, out, progress=watch)
+    reference = np.asarray(full.labels[...])
+    assert [e["kind"] for e in full.events] == ["division", "arrival"]  # new ids appeared on two frames
+    # 8 writes for 6 frames (frames 3 and 5 twice), and the label attributes not rewritten once during them
+    assert len(seen) == 8 and len(set(seen)) == 1
+    assert counts[-1] == [1, 1, 1, 2, 1, 2] and counts[3] == [1, 1, 1, 1, 0, 0] and counts[4][3] == 2
+    store = LabelStore.open(out)
+    assert store.provenance["status"] == "complete" and "writes" not in store.provenance
+    assert set(store.colors) == set(np.unique(reference).tolist()) - {0}  # the colours, recorded at the end
+
+    # Ctrl-C right after frame 3's first write: the store holds its first version, the resume must write the second
+    cut = tmp_path / "cut.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        _run(movie, model, options, cut, progress=_stop_at_call(4))
+    store = LabelStore.open(cut)
+    assert store.provenance["status"] == "interrupted" and store.finished_frames() == [0, 1, 2, 3]
+    assert not np.array_equal(store.read_labels()[3], reference[3])  # so a resume that skipped frame 3 would fail
+    assert set(store.colors) >= set(np.unique(store.read_labels()[:4]).tolist()) - {0}  # colours at interruption
+    # killed again during the resume, right after frame 5's first write, then resumed to the end
+    with pytest.raises(KeyboardInterrupt):
+        _run(movie, model, options, cut, resume=True, progress=_stop_at_call(7))
+    assert LabelStore.open(cut).write_counts().tolist() == [1, 1, 1, 2, 1, 1]
+    resumed = _run(movie, model, options, cut, resume=True)
+    np.testing.assert_array_equal(np.asarray(resumed.labels[...]), reference)
+    assert resumed.frames_written == [5] and resumed.parents == full.parents
+    assert LabelStore.open(cut).provenance["status"] == "complete"
+
+
+def test_a_store_with_the_older_run_wide_write_count_resumes_exactly(tmp_path, blob_stack, tiny_checkpoint):
+    """Stores interrupted by an earlier version count writes in their attributes ("writes"), not per frame."""
+    import shutil
+
+    stack = blob_stack(n_frames=6, shape=(64, 96))
+    prompts = PromptSet()
+    prompts.add(2, 1, points=[[30, 36]])
+    prompts.add(2, 2, box=[55, 69, 76, 90])  # "both" from frame 2: writes 2,3,4,5 then 2,1,0
+    reference = track(stack, prompts, model=tiny_checkpoint, device="cpu", tables=False).labels
+    out = tmp_path / "old.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        track(stack, prompts, model=tiny_checkpoint, device="cpu", out=out, tables=False, progress=_stop_at_call(5))
+    store = LabelStore.open(out, mode="r+")
+    shutil.rmtree(out / "labels" / "sam2" / "writes")  # as an earlier version left it: 5 writes done, run-wide
+    store.update_provenance({"writes": 5})
+    resumed = track(stack, None, model=tiny_checkpoint, device="cpu", out=out, resume=True, tables=False)
+    np.testing.assert_array_equal(np.asarray(resumed.labels[...]), reference)
+    assert resumed.frames_written == [1, 0]  # frame 2's second write (backward) was the fifth: done before
+    store = LabelStore.open(out)
+    assert store.provenance["writes"] is None and store.write_counts().tolist() == [1, 1, 2, 1, 1, 1]
