@@ -218,3 +218,85 @@ def test_an_opened_result_without_a_log_saves_none(controller, tmp_path):
     controller.reset_sessions()
     controller.add_points((), 0, 1, [[30, 30]], [1])
     assert controller.provenance((), {}).edit_log is None
+
+
+# ---------------------------------------------------------------------- automatic: Find all, discovery, lineage
+@pytest.fixture(scope="module")
+def nano():
+    from napari_sam2.model import load_model
+
+    return load_model("nano-fluo", device="cpu")
+
+
+def _on(movie, nano):
+    c = TrackingController(Recorder())
+    c.set_model(nano, "nano-fluo")
+    c.set_geometry(StackGeometry.from_array(movie.image))
+    c.focus((), 0)
+    return c
+
+
+def _deepest(mask):
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(mask)
+    return [list(np.unravel_index(int(np.argmax(depth)), mask.shape))]
+
+
+def test_find_all_objects_adds_the_nuclei_not_yet_in_the_list(nano):
+    from napari_sam2.sample_data import nuclei_timelapse
+
+    movie = nuclei_timelapse(n_frames=3, shape=(128, 128), n_nuclei=4, seed=21)
+    truth = movie.labels[0]
+    c = _on(movie, nano)
+    c.add_points((), 0, 1, _deepest(truth == 1), [1])
+    assert c.find_objects((), 0)
+    new = [o for o in c.object_ids if o != 1]
+    assert len(new) >= 2 and "new objects on frame 0" in c.view.messages[-1][1]
+    labels = c.labels[0]
+    for obj in new:  # each is a true nucleus other than the clicked one, prompted by its mask
+        best = np.bincount(truth[labels == obj], minlength=5)
+        assert best.argmax() not in (0, 1), (obj, best)
+        assert c.mask_frames((), obj) == [0]
+    assert c.mask_prompt_set(()).obj_ids == new
+    # reviewed: a wrong one is deleted like any object; then the rest propagate
+    assert c.delete_object(new[0])
+    assert new[0] not in c.object_ids and c.mask_frames((), new[0]) == [] and not (c.labels == new[0]).any()
+    assert c.propagate((), "forward", (0, 2), [0])
+    assert all((c.labels[2] == o).any() for o in [1, *new[1:]])
+    c.reset_sessions()
+
+
+def test_discovery_while_propagating_finds_the_division_and_replays(nano, tmp_path):
+    from napari_sam2.discovery import DiscoveryOptions
+    from napari_sam2.replay import replay
+    from napari_sam2.sample_data import nuclei_timelapse
+
+    movie = nuclei_timelapse(n_frames=6, shape=(128, 128), n_nuclei=3, seed=11)
+    div = movie.events["division"]
+    mother, t_div = div["parent"], div["frame"]
+
+    def oracle(session, frame):  # a perfect detector: the test is about the controller, not segmentation
+        truth = movie.labels[frame]
+        return [truth == o for o in np.unique(truth)[1:]]
+
+    c = _on(movie, nano)
+    for obj in np.unique(movie.labels[0])[1:]:
+        c.add_mask((), 0, int(obj), movie.labels[0] == obj)
+    c.discovery = DiscoveryOptions(detector=oracle, arrivals=False, division_gap=0)
+    assert c.propagate((), "forward", (0, 5), [0])
+    daughters = sorted(d for d, m in c.lineage(()).items() if m == mother)
+    assert len(daughters) == 2 and set(daughters) <= set(c.object_ids)
+    assert [e["kind"] for e in c.events] == ["division"] and "1 divisions" in c.view.messages[-1][1]
+    assert not (c.labels[t_div:] == mother).any() and (c.labels[t_div - 1] == mother).any()
+    assert all(c.mask_frames((), d) == [t_div] for d in daughters)
+    provenance = c.provenance((), {"layer": "movie", "path": None, "shape": list(movie.image.shape)})
+    assert provenance.parents == dict.fromkeys(daughters, mother)
+    prompts = c.mask_prompt_set(())
+    c.save(tmp_path / "d.ome.zarr", "tyx", prompts, provenance, [1.0] * 3, ["pixel"] * 3)
+    replayed = replay(tmp_path / "d.ome.zarr", image=movie.image, model=nano).labels
+    # the widget erases the mother after her last frame (the session dropped her outputs there); a replay that
+    # does not yet erase her there differs only in her pixels on those frames
+    replayed[t_div:][replayed[t_div:] == mother] = 0
+    np.testing.assert_array_equal(replayed, c.labels)
+    c.reset_sessions()

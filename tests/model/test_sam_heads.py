@@ -34,8 +34,10 @@ def features(batch=1, embed=C, emb_hw=(EMB, EMB), seed=3):
     g = torch.Generator().manual_seed(seed)
     h, w = emb_hw
     image = torch.randn(batch, embed, h, w, generator=g)
-    high_res = [torch.randn(batch, embed // 8, 4 * h, 4 * w, generator=g),
-                torch.randn(batch, embed // 4, 2 * h, 2 * w, generator=g)]
+    high_res = [
+        torch.randn(batch, embed // 8, 4 * h, 4 * w, generator=g),
+        torch.randn(batch, embed // 4, 2 * h, 2 * w, generator=g),
+    ]
     return image, high_res
 
 
@@ -85,8 +87,11 @@ OFFICIAL_PROMPT_KEYS = {
 }
 _ATT = {"self_attn": 256, "cross_attn_token_to_image": 128, "cross_attn_image_to_token": 128}
 OFFICIAL_DECODER_KEYS = {
-    **{f"transformer.layers.{{0,1}}.{name}.{p}_proj.weight": (inner, 256) for name, inner in _ATT.items()
-       for p in "qkv"},
+    **{
+        f"transformer.layers.{{0,1}}.{name}.{p}_proj.weight": (inner, 256)
+        for name, inner in _ATT.items()
+        for p in "qkv"
+    },
     **{f"transformer.layers.{{0,1}}.{name}.{p}_proj.bias": (inner,) for name, inner in _ATT.items() for p in "qkv"},
     **{f"transformer.layers.{{0,1}}.{name}.out_proj.weight": (256, inner) for name, inner in _ATT.items()},
     **{f"transformer.layers.{{0,1}}.{name}.out_proj.bias": (256,) for name in _ATT},
@@ -315,8 +320,9 @@ def test_decoder_batch_of_objects_is_per_object():
         pe = prompt.get_dense_pe()
         batched = decoder(image, pe, sparse, dense, True, False, high_res)
         for i in range(2):
-            alone = decoder(image[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1], True, False,
-                            [x[i : i + 1] for x in high_res])
+            alone = decoder(
+                image[i : i + 1], pe, sparse[i : i + 1], dense[i : i + 1], True, False, [x[i : i + 1] for x in high_res]
+            )
             for a, b in zip(batched, alone):
                 torch.testing.assert_close(a[i : i + 1], b, rtol=1e-4, atol=1e-4)
         # repeat_image: one embedding shared by two prompt sets.
@@ -374,8 +380,12 @@ def test_dynamic_multimask_picks_another_mask_when_mask0_is_unstable():
 
 
 def test_decoder_variants_without_high_res_or_object_head():
-    prompt, decoder = make_heads(use_high_res_features=False, pred_obj_scores=False,
-                                 iou_prediction_use_sigmoid=False, use_multimask_token_for_obj_ptr=False)
+    prompt, decoder = make_heads(
+        use_high_res_features=False,
+        pred_obj_scores=False,
+        iou_prediction_use_sigmoid=False,
+        use_multimask_token_for_obj_ptr=False,
+    )
     assert not hasattr(decoder, "conv_s0") and not hasattr(decoder, "obj_score_token")
     clk = click([(100, 120)], [1])
     image, _ = features()
@@ -389,6 +399,7 @@ def test_decoder_variants_without_high_res_or_object_head():
 def test_other_sizes():
     """Nothing is tied to 1024 / 64 / 256: a non-square embedding and another width run."""
     prompt, decoder = make_heads(embed=32, emb_hw=(8, 12), input_hw=(128, 192))
-    out = run(prompt, decoder, points=click([(150, 20)], [1]), embed=32, emb_hw=(8, 12),
-              masks=torch.zeros(1, 1, 32, 48))
+    out = run(
+        prompt, decoder, points=click([(150, 20)], [1]), embed=32, emb_hw=(8, 12), masks=torch.zeros(1, 1, 32, 48)
+    )
     assert out[0].shape == (1, 3, 32, 48) and out[2].shape == (1, 3, 32)

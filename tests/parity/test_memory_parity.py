@@ -34,8 +34,14 @@ def official_memory_attention(d_model, mem_dim, num_layers, num_heads, ffn, feat
     from sam2.modeling.memory_attention import MemoryAttentionLayer
     from sam2.modeling.sam.transformer import RoPEAttention
 
-    common = dict(rope_theta=10000.0, feat_sizes=[feat, feat], embedding_dim=d_model, num_heads=num_heads,
-                  downsample_rate=1, dropout=0.1)
+    common = dict(
+        rope_theta=10000.0,
+        feat_sizes=[feat, feat],
+        embedding_dim=d_model,
+        num_heads=num_heads,
+        downsample_rate=1,
+        dropout=0.1,
+    )
     layer = MemoryAttentionLayer(
         activation="relu",
         cross_attention=RoPEAttention(rope_k_repeat=True, kv_in_dim=mem_dim, **common),
@@ -51,8 +57,9 @@ def official_memory_attention(d_model, mem_dim, num_layers, num_heads, ffn, feat
 
 
 def memory_attention_pair(cfg, feat, seed=0):
-    ours = MemoryAttention(cfg["d_model"], cfg["num_layers"], cfg["ffn"], cfg["num_heads"], cfg["mem_dim"], feat,
-                           dropout=0.1)
+    ours = MemoryAttention(
+        cfg["d_model"], cfg["num_layers"], cfg["ffn"], cfg["num_heads"], cfg["mem_dim"], feat, dropout=0.1
+    )
     ref = official_memory_attention(**cfg, feat=feat)
     same_random_weights(ours, ref, seed=seed)
     return ours, ref
@@ -115,8 +122,9 @@ def official_memory_encoder(d_model, mem_dim):
     return OfficialME(
         out_dim=mem_dim,
         mask_downsampler=MaskDownSampler(embed_dim=d_model, kernel_size=3, stride=2, padding=1),
-        fuser=Fuser(CXBlock(dim=d_model, kernel_size=7, padding=3, layer_scale_init_value=1e-6, use_dwconv=True),
-                    num_layers=2),
+        fuser=Fuser(
+            CXBlock(dim=d_model, kernel_size=7, padding=3, layer_scale_init_value=1e-6, use_dwconv=True), num_layers=2
+        ),
         position_encoding=PositionEmbeddingSine(num_pos_feats=mem_dim, normalize=True, scale=None, temperature=10000),
         in_dim=d_model,
     )

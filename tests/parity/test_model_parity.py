@@ -14,9 +14,7 @@ from sam2.build_sam import build_sam2
 
 from napari_sam2.model import CONFIGS, build_model
 
-YAML = {
-    name: f"configs/{'sam2.1' if name.startswith('sam2.1') else 'sam2'}/{name}.yaml" for name in CONFIGS
-}
+YAML = {name: f"configs/{'sam2.1' if name.startswith('sam2.1') else 'sam2'}/{name}.yaml" for name in CONFIGS}
 INPUT = {"t": 512, "s": 512, "b+": 256, "l": 256}
 
 

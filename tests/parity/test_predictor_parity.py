@@ -39,20 +39,36 @@ def sample_image():
 
 # (name, our kwargs (y, x), official kwargs (x, y))
 CASES = [
-    ("point", dict(points=[[150, 160]], labels=[1], multimask=True),
-     dict(point_coords=[[160, 150]], point_labels=[1], multimask_output=True)),
-    ("points_negative", dict(points=[[150, 160], [75, 320]], labels=[1, 0], multimask=False),
-     dict(point_coords=[[160, 150], [320, 75]], point_labels=[1, 0], multimask_output=False)),
-    ("box", dict(box=[40, 280, 110, 370], multimask=False),
-     dict(box=[280, 40, 370, 110], multimask_output=False)),
-    ("box_and_point", dict(box=[80, 90, 220, 240], points=[[150, 160]], labels=[1], multimask=True),
-     dict(box=[90, 80, 240, 220], point_coords=[[160, 150]], point_labels=[1], multimask_output=True)),
+    (
+        "point",
+        dict(points=[[150, 160]], labels=[1], multimask=True),
+        dict(point_coords=[[160, 150]], point_labels=[1], multimask_output=True),
+    ),
+    (
+        "points_negative",
+        dict(points=[[150, 160], [75, 320]], labels=[1, 0], multimask=False),
+        dict(point_coords=[[160, 150], [320, 75]], point_labels=[1, 0], multimask_output=False),
+    ),
+    ("box", dict(box=[40, 280, 110, 370], multimask=False), dict(box=[280, 40, 370, 110], multimask_output=False)),
+    (
+        "box_and_point",
+        dict(box=[80, 90, 220, 240], points=[[150, 160]], labels=[1], multimask=True),
+        dict(box=[90, 80, 240, 220], point_coords=[[160, 150]], point_labels=[1], multimask_output=True),
+    ),
 ]
 
 
 def _official_predict(pred, kwargs):
-    kwargs = {k: (np.asarray(v, dtype=np.float32) if k in ("point_coords", "box") else
-                  np.asarray(v, dtype=np.int32) if k == "point_labels" else v) for k, v in kwargs.items()}
+    kwargs = {
+        k: (
+            np.asarray(v, dtype=np.float32)
+            if k in ("point_coords", "box")
+            else np.asarray(v, dtype=np.int32)
+            if k == "point_labels"
+            else v
+        )
+        for k, v in kwargs.items()
+    }
     return pred.predict(return_logits=True, **kwargs)
 
 
@@ -83,8 +99,11 @@ def test_image_predictor_matches_official(name, make_checkpoint):
         masks, iou, low = _official_predict(official, CASES[0][2])
         best = low[np.argmax(iou)][None]
         masks2, iou2, low2 = official.predict(
-            point_coords=np.array([[160, 150]], np.float32), point_labels=np.array([1], np.int32),
-            mask_input=best, multimask_output=False, return_logits=True,
+            point_coords=np.array([[160, 150]], np.float32),
+            point_labels=np.array([1], np.int32),
+            mask_input=best,
+            multimask_output=False,
+            return_logits=True,
         )
         got = ours.predict(points=[[150, 160]], labels=[1], mask=best, multimask=False, return_logits=True)
         _compare("mask_prompt", got, masks2, iou2, low2)

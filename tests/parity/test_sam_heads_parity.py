@@ -23,8 +23,9 @@ DIM = 256
 
 def build_pair(emb: int, image_size: int, dynamic: bool, seed: int):
     """(ours, official) as (prompt encoder, mask decoder) pairs with identical random weights."""
-    prompt_args = dict(embed_dim=DIM, image_embedding_size=(emb, emb), input_image_size=(image_size, image_size),
-                       mask_in_chans=16)
+    prompt_args = dict(
+        embed_dim=DIM, image_embedding_size=(emb, emb), input_image_size=(image_size, image_size), mask_in_chans=16
+    )
     ours_prompt, official_prompt = PromptEncoder(**prompt_args), OfficialPromptEncoder(**prompt_args)
     decoder_args = dict(
         transformer_dim=DIM,
@@ -57,22 +58,29 @@ def heads():
 def inputs(batch: int, emb: int, seed: int = 7):
     g = torch.Generator().manual_seed(seed)
     image = torch.randn(batch, DIM, emb, emb, generator=g)
-    high_res = [torch.randn(batch, DIM // 8, 4 * emb, 4 * emb, generator=g),
-                torch.randn(batch, DIM // 4, 2 * emb, 2 * emb, generator=g)]
+    high_res = [
+        torch.randn(batch, DIM // 8, 4 * emb, 4 * emb, generator=g),
+        torch.randn(batch, DIM // 4, 2 * emb, 2 * emb, generator=g),
+    ]
     return image, high_res
 
 
-def compare(ours, official, image, high_res, points=None, boxes=None, masks=None, multimask=True,
-            repeat_image=False):
+def compare(ours, official, image, high_res, points=None, boxes=None, masks=None, multimask=True, repeat_image=False):
     """Run both (prompt encoder, decoder) pairs on the same inputs and assert every output matches."""
     results = []
     with torch.no_grad():
         for prompt, decoder in (ours, official):
             sparse, dense = prompt(points=points, boxes=boxes, masks=masks)
             pe = prompt.get_dense_pe()
-            out = decoder(image_embeddings=image, image_pe=pe, sparse_prompt_embeddings=sparse,
-                          dense_prompt_embeddings=dense, multimask_output=multimask, repeat_image=repeat_image,
-                          high_res_features=high_res)
+            out = decoder(
+                image_embeddings=image,
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+                repeat_image=repeat_image,
+                high_res_features=high_res,
+            )
             results.append((sparse, dense, pe, *out))
     names = ("sparse", "dense", "dense_pe", "masks", "iou", "sam_tokens", "object_score")
     for name, a, b in zip(names, *results):

@@ -32,7 +32,9 @@ class Resize(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batched = x.dim() == 4
-        y = F.interpolate(x if batched else x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        y = F.interpolate(
+            x if batched else x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True
+        )
         return y if batched else y[0]
 
 

@@ -95,13 +95,19 @@ def run_official(ckpt: str, config_file: str, image_size: int, n_frames: int, th
                 if kind == "points":
                     pts = np.asarray(args["points"], dtype=np.float32)[:, ::-1].copy()  # (y, x) → (x, y)
                     _, ids, masks = vp.add_new_points_or_box(
-                        state, frame, obj, points=pts, labels=np.asarray(args["labels"], np.int32),
+                        state,
+                        frame,
+                        obj,
+                        points=pts,
+                        labels=np.asarray(args["labels"], np.int32),
                         clear_old_points=True,
                     )
                     _record_prompt(rec, step, ids, masks)
                 elif kind == "box":
                     y0, x0, y1, x1 = args["box"]
-                    _, ids, masks = vp.add_new_points_or_box(state, frame, obj, box=np.array([x0, y0, x1, y1], np.float32))
+                    _, ids, masks = vp.add_new_points_or_box(
+                        state, frame, obj, box=np.array([x0, y0, x1, y1], np.float32)
+                    )
                     _record_prompt(rec, step, ids, masks)
                 elif kind == "mask":
                     _, ids, masks = vp.add_new_mask(state, frame, obj, args["mask"])
@@ -114,8 +120,16 @@ def run_official(ckpt: str, config_file: str, image_size: int, n_frames: int, th
                         per = state["output_dict_per_obj"][idx]
                         for storage in ("cond_frame_outputs", "non_cond_frame_outputs"):
                             for f, out in per[storage].items():
-                                _record_state(rec, step, f, oid, out["pred_masks"], out["obj_ptr"],
-                                              out["object_score_logits"], out["maskmem_features"])
+                                _record_state(
+                                    rec,
+                                    step,
+                                    f,
+                                    oid,
+                                    out["pred_masks"],
+                                    out["obj_ptr"],
+                                    out["object_score_logits"],
+                                    out["maskmem_features"],
+                                )
         return rec
     finally:
         svp.load_video_frames = original_loader

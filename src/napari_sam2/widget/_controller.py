@@ -138,6 +138,11 @@ class TrackingController:
         self.sessions: dict[tuple, Any] = {}  # key → TrackingSession, or "creating"
         self.guard = threading.Lock()
         self.object_ids: list[int] = []
+        # prompts the face's layers cannot show (masks: objects found by `find_objects` or by discovery), per key:
+        # {(frame, obj): ObjectPrompt}; saved and re-applied with the layers' prompts
+        self.mask_prompts: dict[tuple, dict[tuple[int, int], ObjectPrompt]] = {}
+        self.events: list[dict] = []  # what discovery did in the last propagation ({"frame", "kind", ...})
+        self.discovery = None  # DiscoveryOptions: discover new objects and divisions on forward passes (None: off)
         self.max_id = 0
         self.confidence: dict[tuple, dict] = {}
         self.opened_record = None  # the Provenance of the last opened result
@@ -224,6 +229,7 @@ class TrackingController:
         if new_labels or self.labels is None or old is None or old.label_shape != geometry.label_shape:
             self.labels = make_label_array(geometry.label_shape)
             self.object_ids, self.max_id = [], 0
+            self.mask_prompts.clear()
             self.opened_record = self.opened_key = None
             return True
         return False
@@ -299,15 +305,39 @@ class TrackingController:
                     self.labels[t] = plane
         for conf in self.confidence.values():
             conf.pop(obj, None)
+        for masks in self.mask_prompts.values():
+            for group in [g for g in masks if g[1] == obj]:
+                del masks[group]
         if obj in self.object_ids:
             self.object_ids.remove(obj)
         self.view.show_labels(None)
         return True
 
     def lineage(self, key=()) -> dict[int, int]:
-        """{daughter: mother} of session `key` (divisions found while propagating with discovery)."""
+        """{daughter: mother} of session `key` (divisions found while propagating with discovery; an opened
+        result's lineage until its session is ready)."""
         session = self.session(key)
-        return dict(session.parents) if session is not None else {}
+        if session is not None:
+            return dict(session.parents)
+        if self.opened_record is not None and key == self.opened_key:
+            return {int(d): int(m) for d, m in self.opened_record.parents.items()}
+        return {}
+
+    def mask_frames(self, key, obj: int) -> list[int]:
+        """Frames where `obj` is prompted by a mask in session `key`."""
+        return sorted(f for f, o in self.mask_prompts.get(key, {}) if o == obj)
+
+    def mask_prompt_set(self, key) -> PromptSet:
+        """The mask prompts of session `key` as a `PromptSet`."""
+        return PromptSet(list(self.mask_prompts.get(key, {}).values()))
+
+    def _note_mask_prompts(self, key, session, objs) -> None:
+        masks = self.mask_prompts.setdefault(key, {})
+        for obj in objs:
+            if obj in session.obj_ids:
+                for frame, prompt in session.prompts_of(obj).items():
+                    if prompt.mask is not None:
+                        masks[(frame, obj)] = prompt
 
     # ================================================================== sessions
     def session(self, key):
@@ -473,7 +503,11 @@ class TrackingController:
     # ================================================================== propagation
     def propagate(self, key, direction: str, frames_range: tuple[int, int], prompted_frames) -> bool:
         """Propagate every object of session `key` ("forward", "backward", "both") over frames_range (lo, hi) on a
-        worker, the labels written frame by frame; False (with a message) when it cannot start."""
+        worker, the labels written frame by frame; False (with a message) when it cannot start.
+
+        With `discovery` (a `napari_sam2.discovery.DiscoveryOptions`) forward passes find new objects (arrivals)
+        and divisions as they go (`propagate_with_discovery`) and run to the last frame; new objects join the
+        object list, daughters carry their mother in `lineage`."""
         if self.running:
             return False
         session = self.session(key)
@@ -489,13 +523,23 @@ class TrackingController:
             self.view.show_message("info", "A single image has nothing to propagate to.")
             return False
         passes = plan_passes(prompted_frames, direction, *frames_range)
+        discovery = self.discovery
+        if discovery is not None:  # discovery follows a pass to the end of the stack
+            last = self.geometry.num_frames - 1
+            passes = [(d, start, last if d == "forward" else stop) for d, start, stop in passes]
         lengths = [abs(stop - start) + 1 for _, start, stop in passes]
         geometry, total = self.geometry, sum(lengths)
         self.frames_written = 0
         cancelled = []
+        before = set(session.obj_ids)
+        self.events = []
+
+        spans = {o: session.span(o) for o in before}
 
         def on_result(value):
             pass_index, done, result = value
+            if discovery is not None:
+                self._erase_outside_spans(key, session, spans, geometry)
             self.write_result(key, result, geometry=geometry)
             self.frames_written += 1
             self.view.show_propagation(sum(lengths[:pass_index]) + min(done, lengths[pass_index]), total)
@@ -506,6 +550,15 @@ class TrackingController:
 
         def finished():
             self.propagation_worker = None
+            new = [o for o in session.obj_ids if o not in before]
+            if new and self.session(key) is session:
+                self._note_mask_prompts(key, session, new)
+                found = [e for e in self.events if e["kind"] == "division"]
+                self.view.show_message(
+                    "info",
+                    f"Discovery: {len(new)} new objects ({len(found)} divisions, "
+                    f"{len(self.events) - len(found)} arrivals); see the object list.",
+                )
             self.view.show_propagation_done(self.frames_written, bool(cancelled))
             self.view.show_state()
 
@@ -514,6 +567,8 @@ class TrackingController:
             _worker.propagate_job,
             session,
             passes,
+            discovery,
+            self.events,
             yielded=on_result,
             errored=lambda exc: self.view.show_message("warning", f"Propagation stopped: {error_text(exc)}"),
             aborted=aborted,
@@ -523,10 +578,73 @@ class TrackingController:
         worker.start()
         return True
 
+    def _erase_outside_spans(self, key, session, spans: dict, geometry) -> None:
+        """Discovery ended a mother / started daughters: their pixels outside the frames they exist on go (as the
+        session dropped its outputs there, and as `replay` erases them)."""
+        for obj in session.obj_ids:
+            span = session.span(obj)
+            if spans.get(obj) == span:
+                continue
+            spans[obj] = span
+            first, last = span
+            for t in range(geometry.num_frames):
+                if (first is not None and t < first) or (last is not None and t > last):
+                    index = geometry.label_index(key, t)
+                    plane = np.asarray(self.labels[index])
+                    if (plane == obj).any():
+                        self.labels[index] = np.where(plane == obj, 0, plane)
+
     def cancel(self) -> None:
         """Stop the propagation after the frame being computed; every finished frame stays."""
         if self.propagation_worker is not None:
             self.propagation_worker.quit()
+
+    # ================================================================== automatic
+    def find_objects(self, key, frame: int, taken=(), options=None) -> bool:
+        """Queue "segment everything" on `frame` of session `key` (`TrackingSession.segment_everything` with the
+        settings of `discovery`, default `DiscoveryOptions()`): each mask that no object already holds (at most
+        `arrival_max_covered` of it covered, at least `min_area` px of its own) becomes a new object prompted by its
+        mask, largest first; they join the object list and can be reviewed and deleted like any other. taken: ids
+        in use elsewhere (the face's prompt layers). options: `DiscoveryOptions` (its generator / detector,
+        min_area, arrival_max_covered; default `discovery` or the defaults). False (with a message) when no session
+        is ready."""
+        from ..discovery import DiscoveryOptions, segment_frame
+
+        session = self.session(key)
+        if session is None:
+            self.view.show_message("info", "Load a model first (the session is not ready yet).")
+            return False
+        options = options or self.discovery or DiscoveryOptions()
+        first_id = self.new_object_id(taken)
+        held = np.asarray(self.labels[self.geometry.label_index(key, frame)]) != 0
+
+        def job():
+            masks = sorted(segment_frame(session, frame, options), key=lambda m: -int(m.sum()))
+            taken_px = held | (session.result(frame).labels != 0)
+            results, new, next_id = [], [], max([first_id - 1, *session.obj_ids]) + 1
+            for mask in masks:
+                own = mask & ~taken_px
+                if own.sum() < options.min_area or (mask & taken_px).sum() > options.arrival_max_covered * mask.sum():
+                    continue  # one of the objects already there
+                results.append(session.add_prompt(frame, next_id, mask=own))
+                new.append(next_id)
+                taken_px |= own
+                next_id += 1
+            return new, results
+
+        def done(value):
+            new, results = value
+            for r in results:
+                self.write_result(key, r)
+            self._note_mask_prompts(key, session, new)
+            for obj in new:
+                self.add_object(obj, quiet=True)
+            self.view.show_message("info", f"Found {len(new)} new objects on frame {frame}.")
+            self.view.show_prompted(results)
+            self.view.show_state()
+
+        self.enqueue(job, done)
+        return True
 
     # ================================================================== save / open
     def provenance(self, key, input_record: dict, extra: dict | None = None):
@@ -626,8 +744,10 @@ class TrackingController:
         key = tuple(record.settings.get("session_key") or ()) or (0,) * len(g.fixed_axes)
         if len(key) != len(g.fixed_axes):
             key = (0,) * len(g.fixed_axes)
+        self.mask_prompts.clear()
         if result.prompts is not None:
             ids.update(result.prompts.obj_ids)
+            self.mask_prompts[key] = {(int(p.frame), int(p.obj_id)): p for p in result.prompts if p.mask is not None}
         self.confidence.clear()
         self.object_ids = sorted(ids)
         self.max_id = max(ids, default=0)

@@ -81,6 +81,18 @@ def _qt_worker(func, *args, **handlers):
     return worker
 
 
+def _lineage_text(obj: int, parents: dict[int, int]) -> str:
+    """The object list's lineage cell: "mother 3" for a daughter, "→ 5, 6" for a mother (both for a daughter that
+    divided again)."""
+    parts = []
+    if obj in parents:
+        parts.append(f"mother {parents[obj]}")
+    daughters = sorted(d for d, m in parents.items() if m == obj)
+    if daughters:
+        parts.append("→ " + ", ".join(map(str, daughters)))
+    return "; ".join(parts)
+
+
 class SAM2Widget(QWidget, ControllerView):
     """Dock widget: image/model pickers, objects, prompts, propagation, confidence strip, save/open."""
 
@@ -102,6 +114,9 @@ class SAM2Widget(QWidget, ControllerView):
         self.labels_layer = None
         self.prompt_layers: PromptLayers | None = None
         self.current_obj: int | None = None
+        #: settings of "discover new objects while propagating" and "Find all objects" (a
+        #: `napari_sam2.discovery.DiscoveryOptions`; None: the defaults, made when the option is switched on)
+        self.discovery_options = None
         self._weak_cursor = -1
         self._alive = True
         self._build_ui()
@@ -219,8 +234,8 @@ class SAM2Widget(QWidget, ControllerView):
         # ---- objects
         box = QGroupBox("Objects")
         v = QVBoxLayout(box)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["id", "prompted frames", "status"])
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["id", "prompted frames", "status", "lineage"])
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -233,12 +248,19 @@ class SAM2Widget(QWidget, ControllerView):
         self.new_button = QPushButton("New object (N)")
         self.new_button.clicked.connect(self.new_object)
         self.delete_button = QPushButton("Delete")
-        self.delete_button.clicked.connect(self.delete_object)
+        self.delete_button.clicked.connect(lambda: self.delete_object())  # not clicked's `checked` as the id
         self.undo_button = QPushButton("Undo prompt (U)")
         self.undo_button.clicked.connect(self.undo)
         for b in (self.new_button, self.delete_button, self.undo_button):
             row.addWidget(b)
         v.addLayout(row)
+        self.find_button = QPushButton("Find all objects on this frame")
+        self.find_button.setToolTip(
+            "Segment everything on the current frame: every object not yet in the list becomes a new object,\n"
+            "prompted by its mask (review them; Delete removes a wrong one)."
+        )
+        self.find_button.clicked.connect(self.find_objects)
+        v.addWidget(self.find_button)
         layout.addWidget(box)
 
         # ---- propagation
@@ -261,6 +283,14 @@ class SAM2Widget(QWidget, ControllerView):
         grid.addWidget(self.range_check, 1, 0)
         grid.addWidget(self.range_from, 1, 1)
         grid.addWidget(self.range_to, 1, 2)
+        self.discover_check = QCheckBox("discover new objects while propagating")
+        self.discover_check.setToolTip(
+            "Forward passes segment everything on each frame and add cells that enter (arrivals) and the two\n"
+            "daughters of a cell that divides (the mother ends; the list shows mother → daughters).\n"
+            "Such a pass runs to the last frame. Slower: the decoder runs for a grid of points on every frame."
+        )
+        self.discover_check.toggled.connect(self._on_discover_toggled)
+        grid.addWidget(self.discover_check, 3, 0, 1, 3)
         self.progress = QProgressBar()
         self.progress.setFormat("%v/%m frames")
         self.cancel_button = QPushButton("Cancel")
@@ -720,8 +750,9 @@ class SAM2Widget(QWidget, ControllerView):
         self.table.blockSignals(True)
         self.table.setRowCount(len(self.objects))
         prompted = {}
+        parents = self.controller.lineage(key)
         for row, obj in enumerate(self.objects):
-            frames = self.prompt_layers.frames_of(obj).get(key, [])
+            frames = sorted({*self.prompt_layers.frames_of(obj).get(key, []), *self.controller.mask_frames(key, obj)})
             prompted[obj] = set(frames)
             values = conf.get(obj, {})
             absent = sum(1 for s, _ in values.values() if s <= 0)
@@ -740,6 +771,7 @@ class SAM2Widget(QWidget, ControllerView):
             text = ", ".join(map(str, frames[:8])) + (" …" if len(frames) > 8 else "")
             self.table.setItem(row, 1, QTableWidgetItem(text or "—"))
             self.table.setItem(row, 2, QTableWidgetItem(status))
+            self.table.setItem(row, 3, QTableWidgetItem(_lineage_text(obj, parents)))
         if self.current_obj in self.objects:
             self.table.selectRow(self.objects.index(self.current_obj))
         self.table.blockSignals(False)
@@ -780,8 +812,23 @@ class SAM2Widget(QWidget, ControllerView):
             _notify("info", "Pick an image layer first.")
             return
         key = pos[0]
-        frames = sorted({f for _, f, _ in self.prompt_layers.groups(key=key)})
-        self.controller.propagate(key, direction, self._range(), frames)
+        self.controller.propagate(key, direction, self._range(), self._prompted_frames(key))
+
+    def _on_discover_toggled(self, on: bool) -> None:
+        from ..discovery import DiscoveryOptions
+
+        if on and self.discovery_options is None:
+            self.discovery_options = DiscoveryOptions()
+        self.controller.discovery = self.discovery_options if on else None
+
+    def find_objects(self) -> None:
+        """Segment everything on the current frame; what no object holds yet becomes new objects (see
+        `TrackingController.find_objects`)."""
+        pos = self.current_position()
+        if pos is None:
+            _notify("info", "Pick an image layer first.")
+            return
+        self.controller.find_objects(*pos, taken=self.prompt_layers.obj_ids(), options=self.discovery_options)
 
     def cancel(self) -> None:
         """Stop the propagation after the frame being computed; every finished frame stays."""
@@ -813,7 +860,15 @@ class SAM2Widget(QWidget, ControllerView):
             prompt = self.prompt_layers.prompt(k, frame, obj)
             if prompt is not None:
                 prompts.append(prompt)
+        for prompt in self.controller.mask_prompt_set(key):  # objects found by "Find all" or by discovery
+            prompts.append(prompt)
         return prompts
+
+    def _prompted_frames(self, key) -> list[int]:
+        return sorted(
+            {f for _, f, _ in self.prompt_layers.groups(key=key)}
+            | {p.frame for p in self.controller.mask_prompt_set(key)}
+        )
 
     def provenance(self):
         """The `Provenance` of what the widget holds now (the checkpoint's hash is added by the save job)."""
@@ -908,7 +963,7 @@ class SAM2Widget(QWidget, ControllerView):
         has_layer = self.geometry is not None
         session = self.session() if has_layer else None
         pos = self.current_position() if has_layer else None
-        has_prompts = bool(self.prompt_layers and pos and self.prompt_layers.groups(key=pos[0]))
+        has_prompts = bool(self.prompt_layers and pos and self._prompted_frames(pos[0]))
         can_propagate = not running and session is not None and has_prompts and self.geometry.num_frames > 1
         for b in (self.forward_button, self.backward_button, self.both_button):
             b.setEnabled(can_propagate)
@@ -919,6 +974,7 @@ class SAM2Widget(QWidget, ControllerView):
         self.axis_combo.setEnabled(not running and has_layer and self.axis_combo.count() > 1)
         self.channel_spin.setEnabled(not running and self.channel_spin.count() > 0)
         self.new_button.setEnabled(has_layer)
+        self.find_button.setEnabled(not running and session is not None)
         self.delete_button.setEnabled(has_layer and not running and self.current_obj in self.objects)
         self.undo_button.setEnabled(bool(self.prompt_layers and self.prompt_layers.history))
         self.weakest_button.setEnabled(bool(self.strip.weakest_frames()))

@@ -40,6 +40,8 @@ def apply_changed(session, prompts: PromptSet) -> list:
     wanted = {(int(p.frame), int(p.obj_id)): p for p in prompts}
     results = []
     for (frame, obj), prompt in wanted.items():
+        if prompt.mask is not None:
+            continue  # masks are not edited in the layers
         held = session.prompts_of(obj).get(frame) if obj in session.obj_ids else None
         if held is None or not _same(held, prompt):
             results += session.set_prompt(frame, obj, prompt)
@@ -70,12 +72,20 @@ def encode_job(session, frames):
         yield i + 1, len(frames)
 
 
-def propagate_job(session, passes):
+def propagate_job(session, passes, discovery=None, events=None):
     """Generator over passes [(direction, start, stop)] → yields (pass index, frames done in the pass, FrameResult).
 
+    discovery: `DiscoveryOptions` — forward passes find new objects and divisions (`propagate_with_discovery`, to
+    the last frame; a frame changed by discovery is yielded again), their events appended to `events`.
     Stopping between two yields (the worker's quit) leaves every finished frame valid in the session."""
     for index, (direction, start, stop) in enumerate(passes):
-        for result in session.propagate(direction, start=start, stop=stop):
+        if discovery is not None and direction == "forward":
+            from ..discovery import propagate_with_discovery
+
+            results = propagate_with_discovery(session, discovery, "forward", start=start, events=events)
+        else:
+            results = session.propagate(direction, start=start, stop=stop)
+        for result in results:
             yield index, abs(result.frame - start) + 1, result
 
 
