@@ -106,3 +106,57 @@ def test_a_store_with_the_older_run_wide_write_count_resumes_exactly(tmp_path, b
     assert resumed.frames_written == [1, 0]  # frame 2's second write (backward) was the fifth: done before
     store = LabelStore.open(out)
     assert store.provenance["writes"] is None and store.write_counts().tolist() == [1, 1, 2, 1, 1, 1]
+
+
+KILL_AFTER_3 = """
+import os, signal, sys
+import numpy as np
+from napari_sam2 import track
+
+def kill(done, total):
+    if done == 3:  # right after frame 2's write, as an out-of-memory kill or a power cut would
+        os.kill(os.getpid(), signal.SIGKILL)
+
+track(np.load(sys.argv[1]), np.load(sys.argv[2]), model="nano-fluo", device="cpu", direction="forward",
+      out=sys.argv[3], tables=False, progress=kill)
+"""
+
+
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_labels_and_every_colour(tmp_path):
+    """kill -9 runs no handler: the store keeps its frames and per-frame records but nothing else of the run; the
+    resume must still end with the labels and the colours of an uninterrupted run — including those of an
+    object that only the killed run's frames hold (object 3 is erased from the image from frame 3 on)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from scipy import ndimage
+
+    movie = nuclei_timelapse(n_frames=6, shape=(64, 64), n_nuclei=3, seed=3)
+    image = movie.image.copy()
+    for t in range(3, 6):
+        image[t][ndimage.binary_dilation(movie.labels[t] == 3, iterations=3)] = np.median(image[0])
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "seeds.npy", movie.labels[0])
+    reference = track(image, movie.labels[0], model="nano-fluo", device="cpu", direction="forward", tables=False)
+    present = [set(np.unique(reference.labels[t]).tolist()) - {0} for t in range(6)]
+    assert 3 in present[0] and all(3 not in ids for ids in present[3:])  # only frames 0-2 hold object 3
+
+    out = tmp_path / "run.ome.zarr"
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # bit-identical labels across processes
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    args = [sys.executable, "-c", KILL_AFTER_3, str(tmp_path / "image.npy"), str(tmp_path / "seeds.npy"), str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    store = LabelStore.open(out)
+    assert store.finished_frames() == [0, 1, 2] and store.provenance["status"] == "running"  # no handler ran
+    assert store.write_counts().tolist() == [1, 1, 1, 0, 0, 0] and store.colors == {}
+
+    resumed = track(tmp_path / "image.npy", None, model="nano-fluo", device="cpu", out=out, resume=True, tables=False)
+    np.testing.assert_array_equal(np.asarray(resumed.labels[...]), reference.labels)
+    assert resumed.frames_written == [3, 4, 5]
+    store = LabelStore.open(out)
+    assert set(store.colors) == set().union(*present) and store.provenance["status"] == "complete"

@@ -211,7 +211,9 @@ class TrackJob:
         self.written: list[int] = []  # distinct frames this call wrote, in order
         self.finished: set[int] = set()
         self.covered: set[int] = set()  # frames the propagation yielded
-        self.ids: set[int] = set()  # object ids in the frames written (their colours are recorded at the end)
+        # object ids in the store's finished frames, those a resume skipped included (a run killed with -9 never
+        # recorded their colours): their colours are recorded once, at the end or on interruption
+        self.ids: set[int] = set()
         self.writes_seen: dict[int, int] = {}  # frame -> how many times this run's propagation wrote it so far
         self.write_index = 0  # writes so far, over all frames (the record of stores made before `writes`)
         self.done_writes = np.zeros(0, dtype=np.uint32)  # per frame: writes a resumed store already holds
@@ -548,6 +550,7 @@ class TrackJob:
     def _emit(self, frame: int, labels: np.ndarray, ids) -> None:
         """The run's next write (frame `frame`): made, unless a resumed run finds it completed in the store."""
         n = self.writes_seen[frame] = self.writes_seen.get(frame, 0) + 1  # the run's n-th write of this frame
+        self.ids.update(ids)
         if self.legacy_writes is not None:
             completed = self.write_index < self.legacy_writes
         else:
@@ -559,7 +562,6 @@ class TrackJob:
                 store.record_write(frame, n)
             else:
                 self.labels_mem[frame] = labels
-            self.ids.update(ids)
             self.finished.add(frame)
             if frame not in self.written:
                 self.written.append(frame)
