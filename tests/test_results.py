@@ -158,3 +158,24 @@ def test_napari_open_then_save_keeps_prompts_model_and_settings(tmp_path, plugin
     assert back.record.model == record.model and back.record.settings == record.settings
     assert back.record.parents == {10: 9} and back.record.tool == "napari writer"
     assert back.record.extra["saved_from"] == str(first)
+
+
+def test_save_writes_the_attributes_once_not_per_frame(tmp_path):
+    """A new id on every frame: the colours are all recorded, in one attribute write after the frames."""
+    path = tmp_path / "r.ome.zarr"
+    attrs = path / "labels" / "sam2" / "zarr.json"
+    seen = []
+
+    class Frames:  # a lazy stack (as a napari layer's dask/zarr data): frame t is read just before it is written
+        shape, dtype, ndim = (5, 16, 16), np.dtype(np.uint32), 3
+
+        def __getitem__(self, t):
+            if t > 0:  # frames 0..t-1 are written by now
+                seen.append((attrs.stat().st_mtime_ns, attrs.read_bytes()))
+            frame = np.zeros((16, 16), np.uint32)
+            frame[t : t + 3, 2:6] = 10 + t
+            return frame
+
+    save_result(path, Frames())
+    assert len(seen) == 4 and len(set(seen)) == 1
+    assert sorted(open_result(path).colors) == [10, 11, 12, 13, 14]

@@ -87,8 +87,12 @@ def save_result(
     store = LabelStore.create(
         path, shape, axes=axes, image=image, provenance=info, scale=scale, units=units, overwrite=overwrite
     )
+    ids: set[int] = set()
     for t in range(shape[0]):
-        store.write_frame(t, np.asarray(labels[t]))
+        frame = np.asarray(labels[t])
+        store.write_frame(t, frame, colors=False)  # the colours: one attribute write at the end, not one per frame
+        ids.update(np.unique(frame).tolist())
+    store.add_colors(ids)
     return store
 
 
