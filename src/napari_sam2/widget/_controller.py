@@ -643,6 +643,7 @@ class TrackingController:
             self.view.show_prompted(results)
             self.view.show_state()
 
+        self.view.show_message("info", f"Segmenting everything on frame {frame}…")
         self.enqueue(job, done)
         return True
 

@@ -974,7 +974,7 @@ class SAM2Widget(QWidget, ControllerView):
         self.axis_combo.setEnabled(not running and has_layer and self.axis_combo.count() > 1)
         self.channel_spin.setEnabled(not running and self.channel_spin.count() > 0)
         self.new_button.setEnabled(has_layer)
-        self.find_button.setEnabled(not running and session is not None)
+        self.find_button.setEnabled(self.controller.idle and session is not None)  # one search at a time
         self.delete_button.setEnabled(has_layer and not running and self.current_obj in self.objects)
         self.undo_button.setEnabled(bool(self.prompt_layers and self.prompt_layers.history))
         self.weakest_button.setEnabled(bool(self.strip.weakest_frames()))
