@@ -748,11 +748,20 @@ class TrackingController:
         self.mask_prompts.clear()
         if result.prompts is not None:
             ids.update(result.prompts.obj_ids)
-            self.mask_prompts[key] = {(int(p.frame), int(p.obj_id)): p for p in result.prompts if p.mask is not None}
+            for prompt in result.prompts:
+                if prompt.mask is not None:  # a 4-D result's prompts go back to the session of their (t, z)
+                    where, on_session = g.session_prompt(prompt) if prompt.t is not None else (key, prompt)
+                    masks = self.mask_prompts.setdefault(where, {})
+                    masks[(int(on_session.frame), int(on_session.obj_id))] = on_session
         self.confidence.clear()
         self.object_ids = sorted(ids)
         self.max_id = max(ids, default=0)
-        self.opened_record, self.opened_key = record, key
+        continued = key
+        if record.settings.get("stream_axis", g.stream_axis) != g.stream_axis:
+            # made along another axis (e.g. z where this face streams t): its edit log belongs to a session of that
+            # geometry and cannot be continued here; the prompts still return (to their own (t, z) on a 4-D layer)
+            continued = None
+        self.opened_record, self.opened_key = record, continued
         return key, result.prompts
 
     # ================================================================== teardown

@@ -10,7 +10,7 @@ Nothing here reads pixels: `LazyView` only rewrites indices, so dask / zarr laye
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -185,6 +185,32 @@ class StackGeometry:
             else:
                 index.append(slice(None))
         return tuple(index)
+
+    # ------------------------------------------------------------------ 3D+t prompts: (t, z) of a 4-D label array
+    @property
+    def is_tzyx(self) -> bool:
+        """The labels are [T, Z, Y, X] (a 4-D layer, channels aside): prompts are saved with their (t, z)."""
+        return len(self.label_axes) == 4
+
+    def tz_prompt(self, key: tuple[int, ...], prompt):
+        """A session's prompt (key, prompt.frame on the stream axis) as a stack prompt: for [T, Z, Y, X] labels an
+        `ObjectPrompt` with t (label axis 0) and frame = z (label axis 1), as `PromptSet` files hold them; else
+        the prompt itself."""
+        if not self.is_tzyx:
+            return prompt
+        index = dict(zip(self.fixed_axes, key, strict=True))
+        index[self.stream_axis] = int(prompt.frame)
+        t_axis, z_axis = self.label_axes[:2]
+        return replace(prompt, frame=int(index[z_axis]), t=int(index[t_axis]))
+
+    def session_prompt(self, prompt) -> tuple[tuple[int, ...], object]:
+        """Inverse of `tz_prompt`: (session key, the prompt with frame = its index on the stream axis, no t)."""
+        if not self.is_tzyx or prompt.t is None:
+            return (0,) * len(self.fixed_axes), prompt
+        t_axis, z_axis = self.label_axes[:2]
+        index = {t_axis: int(prompt.t), z_axis: int(prompt.frame)}
+        key = tuple(index[a] for a in self.fixed_axes)
+        return key, replace(prompt, frame=index[self.stream_axis], t=None)
 
     def axes_string(self, axis_labels=()) -> str:
         """OME axes of the label array for saving ("tyx", "zyx" or "tzyx"), from the viewer's axis labels when

@@ -870,6 +870,24 @@ class SAM2Widget(QWidget, ControllerView):
             | {p.frame for p in self.controller.mask_prompt_set(key)}
         )
 
+    def all_prompts(self):
+        """Every prompt the widget holds, on every session (each time point of a 4-D layer), as one `PromptSet` in
+        the order given: what Save writes. For [T, Z, Y, X] labels each prompt carries its (t, z) (`ObjectPrompt.t`
+        and frame = z, as prompt files hold them); otherwise the frame along the stream axis."""
+        from ..prompts import PromptSet
+
+        prompts = PromptSet()
+        if self.prompt_layers is None or self.geometry is None:
+            return prompts
+        for key, frame, obj in self.prompt_layers.groups():
+            prompt = self.prompt_layers.prompt(key, frame, obj)
+            if prompt is not None:
+                prompts.append(self.geometry.tz_prompt(key, prompt))
+        for key in sorted(self.controller.mask_prompts):  # objects found by "Find all" or by discovery
+            for prompt in self.controller.mask_prompt_set(key):
+                prompts.append(self.geometry.tz_prompt(key, prompt))
+        return prompts
+
     def provenance(self):
         """The `Provenance` of what the widget holds now (the checkpoint's hash is added by the save job)."""
         import napari
@@ -903,7 +921,7 @@ class SAM2Widget(QWidget, ControllerView):
         scale = [float(self.image_layer.scale[a]) for a in self.geometry.label_axes]
         units = [str(self.image_layer.units[a]) for a in self.geometry.label_axes]
         self.controller.save(
-            path, axes, self.prompt_set(), self.provenance(), scale, units, on_saved=lambda p: self.saved.emit(p)
+            path, axes, self.all_prompts(), self.provenance(), scale, units, on_saved=lambda p: self.saved.emit(p)
         )
 
     def open(self, path: str | None = None) -> None:
@@ -940,7 +958,14 @@ class SAM2Widget(QWidget, ControllerView):
         for obj in list(self.prompt_layers.obj_ids()):
             self.prompt_layers.remove_object(obj)
         self.prompt_layers.history.clear()
-        if prompts is not None:
+        if prompts is not None and prompts.is_4d:  # every time point's prompts back to the session they belong to
+            by_key: dict = {}
+            for prompt in prompts:
+                where, on_session = self.geometry.session_prompt(prompt)
+                by_key.setdefault(where, []).append(on_session)
+            for where, group in by_key.items():
+                self.prompt_layers.add_prompts(group, key=where)
+        elif prompts is not None:
             self.prompt_layers.add_prompts(prompts, key=key)
         self.strip.reset(self.geometry.num_frames)
         self._ensure_labels_layer()
