@@ -15,7 +15,7 @@ def test_manifest_parses_and_sample_data_loads():
     manifest = npe2.PluginManifest.from_file(MANIFEST)
     assert manifest.name == "napari-sam2"
     keys = {s.key for s in manifest.contributions.sample_data}
-    assert keys == {"nuclei_timelapse", "nuclei_timelapse_16bit", "nuclei_zstack"}
+    assert keys == {"nuclei_timelapse", "nuclei_timelapse_16bit", "nuclei_zstack", "nuclei_4d"}
     commands = {c.id: c for c in manifest.contributions.commands}
     for command in commands.values():  # every command points at something importable and callable
         module, func = command.python_name.split(":")

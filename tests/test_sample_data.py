@@ -236,3 +236,36 @@ def test_lineage_preset_has_arrivals_from_the_border_and_several_divisions():
         assert (first & edge).any()  # it enters through the border
         assert frames == list(range(frames[0], n))  # and stays
     assert arrivals[0]["id"] not in movie.lineage
+
+
+# ---------------------------------------------------------------------- 3-D time-lapse
+def test_4d_nuclei_move_in_3d_divide_and_are_deterministic():
+    from napari_sam2.sample_data import synthetic_nuclei_4d
+
+    s = synthetic_nuclei_4d()  # the sample-menu defaults: 8 t x 16 z x 96², 5 nuclei
+    assert s.image.shape == s.labels.shape == (8, 16, 96, 96)
+    assert s.image.dtype == np.uint8 and s.labels.dtype == np.uint32
+    assert s.axes == "TZYX" and s.scale == (1.0, 2.0, 1.0, 1.0)
+    div = s.events["division"]
+    assert div == {"parent": 1, "children": (6, 7), "frame": 4} and s.lineage == {6: 1, 7: 1}
+    present = lambda obj: [t for t in range(8) if (s.labels[t] == obj).any()]
+    assert present(1) == [0, 1, 2, 3] and present(6) == present(7) == [4, 5, 6, 7]
+    # the daughters touch when they appear (a shared border in 3-D) and move apart
+    assert (ndimage.binary_dilation(s.labels[4] == 6) & (s.labels[4] == 7)).any()
+    assert not (ndimage.binary_dilation(s.labels[7] == 6) & (s.labels[7] == 7)).any()
+    # nucleus 2 dives: its widest slice moves through z over the movie (a fixed slice would lose it)
+    widest = [int(np.argmax((s.labels[t] == 2).sum(axis=(1, 2)))) for t in range(8)]
+    assert widest[-1] - widest[0] >= 3 and widest == sorted(widest)
+    # a nucleus spans several slices, each nucleus is one connected 3-D blob
+    for t in (0, 7):
+        for obj in np.unique(s.labels[t])[1:]:
+            assert (s.labels[t] == obj).any(axis=(1, 2)).sum() >= 4
+            assert ndimage.label(s.labels[t] == obj)[1] == 1
+    again = synthetic_nuclei_4d()
+    np.testing.assert_array_equal(again.image, s.image)
+    np.testing.assert_array_equal(again.labels, s.labels)
+    other = synthetic_nuclei_4d(seed=1)
+    assert not np.array_equal(other.labels, s.labels)
+    big = synthetic_nuclei_4d(n_frames=3, n_slices=5, shape=(40, 48), n_nuclei=2, seed=2, dtype=np.uint16)
+    assert big.image.shape == (3, 5, 40, 48) and big.image.dtype == np.uint16 and big.image.max() <= 4095
+    assert "division" not in big.events  # T < 4: no room for a division

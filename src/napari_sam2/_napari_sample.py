@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .sample_data import as_layer_data, nuclei_timelapse, nuclei_zstack
+from .sample_data import as_layer_data, nuclei_timelapse, nuclei_zstack, synthetic_nuclei_4d
 
 
 def timelapse_sample():
@@ -18,3 +18,8 @@ def timelapse_16bit_sample():
 def zstack_sample():
     """3-D nuclei z-stack with stronger axial blur and depth attenuation."""
     return as_layer_data(nuclei_zstack(), name="nuclei z-stack")
+
+
+def timelapse_4d_sample():
+    """3-D + t time-lapse (T, Z, Y, X): nuclei moving in 3-D, one diving through the slices, one dividing."""
+    return as_layer_data(synthetic_nuclei_4d(), name="nuclei 3D+t")

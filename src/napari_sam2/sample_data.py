@@ -5,6 +5,8 @@ Two generators, both seeded and deterministic (same arguments -> identical array
 * `nuclei_timelapse`: a 2-D time-lapse [T, Y, X] of moving, touching, dividing, vanishing and reappearing nuclei,
   with ground-truth labels (an object keeps its id while it is the same nucleus) and the lineage of the division.
 * `nuclei_zstack`: a 3-D stack [Z, Y, X] of ellipsoidal nuclei, with ground-truth labels.
+* `synthetic_nuclei_4d`: a 3-D time-lapse [T, Z, Y, X] of ellipsoidal nuclei moving in 3-D (one dives through
+  the slices, one divides), with ground-truth labels and the lineage.
 
 The image model, in order: ellipses/ellipsoids with a chromatin texture and dark nucleoli -> an uneven
 background (autofluorescence) -> uneven illumination (vignetting) -> a Gaussian PSF -> a camera that counts
@@ -30,6 +32,7 @@ __all__ = [
     "nuclei_lineage_timelapse",
     "nuclei_timelapse",
     "nuclei_zstack",
+    "synthetic_nuclei_4d",
     "write_ctc_ground_truth",
 ]
 
@@ -580,6 +583,189 @@ def nuclei_zstack(
     image = _camera(optical, rng, dtype, photons, read_noise)
     events = {"touching": (1, 2)} if n_nuclei >= 2 else {}
     return SampleStack(image, labels, {}, axes="ZYX", scale=(float(z_step), 1.0, 1.0), events=events)
+
+
+# ---------------------------------------------------------------------- 3-D time-lapse
+def synthetic_nuclei_4d(
+    n_frames: int = 8,
+    n_slices: int = 16,
+    shape: tuple[int, int] = (96, 96),
+    n_nuclei: int = 5,
+    seed: int = 0,
+    dtype=np.uint8,
+    *,
+    z_step: float = 2.0,
+    psf_sigma: float = 1.0,
+    axial_ratio: float = 2.5,
+    depth_attenuation: float = 0.6,
+    photons: float = 200.0,
+    read_noise: float = 2.0,
+    nucleus_radius: float | None = None,
+) -> SampleStack:
+    """A 3-D fluorescence time-lapse of ellipsoidal nuclei moving in 3-D, with ground truth: image [T, Z, Y, X],
+    labels [T, Z, Y, X] uint32 (an object keeps its id while it is the same nucleus), lineage {daughter: mother}.
+
+    n_frames: T. n_slices: Z. shape: (Y, X) in pixels; nucleus lateral radius ~7.5 px at 96 (scaled with the
+    shape; `nucleus_radius` overrides). n_nuclei: ids 1..n_nuclei; the division adds n_nuclei+1 and n_nuclei+2.
+    seed: all randomness. dtype: numpy.uint8 or numpy.uint16 (12-bit camera). z_step: slice spacing in pixel
+    units (`scale` = (1, z_step, 1, 1)). psf_sigma, axial_ratio, depth_attenuation, photons, read_noise: as in
+    `nuclei_zstack`.
+
+    Staged events (`events` records them):
+      1  divides at frame T//2 (T >= 4): elongates and brightens for two frames, then ends; its daughters start
+         on the next frame touching each other and move apart along a 3-D direction that also crosses slices.
+      2  dives: drifts steadily through the slices (its widest slice moves by about one slice every frame or two),
+         so a tracker cannot keep an object on the slice it was prompted on.
+      others wander (persistent 3-D random walks) and keep clear of each other.
+    Slow photobleaching dims nuclei by ~10 % over the movie. About a second at the defaults.
+    """
+    n_frames, n_slices, n_nuclei = int(n_frames), int(n_slices), int(n_nuclei)
+    if n_frames < 1 or n_slices < 1 or n_nuclei < 0:
+        raise ValueError("n_frames and n_slices must be >= 1 and n_nuclei >= 0")
+    h, w = (int(s) for s in shape)
+    _camera_range(dtype)
+    rng = np.random.default_rng(seed)
+    r0 = max(3.0, 7.5 * min(h, w) / 96) if nucleus_radius is None else float(nucleus_radius)
+    depth = max(1e-6, (n_slices - 1) * z_step)  # physical extent along z, in pixel units
+    half = math.ceil(1.6 * r0) + 2
+    z_lo, z_hi = 0.25 * depth, 0.75 * depth  # centres stay in the middle half: nuclei are mostly inside
+
+    def texture():
+        tex = 1.0 + 0.2 * _smooth_noise(rng, (2 * half + 1,) * 3, 1.2)
+        zz, yy, xx = np.mgrid[-half : half + 1, -half : half + 1, -half : half + 1]
+        for _ in range(rng.integers(1, 3)):  # one or two darker nucleoli
+            o = rng.uniform(-0.3, 0.3, 3) * r0
+            tex *= 1.0 - 0.4 * np.exp(-((zz - o[0]) ** 2 + (yy - o[1]) ** 2 + (xx - o[2]) ** 2) / (2 * (0.2 * r0) ** 2))
+        return tex.astype(np.float32)
+
+    # one nucleus on one frame: centre (z, y, x) in pixel units, semi-axes a (along angle), b, c (along z)
+    tracks: dict[int, dict[int, dict]] = {}
+    textures: dict[int, np.ndarray] = {}
+    lineage: dict[int, int] = {}
+    events: dict = {}
+    size = {}
+    for obj in range(1, n_nuclei + 1):
+        a = r0 * rng.uniform(0.95, 1.2)
+        size[obj] = (a, a * rng.uniform(0.75, 0.92), a * rng.uniform(0.8, 1.0), rng.uniform(0, math.pi))
+        textures[obj] = texture()
+    bright = {obj: rng.uniform(0.6, 0.95) for obj in range(1, n_nuclei + 1)}
+
+    pos: dict[int, np.ndarray] = {}
+    for obj in range(1, n_nuclei + 1):
+        a = size[obj][0]
+        lo = 2.2 * a if obj == 1 else a + 2  # the dividing nucleus keeps room for its daughters
+        best, best_gap = None, -np.inf
+        for _ in range(40):  # best of 40 random candidates: spreads the nuclei through the volume
+            zc = z_lo + 0.1 * depth if obj == 2 else rng.uniform(z_lo, z_hi)
+            cand = np.array([zc, rng.uniform(lo, h - lo - 1), rng.uniform(lo, w - lo - 1)])
+            gap = min((np.linalg.norm(cand - p) - a - size[o][0] for o, p in pos.items()), default=np.inf)
+            if gap > best_gap:
+                best, best_gap = cand, gap
+        pos[obj] = best
+    vel = {obj: np.concatenate([rng.normal(0, 0.08 * r0, 1), rng.normal(0, 0.2 * r0, 2)]) for obj in pos}
+    kicks = rng.normal(0, 1.0, (n_frames, n_nuclei + 1, 3)) * np.array([0.06, 0.15, 0.15]) * r0
+    dive = 0.5 * depth / max(1, n_frames - 1)  # nucleus 2 crosses half the depth over the movie
+    dive = min(dive, 0.6 * z_step)  # at most ~half a slice per frame on long movies
+
+    t_div = n_frames // 2 if (n_nuclei >= 1 and n_frames >= 4) else None
+    for t in range(n_frames):
+        alive = [o for o in pos if not (o == 1 and t_div is not None and t >= t_div)]
+        if t > 0:
+            for obj in alive:
+                vel[obj] = 0.8 * vel[obj] + kicks[t, obj]
+                if obj == 2:
+                    vel[obj][0] = dive
+                step = vel[obj] if obj != 1 else 0.4 * vel[obj]  # the mother hardly moves before dividing
+                pos[obj] = pos[obj] + step
+            fixed = [(tracks[o][t]["centre"], tracks[o][t]["a"]) for o in tracks if o > n_nuclei and t in tracks[o]]
+            for _ in range(3):  # push overlapping nuclei apart (the daughters do not yield)
+                for obj in alive:
+                    a = size[obj][0]
+                    others = [(c, r, 1.0) for c, r in fixed]
+                    others += [(pos[o], size[o][0], 0.5) for o in alive if o != obj]
+                    for centre, rad, share in others:
+                        d = pos[obj] - centre
+                        dist = float(np.linalg.norm(d)) + 1e-9
+                        deficit = a + rad + 2.0 - dist
+                        if deficit > 0:
+                            pos[obj] = pos[obj] + share * deficit * d / dist
+                    lo = np.array([z_lo, a + 1, a + 1])
+                    hi = np.array([z_hi, h - a - 2, w - a - 2])
+                    bounced = (pos[obj] < lo) | (pos[obj] > hi)
+                    vel[obj] = np.where(bounced, -vel[obj], vel[obj])
+                    pos[obj] = np.clip(pos[obj], lo, hi)
+        for obj in alive:
+            a, b, c, angle = size[obj]
+            shine = bright[obj]
+            if obj == 1 and t_div is not None and t >= t_div - 2:  # prophase/metaphase: longer, thinner, brighter
+                a, b, c, shine = 1.2 * a, 0.75 * b, 0.8 * c, 1.3 * shine
+            tracks.setdefault(obj, {})[t] = {"centre": pos[obj].copy(), "a": a, "b": b, "c": c, "angle": angle,
+                                              "bright": shine}  # fmt: skip
+        if t_div is not None and t == t_div - 1:
+            mother = tracks[1][t]
+            _, _, _, angle = size[1]
+            direction = np.array([0.3, math.sin(angle), math.cos(angle)])
+            direction /= np.linalg.norm(direction)
+            children = (n_nuclei + 1, n_nuclei + 2)
+            for sign, child in zip((-1, 1), children):
+                textures[child] = texture()
+                lineage[child] = 1
+                tracks[child] = {}
+                for k, tt in enumerate(range(t_div, n_frames)):
+                    grow = min(1.0, k / 4)
+                    ca, cb = r0 * (0.75 + 0.2 * grow), r0 * (0.62 + 0.15 * grow)
+                    apart = 0.95 * ca + 0.5 * r0 * min(k, 4)
+                    centre = mother["centre"] + sign * apart * direction
+                    centre = np.clip(centre, [0, ca + 1, ca + 1], [depth, h - ca - 2, w - ca - 2])
+                    tracks[child][tt] = {"centre": centre, "a": ca, "b": cb, "c": 0.9 * ca,
+                                         "angle": angle + 0.03 * k * sign, "bright": bright[1] * (1.2 if k < 2 else 1)}  # fmt: skip
+            events["division"] = {"parent": 1, "children": children, "frame": t_div}
+    if n_nuclei >= 2:
+        events["dives"] = {"id": 2, "z_per_frame": float(dive / z_step)}
+
+    autofluorescence, illumination = _background(rng, (h, w))
+    z_index = np.arange(n_slices)[:, None, None]
+    attenuation = (depth_attenuation ** (z_index / max(1, n_slices - 1))).astype(np.float32)
+    base = (autofluorescence[None] * illumination[None]).astype(np.float32)
+    sigma = (axial_ratio * psf_sigma / z_step, psf_sigma, psf_sigma)
+    image = np.empty((n_frames, n_slices, h, w), dtype=np.dtype(dtype))
+    labels = np.zeros((n_frames, n_slices, h, w), dtype=np.uint32)
+    for t in range(n_frames):
+        signal = np.zeros((n_slices, h, w), np.float32)
+        nearest = np.full((n_slices, h, w), np.inf, np.float32)
+        for obj in sorted(tracks):
+            m = tracks[obj].get(t)
+            if m is None:
+                continue
+            zc, yc, xc = m["centre"]
+            a, b, c = m["a"], m["b"], m["c"]
+            reach = max(a, b) + 2
+            z0, z1 = max(0, math.floor((zc - c) / z_step) - 1), min(n_slices, math.ceil((zc + c) / z_step) + 2)
+            y0, y1 = max(0, int(yc - reach)), min(h, int(yc + reach) + 2)
+            x0, x1 = max(0, int(xc - reach)), min(w, int(xc + reach) + 2)
+            if z0 >= z1 or y0 >= y1 or x0 >= x1:
+                continue
+            dz = (np.arange(z0, z1) * z_step - zc)[:, None, None]
+            dy = (np.arange(y0, y1) - yc)[None, :, None]
+            dx = (np.arange(x0, x1) - xc)[None, None, :]
+            cos, sin = math.cos(m["angle"]), math.sin(m["angle"])
+            u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+            r = np.sqrt((u / a) ** 2 + (v / b) ** 2 + (dz / c) ** 2)
+            box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+            own = (r <= 1.0) & (r < nearest[box])
+            labels[t][box][own] = obj
+            nearest[box][own] = r[own]
+            tex = textures[obj]  # the texture moves and turns with the nucleus
+            iz = np.clip(np.rint(np.broadcast_to(dz, r.shape)).astype(int) + half, 0, 2 * half)
+            iv = np.clip(np.rint(np.broadcast_to(v, r.shape)).astype(int) + half, 0, 2 * half)
+            iu = np.clip(np.rint(np.broadcast_to(u, r.shape)).astype(int) + half, 0, 2 * half)
+            edge = np.clip((1.0 - r) * min(a, b, c) + 0.5, 0.0, 1.0)
+            value = m["bright"] * tex[iz, iv, iu] * (0.9 + 0.1 * (1 - np.minimum(r, 1) ** 2)) * edge
+            np.maximum(signal[box], value.astype(np.float32), out=signal[box])
+        bleach = np.float32(math.exp(-0.1 * t / max(1, n_frames - 1)))
+        optical = (bleach * signal * illumination[None].astype(np.float32) + base) * attenuation
+        image[t] = _camera(ndimage.gaussian_filter(optical, sigma), rng, dtype, photons, read_noise)
+    return SampleStack(image, labels, lineage, axes="TZYX", scale=(1.0, float(z_step), 1.0, 1.0), events=events)
 
 
 # ---------------------------------------------------------------------- exports

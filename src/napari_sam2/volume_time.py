@@ -1,0 +1,543 @@
+"""`VolumeTimeSession`: objects followed through z and through time together in a 3D+t stack [T, Z, Y, X].
+
+One object is one 3-D mask per time point. Prompt it on any (t, z) slice; propagation fills z at that time point,
+then carries the object to t ± 1, fills z there, and so on, outward in time.
+
+The streams (every one is a plain `TrackingSession`, so all model logic — memory attention, pruning, corrections —
+is the 2-D engine's):
+  * z-stream (one per object and time point, made when that time point is computed and dropped when it is done):
+    a `TrackingSession` over the slices of time point t, seeded on one or more slices and propagated both ways in
+    z. All objects' z-streams of one time point share one image-feature cache, so each slice is encoded once.
+    One session per object (not one for all) because each object is seeded on its own slice: one session would
+    track an object seeded on slice 9 "forward" from the lowest seed of any object, in the wrong order.
+  * t-stream (one per object, for the whole run): a `TrackingSession` over time whose frame t is ONE slice of
+    time point t — the object's anchor slice. Its memory bank is SAM 2's (bounded: `num_maskmem` memories and 16
+    pointers), so memory stays flat in T.
+
+The hand-over between time points (t → t+1; t → t−1 in a backward pass is the mirror image):
+  1. the anchor slice z_a = the slice where the object's finished 3-D mask at t is widest (largest area). Nuclei
+     move in z between time points, so the anchor follows the object: it is re-chosen at every time point from the
+     3-D result, never fixed at the prompted slice. The t-stream sees image (t+1, z_a) as its frame t+1 (the
+     object moved less than half its depth, so z_a still cuts it near its middle, where it is large and clear).
+  2. the t-stream tracks frame t+1 from its memory (the previous time points' anchor slices and the prompted
+     time points) — SAM 2 does the motion in (y, x) — and its mask on (t+1, z_a) seeds the z-stream at t+1 as a
+     mask prompt on slice z_a. An empty mask (object score ≤ 0: the object left or is hidden) seeds nothing: the
+     object is absent at t+1, and the t-stream keeps going (SAM 2 can find it again later).
+  3. the z-stream at t+1 propagates both ways from z_a; its 3-D mask gives the next anchor.
+  Where the user prompted an object at time point t (on any slices), those prompts define it at t (the carried
+  seed is not used there): its z-stream is seeded with them, and the finished 3-D mask's widest slice becomes a
+  conditioning frame (mask prompt) of its t-stream. So a correction on any (t, z) sticks and re-steers every later
+  time point of that object (earlier ones in a backward pass), as a correction does in the 2-D session.
+  Why not the previous 3-D mask's widest slice as a mask prompt at t+1: a mask prompt is taken as the answer on
+  its slice, so the mask of t would be pasted unchanged onto t+1 however far the nucleus moved.
+
+Cost per (t, z) slice over a plain z-stream: one more tracked frame per object and time point (the t-stream; its
+image features are the z-stream's, never encoded twice). Memory: one time point's features and logits at a time,
+each object's t-stream bank, and each finished time point's labels zlib-compressed (`result`).
+
+Labels overlap rule: within one computation of a time point, a voxel goes to the object with the higher logit;
+objects recomputed later (after a correction) win over stored ones where they are foreground.
+
+Coordinates are napari's: (row, col) = (y, x) pixels of a slice; indices (t, z) into the stack's first two axes.
+
+Note for the faces (17b): the public API below is stable; `edit_log` entries are {"op": "add", "t", "z", "prompt",
+"replace"}, {"op": "set", "t", "z", "obj_id", "prompt"}, {"op": "pass", "first", "last", "reverse", "times"};
+`replay_volume_time(model, frames, log)` reruns them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .preprocess import DEFAULT_PERCENTILES, IntensityRange, as_rgb
+from .prompts import ObjectPrompt, make_prompt
+from .session import FeatureCache, TrackingSession, _check_obj_id
+
+__all__ = ["VolumeTimeSession", "replay_volume_time"]
+
+
+class _Slab:
+    """Time point t of a [T, Z, Y, X] stack as a lazy [Z, Y, X] stack: reads only frames[t, z]."""
+
+    def __init__(self, frames, t: int):
+        self.frames, self.t = frames, int(t)
+        self.shape = tuple(int(s) for s in frames.shape[1:])
+        self.dtype = getattr(frames, "dtype", None)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        return np.asarray(self.frames[(self.t, *key)])
+
+
+class _AnchorView:
+    """A lazy [T, Y, X] stack whose frame t is slice z[t] of time point t (the t-stream's view of the data)."""
+
+    def __init__(self, frames):
+        self.frames = frames
+        t, _, h, w = (int(s) for s in frames.shape)
+        self.shape = (t, h, w)
+        self.dtype = getattr(frames, "dtype", None)
+        self.z: dict[int, int] = {}
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        t = int(key[0])
+        return np.asarray(self.frames[(t, self.z[t], *key[1:])])
+
+
+def _stack_intensity(frames, percentiles, samples: int = 16) -> IntensityRange:
+    """One intensity range for the whole 4-D stack from up to `samples` slices spread over (t, z), so that the
+    same slice gives the same network input in every stream (a t-stream can reuse a z-stream's features)."""
+    n_t, n_z = int(frames.shape[0]), int(frames.shape[1])
+    picks = np.unique(np.linspace(0, n_t * n_z - 1, min(n_t * n_z, samples)).round().astype(int))
+    values = []
+    for i in picks:
+        frame = as_rgb(np.asarray(frames[int(i) // n_z, int(i) % n_z]))
+        values.append(frame[:: max(1, frame.shape[0] // 256), :: max(1, frame.shape[1] // 256)].ravel())
+    return IntensityRange.from_percentiles(np.concatenate(values), percentiles)
+
+
+class VolumeTimeSession:
+    """Prompt objects on any (t, z) slice of a 3D+t stack and propagate them through z and time.
+
+    model: a `SAM2Model`, or a registry name / checkpoint path (loaded on `device`).
+    frames: array-like [T, Z, Y, X] (numpy, zarr, dask, ...); only frames[t, z] → [Y, X] is ever read. Pick a
+        channel before (e.g. `frames[:, :, 0]` of a TZCYX dask array stays lazy).
+    preset, precision, fill_hole_area, object_batch: as `TrackingSession` (used by every stream).
+    intensity: (low, high) range for every slice (default: percentiles of 16 slices spread over the stack).
+    feature_cache_bytes: image features of one time point kept in memory (≈ 16 MiB a slice at 1024²; give at
+        least Z slices' worth or slices are encoded again for each object).
+    Coordinates: (y, x) napari pixels of a slice; (t, z) indices into the first two axes.
+    """
+
+    def __init__(
+        self,
+        model,
+        frames,
+        *,
+        device: str | torch.device | None = "auto",
+        preset: str = "default",
+        precision: str = "auto",
+        intensity=None,
+        percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+        feature_cache_bytes: int = 1 << 30,
+        fill_hole_area: int | None = None,
+        object_batch: int | None = None,
+    ):
+        if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
+            from .model.build import load_model
+
+            model = load_model(model, device=device)
+        if not hasattr(frames, "shape") or not hasattr(frames, "__getitem__"):
+            frames = np.asarray(frames)
+        shape = tuple(int(s) for s in frames.shape)
+        if len(shape) != 4:
+            raise InputError(
+                f"a 3D+t stack is [T, Z, Y, X]; got {len(shape)} axes {shape}. Select one channel first "
+                "(e.g. frames[:, :, channel]); a 3-D stack goes to TrackingSession"
+            )
+        if min(shape) < 1:
+            raise InputError(f"the stack {shape} is empty along an axis")
+        self.model = model
+        self.frames = frames
+        self.num_times, self.num_slices = shape[0], shape[1]
+        self.frame_shape = shape[2:]
+        if intensity is None:
+            intensity = _stack_intensity(frames, percentiles)
+        elif not isinstance(intensity, IntensityRange):
+            intensity = IntensityRange(*intensity)
+        self.intensity = intensity
+        self.feature_cache_bytes = int(feature_cache_bytes)
+        self._options = {"preset": preset, "precision": precision, "fill_hole_area": fill_hole_area,
+                         "object_batch": object_batch, "intensity": intensity, "read_ahead": 0}  # fmt: skip
+        # prompts[t][obj][z]: the user's prompts (they define the object at t; see the module docstring)
+        self._prompts: dict[int, dict[int, dict[int, ObjectPrompt]]] = {}
+        self._objects: list[int] = []
+        self._done: dict[int, dict[int, bool]] = {}  # obj → {t: computed in a reverse pass}
+        self._stale: dict[int, set[int]] = {}  # obj → time points a later edit has invalidated
+        self._anchor: dict[int, dict[int, int]] = {}  # obj → {t: anchor slice (widest; the seed slice if absent)}
+        self._present: dict[int, dict[int, bool]] = {}  # obj → {t: any voxel at t}
+        self._tstreams: dict[int, TrackingSession] = {}
+        self._views: dict[int, _AnchorView] = {}
+        self._labels: dict[int, bytes] = {}  # t → zlib-compressed int32 [Z, Y, X]
+        self._cache_t: tuple[int, FeatureCache] | None = None  # features of the time point being worked on
+        self._feature_bytes: int | None = None
+        self._log: list[dict] = []
+        self._replaying = False
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def obj_ids(self) -> list[int]:
+        """Object ids in the order they were first prompted."""
+        return list(self._objects)
+
+    @property
+    def edit_log(self) -> list[dict]:
+        """Every edit and pass, in order, JSON-able: {"op": "add", "t", "z", "prompt": ObjectPrompt.to_dict(),
+        "replace"}, {"op": "set", "t", "z", "obj_id", "prompt": dict | None}, {"op": "pass", "first", "last",
+        "reverse", "times"} (a pass over time points first…last, of which `times` were finished).
+        `replay_volume_time` reruns it to identical labels (same thread count). A copy."""
+        return [dict(e) for e in self._log]
+
+    def _check_tz(self, t, z) -> tuple[int, int]:
+        for name, v, n in (("t", t, self.num_times), ("z", z, self.num_slices)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise InputError(f"{name} is an integer index; got {v!r}")
+            if not 0 <= v < n:
+                raise InputError(f"{name} = {v} is outside the stack ({name} = 0…{n - 1})")
+        return int(t), int(z)
+
+    def prompts(self) -> list[tuple[int, int, ObjectPrompt]]:
+        """Every current prompt as (t, z, prompt) (prompt.frame = z), ordered by t, object, z."""
+        return [
+            (t, z, p)
+            for t in sorted(self._prompts)
+            for obj in sorted(self._prompts[t])
+            for z, p in sorted(self._prompts[t][obj].items())
+        ]
+
+    # ------------------------------------------------------------------ prompts
+    def add(self, t: int, z: int, prompt: ObjectPrompt, replace: bool = False) -> np.ndarray:
+        """Prompt an object on slice (t, z): points join that slice's earlier clicks of the object (replace=True
+        starts over), a box replaces its box, a mask replaces all its prompts there. prompt.frame is ignored
+        (taken as z); (y, x) are pixels of the slice. Returns the object's [Y, X] bool mask on that slice from
+        the prompts of (t, z) alone (a preview; `propagate` computes the volumes)."""
+        t, z = self._check_tz(t, z)
+        prompt = self._on_slice(prompt, z)
+        prompt.check(self.frame_shape, self.num_slices)
+        old = self._prompts.get(t, {}).get(prompt.obj_id, {}).get(z)
+        merged = _merge(old, prompt, replace)
+        self._put(t, z, prompt.obj_id, merged)
+        self._log.append({"op": "add", "t": t, "z": z, "prompt": prompt.to_dict(), "replace": bool(replace)})
+        return self._preview(t, z, merged)
+
+    def set_prompt(self, t: int, z: int, obj_id: int, prompt: ObjectPrompt | None) -> np.ndarray | None:
+        """Make `prompt` the whole of object `obj_id`'s prompts on slice (t, z) (None removes them). Propagation
+        then recomputes that time point and the ones carried from it. Returns the preview mask as `add` (None
+        when removed)."""
+        t, z = self._check_tz(t, z)
+        _check_obj_id(obj_id)
+        obj_id = int(obj_id)
+        if prompt is not None:
+            if int(prompt.obj_id) != obj_id:
+                raise InputError(f"the prompt is for object {prompt.obj_id}, not {obj_id}")
+            prompt = self._on_slice(prompt, z)
+            prompt.check(self.frame_shape, self.num_slices)
+        self._put(t, z, obj_id, prompt)
+        self._log.append(
+            {"op": "set", "t": t, "z": z, "obj_id": obj_id, "prompt": None if prompt is None else prompt.to_dict()}
+        )
+        return None if prompt is None else self._preview(t, z, prompt)
+
+    @staticmethod
+    def _on_slice(prompt: ObjectPrompt, z: int) -> ObjectPrompt:
+        if not isinstance(prompt, ObjectPrompt):
+            raise InputError(f"a prompt is an ObjectPrompt (see napari_sam2.prompts.make_prompt); got {prompt!r}")
+        return ObjectPrompt(int(prompt.obj_id), z, prompt.points, prompt.labels, prompt.box, prompt.mask)
+
+    def _put(self, t: int, z: int, obj: int, prompt: ObjectPrompt | None) -> None:
+        if obj not in self._objects:
+            if prompt is None:
+                return
+            self._objects.append(obj)
+            for d in (self._done, self._anchor, self._present):
+                d[obj] = {}
+            self._stale[obj] = set()
+        slices = self._prompts.setdefault(t, {}).setdefault(obj, {})
+        if prompt is None:
+            slices.pop(z, None)
+        else:
+            slices[z] = prompt
+        if not slices:
+            del self._prompts[t][obj]
+            if not self._prompts[t]:
+                del self._prompts[t]
+        self._invalidate(obj, t)
+
+    def _invalidate(self, obj: int, t: int) -> None:
+        """An edit at t makes t stale, and the time points carried from it (up to the object's next prompted time
+        point in the direction they were carried)."""
+        prompted = [u for u in self._prompts if obj in self._prompts[u] and u != t]
+        later = min([u for u in prompted if u > t], default=self.num_times)
+        earlier = max([u for u in prompted if u < t], default=-1)
+        stale = self._stale[obj]
+        stale.add(t)
+        for u, reverse in self._done[obj].items():
+            if (t < u < later and not reverse) or (earlier < u < t and reverse):
+                stale.add(u)
+
+    def _preview(self, t: int, z: int, prompt: ObjectPrompt) -> np.ndarray:
+        session = self._z_session(t)
+        try:
+            result = session.add(prompt)
+            k = result.obj_ids.index(prompt.obj_id)
+            return result.masks[k].copy()
+        finally:
+            session.frames.close()
+
+    # ------------------------------------------------------------------ streams
+    def _features_of(self, t: int) -> FeatureCache:
+        if self._cache_t is None or self._cache_t[0] != t:
+            self._cache_t = None  # drop the previous time point's features first (memory flat)
+            self._cache_t = (t, FeatureCache(self.feature_cache_bytes))
+        return self._cache_t[1]
+
+    def _z_session(self, t: int) -> TrackingSession:
+        session = TrackingSession(self.model, _Slab(self.frames, t), axis=0, feature_cache_bytes=0, **self._options)
+        session.features = self._features_of(t)  # shared by every object's z-stream of this time point
+        return session
+
+    def _slice_features(self, t: int, z: int, zs: TrackingSession):
+        feats = zs._features(z)
+        if self._feature_bytes is None:
+            self._feature_bytes = feats.nbytes
+        return feats
+
+    def _t_stream(self, obj: int) -> TrackingSession:
+        stream = self._tstreams.get(obj)
+        if stream is None:
+            view = _AnchorView(self.frames)
+            # features: the current and the previous time point's (a prompt's memory is encoded at the next pass)
+            budget = 3 * (self._feature_bytes or 0)
+            logits = 4 * (self.model.image_size // 4) ** 2 * 4  # low-res fp32 logits of 4 frames (corrections)
+            stream = TrackingSession(self.model, view, axis=0, feature_cache_bytes=budget,
+                                     result_cache_bytes=logits, **self._options)  # fmt: skip
+            self._tstreams[obj], self._views[obj] = stream, view
+        return stream
+
+    def _t_stream_frame(self, obj: int, t: int, z: int, zs: TrackingSession) -> TrackingSession:
+        """The object's t-stream, with its frame t set to slice (t, z) and that slice's features handed over."""
+        feats = self._slice_features(t, z, zs)
+        stream = self._t_stream(obj)
+        self._views[obj].z[t] = z
+        stream.features.put(t, feats)
+        return stream
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(self, direction: str = "both") -> Iterator[tuple[int, np.ndarray]]:
+        """Propagate every object through z and time; a generator of (t, labels [Z, Y, X] int32 object ids).
+
+        A time point is yielded once its whole volume is done, in time order outward from the prompted time
+        points: "forward" from the earliest prompted t to the end, "backward" from the latest t on which an object
+        was first prompted down to 0, "both" forward then backward. Only time points something was (re)computed
+        on are yielded; after a correction that is the corrected t and those carried from it. With an object
+        first prompted after another's first prompt, "both" yields the time points between twice (the second
+        time with that object added). Stopping the generator leaves every yielded time point finished.
+        """
+        if direction not in ("forward", "backward", "both"):
+            raise InputError(f"direction must be 'forward', 'backward' or 'both'; got {direction!r}")
+        if not self._prompts:
+            raise InputError("nothing to propagate: add a prompt (points, box or mask) on some (t, z) first")
+        firsts = [min(t for t in self._prompts if obj in self._prompts[t]) for obj in self._objects
+                  if any(obj in p for p in self._prompts.values())]  # fmt: skip
+        start, back = min(firsts), max(firsts)
+        if direction in ("forward", "both"):
+            yield from self.propagate_pass(start, self.num_times - 1, reverse=False)
+        if direction in ("backward", "both"):
+            yield from self.propagate_pass(back, 0, reverse=True)
+
+    def propagate_pass(self, first: int, last: int, reverse: bool, times: int | None = None):
+        """One pass over time points first…last (inclusive; last ≤ first when `reverse`), stopping after `times`
+        of them: what `propagate` runs and what the edit log's "pass" entries replay. Yields as `propagate`."""
+        self._check_tz(first, 0)
+        self._check_tz(last, 0)
+        if (last < first) != bool(reverse) and first != last:
+            raise InputError(f"a {'backward' if reverse else 'forward'} pass cannot run from {first} to {last}")
+        step = -1 if reverse else 1
+        order = list(range(first, last + step, step))
+        if times is not None:
+            order = order[: int(times)]
+        entry = {"op": "pass", "first": int(first), "last": int(last), "reverse": bool(reverse), "times": 0}
+        self._log.append(entry)
+        for t in order:
+            labels = self._time_point(t, bool(reverse))
+            entry["times"] += 1  # counted before the yield: a consumer that stops there has this time point
+            if labels is not None:
+                yield t, labels
+
+    def _sources(self, t: int, reverse: bool) -> list[int]:
+        """Objects to (re)compute at t: not done or stale there, and with a prompt at t or carried from t ∓ 1."""
+        src = t + 1 if reverse else t - 1
+        todo = []
+        for obj in self._objects:
+            if t in self._done[obj] and t not in self._stale[obj]:
+                continue
+            prompted = obj in self._prompts.get(t, {})
+            carried = obj in self._tstreams and src in self._done[obj] and src not in self._stale[obj]
+            if prompted or carried:
+                todo.append(obj)
+        return todo
+
+    def _time_point(self, t: int, reverse: bool) -> np.ndarray | None:
+        todo = self._sources(t, reverse)
+        if not todo:
+            return None
+        src = t + 1 if reverse else t - 1
+        z_count, (h, w) = self.num_slices, self.frame_shape
+        best = np.zeros((z_count, h, w), np.float32)  # the highest foreground logit so far (0: none)
+        fresh = np.zeros((z_count, h, w), np.int32)
+        seeds_at: dict[int, int] = {}
+        with torch.inference_mode():
+            for obj in todo:
+                zs = self._z_session(t)
+                try:
+                    user = self._prompts.get(t, {}).get(obj)
+                    if user:
+                        seeds = list(user.values())
+                    else:
+                        seeds = self._carry(obj, t, src, reverse, zs)
+                    if not seeds:
+                        continue
+                    seeds_at[obj] = seeds[0].frame
+                    for p in seeds:
+                        zs.add(p)
+                    for res in zs.propagate("both"):
+                        k = res.obj_ids.index(obj)
+                        logit = res.logits[k]
+                        z = res.frame
+                        win = logit > np.maximum(best[z], 0)
+                        best[z][win] = logit[win]
+                        fresh[z][win] = obj
+                finally:
+                    zs.frames.close()
+            labels = self.result(t) if t in self._labels else np.zeros((z_count, h, w), np.int32)
+            labels[np.isin(labels, todo)] = 0
+            labels[fresh > 0] = fresh[fresh > 0]
+            self._labels[t] = zlib.compress(np.ascontiguousarray(labels, np.int32).tobytes(), 1)
+            for obj in todo:
+                area = (labels == obj).sum(axis=(1, 2))
+                present = bool(area.any())
+                sought = seeds_at.get(obj, self._anchor[obj].get(src, 0))  # where it was looked for
+                self._anchor[obj][t] = int(np.argmax(area)) if present else sought
+                self._present[obj][t] = present
+                self._done[obj][t] = reverse
+                self._stale[obj].discard(t)
+                if obj in self._prompts.get(t, {}):
+                    self._condition_t_stream(obj, t, labels)
+        self._cache_t = None
+        return labels
+
+    def _carry(self, obj: int, t: int, src: int, reverse: bool, zs: TrackingSession) -> list[ObjectPrompt]:
+        """The hand-over: the t-stream tracks the object onto the anchor slice of `src` at time point t; its mask
+        there (if the object is present) is the seed of the z-stream at t."""
+        z = self._anchor[obj][src]
+        stream = self._t_stream_frame(obj, t, z, zs)
+        track = stream.objects.get(obj)
+        if track is None:  # its prompted time points gave an empty mask: nothing to carry
+            return []
+        if t in track.cond:  # prompted at t before, no longer: t is tracked again
+            stream.clear_prompts(t, obj)
+        if t in track.tracked:
+            track.stale.add(t)  # the slice or the memory behind it may have changed: recompute
+        mask = None
+        for res in stream.propagate_pass(t, t, reverse):
+            if obj in res.obj_ids:
+                k = res.obj_ids.index(obj)
+                if res.scores[k] > 0 and res.masks[k].any():
+                    mask = res.masks[k]
+        if mask is None:
+            return []
+        return [ObjectPrompt(obj, z, np.zeros((0, 2)), np.zeros((0,), np.int32), mask=mask)]
+
+    def _condition_t_stream(self, obj: int, t: int, labels: np.ndarray) -> None:
+        """A prompted time point's finished 3-D mask conditions the object's t-stream on its widest slice."""
+        z = self._anchor[obj][t]
+        mask = labels[z] == obj
+        zs = self._z_session(t)
+        try:
+            stream = self._t_stream_frame(obj, t, z, zs)
+        finally:
+            zs.frames.close()
+        prompt = None
+        if mask.any():
+            prompt = ObjectPrompt(obj, t, np.zeros((0, 2)), np.zeros((0,), np.int32), mask=mask)
+        if obj in stream.objects:
+            stream.set_prompt(t, obj, prompt)
+        elif prompt is not None:
+            stream.add(prompt)
+
+    # ------------------------------------------------------------------ results
+    def result(self, t: int) -> np.ndarray:
+        """Labels [Z, Y, X] int32 of a finished time point (a copy). Raises if t was not computed yet."""
+        self._check_tz(t, 0)
+        data = self._labels.get(int(t))
+        if data is None:
+            raise InputError(f"time point {t} has no result yet: propagate first")
+        return np.frombuffer(zlib.decompress(data), np.int32).reshape(self.num_slices, *self.frame_shape).copy()
+
+    def finished(self) -> list[int]:
+        """Time points that have a result."""
+        return sorted(self._labels)
+
+    def anchors(self, obj_id: int) -> dict[int, int]:
+        """{t: the object's anchor slice z at t} (its widest slice; where absent, the slice it was sought on)."""
+        return dict(self._anchor[int(obj_id)])
+
+    def memory_stats(self) -> dict:
+        """What the streams hold now (to check that memory stays flat in T): per object, the t-stream's tracked
+        frames that still hold a memory / a pointer / mask logits, and its cached feature frames."""
+        stats = {}
+        for obj, stream in self._tstreams.items():
+            track = stream.objects.get(obj)
+            if track is None:
+                continue
+            outs = list(track.tracked.values()) + list(track.cond.values())
+            stats[obj] = {
+                "memories": sum(o.memory is not None for o in outs),
+                "pointers": sum(o.pointer is not None for o in outs),
+                "logits": sum(o.logits is not None for o in outs),
+                "features": len(stream.features),
+                "conditioning": len(track.cond),
+            }
+        return stats
+
+    def close(self) -> None:
+        for stream in self._tstreams.values():
+            stream.close()
+        self._tstreams.clear()
+        self._cache_t = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _merge(old: ObjectPrompt | None, new: ObjectPrompt, replace: bool) -> ObjectPrompt:
+    """The prompt of one object on one slice after `new` is added (the rules of `TrackingSession.add`)."""
+    if new.mask is not None or old is None or old.mask is not None or replace:
+        points, labels, box = np.zeros((0, 2)), np.zeros((0,), np.int32), None
+    else:
+        points, labels, box = np.asarray(old.points, float).reshape(-1, 2), np.asarray(old.labels), old.box
+    if len(new.points):
+        points = np.concatenate([points, np.asarray(new.points, float).reshape(-1, 2)])
+        labels = np.concatenate([labels, np.asarray(new.labels)]).astype(np.int32)
+    if new.box is not None:
+        box = np.asarray(new.box, float)
+    mask = None if new.mask is None else np.asarray(new.mask, bool)
+    return make_prompt(new.frame, new.obj_id, points, labels, box, mask)
+
+
+def replay_volume_time(model, frames, log: list[dict], **options) -> VolumeTimeSession:
+    """A new `VolumeTimeSession` on `frames` (options as its constructor) with every entry of an `edit_log` rerun
+    in order: the same labels as the session that wrote the log (same model, data and thread count)."""
+    session = VolumeTimeSession(model, frames, **options)
+    for i, entry in enumerate(log):
+        op = entry.get("op")
+        if op == "add":
+            session.add(entry["t"], entry["z"], ObjectPrompt.from_dict(entry["prompt"], f"log[{i}]"), entry["replace"])
+        elif op == "set":
+            p = entry["prompt"]
+            session.set_prompt(entry["t"], entry["z"], entry["obj_id"], p and ObjectPrompt.from_dict(p, f"log[{i}]"))
+        elif op == "pass":
+            for _ in session.propagate_pass(entry["first"], entry["last"], entry["reverse"], entry["times"]):
+                pass
+        else:
+            raise InputError(f"log[{i}]: unknown op {op!r}")
+    return session
