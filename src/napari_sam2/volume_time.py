@@ -47,6 +47,7 @@ Note for the faces (17b): the public API below is stable; `edit_log` entries are
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Iterator
 
@@ -193,9 +194,10 @@ class VolumeTimeSession:
         return int(t), int(z)
 
     def prompts(self) -> list[tuple[int, int, ObjectPrompt]]:
-        """Every current prompt as (t, z, prompt) (prompt.frame = z), ordered by t, object, z."""
+        """Every current prompt as (t, z, prompt) (a copy with prompt.t = t, prompt.frame = z), ordered by t,
+        object, z."""
         return [
-            (t, z, p)
+            (t, z, dataclasses.replace(p, t=t))
             for t in sorted(self._prompts)
             for obj in sorted(self._prompts[t])
             for z, p in sorted(self._prompts[t][obj].items())
@@ -236,6 +238,7 @@ class VolumeTimeSession:
 
     @staticmethod
     def _on_slice(prompt: ObjectPrompt, z: int) -> ObjectPrompt:
+        """The prompt as its z-stream takes it: frame = z, no time point (prompt.t and prompt.frame are ignored)."""
         if not isinstance(prompt, ObjectPrompt):
             raise InputError(f"a prompt is an ObjectPrompt (see napari_sam2.prompts.make_prompt); got {prompt!r}")
         return ObjectPrompt(int(prompt.obj_id), z, prompt.points, prompt.labels, prompt.box, prompt.mask)

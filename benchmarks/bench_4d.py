@@ -1,0 +1,240 @@
+"""Bars of 3D+t tracking (issue 17) with the built-in nano-fluo on held-out seeds of `synthetic_nuclei_4d`.
+
+    python benchmarks/bench_4d.py quality [--seeds 2 --frames 8 --slices 16 --size 96 --nuclei 5]
+    python benchmarks/bench_4d.py memory  [--short 10 --long 40 --slices 4 --size 64 --nuclei 1]
+    python benchmarks/bench_4d.py cost    [--frames 3 --slices 8 --size 96 --nuclei 3 --turns 2]
+    python benchmarks/bench_4d.py all --json out.json
+
+Held-out data: seeds from 3,000,000 up (nano-fluo never saw a 4-D movie; its training draws 2-D movies from other
+seeds). Everything runs through the public engine `VolumeTimeSession`, as a user's run would.
+
+  quality  one click per nucleus on frame t = 0, on its widest (central) slice at its deepest pixel, propagated
+           forward through every t and z. Mean 3-D IoU over (object, t) pairs where the prompted nucleus exists in
+           the ground truth (bar ≥ 0.80); CTC 3-D TRA and DET (py-ctcmetrics) of the result against the ground
+           truth with its lineage (bar TRA ≥ 0.90; the daughters of the division are new nuclei nobody prompted).
+  memory   peak RSS (ru_maxrss) of a fresh process tracking `--long` vs `--short` time points of the same size,
+           the stack read lazily from a zarr store on disk (one chunk per slice), results discarded as they
+           come: the ratio long / short (bar ≤ 1.1×).
+  cost     seconds per (t, z) slice of VolumeTimeSession over `--frames` time points vs a plain z-stream
+           (`TrackingSession` over time point 0's [Z, Y, X], the same clicks, propagated both ways), timed in
+           turns (plain, 3D+t, plain, 3D+t, ...); the ratio of the medians (bar ≤ 1.2×).
+Timings are wall-clock on whatever machine runs this; on a shared, loaded machine read only the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from napari_sam2 import load_model
+from napari_sam2.prompts import make_prompt
+from napari_sam2.sample_data import synthetic_nuclei_4d
+from napari_sam2.session import TrackingSession
+from napari_sam2.volume_time import VolumeTimeSession
+
+HELD_OUT_4D = 3_000_000
+
+
+def clicks(labels_t: np.ndarray, min_voxels: int = 20) -> list[tuple[int, int, float, float]]:
+    """(obj, z, y, x): per nucleus of a [Z, Y, X] label volume, its widest slice and deepest pixel there."""
+    out = []
+    for obj in np.unique(labels_t)[1:]:
+        mask = labels_t == obj
+        if mask.sum() < min_voxels:
+            continue
+        z = int(np.argmax(mask.sum(axis=(1, 2))))
+        depth = ndimage.distance_transform_edt(mask[z])
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        out.append((int(obj), z, float(y), float(x)))
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def movie(seed: int, args) -> object:
+    return synthetic_nuclei_4d(
+        n_frames=args.frames, n_slices=args.slices, shape=(args.size, args.size), n_nuclei=args.nuclei, seed=seed
+    )
+
+
+def quality(model, args) -> dict:
+    from ctc_metrics import evaluate_sequence
+
+    from napari_sam2.analysis import export_ctc
+
+    ious, tra, det, per_seed = [], [], [], []
+    work = Path(tempfile.mkdtemp(prefix="bench_4d_"))
+    for k in range(args.seeds):
+        s = movie(HELD_OUT_4D + k, args)
+        vt = VolumeTimeSession(model, s.image)
+        prompted = clicks(s.labels[0])
+        for obj, z, y, x in prompted:
+            vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]))
+        result = np.zeros(s.labels.shape, np.int32)
+        start = time.perf_counter()
+        for t, labels in vt.propagate("forward"):
+            result[t] = labels
+        seconds = time.perf_counter() - start
+        vt.close()
+        seed_ious = []
+        for obj, *_ in prompted:
+            for t in range(args.frames):
+                truth = s.labels[t] == obj
+                if truth.any():
+                    seed_ious.append(iou(result[t] == obj, truth))
+        run = work / f"seed{k}"
+        export_ctc(s.labels, run / "01_GT", parents=s.lineage, ground_truth=True, overwrite=True)
+        export_ctc(result, run / "01_RES", overwrite=True)
+        scores = evaluate_sequence(str(run / "01_RES"), str(run / "01_GT"), ["Valid", "DET", "TRA"], threads=1)
+        ious += seed_ious
+        tra.append(float(scores["TRA"]))
+        det.append(float(scores["DET"]))
+        per_seed.append({"seed": HELD_OUT_4D + k, "iou_mean": float(np.mean(seed_ious)), "tra": tra[-1],
+                         "det": det[-1], "objects": len(prompted), "seconds": round(seconds, 1)})  # fmt: skip
+        print(json.dumps(per_seed[-1]), flush=True)
+    return {
+        "iou_mean": float(np.mean(ious)),
+        "iou_pairs": len(ious),
+        "tra_mean": float(np.mean(tra)),
+        "det_mean": float(np.mean(det)),
+        "per_seed": per_seed,
+        "conditions": f"{args.seeds} held-out seeds, {args.frames} t x {args.slices} z x {args.size}², "
+        f"{args.nuclei} nuclei (+2 daughters), one click per nucleus at t = 0",
+    }
+
+
+def _memory_child(store: str, model_name: str) -> None:
+    import zarr
+
+    frames = zarr.open_array(store, mode="r")
+    model = load_model(model_name, device="cpu")
+    vt = VolumeTimeSession(model, frames)
+    for obj, z, y, x in json.loads(os.environ["BENCH_4D_CLICKS"]):
+        vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]))
+    n = 0
+    for _t, _labels in vt.propagate("forward"):
+        n += 1
+    print(json.dumps({"times": n, "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def memory(args) -> dict:
+    import zarr
+
+    work = Path(tempfile.mkdtemp(prefix="bench_4d_mem_"))
+    s = synthetic_nuclei_4d(
+        n_frames=args.long, n_slices=args.slices, shape=(args.size, args.size), n_nuclei=args.nuclei,
+        seed=HELD_OUT_4D + 500,
+    )  # fmt: skip
+    stores = {}
+    for n in (args.short, args.long):
+        path = str(work / f"t{n}.zarr")
+        z = zarr.open_array(path, mode="w", shape=(n, *s.image.shape[1:]), chunks=(1, 1, args.size, args.size),
+                            dtype=s.image.dtype)  # fmt: skip
+        z[:] = s.image[:n]
+        stores[n] = path
+    env = dict(os.environ, BENCH_4D_CLICKS=json.dumps(clicks(s.labels[0])))
+    rss: dict[int, list[float]] = {args.short: [], args.long: []}
+    for _ in range(args.turns):
+        for n in (args.short, args.long):
+            out = subprocess.run(
+                [sys.executable, __file__, "_memory_child", stores[n], args.model], env=env, capture_output=True,
+                text=True, check=True,
+            ).stdout  # fmt: skip
+            row = json.loads(out.strip().splitlines()[-1])
+            assert row["times"] == n
+            rss[n].append(row["maxrss_kib"] / 1024)
+            print(json.dumps({"times": n, "peak_rss_mib": round(rss[n][-1], 1)}), flush=True)
+    ratio = max(rss[args.long]) / min(rss[args.short])
+    return {
+        "peak_rss_mib": {str(n): [round(v, 1) for v in vals] for n, vals in rss.items()},
+        "ratio_long_over_short": round(ratio, 3),
+        "conditions": f"{args.long} vs {args.short} t x {args.slices} z x {args.size}², {args.nuclei} nuclei, "
+        "lazy zarr store, fresh process each, worst long over best short",
+    }
+
+
+def cost(model, args) -> dict:
+    s = movie(HELD_OUT_4D + 700, args)
+    prompted = clicks(s.labels[0])
+    plain, volume = [], []
+    for _ in range(args.turns):
+        start = time.perf_counter()
+        with TrackingSession(model, s.image[0]) as session:
+            for obj, z, y, x in prompted:
+                session.add_prompt(z, obj, points=[[y, x]], labels=[1])
+            for _r in session.propagate("both"):
+                pass
+        plain.append((time.perf_counter() - start) / args.slices)
+        start = time.perf_counter()
+        with VolumeTimeSession(model, s.image) as vt:
+            for obj, z, y, x in prompted:
+                vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]))
+            for _t, _labels in vt.propagate("forward"):
+                pass
+        volume.append((time.perf_counter() - start) / (args.slices * args.frames))
+        print(json.dumps({"plain_s_per_slice": round(plain[-1], 3), "3d_t_s_per_slice": round(volume[-1], 3)}))
+    return {
+        "plain_s_per_slice": [round(v, 3) for v in plain],
+        "volume_time_s_per_slice": [round(v, 3) for v in volume],
+        "ratio_of_medians": round(statistics.median(volume) / statistics.median(plain), 3),
+        "conditions": f"{args.frames} t x {args.slices} z x {args.size}², {len(prompted)} objects, "
+        f"{args.turns} turns, torch threads {__import__('torch').get_num_threads()}",
+    }
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "_memory_child":
+        _memory_child(argv[1], argv[2])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", choices=["quality", "memory", "cost", "all"])
+    parser.add_argument("--model", default="nano-fluo")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--slices", type=int, default=None)
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--nuclei", type=int, default=None)
+    parser.add_argument("--short", type=int, default=10)
+    parser.add_argument("--long", type=int, default=40)
+    parser.add_argument("--turns", type=int, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    defaults = {
+        "quality": {"frames": 8, "slices": 16, "size": 96, "nuclei": 5, "turns": 1},
+        "memory": {"frames": 0, "slices": 4, "size": 64, "nuclei": 1, "turns": 1},
+        "cost": {"frames": 3, "slices": 8, "size": 96, "nuclei": 3, "turns": 2},
+    }
+    model = None if args.what == "memory" else load_model(args.model, device="cpu")
+    report = {}
+    for what in ["quality", "memory", "cost"] if args.what == "all" else [args.what]:
+        run = argparse.Namespace(**vars(args))
+        for key, value in defaults[what].items():
+            if getattr(run, key) is None:
+                setattr(run, key, value)
+        if what == "memory":
+            report[what] = memory(run)
+        else:
+            report[what] = (quality if what == "quality" else cost)(model or load_model(args.model, device="cpu"), run)
+        print(json.dumps({what: report[what]}, indent=1), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
