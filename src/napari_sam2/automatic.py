@@ -264,14 +264,25 @@ def _postprocess_low_res(low: torch.Tensor, s: AutoMaskSettings) -> torch.Tensor
 
 
 def _decode_crop(
-    model, features, crop_shape: tuple[int, int], crop_box: list[int], image_shape, layer: int, s: AutoMaskSettings
+    model,
+    features,
+    crop_shape: tuple[int, int],
+    crop_box: list[int],
+    image_shape,
+    layer: int,
+    s: AutoMaskSettings,
+    points_xy: np.ndarray | None = None,
 ) -> _Candidates:
-    """Steps 2–4 on one encoded crop (or the whole image): candidates in image coordinates, NMS-filtered."""
+    """Steps 2–4 on one encoded crop (or the whole image): candidates in image coordinates, NMS-filtered.
+    points_xy: [N, 2] (x, y) crop pixels to click instead of the `points_per_side` grid."""
     h, w = crop_shape
     device = features.vision.device
     size = float(model.image_size)
-    n_side = int(int(s.points_per_side) / (int(s.crop_n_points_downscale_factor) ** layer))
-    grid = point_grid(max(n_side, 1)) * np.array([[w, h]], dtype=np.float64)
+    if points_xy is None:
+        n_side = int(int(s.points_per_side) / (int(s.crop_n_points_downscale_factor) ** layer))
+        grid = point_grid(max(n_side, 1)) * np.array([[w, h]], dtype=np.float64)
+    else:
+        grid = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     points_all = torch.as_tensor(grid, dtype=torch.float32, device=device)
     scale = torch.tensor([w, h], dtype=torch.float32, device=device)
     embedding = model.image_embedding(features)
@@ -614,6 +625,90 @@ def segment_features(model, features, image_shape: tuple[int, int], *, precision
     precision = resolve_precision(device, precision, model=model)
     with autocast_context(device, precision):
         candidates = generate_candidates(model, lambda box: features, image_shape, s)
+        return _finish(model, features, candidates, image_shape, s)
+
+
+def segment_points(
+    model, features, image_shape: tuple[int, int], points, *, precision: str = "auto", lowres: bool = True, **params
+) -> AutoMasks:
+    """Like `segment_features`, but prompted with the given clicks instead of a regular grid (discovery's cheaper
+    sampling: `napari_sam2.discovery` picks the clicks), and by default scored at the decoder's own resolution.
+
+    points: [N, 2] (y, x) pixel coordinates of the frame (float). lowres: the stability score, the boxes for NMS
+    and the "is it empty" test are computed on the decoder's low-res logits ([4h, 4w], a quarter of the model's
+    input size per side) and only the masks that survive NMS are upsampled to the frame: the full-size upsampling
+    and scoring of every candidate is most of the generator's cost on a CPU. With lowres=False the candidates go
+    through exactly the official generator's steps 2-4. Parameters: as `segment_everything` (no crops, no m2m);
+    `points_per_side` is ignored. Returns AutoMasks (the label image without overlaps, as `segment_everything`).
+    """
+    from .model.precision import autocast_context, resolve_precision
+
+    s = _settings(model, params)
+    if s.crop_n_layers or s.use_m2m:
+        raise InputError("segment_points prompts the whole frame once: crop_n_layers and use_m2m are not supported")
+    image_shape = (int(image_shape[0]), int(image_shape[1]))
+    h, w = image_shape
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    device = features.vision.device
+    precision = resolve_precision(device, precision, model=model)
+    whole = [0, 0, w, h]
+    with torch.inference_mode(), autocast_context(device, precision):
+        if not lowres:
+            xy = pts[:, ::-1].copy()
+            cands = _decode_crop(model, features, image_shape, whole, image_shape, 0, s, points_xy=xy)
+            return _finish(model, features, _to_objects(cands, image_shape), image_shape, s)
+        size = float(model.image_size)
+        embedding = model.image_embedding(features)
+        lows, ious, stabs, where = [], [], [], []
+        batch = int(s.points_per_batch)
+        for start in range(0, len(pts), batch):
+            chunk = torch.as_tensor(pts[start : start + batch], dtype=torch.float32, device=device)
+            b = chunk.shape[0]
+            coords = torch.stack([chunk[:, 1] / w * size, chunk[:, 0] / h * size], dim=1)[:, None, :]
+            res = model.decode(
+                embedding.expand(b, -1, -1, -1),
+                [x.expand(b, -1, -1, -1) for x in features.high_res],
+                coords,
+                torch.ones(b, 1, dtype=torch.int32, device=device),
+                multimask=s.multimask_output,
+                object_gate=False,
+                pad_when_empty=False,
+            )
+            low, iou = res.multi_logits.float().flatten(0, 1), res.multi_ious.float().flatten(0, 1)
+            m = res.multi_logits.shape[1]
+            idx = torch.arange(len(iou), device=device)
+            if s.pred_iou_thresh > 0.0:
+                idx = torch.nonzero(iou > s.pred_iou_thresh).flatten()
+            if len(idx) == 0:
+                continue
+            low = _postprocess_low_res(low[idx][:, None], s)[:, 0]
+            stab = stability_scores(low, s.mask_threshold, s.stability_score_offset)
+            keep = stab >= s.stability_score_thresh if s.stability_score_thresh > 0.0 else torch.isfinite(stab)
+            keep &= (low > s.mask_threshold).flatten(1).any(1)
+            idx, low, stab = idx[keep], low[keep], stab[keep]
+            lows.append(low)
+            ious.append(iou[idx])
+            stabs.append(stab)
+            where.extend((start + int(i) // m) for i in idx.tolist())
+        if not lows:
+            return _finish(model, features, [], image_shape, s)
+        low, iou, stab = torch.cat(lows), torch.cat(ious), torch.cat(stabs)
+        lh, lw = low.shape[-2:]
+        boxes = masks_to_boxes(low > s.mask_threshold).double()
+        boxes = boxes * torch.tensor([w / lw, h / lh, w / lw, h / lh], dtype=torch.float64)
+        keep = box_nms(boxes, iou, s.box_nms_thresh).tolist()
+        logits = model.upsample_logits(low[keep][:, None], image_shape)[:, 0]
+        masks = (logits > s.mask_threshold).cpu().numpy()
+        candidates = []
+        for k, i in enumerate(keep):
+            ys, xs = np.nonzero(masks[k])
+            if len(ys) == 0:
+                continue
+            box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+            py, px = pts[where[i]]
+            candidates.append(
+                AutoObject(masks[k], box, len(ys), float(iou[i]), float(stab[i]), (float(py), float(px)), (0, 0, h, w))
+            )
         return _finish(model, features, candidates, image_shape, s)
 
 

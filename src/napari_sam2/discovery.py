@@ -30,6 +30,29 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   starts on frame t, prompted by that mask (the part of it no tracked object holds) — unless it touches a tracked
   mask (within `touch_distance` px; `arrival_apart`): that is a piece of a tracked cell the tracker let go of.
   A newcomer is therefore found once it is clear of the cells around it.
+* **Absorbed neighbour** (not a division): when the larger of the two masks of rule (a) is more than
+  `division_max_daughter` (0.8) of the mother's usual area (the median of her last 5 frames), she had swallowed a
+  neighbour (daughters are about half of her): she is re-prompted with the mask that best overlaps her mask on
+  the previous discovery frame, and the other mask becomes an arrival. The same test stops rule (b) when the
+  larger piece is the whole mother.
+* **Refresh** (`refresh`): a tracked mask that lies ≥ 80 % inside an auto mask at least `refresh_growth` (1.3)
+  times its size — but at most 1.75 × the largest area the object ever had (a mask spanning a cluster would be
+  larger), and with at most `refresh_max_others` (0.3) of it held by other objects — has shrunk to a fragment of
+  its cell: the object is re-prompted on frame t with that mask (minus other objects' pixels). Event kind
+  "refresh".
+
+Sampling (`sampling`, default "changed"): the full segment-everything grid costs one decoder run per grid point
+on every discovery frame, most of it on background that has not changed. On a discovery frame the clicks are
+* the grid points (`points_per_side`² of the generator) that are not inside a tracked mask (a click inside a
+  tracked object cannot reveal a new object) and whose 3 × 3 neighbourhood in the image encoder's features
+  (already computed for tracking) changed by more than `change_threshold` (relative L2 norm, default 0.2) since
+  the point was last clicked, or that were last clicked `revisit` (8) discovery frames ago; every point on the
+  pass's first discovery frame. On the synthetic movies background cells change by ~0.01-0.05 between frames and
+  a cell entering a grid cell by 1.6-1.9 (measured on a tuning seed);
+* two clicks per tracked object, one in each half along its long axis (`object_clicks`): a dividing cell answers
+  with its two daughters, a whole one with itself (rules a-c see them);
+decoded with the generator's filters but scored at the decoder's resolution (`automatic.segment_points`: only the
+masks that survive NMS are upsampled). "grid" runs the whole `segment_everything` grid as before.
 Every event is recorded (frame, kind, objects) in the list given as `events`.
 New ids count up from the largest id the session has ever held, so they never reuse a deleted object's id.
 """
@@ -45,7 +68,15 @@ from scipy import ndimage
 
 from .errors import InputError
 
-__all__ = ["DISCOVERY_GENERATOR", "DiscoveryOptions", "compare_masks", "propagate_with_discovery", "segment_frame"]
+__all__ = [
+    "DISCOVERY_GENERATOR",
+    "ChangeSampler",
+    "DiscoveryOptions",
+    "compare_masks",
+    "object_clicks",
+    "propagate_with_discovery",
+    "segment_frame",
+]
 
 
 #: segment-everything settings for discovery: a 16 × 16 grid (a quarter of the official 32 × 32: the decoder runs
@@ -68,6 +99,14 @@ class DiscoveryOptions:
     arrival_max_covered: an auto mask more covered than this (fraction of its pixels) by tracked masks is not new.
     division_inside, division_min_share, division_size_ratio, division_coverage, division_gap, division_shrink,
     touch_distance, min_cycle, arrival_apart: the division and arrival rules.
+    division_max_daughter: a "daughter" larger than this fraction of the mother's usual area (median of her last
+        frames) is no daughter: the mother had swallowed a neighbour (see "absorbed neighbour").
+    refresh, refresh_growth: the "refresh" rule (a tracked mask that shrank to a fragment of an auto mask).
+    sampling: which clicks a discovery frame decodes: "changed" (default: the grid points whose neighbourhood in
+        the image features changed by more than `change_threshold` since they were last clicked, or were last
+        clicked `revisit` discovery frames ago, and are not inside a tracked mask; plus two clicks per tracked
+        object, one in each half along its long axis) or "grid" (the whole `points_per_side` grid every time, as
+        `segment_everything`). See "Sampling" in the module docstring.
     generator: keyword arguments for `segment_everything` (default `DISCOVERY_GENERATOR`; e.g. points_per_side).
     detector: instead of segment everything, any detector: detector(session, frame) → list of [H, W] bool masks
         (e.g. a Cellpose run on `session.frames.raw_frame(frame)`); not recorded in provenance beyond its name.
@@ -89,6 +128,13 @@ class DiscoveryOptions:
     division_gap: float = 3.0
     arrival_apart: bool = True
     min_cycle: int = 4
+    division_max_daughter: float = 0.8
+    refresh: bool = True
+    refresh_growth: float = 1.3
+    refresh_max_others: float = 0.3
+    sampling: str = "changed"
+    change_threshold: float = 0.2
+    revisit: int = 8
     generator: dict[str, Any] = field(default_factory=lambda: dict(DISCOVERY_GENERATOR))
     detector: Callable[[Any, int], list[np.ndarray]] | None = None
 
@@ -96,6 +142,10 @@ class DiscoveryOptions:
         if int(self.every) < 1:
             raise InputError(f"discovery needs every >= 1 (1 = every frame); got {self.every}")
         self.every = int(self.every)
+        if self.sampling not in ("changed", "grid"):
+            raise InputError(f"discovery sampling is 'changed' or 'grid'; got {self.sampling!r}")
+        if int(self.revisit) < 1:
+            raise InputError(f"discovery revisit must be >= 1 (discovery frames); got {self.revisit}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (recorded in a result store's provenance)."""
@@ -157,10 +207,17 @@ def compare_masks(
     options: DiscoveryOptions,
     previous_area: dict[int, int] | None = None,
     may_divide: Callable[[int], bool] | None = None,
+    usual_area: dict[int, float] | None = None,
+    largest_area: dict[int, int] | None = None,
+    previous_labels: np.ndarray | None = None,
 ) -> list[Proposal]:
     """The discovery rules on one frame: tracked label image [H, W] (object ids) vs auto masks [[H, W] bool]
-    → proposals (arrivals and divisions). previous_area: {object id: area on the previous discovery frame} (for
-    rule c). may_divide(obj) → False excludes an object from dividing (e.g. too young)."""
+    → proposals: "arrival", "division" and "refresh" (object `mother` re-prompted with `masks[0]`).
+    previous_area: {object id: area on the previous discovery frame} (rule c). may_divide(obj) → False excludes
+    an object from dividing (e.g. too young). usual_area: {object id: median area on its last frames} (the
+    absorbed-neighbour test); largest_area: {object id: its largest area so far} (the refresh rule);
+    previous_labels: the label image of the previous discovery frame (which mask of an absorbed pair is the
+    mother's own)."""
     ids = [int(i) for i in np.unique(labels) if i]
     areas = {i: int((labels == i).sum()) for i in ids}
     auto = [m for m in auto_masks if m.sum() >= 1]
@@ -183,6 +240,7 @@ def compare_masks(
         explained.append(best >= options.match_iou or covered > options.arrival_max_covered)
     unexplained = [j for j in range(len(auto)) if not explained[j]]
     used: set[int] = set()
+    refreshed: set[int] = set()
 
     if options.divisions:
         for i in ids:
@@ -199,22 +257,36 @@ def compare_masks(
                 and iou(j, i) < 0.8  # a mask equal to the mother is the mother, not a daughter
             ]
             inside = _disjoint_largest(inside, auto, auto_area)
+            usual = (usual_area or {}).get(i)
             if len(inside) >= 2:
                 a, b = inside[:2]
                 ratio = min(auto_area[a], auto_area[b]) / max(auto_area[a], auto_area[b])
                 cover = (inter[a, i] + inter[b, i]) / areas[i]
-                apart = not _within(auto[a], auto[b], options.division_gap)
-                if ratio >= options.division_size_ratio and cover >= options.division_coverage and apart:
-                    proposals.append(Proposal("division", [auto[a], auto[b]], mother=i, sign="two masks inside"))
-                    used.update((a, b))
-                    continue
+                if ratio >= options.division_size_ratio and cover >= options.division_coverage:
+                    if usual and max(auto_area[a], auto_area[b]) > options.division_max_daughter * usual:
+                        # absorbed neighbour: one mask is the mother as she was, the other a cell she swallowed
+                        before = previous_labels == i if previous_labels is not None else mother
+                        keep, new = sorted((a, b), key=lambda j: -_iou(auto[j], before))
+                        others = (labels > 0) & ~mother
+                        proposals.append(Proposal("refresh", [auto[keep] & ~others], mother=i, sign="absorbed"))
+                        if auto_area[new] >= options.min_area:
+                            proposals.append(Proposal("arrival", [auto[new] & ~others & ~auto[keep]], sign="absorbed"))
+                        used.update((a, b))
+                        refreshed.add(i)
+                        continue
+                    if not _within(auto[a], auto[b], options.division_gap):
+                        proposals.append(Proposal("division", [auto[a], auto[b]], mother=i, sign="two masks inside"))
+                        used.update((a, b))
+                        continue
             # (b) the mother's mask falls apart into two comparable components
             comp, n = ndimage.label(mother)
             if n >= 2:
                 sizes = np.bincount(comp.ravel())[1:]
                 order = np.argsort(sizes)[::-1]
                 big, small = sizes[order[0]], sizes[order[1]]
-                if small / areas[i] >= options.division_min_share and small / big >= options.division_size_ratio:
+                if usual and big > options.division_max_daughter * usual:
+                    pass  # the larger piece is the whole mother: a stray fragment, not a daughter
+                elif small / areas[i] >= options.division_min_share and small / big >= options.division_size_ratio:
                     masks = [comp == order[0] + 1, comp == order[1] + 1]
                     proposals.append(Proposal("division", masks, mother=i, sign="two components"))
                     continue
@@ -230,6 +302,32 @@ def compare_masks(
                         used.add(j)
                         break
 
+    if options.refresh:
+        divided = {p.mother for p in proposals if p.kind == "division"}
+        for i in ids:
+            if i in divided or i in refreshed:
+                continue
+            # refresh: the tracked mask is a fragment lying inside an auto mask that no other object holds much of,
+            # and that is not much larger than the object ever was (a mask of a cluster would be)
+            best, best_iou = None, 0.0
+            for j in range(len(auto)):
+                others = inter[j, 1:].sum() - inter[j, i]
+                if (
+                    j not in used
+                    and inter[j, i] >= 0.8 * areas[i]
+                    and auto_area[j] >= options.refresh_growth * areas[i]
+                    and auto_area[j] <= 1.75 * (largest_area or {}).get(i, areas[i])
+                    and others <= options.refresh_max_others * auto_area[j]
+                    and iou(j, i) > best_iou
+                ):
+                    best, best_iou = j, iou(j, i)
+            if best is not None:
+                proposals.append(
+                    Proposal("refresh", [auto[best] & ~((labels > 0) & (labels != i))], mother=i, sign="fragment")
+                )
+                used.add(best)
+                refreshed.add(i)
+
     if options.arrivals:
         taken = labels > 0
         for j in unexplained:
@@ -243,6 +341,11 @@ def compare_masks(
             proposals.append(Proposal("arrival", [mask]))
             taken = taken | mask  # two overlapping auto masks do not make two arrivals
     return proposals
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
 
 
 def _within(a: np.ndarray, b: np.ndarray, distance: float) -> bool:
@@ -261,6 +364,87 @@ def _disjoint_largest(candidates: list[int], auto: list[np.ndarray], area: np.nd
     return chosen
 
 
+class ChangeSampler:
+    """The clicks of one discovery frame under sampling="changed" (see the module docstring, "Sampling").
+
+    frame_shape: (Y, X); points_per_side: the grid. `clicks(features, labels)` → [N, 2] (y, x) pixels, and
+    records which grid points were clicked (their feature neighbourhood becomes the new reference).
+    """
+
+    def __init__(self, frame_shape: tuple[int, int], points_per_side: int, threshold: float, revisit: int):
+        from .automatic import point_grid
+
+        h, w = int(frame_shape[0]), int(frame_shape[1])
+        grid = point_grid(int(points_per_side))  # (x, y) in the unit square
+        self.shape = (h, w)
+        self.points = np.stack([grid[:, 1] * h, grid[:, 0] * w], axis=1)  # (y, x) pixels
+        self.threshold, self.revisit = float(threshold), int(revisit)
+        self.reference = None  # [N, C, 9]: each point's 3 x 3 feature neighbourhood when it was last clicked
+        self.age = np.zeros(len(self.points), dtype=np.int64)
+        self.last_count = 0
+
+    def _patches(self, features) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        feats = torch.as_tensor(features).detach().float().cpu()
+        c, fh, fw = feats.shape
+        unfolded = F.unfold(feats[None], 3, padding=1)[0].view(c, 9, fh * fw)  # [C, 9, cells]
+        iy = np.minimum((self.points[:, 0] / self.shape[0] * fh).astype(np.int64), fh - 1)
+        ix = np.minimum((self.points[:, 1] / self.shape[1] * fw).astype(np.int64), fw - 1)
+        return unfolded[:, :, torch.as_tensor(iy * fw + ix)].permute(2, 0, 1)  # [N, C, 9]
+
+    def clicks(self, features, labels: np.ndarray) -> np.ndarray:
+        patches = self._patches(features)
+        if self.reference is None:
+            due = np.ones(len(self.points), dtype=bool)
+        else:
+            change = (patches - self.reference).norm(dim=1) / (self.reference.norm(dim=1) + 1e-6)  # [N, 9]
+            due = (change.max(dim=1).values > self.threshold).numpy() | (self.age + 1 >= self.revisit)
+            # a point inside a tracked mask cannot reveal a new object (the per-object clicks look for divisions)
+        iy = np.minimum(self.points[:, 0].astype(np.int64), self.shape[0] - 1)
+        ix = np.minimum(self.points[:, 1].astype(np.int64), self.shape[1] - 1)
+        due &= np.asarray(labels)[iy, ix] == 0
+        if self.reference is None:
+            self.reference = patches.clone()
+        else:
+            self.reference[torch_index(due)] = patches[torch_index(due)]
+        self.age[due] = 0
+        self.age[~due] += 1
+        grid = self.points[due]
+        probes = object_clicks(labels)
+        out = np.concatenate([grid, probes]) if len(probes) else grid
+        self.last_count = len(out)
+        return out
+
+
+def torch_index(mask: np.ndarray):
+    import torch
+
+    return torch.as_tensor(np.asarray(mask, dtype=bool))
+
+
+def object_clicks(labels: np.ndarray) -> np.ndarray:
+    """Two clicks per tracked object, one in each half along its long axis (half-way between the centroid and
+    the end of the long axis, moved to the object's nearest pixel): a dividing cell answers with its two daughters,
+    an undivided one with itself. [N, 2] (y, x)."""
+    labels = np.asarray(labels)
+    out = []
+    for obj in [int(i) for i in np.unique(labels) if i]:
+        ys, xs = np.nonzero(labels == obj)
+        if len(ys) < 3:
+            continue
+        cy, cx = ys.mean(), xs.mean()
+        cov = np.cov(np.stack([ys - cy, xs - cx]))
+        values, vectors = np.linalg.eigh(cov)
+        axis = vectors[:, -1] * 2.0 * np.sqrt(max(values[-1], 0.0))  # (dy, dx) to the end of the long axis
+        for sign in (-1.0, 1.0):
+            py, px = cy + 0.5 * sign * axis[0], cx + 0.5 * sign * axis[1]
+            k = int(np.argmin((ys - py) ** 2 + (xs - px) ** 2))
+            out.append((float(ys[k]) + 0.5, float(xs[k]) + 0.5))
+    return np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+
 def propagate_with_discovery(
     session,
     options: DiscoveryOptions,
@@ -271,17 +455,21 @@ def propagate_with_discovery(
 ) -> Iterator:
     """`session.propagate(direction, start)` with discovery on every `options.every`-th frame: yields the
     session's `FrameResult`s; after a frame on which discovery changed something, that frame's new result is
-    yielded again (consumers keep the last result of a frame). Only forward passes discover (a division read
-    backwards is a merge). events: a list that receives one dict per event. segment(session, frame) → masks
-    replaces segment-everything (tests; other detectors)."""
+    yielded again (consumers keep the last result of a frame). Only forward passes discover (a division read backwards is a merge).
+    events: a list that receives one dict per event. segment(session, frame) → masks replaces
+    segment-everything (tests; other detectors)."""
     if direction not in ("forward", "both"):
         raise InputError("discovery runs forward in time: use direction 'forward' (or 'both': the backward half "
                          "then tracks without discovery)")  # fmt: skip
-    segment = segment or options.detector or (lambda s, f: segment_frame(s, f, options.generator))
+    segment = segment or options.detector
+    sampler = None
     events = events if events is not None else []
     next_id = max(session.obj_ids, default=0) + 1
     born: dict[int, int] = {}  # object → the frame it was first seen on (for min_cycle)
     previous_area: dict[int, int] = {}
+    history: dict[int, list[int]] = {}  # object → its areas on the last frames (the absorbed-neighbour test)
+    largest: dict[int, int] = {}
+    previous_labels = None
     first = None
     for result in session.propagate("forward", start=start):
         yield result
@@ -290,21 +478,49 @@ def propagate_with_discovery(
         for obj in result.obj_ids:  # objects of the start frame may be of any age: no min_cycle for them
             born.setdefault(obj, t if t > first else -(10**9))
         offset = t - first
+        areas = _areas(result.labels)
         if offset % options.every or (offset == 0 and not options.on_start_frame):
-            previous_area = _areas(result.labels)
+            previous_area = areas
+            previous_labels = result.labels
+            _remember(history, largest, areas)
             continue
+        if segment is not None:
+            masks = segment(session, t)
+        elif options.sampling == "grid":
+            masks = segment_frame(session, t, options.generator)
+        else:
+            if sampler is None:
+                sampler = ChangeSampler(
+                    session.frame_shape,
+                    options.generator.get("points_per_side", 16),
+                    options.change_threshold,
+                    options.revisit,
+                )
+            clicks = sampler.clicks(session.image_features(t), result.labels)
+            params = {k: v for k, v in options.generator.items() if k != "points_per_side"}
+            masks = [np.asarray(o.mask, dtype=bool) for o in session.segment_points(t, clicks, **params).objects]
         proposals = compare_masks(
             result.labels,
-            segment(session, t),
+            masks,
             options,
             previous_area=previous_area,
             # a division ends the mother on t - 1: never on the pass's first frame
             may_divide=lambda obj, t=t, first=first: t > first and t - born.get(obj, t) >= options.min_cycle,
+            usual_area={o: float(np.median(h)) for o, h in history.items() if h},
+            largest_area=largest,
+            previous_labels=previous_labels,
         )
+        ended: set[int] = set()
         for p in proposals:
-            if p.kind == "division":
+            if p.kind == "refresh":
+                if p.mother in ended:
+                    continue
+                session.add_prompt(t, p.mother, mask=p.masks[0])
+                events.append({"frame": t, "kind": "refresh", "object": p.mother, "sign": p.sign})
+            elif p.kind == "division":
                 mother = p.mother
                 session.end_object(mother, t - 1)
+                ended.add(mother)
                 daughters = []
                 for mask in p.masks:
                     session.add_object(next_id, parent=mother, start=t)
@@ -323,9 +539,20 @@ def propagate_with_discovery(
         if proposals:
             result = session.result(t)
             yield result
-        previous_area = _areas(result.labels)
+            areas = _areas(result.labels)
+        previous_area = areas
+        previous_labels = result.labels
+        _remember(history, largest, areas)
     if direction == "both" and first is not None and first > 0:
         yield from session.propagate("backward", start=first)
+
+
+def _remember(history: dict[int, list[int]], largest: dict[int, int], areas: dict[int, int], keep: int = 5) -> None:
+    for obj, area in areas.items():
+        h = history.setdefault(obj, [])
+        h.append(area)
+        del h[:-keep]
+        largest[obj] = max(largest.get(obj, 0), area)
 
 
 def _areas(labels: np.ndarray) -> dict[int, int]:

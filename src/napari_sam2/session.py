@@ -934,6 +934,24 @@ class TrackingSession:
             feats = self._features(frame)
             return segment_features(self.model, feats, self.frame_shape, precision=self.precision, **params)
 
+    def segment_points(self, frame: int, points, **params):
+        """Masks for the given clicks on `frame` ([N, 2] (y, x) pixels), filtered and de-duplicated as
+        `segment_everything` does (`napari_sam2.automatic.segment_points`: scored at the decoder's resolution by
+        default), from the cached image features. Returns `AutoMasks`. Adds no object to the session."""
+        from .automatic import segment_points
+
+        self.frames.check_index(frame)
+        with self._lock:
+            feats = self._features(frame)
+            return segment_points(self.model, feats, self.frame_shape, points, precision=self.precision, **params)
+
+    def image_features(self, frame: int) -> torch.Tensor:
+        """The image encoder's lowest-resolution features of `frame`, [C, h, w] (h, w = the model's input size / 16),
+        from the cache (the encoder runs at most once per frame for tracking and discovery together)."""
+        self.frames.check_index(frame)
+        with self._lock:
+            return self._features(frame).vision[0]
+
     def close(self) -> None:
         self.frames.close()
         self.features.clear()
