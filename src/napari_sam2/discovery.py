@@ -31,7 +31,7 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   mask (within `touch_distance` px; `arrival_apart`): that is a piece of a tracked cell the tracker let go of.
   A newcomer is therefore found once it is clear of the cells around it.
 * **Absorbed neighbour** (not a division): when the larger of the two masks of rule (a) is more than
-  `division_max_daughter` (0.8) of the mother's usual area (the median of her last 5 frames), she had swallowed a
+  `division_max_daughter` (0.8) of the mother's usual area (the median of her last 50 frames), she had swallowed a
   neighbour (daughters are about half of her): she is re-prompted with the mask that best overlaps her mask on
   the previous discovery frame, and the other mask becomes an arrival. The same test stops rule (b) when the
   larger piece is the whole mother.
@@ -214,7 +214,7 @@ def compare_masks(
     """The discovery rules on one frame: tracked label image [H, W] (object ids) vs auto masks [[H, W] bool]
     → proposals: "arrival", "division" and "refresh" (object `mother` re-prompted with `masks[0]`).
     previous_area: {object id: area on the previous discovery frame} (rule c). may_divide(obj) → False excludes
-    an object from dividing (e.g. too young). usual_area: {object id: median area on its last frames} (the
+    an object from dividing (e.g. too young). usual_area: {object id: median area on its last 50 frames} (the
     absorbed-neighbour test); largest_area: {object id: its largest area so far} (the refresh rule);
     previous_labels: the label image of the previous discovery frame (which mask of an absorbed pair is the
     mother's own)."""
@@ -547,7 +547,7 @@ def propagate_with_discovery(
         yield from session.propagate("backward", start=first)
 
 
-def _remember(history: dict[int, list[int]], largest: dict[int, int], areas: dict[int, int], keep: int = 5) -> None:
+def _remember(history: dict[int, list[int]], largest: dict[int, int], areas: dict[int, int], keep: int = 50) -> None:
     for obj, area in areas.items():
         h = history.setdefault(obj, [])
         h.append(area)
