@@ -56,7 +56,8 @@ class TrackResult:
     parents: the lineage {daughter object id: mother object id} (divisions found by discovery); it is what the
     graph, the regions' parent column, the CTC parents and the store's provenance ("parents") carry.
     lineage_dropped: {daughter: why} for links the final labels cannot carry (e.g. a mother left with no pixel).
-    events: what discovery did, one dict per event ({"frame", "kind": "arrival"|"division", ...}).
+    events: what discovery did, one dict per event ({"frame", "kind": "arrival"|"division"|"refresh", ...};
+        "refresh": a tracked object re-prompted with a segment-everything mask, see `napari_sam2.discovery`).
     """
 
     labels: Any

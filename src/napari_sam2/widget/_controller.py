@@ -557,7 +557,7 @@ class TrackingController:
                 self.view.show_message(
                     "info",
                     f"Discovery: {len(new)} new objects ({len(found)} divisions, "
-                    f"{len(self.events) - len(found)} arrivals); see the object list.",
+                    f"{sum(e['kind'] == 'arrival' for e in self.events)} arrivals); see the object list.",
                 )
             self.view.show_propagation_done(self.frames_written, bool(cancelled))
             self.view.show_state()
