@@ -36,7 +36,9 @@ def division_movie():
         truth = movie.labels[frame]
         return [truth == o for o in np.unique(truth)[1:]]
 
-    options = DiscoveryOptions(detector=oracle, arrivals=True, division_gap=0)
+    # arrival_neighbours off: nucleus 2 comes back on frame 3 beside a tracked cell; with the rule on, discovery
+    # takes it in on frame 4 instead of 5, and this test's frame-by-frame script is written for frame 5
+    options = DiscoveryOptions(detector=oracle, arrivals=True, division_gap=0, arrival_neighbours=False)
     return movie, load_model("nano-fluo", device="cpu"), options
 
 

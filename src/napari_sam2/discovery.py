@@ -31,7 +31,7 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   mask (within `touch_distance` px; `arrival_apart`): that is a piece of a tracked cell the tracker let go of —
   except when every cell it touches still has ≥ 80 % of its usual area and the mask is at least
   `division_size_ratio` of each one's usual area: then it is an untracked neighbour (e.g. one of a touching pair
-  whose track was lost), and it becomes a new object.
+  whose track was lost), and it becomes a new object (`arrival_neighbours`).
 * **Absorbed neighbour** (not a division): when the larger of the two masks of rule (a) is more than
   `division_max_daughter` (0.8) of the mother's usual area (the median of her last 50 frames), she had swallowed a
   neighbour (daughters are about half of her): she is re-prompted with the mask that best overlaps her mask on
@@ -102,7 +102,7 @@ class DiscoveryOptions:
     match_iou: an auto mask with IoU ≥ this against some tracked mask is explained by it.
     arrival_max_covered: an auto mask more covered than this (fraction of its pixels) by tracked masks is not new.
     division_inside, division_min_share, division_size_ratio, division_coverage, division_gap, division_shrink,
-    touch_distance, min_cycle, arrival_apart: the division and arrival rules.
+    touch_distance, min_cycle, arrival_apart, arrival_neighbours: the division and arrival rules.
     division_max_daughter: a "daughter" larger than this fraction of the mother's usual area (median of her last
         frames) is no daughter: the mother had swallowed a neighbour (see "absorbed neighbour").
     refresh, refresh_growth: the "refresh" rule (a tracked mask that shrank to a fragment of an auto mask).
@@ -131,6 +131,7 @@ class DiscoveryOptions:
     touch_distance: float = 2.0
     division_gap: float = 3.0
     arrival_apart: bool = True
+    arrival_neighbours: bool = True
     min_cycle: int = 4
     division_max_daughter: float = 0.8
     refresh: bool = True
@@ -346,9 +347,13 @@ def compare_masks(
                 near = ndimage.binary_dilation(mask, iterations=max(1, round(options.touch_distance)))
                 touched = [int(k) for k in np.unique(labels[near]) if k]
                 usual = {k: (usual_area or {}).get(k) for k in touched}
-                if not usual_area or not all(
-                    usual[k] and areas[k] >= 0.8 * usual[k] and mask.sum() >= options.division_size_ratio * usual[k]
-                    for k in touched
+                if (
+                    not options.arrival_neighbours
+                    or not usual_area
+                    or not all(
+                        usual[k] and areas[k] >= 0.8 * usual[k] and mask.sum() >= options.division_size_ratio * usual[k]
+                        for k in touched
+                    )
                 ):
                     continue
             proposals.append(Proposal("arrival", [mask]))
