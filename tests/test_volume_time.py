@@ -128,3 +128,22 @@ def test_bad_input_is_named(tiny_model, movie):
     with pytest.raises(InputError, match="direction"):
         vt.add(0, 1, make_prompt(0, 1, [[3, 3]], [1]))
         list(vt.propagate("sideways"))
+
+
+def test_lineage_bounds_where_objects_are_carried(tiny_model):
+    movie = synthetic_nuclei_4d(n_frames=3, n_slices=3, shape=(40, 40), n_nuclei=2, seed=6, nucleus_radius=7)
+    vt = VolumeTimeSession(tiny_model, movie.image)
+    vt.add(0, 1, make_prompt(0, 1, [[20, 20]], [1]))
+    vt.add(2, 1, make_prompt(0, 2, [[10, 10]], [1]))
+    vt.end_object(1, 1)  # the mother divides after t = 1 ...
+    vt.add_object(2, parent=1, start=2)  # ... and object 2 is a daughter born at t = 2
+    assert vt.parents == {2: 1} and vt.span(1) == (None, 1) and vt.span(2) == (2, None)
+    assert [t for t, _ in vt.propagate("both")] == [0, 1, 2]  # 2 is not carried back before its birth
+    assert 1 not in vt.result(2) and 2 not in vt.result(0) and 2 not in vt.result(1)
+    with pytest.raises(InputError, match="lineage"):
+        vt.add(0, 1, make_prompt(0, 2, [[10, 10]], [1]))
+    vt.end_object(1, 0)  # shortening a span removes the object's voxels there at once
+    assert 1 not in vt.result(1)
+    again = replay_volume_time(tiny_model, movie.image, vt.edit_log)
+    for t in range(3):
+        np.testing.assert_array_equal(again.result(t), vt.result(t))

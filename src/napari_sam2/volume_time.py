@@ -42,7 +42,8 @@ Coordinates are napari's: (row, col) = (y, x) pixels of a slice; indices (t, z) 
 
 Note for the faces (17b): the public API below is stable; `edit_log` entries are {"op": "add", "t", "z", "prompt",
 "replace"}, {"op": "set", "t", "z", "obj_id", "prompt"}, {"op": "pass", "first", "last", "reverse", "times"};
-`replay_volume_time(model, frames, log)` reruns them.
+{"op": "object", "obj_id", "parent", "start"}, {"op": "end", "obj_id", "last"} (lineage: `add_object`,
+`end_object`, `parents`, `span`); `replay_volume_time(model, frames, log)` reruns them.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class VolumeTimeSession:
         self._cache_t: tuple[int, FeatureCache] | None = None  # features of the time point being worked on
         self._feature_bytes: int | None = None
         self._log: list[dict] = []
-        self._replaying = False
+        self._span: dict[int, tuple[int | None, int | None]] = {}  # obj → (first, last) t it exists on
+        self._parent: dict[int, int] = {}  # daughter → mother
 
     # ------------------------------------------------------------------ basics
     @property
@@ -181,7 +183,8 @@ class VolumeTimeSession:
     def edit_log(self) -> list[dict]:
         """Every edit and pass, in order, JSON-able: {"op": "add", "t", "z", "prompt": ObjectPrompt.to_dict(),
         "replace"}, {"op": "set", "t", "z", "obj_id", "prompt": dict | None}, {"op": "pass", "first", "last",
-        "reverse", "times"} (a pass over time points first…last, of which `times` were finished).
+        "reverse", "times"} (a pass over time points first…last, of which `times` were finished), {"op": "object",
+        "obj_id", "parent", "start"}, {"op": "end", "obj_id", "last"}.
         `replay_volume_time` reruns it to identical labels (same thread count). A copy."""
         return [dict(e) for e in self._log]
 
@@ -247,10 +250,14 @@ class VolumeTimeSession:
         if obj not in self._objects:
             if prompt is None:
                 return
-            self._objects.append(obj)
-            for d in (self._done, self._anchor, self._present):
-                d[obj] = {}
-            self._stale[obj] = set()
+            self._register(obj)
+        if prompt is not None and not self._alive(obj, t):
+            first, last = self.span(obj)
+            raise InputError(
+                f"object {obj} exists on time points {0 if first is None else first}…"
+                f"{self.num_times - 1 if last is None else last} only (its lineage); t = {t} lies outside: "
+                "prompt a new object there instead"
+            )
         slices = self._prompts.setdefault(t, {}).setdefault(obj, {})
         if prompt is None:
             slices.pop(z, None)
@@ -261,6 +268,13 @@ class VolumeTimeSession:
             if not self._prompts[t]:
                 del self._prompts[t]
         self._invalidate(obj, t)
+
+    def _register(self, obj: int) -> None:
+        if obj not in self._objects:
+            self._objects.append(obj)
+            for d in (self._done, self._anchor, self._present):
+                d[obj] = {}
+            self._stale[obj] = set()
 
     def _invalidate(self, obj: int, t: int) -> None:
         """An edit at t makes t stale, and the time points carried from it (up to the object's next prompted time
@@ -282,6 +296,64 @@ class VolumeTimeSession:
             return result.masks[k].copy()
         finally:
             session.frames.close()
+
+    # ------------------------------------------------------------------ lineage
+    def add_object(self, obj_id: int, parent: int | None = None, start: int | None = None) -> None:
+        """Declare object `obj_id` with its lineage (before or after prompting it): parent, the mother's id when it
+        is a daughter of a division; start, the first time point it exists on (a daughter: the one after her
+        mother's last). Propagation never carries it before `start`, in either direction, and its voxels at
+        earlier time points are removed from the results."""
+        _check_obj_id(obj_id)
+        obj_id = int(obj_id)
+        if parent is not None:
+            _check_obj_id(parent)
+            if int(parent) == obj_id:
+                raise InputError(f"object {obj_id} cannot be its own parent")
+        if start is not None:
+            start = self._check_tz(start, 0)[0]
+        self._register(obj_id)
+        self._log.append({"op": "object", "obj_id": obj_id, "parent": parent and int(parent), "start": start})
+        if parent is None:
+            self._parent.pop(obj_id, None)
+        else:
+            self._parent[obj_id] = int(parent)
+        self._span[obj_id] = (start, self._span.get(obj_id, (None, None))[1])
+        self._drop_outside_span(obj_id)
+
+    def end_object(self, obj_id: int, last: int) -> None:
+        """Object `obj_id` exists up to time point `last` (inclusive) and no longer (e.g. a mother that divides
+        after `last`): it is never carried past it and its voxels after it are removed from the results."""
+        _check_obj_id(obj_id)
+        obj_id = int(obj_id)
+        if obj_id not in self._objects:
+            raise InputError(f"unknown object id {obj_id}; known objects: {self._objects or 'none yet'}")
+        last = self._check_tz(last, 0)[0]
+        self._log.append({"op": "end", "obj_id": obj_id, "last": last})
+        self._span[obj_id] = (self._span.get(obj_id, (None, None))[0], last)
+        self._drop_outside_span(obj_id)
+
+    @property
+    def parents(self) -> dict[int, int]:
+        """{daughter object id: mother object id} (the lineage of divisions, as declared by `add_object`)."""
+        return dict(self._parent)
+
+    def span(self, obj_id: int) -> tuple[int | None, int | None]:
+        """(first, last) time point object `obj_id` exists on (None: unbounded)."""
+        return self._span.get(int(obj_id), (None, None))
+
+    def _alive(self, obj: int, t: int) -> bool:
+        first, last = self._span.get(obj, (None, None))
+        return (first is None or t >= first) and (last is None or t <= last)
+
+    def _drop_outside_span(self, obj: int) -> None:
+        for t in [t for t in self._labels if not self._alive(obj, t)]:
+            labels = self.result(t)
+            if (labels == obj).any():
+                labels[labels == obj] = 0
+                self._labels[t] = zlib.compress(np.ascontiguousarray(labels, np.int32).tobytes(), 1)
+        for d in (self._done[obj], self._anchor[obj], self._present[obj]):
+            for t in [t for t in d if not self._alive(obj, t)]:
+                del d[t]
 
     # ------------------------------------------------------------------ streams
     def _features_of(self, t: int) -> FeatureCache:
@@ -368,7 +440,7 @@ class VolumeTimeSession:
         src = t + 1 if reverse else t - 1
         todo = []
         for obj in self._objects:
-            if t in self._done[obj] and t not in self._stale[obj]:
+            if (t in self._done[obj] and t not in self._stale[obj]) or not self._alive(obj, t):
                 continue
             prompted = obj in self._prompts.get(t, {})
             carried = obj in self._tstreams and src in self._done[obj] and src not in self._stale[obj]
@@ -538,6 +610,10 @@ def replay_volume_time(model, frames, log: list[dict], **options) -> VolumeTimeS
         elif op == "set":
             p = entry["prompt"]
             session.set_prompt(entry["t"], entry["z"], entry["obj_id"], p and ObjectPrompt.from_dict(p, f"log[{i}]"))
+        elif op == "object":
+            session.add_object(entry["obj_id"], entry["parent"], entry["start"])
+        elif op == "end":
+            session.end_object(entry["obj_id"], entry["last"])
         elif op == "pass":
             for _ in session.propagate_pass(entry["first"], entry["last"], entry["reverse"], entry["times"]):
                 pass
