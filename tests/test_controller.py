@@ -267,9 +267,8 @@ def test_find_all_objects_adds_the_nuclei_not_yet_in_the_list(nano):
     c.reset_sessions()
 
 
-def test_discovery_while_propagating_finds_the_division_and_replays(nano, tmp_path):
+def test_discovery_while_propagating_finds_the_division_and_reopens(nano, tmp_path):
     from napari_sam2.discovery import DiscoveryOptions
-    from napari_sam2.replay import replay
     from napari_sam2.sample_data import nuclei_timelapse
 
     movie = nuclei_timelapse(n_frames=6, shape=(128, 128), n_nuclei=3, seed=11)
@@ -294,9 +293,15 @@ def test_discovery_while_propagating_finds_the_division_and_replays(nano, tmp_pa
     assert provenance.parents == dict.fromkeys(daughters, mother)
     prompts = c.mask_prompt_set(())
     c.save(tmp_path / "d.ome.zarr", "tyx", prompts, provenance, [1.0] * 3, ["pixel"] * 3)
-    replayed = replay(tmp_path / "d.ome.zarr", image=movie.image, model=nano).labels
-    # the widget erases the mother after her last frame (the session dropped her outputs there); a replay that
-    # does not yet erase her there differs only in her pixels on those frames
-    replayed[t_div:][replayed[t_div:] == mother] = 0
-    np.testing.assert_array_equal(replayed, c.labels)
     c.reset_sessions()
+    # opened again and continued: the session re-runs the saved edit log (as `napari-sam2 replay` does) to the same
+    # labels, and the lineage and the daughters' mask prompts come back with it
+    from napari_sam2.io.results import open_result
+
+    again = _on(movie, nano)
+    again.open_result(open_result(tmp_path / "d.ome.zarr"))
+    again.reset_sessions()
+    assert again.lineage(()) == dict.fromkeys(daughters, mother)
+    assert all(again.mask_frames((), d) == [t_div] for d in daughters)
+    np.testing.assert_array_equal(again.labels, c.labels)
+    again.reset_sessions()

@@ -396,6 +396,8 @@ class TrackingController:
             if replayed is not None:
                 for t in range(len(replayed)):
                     self.labels[geometry.label_index(key, t)] = replayed[t]
+                self._note_mask_prompts(key, session, session.obj_ids)  # e.g. daughters found by discovery
+                self._erase_outside_spans(key, session, {}, geometry)  # an ended mother, as when propagating
             for r in results:
                 self.write_result(key, r)
             self.view.show_prompted(results)
