@@ -540,9 +540,12 @@ class TrackingController:
 
         def on_result(value):
             pass_index, done, result = value
-            if discovery is not None:
-                self._erase_outside_spans(key, session, spans, geometry)
             self.write_result(key, result, geometry=geometry)
+            if discovery is not None:
+                # after writing: the worker may have ended an object since it made this result (the GUI thread
+                # lags behind it), so the result can still hold her on a frame she no longer lives on
+                self._erase_outside_spans(key, session, spans, geometry)
+                self._erase_outside_spans(key, session, {}, geometry, frames=[result.frame])
             self.frames_written += 1
             self.view.show_propagation(sum(lengths[:pass_index]) + min(done, lengths[pass_index]), total)
 
@@ -580,16 +583,17 @@ class TrackingController:
         worker.start()
         return True
 
-    def _erase_outside_spans(self, key, session, spans: dict, geometry) -> None:
+    def _erase_outside_spans(self, key, session, spans: dict, geometry, frames=None) -> None:
         """Discovery ended a mother / started daughters: their pixels outside the frames they exist on go (as the
-        session dropped its outputs there, and as `replay` erases them)."""
+        session dropped its outputs there, and as `replay` erases them). spans: {obj: span} already handled
+        (updated); frames: only these frames (default all)."""
         for obj in session.obj_ids:
             span = session.span(obj)
             if spans.get(obj) == span:
                 continue
             spans[obj] = span
             first, last = span
-            for t in range(geometry.num_frames):
+            for t in range(geometry.num_frames) if frames is None else frames:
                 if (first is not None and t < first) or (last is not None and t > last):
                     index = geometry.label_index(key, t)
                     plane = np.asarray(self.labels[index])
