@@ -94,3 +94,19 @@ def test_real_discovery_finds_an_unseeded_nucleus_on_the_first_discovery_frame(n
     hits = [e for e in arrivals if (labels[2] == e["object"])[truth].mean() > 0.5]
     assert [e["frame"] for e in hits] == [2]  # found on frame 2, the first discovery frame
     assert not (labels[:2] == hits[0]["object"]).any() and (labels[3] == hits[0]["object"]).any()
+
+
+def test_discovery_runs_with_a_random_weight_sam2_model(tiny_model, blob_stack):
+    # the path official checkpoints take (their weights cannot be downloaded here): both samplings, every frame
+    from napari_sam2.discovery import propagate_with_discovery
+    from napari_sam2.session import TrackingSession
+
+    stack = blob_stack(n_frames=3)
+    for sampling in ("changed", "grid"):
+        session = TrackingSession(tiny_model, stack)
+        session.add_prompt(0, 1, points=[[30, 30]])
+        events: list = []
+        options = DiscoveryOptions(sampling=sampling, generator={"points_per_side": 4})
+        frames = [r.frame for r in propagate_with_discovery(session, options, events=events)]
+        assert sorted(set(frames)) == [0, 1, 2]
+        assert all(e["kind"] in ("arrival", "division", "refresh") for e in events)
