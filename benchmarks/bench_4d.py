@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from napari_sam2 import load_model
@@ -151,7 +152,7 @@ def memory(args) -> dict:
     for _ in range(args.turns):
         for n in (args.short, args.long):
             out = subprocess.run(
-                [sys.executable, __file__, "_memory_child", stores[n], args.model], env=env, capture_output=True,
+                [sys.executable, __file__, "_memory_child", stores[n], args.model, str(args.threads)], env=env, capture_output=True,
                 text=True, check=True,
             ).stdout  # fmt: skip
             row = json.loads(out.strip().splitlines()[-1])
@@ -186,19 +187,22 @@ def cost(model, args) -> dict:
             for _t, _labels in vt.propagate("forward"):
                 pass
         volume.append((time.perf_counter() - start) / (args.slices * args.frames))
-        print(json.dumps({"plain_s_per_slice": round(plain[-1], 3), "3d_t_s_per_slice": round(volume[-1], 3)}))
+        print(
+            json.dumps({"plain_s_per_slice": round(plain[-1], 3), "3d_t_s_per_slice": round(volume[-1], 3)}), flush=True
+        )
     return {
         "plain_s_per_slice": [round(v, 3) for v in plain],
         "volume_time_s_per_slice": [round(v, 3) for v in volume],
         "ratio_of_medians": round(statistics.median(volume) / statistics.median(plain), 3),
         "conditions": f"{args.frames} t x {args.slices} z x {args.size}², {len(prompted)} objects, "
-        f"{args.turns} turns, torch threads {__import__('torch').get_num_threads()}",
+        f"{args.turns} turns, torch threads {torch.get_num_threads()}",
     }
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_memory_child":
+        torch.set_num_threads(int(argv[3]))
         _memory_child(argv[1], argv[2])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -213,7 +217,11 @@ def main(argv=None) -> int:
     parser.add_argument("--long", type=int, default=40)
     parser.add_argument("--turns", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: on a shared, loaded CPU two threads spin-wait)"
+    )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     defaults = {
         "quality": {"frames": 8, "slices": 16, "size": 96, "nuclei": 5, "turns": 1},
         "memory": {"frames": 0, "slices": 4, "size": 64, "nuclei": 1, "turns": 1},
