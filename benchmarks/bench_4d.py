@@ -78,6 +78,7 @@ def quality(model, args) -> dict:
     from napari_sam2.analysis import export_ctc
 
     ious, tra, det, per_seed = [], [], [], []
+    at_t0, later = [], []  # t = 0 is the z-stream alone (no hand-over yet); t > 0 is carried through time
     work = Path(tempfile.mkdtemp(prefix="bench_4d_"))
     for k in range(args.seeds):
         s = movie(HELD_OUT_4D + k, args)
@@ -97,6 +98,7 @@ def quality(model, args) -> dict:
                 truth = s.labels[t] == obj
                 if truth.any():
                     seed_ious.append(iou(result[t] == obj, truth))
+                    (at_t0 if t == 0 else later).append(seed_ious[-1])
         run = work / f"seed{k}"
         export_ctc(s.labels, run / "01_GT", parents=s.lineage, ground_truth=True, overwrite=True)
         export_ctc(result, run / "01_RES", overwrite=True)
@@ -110,6 +112,8 @@ def quality(model, args) -> dict:
     return {
         "iou_mean": float(np.mean(ious)),
         "iou_pairs": len(ious),
+        "iou_mean_t0_z_stream_only": float(np.mean(at_t0)),
+        "iou_mean_after_hand_over": float(np.mean(later)),
         "tra_mean": float(np.mean(tra)),
         "det_mean": float(np.mean(det)),
         "per_seed": per_seed,
