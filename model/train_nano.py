@@ -38,8 +38,9 @@ normalisation). Clips of `--frames` consecutive frames (stride 1–2, forwards o
 Objective (SAM 2's video objective, on our network's own inference steps — `SAM2Model.decode`, `encode_memory`,
 `condition_on_memory` — so what is trained is what runs): one object per clip, prompted on its first frame as a user
 would (one click inside, a box, a mask, or a click followed by 1–2 corrective clicks placed in the largest error);
-the following frames are tracked with the memory bank laid out as `TrackingSession` lays it out (the prompted frame,
-the previous num_maskmem − 1 frames, object pointers), memories rounded to bf16 as stored at inference.
+the following frames are tracked with the memory bank laid out as `TrackingSession` lays it out, by the same functions
+(src/napari_sam2/model/memory_bank.py: the prompted frame, the previous num_maskmem − 1 frames, object pointers),
+memories rounded to bf16 as stored at inference.
 Losses per frame (SAM 2's weights): focal ×20 + dice on every candidate mask (all three candidates are supervised:
 a click on a nucleus is not ambiguous, so the IoU head's choice cannot go wrong), L1 between predicted and actual IoU,
 and binary cross-entropy of the object-presence score; mask and IoU losses only where the object is present. For
@@ -66,6 +67,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from napari_sam2.model import memory_bank
 from napari_sam2.model.build import build_model, config_from_dict, resolve_device
 from napari_sam2.model.configs import NANO_FLUO
 from napari_sam2.model.sam2 import NO_OBJECT_LOGIT, Memory, Pointer
@@ -407,19 +409,21 @@ def run_clip(
     cond_pointer = out.object_pointer
 
     # --- the tracked frames
-    nmem = cfg.num_maskmem
+    # the memory bank laid out by the functions TrackingSession uses (napari_sam2/model/memory_bank.py): a forward
+    # pass from the prompted frame 0 through a stack longer than the pointer reach
+    nmem, num_frames = cfg.num_maskmem, clip.frames.shape[0]
+    signed = cfg.use_signed_tpos_enc_to_obj_ptrs
     tracked: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # frame → (memory, pointer)
-    for t in range(1, clip.frames.shape[0]):
+    for t in range(1, num_frames):
         feats = feats_all.select(slice(t, t + 1))
-        memories = [Memory(cond_memory, nmem - 1)]
-        for t_pos in range(1, nmem):
-            prev = t - (nmem - t_pos)
-            if prev in tracked:
-                memories.append(Memory(tracked[prev][0], nmem - t_pos - 1))
-        pointers = [Pointer(cond_pointer, t)]
-        for t_diff in range(1, min(t, cfg.max_obj_ptrs_in_encoder)):
-            if t - t_diff in tracked:
-                pointers.append(Pointer(tracked[t - t_diff][1], t_diff))
+        memories = [Memory(cond_memory, memory_bank.conditioning_memory_index(nmem))]
+        for index, source in memory_bank.recent_memory_frames(t, False, nmem):
+            if source in tracked:
+                memories.append(Memory(tracked[source][0], index))
+        pointers = [Pointer(cond_pointer, memory_bank.conditioning_pointer_distance(t, 0, False, signed))]
+        for distance, source in memory_bank.recent_pointer_frames(t, False, cfg.max_obj_ptrs_in_encoder, num_frames):
+            if source in tracked:
+                pointers.append(Pointer(tracked[source][1], distance))
         embedding = model.condition_on_memory(feats, memories, pointers, max_pointer_distance)
         out = model.decode(embedding, feats.high_res, multimask=True, object_gate=False)
         loss = loss + frame_loss(model, out, masks[t], stats, balanced_weight, multimask_min)
@@ -635,7 +639,8 @@ def main(argv=None) -> int:
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
         print(f"resumed at step {start}", flush=True)
-    max_pointer_distance = cfg.max_obj_ptrs_in_encoder - 1  # as on any stack longer than the pointer reach
+    # as on any stack longer than the pointer reach
+    max_pointer_distance = memory_bank.max_pointer_distance(sys.maxsize, cfg.max_obj_ptrs_in_encoder)
     params = sum(p.numel() for p in model.parameters())
     print(f"nano-fluo: {params:,} parameters on {device}; steps {start}..{args.steps}", flush=True)
 

@@ -251,3 +251,36 @@ def test_a_torch_tensor_stack_is_accepted_like_its_numpy_twin(tiny_model, stack)
         2, 1, points=[[30, 42]], labels=[1]
     )
     np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_pruning_the_memory_bank_never_changes_a_propagation(make_checkpoint, tiny_config, blob_stack):
+    """The default preset drops memories and pointers no later frame of a pass can read (model/memory_bank.py);
+    keeping all of them gives the same logits. A short bank (3 memories, 4 pointers), so that most are dropped;
+    prompts on frames the object has not visited, passes both ways from them, a pass that stops and resumes.
+    (A correction on a tracked frame, or a pass that starts on a frame tracked in the other direction, reads
+    banks that may have been dropped: see `_prune`.)"""
+    import dataclasses
+
+    config = dataclasses.replace(tiny_config(), name="test-tiny-short-bank", num_maskmem=3, max_obj_ptrs_in_encoder=4)
+    model = load_model(make_checkpoint(config), device="cpu")
+    stack = blob_stack(n_frames=16, shape=(64, 64))
+
+    def run(keep_all):
+        s = TrackingSession(model, stack)
+        s.keep_all_memories = keep_all
+        yielded = []
+        s.add_prompt(6, 1, points=[[30, 30]])
+        yielded += list(s.propagate("forward", stop=11))
+        s.add_prompt(14, 1, points=[[30, 40]])  # a second prompted frame, beyond where the pass stopped
+        s.add_prompt(6, 2, points=[[40, 20]])
+        yielded += list(s.propagate("forward"))
+        yielded += list(s.propagate("backward"))
+        held = sum(o.memory is not None for o in s.objects[1].tracked.values())
+        return [(r.frame, r.obj_ids, r.logits) for r in yielded], held
+
+    pruned, held_pruned = run(False)
+    kept, held_kept = run(True)
+    assert held_pruned < held_kept  # something was dropped
+    assert [(f, ids) for f, ids, _ in pruned] == [(f, ids) for f, ids, _ in kept]
+    for (frame, _, a), (_, _, b) in zip(pruned, kept, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=f"frame {frame}")

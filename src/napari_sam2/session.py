@@ -13,7 +13,8 @@ so memory does not grow with the stack length):
   * conditioning frames (every prompted frame): memory, pointer, mask logits — attended by every frame;
   * tracked frames: the pointer, object score and IoU (≈ 1 KiB) of every tracked frame, and the memory
     (bf16, as the official predictor stores it) of frames within `num_maskmem − 1` of the current frame or of a
-    conditioning frame (a later pass in the other direction starts from there); pointers likewise within 15;
+    conditioning frame (a later pass in the other direction starts from there); pointers likewise within 15
+    (more if the config's pointer reach is longer);
   * mask logits of tracked frames in an LRU budget (`result_cache_bytes`): used when a correction lands on a
     tracked frame (the previous mask is a prompt, as in the official predictor).
 
@@ -41,6 +42,15 @@ import torch.nn.functional as F
 
 from .embedding_cache import EmbeddingStore, model_fingerprint
 from .frames import FrameSource
+from .model.memory_bank import (
+    conditioning_memory_index,
+    conditioning_pointer_distance,
+    max_pointer_distance,
+    outside_reach,
+    pointer_reach,
+    recent_memory_frames,
+    recent_pointer_frames,
+)
 from .model.precision import autocast_context, resolve_precision
 from .model.sam2 import NO_OBJECT_LOGIT, ImageFeatures, Memory, Pointer
 from .postprocess import fill_holes
@@ -51,8 +61,8 @@ from .prompts import ObjectPrompt, make_prompt
 PROMPT_LOGIT_CLAMP = 32.0
 #: object ids are the values of the uint32 label image
 MAX_OBJ_ID = 2**32 - 1
-#: official: at most 16 object pointers (the current frame's 15 predecessors + conditioning frames)
-MAX_POINTER_FRAMES = 16
+#: pointers of tracked frames are kept at least this many frames back (the official pointer reach − 1); see _prune
+POINTERS_KEPT = 15
 
 PRESETS = {
     "default": {"sticky_corrections": True, "fill_hole_area": 8, "recompute_all": False, "keep_all_memories": False},
@@ -661,32 +671,30 @@ class TrackingSession:
             Pointer(torch.cat([b[1][i][1] for b in banks], dim=0), banks[0][1][i][0]) for i in range(len(banks[0][1]))
         ]
         batch = feats.select([0] * len(objs))
-        max_ptrs = min(self.num_frames, self.cfg.max_obj_ptrs_in_encoder)
-        return self.model.condition_on_memory(batch, memories, pointers, max_ptrs - 1)
+        scale = max_pointer_distance(self.num_frames, self.cfg.max_obj_ptrs_in_encoder)
+        return self.model.condition_on_memory(batch, memories, pointers, scale)
 
     def _memory_bank(self, obj: ObjectTrack, frame: int, reverse: bool):
-        """The official memory selection for `obj` at `frame` → ([(tpos index, memory)], [(distance, pointer)])."""
+        """The official memory selection for `obj` at `frame` → ([(tpos index, memory)], [(distance, pointer)]),
+        laid out by model/memory_bank.py (as model/train_nano.py lays it out in training)."""
         nmem = self.cfg.num_maskmem
-        memories = [(nmem - 1, out.memory) for out in obj.cond.values() if out.memory is not None]
-        step = 1 if reverse else -1  # where "previous" frames lie
-        for t_pos in range(1, nmem):
-            out = obj.tracked.get(frame + step * (nmem - t_pos))
+        cond_index = conditioning_memory_index(nmem)
+        memories = [(cond_index, out.memory) for out in obj.cond.values() if out.memory is not None]
+        for index, source in recent_memory_frames(frame, reverse, nmem):
+            out = obj.tracked.get(source)
             if out is not None and out.memory is not None:
-                memories.append((nmem - t_pos - 1, out.memory))
-        max_ptrs = min(self.num_frames, self.cfg.max_obj_ptrs_in_encoder)
-        sign = -1 if reverse else 1
+                memories.append((index, out.memory))
+        signed = self.cfg.use_signed_tpos_enc_to_obj_ptrs
         pointers = []
         for t, out in obj.cond.items():
-            if (t >= frame) if reverse else (t <= frame):
-                dist = (frame - t) * sign if self.cfg.use_signed_tpos_enc_to_obj_ptrs else abs(frame - t)
-                pointers.append((dist, out.pointer))
-        for t_diff in range(1, max_ptrs):
-            t = frame + step * t_diff
-            if t < 0 or t >= self.num_frames:
-                break
-            out = obj.tracked.get(t)
+            distance = conditioning_pointer_distance(frame, t, reverse, signed)
+            if distance is not None:
+                pointers.append((distance, out.pointer))
+        reach = pointer_reach(self.num_frames, self.cfg.max_obj_ptrs_in_encoder)
+        for distance, source in recent_pointer_frames(frame, reverse, reach, self.num_frames):
+            out = obj.tracked.get(source)
             if out is not None and out.pointer is not None:
-                pointers.append((t_diff, out.pointer))
+                pointers.append((distance, out.pointer))
         return memories, pointers
 
     def _bank_signature(self, obj: ObjectTrack, frame: int, reverse: bool):
@@ -713,29 +721,30 @@ class TrackingSession:
 
     def _prune(self, obj: ObjectTrack, frame: int, reverse: bool) -> None:
         """Drop the memories and pointers of tracked frames that neither the rest of this pass nor a later pass
-        starting at a conditioning frame can attend to: memories num_maskmem − 1 or more frames behind the
-        current frame, pointers 15 or more (and as far from every conditioning frame)."""
+        starting at a conditioning frame can attend to (model/memory_bank.py `outside_reach`): memories
+        num_maskmem − 1 or more frames behind the current frame, pointers 15 (or the pointer reach − 1, if longer)
+        or more, and as far from every conditioning frame.
+
+        Only the passes of the current prompts are foreseen: a correction made later on a tracked frame reads that
+        frame's bank (and the pass after it the banks next to it), and a pass in the other direction that starts
+        on frames already tracked (an object tracked forwards from before its own first prompt, because another
+        object starts earlier) reads theirs; what was dropped there is missing, so those results differ from
+        keeping everything (the "parity" preset keeps everything, as the official predictor does). Replaying the
+        same edits drops the same entries: the results are reproducible."""
         if self.keep_all_memories:
             return
-        keep_mem = self.cfg.num_maskmem - 1
-        keep_ptr = MAX_POINTER_FRAMES - 1
+        memory_slots = self.cfg.num_maskmem - 1
+        # 15 even where the config reaches less far (nano-fluo: 7): corrections read what is kept (see above)
+        pointer_slots = max(POINTERS_KEPT, max_pointer_distance(self.num_frames, self.cfg.max_obj_ptrs_in_encoder))
         conds = list(obj.cond)
-
-        def unused(f: int, reach: int) -> bool:
-            behind = (f - frame) if reverse else (frame - f)  # > 0 for frames this pass has left behind
-            near_cond = min((abs(f - c) for c in conds), default=self.num_frames)
-            # the next frame reads memories 1…keep_mem frames back, so `keep_mem` behind is already unused;
-            # a pass from a conditioning frame c reads c±1 … c±(keep_mem − 1)
-            return behind >= reach and near_cond >= reach
-
-        for f in [f for f in obj.holding_memory if unused(f, keep_mem)]:
-            obj.holding_memory.discard(f)
-            if f in obj.tracked:
-                obj.tracked[f].memory = None
-        for f in [f for f in obj.holding_pointer if unused(f, keep_ptr)]:
-            obj.holding_pointer.discard(f)
-            if f in obj.tracked:
-                obj.tracked[f].pointer = None
+        for holding, slots, field in (
+            (obj.holding_memory, memory_slots, "memory"),
+            (obj.holding_pointer, pointer_slots, "pointer"),
+        ):
+            for f in [f for f in holding if outside_reach(f, frame, reverse, conds, slots, self.num_frames)]:
+                holding.discard(f)
+                if f in obj.tracked:
+                    setattr(obj.tracked[f], field, None)
 
     # ------------------------------------------------------------------ results kept for corrections
     def _remember_result(self, obj_id: int, frame: int, out: FrameOutput) -> None:
