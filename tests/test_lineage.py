@@ -2,8 +2,8 @@
 graph, CTC export, store provenance, the napari reader).
 
 The discovery rules run here with an *oracle detector* (the generator's true masks stand in for segment-everything),
-so that these tests prove the plumbing and the rules on known input; tests/test_discovery_auto.py runs the real
-segment-everything path.
+so that these tests prove the plumbing and the rules on known input; the `--auto` tests at the end of this file (and
+tests/test_scale_out.py) run the real segment-everything path.
 """
 
 import csv

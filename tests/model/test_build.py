@@ -6,7 +6,7 @@ import torch
 from napari_sam2 import CheckpointError, load_model
 from napari_sam2.model import CONFIGS, build_model, config_from_state_dict, get_config
 
-# parameter counts of the official models (SAM 2 README; SAM2_REFERENCE.md §1.1)
+# parameter counts of the official models (SAM 2 README; counted on the official models built from their configs)
 PARAMS = {
     "sam2.1_hiera_t": 38_962_498,
     "sam2.1_hiera_s": 46_060_354,

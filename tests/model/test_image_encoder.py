@@ -167,7 +167,7 @@ def _layout(name):
 
 
 def test_tiny_block_layout_follows_the_lag_by_one_rule():
-    """docs/SAM2_REFERENCE.md §1.1: 0:96 w8 | 1:96→192 q w8 | 2 w4 | 3:192→384 q w4 | 4 w14 | 5 global | …"""
+    """The official tiny trunk: 0:96 w8 | 1:96→192 q w8 | 2 w4 | 3:192→384 q w4 | 4 w14 | 5 global | …"""
     windows = [8, 8, 4, 4, 14, 0, 14, 0, 14, 0, 14, 7]
     dims = [96, 192, 192, 384, 384, 384, 384, 384, 384, 384, 768, 768]
     heads = [1, 2, 2, 4, 4, 4, 4, 4, 4, 4, 8, 8]
@@ -190,7 +190,7 @@ def test_large_block_layout():
 # image-encoder parameter counts, measured on the official sam2 1.1.0 modules
 IMAGE_ENCODER_PARAMS = {"t": 27_219_136, "s": 34_316_992, "b+": 69_106_816, "l": 212_703_280}
 IMAGE_ENCODER_KEYS = {"t": 162, "s": 210, "b+": 306, "l": 594}
-# total parameters of the 2.1 models (docs/SAM2_REFERENCE.md §1.1)
+# total parameters of the 2.1 models (counted on the official models built from their configs)
 TOTAL_PARAMS_21 = {"t": 38_962_498, "s": 46_060_354, "b+": 80_850_178, "l": 224_446_642}
 
 

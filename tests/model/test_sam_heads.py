@@ -70,7 +70,7 @@ def _expand(spec):
     return ["".join(c) for c in itertools.product(*choices)]
 
 
-# Official key groups (SAM2_REFERENCE.md Appendix A) of the SAM heads, at the official size.
+# Official key groups of the SAM heads (as in the official checkpoints' state dicts), at the official size.
 OFFICIAL_PROMPT_KEYS = {
     "pe_layer.positional_encoding_gaussian_matrix": (2, 128),
     "point_embeddings.{0..3}.weight": (1, 256),

@@ -2,7 +2,8 @@
 
 Every number the network needs lives here, so that a model at another input size or width (e.g. 512 px
 for speed, or a tiny config for tests) is a config, never a code change. Official values are those of
-facebookresearch/sam2's yaml files plus the class defaults they rely on (see docs/SAM2_REFERENCE.md §1).
+facebookresearch/sam2's yaml configs (sam2/configs/sam2 and sam2/configs/sam2.1) plus the class defaults they
+rely on; tests/parity checks them against the official models.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class SAM2Config:
     num_multimask_outputs: int = 3
     iou_head_depth: int = 3
     iou_head_hidden_dim: int = 256
-    # 2.0 / 2.1 differences (docs/SAM2_REFERENCE.md §1.3)
+    # the 2.0 / 2.1 differences: the 2.1 configs set these four to true, 2.0 leaves them false
     no_obj_embed_spatial: bool = True
     add_tpos_enc_to_obj_ptrs: bool = True
     proj_tpos_enc_in_obj_ptrs: bool = True
