@@ -94,3 +94,41 @@ def test_track_records_its_log_and_the_cli_replays_it(tmp_path, tiny_checkpoint,
     assert cli.main(["replay", str(tmp_path / "plain.ome.zarr")]) == 1
     err = capsys.readouterr().err
     assert "records no edit log" in err and "Traceback" not in err
+
+
+def test_discovery_edits_replay_bit_for_bit(tmp_path, capsys):
+    """A run with discovery records its arrivals and divisions (new objects with their parent, the mother's end,
+    the daughters' mask prompts, the pass split around them); `napari-sam2 replay` re-runs that log to the same
+    labels at the same thread count, without running discovery again."""
+    from napari_sam2 import load_model
+    from napari_sam2.discovery import DiscoveryOptions
+    from napari_sam2.sample_data import nuclei_timelapse
+
+    movie = nuclei_timelapse(n_frames=6, shape=(128, 128), n_nuclei=3, seed=11)  # nucleus 1 divides on frame 3
+    mother = movie.events["division"]["parent"]
+    unseeded = next(int(o) for o in np.unique(movie.labels[0])[1:] if o != mother)
+    seeds = np.where(movie.labels[0] == unseeded, 0, movie.labels[0])
+
+    def oracle(session, frame):  # the true masks stand in for segment everything (fast, and sure to find events)
+        truth = movie.labels[frame]
+        return [truth == o for o in np.unique(truth)[1:]]
+
+    np.save(tmp_path / "movie.npy", movie.image)
+    out = tmp_path / "movie.ome.zarr"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        options = DiscoveryOptions(detector=oracle, division_gap=0)
+        result = track(tmp_path / "movie.npy", seeds, model=load_model("nano-fluo", device="cpu"), out=out,
+                       direction="forward", discover=options, tables=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    kinds = {e["kind"] for e in result.events}
+    assert kinds == {"arrival", "division"}, result.events
+    log = open_result(out).record.edit_log
+    ops = [e["op"] for e in log]
+    assert "end" in ops and any(e["op"] == "object" and e["parent"] == mother for e in log)
+    assert ops.count("pass") > 1  # the pass was split where discovery edited the session
+
+    assert cli.main(["replay", str(out)]) == 0, capsys.readouterr().err
+    assert "identical labels on all 6 frames" in capsys.readouterr().out

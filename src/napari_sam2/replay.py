@@ -69,13 +69,22 @@ def replay_log(session, log: list[dict], labels: np.ndarray | None = None, on_re
             session.reset()
         elif op == "object":
             session.add_object(entry["obj_id"], parent=entry.get("parent"), start=entry.get("start"))
+            if entry.get("start") is not None:  # the object does not exist before its start frame
+                _erase(out[: int(entry["start"])], int(entry["obj_id"]))
         elif op == "end":
             session.end_object(entry["obj_id"], entry["last_frame"])
+            # nor after its last frame: a mother's pixels on the frame her daughters start on are not kept
+            _erase(out[max(0, int(entry["last_frame"]) + 1) :], int(entry["obj_id"]))
         elif op == "pass":
             write(session.propagate_pass(entry["first"], entry["last"], bool(entry["reverse"]), entry["frames"]))
         else:
             raise InputError(f"{where}: unknown edit {op!r}; this log was written by a newer napari-sam2")
     return out
+
+
+def _erase(labels: np.ndarray, obj_id: int) -> None:
+    """Clear `obj_id` from labels [..., H, W] in place (the session dropped its outputs there)."""
+    labels[labels == obj_id] = 0
 
 
 @dataclass
