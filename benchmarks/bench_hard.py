@@ -4,7 +4,7 @@
     python benchmarks/bench_hard.py --model PATH.pt --seeds 2 --json out.json
 
 Held-out data: `napari_sam2.synthetic_hard.hard_condition` stacks with seeds from 4,000,000 up (training draws
-`random_hard_stack` seeds below 1,000,000; see model/train_nano.py), 16 frames / slices of 256² (the model's input
+`random_hard_stack` movies seeded --seed × 10,000,000 + k, never these; see model/train_nano.py), 16 frames / slices of 256² (the model's input
 size: no resizing), plus the issue-7 sample movies (`nuclei_timelapse`, seeds from 4,900,000) for calibration on
 the old data. Everything but the multimask probe runs through the public `TrackingSession`, as a user's click does.
 

@@ -484,7 +484,8 @@ def export(state_path: Path, target: Path) -> None:
 
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     target.parent.mkdir(parents=True, exist_ok=True)
-    training = {"steps": state["step"], **state["args"]}
+    # "steps": the step the weights are at (the run's --steps, the schedule's length, is "schedule_steps")
+    training = {**state["args"], "schedule_steps": state["args"].get("steps"), "steps": state["step"]}
     torch.save({"model": state["model"], "config": state["config"], "training": training}, target)
     record = {
         "sha256": file_sha256(target),
