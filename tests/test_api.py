@@ -179,7 +179,7 @@ def test_bad_inputs_fail_before_anything_is_written(tmp_path, stack, tiny_checkp
     with pytest.raises(InputError, match="no prompts"):
         track(stack, None, model=tiny_checkpoint)
     with pytest.raises(InputError, match="exactly \\(Y, X\\)"):
-        track(np.zeros((2, 3, 16, 16, 2)), _prompts(), model=tiny_checkpoint)
+        track(np.zeros((2, 3, 4, 32, 32)), _prompts(), model=tiny_checkpoint)
     out.mkdir()
     with pytest.raises(StoreExistsError, match="overwrite=True"):
         track(stack, _prompts(), model=tiny_checkpoint, out=out)

@@ -2,7 +2,7 @@
 
     import napari_sam2
     result = napari_sam2.track("movie.tif", "prompts.csv", model="sam2.1_hiera_tiny", out="movie.ome.zarr")
-    result.labels        # [T, Y, X] uint32, lazy (zarr) — or numpy when out=None
+    result.labels        # [T, Y, X] uint32, lazy (zarr) — or numpy when out=None; [T, Z, Y, X] for a 3D+t stack
     result.confidence    # rows: frame, obj_id, score, iou, present, area
     result.tracks        # napari Tracks data [N, 4] (track_id, t, y, x); result.graph its {child: [parent]}
 
@@ -116,7 +116,7 @@ def track(
     stack,
     prompts=None,
     model: str | os.PathLike | Any | None = None,
-    axis: int | str | None = 0,
+    axis: int | str | tuple[int, int] | None = None,
     out: str | os.PathLike | None = None,
     direction: str | None = None,
     channel: int | None = None,
@@ -141,6 +141,14 @@ def track(
 
     stack: an array-like [..., N at `axis`, ..., Y, X] (+ optional channel axis), or a path (TIFF, Zarr/OME-Zarr,
         .npy, NIfTI; see `io.readers.open_stack`). axis: the stream axis, an index or "t"/"z" (None: t, else z).
+        3D+t stacks [T, Z, Y, X] (+ optional channel axis) have two stream axes, followed together (one object = one
+        3-D mask per time point; `napari_sam2.volume_time`): axis "tz" or (T_INDEX, Z_INDEX); the default (None)
+        for a stack with four non-channel axes is the axes the file names t and z, or, unnamed (numpy), the first
+        two. One stream axis on such a stack, or axes named otherwise (e.g. "qqyx"), is refused with a message
+        naming the fix. Prompts then carry (t, z) (`ObjectPrompt.t`; CSV columns obj_id, t, z, y, x), seed labels
+        are one time point's [Z, Y, X] volume on t = `seed_frame`, and the store, `labels`, the region table (with
+        centroid_z, volume), the tracks (t, z, y, x) and the CTC export ([Z, Y, X] masks) are 3D+t; a "frame"
+        (progress, resume, `frames_written`) is a time point. auto/discover are for 3-D stacks only.
     prompts: a `PromptSet`; a `.json`/`.csv` prompts file; or seed labels — a [H, W] label image (or its path, or
         a [N, H, W] label stack) whose every object on `seed_frame` becomes a mask prompt (obj_id = label value).
     model: registry name (default: the built-in "nano-fluo"; "sam2.1_hiera_tiny" for real work), checkpoint path,
@@ -178,7 +186,17 @@ def track(
     the finished part (on a GPU, minutes for thousands of frames). resume=True on a path that does not exist starts a
     new run, so a cluster job can always be resubmitted with the same command line.
     """
-    return TrackJob(locals()).execute()
+    return _job(locals()).execute()
+
+
+def _job(ask: dict) -> TrackJob:
+    """The job for the input: `TrackJob` (one stream axis) or, for a 3D+t stack, its TZYX variant."""
+    from ._volume_job import VolumeTimeJob, stream_axes
+
+    opened = _open_input(ask["stack"])
+    axes = stream_axes(ask["axis"], opened)
+    ask = {**ask, "stack": opened}
+    return TrackJob(ask) if axes is None else VolumeTimeJob(ask, axes)
 
 
 class TrackJob:
@@ -255,6 +273,7 @@ class TrackJob:
         self.n_frames = shape[self.ax]
         self.letter = _stream_letter(a["axis"], opened.axes[self.ax])
         self.store_shape = (self.n_frames, *self.frame_shape)
+        self.store_axes = self.letter + "yx"
         source = str(opened.path) if opened.format != "array" else "the input array"
         self.identity = InputIdentity(shape, self.data.dtype, self.n_frames, source=source)  # io/identity.py
 
@@ -312,7 +331,7 @@ class TrackJob:
         if discovery is not None and self.direction == "backward":
             raise InputError("discovery follows time forward: use direction 'forward' or 'both' with discover/auto")
 
-        prompt_set = _as_prompts(a["prompts"], seed_frame, self.data, self.ax, self.frame_shape)
+        prompt_set = self._prompts_given()
         if recorded is not None:
             stored = recorded.prompts if recorded.prompts is not None else PromptSet()
             if prompt_set is not None and prompt_set != stored:
@@ -326,7 +345,7 @@ class TrackJob:
         if not 0 <= seed_frame < self.n_frames:
             raise InputError(f"seed frame {seed_frame} is outside the stack (frames 0…{self.n_frames - 1})")
         if prompt_set is not None:
-            prompt_set.validate(self.n_frames, self.frame_shape)
+            self._check_prompts(prompt_set)
         self.prompt_set = prompt_set
 
         # side files: refused before anything is created unless this store wrote them (io/outputs.py)
@@ -355,19 +374,7 @@ class TrackJob:
                 f"{recorded_sha[:12]}…); resuming with another model ({used_model.source}) would mix two models"
             )
 
-        from .session import TrackingSession
-
-        self.session = session = TrackingSession(
-            self.net,
-            self.data,
-            axis=self.ax,
-            preset=self.preset,
-            channel=self.channel,
-            channel_axis=self.channel_axis,
-            intensity=self.intensity,
-            embedding_cache=a["embedding_cache"],
-            on_read=self.identity,
-        )
+        self.session = session = self._make_session()
         try:  # the prompts are applied before the store exists: a prompt that fails leaves nothing behind
             if self.prompt_set is None or not len(self.prompt_set):  # auto: the first frame's objects, segmented
                 self.prompt_set = self._segment_seed_frame()
@@ -375,23 +382,8 @@ class TrackJob:
         except BaseException:
             session.close()
             raise
-        channel, intensity = self.channel, self.intensity
-        self.image_view = (
-            _ImageView(session.frames, channel) if (channel is not None or self.channel_axis is None) else None
-        )
-        settings = {
-            "direction": self.direction,
-            "preset": self.preset,
-            "axis": self.ax,
-            "axis_name": self.letter,
-            "channel": channel,
-            "channel_axis": self.channel_axis,
-            "window": None if intensity is None else [intensity.low, intensity.high],
-            "intensity": [session.frames.intensity.low, session.frames.intensity.high],
-            "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
-            "device": str(self.net.device),
-            "threads": _torch_threads(),
-        }
+        self.image_view = self._image_view()
+        settings = self._settings()
         if self.discovery is not None:
             settings["discover"] = self.discovery.to_dict()
             settings["auto"] = bool(self.auto)
@@ -409,10 +401,7 @@ class TrackJob:
         if store is not None:  # resuming: the store keeps what the first run recorded
             self.store_scale, self.store_units = store.scale, store.units
         else:
-            self.store_scale = (
-                a["scale"] if a["scale"] is not None else _store_scale(opened, self.ax, self.channel_axis)
-            )
-            self.store_units = _store_units(a["units"], opened, self.ax, self.channel_axis, self.letter)
+            self.store_scale, self.store_units = self._scale_units()
         try:
             if recorded is not None:
                 self._plan_replay()
@@ -420,7 +409,7 @@ class TrackJob:
                 self.store = LabelStore.create(
                     out_path,
                     self.store_shape,
-                    axes=self.letter + "yx",
+                    axes=self.store_axes,
                     image=self.image_view if a["save_image"] else None,
                     scale=self.store_scale,
                     units=self.store_units,
@@ -457,7 +446,7 @@ class TrackJob:
         """Frames outside the tracked range written empty, then colours, lineage, tables, CTC and the status."""
         for frame in range(self.n_frames):  # outside the propagated range: nothing tracked there
             if frame not in self.covered:
-                self._emit(frame, np.zeros(self.frame_shape, dtype=np.uint32), [])
+                self._emit(frame, np.zeros(self.store_shape[1:], dtype=np.uint32), [])
         store, out_path, a = self.store, self.out_path, self.ask
         scores, areas = self.scores, self.areas
         self.provenance.edit_log = self.session.edit_log
@@ -470,13 +459,13 @@ class TrackJob:
         ]
         result = TrackResult(
             labels=labels_out,
-            axes=self.letter + "yx",
+            axes=self.store_axes,
             prompts=self.prompt_set,
             confidence=confidence,
             path=out_path if store is not None else None,
             frames_written=self.written,
             store=store,
-            encoder_runs=self.session.encoder_runs,
+            encoder_runs=getattr(self.session, "encoder_runs", 0),
             scale=None if self.store_scale is None else [float(size) for size in self.store_scale],
             units=self.store_units,
             events=self.events,
@@ -485,7 +474,7 @@ class TrackJob:
         for (f, o), area in sorted(areas.items()):
             if area:
                 presence.setdefault(o, []).append(f)
-        result.parents, result.lineage_dropped = consistent_parents(self.session.parents, presence)
+        result.parents, result.lineage_dropped = consistent_parents(getattr(self.session, "parents", {}), presence)
         lineage = lineage_record(result.parents, result.lineage_dropped, self.events)
         self.provenance.parents = dict(result.parents)
         self.provenance.extra["lineage"] = lineage["lineage"]
@@ -496,7 +485,7 @@ class TrackJob:
                 scores=scores,
                 scale=self.store_scale,
                 units=self.store_units,
-                axes=self.letter + "yx",
+                axes=self.store_axes,
                 parents=result.parents,
             )
             result.tracks, result.graph = tracks_from_labels(labels_out, parents=result.parents)
@@ -513,6 +502,59 @@ class TrackJob:
             )
         result.provenance = store.provenance if store is not None else self.provenance.to_dict()
         return result
+
+    # ------------------------------------------------------------------ what a variant (the 3D+t job) replaces
+    def _prompts_given(self) -> PromptSet | None:
+        """The prompts argument as a PromptSet (a prompts file, seed labels on `seed_frame`, ...), None if none."""
+        a = self.ask
+        return _as_prompts(a["prompts"], a["seed_frame"], self.data, self.ax, self.frame_shape)
+
+    def _check_prompts(self, prompt_set: PromptSet) -> None:
+        prompt_set.validate(self.n_frames, self.frame_shape)
+
+    def _make_session(self):
+        from .session import TrackingSession
+
+        return TrackingSession(
+            self.net,
+            self.data,
+            axis=self.ax,
+            preset=self.preset,
+            channel=self.channel,
+            channel_axis=self.channel_axis,
+            intensity=self.intensity,
+            embedding_cache=self.ask["embedding_cache"],
+            on_read=self.identity,
+        )
+
+    def _image_view(self):
+        """The frames as the store's image and the region table's intensities (None: several channels kept)."""
+        if self.channel is not None or self.channel_axis is None:
+            return _ImageView(self.session.frames, self.channel)
+        return None
+
+    def _settings(self) -> dict:
+        """The settings recorded in the store (a resumed run replays them)."""
+        intensity, used = self.intensity, self.session.frames.intensity
+        return {
+            "direction": self.direction,
+            "preset": self.preset,
+            "axis": self.ax,
+            "axis_name": self.letter,
+            "channel": self.channel,
+            "channel_axis": self.channel_axis,
+            "window": None if intensity is None else [intensity.low, intensity.high],
+            "intensity": [used.low, used.high],
+            "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
+            "device": str(self.net.device),
+            "threads": _torch_threads(),
+        }
+
+    def _scale_units(self) -> tuple[list[float] | None, dict[str, str] | None]:
+        """Scale and units of a new store (given, else read from the input file)."""
+        a, opened = self.ask, self.opened
+        scale = a["scale"] if a["scale"] is not None else _store_scale(opened, self.ax, self.channel_axis)
+        return scale, _store_units(a["units"], opened, self.ax, self.channel_axis, self.letter)
 
     # ------------------------------------------------------------------ the steps
     def _segment_seed_frame(self) -> PromptSet:
@@ -692,7 +734,11 @@ def _open_input(stack) -> OpenedStack:
     if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
         stack = np.asarray(stack)
     ndim = len(stack.shape)
-    guess = {3: "tyx", 4: "tyxc"}.get(ndim, "q" * max(0, ndim - 2) + "yx")
+    # unnamed axes: a short last axis is channels (RGB, a few stains); 4-D without one is napari's [T, Z, Y, X]
+    few = ndim >= 4 and int(stack.shape[-1]) <= 16
+    guess = {3: "tyx", 4: "tyxc" if few else "tzyx", 5: "tzyxc" if few else "qqqyx"}.get(
+        ndim, "q" * max(0, ndim - 2) + "yx"
+    )
     return OpenedStack(stack, guess, Path("."), "array", axes_known=False)
 
 
@@ -710,7 +756,7 @@ def _frame_shape(shape, ax, channel_axis) -> tuple[int, int]:
     if len(spatial) != 2:
         raise InputError(
             f"a stack of shape {shape} with stream axis {ax} has {len(spatial)} other non-channel axes; it needs "
-            "exactly (Y, X) — pick the stream axis with axis=… (a 4-D t+z stack: track one z or t at a time)"
+            "exactly (Y, X) — pick the stream axis with axis=… (a 3D+t stack: axis='tz', its default)"
         )
     return int(shape[spatial[0]]), int(shape[spatial[1]])
 

@@ -2,7 +2,7 @@
 
     napari-sam2 track IMAGE (--prompts FILE | --seeds LABELS | --auto) [--seed-frame N] [--discover-every K]
                       --out OUT.ome.zarr
-                      [--model NAME|PATH] [--device auto|cpu|cuda|mps] [--axis t|z|INDEX] [--channel N]
+                      [--model NAME|PATH] [--device auto|cpu|cuda|mps] [--axis t|z|tz|INDEX|T,Z] [--channel N]
                       [--direction forward|backward|both] [--window LO,HI] [--ctc DIR] [--resume | --overwrite]
                       [--no-image] [--embedding-cache DIR] [--quiet]
     napari-sam2 track-many IMAGE... (--seeds-pattern P | --prompts-dir DIR | --prompts FILE | --auto) --out-dir OUT
@@ -109,7 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                    "downloaded once) or checkpoint path (default: the built-in nano-fluo, offline; on --resume "
                    "the recorded one)")  # fmt: skip
     t.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
-    t.add_argument("--axis", default=None, metavar="t|z|INDEX", help="stream axis (default: t, else z, else 0)")
+    t.add_argument("--axis", default=None, metavar="t|z|tz|INDEX|T,Z",
+                   help="stream axis (default: t, else z, else 0); a 3D+t stack has two, t and z, followed together "
+                   "(default for 4-D: the axes named t and z, else the first two; or give them as T,Z indices)")  # fmt: skip
     t.add_argument("--channel", type=int, default=None, metavar="N", help="channel of multichannel data")
     t.add_argument("--direction", default=None, choices=["forward", "backward", "both"],
                    help="propagate from the first prompted frame forward, backward or both ways (both)")  # fmt: skip
@@ -352,14 +354,17 @@ def _cmd_track(args) -> int:
         if bar is not None:
             bar.close()
     if not args.quiet:
-        objects = sorted({row["obj_id"] for row in result.confidence})
+        objects = sorted({row["obj_id"] for row in result.confidence} | {row["label"] for row in result.regions})
         if result.events:
             arrivals = sum(e["kind"] == "arrival" for e in result.events)
             divisions = sum(e["kind"] == "division" for e in result.events)
             print(
                 f"discovery: {arrivals} new object(s), {divisions} division(s) (lineage: {len(result.parents)} link(s))"
             )
-        print(f"tracked {len(objects)} object(s) over {result.labels.shape[0]} frames -> {result.path}")
+        span = f"{result.labels.shape[0]} frames"
+        if result.axes == "tzyx":  # 3D+t: a frame is one time point's volume
+            span = f"{result.labels.shape[0]} time points x {result.labels.shape[1]} z slices"
+        print(f"tracked {len(objects)} object(s) over {span} -> {result.path}")
         print(f"  wrote {len(result.frames_written)} frame(s); table: {result.csv_path}")
         if result.ctc_path is not None:
             print(f"  Cell Tracking Challenge export: {result.ctc_path}")
@@ -449,7 +454,11 @@ def _cmd_info(args) -> int:
     if record.model.source or record.model.checkpoint_sha256:
         print(f"  model: {record.model.describe()}")
     if result.prompts is not None:
-        print(f"  prompts: {len(result.prompts)} on frames {_short(result.prompts.frames)}")
+        if result.prompts.is_4d:  # 3D+t: where each prompt lies is a (t, z) slice
+            print(f"  prompts: {len(result.prompts)} on time points {_short(result.prompts.times)} (t, z slices "
+                  f"{', '.join(f'({t}, {z})' for t, z in result.prompts.slices[:6])}{', ...' if len(result.prompts.slices) > 6 else ''})")  # fmt: skip
+        else:
+            print(f"  prompts: {len(result.prompts)} on frames {_short(result.prompts.frames)}")
     if record.parents:
         print(f"  lineage: {len(record.parents)} object(s) with a parent")
     if settings:

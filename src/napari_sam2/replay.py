@@ -141,6 +141,10 @@ def replay(
     if record.model.checkpoint_sha256 and used.checkpoint_sha256 not in (None, record.model.checkpoint_sha256):
         raise InputError(f"{store} was made with checkpoint {record.model.source}; replaying with another model "
                          f"({used.source}) cannot reproduce it")  # fmt: skip
+    if settings.get("engine") == "volume_time":  # a 3D+t result of track(): the VolumeTimeSession's log
+        from ._volume_job import replay_tzyx
+
+        return replay_tzyx(saved, opened, net, threads)
     axis = settings.get("axis", settings.get("stream_axis", 0))
     options = {}
     for key in ("channel", "channel_axis"):

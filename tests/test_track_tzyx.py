@@ -1,0 +1,182 @@
+"""track() on 3D+t stacks [T, Z, Y, X] with the real tiny model: stream axes, the (t, z, y, x) store written per
+time point, tables with z, CTC 3-D, and a killed run resumed to the labels of an uninterrupted one."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_sam2 import PromptSet, track
+from napari_sam2._volume_job import stream_axes
+from napari_sam2.io.ome_zarr import LabelStore
+from napari_sam2.io.readers import OpenedStack
+from napari_sam2.io.results import open_result
+from napari_sam2.preprocess import InputError
+from napari_sam2.prompts import PromptError
+
+T, Z, H, W = 4, 8, 64, 64
+
+
+def _stack(seed=0):
+    """[4, 8, 64, 64] uint8: two bright ellipsoids moving in opposite directions through x (and object 2 in z)."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:Z, :H, :W]
+    image = rng.normal(20, 4, (T, Z, H, W))
+    for t in range(T):
+        for cz, cy, cx in ((3.5, 20, 16 + 3 * t), (3 + 0.5 * t, 44, 46 - 3 * t)):
+            image[t][(zz - cz) ** 2 / 6 + (yy - cy) ** 2 / 64 + (xx - cx) ** 2 / 64 <= 1] += 150
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _prompts():
+    """Object 1 clicked at (t=0, z=3); object 2 first at (t=2, z=4): "both" runs forward from t=0, then backward
+    from t=2, so time points 0..2 are yielded twice (object 2 added the second time)."""
+    prompts = PromptSet()
+    prompts.add(3, 1, points=[[20, 16]], t=0)
+    prompts.add(4, 2, points=[[44, 40]], t=2)
+    return prompts
+
+
+class Stop(Exception):
+    pass
+
+
+def test_tzyx_track_writes_every_time_point_and_tables_with_z(tmp_path, tiny_checkpoint):
+    stack = _stack()
+    out = tmp_path / "embryo.ome.zarr"
+    done = []
+    result = track(
+        stack,
+        _prompts(),
+        model=tiny_checkpoint,
+        out=out,
+        device="cpu",
+        ctc=tmp_path / "01_RES",
+        scale=(30, 2, 0.5, 0.5),
+        units=("second", "micrometer", "micrometer", "micrometer"),
+        progress=lambda d, n: done.append((d, n)),
+    )
+    assert result.axes == "tzyx" and result.labels.shape == (T, Z, H, W)
+    store = LabelStore.open(out)
+    assert store.axes == "tzyx" and store.done.all() and store.read_labels().chunks == (1, 1, H, W)
+    assert store.scale == [30, 2, 0.5, 0.5] and store.units["t"] == "second"
+    assert done[-1] == (T, T)  # progress counts time points
+    labels = np.asarray(result.labels[:])
+    assert set(np.unique(labels)) <= {0, 1, 2} and all(labels[t].any() for t in range(T))
+
+    settings = result.provenance["settings"]
+    assert settings["axis_name"] == "tz" and settings["stream_axes"] == {"t": 0, "z": 1}
+    assert open_result(out).prompts == _prompts()  # prompts with their (t, z) in the provenance
+    assert result.provenance["status"] == "complete"
+
+    rows = [r for r in result.regions if r["label"] == 1]
+    assert [r["frame"] for r in rows] == list(range(T))
+    assert {"centroid_z", "volume", "volume_um3", "centroid_z_um", "t_s"} <= set(rows[0])
+    assert rows[0]["volume"] == int((labels[0] == 1).sum())
+    assert result.tracks.shape[1] == 5  # track id, t, z, y, x
+    mask = tifffile.imread(tmp_path / "01_RES" / "mask002.tif")
+    assert mask.shape == (Z, H, W) and mask.dtype == np.uint16
+    assert (result.csv_path).read_text().splitlines()[0].count("centroid_z") == 2
+
+
+def test_tzyx_killed_run_resumes_to_the_uninterrupted_labels(tmp_path, tiny_checkpoint):
+    stack = _stack()
+    reference = track(stack, _prompts(), model=tiny_checkpoint, device="cpu", tables=False)  # in memory
+    for stop_at in (5,):  # the 5th write: in the backward pass (time points 0..2 are written a second time)
+        out = tmp_path / f"cut{stop_at}.ome.zarr"
+        calls = []
+
+        def progress(done, total, calls=calls, stop_at=stop_at):
+            calls.append(done)
+            if len(calls) >= stop_at:
+                raise KeyboardInterrupt  # Ctrl-C
+
+        with pytest.raises(KeyboardInterrupt):
+            track(stack, _prompts(), model=tiny_checkpoint, out=out, device="cpu", progress=progress, tables=False)
+        store = LabelStore.open(out)
+        assert store.provenance["status"] == "interrupted" and store.finished_frames() == list(range(T))
+        assert not np.array_equal(store.read_labels()[:], reference.labels)  # t = 1 and 0 miss object 2 yet
+        resumed = track(stack, None, model=tiny_checkpoint, out=out, device="cpu", resume=True, tables=False)
+        np.testing.assert_array_equal(np.asarray(resumed.labels[:]), reference.labels)
+        assert open_result(out).complete and resumed.provenance["status"] == "complete"
+    with pytest.raises(InputError, match="differ from those recorded"):
+        other = PromptSet()
+        other.add(3, 1, points=[[20, 17]], t=0)
+        track(stack, other, model=tiny_checkpoint, out=out, device="cpu", resume=True)
+
+
+def test_tzyx_seed_volume_and_prompt_errors(tmp_path, tiny_checkpoint):
+    stack = _stack()
+    seeds = np.zeros((Z, H, W), np.uint16)
+    seeds[2:6, 14:27, 10:23] = 7  # object 7 on four slices at t = 1
+    result = track(stack, seeds, model=tiny_checkpoint, device="cpu", seed_frame=1, tables=False, direction="forward")
+    assert result.prompts.slices == [(1, z) for z in range(2, 6)] and result.prompts.obj_ids == [7]
+    assert (np.asarray(result.labels[1]) == 7).any()
+
+    old = PromptSet()
+    old.add(3, 1, points=[[20, 16]])
+    with pytest.raises(PromptError, match="needs a time point t as well as its z slice"):
+        track(stack, old, model=tiny_checkpoint, out=tmp_path / "x.ome.zarr")
+    late = PromptSet()
+    late.add(3, 1, points=[[20, 16]], t=9)
+    with pytest.raises(PromptError, match="t=9 is outside the stack"):
+        track(stack, late, model=tiny_checkpoint, out=tmp_path / "x.ome.zarr")
+    with pytest.raises(InputError, match="auto and discover follow 2-D frames"):
+        track(stack, None, model=tiny_checkpoint, auto=True)
+    assert not (tmp_path / "x.ome.zarr").exists()
+
+
+def _opened(shape, axes, known=True):
+    return OpenedStack(np.zeros(shape, np.uint8), axes, Path("."), "array", known)
+
+
+def test_stream_axes_defaults_and_refusals():
+    # named axes: t and z wherever they are
+    assert stream_axes(None, _opened((8, 4, 16, 16), "ztyx")) == (1, 0)
+    assert stream_axes("tz", _opened((4, 8, 2, 16, 16), "tzcyx")) == (0, 1)
+    assert stream_axes("tz", _opened((4, 8, 2, 16, 16), "tzcyx")).channel == 2
+    # nothing names them: napari's [T, Z, Y, X]; a short last axis is channels
+    assert stream_axes(None, _opened((4, 8, 64, 64), "tzyx", known=False)) == (0, 1)
+    assert stream_axes(None, _opened((4, 8, 64, 64, 3), "tzyxc", known=False)).channel == 4
+    assert stream_axes((1, 0), _opened((4, 8, 64, 64), "qqyx")) == (1, 0)
+    assert stream_axes("1,0", _opened((4, 8, 64, 64), "qqyx")) == (1, 0)
+    # 3-D stacks keep one stream axis
+    assert stream_axes(None, _opened((6, 64, 64), "tyx")) is None
+    assert stream_axes("z", _opened((6, 64, 64, 3), "tyxc", known=False)) is None
+    with pytest.raises(InputError, match="cannot tell which of 'q' \\(axis 0\\) and 'q' \\(axis 1\\) is time"):
+        stream_axes(None, _opened((4, 8, 64, 64), "qqyx"))
+    with pytest.raises(InputError, match="is 3D\\+t: it has two stream axes; track them together with axis='tz'"):
+        stream_axes("t", _opened((4, 8, 64, 64), "tzyx"))
+    with pytest.raises(InputError, match="asks for two stream axes"):
+        stream_axes("tz", _opened((6, 64, 64), "tyx"))
+    with pytest.raises(InputError, match="other than its last two"):
+        stream_axes((0, 3), _opened((4, 8, 64, 64), "tzyx"))
+
+
+def test_cli_tracks_a_tzyx_tiff_and_refuses_one_stream_axis(tmp_path, tiny_checkpoint, capsys):
+    from napari_sam2 import cli
+
+    stack = _stack()[:2, :4]  # 2 time points x 4 slices
+    image = tmp_path / "embryo.tif"
+    tifffile.imwrite(image, stack, metadata={"axes": "TZYX"})
+    prompts = PromptSet()
+    prompts.add(3, 1, points=[[20, 16]], t=0)
+    prompts.save(tmp_path / "clicks.csv")
+    out = tmp_path / "embryo.ome.zarr"
+    args = ["track", str(image), "--prompts", str(tmp_path / "clicks.csv"), "--out", str(out)]
+    code = cli.main([*args, "--model", str(tiny_checkpoint), "--device", "cpu", "--direction", "forward"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "tracked 1 object(s) over 2 time points x 4 z slices" in captured.out
+    assert open_result(out).axes == "tzyx" and open_result(out).complete
+    assert cli.main(["info", str(out)]) == 0
+    assert "prompts: 1 on time points 0 (t, z slices (0, 3))" in capsys.readouterr().out
+    # the recorded edit log of the 3D+t engine reruns to the same labels
+    assert cli.main(["replay", str(out), "--image", str(image), "--device", "cpu"]) == 0
+    assert "identical labels on all 2 frames" in capsys.readouterr().out
+
+    code = cli.main([*args[:-1], str(tmp_path / "other.ome.zarr"), "--axis", "z", "--model", str(tiny_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 1 and "is 3D+t: it has two stream axes; track them together with axis='tz'" in err
+    assert "Traceback" not in err and not (tmp_path / "other.ome.zarr").exists()
