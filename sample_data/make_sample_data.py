@@ -11,6 +11,9 @@ run verbatim on a fresh clone:
   nuclei_zstack.ome.tif         [Z=16, Y=112, X=112] uint8 OME-TIFF, 0.5 µm pixels, 0.6 µm z steps
   nuclei_zstack_prompts.csv     one click inside every nucleus on the slice that cuts them all (9)
   nuclei_zstack_ground_truth.tif  [Z, Y, X] uint16 ground-truth labels
+  nuclei_4d.ome.tif             [T=4, Z=8, Y=64, X=64] uint8 OME-TIFF (3D+t), 0.5 µm pixels, 1 µm z steps, 60 s frames
+  nuclei_4d_prompts.csv         one click per nucleus on its widest slice at t = 0 (columns obj_id, t, z, y, x, ...)
+  nuclei_4d_ground_truth.tif    [T, Z, Y, X] uint16 ground-truth labels (nucleus 1 divides into 4 and 5 at t = 2)
 
 The output is deterministic (seeded); tests/test_readme.py checks the committed files against a fresh run.
 """
@@ -26,12 +29,14 @@ import tifffile
 from scipy import ndimage
 
 from napari_sam2.prompts import PromptSet
-from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
+from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack, synthetic_nuclei_4d
 
 HERE = Path(__file__).resolve().parent
 PIXEL_UM = 0.5  # lateral pixel size, micrometres
 FRAME_S = 30.0  # time between frames, seconds
 Z_STEP_UM = 0.6  # z step of the z-stack, micrometres
+Z_STEP_4D_UM = 1.0  # z step of the 3D+t sample, micrometres
+FRAME_4D_S = 60.0  # time between its time points, seconds
 
 
 def click_inside(labels: np.ndarray, frame: int) -> PromptSet:
@@ -74,9 +79,24 @@ def make(out: Path) -> list[Path]:
     middle = int(np.argmax([len(np.unique(plane)) for plane in stack.labels]))  # the slice with the most nuclei
     click_inside(stack.labels[middle], middle).save(out / "nuclei_zstack_prompts.csv")
     write_labels(out / "nuclei_zstack_ground_truth.tif", stack.labels)
+
+    # 3D+t: small (the README's command tracks it with nano-fluo in the tests), one click per nucleus at t = 0
+    lapse4d = synthetic_nuclei_4d(n_frames=4, n_slices=8, shape=(64, 64), n_nuclei=3, seed=1,
+                                  z_step=Z_STEP_4D_UM / PIXEL_UM)  # fmt: skip
+    write_ome(out / "nuclei_4d.ome.tif", lapse4d.image, "TZYX", PhysicalSizeZ=Z_STEP_4D_UM, PhysicalSizeZUnit="µm",
+              TimeIncrement=FRAME_4D_S, TimeIncrementUnit="s", **lateral)  # fmt: skip
+    clicks = PromptSet()
+    first = lapse4d.labels[0]
+    for obj_id in (int(i) for i in np.unique(first) if i):
+        widest = int(np.argmax((first == obj_id).sum(axis=(1, 2))))  # the slice that cuts it widest
+        for prompt in click_inside(np.where(first[widest] == obj_id, obj_id, 0), widest):
+            clicks.add(widest, obj_id, points=prompt.points, labels=prompt.labels, t=0)
+    clicks.save(out / "nuclei_4d_prompts.csv")
+    write_labels(out / "nuclei_4d_ground_truth.tif", lapse4d.labels)
     names = ["nuclei_timelapse.ome.tif", "nuclei_seeds.tif", "nuclei_prompts.csv", "nuclei_ground_truth.tif",
              "nuclei_lineage.json", "nuclei_zstack.ome.tif", "nuclei_zstack_prompts.csv",
-             "nuclei_zstack_ground_truth.tif"]  # fmt: skip
+             "nuclei_zstack_ground_truth.tif", "nuclei_4d.ome.tif", "nuclei_4d_prompts.csv",
+             "nuclei_4d_ground_truth.tif"]  # fmt: skip
     return [out / name for name in names]
 
 

@@ -51,6 +51,9 @@ def test_readme_commands_run_verbatim_on_the_sample_data(tmp_path, monkeypatch, 
     assert result.complete and sorted(result.colors) == [1, 2, 3, 4, 5, 6]
     assert (work / "nuclei_RES" / "res_track.txt").is_file()
     assert open_result(work / "zstack.ome.zarr").axes == "zyx"
+    four_d = open_result(work / "nuclei_4d.ome.zarr")  # the 3D+t section's command
+    assert four_d.axes == "tzyx" and four_d.complete and four_d.labels.shape == (4, 8, 64, 64)
+    assert tifffile.imread(work / "nuclei_4d_RES" / "mask003.tif").shape == (8, 64, 64)
     with open(work / "nuclei_regions.csv", newline="") as f:
         header = next(csv.reader(f))
     assert "area" in header
@@ -79,13 +82,13 @@ def test_sample_data_is_what_the_script_makes(tmp_path):
     assert sum(f.stat().st_size for f in SAMPLE.iterdir()) < 1_000_000  # small enough to ship
 
 
-@pytest.mark.parametrize("name", ["nuclei_prompts.csv", "nuclei_zstack_prompts.csv"])
+@pytest.mark.parametrize("name", ["nuclei_prompts.csv", "nuclei_zstack_prompts.csv", "nuclei_4d_prompts.csv"])
 def test_sample_clicks_lie_inside_their_nuclei(name):
     from napari_sam2.prompts import PromptSet
 
     truth = tifffile.imread(SAMPLE / name.replace("prompts.csv", "ground_truth.tif"))
     prompts = PromptSet.load(SAMPLE / name)
-    assert len(prompts) >= 5
+    assert len(prompts) >= 3
     for prompt in prompts:
         for y, x in prompt.points:
-            assert truth[prompt.frame, int(y), int(x)] == prompt.obj_id
+            assert truth[(*prompt.slice_index, int(y), int(x))] == prompt.obj_id
