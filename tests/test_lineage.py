@@ -115,7 +115,6 @@ def nano():
 
 
 def test_a_division_reaches_session_csv_graph_ctc_and_reader(nano, tmp_path):
-    pytest.importorskip("traccuracy")
     from traccuracy.loaders import load_ctc_data
 
     movie = nuclei_timelapse(n_frames=6, shape=(128, 128), n_nuclei=3, seed=11)
