@@ -19,6 +19,17 @@ seeds). Everything runs through the public engine `VolumeTimeSession`, as a user
            (`TrackingSession` over time point 0's [Z, Y, X], the same clicks, propagated both ways), timed in
            turns (plain, 3D+t, plain, 3D+t, ...); the ratio of the medians (bar ≤ 1.2×).
 Timings are wall-clock on whatever machine runs this; on a shared, loaded machine read only the ratios.
+
+Measured 2026-11-30 (2 shared CPU cores, load ~20, torch 1 thread; nano-fluo as shipped then):
+  quality  seeds 3,000,000–2, 8 t × 16 z × 96², 5 nuclei (+2 daughters): 3-D IoU 0.720 (per seed 0.766, 0.767,
+           0.629; at t = 0, the z-stream alone, 0.727; after hand-overs 0.719), TRA 0.882 (0.936, 0.912, 0.799),
+           DET 0.898. Bars: IoU not met, TRA not met on the mean (met on two of three seeds). What limits it: the
+           cap slices of each nucleus (axial blur) are over-segmented by the z-stream (slice IoU 0.85–0.93 in the
+           middle, 0.3–0.6 on the caps), and in seed 3,000,002 the diving nucleus is lost after the division.
+  memory   40 vs 10 t × 16 z × 96², 5 nuclei: peak RSS 313.1 vs 309.8 MiB = 1.011× (× 4 z × 64², 1 nucleus:
+           298.4 vs 296.6 MiB = 1.006×) (bar ≤ 1.1×: met).
+  cost     3 t × 8 z × 96², 3 objects, 3 turns: 0.406/0.358/0.440 vs 0.356/0.346/0.397 s per slice = 1.14×
+           (bar ≤ 1.2×: met).
 """
 
 from __future__ import annotations
