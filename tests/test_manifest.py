@@ -6,7 +6,7 @@ import pytest
 
 npe2 = pytest.importorskip("npe2")
 
-import napari_sam2  # noqa: E402
+import napari_sam2
 
 MANIFEST = Path(napari_sam2.__file__).parent / "napari.yaml"
 
@@ -23,6 +23,6 @@ def test_manifest_parses_and_sample_data_loads():
     for sample in manifest.contributions.sample_data:
         module, func = commands[sample.command].python_name.split(":")
         layers = getattr(__import__(module, fromlist=[func]), func)()
-        (image, image_kw, image_type), (labels, labels_kw, labels_type) = layers
+        (image, _, image_type), (labels, _, labels_type) = layers
         assert (image_type, labels_type) == ("image", "labels")
         assert image.shape == labels.shape and labels.max() > 0

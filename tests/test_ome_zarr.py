@@ -190,7 +190,7 @@ def test_killed_process_leaves_a_valid_resumable_store(tmp_path):
         """
     )
     env = {**os.environ, "PYTHONPATH": str(Path(napari_sam2.__file__).parents[1])}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120, check=False)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
 
     store = LabelStore.open(path, mode="r+")
@@ -342,12 +342,12 @@ def _make_unwritable(path: Path):
         pytest.skip("running as root (modes do not block writes) and chattr is not installed")
     done = []
     for d in dirs:
-        if subprocess.run([chattr, "+i", str(d)], capture_output=True).returncode != 0:
+        if subprocess.run([chattr, "+i", str(d)], capture_output=True, check=False).returncode != 0:
             for x in done:
-                subprocess.run([chattr, "-i", str(x)], capture_output=True)
+                subprocess.run([chattr, "-i", str(x)], capture_output=True, check=False)
             pytest.skip("running as root and this file system/container does not allow chattr +i")
         done.append(d)
-    return lambda: [subprocess.run([chattr, "-i", str(d)], capture_output=True) for d in done]
+    return lambda: [subprocess.run([chattr, "-i", str(d)], capture_output=True, check=False) for d in done]
 
 
 def test_read_only_directory_gives_a_clear_error(tmp_path):

@@ -191,13 +191,13 @@ def test_bad_axis_and_constant_frame(tiny_model, stack):
 def test_bad_prompts_leave_the_session_intact(session):
     good = session.add_prompt(2, 1, points=[[30, 36]])
     cases = [
-        (dict(frame=10, obj_id=1, points=[[3, 3]]), "outside the stack"),
-        (dict(frame=2, obj_id=1, points=[[300, 3]]), "outside the 96×128 frame"),
-        (dict(frame=2, obj_id=1, box=[10, 10, 10, 40]), "zero area"),
-        (dict(frame=2, obj_id=1, mask=np.ones((5, 5), bool)), "does not match the frame size"),
-        (dict(frame=2, obj_id=1, points=[[3, 3]], labels=[2]), "labels must be 1"),
-        (dict(frame=2, obj_id=0, points=[[3, 3]]), "positive integer"),
-        (dict(frame=2, obj_id=1), "no points, box or mask"),
+        ({"frame": 10, "obj_id": 1, "points": [[3, 3]]}, "outside the stack"),
+        ({"frame": 2, "obj_id": 1, "points": [[300, 3]]}, "outside the 96×128 frame"),
+        ({"frame": 2, "obj_id": 1, "box": [10, 10, 10, 40]}, "zero area"),
+        ({"frame": 2, "obj_id": 1, "mask": np.ones((5, 5), bool)}, "does not match the frame size"),
+        ({"frame": 2, "obj_id": 1, "points": [[3, 3]], "labels": [2]}, "labels must be 1"),
+        ({"frame": 2, "obj_id": 0, "points": [[3, 3]]}, "positive integer"),
+        ({"frame": 2, "obj_id": 1}, "no points, box or mask"),
     ]
     for kwargs, message in cases:
         with pytest.raises(InputError, match=message):

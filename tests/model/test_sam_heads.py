@@ -391,7 +391,7 @@ def test_decoder_variants_without_high_res_or_object_head():
     image, _ = features()
     with torch.no_grad():
         sparse, dense = prompt(clk, None, None)
-        masks, iou, tokens, score = decoder(image, prompt.get_dense_pe(), sparse, dense, True, False, None)
+        masks, _, tokens, score = decoder(image, prompt.get_dense_pe(), sparse, dense, True, False, None)
     assert masks.shape == (1, 3, 64, 64) and tokens.shape == (1, 1, C)  # token 0 for the pointer
     assert torch.equal(score, torch.full((1, 1), 10.0))
 

@@ -300,7 +300,7 @@ class LabelStore:
 
     def read_image(self) -> zarr.Array | None:
         """The stored source image (lazy), or None if the store was made without one."""
-        return self._root[LEVEL_PATH] if LEVEL_PATH in self._root else None
+        return self._root.get(LEVEL_PATH)
 
     @property
     def done(self) -> np.ndarray:
@@ -509,7 +509,7 @@ def _clear_target(path: Path, overwrite: bool) -> None:
 def _made_by_us(path: Path) -> bool:
     try:
         return ATTR_KEY in zarr.open_group(path, mode="r", zarr_format=3).attrs
-    except Exception:  # not a zarr v3 group at all
+    except Exception:  # noqa: BLE001 (whatever the failure, it is not a zarr v3 group written by us)
         return False
 
 

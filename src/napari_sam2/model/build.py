@@ -18,7 +18,7 @@ from ..errors import CheckpointError
 from .configs import SAM2Config, check_config, config_from_state_dict, get_config
 
 
-def build_model(config: SAM2Config | str) -> "SAM2Model":  # noqa: F821
+def build_model(config: SAM2Config | str) -> SAM2Model:  # noqa: F821
     """A SAM2Model with freshly initialised weights, in eval mode, on the CPU."""
     from .sam2 import SAM2Model
 

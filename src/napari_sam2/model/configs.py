@@ -107,7 +107,7 @@ class SAM2Config:
         """Trunk widths, lowest resolution first (the neck's convention)."""
         return tuple(reversed(self.trunk.stage_dims))
 
-    def replace(self, **changes) -> "SAM2Config":
+    def replace(self, **changes) -> SAM2Config:
         """A copy with some fields changed (e.g. `cfg.replace(image_size=512)`)."""
         return dataclasses.replace(self, **changes)
 

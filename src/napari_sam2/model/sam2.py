@@ -51,11 +51,11 @@ class ImageFeatures:
     vision_pos: torch.Tensor
     high_res: list[torch.Tensor]
 
-    def select(self, index) -> "ImageFeatures":
+    def select(self, index) -> ImageFeatures:
         """Features of some batch entries (e.g. `[0, 0, 0]` to repeat one frame for three objects)."""
         return ImageFeatures(self.vision[index], self.vision_pos[index], [x[index] for x in self.high_res])
 
-    def to(self, *args, **kwargs) -> "ImageFeatures":
+    def to(self, *args, **kwargs) -> ImageFeatures:
         return ImageFeatures(
             self.vision.to(*args, **kwargs),
             self.vision_pos.to(*args, **kwargs),
