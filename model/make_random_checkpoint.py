@@ -19,10 +19,18 @@ def main(argv=None) -> int:
     parser.add_argument("config")
     parser.add_argument("out")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--object-score-bias", type=float, default=4.0,
-                        help="last bias of the object-score head: +4 object present, -4 absent")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="build at another input size (stored in the checkpoint as a custom config)")
+    parser.add_argument(
+        "--object-score-bias",
+        type=float,
+        default=4.0,
+        help="last bias of the object-score head: +4 object present, -4 absent",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="build at another input size (stored in the checkpoint as a custom config)",
+    )
     args = parser.parse_args(argv)
     cfg = get_config(args.config)
     if args.image_size:

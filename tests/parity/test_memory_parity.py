@@ -13,8 +13,8 @@ from official import assert_close, same_random_weights
 from napari_sam2.model.memory_attention import MemoryAttention
 from napari_sam2.model.memory_encoder import MemoryEncoder
 
-YAML = dict(d_model=256, mem_dim=64, num_layers=4, num_heads=1, ffn=2048)
-SMALL = dict(d_model=64, mem_dim=32, num_layers=2, num_heads=2, ffn=128)
+YAML = {"d_model": 256, "mem_dim": 64, "num_layers": 4, "num_heads": 1, "ffn": 2048}
+SMALL = {"d_model": 64, "mem_dim": 32, "num_layers": 2, "num_heads": 2, "ffn": 128}
 
 
 def _report(name, ours, ref):
@@ -34,14 +34,14 @@ def official_memory_attention(d_model, mem_dim, num_layers, num_heads, ffn, feat
     from sam2.modeling.memory_attention import MemoryAttentionLayer
     from sam2.modeling.sam.transformer import RoPEAttention
 
-    common = dict(
-        rope_theta=10000.0,
-        feat_sizes=[feat, feat],
-        embedding_dim=d_model,
-        num_heads=num_heads,
-        downsample_rate=1,
-        dropout=0.1,
-    )
+    common = {
+        "rope_theta": 10000.0,
+        "feat_sizes": [feat, feat],
+        "embedding_dim": d_model,
+        "num_heads": num_heads,
+        "downsample_rate": 1,
+        "dropout": 0.1,
+    }
     layer = MemoryAttentionLayer(
         activation="relu",
         cross_attention=RoPEAttention(rope_k_repeat=True, kv_in_dim=mem_dim, **common),

@@ -8,7 +8,6 @@ test_predictor_parity.py.
 
 import pytest
 import torch
-
 from official import assert_close, same_random_weights
 from sam2.build_sam import build_sam2
 

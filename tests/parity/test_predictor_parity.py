@@ -8,16 +8,15 @@ within the tolerance of 0). Configs: SAM 2.1 tiny, SAM 2.0 tiny and SAM 2.1 smal
 import numpy as np
 import pytest
 import torch
-
-from official import assert_close
 import torchvision_standin
+from official import assert_close
 
 torchvision_standin.install()  # before sam2.sam2_image_predictor imports torchvision.transforms
 
-from sam2.build_sam import build_sam2  # noqa: E402
-from sam2.sam2_image_predictor import SAM2ImagePredictor  # noqa: E402
+from sam2.build_sam import build_sam2
+from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from napari_sam2 import ImagePredictor, load_model  # noqa: E402
+from napari_sam2 import ImagePredictor, load_model
 
 YAML = {
     "sam2.1_hiera_t": "configs/sam2.1/sam2.1_hiera_t.yaml",
@@ -41,19 +40,19 @@ def sample_image():
 CASES = [
     (
         "point",
-        dict(points=[[150, 160]], labels=[1], multimask=True),
-        dict(point_coords=[[160, 150]], point_labels=[1], multimask_output=True),
+        {"points": [[150, 160]], "labels": [1], "multimask": True},
+        {"point_coords": [[160, 150]], "point_labels": [1], "multimask_output": True},
     ),
     (
         "points_negative",
-        dict(points=[[150, 160], [75, 320]], labels=[1, 0], multimask=False),
-        dict(point_coords=[[160, 150], [320, 75]], point_labels=[1, 0], multimask_output=False),
+        {"points": [[150, 160], [75, 320]], "labels": [1, 0], "multimask": False},
+        {"point_coords": [[160, 150], [320, 75]], "point_labels": [1, 0], "multimask_output": False},
     ),
-    ("box", dict(box=[40, 280, 110, 370], multimask=False), dict(box=[280, 40, 370, 110], multimask_output=False)),
+    ("box", {"box": [40, 280, 110, 370], "multimask": False}, {"box": [280, 40, 370, 110], "multimask_output": False}),
     (
         "box_and_point",
-        dict(box=[80, 90, 220, 240], points=[[150, 160]], labels=[1], multimask=True),
-        dict(box=[90, 80, 240, 220], point_coords=[[160, 150]], point_labels=[1], multimask_output=True),
+        {"box": [80, 90, 220, 240], "points": [[150, 160]], "labels": [1], "multimask": True},
+        {"box": [90, 80, 240, 220], "point_coords": [[160, 150]], "point_labels": [1], "multimask_output": True},
     ),
 ]
 

@@ -23,25 +23,28 @@ DIM = 256
 
 def build_pair(emb: int, image_size: int, dynamic: bool, seed: int):
     """(ours, official) as (prompt encoder, mask decoder) pairs with identical random weights."""
-    prompt_args = dict(
-        embed_dim=DIM, image_embedding_size=(emb, emb), input_image_size=(image_size, image_size), mask_in_chans=16
-    )
+    prompt_args = {
+        "embed_dim": DIM,
+        "image_embedding_size": (emb, emb),
+        "input_image_size": (image_size, image_size),
+        "mask_in_chans": 16,
+    }
     ours_prompt, official_prompt = PromptEncoder(**prompt_args), OfficialPromptEncoder(**prompt_args)
-    decoder_args = dict(
-        transformer_dim=DIM,
-        num_multimask_outputs=3,
-        iou_head_depth=3,
-        iou_head_hidden_dim=256,
-        use_high_res_features=True,
-        iou_prediction_use_sigmoid=True,
-        pred_obj_scores=True,
-        pred_obj_scores_mlp=True,
-        use_multimask_token_for_obj_ptr=True,
-        dynamic_multimask_via_stability=dynamic,
-        dynamic_multimask_stability_delta=0.05,
-        dynamic_multimask_stability_thresh=0.98,
-    )
-    transformer_args = dict(depth=2, embedding_dim=DIM, mlp_dim=2048, num_heads=8)
+    decoder_args = {
+        "transformer_dim": DIM,
+        "num_multimask_outputs": 3,
+        "iou_head_depth": 3,
+        "iou_head_hidden_dim": 256,
+        "use_high_res_features": True,
+        "iou_prediction_use_sigmoid": True,
+        "pred_obj_scores": True,
+        "pred_obj_scores_mlp": True,
+        "use_multimask_token_for_obj_ptr": True,
+        "dynamic_multimask_via_stability": dynamic,
+        "dynamic_multimask_stability_delta": 0.05,
+        "dynamic_multimask_stability_thresh": 0.98,
+    }
+    transformer_args = {"depth": 2, "embedding_dim": DIM, "mlp_dim": 2048, "num_heads": 8}
     ours_decoder = MaskDecoder(transformer=TwoWayTransformer(**transformer_args), **decoder_args)
     official_decoder = OfficialMaskDecoder(transformer=OfficialTwoWayTransformer(**transformer_args), **decoder_args)
     same_random_weights(ours_prompt, official_prompt, seed=seed)
@@ -101,16 +104,16 @@ def box_as_points(box, clicks=None, labels=None):
 
 BOX = [210.0, 180.0, 700.0, 820.0]
 CASES = {
-    "click": dict(points=points([(400, 300)], [1])),
-    "pos_and_neg_clicks": dict(points=points([(400, 300), (620, 710), (100, 900)], [1, 0, 1])),
-    "box_as_predictor": dict(points=box_as_points(BOX)),
-    "box_plus_clicks_as_predictor": dict(points=box_as_points(BOX, [(450, 500), (300, 260)], [1, 0])),
-    "box_argument": dict(boxes=torch.tensor([BOX])),
-    "box_argument_plus_click": dict(points=points([(450, 500)], [0]), boxes=torch.tensor([BOX])),
-    "click_and_mask": dict(points=points([(400, 300)], [1]), masks="random"),
-    "mask_only": dict(masks="random"),
-    "no_prompt_padding_point": dict(points=(torch.zeros(1, 1, 2), -torch.ones(1, 1, dtype=torch.int32))),
-    "no_prompt_at_all": dict(),
+    "click": {"points": points([(400, 300)], [1])},
+    "pos_and_neg_clicks": {"points": points([(400, 300), (620, 710), (100, 900)], [1, 0, 1])},
+    "box_as_predictor": {"points": box_as_points(BOX)},
+    "box_plus_clicks_as_predictor": {"points": box_as_points(BOX, [(450, 500), (300, 260)], [1, 0])},
+    "box_argument": {"boxes": torch.tensor([BOX])},
+    "box_argument_plus_click": {"points": points([(450, 500)], [0]), "boxes": torch.tensor([BOX])},
+    "click_and_mask": {"points": points([(400, 300)], [1]), "masks": "random"},
+    "mask_only": {"masks": "random"},
+    "no_prompt_padding_point": {"points": (torch.zeros(1, 1, 2), -torch.ones(1, 1, dtype=torch.int32))},
+    "no_prompt_at_all": {},
 }
 
 
@@ -157,7 +160,7 @@ def test_dynamic_rule_is_exercised(heads):
     prompt, decoder = ours
     with torch.no_grad():
         sparse, dense = prompt(points=points([(400, 300)], [1]), boxes=None, masks=None)
-        all_masks, all_ious, _, _ = decoder.predict_masks(image, prompt.get_dense_pe(), sparse, dense, False, high_res)
+        all_masks, _all_ious, _, _ = decoder.predict_masks(image, prompt.get_dense_pe(), sparse, dense, False, high_res)
         single, _, _, _ = decoder(image, prompt.get_dense_pe(), sparse, dense, False, False, high_res)
     assert stability_score(all_masks[:, :1], 0.05).item() < 0.98
     assert not torch.equal(single[:, 0], all_masks[:, 0])

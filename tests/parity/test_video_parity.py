@@ -15,7 +15,6 @@ official 1024 confirms the full-size path.
 import numpy as np
 import pytest
 import torch
-
 from official import assert_close
 from video_scenario import run_official, run_ours
 
@@ -46,7 +45,7 @@ def compare_records(ours: dict, official: dict) -> dict:
             assert np.all(np.abs(a - b) <= bound), f"{key}: memory differs by more than one bf16 step"
         else:
             assert_close(a, b, key)
-            if key.endswith("_masks") or key.endswith("_lowres"):
+            if key.endswith(("_masks", "_lowres")):
                 decided = np.abs(b) > 1e-4 + 1e-4 * np.abs(b)
                 assert np.array_equal((a > 0)[decided], (b > 0)[decided]), f"{key}: binary masks differ"
         kind = key.rsplit("_", 1)[-1]
@@ -79,8 +78,9 @@ def test_parity_stack_length_enters_pointer_encoding(make_checkpoint):
     min(N, 16) − 1); our session must use the same N. A wrong N changes the pointer encoding of every tracked
     frame: check it is visible here, with a tight tolerance, at the same thread count."""
     ckpt = make_checkpoint("sam2.1_hiera_t", seed=5)
-    from napari_sam2 import TrackingSession, load_model
     from video_scenario import H, W, _config_for, official_preprocess, synthetic_frames
+
+    from napari_sam2 import TrackingSession, load_model
 
     torch.set_num_threads(2)
     images = official_preprocess(synthetic_frames(5), 256)

@@ -45,7 +45,7 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, i
 def install() -> None:
     """Register `torchvision.ops.boxes` (beside the transforms stand-in), unless a real torchvision imports."""
     try:
-        import torchvision.ops.boxes  # noqa: F401
+        import torchvision.ops.boxes  # noqa: F401 (imported to see that it imports)
 
         return
     except ImportError:

@@ -8,7 +8,7 @@ so they are written script-compatible.
 
 import sys
 import types
-from typing import List
+from typing import List  # noqa: UP035 (torch.jit.script reads these annotations: kept as written for it)
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ class ToTensor:
 
 
 class Resize(nn.Module):
-    def __init__(self, size: List[int]):
+    def __init__(self, size: List[int]):  # noqa: UP006
         super().__init__()
         self.size = [int(size[0]), int(size[1])]
 
@@ -39,7 +39,7 @@ class Resize(nn.Module):
 
 
 class Normalize(nn.Module):
-    def __init__(self, mean: List[float], std: List[float]):
+    def __init__(self, mean: List[float], std: List[float]):  # noqa: UP006
         super().__init__()
         self.mean = [float(v) for v in mean]
         self.std = [float(v) for v in std]

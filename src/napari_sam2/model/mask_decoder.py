@@ -118,7 +118,11 @@ class MaskDecoder(nn.Module):
             object_score_logits [B, 1] (> 0: object present; 10.0 when pred_obj_scores is off).
         """
         masks, iou_pred, mask_tokens_out, object_score_logits = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, repeat_image,
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            repeat_image,
             high_res_features,
         )
         if multimask_output:

@@ -120,9 +120,7 @@ class RoPEAttention(Attention):
         self.rope_theta = float(rope_theta)
         self.rope_k_repeat = rope_k_repeat
 
-    def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0
-    ) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_k_exclude_rope: int = 0) -> torch.Tensor:
         """q [B, Lq, embedding_dim] (Lq = side², row-major grid), k and v [B, Lk, kv_in_dim]
         → [B, Lq, embedding_dim].
 
