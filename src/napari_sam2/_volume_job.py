@@ -366,10 +366,4 @@ def replay_tzyx(saved, opened: OpenedStack, net, threads: int | None = None):
             session.close()
     finally:
         torch.set_num_threads(before)
-    result = ReplayResult(labels=labels, stored=saved.labels)
-    for t in range(labels.shape[0]):
-        diff = int(np.count_nonzero(np.asarray(saved.labels[t]) != labels[t]))
-        if diff:
-            result.differing_frames.append(t)
-            result.differing_pixels += diff
-    return result
+    return ReplayResult.compare(labels, saved.labels)

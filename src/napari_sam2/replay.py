@@ -101,6 +101,17 @@ class ReplayResult:
     def identical(self) -> bool:
         return not self.differing_frames
 
+    @classmethod
+    def compare(cls, labels: np.ndarray, stored) -> ReplayResult:
+        """Replayed `labels` [N, ...] against the store's `stored` labels (read one frame at a time)."""
+        result = cls(labels=labels, stored=stored)
+        for t in range(labels.shape[0]):
+            diff = int(np.count_nonzero(np.asarray(stored[t]) != labels[t]))
+            if diff:
+                result.differing_frames.append(t)
+                result.differing_pixels += diff
+        return result
+
 
 def replay(
     store: str | os.PathLike,
@@ -170,10 +181,4 @@ def replay(
             labels = replay_log(session, record.edit_log)
     finally:
         torch.set_num_threads(before)
-    result = ReplayResult(labels=labels, stored=saved.labels)
-    for t in range(labels.shape[0]):
-        diff = int(np.count_nonzero(np.asarray(saved.labels[t]) != labels[t]))
-        if diff:
-            result.differing_frames.append(t)
-            result.differing_pixels += diff
-    return result
+    return ReplayResult.compare(labels, saved.labels)

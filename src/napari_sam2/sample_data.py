@@ -483,6 +483,29 @@ def nuclei_lineage_timelapse(n_frames: int = 40, seed: int = 0, **kwargs) -> Sam
 
 
 # ---------------------------------------------------------------------- z-stack
+def _ellipsoid_footprint(m: dict, z_step: float, shape: tuple[int, int, int]):
+    """Where a nucleus (dict: centre (z, y, x) in xy pixels, semi-axes a, b in xy and c in z, angle in the xy plane)
+    lies in a [Z, Y, X] volume whose slices are `z_step` pixels apart: (box, dz, u, v, r) with box the slices of its
+    bounding box, dz/u/v its offsets along z and its two rotated axes, r its normalised radius (1 on the surface);
+    None if it lies outside the volume."""
+    n_slices, h, w = shape
+    zc, yc, xc = m["centre"]
+    a, b, c = m["a"], m["b"], m["c"]
+    reach = max(a, b) + 2
+    z0, z1 = max(0, math.floor((zc - c) / z_step) - 1), min(n_slices, math.ceil((zc + c) / z_step) + 2)
+    y0, y1 = max(0, int(yc - reach)), min(h, int(yc + reach) + 2)
+    x0, x1 = max(0, int(xc - reach)), min(w, int(xc + reach) + 2)
+    if z0 >= z1 or y0 >= y1 or x0 >= x1:
+        return None
+    dz = (np.arange(z0, z1) * z_step - zc)[:, None, None]
+    dy = (np.arange(y0, y1) - yc)[None, :, None]
+    dx = (np.arange(x0, x1) - xc)[None, None, :]
+    cos, sin = math.cos(m["angle"]), math.sin(m["angle"])
+    u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+    r = np.sqrt((u / a) ** 2 + (v / b) ** 2 + (dz / c) ** 2)
+    return (slice(z0, z1), slice(y0, y1), slice(x0, x1)), dz, u, v, r
+
+
 def nuclei_zstack(
     n_slices: int = 24,
     shape: tuple[int, int] = (256, 256),
@@ -551,21 +574,11 @@ def nuclei_zstack(
     labels = np.zeros((n_slices, h, w), dtype=np.uint32)
     chromatin = 1.0 + 0.18 * _smooth_noise(rng, (n_slices, h, w), (1.2 / z_step, 1.2, 1.2))
     for m in nuclei:
-        zc, yc, xc = m["centre"]
-        a, b, c = m["a"], m["b"], m["c"]
-        reach = max(a, b) + 2
-        z0, z1 = max(0, math.floor((zc - c) / z_step) - 1), min(n_slices, math.ceil((zc + c) / z_step) + 2)
-        y0, y1 = max(0, int(yc - reach)), min(h, int(yc + reach) + 2)
-        x0, x1 = max(0, int(xc - reach)), min(w, int(xc + reach) + 2)
-        if z0 >= z1 or y0 >= y1 or x0 >= x1:
+        footprint = _ellipsoid_footprint(m, z_step, (n_slices, h, w))
+        if footprint is None:
             continue
-        dz = (np.arange(z0, z1) * z_step - zc)[:, None, None]
-        dy = (np.arange(y0, y1) - yc)[None, :, None]
-        dx = (np.arange(x0, x1) - xc)[None, None, :]
-        cos, sin = math.cos(m["angle"]), math.sin(m["angle"])
-        u, v = dx * cos + dy * sin, -dx * sin + dy * cos
-        r = np.sqrt((u / a) ** 2 + (v / b) ** 2 + (dz / c) ** 2)
-        box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+        box, *_, r = footprint
+        a, b, c = m["a"], m["b"], m["c"]
         own = (r <= 1.0) & (r < nearest[box])
         labels[box][own] = m["id"]
         nearest[box][own] = r[own]
@@ -737,21 +750,11 @@ def synthetic_nuclei_4d(
             m = tracks[obj].get(t)
             if m is None:
                 continue
-            zc, yc, xc = m["centre"]
-            a, b, c = m["a"], m["b"], m["c"]
-            reach = max(a, b) + 2
-            z0, z1 = max(0, math.floor((zc - c) / z_step) - 1), min(n_slices, math.ceil((zc + c) / z_step) + 2)
-            y0, y1 = max(0, int(yc - reach)), min(h, int(yc + reach) + 2)
-            x0, x1 = max(0, int(xc - reach)), min(w, int(xc + reach) + 2)
-            if z0 >= z1 or y0 >= y1 or x0 >= x1:
+            footprint = _ellipsoid_footprint(m, z_step, (n_slices, h, w))
+            if footprint is None:
                 continue
-            dz = (np.arange(z0, z1) * z_step - zc)[:, None, None]
-            dy = (np.arange(y0, y1) - yc)[None, :, None]
-            dx = (np.arange(x0, x1) - xc)[None, None, :]
-            cos, sin = math.cos(m["angle"]), math.sin(m["angle"])
-            u, v = dx * cos + dy * sin, -dx * sin + dy * cos
-            r = np.sqrt((u / a) ** 2 + (v / b) ** 2 + (dz / c) ** 2)
-            box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+            box, dz, u, v, r = footprint
+            a, b, c = m["a"], m["b"], m["c"]
             own = (r <= 1.0) & (r < nearest[box])
             labels[t][box][own] = obj
             nearest[box][own] = r[own]
