@@ -186,6 +186,19 @@ def test_bad_axis_and_constant_frame(tiny_model, stack):
     s = TrackingSession(tiny_model, flat)
     with pytest.raises(InputError, match="frame 5 is constant"):
         s.add_prompt(5, 1, points=[[3, 3]])
+    assert s.obj_ids == []  # the refused prompt left nothing behind
+
+
+def test_tracking_passes_through_a_constant_frame(tiny_model, stack):
+    """A blank frame inside the stack (an empty z slice, a dropped time point) is tracked through with the stack's
+    intensity range, like any other frame: the pass reaches the frames after it."""
+    flat = stack.copy()
+    flat[3] = 7
+    with TrackingSession(tiny_model, flat) as s:
+        s.add_prompt(0, 1, points=[[30, 36]])
+        frames = [r.frame for r in s.propagate("forward")]
+        assert frames == list(range(len(s)))
+        assert s.result(len(s) - 1).masks.shape[1:] == s.frame_shape
 
 
 def test_bad_prompts_leave_the_session_intact(session):

@@ -107,6 +107,7 @@ class FrameSource:
         self.pin_memory = pin_memory
         self.digests = False  # set by a session that persists features (embedding_cache)
         self._pending: dict[int, Future] = {}
+        self._constant: dict[int, bool] = {}  # frame -> every pixel equal (noted as frames are loaded)
 
     def __len__(self) -> int:
         return self.num_frames
@@ -133,6 +134,20 @@ class FrameSource:
             ch = self.channel_axis - (1 if self.channel_axis > self.axis else 0)
             frame = np.moveaxis(frame, ch, -1)
         return frame
+
+    def check_promptable(self, index: int) -> None:
+        """Refuse a prompt on a constant frame (nothing to click on): one message naming the frame and the fix."""
+        if self.preprocessed:
+            return
+        constant = self._constant.get(index)
+        if constant is None:  # not loaded yet (a session loads the prompted frame first: no second read)
+            constant = self._constant[index] = bool(np.ptp(self._rgb(self.raw_frame(index))) == 0)
+        if constant:
+            value = self._rgb(self.raw_frame(index)).flat[0]
+            raise InputError(
+                f"frame {index} is constant (every pixel {value}); nothing can be segmented there — prompt "
+                "the object on a frame that shows it, or check the channel"
+            )
 
     def check_index(self, index: int) -> None:
         if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
@@ -166,11 +181,9 @@ class FrameSource:
             pixels = self.raw_frame(index)
             rgb = self._rgb(pixels)
             check_finite(rgb, f"frame {index}")
-            if np.ptp(rgb) == 0:
-                raise InputError(
-                    f"frame {index} is constant (every pixel {rgb.flat[0]}); nothing can be segmented there — "
-                    "skip it with propagate(start=…, stop=…) or check the channel"
-                )
+            self._constant[index] = bool(np.ptp(rgb) == 0)
+            # a constant frame (a blank z slice, a dropped time point) is tracked through with the stack's intensity
+            # range, as the official predictor does; only prompting on one is refused (`check_promptable`)
             tensor = to_model_input(self.intensity.apply(rgb), self.image_size)
         if self.pin_memory:  # page-locked, so the upload to the GPU can overlap with compute
             tensor = tensor.pin_memory()

@@ -445,6 +445,8 @@ class TrackingSession:
         prompt.check(self.frame_shape, len(self.frames))
         frame = int(prompt.frame)
         with self._lock, torch.inference_mode():
+            self._features(frame)  # loads the frame (needed by the prompt anyway) and notes whether it is constant
+            self.frames.check_promptable(frame)
             created = int(prompt.obj_id) not in self.objects
             obj = self._object(prompt.obj_id, create=True)
             if not obj.alive(frame):
