@@ -36,6 +36,16 @@ def _wait(app, condition, timeout: float = 600.0) -> None:
         time.sleep(0.02)
 
 
+def _settle_and_save(app, viewer, out: Path) -> None:
+    """Fit the view, let the canvas draw (a second of events), then save the whole window to `out`."""
+    viewer.reset_view()
+    for _ in range(20):
+        app.processEvents()
+        time.sleep(0.05)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    viewer.screenshot(str(out), canvas_only=False)
+
+
 def main(out: Path, frame: int = 7, size: tuple[int, int] = (1500, 900), viewer=None) -> Path:
     """Make the screenshot at `out` (PNG); `viewer`: a shown napari viewer to use (default: a new one, closed
     at the end)."""
@@ -85,12 +95,7 @@ def main(out: Path, frame: int = 7, size: tuple[int, int] = (1500, 900), viewer=
         _wait(app, lambda: done and widget.idle)
         viewer.dims.set_current_step(0, frame)
         viewer.layers.selection.active = widget.labels_layer
-        viewer.reset_view()
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.05)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        viewer.screenshot(str(out), canvas_only=False)
+        _settle_and_save(app, viewer, out)
     finally:
         widget.shutdown()
         _wait(app, lambda: not widget.workers_running)
@@ -136,12 +141,7 @@ def lineage(out: Path, store: Path | None = None, size: tuple[int, int] = (1200,
             tracks.color_by = "track_id"
             viewer.dims.set_current_step(0, n_frames - 1)
             viewer.layers.selection.active = tracks
-            viewer.reset_view()
-            for _ in range(20):
-                app.processEvents()
-                time.sleep(0.05)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            viewer.screenshot(str(out), canvas_only=False)
+            _settle_and_save(app, viewer, out)
         finally:
             if own_viewer:
                 viewer.close()
