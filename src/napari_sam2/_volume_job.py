@@ -21,12 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import TrackJob, _open_input, _torch_threads
+from .api import TrackJob, _torch_threads
 from .errors import InputError
-from .io.identity import InputIdentity
-from .io.ome_zarr import LabelStore, StoreExistsError
-from .io.provenance import Provenance
-from .io.readers import LazyTranspose, OpenedStack, check_pixels
+from .io.readers import LazyTranspose, OpenedStack
 from .io.units import normalise_unit
 from .preprocess import DEFAULT_PERCENTILES
 from .prompts import PromptSet
@@ -180,42 +177,25 @@ class VolumeTimeJob(TrackJob):
         super().__init__(ask)
         self.stream = axes
 
-    def open(self) -> None:
-        a = self.ask
-        if a["direction"] is not None and a["direction"] not in ("forward", "backward", "both"):
-            raise InputError(f"direction must be one of forward, backward, both; got {a['direction']!r}")
-        self.opened = opened = _open_input(a["stack"])
-        self.data = opened.data
-        self.shape = shape = opened.shape
-        check_pixels(shape, getattr(self.data, "dtype", None))
+    def _geometry(self) -> None:
         t_ax, z_ax = self.stream
         self.ax, self.channel_axis = t_ax, self.stream.channel
-        self.spatial = [i for i in range(len(shape)) if i not in (t_ax, z_ax, self.channel_axis)]
-        self.frame_shape = tuple(int(shape[i]) for i in self.spatial)
-        self.n_frames, self.n_slices = int(shape[t_ax]), int(shape[z_ax])
+        self.spatial = [i for i in range(len(self.shape)) if i not in (t_ax, z_ax, self.channel_axis)]
+        self.frame_shape = tuple(int(self.shape[i]) for i in self.spatial)
+        self.n_frames, self.n_slices = int(self.shape[t_ax]), int(self.shape[z_ax])
         self.letter = "t"
         self.store_axes = "tzyx"
         self.store_shape = (self.n_frames, self.n_slices, *self.frame_shape)
-        source = str(opened.path) if opened.format != "array" else "the input array"
-        # shape and dtype are checked on resume; the engine reads slices itself, so no per-frame digests
-        self.identity = InputIdentity(shape, self.data.dtype, self.n_frames, source=source)
-        self.out_path = out_path = None if a["out"] is None else Path(a["out"])
-        if out_path is not None and (out_path.exists() or out_path.is_symlink()):
-            if a["resume"]:
-                self.store = LabelStore.open(out_path, mode="r+")
-                self.recorded = Provenance.from_store(self.store)
-                if self.store.shape != self.store_shape or self.store.axes != "tzyx":
-                    raise InputError(
-                        f"{out_path} holds labels of shape {self.store.shape} (axes {self.store.axes!r}) but this "
-                        f"3D+t stack gives {self.store_shape} (tzyx); resume it with the stack (and axis/channel) "
-                        "it was made from"
-                    )
-                self.identity.attach(self.store, resume=True)
-            elif not a["overwrite"]:
-                raise StoreExistsError(
-                    f"{out_path} already exists; pass overwrite=True (--overwrite) to replace it or resume=True "
-                    "(--resume) to finish an interrupted run"
-                )
+        # the identity (TrackJob.open) checks shape and dtype on resume; the engine reads slices itself, so no
+        # per-frame digests
+
+    def _store_mismatch(self) -> str | None:
+        if self.store.shape != self.store_shape or self.store.axes != "tzyx":
+            return (
+                f"holds labels of shape {self.store.shape} (axes {self.store.axes!r}) but this 3D+t stack gives "
+                f"{self.store_shape} (tzyx)"
+            )
+        return None
 
     def plan(self) -> None:
         a = self.ask

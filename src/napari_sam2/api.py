@@ -267,13 +267,7 @@ class TrackJob:
         self.data = opened.data
         self.shape = shape = opened.shape
         check_pixels(shape, getattr(self.data, "dtype", None))
-        self.ax = resolve_axis(a["axis"], opened.axes, len(shape), opened.axes_known)
-        self.channel_axis = _channel_axis(opened, self.ax)
-        self.frame_shape = _frame_shape(shape, self.ax, self.channel_axis)
-        self.n_frames = shape[self.ax]
-        self.letter = _stream_letter(a["axis"], opened.axes[self.ax])
-        self.store_shape = (self.n_frames, *self.frame_shape)
-        self.store_axes = self.letter + "yx"
+        self._geometry()
         source = str(opened.path) if opened.format != "array" else "the input array"
         self.identity = InputIdentity(shape, self.data.dtype, self.n_frames, source=source)  # io/identity.py
 
@@ -283,10 +277,10 @@ class TrackJob:
             if a["resume"]:
                 self.store = LabelStore.open(out_path, mode="r+")
                 self.recorded = Provenance.from_store(self.store)
-                if self.store.shape != self.store_shape:
+                mismatch = self._store_mismatch()
+                if mismatch:
                     raise InputError(
-                        f"{out_path} holds labels of shape {self.store.shape} but this stack gives "
-                        f"{self.store_shape}; resume it with the stack (and axis/channel) it was made from"
+                        f"{out_path} {mismatch}; resume it with the stack (and axis/channel) it was made from"
                     )
                 self.identity.attach(self.store, resume=True)
             elif not a["overwrite"]:
@@ -294,6 +288,23 @@ class TrackJob:
                     f"{out_path} already exists; pass overwrite=True (--overwrite) to replace it or resume=True "
                     "(--resume) to finish an interrupted run"
                 )
+
+    def _geometry(self) -> None:
+        """The stream axis, channel axis, frame shape, frame count and the store's shape and axes."""
+        a, opened, shape = self.ask, self.opened, self.shape
+        self.ax = resolve_axis(a["axis"], opened.axes, len(shape), opened.axes_known)
+        self.channel_axis = _channel_axis(opened, self.ax)
+        self.frame_shape = _frame_shape(shape, self.ax, self.channel_axis)
+        self.n_frames = shape[self.ax]
+        self.letter = _stream_letter(a["axis"], opened.axes[self.ax])
+        self.store_shape = (self.n_frames, *self.frame_shape)
+        self.store_axes = self.letter + "yx"
+
+    def _store_mismatch(self) -> str | None:
+        """Why the existing store cannot be resumed with this input (None: it can)."""
+        if self.store.shape != self.store_shape:
+            return f"holds labels of shape {self.store.shape} but this stack gives {self.store_shape}"
+        return None
 
     def plan(self) -> None:
         """Settings (a resumed run replays the recorded ones), discovery, prompts and the side files."""
