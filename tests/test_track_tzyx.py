@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from napari_sam2 import PromptSet, track
 from napari_sam2._volume_job import stream_axes
+from napari_sam2.io.identity import InputMismatchError
 from napari_sam2.io.ome_zarr import LabelStore
 from napari_sam2.io.readers import OpenedStack
 from napari_sam2.io.results import open_result
@@ -40,6 +42,16 @@ def _prompts():
 
 class Stop(Exception):
     pass
+
+
+def _stop_at(n):
+    """A progress callback that stops the run (Ctrl-C) at the n-th time point written."""
+
+    def progress(done, total):
+        if done >= n:
+            raise KeyboardInterrupt
+
+    return progress
 
 
 def test_tzyx_track_writes_every_time_point_and_tables_with_z(tmp_path, tiny_checkpoint):
@@ -78,6 +90,14 @@ def test_tzyx_track_writes_every_time_point_and_tables_with_z(tmp_path, tiny_che
     mask = tifffile.imread(tmp_path / "01_RES" / "mask002.tif")
     assert mask.shape == (Z, H, W) and mask.dtype == np.uint16
     assert (result.csv_path).read_text().splitlines()[0].count("centroid_z") == 2
+    # per-object confidence per time point, as a 3-D run reports per frame: rows, confidence.csv, region scores
+    conf = {(c["frame"], c["obj_id"]): c for c in result.confidence}
+    assert set(conf) == {(t, o) for t in range(T) for o in (1, 2)}
+    for (t, o), c in conf.items():
+        assert c["area"] == int((labels[t] == o).sum()) and c["present"] == (c["score"] > 0)
+        assert isinstance(c["iou"], float)
+    assert (out.parent / "embryo_confidence.csv").read_text().splitlines()[0].startswith("frame,obj_id,score,iou")
+    assert rows[0]["score"] == conf[(0, 1)]["score"]
 
 
 def test_tzyx_killed_run_resumes_to_the_uninterrupted_labels(tmp_path, tiny_checkpoint):
@@ -100,6 +120,17 @@ def test_tzyx_killed_run_resumes_to_the_uninterrupted_labels(tmp_path, tiny_chec
         resumed = track(stack, None, model=tiny_checkpoint, out=out, device="cpu", resume=True, tables=False)
         np.testing.assert_array_equal(np.asarray(resumed.labels[:]), reference.labels)
         assert open_result(out).complete and resumed.provenance["status"] == "complete"
+    # every (t, z) slice read has its digest in the store; resuming with another image of the same shape stops at
+    # the first slice that differs, naming it
+    digests = zarr.open_group(out / "labels" / LabelStore.open(out).name, mode="r")["input_digest"][...]
+    assert digests.shape == (T * Z, 16) and digests.any(axis=1).all()
+    out2 = tmp_path / "cut_again.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        track(stack, _prompts(), model=tiny_checkpoint, out=out2, device="cpu", progress=_stop_at(2), tables=False)
+    other_image = stack.copy()
+    other_image[0, 5] = 255 - other_image[0, 5]
+    with pytest.raises(InputMismatchError, match=r"slice \(t=0, z=5\) of .* differs"):
+        track(other_image, None, model=tiny_checkpoint, out=out2, device="cpu", resume=True, tables=False)
     with pytest.raises(InputError, match="differ from those recorded"):
         other = PromptSet()
         other.add(3, 1, points=[[20, 17]], t=0)

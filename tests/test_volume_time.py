@@ -60,6 +60,16 @@ def test_labels_at_every_time_point_outward_from_the_prompt(tiny_model, movie):
             area = (vt.result(t) == obj).sum(axis=(1, 2))
             if area.any():
                 assert z_a == int(np.argmax(area))
+    # scores per object, slice and time point (as a 3-D run reports them per frame); the per-object summary is the
+    # best slice's object score and the anchor slice's predicted IoU
+    for t in range(4):
+        per_z, summary = vt.scores(t), vt.object_scores(t)
+        assert set(summary) == {1, 2}
+        for obj, (score, iou) in summary.items():
+            assert per_z[obj] and score == max(s for s, _ in per_z[obj].values())
+            labels = vt.result(t)
+            if (labels == obj).any():
+                assert len(per_z[obj]) == 8 and iou == per_z[obj][vt.anchors(obj)[t]][1]
     # lazy: only single slices frames[t, z] were read, never a time point or the stack
     assert stack.keys and all(isinstance(k, tuple) and len(k) >= 2 for k in stack.keys)
     assert all(isinstance(k[0], (int, np.integer)) and isinstance(k[1], (int, np.integer)) for k in stack.keys)

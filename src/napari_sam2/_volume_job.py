@@ -11,7 +11,9 @@ as soon as the engine yields it (one chunk per (t, z) plane, `done` and the resu
 What differs from the 3-D job: the session (`VolumeTimeSession`, prompts at (t, z) — `ObjectPrompt.t`), the
 input view (a lazy [T, Z, Y, X] of one channel, which is also the store's image and the region table's intensity),
 and the settings recorded (both axes). Resume is the 3-D job's: the engine is deterministic, so replaying the
-recorded prompts and skipping the writes the store holds gives the labels of an uninterrupted run.
+recorded prompts and skipping the writes the store holds gives the labels of an uninterrupted run. The input's
+identity is one digest per (t, z) slice (index t * Z + z), recorded and checked as the engine reads each slice.
+Confidence: one row per (t, object), `VolumeTimeSession.object_scores`.
 """
 
 from __future__ import annotations
@@ -186,8 +188,9 @@ class VolumeTimeJob(TrackJob):
         self.letter = "t"
         self.store_axes = "tzyx"
         self.store_shape = (self.n_frames, self.n_slices, *self.frame_shape)
-        # the identity (TrackJob.open) checks shape and dtype on resume; the engine reads slices itself, so no
-        # per-frame digests
+        # the identity (TrackJob.open) records one digest per (t, z) slice, index t * Z + z, as the engine reads
+        # it: a resumed run checks every slice it reads against the original input's
+        self.digest_count = self.n_frames * self.n_slices
 
     def _store_mismatch(self) -> str | None:
         if self.store.shape != self.store_shape or self.store.axes != "tzyx":
@@ -253,11 +256,14 @@ class VolumeTimeJob(TrackJob):
 
         self.view = TZYXView(self.data, self.stream, self.channel)
         intensity = self.intensity
+        n_slices, identity = self.n_slices, self.identity
+        identity.describe = lambda index: f"slice (t={index // n_slices}, z={index % n_slices})"
         return VolumeTimeSession(
             self.net,
             self.view,
             preset=self.preset,
             intensity=None if intensity is None else (intensity.low, intensity.high),
+            on_read=lambda t, z, pixels: identity(t * n_slices + z, pixels),
         )
 
     def _image_view(self):
@@ -305,6 +311,8 @@ class VolumeTimeJob(TrackJob):
             count_of = dict(zip(ids.tolist(), counts.tolist()))
             for obj in self.session.obj_ids:
                 self.areas[(t, obj)] = int(count_of.get(obj, 0))
+            for obj, (score, iou) in self.session.object_scores(t).items():  # as a 3-D run's per frame
+                self.scores[(t, obj)] = (score, iou)
             self.covered.add(t)
             self._emit(t, labels.astype(np.uint32), ids.tolist())
 

@@ -269,7 +269,9 @@ class TrackJob:
         check_pixels(shape, getattr(self.data, "dtype", None))
         self._geometry()
         source = str(opened.path) if opened.format != "array" else "the input array"
-        self.identity = InputIdentity(shape, self.data.dtype, self.n_frames, source=source)  # io/identity.py
+        # one digest per frame read (io/identity.py); a variant reading smaller pieces sets `digest_count`
+        count = getattr(self, "digest_count", self.n_frames)
+        self.identity = InputIdentity(shape, self.data.dtype, count, source=source)
 
         # the output store: refuse clobbering before anything slow happens
         self.out_path = out_path = None if a["out"] is None else Path(a["out"])

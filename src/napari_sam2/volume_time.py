@@ -114,6 +114,8 @@ class VolumeTimeSession:
     intensity: (low, high) range for every slice (default: percentiles of 16 slices spread over the stack).
     feature_cache_bytes: image features of one time point kept in memory (≈ 16 MiB a slice at 1024²; give at
         least Z slices' worth or slices are encoded again for each object).
+    on_read: called as on_read(t, z, pixels) for every slice the streams read, before it is used (e.g. an
+        `io.identity.InputIdentity` keyed by t * Z + z: a resumed run checks each slice against the recorded one).
     Coordinates: (y, x) napari pixels of a slice; (t, z) indices into the first two axes.
     """
 
@@ -130,6 +132,7 @@ class VolumeTimeSession:
         feature_cache_bytes: int = 1 << 30,
         fill_hole_area: int | None = None,
         object_batch: int | None = None,
+        on_read=None,
     ):
         if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
             from .model.build import load_model
@@ -172,6 +175,8 @@ class VolumeTimeSession:
         self._log: list[dict] = []
         self._span: dict[int, tuple[int | None, int | None]] = {}  # obj → (first, last) t it exists on
         self._parent: dict[int, int] = {}  # daughter → mother
+        self._scores: dict[int, dict[int, dict[int, tuple[float, float]]]] = {}  # t → obj → z → (score, iou)
+        self.on_read = on_read  # on_read(t, z, pixels): every slice a stream reads, before it is used
 
     # ------------------------------------------------------------------ basics
     @property
@@ -354,6 +359,9 @@ class VolumeTimeSession:
         for d in (self._done[obj], self._anchor[obj], self._present[obj]):
             for t in [t for t in d if not self._alive(obj, t)]:
                 del d[t]
+        for t, per_obj in self._scores.items():
+            if not self._alive(obj, t):
+                per_obj.pop(obj, None)
 
     # ------------------------------------------------------------------ streams
     def _features_of(self, t: int) -> FeatureCache:
@@ -363,7 +371,10 @@ class VolumeTimeSession:
         return self._cache_t[1]
 
     def _z_session(self, t: int) -> TrackingSession:
-        session = TrackingSession(self.model, _Slab(self.frames, t), axis=0, feature_cache_bytes=0, **self._options)
+        hook = None if self.on_read is None else (lambda z, pixels: self.on_read(t, int(z), pixels))
+        session = TrackingSession(
+            self.model, _Slab(self.frames, t), axis=0, feature_cache_bytes=0, on_read=hook, **self._options
+        )
         session.features = self._features_of(t)  # shared by every object's z-stream of this time point
         return session
 
@@ -377,11 +388,12 @@ class VolumeTimeSession:
         stream = self._tstreams.get(obj)
         if stream is None:
             view = _AnchorView(self.frames)
+            hook = None if self.on_read is None else (lambda t, pixels: self.on_read(int(t), view.z[int(t)], pixels))
             # features: the current and the previous time point's (a prompt's memory is encoded at the next pass)
             budget = 3 * (self._feature_bytes or 0)
             logits = 4 * (self.model.image_size // 4) ** 2 * 4  # low-res fp32 logits of 4 frames (corrections)
             stream = TrackingSession(self.model, view, axis=0, feature_cache_bytes=budget,
-                                     result_cache_bytes=logits, **self._options)  # fmt: skip
+                                     result_cache_bytes=logits, on_read=hook, **self._options)  # fmt: skip
             self._tstreams[obj], self._views[obj] = stream, view
         return stream
 
@@ -457,6 +469,7 @@ class VolumeTimeSession:
         best = np.zeros((z_count, h, w), np.float32)  # the highest foreground logit so far (0: none)
         fresh = np.zeros((z_count, h, w), np.int32)
         seeds_at: dict[int, int] = {}
+        scores: dict[int, dict[int, tuple[float, float]]] = {}  # obj → z → (score, iou) of this computation
         with torch.inference_mode():
             for obj in todo:
                 zs = self._z_session(t)
@@ -465,16 +478,20 @@ class VolumeTimeSession:
                     if user:
                         seeds = list(user.values())
                     else:
-                        seeds = self._carry(obj, t, src, reverse, zs)
+                        seeds, carried = self._carry(obj, t, src, reverse, zs)
+                        if carried is not None:  # the t-stream's verdict on the anchor slice (absent: score ≤ 0)
+                            scores[obj] = {self._anchor[obj][src]: carried}
                     if not seeds:
                         continue
                     seeds_at[obj] = seeds[0].frame
                     for p in seeds:
                         zs.add(p)
+                    scores[obj] = {}
                     for res in zs.propagate("both"):
                         k = res.obj_ids.index(obj)
                         logit = res.logits[k]
                         z = res.frame
+                        scores[obj][z] = (float(res.scores[k]), float(res.ious[k]))
                         win = logit > np.maximum(best[z], 0)
                         best[z][win] = logit[win]
                         fresh[z][win] = obj
@@ -492,32 +509,35 @@ class VolumeTimeSession:
                 self._present[obj][t] = present
                 self._done[obj][t] = reverse
                 self._stale[obj].discard(t)
+                self._scores.setdefault(t, {})[obj] = scores.get(obj, {})
                 if obj in self._prompts.get(t, {}):
                     self._condition_t_stream(obj, t, labels)
         self._cache_t = None
         return labels
 
-    def _carry(self, obj: int, t: int, src: int, reverse: bool, zs: TrackingSession) -> list[ObjectPrompt]:
+    def _carry(self, obj: int, t: int, src: int, reverse: bool, zs: TrackingSession):
         """The hand-over: the t-stream tracks the object onto the anchor slice of `src` at time point t; its mask
-        there (if the object is present) is the seed of the z-stream at t."""
+        there (if the object is present) is the seed of the z-stream at t. → (seeds, (score, iou) of the t-stream
+        on that slice, or None when it has nothing to track)."""
         z = self._anchor[obj][src]
         stream = self._t_stream_frame(obj, t, z, zs)
         track = stream.objects.get(obj)
         if track is None:  # its prompted time points gave an empty mask: nothing to carry
-            return []
+            return [], None
         if t in track.cond:  # prompted at t before, no longer: t is tracked again
             stream.clear_prompts(t, obj)
         if t in track.tracked:
             track.stale.add(t)  # the slice or the memory behind it may have changed: recompute
-        mask = None
+        mask, verdict = None, None
         for res in stream.propagate_pass(t, t, reverse):
             if obj in res.obj_ids:
                 k = res.obj_ids.index(obj)
+                verdict = (float(res.scores[k]), float(res.ious[k]))
                 if res.scores[k] > 0 and res.masks[k].any():
                     mask = res.masks[k]
         if mask is None:
-            return []
-        return [ObjectPrompt(obj, z, np.zeros((0, 2)), np.zeros((0,), np.int32), mask=mask)]
+            return [], verdict
+        return [ObjectPrompt(obj, z, np.zeros((0, 2)), np.zeros((0,), np.int32), mask=mask)], verdict
 
     def _condition_t_stream(self, obj: int, t: int, labels: np.ndarray) -> None:
         """A prompted time point's finished 3-D mask conditions the object's t-stream on its widest slice."""
@@ -544,6 +564,26 @@ class VolumeTimeSession:
         if data is None:
             raise InputError(f"time point {t} has no result yet: propagate first")
         return np.frombuffer(zlib.decompress(data), np.int32).reshape(self.num_slices, *self.frame_shape).copy()
+
+    def scores(self, t: int) -> dict[int, dict[int, tuple[float, float]]]:
+        """{obj: {z: (score, iou)}} of time point t's last computation of each object: the z-stream's object-score
+        logit (> 0: present on that slice) and predicted IoU per slice. An object the t-stream lost at t has one
+        entry, on the slice it was sought on, with the t-stream's (score ≤ 0, iou). {} before t is computed."""
+        self._check_tz(t, 0)
+        return {obj: dict(zs) for obj, zs in self._scores.get(int(t), {}).items()}
+
+    def object_scores(self, t: int) -> dict[int, tuple[float, float]]:
+        """{obj: (score, iou)} per object at time point t, as the 2-D/3-D runs report per frame: score, the
+        highest object-score logit over its slices (> 0: the object exists at t); iou, the predicted IoU on its
+        anchor (widest) slice, or on its best-scored slice where the anchor has none."""
+        out = {}
+        for obj, per_z in self.scores(t).items():
+            if not per_z:
+                continue
+            best_z = max(per_z, key=lambda z: per_z[z][0])
+            anchor = self._anchor.get(obj, {}).get(int(t))
+            out[obj] = (per_z[best_z][0], per_z.get(anchor, per_z[best_z])[1])
+        return out
 
     def finished(self) -> list[int]:
         """Time points that have a result."""

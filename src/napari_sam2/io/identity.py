@@ -46,6 +46,7 @@ class InputIdentity:
         self._array = None
         self._store_path = None
         self._lock = threading.Lock()
+        self.describe = lambda index: f"frame {index}"  # a digest's index in messages (3D+t: its (t, z) slice)
 
     def attach(self, store, resume: bool) -> None:
         """Bind to `store` (a writable `LabelStore`). resume: the store's recorded identity must match this input
@@ -82,8 +83,9 @@ class InputIdentity:
             self._array, self._store_path = array, store.path
 
     def _mismatch(self, index: int, store_path) -> InputMismatchError:
+        what = self.describe(index)
         return InputMismatchError(
-            f"frame {index} of {self.source} differs from frame {index} of the input {store_path} was made from: "
+            f"{what} of {self.source} differs from {what} of the input {store_path} was made from: "
             "this is another image. Resume the store with its own input, or write to a new --out (frames already "
             "finished in the store are unchanged)"
         )
