@@ -211,3 +211,39 @@ def test_cli_tracks_a_tzyx_tiff_and_refuses_one_stream_axis(tmp_path, tiny_check
     err = capsys.readouterr().err
     assert code == 1 and "is 3D+t: it has two stream axes; track them together with axis='tz'" in err
     assert "Traceback" not in err and not (tmp_path / "other.ome.zarr").exists()
+
+
+def test_channel_axis_tczyx_tiff_cli_and_tzyxc_array_track_one_channel(tmp_path, tiny_checkpoint, capsys):
+    """A channel axis end to end: a TCZYX OME-TIFF through the CLI (--channel 1) and a TZYXC array through track()
+    (channel=1) give the labels of that channel's TZYX stack alone; no channel named on a 2-channel stack is
+    refused with the fix."""
+    from napari_sam2 import cli
+
+    nuclei = _stack()[:2, :4]  # [T=2, Z=4, Y, X]: the channel tracked
+    other = np.ascontiguousarray(nuclei[:, :, ::-1])  # a different second channel: picking the wrong one shows
+    prompts = PromptSet()
+    prompts.add(3, 1, points=[[20, 16]], t=0)
+    options = {"model": tiny_checkpoint, "device": "cpu", "direction": "forward", "tables": False}
+    alone = track(nuclei, prompts, **options).labels
+
+    tczyx = np.stack([other, nuclei], axis=1)  # [T, C, Z, Y, X]
+    image = tmp_path / "two_channels.ome.tif"
+    tifffile.imwrite(image, tczyx, metadata={"axes": "TCZYX"})
+    prompts.save(tmp_path / "clicks.csv")
+    out = tmp_path / "two.ome.zarr"
+    args = ["track", str(image), "--prompts", str(tmp_path / "clicks.csv"), "--model", str(tiny_checkpoint)]
+    args += ["--device", "cpu", "--direction", "forward"]
+    code = cli.main([*args, "--out", str(out), "--channel", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    saved = open_result(out)
+    assert saved.axes == "tzyx" and saved.labels.shape == nuclei.shape
+    assert saved.record.settings["channel"] == 1 and saved.record.settings["stream_axes"] == {"t": 0, "z": 2}
+    np.testing.assert_array_equal(np.asarray(saved.labels), alone)
+    code = cli.main([*args, "--out", str(tmp_path / "refused.ome.zarr")])
+    err = capsys.readouterr().err
+    assert code == 1 and "pick one with channel=N (CLI: --channel N)" in err and "Traceback" not in err
+
+    tzyxc = np.stack([other, nuclei], axis=-1)  # [T, Z, Y, X, C]: a short last axis is channels
+    result = track(tzyxc, prompts, channel=1, **options)
+    np.testing.assert_array_equal(np.asarray(result.labels), alone)

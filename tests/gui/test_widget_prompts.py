@@ -102,13 +102,14 @@ def test_shortcuts_are_bound_and_listed(sam_viewer, stack, qtbot):
 
 def test_layouts_tzyx_rgb_multichannel(sam_viewer, qtbot, notes):
     rng = np.random.default_rng(0)
-    # 4-D TZYX: default stream is t; the user picks z; a click at t=1 labels that volume only
+    # 4-D TZYX: the default is 3D+t (per-t sessions stream z); the user picks z alone; a click at t=1 labels that
+    # volume only
     tzyx = (rng.random((2, 4, 64, 64)) * 200).astype(np.uint8)
     tzyx[:, :, 20:40, 20:40] += 50
     viewer, _layer, w = sam_viewer(tzyx)
-    assert w.geometry.stream_axis == 0 and w.geometry.fixed_axes == (1,)
+    assert w.geometry.coupled and w.geometry.stream_axis == 1 and w.geometry.fixed_axes == (0,)
     w.axis_combo.setCurrentIndex(1)
-    assert w.geometry.stream_axis == 1 and w.geometry.fixed_axes == (0,)
+    assert w.geometry.stream_axis == 1 and w.geometry.fixed_axes == (0,) and not w.geometry.coupled
     viewer.dims.set_current_step(0, 1)
     viewer.dims.set_current_step(1, 2)
     qtbot.waitUntil(lambda: w.session((1,)) is not None, timeout=WAIT_MS)

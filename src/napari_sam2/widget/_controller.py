@@ -1,6 +1,9 @@
 """What the napari widget does, without Qt or napari: the model, one `TrackingSession` per slice, the job queue that
 applies prompts in the order they were made, the label image the results are merged into, propagation, and
-save / open of results.
+save / open of results. On a 3D+t layer (`StackGeometry.coupled`) the slice sessions stream z (one per time point)
+and give each prompt its mask at once, while propagation runs one `VolumeTimeSession` over the whole [T, Z, Y, X]
+layer (`propagate_volume`: the engine of `track()`), kept between runs so that corrections recompute only what
+they change.
 
 The widget (`_widget.py`) lays out, turns clicks and layer edits into calls here and shows the state this object
 reports through its `view` (see `ControllerView`). Work that can take long runs through `spawn(func, *args,
@@ -158,6 +161,9 @@ class TrackingController:
         self.propagation_worker = None
         self.save_worker = None
         self.frames_written = 0
+        #: 3D+t (`geometry.coupled`): the `VolumeTimeSession` propagation runs on, kept between runs so that a
+        #: correction recomputes only what it changes (None: made at the next propagation)
+        self.volume = None
         self.encoded = (0, 0)
         self.workers: set = set()
         self.alive = True
@@ -224,6 +230,7 @@ class TrackingController:
         self.geometry = geometry
         self.current = None
         self.confidence.clear()
+        self.drop_volume()
         if geometry is None:
             return False
         if new_labels or self.labels is None or old is None or old.label_shape != geometry.label_shape:
@@ -295,6 +302,8 @@ class TrackingController:
         for s in list(self.sessions.values()):
             if not isinstance(s, str) and obj in s.obj_ids:
                 self.enqueue(lambda s=s: s.remove_object(obj), lambda _: None)
+        if self.volume is not None and obj in self.volume.obj_ids:
+            self.drop_volume()  # 3D+t: remade from the remaining prompts at the next propagation
         if isinstance(self.labels, np.ndarray):
             self.labels[self.labels == obj] = 0
         elif self.labels is not None:
@@ -355,6 +364,7 @@ class TrackingController:
                 if not isinstance(s, str):
                     s.close()
             self.sessions.clear()
+        self.drop_volume()
         if self.model is not None and self.geometry is not None and self.current is not None:
             self.create_session(self.current[0])
         self.view.show_state()
@@ -583,6 +593,84 @@ class TrackingController:
         worker.start()
         return True
 
+    # ================================================================== 3D+t: through z and time together
+    def drop_volume(self) -> None:
+        """Forget the 3D+t session (the next propagation makes a new one from the prompts)."""
+        if self.volume is not None and not self.running:
+            self.volume.close()
+        self.volume = None
+
+    def propagate_volume(self, direction: str, times_range: tuple[int, int], prompts: PromptSet) -> bool:
+        """3D+t (`geometry.coupled`): propagate every object through z and time ("forward", "backward", "both" in
+        time, over time points times_range (lo, hi)) with the `VolumeTimeSession` of the whole layer, on a worker;
+        each finished time point's [Z, Y, X] labels are written as it comes. prompts: every prompt of the face with
+        its (t, z) (`ObjectPrompt.t`, frame = z). The session is kept: after a correction on any (t, z), the next
+        run recomputes that time point and those carried from it. False (with a message) when it cannot start."""
+        g = self.geometry
+        if self.running or g is None:
+            return False
+        if self.model is None:
+            self.view.show_message("info", "Load a model first.")
+            return False
+        if not len(prompts):
+            self.view.show_message("warning", "Nothing to propagate: click on an object on some (t, z) slice first.")
+            return False
+        passes = plan_passes(sorted({int(p.t) for p in prompts}), direction, *times_range)
+        lengths = [abs(stop - start) + 1 for _, start, stop in passes]
+        total, model = sum(lengths), self.model
+        z_count = g.layer_shape[g.stream_axis]
+        self.frames_written = 0
+        cancelled = []
+
+        def get_volume():
+            volume = self.volume
+            if volume is None or volume.model is not model:
+                from ..volume_time import VolumeTimeSession
+
+                volume = self.volume = VolumeTimeSession(model, g.volume_view())
+            return volume
+
+        def on_time_point(value):
+            pass_index, done, t, volume_labels, scores = value
+            if self.geometry is g and self.labels is not None:
+                ids = list(self.volume.obj_ids) if self.volume is not None else []
+                for z in range(z_count):  # objects of the session are replaced, anything else stays
+                    index = g.label_index((t,), z)
+                    plane = np.asarray(self.labels[index])
+                    new = volume_labels[z]
+                    self.labels[index] = np.where(new > 0, new, np.where(np.isin(plane, ids), 0, plane))
+                conf = self.confidence.setdefault((t,), {})
+                for obj, per_z in scores.items():
+                    conf[int(obj)] = {int(z): (float(sc), float(iou)) for z, (sc, iou) in per_z.items()}
+                    self.add_object(int(obj), quiet=True)
+                self.view.show_labels((t,))
+            self.frames_written += 1
+            self.view.show_propagation(sum(lengths[:pass_index]) + min(done, lengths[pass_index]), total)
+
+        def aborted():
+            cancelled.append(True)
+            self.view.show_message("info", f"Propagation cancelled; {self.frames_written} finished time points kept.")
+
+        def finished():
+            self.propagation_worker = None
+            self.view.show_propagation_done(self.frames_written, bool(cancelled))
+            self.view.show_state()
+
+        self.view.show_propagation(0, total)
+        worker = self.propagation_worker = self.start(
+            _worker.volume_job,
+            get_volume,
+            prompts,
+            passes,
+            yielded=on_time_point,
+            errored=lambda exc: self.view.show_message("warning", f"Propagation stopped: {error_text(exc)}"),
+            aborted=aborted,
+            finished=finished,
+        )
+        self.view.show_state()
+        worker.start()
+        return True
+
     def _erase_outside_spans(self, key, session, spans: dict, geometry, frames=None) -> None:
         """Discovery ended a mother / started daughters: their pixels outside the frames they exist on go (as the
         session dropped its outputs there, and as `replay` erases them). spans: {obj: span} already handled
@@ -654,9 +742,11 @@ class TrackingController:
         return True
 
     # ================================================================== save / open
-    def provenance(self, key, input_record: dict, extra: dict | None = None):
+    def provenance(self, key, input_record: dict, extra: dict | None = None, prompts: PromptSet | None = None):
         """The `Provenance` of what the controller holds for session `key` (the checkpoint's hash is added by the
-        save job). input_record: {"layer", "path", "shape"} of the image."""
+        save job). input_record: {"layer", "path", "shape"} of the image. prompts: 3D+t, every prompt of the face
+        with its (t, z): the 3D+t session's edit log is recorded only when its prompts are these (nothing was
+        prompted since the last propagation), as it then reproduces the labels (`napari-sam2 replay`)."""
         import torch
 
         from ..io.provenance import ModelRecord, Provenance
@@ -664,7 +754,12 @@ class TrackingController:
         g = self.geometry
         session = self.session(key)
         edit_log = None
-        if session is not None and self.log_complete.get(key, True):
+        if g.coupled:
+            volume = self.volume
+            held = None if volume is None else {(t, z, p.obj_id): p for t, z, p in volume.prompts()}
+            if held is not None and prompts is not None and held == {(p.t, p.frame, p.obj_id): p for p in prompts}:
+                edit_log = volume.edit_log
+        elif session is not None and self.log_complete.get(key, True):
             edit_log = session.edit_log  # (a continued session's log holds the opened result's log first)
         if self.model is not None:
             checkpoint = getattr(self.model, "checkpoint_path", None)
@@ -690,6 +785,11 @@ class TrackingController:
                 "channel": g.channel,
                 "session_key": list(key),
                 "threads": torch.get_num_threads(),
+                **(
+                    {"engine": "volume_time", "stream_axes": {"t": g.fixed_axes[0], "z": g.stream_axis}}
+                    if g.coupled
+                    else {}
+                ),
             },
             parents=parents,
             input=dict(input_record),
@@ -760,10 +860,15 @@ class TrackingController:
                     masks = self.mask_prompts.setdefault(where, {})
                     masks[(int(on_session.frame), int(on_session.obj_id))] = on_session
         self.confidence.clear()
+        self.drop_volume()
         self.object_ids = sorted(ids)
         self.max_id = max(ids, default=0)
         continued = key
-        if record.settings.get("stream_axis", g.stream_axis) != g.stream_axis:
+        if record.settings.get("engine") == "volume_time":
+            # a 3D+t result: its log is a VolumeTimeSession's, not a slice session's; the prompts return to their
+            # (t, z) and the next propagation recomputes from them
+            continued = None
+        elif record.settings.get("stream_axis", g.stream_axis) != g.stream_axis:
             # made along another axis (e.g. z where this face streams t): its edit log belongs to a session of that
             # geometry and cannot be continued here; the prompts still return (to their own (t, z) on a 4-D layer)
             continued = None

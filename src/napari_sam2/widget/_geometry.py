@@ -69,10 +69,20 @@ class StackGeometry:
     channel_axis: int | None = None
     channel: int | None = None
     fixed_axes: tuple[int, ...] = field(default_factory=tuple)
+    #: 3D+t: objects are propagated through z and t together (`VolumeTimeSession`); the per-slice sessions stream z
+    #: (one per time point: the key is (t,)) and serve the prompts' immediate masks
+    coupled: bool = False
 
     @classmethod
-    def from_layer(cls, layer, stream_axis: int | None, channel_axis: int | None = None, channel: int | None = None):
-        """Check the layer's axes and the user's choice; raises `InputError` with what to do."""
+    def from_layer(
+        cls,
+        layer,
+        stream_axis: int | str | None,
+        channel_axis: int | None = None,
+        channel: int | None = None,
+    ):
+        """Check the layer's axes and the user's choice; raises `InputError` with what to do. stream_axis "tz": a
+        layer with two axes besides (Y, X) and the channel is 3D+t, its first such axis t and its second z."""
         data = layer.data
         if isinstance(data, (list, tuple)):  # a multiscale layer: track the full-resolution level
             data = data[0]
@@ -86,6 +96,14 @@ class StackGeometry:
         if len(non_channel) < 2:
             raise InputError(f"layer {layer.name!r}: after the channel axis fewer than two axes are left for Y, X")
         spatial = (non_channel[-2], non_channel[-1])
+        coupled = stream_axis == "tz"
+        if coupled:
+            if len(non_channel) != 4:
+                raise InputError(
+                    f"3D+t (t and z together) needs two axes besides Y, X{' and the channel' if channel_axis is not None else ''}"
+                    f"; layer {layer.name!r} has {len(non_channel) - 2}: pick one stream axis instead"
+                )
+            stream_axis = non_channel[1]  # z: the per-time-point sessions stream it
         if stream_axis is not None and (stream_axis in spatial or stream_axis == channel_axis):
             raise InputError(f"axis {stream_axis} cannot be the stream axis: it is a pixel or channel axis")
         if stream_axis is None and len(non_channel) > 2:
@@ -106,7 +124,11 @@ class StackGeometry:
             raise InputError(f"channel {channel} does not exist: the layer has {n_channels} channels")
         if channel_axis is not None and channel is None and n_channels not in (1, 3, 4):
             channel = 0
-        return cls(data, ndim, rgb, stream_axis, spatial, channel_axis, channel, fixed)
+        if coupled and n_channels == 1 and channel is None:
+            channel = 0
+        if coupled and n_channels is not None and channel is None:
+            raise InputError("3D+t tracking takes one channel: pick it in the channel list")
+        return cls(data, ndim, rgb, stream_axis, spatial, channel_axis, channel, fixed, coupled)
 
     @classmethod
     def from_array(cls, data, stream_axis: int | None = 0, channel_axis: int | None = None, channel: int | None = None):
@@ -191,6 +213,15 @@ class StackGeometry:
     def is_tzyx(self) -> bool:
         """The labels are [T, Z, Y, X] (a 4-D layer, channels aside): prompts are saved with their (t, z)."""
         return len(self.label_axes) == 4
+
+    def volume_view(self):
+        """3D+t: the layer as a lazy [T, Z, Y, X] array of the chosen channel (what `VolumeTimeSession` reads)."""
+        fixed = {}
+        if self.rgb:
+            fixed[len(self.data.shape) - 1] = self.channel
+        elif self.channel_axis is not None:
+            fixed[self.channel_axis] = self.channel
+        return LazyView(self.data, fixed)
 
     def tz_prompt(self, key: tuple[int, ...], prompt):
         """A session's prompt (key, prompt.frame on the stream axis) as a stack prompt: for [T, Z, Y, X] labels an

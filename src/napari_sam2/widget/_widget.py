@@ -185,7 +185,11 @@ class SAM2Widget(QWidget, ControllerView):
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("Image layer to track: 2-D, 3-D (z or t), 3-D + channels, or 4-D TZYX.")
         self.axis_combo = QComboBox()
-        self.axis_combo.setToolTip("Stream axis: the axis SAM 2 walks through (z of a stack, or t of a time-lapse).")
+        self.axis_combo.setToolTip(
+            "Stream axis: the axis SAM 2 walks through (z of a stack, or t of a time-lapse).\n"
+            "t + z together (3D+t, a 4-D layer's default): each object is one 3-D mask per time point, propagated\n"
+            "through z and through time; prompts go on any (t, z) slice."
+        )
         self.channel_axis_combo = QComboBox()
         self.channel_axis_combo.setToolTip("Channel axis of a multichannel layer (RGB layers: the colour axis).")
         self.channel_spin = QComboBox()
@@ -429,6 +433,10 @@ class SAM2Widget(QWidget, ControllerView):
             for a in range(ndim - 2):
                 self.axis_combo.addItem(f"axis {a} ({labels[a]}{layer.data.shape[a]} frames)", a)
             first = next((a for a in hidden if a < ndim - 2), 0)
+            if ndim >= 4:  # 3D+t: objects carried through z and time together (the default of a 4-D layer)
+                self.axis_combo.addItem("t + z together (3D+t)", "tz")
+                if ndim == 4:
+                    first = self.axis_combo.count() - 1
             self.axis_combo.setCurrentIndex(first)
         for combo in (self.axis_combo, self.channel_axis_combo):
             combo.blockSignals(False)
@@ -481,11 +489,13 @@ class SAM2Widget(QWidget, ControllerView):
         else:
             self.prompt_layers.geometry = geometry
             self._rederive_prompts()
-        n = geometry.num_frames
+        n = self._range_length()
         for spin in (self.range_from, self.range_to):
             spin.setRange(0, max(0, n - 1))
         self.range_to.setValue(max(0, n - 1))
-        self.strip.reset(n)
+        self.range_check.setText("only time points" if geometry.coupled else "only frames")
+        self.progress.setFormat("%v/%m time points" if geometry.coupled else "%v/%m frames")
+        self.strip.reset(geometry.num_frames)
         self._reset_sessions()
 
     def _make_output_layers(self, old_labels_data) -> None:
@@ -606,7 +616,12 @@ class SAM2Widget(QWidget, ControllerView):
             parts.append("no model loaded")
         if self.geometry is not None:
             g = self.geometry
-            axis = "one image" if g.stream_axis is None else f"{g.num_frames} frames along axis {g.stream_axis}"
+            if g.coupled:
+                axis = f"3D+t, {self._range_length()} time points × {g.num_frames} slices"
+            elif g.stream_axis is None:
+                axis = "one image"
+            else:
+                axis = f"{g.num_frames} frames along axis {g.stream_axis}"
             parts.append(f"{self.image_layer.name}: {axis}")
         done, total = self.controller.encoded
         if total:
@@ -795,8 +810,13 @@ class SAM2Widget(QWidget, ControllerView):
         self._update_buttons()
 
     # ================================================================== propagation
+    def _range_length(self) -> int:
+        """What the range and the progress count: frames along the stream axis, or time points (3D+t)."""
+        g = self.geometry
+        return g.layer_shape[g.fixed_axes[0]] if g.coupled else g.num_frames
+
     def _range(self) -> tuple[int, int]:
-        n = self.geometry.num_frames
+        n = self._range_length()
         if self.range_check.isChecked():
             lo, hi = sorted((self.range_from.value(), self.range_to.value()))
             return lo, hi
@@ -810,6 +830,9 @@ class SAM2Widget(QWidget, ControllerView):
         pos = self.current_position()
         if pos is None:
             _notify("info", "Pick an image layer first.")
+            return
+        if self.geometry.coupled:  # 3D+t: every object through z and time (the range is over time points)
+            self.controller.propagate_volume(direction, self._range(), self.all_prompts())
             return
         key = pos[0]
         self.controller.propagate(key, direction, self._range(), self._prompted_frames(key))
@@ -902,6 +925,7 @@ class SAM2Widget(QWidget, ControllerView):
                 "shape": [int(n) for n in self.image_layer.data.shape],
             },
             extra={"napari_version": napari.__version__},
+            prompts=self.all_prompts() if self.geometry.coupled else None,
         )
 
     def save(self, path: str | None = None) -> None:
@@ -988,8 +1012,12 @@ class SAM2Widget(QWidget, ControllerView):
         has_layer = self.geometry is not None
         session = self.session() if has_layer else None
         pos = self.current_position() if has_layer else None
-        has_prompts = bool(self.prompt_layers and pos and self._prompted_frames(pos[0]))
-        can_propagate = not running and session is not None and has_prompts and self.geometry.num_frames > 1
+        if has_layer and self.geometry.coupled:  # 3D+t: prompts on any time point; the slice session is not needed
+            has_prompts = bool(self.prompt_layers and len(self.all_prompts()))
+            can_propagate = not running and self.model is not None and has_prompts
+        else:
+            has_prompts = bool(self.prompt_layers and pos and self._prompted_frames(pos[0]))
+            can_propagate = not running and session is not None and has_prompts and self.geometry.num_frames > 1
         for b in (self.forward_button, self.backward_button, self.both_button):
             b.setEnabled(can_propagate)
         self.cancel_button.setEnabled(running)

@@ -89,6 +89,28 @@ def propagate_job(session, passes, discovery=None, events=None):
             yield index, abs(result.frame - start) + 1, result
 
 
+def volume_job(get_volume, prompts: PromptSet, passes):
+    """3D+t: generator over passes [(direction, first t, last t)] of a `VolumeTimeSession` → yields (pass index,
+    time points done in the pass, t, labels [Z, Y, X] int32, {obj: {z: (score, iou)}}).
+
+    get_volume() gives the session (made on this thread the first time: it reads slices for the intensity). Its
+    prompts are first made those of `prompts` (the face's, each with its (t, z)): changed ones are set again,
+    removed ones dropped — the engine then recomputes only the time points a change affects. Stopping between
+    two yields leaves every yielded time point finished in the session."""
+    volume = get_volume()
+    wanted = {(int(p.t), int(p.frame), int(p.obj_id)): p for p in prompts}
+    held = {(t, z, int(p.obj_id)): p for t, z, p in volume.prompts()}
+    for (t, z, obj), prompt in wanted.items():
+        if held.get((t, z, obj)) != prompt:
+            volume.set_prompt(t, z, obj, prompt)
+    for t, z, obj in held:
+        if (t, z, obj) not in wanted:
+            volume.set_prompt(t, z, obj, None)
+    for index, (direction, first, last) in enumerate(passes):
+        for t, labels in volume.propagate_pass(first, last, reverse=direction == "backward"):
+            yield index, abs(t - first) + 1, t, labels, volume.scores(t)
+
+
 def save_job(path, labels, axes, prompts: PromptSet, provenance, scale, units=None):
     """Write the result store; `provenance` is a `Provenance` (the checkpoint is hashed here, off the GUI thread)."""
     from ..io.provenance import checkpoint_sha256
