@@ -2,6 +2,7 @@
 
     python benchmarks/bench_nano.py                       # the built-in nano-fluo
     python benchmarks/bench_nano.py --model PATH.pt --json out.json
+    python benchmarks/bench_nano.py --model PATH.pt --seeds 2 --conditions default --threads 1 --no-speed
 
 Held-out data: `nuclei_timelapse` movies with seeds from 2,000,000 up (training draws its movie seeds from
 another generator: see model/train_nano.py), in four conditions (the sample defaults; small crowded nuclei;
@@ -47,8 +48,10 @@ CONDITIONS = {
 }
 
 
-def held_out_movies(seeds: int, frames: int, size: int = 256):
+def held_out_movies(seeds: int, frames: int, size: int = 256, conditions=None):
     for name, options in CONDITIONS.items():
+        if conditions and name not in conditions:
+            continue
         for k in range(seeds):
             kwargs = {"n_frames": frames, "shape": (size, size), "n_nuclei": 8, **options}
             yield name, nuclei_timelapse(seed=HELD_OUT + 100 * list(CONDITIONS).index(name) + k, **kwargs)
@@ -75,13 +78,14 @@ def click_prompts(labels0: np.ndarray, min_area: int = 20) -> PromptSet:
     return prompts
 
 
-def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = None) -> dict:
+def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = None, conditions=None) -> dict:
+    """The quality numbers of the module docstring; `conditions`: names of CONDITIONS to run (default all)."""
     from ctc_metrics import evaluate_sequence
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_nano_"))
     click, track_ious, tra, det, absent_ok, after_return = [], [], [], [], [], []
     per_condition: dict[str, dict] = {}
-    for name, movie in held_out_movies(seeds, frames):
+    for name, movie in held_out_movies(seeds, frames, conditions=conditions):
         labels = movie.labels
         prompts = click_prompts(labels[0])
         # --- one click per object, frame 0 (a fresh session: no memory)
@@ -155,10 +159,18 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="nano-fluo", help="registry name or checkpoint path (default nano-fluo)")
     parser.add_argument("--seeds", type=int, default=3, help="movies per condition")
     parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), help="only these (default: all)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed measure")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
-    numbers = {"model": str(args.model), **speed(model), **evaluate(model, args.seeds, args.frames)}
+    numbers = {"model": str(args.model), **({} if args.no_speed else speed(model))}
+    numbers.update(
+        {"threads": torch.get_num_threads(), **evaluate(model, args.seeds, args.frames, None, args.conditions)}
+    )
     print(json.dumps(numbers, indent=1))
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=1) + "\n")

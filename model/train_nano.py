@@ -19,6 +19,15 @@ hard negatives, ambiguous clicks, SAM's best-candidate mask loss and a 3× IoU l
         --multimask-min --iou-weight 3 --balanced-end 0 --lr 3e-4 --warmup 50 --lr-min 0.1 --val-every 200 \
         --save-every 50 --pool 12 --stop-after 64        # then: --resume with the same arguments for the next leg
 
+Calibration stage (`--iou-head-only`): only the mask decoder's IoU prediction head learns, on the IoU loss alone,
+every other weight frozen — the three candidate masks, the object score and the pointers of a given input stay
+exactly as they were; what can change is the predicted IoU and so which candidate is picked (the highest). For a
+short last leg from a finished run (ambiguous clicks off: a deep click asks for the nucleus), e.g.
+
+    python model/train_nano.py --out runs/cal --init runs/v2/export.pt --iou-head-only --seed 18 --steps 200 \
+        --clips 8 --frames 3 --threads 1 --hard-fraction 0.5 --hard-negatives 0.5 --lr 1e-3 --warmup 10 \
+        --lr-min 0.1 --val-every 100 --save-every 50
+
 GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
 15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
 movies, not the network, limits a GPU, hence the 12 worker processes):
@@ -77,7 +86,8 @@ from napari_sam2.session import PROMPT_LOGIT_CLAMP  # previous logits given back
 from napari_sam2.synthetic_hard import random_hard_stack
 
 HELD_OUT_SEED = 1_000_000  # training movies use seeds below this
-LOSS_WEIGHTS = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "presence": 1.0}
+SAM2_LOSS_WEIGHTS = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "presence": 1.0}
+LOSS_WEIGHTS = dict(SAM2_LOSS_WEIGHTS)  # this run's (main sets them from its arguments)
 
 
 # ---------------------------------------------------------------------- data
@@ -577,6 +587,20 @@ class MovieMaker:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
 
+def make_optimizer(model, args) -> torch.optim.Optimizer:
+    """AdamW over every parameter, or (`--iou-head-only`) over the mask decoder's IoU prediction head alone with
+    every other parameter frozen: the candidate masks, object scores and pointers of a given input are then
+    unchanged, only which of the three candidates is picked (the highest predicted IoU) can change."""
+    params = list(model.parameters())
+    if getattr(args, "iou_head_only", False):
+        for p in params:
+            p.requires_grad_(False)
+        params = list(model.sam_mask_decoder.iou_prediction_head.parameters())
+        for p in params:
+            p.requires_grad_(True)
+    return torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+
+
 # ---------------------------------------------------------------------- main
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -607,8 +631,13 @@ def main(argv=None) -> int:
                         "cross-entropy (0: none, as when fine-tuning)")  # fmt: skip
     parser.add_argument("--workers", type=int, default=0, help="processes making movies ahead (0: in the loop)")
     parser.add_argument("--lr-min", type=float, default=0.05, help="the cosine's floor, a fraction of --lr")
+    parser.add_argument("--iou-head-only", action="store_true", help="calibration stage: train only the mask "
+                        "decoder's IoU prediction head on the IoU loss, everything else frozen")  # fmt: skip
     args = parser.parse_args(argv)
-    LOSS_WEIGHTS["iou"] = args.iou_weight
+    LOSS_WEIGHTS.update(SAM2_LOSS_WEIGHTS, iou=args.iou_weight)
+    if args.iou_head_only:  # the masks, scores and pointers stay as they are: only the IoU estimate learns
+        LOSS_WEIGHTS.update(focal=0.0, dice=0.0, presence=0.0)
+        args.balanced_end = 0.0
 
     state_path = args.out / "last.pt"
     if args.export:
@@ -621,21 +650,21 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     cfg = NANO_FLUO
     model = build_model(cfg).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = make_optimizer(model, args)
     start = 0
     if args.init and not (args.resume and state_path.exists()):
         init = torch.load(args.init, map_location="cpu", weights_only=True)
         cfg = config_from_dict(init["config"])
         model = build_model(cfg).to(device).train()
         model.load_state_dict(init["model"])
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        optimizer = make_optimizer(model, args)
         print(f"initialised from {args.init}", flush=True)
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         cfg = config_from_dict(state["config"])
         model = build_model(cfg).to(device).train()
         model.load_state_dict(state["model"])
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+        optimizer = make_optimizer(model, args)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
@@ -680,10 +709,11 @@ def main(argv=None) -> int:
             loss = loss + clip_loss / (args.clips * args.frames)
             clips += 1
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        window["loss"].append(float(loss.detach()))
+        if torch.is_tensor(loss) and loss.requires_grad:  # (head only: no frame with the object has no IoU loss)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+        window["loss"].append(float(loss.detach()) if torch.is_tensor(loss) else float(loss))
         for key in ("presence", "presence_acc", "iou", "iou_err"):
             window[key].extend(stats[key])
         done = step + 1

@@ -162,3 +162,21 @@ def test_multimask_min_trains_one_candidate_mask_and_every_iou(train_nano):
     assert int((grads[True][0] > 0).sum()) == 1  # only the best one
     assert (grads[True][1] != 0).all()  # but every candidate's IoU prediction is trained
     assert len(stats["iou_err"]) == 1 and 0 <= stats["iou_err"][0] <= 1
+
+
+def test_iou_head_only_stage_changes_only_the_iou_head(train_nano, tmp_path):
+    """The calibration stage (--iou-head-only): masks, scores and pointers of the network stay exactly as they were;
+    only the IoU prediction head (which picks among the three candidates) learns."""
+    shipped = ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt"
+    small = ["--clips", "2", "--frames", "2", "--val-every", "0", "--save-every", "2", "--pool", "2", "--threads", "1"]
+    out = tmp_path / "head"
+    args = ["--out", str(out), "--steps", "2", "--init", str(shipped), "--iou-head-only", "--lr", "1e-2",
+            "--warmup", "1", "--hard-fraction", "0.5", *small]  # fmt: skip
+    assert train_nano.main(args) == 0
+    start = torch.load(shipped, weights_only=True)["model"]
+    after = torch.load(out / "last.pt", weights_only=True)["model"]
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    assert changed and all(k.startswith("sam_mask_decoder.iou_prediction_head.") for k in changed), changed
+    assert train_nano.LOSS_WEIGHTS["focal"] == 0.0  # this run trained the IoU loss alone
+    assert train_nano.main(["--out", str(tmp_path / "x"), "--steps", "1", *small]) == 0
+    assert train_nano.LOSS_WEIGHTS == train_nano.SAM2_LOSS_WEIGHTS  # the next run has SAM 2's weights again
