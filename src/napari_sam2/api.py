@@ -226,6 +226,7 @@ class TrackJob:
         # the run's progress: results, this call's writes, and how far the replay of a resumed run has come
         self.scores: dict[tuple[int, int], tuple[float, float]] = {}
         self.areas: dict[tuple[int, int], int] = {}
+        self.counts: dict[int, dict[int, int]] = {}  # frame → {id: pixels} as just written
         self.events: list[dict] = []
         self.written: list[int] = []  # distinct frames this call wrote, in order
         self.finished: set[int] = set()
@@ -439,21 +440,39 @@ class TrackJob:
             self.finished = set(self.store.finished_frames())
 
     def run(self) -> None:
-        """Propagate, writing every yielded frame at once (`_emit`) and collecting scores, areas and events."""
+        """Propagate, writing every yielded frame at once (`_emit`) and collecting scores, areas and events.
+
+        Results are written by a `replay.LabelWriter` as the widget and replay write them, except that each replaces
+        its frame whole (nothing else is in these labels): no object keeps pixels outside its span."""
+        from .replay import LabelWriter
+
         if self.discovery is None:
             results = self.session.propagate(self.direction)
         else:
             from .discovery import propagate_with_discovery
 
             results = propagate_with_discovery(self.session, self.discovery, self.direction, events=self.events)
+        writer = LabelWriter(self.session, self._read_frame, self._write_frame, keep=False, frames_of=self._holding)
         for result in results:
-            ids, counts = np.unique(result.labels, return_counts=True)  # not bincount: ids go up to 2**32 - 1
-            count_of = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+            writer.write(result)
+            count_of = self.counts.pop(result.frame)
             for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
                 self.scores[(result.frame, obj)] = (float(score), float(iou))
                 self.areas[(result.frame, obj)] = int(count_of.get(obj, 0))
             self.covered.add(result.frame)
-            self._emit(result.frame, result.labels, ids.tolist())
+
+    def _write_frame(self, frame: int, labels: np.ndarray) -> None:
+        """The writer's store: the frame written (`_emit`), its pixel count per id noted in `counts`."""
+        ids, counts = np.unique(labels, return_counts=True)  # not bincount: ids go up to 2**32 - 1
+        self.counts[frame] = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+        self._emit(frame, labels, ids.tolist())
+
+    def _read_frame(self, frame: int) -> np.ndarray:
+        return np.asarray(self.store.read_labels()[frame] if self.store is not None else self.labels_mem[frame])
+
+    def _holding(self, obj: int) -> list[int]:
+        """The frames written with pixels of `obj` (the writer looks only there for pixels outside its span)."""
+        return sorted(f for (f, o), area in self.areas.items() if o == obj and area)
 
     def finish(self) -> TrackResult:
         """Frames outside the tracked range written empty, then colours, lineage, tables, CTC and the status."""

@@ -25,18 +25,75 @@ import numpy as np
 from .errors import InputError
 from .prompts import ObjectPrompt
 
-__all__ = ["ReplayResult", "merge_result", "replay", "replay_log"]
+__all__ = ["LabelWriter", "ReplayResult", "merge_result", "outside_span", "replay", "replay_log"]
 
 
-def merge_result(old: np.ndarray, result, drop: Iterable[int] = ()) -> np.ndarray:
+Span = tuple[int | None, int | None]  # (first, last) frame an object exists on; None: unbounded
+
+
+def outside_span(span: Span, frame: int) -> bool:
+    """Whether `frame` lies outside `span` (`TrackingSession.span`: the frames the object exists on)."""
+    first, last = span
+    return (first is not None and frame < first) or (last is not None and frame > last)
+
+
+def merge_result(old: np.ndarray | None, result, drop: Iterable[int] = (), spans: dict | None = None) -> np.ndarray:
     """The labels of one frame after writing a `FrameResult` over `old` [H, W]: the result's labels, except that
     pixels of objects the result does not cover (opened results, painted labels, evicted outputs) are kept where
-    the new labels are empty — unless their id is in `drop`. The widget writes every result this way."""
+    the new labels are empty — unless their id is in `drop`. old None: nothing is kept (the result replaces the
+    frame). spans {obj: (first, last)}: no object keeps or gets a pixel on a frame outside its span (a result made
+    before its object was ended can still hold it). Every face writes results this way (`LabelWriter`)."""
     new = np.asarray(result.labels).astype(np.uint32, copy=True)
-    old = np.asarray(old)
-    keep = (old != 0) & (new == 0) & ~np.isin(old, [*result.obj_ids, *drop])
-    new[keep] = old[keep]
+    if old is not None:
+        old = np.asarray(old)
+        keep = (old != 0) & (new == 0) & ~np.isin(old, [*result.obj_ids, *drop])
+        new[keep] = old[keep]
+    gone = [obj for obj, span in (spans or {}).items() if outside_span(span, result.frame)]
+    if gone:
+        new[np.isin(new, gone)] = 0
     return new
+
+
+class LabelWriter:
+    """Writes one session's results into its labels, as the widget, `replay_log` and `track()` all do, under one
+    rule: an object has no pixel outside its span of frames (`session.span`; a mother ends on the frame before she
+    divides, a daughter or an arrival starts on the frame it is found on). A result's own frame is merged with
+    `merge_result` under the current spans; when a span has shrunk since the last write, the object's pixels on
+    the frames now outside it are cleared too (results keep pixels of objects they do not cover, so a frame an
+    earlier pass wrote would keep them).
+
+    read(frame) → the session's labels of `frame` [H, W]; write(frame, labels) stores them. keep: merge with the
+    frame's old labels (False: each result replaces its frame, as track() writes). frames_of(obj) → the frames
+    that may hold `obj` (default every frame of the session; track() knows where it wrote each object).
+    """
+
+    def __init__(self, session, read, write, keep: bool = True, frames_of=None):
+        self.session, self.read, self.store, self.keep = session, read, write, keep
+        self.frames_of = frames_of or (lambda obj: range(len(session)))
+        self.spans = self.current()  # the spans the labels already obey
+
+    def current(self) -> dict[int, Span]:
+        """{obj: span} of every object of the session now."""
+        return {obj: self.session.span(obj) for obj in self.session.obj_ids}
+
+    def write(self, result, drop: Iterable[int] = ()) -> np.ndarray:
+        """Merge `result` into its frame (ids in `drop` lose their old pixels there); → the frame's new labels."""
+        spans = self.current()
+        labels = merge_result(self.read(result.frame) if self.keep else None, result, drop, spans)
+        self.store(result.frame, labels)
+        self.enforce(spans)
+        return labels
+
+    def enforce(self, spans: dict[int, Span] | None = None) -> None:
+        """Clear each object whose span changed since the last call from the frames outside its new span."""
+        for obj, span in (self.current() if spans is None else spans).items():
+            if self.spans.get(obj) == span:
+                continue
+            self.spans[obj] = span
+            for t in [t for t in self.frames_of(obj) if outside_span(span, t)]:
+                plane = np.asarray(self.read(t))
+                if (plane == obj).any():
+                    self.store(t, np.where(plane == obj, 0, plane).astype(plane.dtype, copy=False))
 
 
 def replay_log(session, log: list[dict], labels: np.ndarray | None = None, on_result=None) -> np.ndarray:
@@ -45,9 +102,11 @@ def replay_log(session, log: list[dict], labels: np.ndarray | None = None, on_re
     n, (h, w) = len(session), session.frame_shape
     out = np.zeros((n, h, w), np.uint32) if labels is None else labels
 
+    writer = LabelWriter(session, out.__getitem__, out.__setitem__)
+
     def write(results, drop=()):
         for r in results:
-            out[r.frame] = merge_result(out[r.frame], r, drop)
+            writer.write(r, drop)
             if on_result is not None:
                 on_result(r)
 
@@ -67,24 +126,17 @@ def replay_log(session, log: list[dict], labels: np.ndarray | None = None, on_re
             out[out == int(entry["obj_id"])] = 0
         elif op == "reset":
             session.reset()
-        elif op == "object":
+        elif op == "object":  # the object does not exist before its start frame: its pixels there go (`writer`)
             session.add_object(entry["obj_id"], parent=entry.get("parent"), start=entry.get("start"))
-            if entry.get("start") is not None:  # the object does not exist before its start frame
-                _erase(out[: int(entry["start"])], int(entry["obj_id"]))
-        elif op == "end":
+            writer.enforce()
+        elif op == "end":  # nor after its last frame: a mother's pixels on the frame her daughters start on go
             session.end_object(entry["obj_id"], entry["last_frame"])
-            # nor after its last frame: a mother's pixels on the frame her daughters start on are not kept
-            _erase(out[max(0, int(entry["last_frame"]) + 1) :], int(entry["obj_id"]))
+            writer.enforce()
         elif op == "pass":
             write(session.propagate_pass(entry["first"], entry["last"], bool(entry["reverse"]), entry["frames"]))
         else:
             raise InputError(f"{where}: unknown edit {op!r}; this log was written by a newer napari-sam2")
     return out
-
-
-def _erase(labels: np.ndarray, obj_id: int) -> None:
-    """Clear `obj_id` from labels [..., H, W] in place (the session dropped its outputs there)."""
-    labels[labels == obj_id] = 0
 
 
 @dataclass

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..prompts import ObjectPrompt, PromptSet
-from ..replay import merge_result, replay_log
+from ..replay import LabelWriter, merge_result, replay_log
 from . import _worker
 from ._geometry import StackGeometry, make_label_array
 
@@ -125,9 +125,10 @@ class TrackingController:
     """The widget's state and actions, with no Qt and no napari.
 
     geometry: a `StackGeometry` (which axis is streamed, which are fixed; one session per `key` = indices of the
-    fixed axes). labels: the label array (`geometry.label_shape`, uint32) every result is merged into with
-    `replay.merge_result`. confidence: {key: {obj: {frame: (score, iou)}}}. prompts_of(key) → `PromptSet`: the
-    prompts a new session of `key` starts from (the widget reads its prompt layers; default none).
+    fixed axes). labels: the label array (`geometry.label_shape`, uint32) every result is merged into by a
+    `replay.LabelWriter` (as `replay` and `track()` write them). confidence: {key: {obj: {frame: (score, iou)}}}.
+    prompts_of(key) → `PromptSet`: the prompts a new session of `key` starts from (the widget reads its prompt
+    layers; default none).
     """
 
     def __init__(self, view: ControllerView | None = None, spawn: Callable[..., Any] = InlineWorker, prompts_of=None):
@@ -148,6 +149,7 @@ class TrackingController:
         self.discovery = None  # DiscoveryOptions: discover new objects and divisions on forward passes (None: off)
         self.max_id = 0
         self.confidence: dict[tuple, dict] = {}
+        self.writers: dict[tuple, tuple] = {}  # key → (session, geometry, its LabelWriter)
         self.opened_record = None  # the Provenance of the last opened result
         self.opened_key: tuple | None = None  # the session key the opened result was made on
         # key → whether the session's edit log alone reproduces its labels (False: continued from an opened result
@@ -261,20 +263,42 @@ class TrackingController:
         """The label array with a leading frame axis (a single image's labels get one of length 1)."""
         return self.labels if self.labels.ndim > 2 else self.labels[None]
 
-    def write_result(self, key, result, drop=(), geometry=None) -> None:
-        """Merge one FrameResult into the labels (as `replay` does: pixels of objects the result does not cover stay,
-        except ids in `drop`) and note its confidences. `geometry`: the one the result was made under (a
-        propagation outlives a change of layer; results of another geometry are dropped)."""
+    def write_result(self, key, result, drop=(), geometry=None, session=None) -> None:
+        """Merge one FrameResult of session `key` into the labels (as `replay` does: pixels of objects the result
+        does not cover stay, except ids in `drop`; no object keeps pixels outside its span) and note its
+        confidences. `geometry`: the one the result was made under (a propagation outlives a change of layer);
+        `session`: the one that made it (default the ready session of `key`)."""
         geometry = geometry or self.geometry
         if self.labels is None or geometry is None:
             return
-        index = geometry.label_index(key, result.frame)
-        self.labels[index] = merge_result(self.labels[index], result, drop)
+        session = session if session is not None else self.session(key)
+        if session is None:  # closed meanwhile: no spans to obey
+            index = geometry.label_index(key, result.frame)
+            self.labels[index] = merge_result(self.labels[index], result, drop)
+        else:
+            self.label_writer(key, session, geometry).write(result, drop)
         conf = self.confidence.setdefault(key, {})
         for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
             conf.setdefault(int(obj), {})[int(result.frame)] = (float(score), float(iou))
             self.add_object(int(obj), quiet=True)
         self.view.show_labels(key)
+
+    def label_writer(self, key, session, geometry) -> LabelWriter:
+        """The `replay.LabelWriter` of `session` (key `key`) into the labels: one per session and geometry, kept, so
+        that a span that shrank between two writes (discovery ended a mother on the worker) is noticed."""
+        made = self.writers.get(key)
+        if made is not None and made[0] is session and made[1] is geometry:
+            return made[2]
+
+        def read(t):
+            return self.labels[geometry.label_index(key, t)]
+
+        def write(t, plane):
+            self.labels[geometry.label_index(key, t)] = plane
+
+        writer = LabelWriter(session, read, write)
+        self.writers[key] = (session, geometry, writer)
+        return writer
 
     # ================================================================== objects
     def add_object(self, obj: int, quiet: bool = False) -> None:
@@ -364,6 +388,7 @@ class TrackingController:
                 if not isinstance(s, str):
                     s.close()
             self.sessions.clear()
+            self.writers.clear()
         self.drop_volume()
         if self.model is not None and self.geometry is not None and self.current is not None:
             self.create_session(self.current[0])
@@ -407,7 +432,6 @@ class TrackingController:
                 for t in range(len(replayed)):
                     self.labels[geometry.label_index(key, t)] = replayed[t]
                 self._note_mask_prompts(key, session, session.obj_ids)  # e.g. daughters found by discovery
-                self._erase_outside_spans(key, session, {}, geometry)  # an ended mother, as when propagating
             for r in results:
                 self.write_result(key, r)
             self.view.show_prompted(results)
@@ -546,16 +570,11 @@ class TrackingController:
         before = set(session.obj_ids)
         self.events = []
 
-        spans = {o: session.span(o) for o in before}
-
         def on_result(value):
             pass_index, done, result = value
-            self.write_result(key, result, geometry=geometry)
-            if discovery is not None:
-                # after writing: the worker may have ended an object since it made this result (the GUI thread
-                # lags behind it), so the result can still hold her on a frame she no longer lives on
-                self._erase_outside_spans(key, session, spans, geometry)
-                self._erase_outside_spans(key, session, {}, geometry, frames=[result.frame])
+            # the writer reads the spans now: the worker may have ended an object since it made this result (the
+            # GUI thread lags behind it), so the result can still hold her on a frame she no longer lives on
+            self.write_result(key, result, geometry=geometry, session=session)
             self.frames_written += 1
             self.view.show_propagation(sum(lengths[:pass_index]) + min(done, lengths[pass_index]), total)
 
@@ -670,23 +689,6 @@ class TrackingController:
         self.view.show_state()
         worker.start()
         return True
-
-    def _erase_outside_spans(self, key, session, spans: dict, geometry, frames=None) -> None:
-        """Discovery ended a mother / started daughters: their pixels outside the frames they exist on go (as the
-        session dropped its outputs there, and as `replay` erases them). spans: {obj: span} already handled
-        (updated); frames: only these frames (default all)."""
-        for obj in session.obj_ids:
-            span = session.span(obj)
-            if spans.get(obj) == span:
-                continue
-            spans[obj] = span
-            first, last = span
-            for t in range(geometry.num_frames) if frames is None else frames:
-                if (first is not None and t < first) or (last is not None and t > last):
-                    index = geometry.label_index(key, t)
-                    plane = np.asarray(self.labels[index])
-                    if (plane == obj).any():
-                        self.labels[index] = np.where(plane == obj, 0, plane)
 
     def cancel(self) -> None:
         """Stop the propagation after the frame being computed; every finished frame stays."""

@@ -1,0 +1,103 @@
+"""One rule for every face: an object has no pixels outside its span of frames (`session.span`). The widget's
+controller, `replay_log` and `track()` all write results through `replay.LabelWriter`, so a mother that ends where
+she divides leaves no pixel on the frames after, whichever face wrote the labels."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam2 import track
+from napari_sam2.discovery import DiscoveryOptions
+from napari_sam2.model import load_model
+from napari_sam2.replay import merge_result, replay_log
+from napari_sam2.sample_data import nuclei_timelapse
+from napari_sam2.session import TrackingSession
+from napari_sam2.widget._controller import ControllerView, TrackingController
+from napari_sam2.widget._geometry import StackGeometry
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return load_model("nano-fluo", device="cpu")
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums, and so boundary pixels, depend on the thread count
+    yield
+    torch.set_num_threads(threads)
+
+
+MOVIE = nuclei_timelapse(n_frames=6, shape=(128, 128), n_nuclei=3, seed=11)  # nucleus 1 divides on frame 3
+MOTHER, T_DIV = MOVIE.events["division"]["parent"], MOVIE.events["division"]["frame"]
+
+
+def _oracle(session, frame):  # the true masks stand in for segment everything (fast, and sure to find the division)
+    truth = MOVIE.labels[frame]
+    return [truth == o for o in np.unique(truth)[1:]]
+
+
+def _controller(nano):
+    """A controller on the movie with every nucleus of frame 0 prompted by its mask (as track()'s seeds)."""
+    c = TrackingController()
+    c.set_model(nano, "nano-fluo")
+    c.set_geometry(StackGeometry.from_array(MOVIE.image))
+    c.focus((), 0)
+    for obj in np.unique(MOVIE.labels[0])[1:]:
+        c.add_mask((), 0, int(obj), MOVIE.labels[0] == obj)
+    return c
+
+
+def _replayed(nano, log):
+    """→ (labels, the replaying session's own edit log)."""
+    with TrackingSession(nano, MOVIE.image) as fresh:
+        return replay_log(fresh, log), fresh.edit_log
+
+
+def test_a_span_that_shrinks_gives_the_same_labels_in_the_widget_replay_and_track(nano, one_thread):
+    options = DiscoveryOptions(detector=_oracle, division_gap=0)
+    result = track(MOVIE.image, MOVIE.labels[0], model=nano, direction="forward", discover=options, tables=False)
+    labels, log = np.asarray(result.labels), result.provenance["edit_log"]
+    assert any(e["op"] == "end" and e["obj_id"] == MOTHER for e in log)
+    assert (labels[T_DIV - 1] == MOTHER).any() and not (labels[T_DIV:] == MOTHER).any()
+
+    c = _controller(nano)
+    c.discovery = options
+    assert c.propagate((), "forward", (0, 5), [0])
+    assert c.session(()).edit_log == log  # the same edits in the same order …
+    np.testing.assert_array_equal(c.labels, labels)  # … give the same labels through the widget
+    replayed, _ = _replayed(nano, log)
+    np.testing.assert_array_equal(replayed, labels)  # and through replay
+    c.reset_sessions()
+
+
+def test_an_ended_mother_keeps_no_pixels_an_earlier_pass_wrote(nano, one_thread):
+    """The case the rule is for: the mother was tracked over the whole movie first; her prompt is made again (the
+    frames after it are tracked again) and a discovery pass, cancelled just after the division, ends her there.
+    The frames after it are not written again, and results do not cover an ended object, so a plain merge would
+    keep her old pixels."""
+    c = _controller(nano)
+    assert c.propagate((), "forward", (0, 5), [0])
+    assert (c.labels[T_DIV:] == MOTHER).any(axis=(1, 2)).all()
+    c.add_mask((), 0, MOTHER, MOVIE.labels[0] == MOTHER)  # a pass that only re-reads tracked frames yields none
+
+    class Cancel(ControllerView):
+        def show_propagation(self, done, total):
+            if c.frames_written == T_DIV + 2:  # frames 0 … T_DIV, and T_DIV again after the division
+                c.cancel()
+
+    c.view = Cancel()
+    c.discovery = DiscoveryOptions(detector=_oracle, arrivals=False, division_gap=0)
+    assert c.propagate((), "forward", (0, 5), [0])
+    assert [e["kind"] for e in c.events] == ["division"] and c.frames_written == T_DIV + 2
+    assert (c.labels[T_DIV - 1] == MOTHER).any() and not (c.labels[T_DIV:] == MOTHER).any()
+    log = c.session(()).edit_log
+    np.testing.assert_array_equal(_replayed(nano, log)[0], c.labels)
+
+    # without the rule (a plain merge of every result, as `merge_result` alone does) her pixels would stay
+    plain = np.zeros_like(c.labels)
+    with TrackingSession(nano, MOVIE.image) as fresh:
+        replay_log(fresh, log, on_result=lambda r: plain.__setitem__(r.frame, merge_result(plain[r.frame], r)))
+    assert (plain[T_DIV + 1 :] == MOTHER).any()
+    c.reset_sessions()
