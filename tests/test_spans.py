@@ -60,6 +60,7 @@ def test_a_span_that_shrinks_gives_the_same_labels_in_the_widget_replay_and_trac
     result = track(MOVIE.image, MOVIE.labels[0], model=nano, direction="forward", discover=options, tables=False)
     labels, log = np.asarray(result.labels), result.provenance["edit_log"]
     assert any(e["op"] == "end" and e["obj_id"] == MOTHER for e in log)
+    assert all(e["frames"] for e in log if e["op"] == "pass")  # discovery's edits leave no 0-frame passes
     assert (labels[T_DIV - 1] == MOTHER).any() and not (labels[T_DIV:] == MOTHER).any()
 
     c = _controller(nano)
@@ -67,8 +68,10 @@ def test_a_span_that_shrinks_gives_the_same_labels_in_the_widget_replay_and_trac
     assert c.propagate((), "forward", (0, 5), [0])
     assert c.session(()).edit_log == log  # the same edits in the same order …
     np.testing.assert_array_equal(c.labels, labels)  # … give the same labels through the widget
-    replayed, _ = _replayed(nano, log)
+    replayed, relogged = _replayed(nano, log)
     np.testing.assert_array_equal(replayed, labels)  # and through replay
+    # which logs the same edits again: no passes of no frame, which replay as nothing, between two of discovery's
+    assert [(e["op"], e.get("frames")) for e in relogged] == [(e["op"], e.get("frames")) for e in log]
     c.reset_sessions()
 
 

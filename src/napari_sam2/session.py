@@ -279,9 +279,10 @@ class TrackingSession:
         "reverse", "frames"} (a propagation pass over frames first…last, of which `frames` were processed before
         it ended or was stopped). SAM 2's memory makes a result depend on the order of prompts and passes, not only
         on the prompts, so `napari_sam2.replay` re-runs this log to reproduce a session bit for bit (same thread
-        count). A copy."""
+        count). A copy, without passes of no frame (they replay as nothing: e.g. the rest of a pass between two edits
+        discovery made on one frame, or a pass stopped before its first frame)."""
         with self._lock:
-            return [dict(entry) for entry in self._log]
+            return [dict(entry) for entry in self._log if entry["op"] != "pass" or entry["frames"]]
 
     def _record(self, entry: dict) -> dict:
         if self._quiet:
