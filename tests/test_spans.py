@@ -62,12 +62,15 @@ def test_a_span_that_shrinks_gives_the_same_labels_in_the_widget_replay_and_trac
     assert any(e["op"] == "end" and e["obj_id"] == MOTHER for e in log)
     assert all(e["frames"] for e in log if e["op"] == "pass")  # discovery's edits leave no 0-frame passes
     assert (labels[T_DIV - 1] == MOTHER).any() and not (labels[T_DIV:] == MOTHER).any()
+    # her scores end with her pixels (the division frame's first write still held her)
+    assert max(r["frame"] for r in result.confidence if r["obj_id"] == MOTHER) == T_DIV - 1
 
     c = _controller(nano)
     c.discovery = options
     assert c.propagate((), "forward", (0, 5), [0])
     assert c.session(()).edit_log == log  # the same edits in the same order …
     np.testing.assert_array_equal(c.labels, labels)  # … give the same labels through the widget
+    assert max(c.confidence[()][MOTHER]) == T_DIV - 1  # and the same end of her scores
     replayed, relogged = _replayed(nano, log)
     np.testing.assert_array_equal(replayed, labels)  # and through replay
     # which logs the same edits again: no passes of no frame, which replay as nothing, between two of discovery's
@@ -95,6 +98,7 @@ def test_an_ended_mother_keeps_no_pixels_an_earlier_pass_wrote(nano, one_thread)
     assert c.propagate((), "forward", (0, 5), [0])
     assert [e["kind"] for e in c.events] == ["division"] and c.frames_written == T_DIV + 2
     assert (c.labels[T_DIV - 1] == MOTHER).any() and not (c.labels[T_DIV:] == MOTHER).any()
+    assert max(c.confidence[()][MOTHER]) == T_DIV - 1  # the first pass's scores after her end are forgotten too
     log = c.session(()).edit_log
     np.testing.assert_array_equal(_replayed(nano, log)[0], c.labels)
 

@@ -474,6 +474,17 @@ class TrackJob:
         """The frames written with pixels of `obj` (the writer looks only there for pixels outside its span)."""
         return sorted(f for (f, o), area in self.areas.items() if o == obj and area)
 
+    def _drop_outside_spans(self) -> None:
+        """Forget the scores and areas of objects on frames outside their span: a frame written before discovery
+        ended a mother there (her division frame's first write) must not report her present where the labels no
+        longer hold her, nor count her area in the lineage check."""
+        from .replay import outside_span
+
+        spans = {obj: self.session.span(obj) for obj in self.session.obj_ids}
+        for key in [k for k in self.scores if k[1] in spans and outside_span(spans[k[1]], k[0])]:
+            del self.scores[key]
+            self.areas.pop(key, None)
+
     def finish(self) -> TrackResult:
         """Frames outside the tracked range written empty, then colours, lineage, tables, CTC and the status."""
         for frame in range(self.n_frames):  # outside the propagated range: nothing tracked there
@@ -485,6 +496,7 @@ class TrackJob:
         if store is not None:
             store.add_colors(self.ids)
         labels_out = store.read_labels() if store is not None else self.labels_mem
+        self._drop_outside_spans()
         confidence = [
             {"frame": f, "obj_id": o, "score": s, "iou": i, "present": s > 0, "area": areas[(f, o)]}
             for (f, o), (s, i) in sorted(scores.items())

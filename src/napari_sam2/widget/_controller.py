@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..prompts import ObjectPrompt, PromptSet
-from ..replay import LabelWriter, merge_result, replay_log
+from ..replay import LabelWriter, merge_result, outside_span, replay_log
 from . import _worker
 from ._geometry import StackGeometry, make_label_array
 
@@ -149,6 +149,7 @@ class TrackingController:
         self.discovery = None  # DiscoveryOptions: discover new objects and divisions on forward passes (None: off)
         self.max_id = 0
         self.confidence: dict[tuple, dict] = {}
+        self.confidence_spans: dict[tuple, dict] = {}  # key → {obj: the span its confidences were last pruned to}
         self.writers: dict[tuple, tuple] = {}  # key → (session, geometry, its LabelWriter)
         self.opened_record = None  # the Provenance of the last opened result
         self.opened_key: tuple | None = None  # the session key the opened result was made on
@@ -232,6 +233,7 @@ class TrackingController:
         self.geometry = geometry
         self.current = None
         self.confidence.clear()
+        self.confidence_spans.clear()
         self.drop_volume()
         if geometry is None:
             return False
@@ -272,16 +274,34 @@ class TrackingController:
         if self.labels is None or geometry is None:
             return
         session = session if session is not None else self.session(key)
+        conf = self.confidence.setdefault(key, {})
+        spans = {}
         if session is None:  # closed meanwhile: no spans to obey
             index = geometry.label_index(key, result.frame)
             self.labels[index] = merge_result(self.labels[index], result, drop)
         else:
-            self.label_writer(key, session, geometry).write(result, drop)
-        conf = self.confidence.setdefault(key, {})
+            writer = self.label_writer(key, session, geometry)
+            writer.write(result, drop)
+            spans = writer.spans
+            self._drop_confidence_outside(key, conf, spans)
         for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
-            conf.setdefault(int(obj), {})[int(result.frame)] = (float(score), float(iou))
             self.add_object(int(obj), quiet=True)
+            if int(obj) in spans and outside_span(spans[int(obj)], result.frame):
+                continue  # made before discovery ended her: the labels do not hold her here either
+            conf.setdefault(int(obj), {})[int(result.frame)] = (float(score), float(iou))
         self.view.show_labels(key)
+
+    def _drop_confidence_outside(self, key, conf: dict, spans: dict) -> None:
+        """Forget confidences of objects on frames outside their span, for the objects whose span changed since the
+        last call (a mother ended by discovery keeps no score after her division, as she keeps no pixel)."""
+        seen = self.confidence_spans.setdefault(key, {})
+        for obj, span in spans.items():
+            if seen.get(obj) == span:
+                continue
+            seen[obj] = span
+            frames = conf.get(obj, {})
+            for t in [t for t in frames if outside_span(span, t)]:
+                del frames[t]
 
     def label_writer(self, key, session, geometry) -> LabelWriter:
         """The `replay.LabelWriter` of `session` (key `key`) into the labels: one per session and geometry, kept, so
@@ -862,6 +882,7 @@ class TrackingController:
                     masks = self.mask_prompts.setdefault(where, {})
                     masks[(int(on_session.frame), int(on_session.obj_id))] = on_session
         self.confidence.clear()
+        self.confidence_spans.clear()
         self.drop_volume()
         self.object_ids = sorted(ids)
         self.max_id = max(ids, default=0)
