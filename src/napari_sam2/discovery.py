@@ -492,7 +492,8 @@ def propagate_with_discovery(
     largest: dict[int, int] = {}
     previous_labels = None
     first = None
-    for result in session.propagate("forward", start=start):
+    # every frame, also those a run without discovery tracked already: each is searched for newcomers and divisions
+    for result in session.propagate("forward", start=start, every_frame=True):
         yield result
         t = result.frame
         first = t if first is None else first
@@ -500,7 +501,8 @@ def propagate_with_discovery(
             born.setdefault(obj, t if t > first else -(10**9))
         offset = t - first
         areas = _areas(result.labels)
-        if offset % options.every or (offset == 0 and not options.on_start_frame):
+        # a frame tracked before whose masks the session no longer holds in full: the missing cells would look new
+        if offset % options.every or (offset == 0 and not options.on_start_frame) or result.evicted:
             previous_area = areas
             previous_labels = result.labels
             _remember(history, largest, areas)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -135,7 +135,8 @@ class FrameResult:
     obj_ids [K]; logits [K, H, W] float32 mask logits at the frame's size; masks [K, H, W] bool (logit > 0);
     labels [H, W] uint32 (object id per pixel, overlaps to the higher logit); scores [K] object-score logits
     (≤ 0: the object is absent / occluded, its mask empty); ious [K] predicted IoU; computed: the ids whose
-    output was (re)computed in this call (others were taken from the session's store).
+    output was (re)computed in this call (others were taken from the session's store); evicted: ids tracked on
+    this frame whose stored logits the `result_cache_bytes` budget dropped (left out: the result is incomplete).
     """
 
     frame: int
@@ -146,6 +147,7 @@ class FrameResult:
     scores: np.ndarray
     ious: np.ndarray
     computed: list[int]
+    evicted: list[int] = field(default_factory=list)
 
     @property
     def present(self) -> np.ndarray:
@@ -740,14 +742,14 @@ class TrackingSession:
         # 15 even where the config reaches less far (nano-fluo: 7): corrections read what is kept (see above)
         pointer_slots = max(POINTERS_KEPT, max_pointer_distance(self.num_frames, self.cfg.max_obj_ptrs_in_encoder))
         conds = list(obj.cond)
-        for holding, slots, field in (
+        for holding, slots, attr in (
             (obj.holding_memory, memory_slots, "memory"),
             (obj.holding_pointer, pointer_slots, "pointer"),
         ):
             for f in [f for f in holding if outside_reach(f, frame, reverse, conds, slots, self.num_frames)]:
                 holding.discard(f)
                 if f in obj.tracked:
-                    setattr(obj.tracked[f], field, None)
+                    setattr(obj.tracked[f], attr, None)
 
     # ------------------------------------------------------------------ results kept for corrections
     def _remember_result(self, obj_id: int, frame: int, out: FrameOutput) -> None:
@@ -769,14 +771,18 @@ class TrackingSession:
             self._result_bytes -= nbytes
 
     # ------------------------------------------------------------------ propagation
-    def propagate(self, direction: str = "forward", start: int | None = None, stop: int | None = None):
+    def propagate(
+        self, direction: str = "forward", start: int | None = None, stop: int | None = None, every_frame: bool = False
+    ):
         """Track every object frame by frame; a generator of `FrameResult`.
 
         direction: "forward", "backward" or "both" (forward, then backward from the same start).
         start: first frame (default: the earliest prompted frame of any object); stop: last frame, inclusive
         (default: the stack's end in that direction). Stopping the generator between two frames (cancel)
         leaves every finished frame valid. In the default preset, frames that no prompt has made stale are
-        skipped (nothing to recompute), prompted frames are yielded from their prompt.
+        skipped (nothing to recompute), prompted frames are yielded from their prompt. every_frame: yield those
+        skipped frames too, from the outputs already held (discovery reads every frame of a pass, also when a
+        movie tracked before is propagated again with discovery on).
         """
         if direction not in ("forward", "backward", "both"):
             raise InputError(f"direction must be 'forward', 'backward' or 'both'; got {direction!r}")
@@ -803,7 +809,7 @@ class TrackingSession:
         if direction in ("backward", "both") and start > 0:  # the official skips a reverse pass from frame 0
             passes.append((list(range(start, (0 if stop is None else stop) - 1, -1)), True))
         for order, reverse in passes:
-            yield from self._propagate_pass(order, reverse)
+            yield from self._propagate_pass(order, reverse, every_frame)
 
     def propagate_pass(self, first: int, last: int, reverse: bool, frames: int | None = None):
         """One propagation pass over first…last (inclusive; last < first when `reverse`), stopping after `frames`
@@ -821,21 +827,21 @@ class TrackingSession:
             return
         yield from self._propagate_pass(order, bool(reverse))
 
-    def _propagate_pass(self, order: list[int], reverse: bool):
+    def _propagate_pass(self, order: list[int], reverse: bool, every_frame: bool = False):
         with self._lock, torch.inference_mode():
             entry = self._record({"op": "pass", "first": order[0], "last": order[-1], "reverse": reverse, "frames": 0})
             state = {"entry": entry, "order": order, "reverse": reverse, "done": 0}
             self._pass = state
             self._preflight()
         try:
-            yield from self._pass_frames(order, reverse, state)
+            yield from self._pass_frames(order, reverse, state, every_frame)
         finally:
             # A cancelled generator may be closed only when it is garbage-collected, after a newer pass began:
             # clear the marker only if it is still this pass's.
             if self._pass is state:
                 self._pass = None
 
-    def _pass_frames(self, order: list[int], reverse: bool, state: dict):
+    def _pass_frames(self, order: list[int], reverse: bool, state: dict, every_frame: bool = False):
         for i, frame in enumerate(order):
             with self._lock, torch.inference_mode():
                 if self._pending:  # prompted between two frames of this pass (e.g. discovery added an object)
@@ -857,7 +863,7 @@ class TrackingSession:
                 # counted before the yield: a consumer that stops there has this frame
                 state["entry"]["frames"] += 1
                 state["done"] = i + 1
-                if not todo and not has_cond and not self.recompute_all:
+                if not todo and not has_cond and not self.recompute_all and not every_frame:
                     continue  # nothing changed on this frame
                 result = self._result(frame, computed=[o.obj_id for o in todo])
             yield result
@@ -895,10 +901,12 @@ class TrackingSession:
 
     # ------------------------------------------------------------------ results
     def _result(self, frame: int, computed: list[int]) -> FrameResult:
-        ids, lows, scores, ious = [], [], [], []
+        ids, lows, scores, ious, evicted = [], [], [], [], []
         for obj in self.objects.values():
             out = obj.output(frame)
             if out is None or out.logits is None:
+                if out is not None:
+                    evicted.append(obj.obj_id)
                 continue
             ids.append(obj.obj_id)
             lows.append(out.logits)
@@ -924,6 +932,7 @@ class TrackingSession:
             scores=np.asarray(scores, dtype=np.float32),
             ious=np.asarray(ious, dtype=np.float32),
             computed=list(computed),
+            evicted=evicted,
         )
 
     def result(self, frame: int) -> FrameResult:
