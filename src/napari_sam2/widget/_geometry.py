@@ -99,9 +99,10 @@ class StackGeometry:
         coupled = stream_axis == "tz"
         if coupled:
             if len(non_channel) != 4:
+                besides = "Y, X and the channel" if channel_axis is not None else "Y, X"
                 raise InputError(
-                    f"3D+t (t and z together) needs two axes besides Y, X{' and the channel' if channel_axis is not None else ''}"
-                    f"; layer {layer.name!r} has {len(non_channel) - 2}: pick one stream axis instead"
+                    f"3D+t (t and z together) needs two axes besides {besides}; layer {layer.name!r} has "
+                    f"{len(non_channel) - 2}: pick one stream axis instead"
                 )
             stream_axis = non_channel[1]  # z: the per-time-point sessions stream it
         if stream_axis is not None and (stream_axis in spatial or stream_axis == channel_axis):
