@@ -305,3 +305,53 @@ def test_discovery_while_propagating_finds_the_division_and_reopens(nano, tmp_pa
     assert all(again.mask_frames((), d) == [t_div] for d in daughters)
     np.testing.assert_array_equal(again.labels, c.labels)
     again.reset_sessions()
+
+
+def test_3d_t_propagation_matches_the_engine_and_cancel_keeps_finished_time_points(tiny_model):
+    """3D+t (a TZYX array, stream axes "tz"): propagate_volume writes the labels of the `VolumeTimeSession` run on the
+    same prompts (the engine of track()), a cancel keeps the finished time points, and the geometry refuses what
+    it cannot track together."""
+    from napari_sam2.errors import InputError
+    from napari_sam2.prompts import PromptSet
+    from napari_sam2.volume_time import VolumeTimeSession
+
+    rng = np.random.default_rng(0)
+    stack = (rng.random((3, 3, 40, 40)) * 40).astype(np.uint8)
+    stack[:, 1:3, 14:30, 12:28] += 180
+    g = StackGeometry.from_array(stack, stream_axis="tz")
+    assert g.coupled and (g.stream_axis, g.fixed_axes) == (1, (0,)) and g.volume_view().shape == stack.shape
+    with pytest.raises(InputError, match="needs two axes besides Y, X; layer 'array' has 3"):
+        StackGeometry.from_array(np.zeros((2, 3, 4, 32, 32), np.uint8), stream_axis="tz")
+    with pytest.raises(InputError, match="takes one channel"):
+        StackGeometry.from_array(np.zeros((2, 3, 4, 32, 32), np.uint8), stream_axis="tz", channel_axis=1)
+
+    prompts = PromptSet()
+    prompts.add(1, 1, points=[[22, 20]], t=0)
+    prompts.add(2, 1, points=[[21, 19]], labels=[1], t=2)
+    with VolumeTimeSession(tiny_model, stack) as vt:
+        for p in prompts:
+            vt.add(p.t, p.frame, p)
+        expected = {t: labels for t, labels in vt.propagate("both")}
+
+    view = Recorder()
+
+    class Canceller(Recorder):
+        def show_propagation(self, done, total):
+            super().show_propagation(done, total)
+            if done == 1:
+                c.cancel()
+
+    c = TrackingController(Canceller())
+    c.set_model(tiny_model, "tiny")
+    c.set_geometry(g)
+    assert c.propagate_volume("both", (0, 2), prompts)
+    assert c.view.done == [(1, True)] and c.idle
+    assert c.labels[0].any() and not c.labels[1:].any()  # t = 0 finished, nothing after it
+    c.view = view
+    assert c.propagate_volume("both", (0, 2), prompts)  # the kept session goes on from there
+    # t = 1, 2 forward; the backward pass finds every time point done (the progress still ends full)
+    assert view.done == [(2, False)] and view.progress[-1] == (6, 6)
+    for t in range(3):
+        np.testing.assert_array_equal(c.labels[t], expected[t])
+        assert set(c.confidence[(t,)][1]) == set(range(3))
+    assert c.delete_object(1) and c.volume is None and not c.labels.any()

@@ -690,9 +690,15 @@ class TrackingController:
             cancelled.append(True)
             self.view.show_message("info", f"Propagation cancelled; {self.frames_written} finished time points kept.")
 
+        def failed(exc):
+            cancelled.append(False)
+            self.view.show_message("warning", f"Propagation stopped: {error_text(exc)}")
+
         def finished():
             self.propagation_worker = None
-            self.view.show_propagation_done(self.frames_written, bool(cancelled))
+            if not cancelled:  # time points with nothing to recompute are passed over: the run is whole
+                self.view.show_propagation(total, total)
+            self.view.show_propagation_done(self.frames_written, any(cancelled))
             self.view.show_state()
 
         self.view.show_propagation(0, total)
@@ -702,7 +708,7 @@ class TrackingController:
             prompts,
             passes,
             yielded=on_time_point,
-            errored=lambda exc: self.view.show_message("warning", f"Propagation stopped: {error_text(exc)}"),
+            errored=failed,
             aborted=aborted,
             finished=finished,
         )
