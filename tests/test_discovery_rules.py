@@ -109,4 +109,137 @@ def test_discovery_runs_with_a_random_weight_sam2_model(tiny_model, blob_stack):
         options = DiscoveryOptions(sampling=sampling, generator={"points_per_side": 4})
         frames = [r.frame for r in propagate_with_discovery(session, options, events=events)]
         assert sorted(set(frames)) == [0, 1, 2]
-        assert all(e["kind"] in ("arrival", "division", "refresh") for e in events)
+        assert all(e["kind"] in ("arrival", "division", "refresh", "reclaim", "relink") for e in events)
+
+
+def _box(shape, rows, cols):
+    mask = np.zeros(shape, bool)
+    mask[rows[0] : rows[1], cols[0] : cols[1]] = True
+    return mask
+
+
+def test_reclaim_shares_a_swallowed_or_squeezed_neighbour_out_again():
+    from napari_sam2.discovery import reclaim_swallowed
+
+    shape = (40, 60)
+    own, neighbour = _box(shape, (10, 20), (10, 20)), _box(shape, (10, 20), (20, 30))  # 100 px each, touching
+    good = {1: (4, own), 2: (4, neighbour)}  # their masks on frame 4, their usual size
+    usual = {1: 100.0, 2: 100.0}
+    opts = DiscoveryOptions()
+    swallowed = np.zeros(shape, np.uint32)
+    swallowed[own | neighbour] = 1  # frame 5: object 1 spans both cells, object 2 is gone
+    found = reclaim_swallowed(swallowed, opts, 5, usual, good, alive={1, 2})
+    assert [(p.kind, p.mother, p.other, p.sign) for p in found] == [("reclaim", 1, 2, "swallowed")]
+    assert (found[0].masks[0] == own).all() and (found[0].masks[1] == neighbour).all()
+    squeezed = swallowed.copy()
+    squeezed[10:20, 27:30] = 2  # object 2 kept a 30 px sliver
+    found = reclaim_swallowed(squeezed, opts, 5, usual, good, alive={1, 2})
+    assert [(p.mother, p.other, p.sign) for p in found] == [(1, 2, "squeezed")]
+    assert found[0].masks[1].sum() == 100 and (found[0].masks[0] | found[0].masks[1] == own | neighbour).all()
+    # must not fire: a mother that divided (ended: not alive) is covered by her daughters
+    daughters = np.zeros(shape, np.uint32)
+    daughters[own | neighbour] = 7
+    assert reclaim_swallowed(daughters, opts, 5, usual, {**good, 7: (3, own)}, alive={7}) == []
+    assert reclaim_swallowed(swallowed, opts, 5, usual, good, alive={1}) == []
+    # ... nor when the neighbour did not grow (object 2 left the field), nor when object 2 kept its size
+    alone = np.zeros(shape, np.uint32)
+    alone[own] = 1
+    assert reclaim_swallowed(alone, opts, 5, usual, good, alive={1, 2}) == []
+    both = alone.copy()
+    both[neighbour] = 2
+    both[25:35, 10:20] = 1  # object 1 grew elsewhere (a stray piece), object 2 is whole
+    assert reclaim_swallowed(both, opts, 5, usual, good, alive={1, 2}) == []
+    # ... nor when the last good mask is older than reclaim_frames, nor with the rule off
+    assert reclaim_swallowed(swallowed, opts, 10, usual, good, alive={1, 2}) == []
+    assert reclaim_swallowed(swallowed, DiscoveryOptions(reclaim=False), 5, usual, good, alive={1, 2}) == []
+
+
+def test_relink_closes_the_gap_of_a_lost_object_next_to_where_it_was_last_seen():
+    from napari_sam2.discovery import relink_candidate
+
+    shape = (80, 80)
+    good = {3: (10, _box(shape, (40, 50), (40, 50))), 4: (12, _box(shape, (5, 15), (60, 70)))}
+    usual = {3: 100.0, 4: 100.0}  # radius ~5.6 px: relink_distance 3 reaches ~17 px
+    labels = np.zeros(shape, np.uint32)
+    labels[5:15, 60:70] = 4  # object 4 is tracked; object 3 is lost
+    opts = DiscoveryOptions()
+    back = _box(shape, (44, 54), (50, 60))  # 10 px from where object 3 was last seen
+    assert relink_candidate(back, 14, opts, labels, usual, good, alive={3, 4}) == 3
+    # must not: too far, lost too long ago, already relinked, no longer existing, a present object, rule off
+    far = _box(shape, (65, 75), (5, 15))
+    assert relink_candidate(far, 14, opts, labels, usual, good, alive={3, 4}) is None
+    assert relink_candidate(back, 10 + opts.relink_frames + 1, opts, labels, usual, good, alive={3, 4}) is None
+    assert relink_candidate(back, 14, opts, labels, usual, good, alive={3, 4}, taken={3}) is None
+    assert relink_candidate(back, 14, opts, labels, usual, good, alive={4}) is None
+    near_4 = _box(shape, (16, 26), (60, 70))
+    assert relink_candidate(near_4, 14, opts, labels, usual, good, alive={3, 4}) is None
+    assert relink_candidate(back, 14, DiscoveryOptions(relink=False), labels, usual, good, alive={3, 4}) is None
+
+
+def _two_neighbours(seed=0):
+    """A 5-frame 128² movie with the generator's touching pair (nuclei 3 and 4) and a wanderer (5)."""
+    movie = nuclei_timelapse(n_frames=5, shape=(128, 128), n_nuclei=5, seed=seed, nucleus_radius=9.0)
+    return movie, np.where(np.isin(movie.labels[0], [3, 4, 5]), movie.labels[0], 0)
+
+
+def _run(nano, image, seeds, edits=(), **options):
+    """Track `seeds` forward with discovery every frame (segment everything off: only the tracking-side rules
+    and the probe of lost objects) after the prompt `edits` [(frame, obj, kwargs)]. → (labels [T, Y, X], events)."""
+    from napari_sam2.discovery import propagate_with_discovery
+    from napari_sam2.session import TrackingSession
+
+    session = TrackingSession(nano, image)
+    for obj in np.unique(seeds)[1:]:
+        session.add_prompt(0, int(obj), mask=seeds == obj)
+    for frame, obj, kwargs in edits:
+        session.add_prompt(frame, obj, **kwargs)
+    events: list = []
+    labels = {}
+    opts = DiscoveryOptions(arrivals=False, divisions=False, refresh=False, **options)
+    for result in propagate_with_discovery(session, opts, events=events, segment=lambda s, t: []):
+        labels[result.frame] = result.labels
+    return np.stack([labels[t] for t in sorted(labels)]), events
+
+
+def test_real_reclaim_gives_a_swallowed_neighbour_back(nano):
+    movie, seeds = _two_neighbours()
+    truth3, truth4 = movie.labels[3] == 3, movie.labels[3] == 4
+    cy, cx = (c.mean() for c in np.nonzero(truth4))
+    # frame 3: object 3 swallows its touching neighbour (a mask over both) and object 4 is told it is not there
+    dot = np.zeros_like(truth4)
+    dot[int(cy), int(cx)] = True  # too small for the model's low-res masks: object 4 is empty on frame 3
+    swallow = [(3, 3, {"mask": truth3 | truth4}), (3, 4, {"mask": dot})]
+    plain, events = _run(nano, movie.image, seeds, relink=False)
+    assert events == []  # must not fire: plain tracking of the pair, each cell its own
+    assert (plain[3] == 4)[truth4].mean() > 0.5
+    labels, events = _run(nano, movie.image, seeds, swallow, relink=False)
+    # (the prompts on frame 3 reach the tracking of frame 2 too, through the conditioning memory)
+    assert (3, "reclaim", [3, 4]) in [(e["frame"], e["kind"], e["objects"]) for e in events]
+    assert all(e["kind"] == "reclaim" and e["frame"] >= 2 for e in events)
+    assert (labels[3] == 4)[truth4].mean() > 0.5 and (labels[3] == 3)[truth4].mean() < 0.2
+    assert (labels[3] == 3)[truth3].mean() > 0.5
+    off, events = _run(nano, movie.image, seeds, swallow, relink=False, reclaim=False)
+    assert events == [] and (off[3] == 4)[truth4].mean() < 0.2  # without the rule, object 4 stays swallowed
+
+
+def test_real_probe_finds_a_lost_object_where_it_was_and_not_where_it_is_gone(nano):
+    movie, seeds = _two_neighbours()
+    truth5 = movie.labels[3] == 5
+    cy, cx = (c.mean() for c in np.nonzero(truth5))
+    dot = np.zeros_like(truth5)
+    dot[int(cy), int(cx)] = True
+    lose = [(3, 5, {"mask": dot})]  # frame 3: object 5 is empty (a one-pixel mask is too small for the model)
+    labels, events = _run(nano, movie.image, seeds, lose)
+    relinks = [(e["frame"], e["kind"], e["object"], e["sign"]) for e in events if e.get("object") == 5]
+    assert relinks[:1] == [(3, "relink", 5, "probe")]
+    assert (labels[3] == 5)[truth5].mean() > 0.5
+    # must not: the same, but nucleus 5 really is gone from frame 3 on (its pixels set to the background)
+    from scipy import ndimage
+
+    gone = movie.image.copy()
+    background = np.median(movie.image[3][movie.labels[3] == 0])
+    for t in range(3, 5):
+        gone[t][ndimage.binary_dilation(movie.labels[t] == 5, iterations=3)] = background
+    labels, events = _run(nano, gone, seeds, lose)
+    assert not [e for e in events if e.get("object") == 5]
+    assert not (labels[3] == 5).any()

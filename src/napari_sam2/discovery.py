@@ -38,10 +38,33 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   the previous discovery frame, and the other mask becomes an arrival. The same test stops rule (b) when the
   larger piece is the whole mother.
 * **Refresh** (`refresh`): a tracked mask that lies ≥ 80 % inside an auto mask at least `refresh_growth` (1.3)
-  times its size — but at most 1.75 × the largest area the object ever had (a mask spanning a cluster would be
-  larger), and with at most `refresh_max_others` (0.3) of it held by other objects — has shrunk to a fragment of
+  times its size — but at most 1.75 × the largest area the object ever had and at most `refresh_max_usual` (1.4)
+  × its usual area (a mask spanning it and a touching neighbour would be larger: measured on the tuning seeds,
+  refreshing to such masks made one cell swallow its neighbour frame after frame), and with at most
+  `refresh_max_others` (0.3) of it held by other objects — has shrunk to a fragment of
   its cell: the object is re-prompted on frame t with that mask (minus other objects' pixels). Event kind
   "refresh".
+* **Reclaim** (`reclaim`; tracking-side, from the label images alone, before the clicks): a tracked object X that
+  shrank below `reclaim_shrink` (0.6) of its usual area (or vanished), while an object Y touching X (X's mask
+  or its last good mask: its mask on the last frame its area was within those bounds, at most `reclaim_frames`
+  (5) frames ago) grew to ≥ `reclaim_growth` (1.2) × its usual area, by at least `reclaim_balance` (0.5) of what X
+  lost (the neighbour that gained the most): Y swallowed or squeezed X (nano-fluo's tracker does this to the
+  dimmer cell of a touching pair). X's and Y's pixels on frame t are shared out again by their last good masks
+  (each pixel to the nearer one), X also gets the rest of its last good mask that no object holds, and both are
+  re-prompted with their part, as long as each part keeps ≥ half of its object's usual area. Event kind
+  "reclaim" (objects [Y, X]). Fires again on later frames while the tracker keeps swallowing X.
+* **Relink** (gap closing, `relink`): an arrival whose mask lies within `relink_distance` (3) radii (of a circle of
+  the object's usual area) of the last good mask of a tracked object that is absent on frame t and was last seen
+  at most `relink_frames` (10) frames ago is that object coming back (it left the field, or the tracker lost it):
+  the lost object is re-prompted with the mask instead of a new object (the nearest such object; its id, lineage
+  and parent carry on; the CTC export links the two pieces of its track across the gap, as the CTC rules do for a
+  cell that leaves and comes back). Event kind "relink" (with the gap in frames; sign "near"). Such an object is
+  also looked for where it was (`probe_lost`, before the other rules): one click on the innermost pixel of its last
+  good mask, decoded without the generator's quality filters; an answer (minus other objects' pixels) with IoU ≥
+  `relink_iou` (0.5) against that mask is the object, re-prompted with it (sign "probe": nano-fluo's tracker
+  drops a dim cell beside a bright one again and again, while a click there still finds it; the session's own
+  model, whatever the detector). An unexplained auto (or detected) mask overlapping that last mask (≥ 30 % of the
+  smaller) relinks it too, even where it touches a tracked cell (sign "overlap").
 
 Sampling (`sampling`, default "changed"): the full segment-everything grid costs one decoder run per grid point
 on every discovery frame, most of it on background that has not changed. On a discovery frame the clicks are
@@ -105,7 +128,13 @@ class DiscoveryOptions:
     touch_distance, min_cycle, arrival_apart, arrival_neighbours: the division and arrival rules.
     division_max_daughter: a "daughter" larger than this fraction of the mother's usual area (median of her last
         frames) is no daughter: the mother had swallowed a neighbour (see "absorbed neighbour").
-    refresh, refresh_growth: the "refresh" rule (a tracked mask that shrank to a fragment of an auto mask).
+    refresh, refresh_growth, refresh_max_others, refresh_max_usual: the "refresh" rule (a tracked mask that shrank
+        to a fragment of an auto mask).
+    reclaim, reclaim_shrink, reclaim_growth, reclaim_balance, reclaim_frames: the "reclaim" rule (a touching
+        neighbour swallowed or squeezed an object: their pixels are shared out again by their last good masks).
+    relink, relink_frames, relink_distance, relink_iou: gap closing (an arrival next to where a lost object was
+        last seen is that object: it is re-prompted instead of a new object; distance in radii of the object's
+        usual area; a click where it was last seen that answers with its shape, IoU ≥ relink_iou, finds it too).
     sampling: which clicks a discovery frame decodes: "changed" (default: the grid points whose neighbourhood in
         the image features changed by more than `change_threshold` since they were last clicked, or were last
         clicked `revisit` discovery frames ago, and are not inside a tracked mask; plus two clicks per tracked
@@ -137,6 +166,16 @@ class DiscoveryOptions:
     refresh: bool = True
     refresh_growth: float = 1.3
     refresh_max_others: float = 0.3
+    refresh_max_usual: float = 1.4
+    reclaim: bool = True
+    reclaim_shrink: float = 0.6
+    reclaim_growth: float = 1.2
+    reclaim_balance: float = 0.5
+    reclaim_frames: int = 5
+    relink: bool = True
+    relink_frames: int = 10
+    relink_distance: float = 3.0
+    relink_iou: float = 0.5
     sampling: str = "changed"
     change_threshold: float = 0.5
     revisit: int = 16
@@ -187,13 +226,15 @@ class DiscoveryOptions:
 
 @dataclass
 class Proposal:
-    """One event found on a frame: kind "arrival" (masks: [the new object's mask]) or "division" (mother, masks:
-    the two daughters' masks, `sign`: which rule found it)."""
+    """One event found on a frame: kind "arrival" (masks: [the new object's mask]), "division" (mother, masks:
+    the two daughters' masks, `sign`: which rule found it), "refresh" (mother re-prompted with masks[0]) or
+    "reclaim" (mother = the object that swallowed, other = the swallowed one, masks: [mother's part, other's])."""
 
     kind: str
     masks: list[np.ndarray]
     mother: int | None = None
     sign: str = ""
+    other: int | None = None
 
 
 def segment_frame(session, frame: int, generator: dict[str, Any] | None = None) -> list[np.ndarray]:
@@ -215,9 +256,14 @@ def compare_masks(
     usual_area: dict[int, float] | None = None,
     largest_area: dict[int, int] | None = None,
     previous_labels: np.ndarray | None = None,
+    lost: dict[int, np.ndarray] | None = None,
 ) -> list[Proposal]:
     """The discovery rules on one frame: tracked label image [H, W] (object ids) vs auto masks [[H, W] bool]
-    → proposals: "arrival", "division" and "refresh" (object `mother` re-prompted with `masks[0]`).
+    → proposals: "arrival", "division", "refresh" (object `mother` re-prompted with `masks[0]`) and "relink"
+    (the lost object `mother` re-prompted with `masks[0]`).
+    lost: {object id: its last good mask [H, W] bool} for objects absent on this frame that were seen at most
+    `relink_frames` ago: an unexplained auto mask overlapping one of them is that object (gap closing), even
+    where it touches a tracked cell.
     previous_area: {object id: area on the previous discovery frame} (rule c). may_divide(obj) → False excludes
     an object from dividing (e.g. too young). usual_area: {object id: median area on its last 50 frames} (the
     absorbed-neighbour test); largest_area: {object id: its largest area so far} (the refresh rule);
@@ -322,6 +368,7 @@ def compare_masks(
                     and inter[j, i] >= 0.8 * areas[i]
                     and auto_area[j] >= options.refresh_growth * areas[i]
                     and auto_area[j] <= 1.75 * (largest_area or {}).get(i, areas[i])
+                    and auto_area[j] <= options.refresh_max_usual * (usual_area or {}).get(i, np.inf)
                     and others <= options.refresh_max_others * auto_area[j]
                     and iou(j, i) > best_iou
                 ):
@@ -332,6 +379,19 @@ def compare_masks(
                 )
                 used.add(best)
                 refreshed.add(i)
+
+    if options.relink and lost:
+        relinked: set[int] = set()
+        for j in unexplained:
+            if j in used or auto_area[j] < options.min_area:
+                continue
+            mask = auto[j] & ~(labels > 0)
+            overlaps = {o: int((mask & m).sum()) / max(1, min(int(mask.sum()), int(m.sum()))) for o, m in lost.items()}
+            best = max((o for o in overlaps if o not in relinked), key=overlaps.get, default=None)
+            if best is not None and overlaps[best] >= 0.3 and mask.sum() >= options.min_area:
+                proposals.append(Proposal("relink", [mask], mother=best, sign="overlap"))
+                used.add(j)
+                relinked.add(best)
 
     if options.arrivals:
         taken = labels > 0
@@ -359,6 +419,108 @@ def compare_masks(
             proposals.append(Proposal("arrival", [mask]))
             taken = taken | mask  # two overlapping auto masks do not make two arrivals
     return proposals
+
+
+def reclaim_swallowed(
+    labels: np.ndarray,
+    options: DiscoveryOptions,
+    frame: int,
+    usual_area: dict[int, float],
+    good_masks: dict[int, tuple[int, np.ndarray]],
+    alive: set[int] | None = None,
+) -> list[Proposal]:
+    """The "reclaim" rule (module docstring) on one frame: label image [H, W] (object ids) → proposals of kind
+    "reclaim", each with `mother` = Y (the object that swallowed), `other` = X (the swallowed one) and masks
+    [Y's part, X's part] ([H, W] bool). usual_area: {object id: median area on its last frames};
+    good_masks: {object id: (frame, [H, W] bool mask) of its last frame with a usual-sized mask}; alive: the objects
+    that exist on `frame` (an ended mother is not swallowed by her daughters; None: every object of good_masks)."""
+    if not options.reclaim:
+        return []
+    areas = _areas(labels)
+    proposals: list[Proposal] = []
+    done: set[int] = set()
+    # the most shrunken first: a vanished object before a merely squeezed one
+    order = sorted(good_masks, key=lambda o: areas.get(o, 0) / max(usual_area.get(o) or 1.0, 1.0))
+    for x in order:
+        seen, ref_x = good_masks[x]
+        usual_x = usual_area.get(x)
+        if x in done or (alive is not None and x not in alive) or not usual_x:
+            continue
+        if not 0 < frame - seen <= options.reclaim_frames or areas.get(x, 0) >= options.reclaim_shrink * usual_x:
+            continue
+        # the neighbour that grew the most among those touching X (where X is or last was in full)
+        near = ndimage.binary_dilation(ref_x | (labels == x), iterations=max(1, round(options.touch_distance)))
+        loss = usual_x - areas.get(x, 0)
+        best, y = 0.0, None
+        for k in (int(k) for k in np.unique(labels[near]) if k and k != x):
+            usual_k = usual_area.get(k)
+            gain = areas.get(k, 0) - (usual_k or np.inf)
+            grew = usual_k and areas[k] >= options.reclaim_growth * usual_k and gain >= options.reclaim_balance * loss
+            if grew and gain > best and k not in done and k in good_masks:
+                best, y = gain, k
+        if y is None:
+            continue
+        usual_y = usual_area[y]
+        union = (labels == x) | (labels == y)
+        parts = _share_out(union, good_masks[y][1], ref_x)
+        if parts is None:
+            continue
+        part_y, part_x = parts
+        part_x = part_x | (ref_x & (labels == 0))  # where X was in full and nobody is now: still X
+        if part_y.sum() < 0.5 * usual_y or part_x.sum() < max(options.min_area, 0.5 * usual_x):
+            continue
+        sign = "swallowed" if not areas.get(x) else "squeezed"
+        proposals.append(Proposal("reclaim", [part_y, part_x], mother=y, other=x, sign=sign))
+        done.update((x, y))
+    return proposals
+
+
+def _share_out(union: np.ndarray, seed_a: np.ndarray, seed_b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Split `union` [H, W] bool between two objects: each pixel goes to the nearer of their seed masks (pixels
+    in both seeds count for neither). → (part a, part b), or None when a seed is empty. Works on the bounding box
+    of the three masks (distance transforms cost per pixel)."""
+    only_a, only_b = seed_a & ~seed_b, seed_b & ~seed_a
+    if not only_a.any() or not only_b.any() or not union.any():
+        return None
+    rows, cols = np.nonzero(union | only_a | only_b)
+    box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    dist_a = ndimage.distance_transform_edt(~only_a[box])
+    dist_b = ndimage.distance_transform_edt(~only_b[box])
+    part_a = np.zeros_like(union)
+    part_a[box] = union[box] & (dist_a <= dist_b)
+    return part_a, union & ~part_a
+
+
+def relink_candidate(
+    mask: np.ndarray,
+    frame: int,
+    options: DiscoveryOptions,
+    labels: np.ndarray,
+    usual_area: dict[int, float],
+    good_masks: dict[int, tuple[int, np.ndarray]],
+    alive: set[int] | None = None,
+    taken: set[int] = frozenset(),
+) -> int | None:
+    """Gap closing (module docstring, "relink"): the lost object an arrival's mask [H, W] bool is, or None.
+    A candidate exists on `frame` (alive), holds no pixel of `labels` there, was last seen (good_masks) at most
+    `relink_frames` frames ago, and its last mask lies within `relink_distance` radii (of a circle of its usual
+    area) of the arrival's mask; the nearest (centroid to centroid) wins. taken: objects already relinked."""
+    if not options.relink or not mask.any():
+        return None
+    present = set(_areas(labels))
+    cy, cx = (c.mean() for c in np.nonzero(mask))
+    best, best_distance = None, np.inf
+    for obj, (seen, ref) in good_masks.items():
+        if obj in present or obj in taken or (alive is not None and obj not in alive):
+            continue
+        if not 0 < frame - seen <= options.relink_frames or not ref.any():
+            continue
+        radius = np.sqrt((usual_area.get(obj) or ref.sum()) / np.pi)
+        ry, rx = (c.mean() for c in np.nonzero(ref))
+        distance = float(np.hypot(cy - ry, cx - rx))
+        if distance <= options.relink_distance * radius and distance < best_distance:
+            best, best_distance = obj, distance
+    return best
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -491,6 +653,7 @@ def propagate_with_discovery(
     history: dict[int, list[int]] = {}  # object → its areas on the last frames (the absorbed-neighbour test)
     largest: dict[int, int] = {}
     previous_labels = None
+    good: dict[int, tuple[int, np.ndarray]] = {}  # object → (frame, mask) of its last usual-sized mask
     first = None
     # every frame, also those a run without discovery tracked already: each is searched for newcomers and divisions
     for result in session.propagate("forward", start=start, every_frame=True):
@@ -500,13 +663,38 @@ def propagate_with_discovery(
         for obj in result.obj_ids:  # objects of the start frame may be of any age: no min_cycle for them
             born.setdefault(obj, t if t > first else -(10**9))
         offset = t - first
-        areas = _areas(result.labels)
+        usual = {o: float(np.median(h)) for o, h in history.items() if h}
         # a frame tracked before whose masks the session no longer holds in full: the missing cells would look new
         if offset % options.every or (offset == 0 and not options.on_start_frame) or result.evicted:
+            areas = _areas(result.labels)
             previous_area = areas
             previous_labels = result.labels
+            if not result.evicted:  # (its masks are not whole)
+                _remember_good(good, result.labels, areas, usual, t, options)
             _remember(history, largest, areas)
             continue
+        alive = set(result.obj_ids)
+        # reclaim first, from the label image alone: the clicks and the other rules then see the repaired frame
+        reclaimed: set[int] = set()
+        for p in reclaim_swallowed(result.labels, options, t, usual, good, alive):
+            session.add_prompt(t, p.mother, mask=p.masks[0])
+            session.add_prompt(t, p.other, mask=p.masks[1])
+            events.append({"frame": t, "kind": "reclaim", "objects": [p.mother, p.other], "sign": p.sign})
+            reclaimed.update((p.mother, p.other))
+        if reclaimed:
+            result = session.result(t)
+        lost = _lost(good, result.labels, alive, t, options) if options.relink else {}
+        if lost:
+            # look for each lost object where it was last seen (one click each): the tracker often drops a dim cell
+            # that a click still finds
+            found = probe_lost(session, t, lost, result.labels, options)
+            for obj, mask in found.items():
+                session.add_prompt(t, obj, mask=mask)
+                events.append({"frame": t, "kind": "relink", "object": obj, "gap": t - good[obj][0], "sign": "probe"})
+            if found:
+                result = session.result(t)
+                reclaimed.update(found)  # re-prompted on this frame: no refresh or division of them here
+                lost = {o: m for o, m in lost.items() if o not in found}
         if segment is not None:
             masks = segment(session, t)
         elif options.sampling == "grid":
@@ -527,16 +715,26 @@ def propagate_with_discovery(
             masks,
             options,
             previous_area=previous_area,
-            # a division ends the mother on t - 1: never on the pass's first frame
-            may_divide=lambda obj, t=t, first=first: t > first and t - born.get(obj, t) >= options.min_cycle,
-            usual_area={o: float(np.median(h)) for o, h in history.items() if h},
+            # a division ends the mother on t - 1: never on the pass's first frame; a pair just shared out again
+            # by "reclaim" is no division either
+            may_divide=lambda obj, t=t, first=first, reclaimed=reclaimed: (
+                t > first and t - born.get(obj, t) >= options.min_cycle and obj not in reclaimed
+            ),
+            usual_area=usual,
             largest_area=largest,
             previous_labels=previous_labels,
+            lost=lost,
         )
         ended: set[int] = set()
+        relinked: set[int] = {p.mother for p in proposals if p.kind == "relink"}
         for p in proposals:
-            if p.kind == "refresh":
-                if p.mother in ended:
+            if p.kind == "relink":
+                session.add_prompt(t, p.mother, mask=p.masks[0])
+                events.append(
+                    {"frame": t, "kind": "relink", "object": p.mother, "gap": t - good[p.mother][0], "sign": p.sign}
+                )
+            elif p.kind == "refresh":
+                if p.mother in ended or p.mother in reclaimed:
                     continue
                 session.add_prompt(t, p.mother, mask=p.masks[0])
                 events.append({"frame": t, "kind": "refresh", "object": p.mother, "sign": p.sign})
@@ -554,20 +752,103 @@ def propagate_with_discovery(
                 events.append({"frame": t, "kind": "division", "mother": mother, "daughters": daughters,
                                "sign": p.sign})  # fmt: skip
             else:
+                lost = relink_candidate(
+                    p.masks[0], t, options, result.labels, usual, good, alive - ended, taken=relinked | reclaimed
+                )
+                if lost is not None:  # gap closing: the lost object comes back
+                    session.add_prompt(t, lost, mask=p.masks[0])
+                    events.append(
+                        {"frame": t, "kind": "relink", "object": lost, "gap": t - good[lost][0], "sign": "near"}
+                    )
+                    relinked.add(lost)
+                    continue
                 session.add_object(next_id, start=t)
                 session.add_prompt(t, next_id, mask=p.masks[0])
                 events.append({"frame": t, "kind": "arrival", "object": next_id})
                 born[next_id] = t
                 next_id += 1
-        if proposals:
+        if proposals or reclaimed:
             result = session.result(t)
             yield result
-            areas = _areas(result.labels)
+        areas = _areas(result.labels)
         previous_area = areas
         previous_labels = result.labels
+        _remember_good(good, result.labels, areas, usual, t, options)
         _remember(history, largest, areas)
     if direction == "both" and first is not None and first > 0:
         yield from session.propagate("backward", start=first)
+
+
+def _lost(
+    good: dict[int, tuple[int, np.ndarray]], labels: np.ndarray, alive: set[int], frame: int, options: DiscoveryOptions
+) -> dict[int, np.ndarray]:
+    """{object id: last good mask} of the objects that exist on `frame` but hold no pixel of it, last seen at most
+    `relink_frames` frames ago (the candidates of gap closing)."""
+    present = set(_areas(labels))
+    return {
+        obj: mask
+        for obj, (seen, mask) in good.items()
+        if obj in alive and obj not in present and 0 < frame - seen <= options.relink_frames
+    }
+
+
+def probe_lost(
+    session, frame: int, lost: dict[int, np.ndarray], labels: np.ndarray, options: DiscoveryOptions
+) -> dict[int, np.ndarray]:
+    """One click per lost object on the innermost pixel of its last good mask (`_lost`), decoded without the
+    generator's quality filters (the test is the shape instead): the answer whose mask, minus other objects'
+    pixels, has IoU ≥ `relink_iou` with that last good mask (and ≥ `min_area` px) is the object again.
+    → {object id: [H, W] bool mask}."""
+    objs = [o for o, m in lost.items() if m.any()]
+    if not objs:
+        return {}
+    points = _inner_points({o: lost[o] for o in objs})
+    found = session.segment_points(
+        frame, points, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, min_kept_fraction=0.0
+    )
+    others = labels > 0
+    out: dict[int, np.ndarray] = {}
+    for obj, (py, px) in zip(objs, points, strict=True):
+        best, best_iou = None, 0.0
+        for cand in found.candidates:
+            if abs(cand.point[0] - py) > 1e-6 or abs(cand.point[1] - px) > 1e-6:
+                continue
+            mask = cand.mask & ~others
+            score = _iou(mask, lost[obj])
+            if score > best_iou and mask.sum() >= options.min_area:
+                best, best_iou = mask, score
+        if best is not None and best_iou >= options.relink_iou:
+            out[obj] = best
+            others = others | best
+    return out
+
+
+def _inner_points(masks: dict[int, np.ndarray]) -> np.ndarray:
+    """One click per mask, on its innermost pixel (farthest from its border). [N, 2] (y, x), pixel centres."""
+    out = []
+    for mask in masks.values():
+        if mask.any():
+            y, x = np.unravel_index(int(np.argmax(ndimage.distance_transform_edt(mask))), mask.shape)
+            out.append((y + 0.5, x + 0.5))
+    return np.asarray(out, dtype=np.float64).reshape(-1, 2)
+
+
+def _remember_good(
+    good: dict[int, tuple[int, np.ndarray]],
+    labels: np.ndarray,
+    areas: dict[int, int],
+    usual: dict[int, float],
+    frame: int,
+    options: DiscoveryOptions,
+) -> None:
+    """Keep each object's last usual-sized mask (within reclaim_shrink … reclaim_growth of its usual area, or its
+    first): what "reclaim" shares a swallowed pair out by and where "relink" looks for a lost object."""
+    if not (options.reclaim or options.relink):
+        return
+    for obj, area in areas.items():
+        u = usual.get(obj)
+        if u is None or options.reclaim_shrink * u <= area <= options.reclaim_growth * u:
+            good[obj] = (frame, labels == obj)
 
 
 def _remember(history: dict[int, list[int]], largest: dict[int, int], areas: dict[int, int], keep: int = 50) -> None:
