@@ -38,33 +38,42 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   the previous discovery frame, and the other mask becomes an arrival. The same test stops rule (b) when the
   larger piece is the whole mother.
 * **Refresh** (`refresh`): a tracked mask that lies ≥ 80 % inside an auto mask at least `refresh_growth` (1.3)
-  times its size — but at most 1.75 × the largest area the object ever had and at most `refresh_max_usual` (1.4)
-  × its usual area (a mask spanning it and a touching neighbour would be larger: measured on the tuning seeds,
-  refreshing to such masks made one cell swallow its neighbour frame after frame), and with at most
+  times its size — but at most 1.75 × the largest area the object ever had and, if the object is not smaller than
+  its usual area, at most `refresh_max_usual` (1.4) × that (a mask spanning it and a touching neighbour is larger:
+  measured on the tuning seeds, refreshing a full-sized cell to such masks made it swallow its neighbour frame
+  after frame, while a cell tracked as a fragment from the start needs the larger mask), and with at most
   `refresh_max_others` (0.3) of it held by other objects — has shrunk to a fragment of
   its cell: the object is re-prompted on frame t with that mask (minus other objects' pixels). Event kind
   "refresh".
-* **Reclaim** (`reclaim`; tracking-side, from the label images alone, before the clicks): a tracked object X that
-  shrank below `reclaim_shrink` (0.6) of its usual area (or vanished), while an object Y touching X (X's mask
-  or its last good mask: its mask on the last frame its area was within those bounds, at most `reclaim_frames`
-  (5) frames ago) grew to ≥ `reclaim_growth` (1.2) × its usual area, by at least `reclaim_balance` (0.5) of what X
-  lost (the neighbour that gained the most): Y swallowed or squeezed X (nano-fluo's tracker does this to the
-  dimmer cell of a touching pair). X's and Y's pixels on frame t are shared out again by their last good masks
-  (each pixel to the nearer one), X also gets the rest of its last good mask that no object holds, and both are
-  re-prompted with their part, as long as each part keeps ≥ half of its object's usual area. Event kind
-  "reclaim" (objects [Y, X]). Fires again on later frames while the tracker keeps swallowing X.
+* **Probe** (repairs first, before the clicks; `relink` and `reclaim`): an object that exists on frame t but
+  holds no pixel (lost, last seen in full at most `relink_frames` (10) frames ago) or shrank below
+  `reclaim_shrink` (0.6) of its usual area (seen in full at most `reclaim_frames` (5) frames ago) is clicked once,
+  on the innermost pixel of its last good mask (lost) or of its mask now (shrunk) — "good mask": its mask on the
+  last frame its area was within `reclaim_shrink` … `reclaim_growth` of its usual area. The click is decoded by the
+  session's model without the generator's quality filters; the answer with the best IoU (≥ `relink_iou`, 0.5)
+  against the object's shape (its last good mask, and its mask now) is the object again, if at most
+  `refresh_max_others` of it is held by other objects (neighbours that grew to ≥ `reclaim_growth` (1.2) × their
+  usual area excepted: they give those pixels back and are re-prompted without them, keeping ≥ half their usual
+  area) and it is at most `refresh_max_usual` × the object's usual (or largest) area. The object is re-prompted
+  with it: event "relink" (sign "probe", with the gap in frames and the neighbours it took pixels "from") for a
+  lost one, "reclaim" (sign "probe", objects [neighbours…, object]) for a shrunk one. nano-fluo's tracker drops
+  or squeezes the dimmer cell of a touching pair again and again, while a click there still finds it (measured
+  on the tuning seeds).
+* **Reclaim** (`reclaim`, when the probe found nothing): a tracked object X that shrank below `reclaim_shrink` of
+  its usual area (or vanished), while an object Y touching X (X's mask or its last good mask, at most
+  `reclaim_frames` frames old) grew to ≥ `reclaim_growth` × its usual area, by at least `reclaim_balance` (0.5) of
+  what X lost (the neighbour that gained the most): Y swallowed or squeezed X. X's and Y's pixels on frame t are
+  shared out again by their last good masks (each pixel to the nearer one), X also gets the rest of its last good
+  mask that no object holds, and both are re-prompted with their part, as long as each part keeps ≥ half of its
+  object's usual area. Event kind "reclaim" (objects [Y, X], sign "swallowed" or "squeezed").
 * **Relink** (gap closing, `relink`): an arrival whose mask lies within `relink_distance` (3) radii (of a circle of
   the object's usual area) of the last good mask of a tracked object that is absent on frame t and was last seen
-  at most `relink_frames` (10) frames ago is that object coming back (it left the field, or the tracker lost it):
+  at most `relink_frames` frames ago is that object coming back (it left the field, or the tracker lost it):
   the lost object is re-prompted with the mask instead of a new object (the nearest such object; its id, lineage
   and parent carry on; the CTC export links the two pieces of its track across the gap, as the CTC rules do for a
-  cell that leaves and comes back). Event kind "relink" (with the gap in frames; sign "near"). Such an object is
-  also looked for where it was (`probe_lost`, before the other rules): one click on the innermost pixel of its last
-  good mask, decoded without the generator's quality filters; an answer (minus other objects' pixels) with IoU ≥
-  `relink_iou` (0.5) against that mask is the object, re-prompted with it (sign "probe": nano-fluo's tracker
-  drops a dim cell beside a bright one again and again, while a click there still finds it; the session's own
-  model, whatever the detector). An unexplained auto (or detected) mask overlapping that last mask (≥ 30 % of the
-  smaller) relinks it too, even where it touches a tracked cell (sign "overlap").
+  cell that leaves and comes back). Event kind "relink" (sign "near"). An unexplained auto (or detected) mask
+  overlapping such an object's last good mask (≥ 30 % of the smaller) relinks it too, even where it touches a
+  tracked cell (sign "overlap").
 
 Sampling (`sampling`, default "changed"): the full segment-everything grid costs one decoder run per grid point
 on every discovery frame, most of it on background that has not changed. On a discovery frame the clicks are
@@ -368,7 +377,10 @@ def compare_masks(
                     and inter[j, i] >= 0.8 * areas[i]
                     and auto_area[j] >= options.refresh_growth * areas[i]
                     and auto_area[j] <= 1.75 * (largest_area or {}).get(i, areas[i])
-                    and auto_area[j] <= options.refresh_max_usual * (usual_area or {}).get(i, np.inf)
+                    and (
+                        areas[i] < (usual_area or {}).get(i, np.inf)
+                        or auto_area[j] <= options.refresh_max_usual * usual_area[i]
+                    )
                     and others <= options.refresh_max_others * auto_area[j]
                     and iou(j, i) > best_iou
                 ):
@@ -674,9 +686,31 @@ def propagate_with_discovery(
             _remember(history, largest, areas)
             continue
         alive = set(result.obj_ids)
-        # reclaim first, from the label image alone: the clicks and the other rules then see the repaired frame
+        # repairs from the label image and one click per weak object first: the clicks and the other rules then
+        # see the repaired frame
         reclaimed: set[int] = set()
-        for p in reclaim_swallowed(result.labels, options, t, usual, good, alive):
+        targets = _weak(good, result.labels, alive, usual, t, options)
+        if targets:
+            areas = _areas(result.labels)
+            grown = {o for o, a in areas.items() if usual.get(o) and a >= options.reclaim_growth * usual[o]}
+            cap = {o: options.refresh_max_usual * max(usual[o], largest.get(o, 0)) for o in targets}
+            found = probe_objects(session, t, targets, result.labels, grown, cap, options)
+            for obj, mask in found.items():
+                givers = [int(y) for y in np.unique(result.labels[mask]) if y and y != obj]
+                if any(((result.labels == y) & ~mask).sum() < 0.5 * usual.get(y, 0) for y in givers):
+                    continue  # the answer would leave a neighbour a fragment: it is the neighbour's shape
+                for y in givers:  # a grown neighbour gives the pixels back
+                    session.add_prompt(t, y, mask=(result.labels == y) & ~mask)
+                session.add_prompt(t, obj, mask=mask)
+                if obj in areas:
+                    events.append({"frame": t, "kind": "reclaim", "objects": [*givers, obj], "sign": "probe"})
+                else:
+                    events.append({"frame": t, "kind": "relink", "object": obj, "gap": t - good[obj][0],
+                                   "sign": "probe", "from": givers})  # fmt: skip
+                reclaimed.update((*givers, obj))  # re-prompted on this frame: no refresh or division of them here
+            if found:
+                result = session.result(t)
+        for p in reclaim_swallowed(result.labels, options, t, usual, good, alive - reclaimed):
             session.add_prompt(t, p.mother, mask=p.masks[0])
             session.add_prompt(t, p.other, mask=p.masks[1])
             events.append({"frame": t, "kind": "reclaim", "objects": [p.mother, p.other], "sign": p.sign})
@@ -684,17 +718,6 @@ def propagate_with_discovery(
         if reclaimed:
             result = session.result(t)
         lost = _lost(good, result.labels, alive, t, options) if options.relink else {}
-        if lost:
-            # look for each lost object where it was last seen (one click each): the tracker often drops a dim cell
-            # that a click still finds
-            found = probe_lost(session, t, lost, result.labels, options)
-            for obj, mask in found.items():
-                session.add_prompt(t, obj, mask=mask)
-                events.append({"frame": t, "kind": "relink", "object": obj, "gap": t - good[obj][0], "sign": "probe"})
-            if found:
-                result = session.result(t)
-                reclaimed.update(found)  # re-prompted on this frame: no refresh or division of them here
-                lost = {o: m for o, m in lost.items() if o not in found}
         if segment is not None:
             masks = segment(session, t)
         elif options.sampling == "grid":
@@ -792,34 +815,73 @@ def _lost(
     }
 
 
-def probe_lost(
-    session, frame: int, lost: dict[int, np.ndarray], labels: np.ndarray, options: DiscoveryOptions
+def _weak(
+    good: dict[int, tuple[int, np.ndarray]],
+    labels: np.ndarray,
+    alive: set[int],
+    usual: dict[int, float],
+    frame: int,
+    options: DiscoveryOptions,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The objects to probe on `frame`: {object id: (where to click, reference shape)}, [H, W] bool each.
+    Lost (`relink`): it exists but holds no pixel, seen in full at most `relink_frames` ago → click and shape: its
+    last good mask. Shrunk (`reclaim`): below `reclaim_shrink` of its usual area, seen in full at most
+    `reclaim_frames` ago → click: its mask now; shape: its mask now and its last good mask."""
+    areas = _areas(labels)
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for obj, (seen, ref) in good.items():
+        u, a = usual.get(obj), areas.get(obj, 0)
+        if obj not in alive or not u or frame <= seen:
+            continue
+        if not a and options.relink and frame - seen <= options.relink_frames:
+            out[obj] = (ref, ref)
+        elif a and a < options.reclaim_shrink * u and options.reclaim and frame - seen <= options.reclaim_frames:
+            now = labels == obj
+            out[obj] = (now, now | ref)
+    return out
+
+
+def probe_objects(
+    session,
+    frame: int,
+    targets: dict[int, tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    claimable: set[int],
+    cap: dict[int, float],
+    options: DiscoveryOptions,
 ) -> dict[int, np.ndarray]:
-    """One click per lost object on the innermost pixel of its last good mask (`_lost`), decoded without the
-    generator's quality filters (the test is the shape instead): the answer whose mask, minus other objects'
-    pixels, has IoU ≥ `relink_iou` with that last good mask (and ≥ `min_area` px) is the object again.
-    → {object id: [H, W] bool mask}."""
-    objs = [o for o, m in lost.items() if m.any()]
+    """One click per target object ({object id: (where to click, reference shape)}, [H, W] bool) on the innermost
+    pixel of where to click, decoded by the session's model without the generator's quality filters (the test is
+    the shape instead): of the three answers, the one with the best IoU ≥ `relink_iou` against the reference shape
+    is the object again — after removing the pixels other objects hold (at most `refresh_max_others` of it may be
+    theirs), except those of `claimable` objects (neighbours that grew: they give them back), and if it is ≥
+    `min_area` and ≤ cap[object] pixels. → {object id: [H, W] bool mask}."""
+    objs = [o for o, (click, _) in targets.items() if click.any()]
     if not objs:
         return {}
-    points = _inner_points({o: lost[o] for o in objs})
+    points = _inner_points({o: targets[o][0] for o in objs})
     found = session.segment_points(
         frame, points, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, min_kept_fraction=0.0
     )
-    others = labels > 0
+    taken = np.zeros(labels.shape, dtype=bool)
     out: dict[int, np.ndarray] = {}
     for obj, (py, px) in zip(objs, points, strict=True):
+        fixed = (labels > 0) & (labels != obj) & ~np.isin(labels, list(claimable))
         best, best_iou = None, 0.0
         for cand in found.candidates:
             if abs(cand.point[0] - py) > 1e-6 or abs(cand.point[1] - px) > 1e-6:
                 continue
-            mask = cand.mask & ~others
-            score = _iou(mask, lost[obj])
-            if score > best_iou and mask.sum() >= options.min_area:
+            mask = cand.mask & ~taken
+            area = int(mask.sum())
+            if not area or (mask & fixed).sum() > options.refresh_max_others * area:
+                continue
+            mask &= ~fixed
+            score = _iou(mask, targets[obj][1])
+            if options.min_area <= mask.sum() <= cap.get(obj, np.inf) and score > best_iou:
                 best, best_iou = mask, score
         if best is not None and best_iou >= options.relink_iou:
             out[obj] = best
-            others = others | best
+            taken |= best
     return out
 
 
