@@ -124,7 +124,8 @@ def test_discovery_edits_replay_bit_for_bit(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     kinds = {e["kind"] for e in result.events}
-    assert kinds == {"arrival", "division"}, result.events
+    # arrivals and divisions, and any repairs (a daughter the tracker drops is probed back: "relink")
+    assert {"arrival", "division"} <= kinds <= {"arrival", "division", "relink", "reclaim", "refresh"}, result.events
     log = open_result(out).record.edit_log
     ops = [e["op"] for e in log]
     assert "end" in ops and any(e["op"] == "object" and e["parent"] == mother for e in log)

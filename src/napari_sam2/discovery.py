@@ -50,11 +50,13 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   `reclaim_shrink` (0.6) of its usual area (seen in full at most `reclaim_frames` (5) frames ago) is clicked once,
   on the innermost pixel of its last good mask (lost) or of its mask now (shrunk) — "good mask": its mask on the
   last frame its area was within `reclaim_shrink` … `reclaim_growth` of its usual area. The click is decoded by the
-  session's model without the generator's quality filters; the answer with the best IoU (≥ `relink_iou`, 0.5)
-  against the object's shape (its last good mask, and its mask now) is the object again, if at most
-  `refresh_max_others` of it is held by other objects (neighbours that grew to ≥ `reclaim_growth` (1.2) × their
-  usual area excepted: they give those pixels back and are re-prompted without them, keeping ≥ half their usual
-  area) and it is at most `refresh_max_usual` × the object's usual (or largest) area. The object is re-prompted
+  session's model without the generator's quality filters. Once the pixels other objects hold are taken out (a
+  click on a dim cell beside a bright one often answers with both), the answer with the best IoU (≥ `relink_iou`,
+  0.5) against the last good mask (lost), or the largest that holds ≥ 80 % of the fragment and is ≥
+  `refresh_growth` × its size (shrunk), is the object again — neighbours
+  that grew to ≥ `reclaim_growth` (1.2) × their usual area keep none of it: they give those pixels back and are
+  re-prompted without them, keeping ≥ half their usual area — if it is at most `refresh_max_usual` × the
+  object's usual (or largest) area. The object is re-prompted
   with it: event "relink" (sign "probe", with the gap in frames and the neighbours it took pixels "from") for a
   lost one, "reclaim" (sign "probe", objects [neighbours…, object]) for a shrunk one. nano-fluo's tracker drops
   or squeezes the dimmer cell of a touching pair again and again, while a click there still finds it (measured
@@ -823,10 +825,10 @@ def _weak(
     frame: int,
     options: DiscoveryOptions,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """The objects to probe on `frame`: {object id: (where to click, reference shape)}, [H, W] bool each.
-    Lost (`relink`): it exists but holds no pixel, seen in full at most `relink_frames` ago → click and shape: its
-    last good mask. Shrunk (`reclaim`): below `reclaim_shrink` of its usual area, seen in full at most
-    `reclaim_frames` ago → click: its mask now; shape: its mask now and its last good mask."""
+    """The objects to probe on `frame`: {object id: (where to click, its last good mask)}, [H, W] bool each.
+    Lost (`relink`): it exists but holds no pixel, seen in full at most `relink_frames` ago → click on its last
+    good mask. Shrunk (`reclaim`): below `reclaim_shrink` of its usual area, seen in full at most `reclaim_frames`
+    ago → click on its mask now."""
     areas = _areas(labels)
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for obj, (seen, ref) in good.items():
@@ -836,8 +838,7 @@ def _weak(
         if not a and options.relink and frame - seen <= options.relink_frames:
             out[obj] = (ref, ref)
         elif a and a < options.reclaim_shrink * u and options.reclaim and frame - seen <= options.reclaim_frames:
-            now = labels == obj
-            out[obj] = (now, now | ref)
+            out[obj] = (labels == obj, ref)
     return out
 
 
@@ -852,10 +853,12 @@ def probe_objects(
 ) -> dict[int, np.ndarray]:
     """One click per target object ({object id: (where to click, reference shape)}, [H, W] bool) on the innermost
     pixel of where to click, decoded by the session's model without the generator's quality filters (the test is
-    the shape instead): of the three answers, the one with the best IoU ≥ `relink_iou` against the reference shape
-    is the object again — after removing the pixels other objects hold (at most `refresh_max_others` of it may be
-    theirs), except those of `claimable` objects (neighbours that grew: they give them back), and if it is ≥
-    `min_area` and ≤ cap[object] pixels. → {object id: [H, W] bool mask}."""
+    the shape instead). Each answer loses the pixels other objects hold, except those of `claimable` objects
+    (neighbours that grew: they give them back) — a click on a dim cell beside a bright one often answers with
+    both, and what is left is the dim cell — and must be ≥ `min_area` and ≤ cap[object] pixels. A lost object
+    (no pixel now): the answer with the best IoU ≥ `relink_iou` against its last good mask. A shrunk one: the
+    largest answer that holds ≥ 80 % of its fragment and is ≥ `refresh_growth` × the fragment (a fast-moving
+    daughter has left her last good mask behind: no shape test). → {object id: [H, W] bool mask}."""
     objs = [o for o, (click, _) in targets.items() if click.any()]
     if not objs:
         return {}
@@ -867,19 +870,25 @@ def probe_objects(
     out: dict[int, np.ndarray] = {}
     for obj, (py, px) in zip(objs, points, strict=True):
         fixed = (labels > 0) & (labels != obj) & ~np.isin(labels, list(claimable))
-        best, best_iou = None, 0.0
+        now = labels == obj
+        best, best_score = None, 0.0
         for cand in found.candidates:
             if abs(cand.point[0] - py) > 1e-6 or abs(cand.point[1] - px) > 1e-6:
                 continue
-            mask = cand.mask & ~taken
+            mask = cand.mask & ~taken & ~fixed
             area = int(mask.sum())
-            if not area or (mask & fixed).sum() > options.refresh_max_others * area:
+            if not options.min_area <= area <= cap.get(obj, np.inf):
                 continue
-            mask &= ~fixed
-            score = _iou(mask, targets[obj][1])
-            if options.min_area <= mask.sum() <= cap.get(obj, np.inf) and score > best_iou:
-                best, best_iou = mask, score
-        if best is not None and best_iou >= options.relink_iou:
+            if now.any():  # shrunk: the answer holds (most of) the fragment and is a cell around it
+                inside = (mask & now).sum() / now.sum()
+                ok = inside >= 0.8 and area >= options.refresh_growth * now.sum()
+                score = float(area) if ok else 0.0
+            else:  # lost: the answer has its shape where it was last seen
+                score = _iou(mask, targets[obj][1])
+                score = score if score >= options.relink_iou else 0.0
+            if score > best_score:
+                best, best_score = mask, score
+        if best is not None:
             out[obj] = best
             taken |= best
     return out
