@@ -228,8 +228,10 @@ def run_everything(args) -> dict:
     import bench_automatic
 
     out = {"auto (held-out)": run_auto(args), "demo": run_demo(args), "cost": run_cost(args)}
+    # the model is loaded outside inference mode: its parameters must stay normal tensors (the layers' caches key
+    # on tensor versions, which inference tensors do not have)
+    model = load_model("nano-fluo")
     with torch_inference():
-        model = load_model("nano-fluo")
         out["segment everything F1 (held-out)"] = bench_automatic.quality(model, bench_automatic.HELD_OUT, 2, {})
     print(json.dumps(out["segment everything F1 (held-out)"]["all"]), flush=True)
     return out

@@ -863,8 +863,15 @@ def probe_objects(
     if not objs:
         return {}
     points = _inner_points({o: targets[o][0] for o in objs})
+    # only the raw answers are read (`candidates`): no recentring, no label image to resolve
     found = session.segment_points(
-        frame, points, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0, min_kept_fraction=0.0
+        frame,
+        points,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        min_kept_fraction=0.0,
+        recenter=False,
     )
     taken = np.zeros(labels.shape, dtype=bool)
     out: dict[int, np.ndarray] = {}
