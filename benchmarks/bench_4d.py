@@ -20,6 +20,15 @@ seeds). Everything runs through the public engine `VolumeTimeSession`, as a user
            turns (plain, 3D+t, plain, 3D+t, ...); the ratio of the medians (bar ≤ 1.2×).
 Timings are wall-clock on whatever machine runs this; on a shared, loaded machine read only the ratios.
 
+Measured 2026-11-30 after the anchor became the slice of most signal (not the widest; volume_time.py) — same
+machine and weights (nano-fluo unchanged), torch 1 thread:
+  quality  seeds 3,000,000–2: 3-D IoU 0.731 (per seed 0.766, 0.767, 0.661; z-stream alone at t = 0 0.727, after
+           hand-overs 0.732), TRA 0.892 (0.926, 0.912, 0.838), DET 0.907. Widest-slice anchor on the same run:
+           0.720 / TRA 0.882. Seeds 3,000,003–5 (not looked at when choosing): IoU 0.812, 0.758, 0.784 and TRA
+           0.936, 0.926, 0.936 with either anchor (identical to 1e-4). Bars: IoU ≥ 0.80 not met, TRA ≥ 0.90 not met.
+  memory   40 vs 10 t × 4 z × 64², 1 nucleus: 299.0 vs 296.1 MiB = 1.010× (met).
+  cost     3 t × 8 z × 96², 3 objects, 3 turns: 0.440/0.477/0.434 vs 0.395–0.407 s per slice = 1.11× (met).
+
 Measured 2026-11-30 (2 shared CPU cores, load ~20, torch 1 thread; nano-fluo as shipped then):
   quality  seeds 3,000,000–2, 8 t × 16 z × 96², 5 nuclei (+2 daughters): 3-D IoU 0.720 (per seed 0.766, 0.767,
            0.629; at t = 0, the z-stream alone, 0.727; after hand-overs 0.719), TRA 0.882 (0.936, 0.912, 0.799),
