@@ -42,3 +42,16 @@ def test_model_with_new_weights_gives_the_new_models_features(make_checkpoint, t
         assert torch.equal(ours.vision, ref.vision) and torch.equal(ours.high_res[0], ref.high_res[0])
         assert torch.equal(first.sam_prompt_encoder.get_dense_pe(), second.sam_prompt_encoder.get_dense_pe())
         assert not torch.equal(first.sam_prompt_encoder.get_dense_pe(), dense_before)
+
+
+def test_a_model_loaded_inside_inference_mode_runs_outside_it(tiny_checkpoint):
+    """Weights made under inference mode have no version counter: the cache keys them by storage alone."""
+    with torch.inference_mode():
+        model = load_model(tiny_checkpoint, device="cpu")
+    x = torch.randn(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first = model.sam_prompt_encoder.get_dense_pe()
+        assert model.sam_prompt_encoder.get_dense_pe() is first  # cached, not recomputed
+        model.encode_image(x)
+    with torch.inference_mode():
+        assert torch.equal(model.sam_prompt_encoder.get_dense_pe(), first)

@@ -30,7 +30,9 @@ class InferenceCache:
             autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         except (TypeError, AttributeError):
             autocast = (torch.is_autocast_enabled(), torch.is_autocast_cpu_enabled(), torch.get_autocast_gpu_dtype())
-        key = tuple((t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
+        # weights made under inference mode (a model loaded inside `torch.inference_mode()`) have no version
+        # counter; they cannot be changed in place outside inference mode, so their storage identifies them
+        key = tuple((t.data_ptr(), -1 if t.is_inference() else t._version, t.device, t.dtype) for t in tensors)
         key += (torch.is_inference_mode_enabled(), autocast) + tuple(extra)
         entry = self._entry
         if entry is None or entry[0] != key:
