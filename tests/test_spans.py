@@ -1,13 +1,14 @@
 """One rule for every face: an object has no pixels outside its span of frames (`session.span`). The widget's
 controller, `replay_log` and `track()` all write results through `replay.LabelWriter`, so a mother that ends where
-she divides leaves no pixel on the frames after, whichever face wrote the labels."""
+she divides leaves no pixel on the frames after, whichever face wrote the labels. And discovery on a movie tracked
+before: propagating again with discovery on searches every frame of the pass, also those it does not recompute."""
 
 import numpy as np
 import pytest
 import torch
 
 from napari_sam2 import track
-from napari_sam2.discovery import DiscoveryOptions
+from napari_sam2.discovery import DiscoveryOptions, propagate_with_discovery
 from napari_sam2.model import load_model
 from napari_sam2.replay import merge_result, replay_log
 from napari_sam2.sample_data import nuclei_timelapse
@@ -108,3 +109,44 @@ def test_an_ended_mother_keeps_no_pixels_an_earlier_pass_wrote(nano, one_thread)
         replay_log(fresh, log, on_result=lambda r: plain.__setitem__(r.frame, merge_result(plain[r.frame], r)))
     assert (plain[T_DIV + 1 :] == MOTHER).any()
     c.reset_sessions()
+
+
+# ---------------------------------------------------------------- discovery on frames tracked before
+def test_the_widget_finds_a_division_on_frames_it_tracked_before(nano, one_thread):
+    options = DiscoveryOptions(detector=_oracle, arrivals=False, division_gap=0)
+    fresh = _controller(nano)  # discovery from the start
+    fresh.discovery = options
+    assert fresh.propagate((), "forward", (0, 5), [0])
+
+    c = _controller(nano)
+    assert c.propagate((), "forward", (0, 5), [0])
+    assert not c.events and (c.labels[T_DIV:] == MOTHER).any(axis=(1, 2)).all()
+    c.discovery = options
+    assert c.propagate((), "forward", (0, 5), [0])  # nothing is stale: every frame comes from the stored outputs
+    divisions = [e for e in c.events if e["kind"] == "division"]  # (beside repairs of the nucleus it loses)
+    assert [(e["frame"], e["mother"]) for e in divisions] == [(T_DIV, MOTHER)]
+    assert c.events == fresh.events
+    daughters = divisions[0]["daughters"]
+    assert c.session(()).parents == {d: MOTHER for d in daughters}
+    assert not (c.labels[T_DIV:] == MOTHER).any()
+    np.testing.assert_array_equal(c.labels, fresh.labels)  # as if discovery had been on from the start
+    for done in (c, fresh):
+        done.reset_sessions()
+
+
+def test_frames_whose_masks_were_evicted_are_not_searched(nano, one_thread):
+    """With the logits budget spent, a re-yielded frame lacks tracked cells: they would look like arrivals."""
+    options = DiscoveryOptions(detector=_oracle, division_gap=0)
+    found = {}
+    for budget in (256 << 20, 1):
+        with TrackingSession(nano, MOVIE.image, result_cache_bytes=budget) as session:
+            for obj in np.unique(MOVIE.labels[0])[1:]:
+                session.add_prompt(0, int(obj), mask=MOVIE.labels[0] == obj)
+            list(session.propagate("forward"))
+            events = []
+            results = list(propagate_with_discovery(session, options, events=events))
+            found[budget] = [e["kind"] for e in events]
+            if budget == 1:  # the prompted frame keeps its outputs; every later frame lost its logits
+                assert all(r.evicted for r in results if r.frame > 0)
+    assert "division" in found[256 << 20]  # (and the nucleus the model lost on frame 2 comes back as an arrival)
+    assert found[1] == []
