@@ -56,7 +56,7 @@ def test_plain_open_without_a_chooser_where_napari_allows_it(make_napari_viewer,
 
 
 def test_widget_layers_and_saved_store_keep_the_image_units(sam_viewer, stack, qtbot, tmp_path):
-    from conftest import WAIT_MS, wait_idle
+    from gui_helpers import WAIT_MS, wait_idle
 
     from napari_sam2.io.results import open_result
 

@@ -3,7 +3,7 @@ frame", "discover new objects while propagating" and divisions in the object lis
 
 import numpy as np
 import pytest
-from conftest import WAIT_MS, canvas_click, wait_idle
+from gui_helpers import WAIT_MS, canvas_click, wait_idle
 from scipy import ndimage
 
 from napari_sam2.sample_data import nuclei_timelapse

@@ -5,7 +5,7 @@ and propagates: the Labels layer must hold that nucleus on every frame (real wei
 """
 
 import numpy as np
-from conftest import WAIT_MS, canvas_click, wait_idle
+from gui_helpers import WAIT_MS, canvas_click, wait_idle
 from scipy import ndimage
 
 

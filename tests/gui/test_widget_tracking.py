@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import WAIT_MS, canvas_click, wait_idle
+from gui_helpers import WAIT_MS, canvas_click, wait_idle
 from qtpy.QtCore import QPoint, Qt
 
 

@@ -2,7 +2,7 @@
 every time point's prompts (a 4-D result's prompts carry their t and z)."""
 
 import numpy as np
-from conftest import WAIT_MS, wait_idle
+from gui_helpers import WAIT_MS, wait_idle
 from scipy import ndimage
 
 
