@@ -357,3 +357,45 @@ def test_3d_t_propagation_matches_the_engine_and_cancel_keeps_finished_time_poin
         np.testing.assert_array_equal(c.labels[t], expected[t])
         assert set(c.confidence[(t,)][1]) == set(range(3))
     assert c.delete_object(1) and c.volume is None and not c.labels.any()
+
+
+def test_a_3d_t_result_saved_as_the_widget_saves_it_replays_to_the_same_labels(tiny_model, tmp_path):
+    """3D+t: prompts on two time points, propagate_volume, Save with the provenance the widget records (its session
+    key is the shown time point, as `SAM2Widget.provenance` passes it): `replay` reruns the VolumeTimeSession's log
+    to the saved labels at every (t, z)."""
+    import torch
+
+    from napari_sam2.io.results import open_result
+    from napari_sam2.prompts import PromptSet
+    from napari_sam2.replay import replay
+
+    rng = np.random.default_rng(1)
+    stack = (rng.random((3, 3, 40, 40)) * 40).astype(np.uint8)
+    stack[:, 1:3, 14:30, 12:28] += 180
+    stack[:, 0:2, 4:12, 28:38] += 160
+    prompts = PromptSet()
+    prompts.add(1, 1, points=[[22, 20]], t=0)
+    prompts.add(2, 1, points=[[8, 33]], t=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums (so boundary pixels) depend on the thread count; the log records it
+    try:
+        c = TrackingController(Recorder())
+        c.set_model(tiny_model, "tiny")
+        c.set_geometry(StackGeometry.from_array(stack, stream_axis="tz"))
+        assert c.propagate_volume("both", (0, 2), prompts)
+        labels = c.label_stack().copy()
+        assert labels[0].any() and labels[2].any()  # (the random tiny model's masks: any shape will do here)
+        record = {"layer": "embryo", "path": None, "shape": list(stack.shape)}
+        provenance = c.provenance((2,), record, prompts=prompts)  # the widget shows t = 2 when it saves
+        assert provenance.settings["engine"] == "volume_time"
+        assert [e["op"] for e in provenance.edit_log].count("set") == 2  # the two prompts, then the passes
+        path = tmp_path / "embryo.ome.zarr"
+        c.save(path, "tzyx", prompts, provenance, [1.0] * 4, ["pixel"] * 4)
+        c.shutdown()
+    finally:
+        torch.set_num_threads(before)
+    saved = open_result(path)
+    np.testing.assert_array_equal(np.asarray(saved.labels), labels)
+    replayed = replay(path, image=stack, model=tiny_model)
+    assert replayed.identical, (replayed.differing_frames, replayed.differing_pixels)
+    np.testing.assert_array_equal(replayed.labels, labels)  # every (t, z)

@@ -192,7 +192,9 @@ def replay(
             "only the prompts can be re-run: napari_sam2.track(image, result.prompts)"
         )
     settings = record.settings
-    if settings.get("session_key"):
+    volume_time = settings.get("engine") == "volume_time"
+    # a 3D+t log is the whole [T, Z, Y, X] session's; its session_key only names the time point the widget showed
+    if settings.get("session_key") and not volume_time:
         raise InputError(f"{store} was made on one slice {settings['session_key']} of a larger stack; replay "
                          "handles sessions over a whole 3-D stack")  # fmt: skip
     if image is None:
@@ -204,7 +206,7 @@ def replay(
     if record.model.checkpoint_sha256 and used.checkpoint_sha256 not in (None, record.model.checkpoint_sha256):
         raise InputError(f"{store} was made with checkpoint {record.model.source}; replaying with another model "
                          f"({used.source}) cannot reproduce it")  # fmt: skip
-    if settings.get("engine") == "volume_time":  # a 3D+t result of track(): the VolumeTimeSession's log
+    if volume_time:  # a 3D+t result of track() or the widget: the VolumeTimeSession's log
         from ._volume_job import replay_tzyx
 
         return replay_tzyx(saved, opened, net, threads)

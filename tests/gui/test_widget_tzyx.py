@@ -83,8 +83,10 @@ def _deepest(labels_t, obj, z=None):
 def test_3d_t_propagation_through_z_and_time_with_cancel_correction_and_save(make_napari_viewer, qtbot, tmp_path):
     """A 4-D layer's default is 3D+t: prompts on two time points, propagation carries each object through z and
     time (the VolumeTimeSession, as track()), cancel keeps finished time points, a correction on another (t, z)
-    recomputes only the time points it changes, and Save → Open keeps labels and every prompt."""
+    recomputes only the time points it changes, Save → Open keeps labels and every prompt, and `replay` of the
+    saved result reruns its edit log to the same labels."""
     from napari_sam2.io.results import open_result
+    from napari_sam2.replay import replay
     from napari_sam2.sample_data import synthetic_nuclei_4d
     from napari_sam2.widget import SAM2Widget
 
@@ -149,6 +151,8 @@ def test_3d_t_propagation_through_z_and_time_with_cancel_correction_and_save(mak
         np.testing.assert_array_equal(np.asarray(saved.labels), labels)
         assert saved.prompts.slices == sorted([clicks[1][:2], (1, zc), clicks[2][:2]])
         assert saved.record.settings["engine"] == "volume_time" and saved.record.edit_log  # in sync: log recorded
+        replayed = replay(path, image=movie.image)  # the recorded model (nano-fluo) and thread count
+        assert replayed.identical, (replayed.differing_frames, replayed.differing_pixels)
 
         # Open in a fresh widget: labels and every time point's prompts come back on a 3D+t geometry
         w2 = SAM2Widget(viewer)
