@@ -18,12 +18,9 @@ Confidence: one row per (t, object), `VolumeTimeSession.object_scores`.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
-from .api import TrackJob, _torch_threads
+from .api import TrackJob, _read_seeds, _torch_threads
 from .errors import InputError
 from .io.readers import LazyTranspose, OpenedStack
 from .io.units import normalise_unit
@@ -219,24 +216,13 @@ class VolumeTimeJob(TrackJob):
         prompts, t = a["prompts"], a["seed_frame"]
         if prompts is None or isinstance(prompts, PromptSet):
             return prompts
-        if isinstance(prompts, (str, os.PathLike)):
-            path = Path(prompts)
-            if path.suffix.lower() in (".json", ".csv"):
-                return PromptSet.load(path, frame_shape=self.frame_shape)
-            from .io.readers import open_stack
-
-            prompts = open_stack(path).data
-        seeds = prompts if hasattr(prompts, "shape") else np.asarray(prompts)
-        if len(seeds.shape) == 4:
-            if not 0 <= t < seeds.shape[0]:
-                raise InputError(f"seed frame {t} is outside the seed stack of {seeds.shape[0]} time points")
-            seeds = seeds[t]
-        seeds = np.asarray(seeds)
-        if seeds.shape != self.store_shape[1:]:
-            raise InputError(
-                f"the seed labels have shape {seeds.shape}; a 3D+t stack needs one time point's volume "
-                f"[Z, Y, X] = {self.store_shape[1:]} (or the whole [T, Z, Y, X] labels)"
-            )
+        volume = tuple(self.store_shape[1:])
+        seeds = _read_seeds(
+            prompts, t, self.frame_shape, volume, "time points",
+            f"a 3D+t stack needs one time point's volume [Z, Y, X] = {volume} (or the whole [T, Z, Y, X] labels)",
+        )  # fmt: skip
+        if isinstance(seeds, PromptSet):
+            return seeds
         if not 0 <= t < self.n_frames:
             raise InputError(f"seed frame {t} is outside the stack (t 0…{self.n_frames - 1})")
         out = PromptSet()

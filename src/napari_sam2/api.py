@@ -841,27 +841,37 @@ def _as_prompts(prompts, seed_frame: int, data, ax: int, frame_shape) -> PromptS
     """PromptSet | prompts file | seed label image (array or path) → PromptSet (None stays None)."""
     if prompts is None or isinstance(prompts, PromptSet):
         return prompts
-    if isinstance(prompts, (str, os.PathLike)):
-        path = Path(prompts)
-        if path.suffix.lower() in (".json", ".csv"):
-            return PromptSet.load(path, frame_shape=frame_shape)
-        seeds = open_stack(path).data
-    else:
-        seeds = prompts
-    seeds = seeds if hasattr(seeds, "shape") else np.asarray(seeds)
-    if len(seeds.shape) == 3:
-        if not 0 <= seed_frame < seeds.shape[0]:
-            raise InputError(f"seed frame {seed_frame} is outside the seed stack of {seeds.shape[0]} frames")
-        seeds = seeds[seed_frame]
-    seeds = np.asarray(seeds)
-    if seeds.shape != tuple(frame_shape):
-        raise InputError(
-            f"the seed labels have shape {seeds.shape}; they must be one frame of the stack, {tuple(frame_shape)}"
-        )
+    seeds = _read_seeds(
+        prompts, seed_frame, frame_shape, tuple(frame_shape), "frames", f"they must be one frame of the stack, "
+        f"{tuple(frame_shape)}"
+    )  # fmt: skip
+    if isinstance(seeds, PromptSet):
+        return seeds
     n_frames = data.shape[ax]
     if not 0 <= seed_frame < n_frames:
         raise InputError(f"seed frame {seed_frame} is outside the stack (frames 0…{n_frames - 1})")
     return PromptSet.from_seed_labels(seeds, seed_frame)
+
+
+def _read_seeds(prompts, seed_frame: int, frame_shape, seed_shape: tuple, unit: str, expected: str):
+    """A prompts file (.json / .csv) → its PromptSet; seed labels (an array, or the path of a label image) → the
+    seed frame's labels, an array of `seed_shape` (a stack of them, one more leading axis, gives its
+    `seed_frame`-th). frame_shape: (Y, X) of the stack's frames, for the prompts file. unit: what that leading axis
+    counts ("frames", "time points"); expected: the refusal's hint when the labels have another shape."""
+    if isinstance(prompts, (str, os.PathLike)):
+        path = Path(prompts)
+        if path.suffix.lower() in (".json", ".csv"):
+            return PromptSet.load(path, frame_shape=frame_shape)
+        prompts = open_stack(path).data
+    seeds = prompts if hasattr(prompts, "shape") else np.asarray(prompts)
+    if len(seeds.shape) == len(seed_shape) + 1:
+        if not 0 <= seed_frame < seeds.shape[0]:
+            raise InputError(f"seed frame {seed_frame} is outside the seed stack of {seeds.shape[0]} {unit}")
+        seeds = seeds[seed_frame]
+    seeds = np.asarray(seeds)
+    if seeds.shape != tuple(seed_shape):
+        raise InputError(f"the seed labels have shape {seeds.shape}; {expected}")
+    return seeds
 
 
 def _load_model(model, device) -> tuple[Any, ModelRecord]:
