@@ -65,11 +65,14 @@ class LabelWriter:
     read(frame) → the session's labels of `frame` [H, W]; write(frame, labels) stores them. keep: merge with the
     frame's old labels (False: each result replaces its frame, as track() writes). frames_of(obj) → the frames
     that may hold `obj` (default every frame of the session; track() knows where it wrote each object).
+    on_span(obj, span): called for each object whose span changed, after its pixels outside it were cleared (the
+    widget drops that object's confidences outside the span the same way).
     """
 
-    def __init__(self, session, read, write, keep: bool = True, frames_of=None):
+    def __init__(self, session, read, write, keep: bool = True, frames_of=None, on_span=None):
         self.session, self.read, self.store, self.keep = session, read, write, keep
         self.frames_of = frames_of or (lambda obj: range(len(session)))
+        self.on_span = on_span
         self.spans = self.current()  # the spans the labels already obey
 
     def current(self) -> dict[int, Span]:
@@ -94,6 +97,8 @@ class LabelWriter:
                 plane = np.asarray(self.read(t))
                 if (plane == obj).any():
                     self.store(t, np.where(plane == obj, 0, plane).astype(plane.dtype, copy=False))
+            if self.on_span is not None:
+                self.on_span(obj, span)
 
 
 def replay_log(session, log: list[dict], labels: np.ndarray | None = None, on_result=None) -> np.ndarray:

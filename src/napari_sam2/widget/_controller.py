@@ -149,7 +149,6 @@ class TrackingController:
         self.discovery = None  # DiscoveryOptions: discover new objects and divisions on forward passes (None: off)
         self.max_id = 0
         self.confidence: dict[tuple, dict] = {}
-        self.confidence_spans: dict[tuple, dict] = {}  # key → {obj: the span its confidences were last pruned to}
         self.writers: dict[tuple, tuple] = {}  # key → (session, geometry, its LabelWriter)
         self.opened_record = None  # the Provenance of the last opened result
         self.opened_key: tuple | None = None  # the session key the opened result was made on
@@ -233,7 +232,6 @@ class TrackingController:
         self.geometry = geometry
         self.current = None
         self.confidence.clear()
-        self.confidence_spans.clear()
         self.drop_volume()
         if geometry is None:
             return False
@@ -281,9 +279,8 @@ class TrackingController:
             self.labels[index] = merge_result(self.labels[index], result, drop)
         else:
             writer = self.label_writer(key, session, geometry)
-            writer.write(result, drop)
+            writer.write(result, drop)  # drops confidences outside a span that changed (its on_span)
             spans = writer.spans
-            self._drop_confidence_outside(key, conf, spans)
         for obj, score, iou in zip(result.obj_ids, result.scores, result.ious, strict=True):
             self.add_object(int(obj), quiet=True)
             if int(obj) in spans and outside_span(spans[int(obj)], result.frame):
@@ -291,17 +288,12 @@ class TrackingController:
             conf.setdefault(int(obj), {})[int(result.frame)] = (float(score), float(iou))
         self.view.show_labels(key)
 
-    def _drop_confidence_outside(self, key, conf: dict, spans: dict) -> None:
-        """Forget confidences of objects on frames outside their span, for the objects whose span changed since the
-        last call (a mother ended by discovery keeps no score after her division, as she keeps no pixel)."""
-        seen = self.confidence_spans.setdefault(key, {})
-        for obj, span in spans.items():
-            if seen.get(obj) == span:
-                continue
-            seen[obj] = span
-            frames = conf.get(obj, {})
-            for t in [t for t in frames if outside_span(span, t)]:
-                del frames[t]
+    def _drop_confidence_outside(self, key, obj: int, span) -> None:
+        """Forget `obj`'s confidences (session `key`) on frames outside `span`: a mother ended by discovery keeps no
+        score after her division, as she keeps no pixel (the LabelWriter calls this when a span changes)."""
+        frames = self.confidence.get(key, {}).get(int(obj), {})
+        for t in [t for t in frames if outside_span(span, t)]:
+            del frames[t]
 
     def label_writer(self, key, session, geometry) -> LabelWriter:
         """The `replay.LabelWriter` of `session` (key `key`) into the labels: one per session and geometry, kept, so
@@ -316,7 +308,12 @@ class TrackingController:
         def write(t, plane):
             self.labels[geometry.label_index(key, t)] = plane
 
-        writer = LabelWriter(session, read, write)
+        def on_span(obj, span):
+            self._drop_confidence_outside(key, obj, span)
+
+        writer = LabelWriter(session, read, write, on_span=on_span)
+        for obj, span in writer.spans.items():  # scores noted under an earlier writer obey the spans from now on
+            on_span(obj, span)
         self.writers[key] = (session, geometry, writer)
         return writer
 
@@ -888,7 +885,6 @@ class TrackingController:
                     masks = self.mask_prompts.setdefault(where, {})
                     masks[(int(on_session.frame), int(on_session.obj_id))] = on_session
         self.confidence.clear()
-        self.confidence_spans.clear()
         self.drop_volume()
         self.object_ids = sorted(ids)
         self.max_id = max(ids, default=0)
