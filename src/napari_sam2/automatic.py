@@ -190,6 +190,22 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
+def boxes_and_areas(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[N, H, W] bool → boxes [N, 4] (y0, x0, y1, x1), ends exclusive (0, 0, 0, 0 for an empty mask), and areas
+    [N]: one pass over all masks instead of `np.nonzero` on each (the masks are most of a discovery frame's numpy
+    work)."""
+    n, h, w = masks.shape
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # [N, H], [N, W]
+    areas = np.count_nonzero(masks.reshape(n, h * w), axis=1)
+    boxes = np.zeros((n, 4), dtype=np.int64)
+    full = areas > 0
+    boxes[full, 0] = np.argmax(rows[full], axis=1)
+    boxes[full, 1] = np.argmax(cols[full], axis=1)
+    boxes[full, 2] = h - np.argmax(rows[full, ::-1], axis=1)
+    boxes[full, 3] = w - np.argmax(cols[full, ::-1], axis=1)
+    return boxes, areas
+
+
 def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU of [N, 4] (x0, y0, x1, y1) boxes, areas (x1 − x0)(y1 − y0) as torchvision counts them."""
     b = boxes.double()
@@ -479,7 +495,8 @@ def labels_from_masks(
     owner = np.full(image_shape, -1, dtype=np.int64)
     by_area = sorted(range(len(candidates)), key=lambda i: (-candidates[i].area, i))
     for i in by_area:  # largest first, so the smaller masks painted later win the overlaps
-        owner[candidates[i].mask] = i
+        where = _box(candidates[i])  # a mask lies inside its box: only that part of the frame is touched
+        owner[where][candidates[i].mask[where]] = i
     counts = np.bincount(owner[owner >= 0], minlength=len(candidates)) if len(candidates) else np.zeros(0, int)
     survivors = [
         i
@@ -490,13 +507,22 @@ def labels_from_masks(
     labels = np.zeros(image_shape, dtype=np.uint32)
     objects = []
     for k, i in enumerate(survivors, start=1):
-        mask = owner == i
-        labels[mask] = k
-        ys, xs = np.nonzero(mask)
         c = candidates[i]
-        box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
-        objects.append(AutoObject(mask, box, int(mask.sum()), c.predicted_iou, c.stability_score, c.point, c.crop_box))
+        where = _box(c)  # what the object kept lies inside its own box
+        kept = owner[where] == i
+        labels[where][kept] = k
+        mask = np.zeros(image_shape, dtype=bool)
+        mask[where] = kept
+        ys, xs = np.nonzero(kept)
+        y0, x0 = where[0].start, where[1].start
+        box = (int(ys.min()) + y0, int(xs.min()) + x0, int(ys.max()) + 1 + y0, int(xs.max()) + 1 + x0)
+        objects.append(AutoObject(mask, box, int(counts[i]), c.predicted_iou, c.stability_score, c.point, c.crop_box))
     return labels, objects
+
+
+def _box(obj: AutoObject) -> tuple[slice, slice]:
+    y0, x0, y1, x1 = obj.box
+    return slice(y0, y1), slice(x0, x1)
 
 
 # ---------------------------------------------------------------------------------------------- recentring
@@ -524,10 +550,13 @@ def recenter(model, features, image_shape, objects: list[AutoObject], s: AutoMas
     size = float(model.image_size)
     embedding = model.image_embedding(features)
     centres = [deepest_point(o.mask, o.box) for o in objects]
-    found: list[AutoObject] = []
+    # two masks of one cell often share their deepest pixel: that click is decoded once (its answer would only
+    # repeat the first one's and be dropped as a duplicate, or be dropped like it)
+    unique = list(dict.fromkeys(centres))
+    answers: dict[tuple[int, int], tuple] = {}
     batch = int(s.points_per_batch)
-    for start in range(0, len(centres), batch):
-        chunk = centres[start : start + batch]
+    for start in range(0, len(unique), batch):
+        chunk = unique[start : start + batch]
         b = len(chunk)
         coords = torch.tensor([[[x / w * size, y / h * size]] for y, x in chunk], dtype=torch.float32, device=device)
         res = model.decode(
@@ -546,23 +575,20 @@ def recenter(model, features, image_shape, objects: list[AutoObject], s: AutoMas
         logits = model.upsample_logits(_postprocess_low_res(low, s), (h, w))[:, 0]
         stability = stability_scores(logits, s.mask_threshold, s.stability_score_offset).tolist()
         masks = (logits > s.mask_threshold).cpu().numpy()
-        for k, (y, x) in enumerate(chunk):
-            mask = masks[k]
-            ys, xs = np.nonzero(mask)
-            if len(ys) == 0:
-                continue
-            box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
-            obj = AutoObject(
-                mask,
-                box,
-                len(ys),
-                float(ious[k, best[k]]),
-                stability[k],
-                (float(y), float(x)),
-                objects[start + k].crop_box,
-            )
-            if all(_overlap(obj, f) <= DUPLICATE_IOU * (obj.area + f.area - _overlap(obj, f)) for f in found):
-                found.append(obj)
+        boxes, areas = boxes_and_areas(masks)
+        best_ious = ious[rows, best].tolist()
+        for k, point in enumerate(chunk):
+            answers[point] = (masks[k], tuple(int(v) for v in boxes[k]), int(areas[k]), best_ious[k], stability[k])
+    found: list[AutoObject] = []
+    for (y, x), candidate in zip(centres, objects):
+        if (y, x) not in answers:
+            continue  # a repeated click (see above)
+        mask, box, area, iou, stability = answers.pop((y, x))
+        if area == 0:
+            continue
+        obj = AutoObject(mask, box, area, iou, stability, (float(y), float(x)), candidate.crop_box)
+        if all(_overlap(obj, f) <= DUPLICATE_IOU * (obj.area + f.area - _overlap(obj, f)) for f in found):
+            found.append(obj)
     return found
 
 
@@ -699,15 +725,17 @@ def segment_points(
         keep = box_nms(boxes, iou, s.box_nms_thresh).tolist()
         logits = model.upsample_logits(low[keep][:, None], image_shape)[:, 0]
         masks = (logits > s.mask_threshold).cpu().numpy()
+        boxes, areas = boxes_and_areas(masks)
         candidates = []
         for k, i in enumerate(keep):
-            ys, xs = np.nonzero(masks[k])
-            if len(ys) == 0:
+            if areas[k] == 0:
                 continue
-            box = (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1)
+            box = tuple(int(v) for v in boxes[k])
             py, px = pts[where[i]]
             candidates.append(
-                AutoObject(masks[k], box, len(ys), float(iou[i]), float(stab[i]), (float(py), float(px)), (0, 0, h, w))
+                AutoObject(
+                    masks[k], box, int(areas[k]), float(iou[i]), float(stab[i]), (float(py), float(px)), (0, 0, h, w)
+                )
             )
         return _finish(model, features, candidates, image_shape, s)
 
