@@ -281,6 +281,98 @@ def box_around(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(box, 0, size).reshape(2, 2)
 
 
+CLICK_KINDS, CLICK_ODDS = ["deep", "offcentre", "dim", "ambiguous"], [0.3, 0.3, 0.2, 0.2]
+
+
+def calibration_clicks(
+    labels: np.ndarray, brightness: dict, rng: np.random.Generator, k: int, min_area: int = 12
+) -> list[tuple[str, tuple[float, float], np.ndarray]]:
+    """k single clicks on one frame (labels [S, S]) whose answers really differ in quality, so that the IoU the
+    decoder should predict spreads from 0 to 1: [(kind, (x, y), target [S, S] bool)] — kinds (CLICK_ODDS):
+    deep (≥ 40 % of the deepest distance inside), offcentre (1 px to 40 % of it: near the edge), dim (a deep click on
+    a nucleus with a ≥ 1.5× brighter one within three radii, the confusion of issue 16) and ambiguous (on the border
+    with a touching neighbour, asking for the nucleus, the pair or the cluster: `ambiguous_click`). A kind that the
+    frame cannot give (no dim nucleus, nothing touching) falls back to a deep click. Empty: no object ≥ min_area."""
+    ids, counts = np.unique(labels, return_counts=True)
+    candidates = [int(i) for i, c in zip(ids, counts) if i > 0 and c >= min_area]
+    if not candidates:
+        return []
+    dim = hard_negative_targets(torch.from_numpy(labels), candidates, brightness)
+    clicks = []
+    for _ in range(k):
+        kind = str(rng.choice(CLICK_KINDS, p=CLICK_ODDS))
+        obj = int(rng.choice(dim)) if kind == "dim" and dim else int(rng.choice(candidates))
+        mask = labels == obj
+        if kind == "ambiguous":
+            unclear = ambiguous_click(labels, obj, rng)
+            if unclear is not None:
+                clicks.append((kind, unclear[0], unclear[1]))
+                continue
+            kind = "deep"
+        if kind == "offcentre":
+            depth = ndimage.distance_transform_edt(mask)
+            ys, xs = np.nonzero((depth >= 1) & (depth < 0.4 * depth.max()))
+            if len(ys):
+                j = int(rng.integers(len(ys)))
+                clicks.append((kind, (float(xs[j]), float(ys[j])), mask))
+                continue
+        clicks.append(("dim" if kind == "dim" and dim else "deep", click_inside(mask, rng), mask))
+    return clicks
+
+
+def click_batch_loss(model, movie: Movie, rng: np.random.Generator, stats: dict, k: int) -> torch.Tensor:
+    """The calibration objective on one frame of `movie`: k single clicks (`calibration_clicks`) decoded together
+    on one image encoding, each with SAM's best-candidate mask loss and the L1 loss of all three predicted IoUs
+    (LOSS_WEIGHTS["iou"]); returns the mean over clicks (0.0 when the frame has no object)."""
+    t = int(rng.integers(movie.frames.shape[0]))
+    frame, labels = movie.frames[t : t + 1], movie.labels[t]
+    turns = int(rng.integers(4))
+    frame, labels = torch.rot90(frame, turns, dims=(-2, -1)), torch.rot90(labels, turns, dims=(-2, -1))
+    if rng.random() < 0.5:
+        frame, labels = frame.flip(-1), labels.flip(-1)
+    clicks = calibration_clicks(labels.numpy(), movie.brightness, rng, k)
+    if not clicks:
+        return 0.0
+    device = model.device
+    frozen_encoder = not any(p.requires_grad for p in model.image_encoder.parameters())
+    with torch.set_grad_enabled(not frozen_encoder and torch.is_grad_enabled()):
+        feats = model.encode_image(frame.contiguous().to(device))
+        embedding = model.image_embedding(feats)
+    n = len(clicks)
+    coords = torch.tensor([[c[1]] for c in clicks], dtype=torch.float32, device=device)  # [n, 1, 2]
+    out = model.decode(
+        embedding.expand(n, -1, -1, -1),
+        [h.expand(n, -1, -1, -1) for h in feats.high_res],
+        coords,
+        torch.ones(n, 1, dtype=torch.int32, device=device),
+        multimask=True,
+        object_gate=False,
+    )
+    logits = model.upsample_logits(out.multi_logits)  # [n, 3, S, S]
+    presence = F.binary_cross_entropy_with_logits(out.object_score.flatten(), torch.ones(n, device=device))
+    loss = LOSS_WEIGHTS["presence"] * presence
+    for i, (_, _, target) in enumerate(clicks):
+        target = torch.from_numpy(target).to(device)
+        focal, dice, _ = mask_losses(logits[i], target)
+        mask_loss = LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice
+        with torch.no_grad():
+            pred = logits[i] > 0
+            actual = (pred & target).flatten(1).sum(1).float() / (pred | target).flatten(1).sum(1).float().clamp(min=1)
+        predicted = out.multi_ious[i].float()
+        loss = (
+            loss
+            + (
+                mask_loss[int(torch.argmin(mask_loss.detach()))]
+                + LOSS_WEIGHTS["iou"] * (predicted - actual).abs().mean()
+            )
+            / n
+        )
+        chosen = int(torch.argmax(predicted.detach()))
+        stats.setdefault("click_actual", []).append(float(actual[chosen]))
+        stats.setdefault("click_predicted", []).append(float(predicted[chosen].detach()))
+    return loss
+
+
 # ---------------------------------------------------------------------- losses
 def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per candidate (logits [M, S, S], target [S, S]): sigmoid focal loss (α 0.25, γ 2, mean over pixels), dice
@@ -546,6 +638,17 @@ def validate(model, image_size: int, n_movies: int, length: int, max_pointer_dis
     }
 
 
+def click_calibration(pairs: list[tuple[float, float]]) -> dict:
+    """Calibration of the training clicks' chosen masks, for the log: {click_iou: mean actual IoU, click_iou_err:
+    mean |predicted − actual|, click_iou_corr: their correlation} ({} without clicks)."""
+    if not pairs:
+        return {}
+    predicted, actual = np.array(pairs).T
+    corr = float(np.corrcoef(predicted, actual)[0, 1]) if predicted.std() > 0 and actual.std() > 0 else None
+    return {"click_iou": float(actual.mean()), "click_iou_err": float(np.abs(predicted - actual).mean()),
+            "click_iou_corr": corr}  # fmt: skip
+
+
 # ---------------------------------------------------------------------- data in worker processes (for a GPU)
 def movie_for(seed: int, k: int, hard_fraction: float, image_size: int) -> Movie:
     """Movie k of a run: a function of (seed, k) only, whichever process makes it (hard with odds hard_fraction)."""
@@ -592,6 +695,12 @@ def make_optimizer(model, args) -> torch.optim.Optimizer:
     every other parameter frozen: the candidate masks, object scores and pointers of a given input are then
     unchanged, only which of the three candidates is picked (the highest predicted IoU) can change."""
     params = list(model.parameters())
+    if getattr(args, "decoder_only", False):  # image features, memories and prompts' encodings stay as they are
+        for p in params:
+            p.requires_grad_(False)
+        params = list(model.sam_mask_decoder.parameters())
+        for p in params:
+            p.requires_grad_(True)
     if getattr(args, "iou_head_only", False):
         for p in params:
             p.requires_grad_(False)
@@ -633,6 +742,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lr-min", type=float, default=0.05, help="the cosine's floor, a fraction of --lr")
     parser.add_argument("--iou-head-only", action="store_true", help="calibration stage: train only the mask "
                         "decoder's IoU prediction head on the IoU loss, everything else frozen")  # fmt: skip
+    parser.add_argument("--decoder-only", action="store_true", help="train only the mask decoder (frozen image "
+                        "encoder, memory, prompt encoder): masks, scores and IoUs of given features")  # fmt: skip
+    parser.add_argument("--click-images", type=int, default=0, help="frames per step with --clicks-per-image "
+                        "calibration clicks each (click_batch_loss), besides the --clips clips")  # fmt: skip
+    parser.add_argument("--clicks-per-image", type=int, default=8)
     args = parser.parse_args(argv)
     LOSS_WEIGHTS.update(SAM2_LOSS_WEIGHTS, iou=args.iou_weight)
     if args.iou_head_only:  # the masks, scores and pointers stay as they are: only the IoU estimate learns
@@ -678,6 +792,7 @@ def main(argv=None) -> int:
     log = (args.out / "log.jsonl").open("a")
     began = time.time()
     window = {"loss": [], "presence": [], "presence_acc": [], "iou": [], "iou_err": []}
+    clicked: list[tuple[float, float]] = []  # (predicted, actual) IoU of the calibration clicks' chosen masks
     movies = MovieMaker(args.seed, args.hard_fraction, cfg.image_size, args.workers)
     for step in range(start, args.steps):
         newest = step // 2  # a new movie every other step (making one costs ~0.3 s, a step ~1 s on 2 CPU cores)
@@ -708,6 +823,9 @@ def main(argv=None) -> int:
             )  # fmt: skip
             loss = loss + clip_loss / (args.clips * args.frames)
             clips += 1
+        for _ in range(args.click_images):  # drawn after the clips: a run without them sees the same stream
+            movie = pool[keys[int(rng.integers(len(keys)))]]
+            loss = loss + click_batch_loss(model, movie, rng, stats, args.clicks_per_image) / args.click_images
         optimizer.zero_grad(set_to_none=True)
         if torch.is_tensor(loss) and loss.requires_grad:  # (head only: no frame with the object has no IoU loss)
             loss.backward()
@@ -716,6 +834,7 @@ def main(argv=None) -> int:
         window["loss"].append(float(loss.detach()) if torch.is_tensor(loss) else float(loss))
         for key in ("presence", "presence_acc", "iou", "iou_err"):
             window[key].extend(stats[key])
+        clicked.extend(zip(stats.get("click_predicted", []), stats.get("click_actual", [])))
         done = step + 1
         if done % 25 == 0 or done == args.steps:
             record = {
@@ -723,8 +842,9 @@ def main(argv=None) -> int:
                 "lr": lr,
                 "minutes": (time.time() - began) / 60,
                 **{k: float(np.mean(v)) if v else None for k, v in window.items()},
+                **click_calibration(clicked),
             }
-            window = {k: [] for k in window}
+            window, clicked = {k: [] for k in window}, []
             if args.val_every and (done % args.val_every == 0 or done == args.steps):
                 record.update(validate(model, cfg.image_size, 12, 8, max_pointer_distance))
             log.write(json.dumps(record) + "\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_sam2 import load_model
 from napari_sam2.registry import file_sha256
@@ -180,3 +181,42 @@ def test_iou_head_only_stage_changes_only_the_iou_head(train_nano, tmp_path):
     assert train_nano.LOSS_WEIGHTS["focal"] == 0.0  # this run trained the IoU loss alone
     assert train_nano.main(["--out", str(tmp_path / "x"), "--steps", "1", *small]) == 0
     assert train_nano.LOSS_WEIGHTS == train_nano.SAM2_LOSS_WEIGHTS  # the next run has SAM 2's weights again
+
+
+def test_calibration_clicks_differ_in_kind_and_sit_where_they_say(train_nano):
+    labels = np.zeros((64, 64), np.int64)
+    labels[10:30, 10:30], labels[10:30, 30:50] = 1, 2  # a touching pair, 2 much brighter than 1
+    labels[45:60, 45:60] = 3  # alone
+    rng = np.random.default_rng(0)
+    clicks = train_nano.calibration_clicks(labels, {1: 0.1, 2: 1.0, 3: 0.5}, rng, 200)
+    kinds = {kind for kind, _, _ in clicks}
+    assert kinds == set(train_nano.CLICK_KINDS)
+    for kind, (x, y), target in clicks:
+        obj = labels[int(y), int(x)]
+        assert obj > 0 and target[int(y), int(x)]  # every click lies on its target
+        depth = ndimage.distance_transform_edt(labels == obj)
+        if kind == "dim":
+            assert obj == 1  # the dim nucleus beside the bright one
+        if kind == "offcentre":
+            assert depth[int(y), int(x)] < 0.4 * depth.max()  # near the edge
+        if kind in ("deep", "dim"):
+            assert depth[int(y), int(x)] >= 0.4 * depth.max() and (target == (labels == obj)).all()
+    assert train_nano.calibration_clicks(np.zeros((8, 8), np.int64), {}, rng, 3) == []
+
+
+def test_decoder_only_calibration_leg_trains_the_decoder_alone_and_logs_click_calibration(train_nano, tmp_path):
+    shipped = ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt"
+    small = ["--clips", "1", "--frames", "2", "--val-every", "0", "--save-every", "2", "--pool", "2", "--threads", "1"]
+    out = tmp_path / "dec"
+    args = ["--out", str(out), "--steps", "2", "--init", str(shipped), "--decoder-only", "--click-images", "1",
+            "--clicks-per-image", "4", "--iou-weight", "10", "--lr", "1e-3", "--warmup", "1", "--hard-fraction", "0.5",
+            "--balanced-end", "0", *small]  # fmt: skip
+    assert train_nano.main(args) == 0
+    start = torch.load(shipped, weights_only=True)["model"]
+    after = torch.load(out / "last.pt", weights_only=True)["model"]
+    changed = {k for k in start if not torch.equal(start[k], after[k])}
+    assert changed and all(k.startswith("sam_mask_decoder.") for k in changed), changed
+    assert any(k.startswith("sam_mask_decoder.transformer.") for k in changed)  # not only the head
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert 0 <= log[-1]["click_iou"] <= 1 and 0 <= log[-1]["click_iou_err"] <= 1
+    train_nano.LOSS_WEIGHTS["iou"] = 1.0  # module state: later tests in this process use the default
