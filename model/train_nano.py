@@ -320,10 +320,13 @@ def calibration_clicks(
     return clicks
 
 
-def click_batch_loss(model, movie: Movie, rng: np.random.Generator, stats: dict, k: int) -> torch.Tensor:
+def click_batch_loss(
+    model, movie: Movie, rng: np.random.Generator, stats: dict, k: int, refine: bool = False
+) -> torch.Tensor:
     """The calibration objective on one frame of `movie`: k single clicks (`calibration_clicks`) decoded together
     on one image encoding, each with SAM's best-candidate mask loss and the L1 loss of all three predicted IoUs
-    (LOSS_WEIGHTS["iou"]); returns the mean over clicks (0.0 when the frame has no object)."""
+    (LOSS_WEIGHTS["iou"]); returns the mean over clicks (0.0 when the frame has no object). refine: add the second
+    pass of `refine_pass_loss` (the chosen mask shown back to the decoder)."""
     t = int(rng.integers(movie.frames.shape[0]))
     frame, labels = movie.frames[t : t + 1], movie.labels[t]
     turns = int(rng.integers(4))
@@ -359,17 +362,50 @@ def click_batch_loss(model, movie: Movie, rng: np.random.Generator, stats: dict,
             pred = logits[i] > 0
             actual = (pred & target).flatten(1).sum(1).float() / (pred | target).flatten(1).sum(1).float().clamp(min=1)
         predicted = out.multi_ious[i].float()
-        loss = (
-            loss
-            + (
-                mask_loss[int(torch.argmin(mask_loss.detach()))]
-                + LOSS_WEIGHTS["iou"] * (predicted - actual).abs().mean()
-            )
-            / n
-        )
+        best = int(torch.argmin(mask_loss.detach()))
+        loss = loss + (mask_loss[best] + LOSS_WEIGHTS["iou"] * (predicted - actual).abs().mean()) / n
         chosen = int(torch.argmax(predicted.detach()))
         stats.setdefault("click_actual", []).append(float(actual[chosen]))
         stats.setdefault("click_predicted", []).append(float(predicted[chosen].detach()))
+    if refine:
+        loss = loss + refine_pass_loss(model, embedding, feats, coords, out, clicks, stats)
+    return loss
+
+
+def refine_pass_loss(model, embedding, feats, coords, first, clicks, stats) -> torch.Tensor:
+    """The second pass of `click_batch_loss`: each click again, now with the first pass's chosen logits as a mask
+    prompt (clamped, as the session gives previous logits back), one mask (token 0). The decoder's IoU token sees
+    only the prompts and the low-resolution image tokens; the mask a first pass drew (which the high-resolution path
+    decides) reaches it only this way — trained here on its mask and its IoU, so that the IoU it predicts for a
+    mask it was shown can tell a mask on the clicked nucleus from one on its neighbour. Ambiguous clicks are left
+    out (their target is one of three answers drawn at random; the shown mask may rightly be another)."""
+    keep = [i for i, c in enumerate(clicks) if c[0] != "ambiguous"]
+    if not keep:
+        return 0.0
+    n, device = len(keep), model.device
+    previous = first.logits[keep].detach().float().clamp(-PROMPT_LOGIT_CLAMP, PROMPT_LOGIT_CLAMP)
+    out = model.decode(
+        embedding.expand(n, -1, -1, -1),
+        [h.expand(n, -1, -1, -1) for h in feats.high_res],
+        coords[keep],
+        torch.ones(n, 1, dtype=torch.int32, device=device),
+        mask_prompt=previous,
+        multimask=False,
+        object_gate=False,
+    )
+    logits = model.upsample_logits(out.multi_logits)[:, 0]  # [n, S, S]
+    loss = 0.0
+    for j, i in enumerate(keep):
+        target = torch.from_numpy(clicks[i][2]).to(device)
+        focal, dice, _ = mask_losses(logits[j : j + 1], target)
+        with torch.no_grad():
+            pred = logits[j] > 0
+            actual = (pred & target).sum().float() / (pred | target).sum().float().clamp(min=1)
+        predicted = out.multi_ious[j, 0].float()
+        mask_loss = LOSS_WEIGHTS["focal"] * focal[0] + LOSS_WEIGHTS["dice"] * dice[0]
+        loss = loss + (mask_loss + LOSS_WEIGHTS["iou"] * (predicted - actual).abs()) / n
+        stats.setdefault("refine_actual", []).append(float(actual))
+        stats.setdefault("refine_predicted", []).append(float(predicted.detach()))
     return loss
 
 
@@ -747,6 +783,8 @@ def main(argv=None) -> int:
     parser.add_argument("--click-images", type=int, default=0, help="frames per step with --clicks-per-image "
                         "calibration clicks each (click_batch_loss), besides the --clips clips")  # fmt: skip
     parser.add_argument("--clicks-per-image", type=int, default=8)
+    parser.add_argument("--refine-pass", action="store_true", help="calibration clicks also train a second pass "
+                        "with the first pass's mask as a mask prompt (refine_pass_loss)")  # fmt: skip
     args = parser.parse_args(argv)
     LOSS_WEIGHTS.update(SAM2_LOSS_WEIGHTS, iou=args.iou_weight)
     if args.iou_head_only:  # the masks, scores and pointers stay as they are: only the IoU estimate learns
@@ -793,6 +831,7 @@ def main(argv=None) -> int:
     began = time.time()
     window = {"loss": [], "presence": [], "presence_acc": [], "iou": [], "iou_err": []}
     clicked: list[tuple[float, float]] = []  # (predicted, actual) IoU of the calibration clicks' chosen masks
+    refined: list[tuple[float, float]] = []  # the same for their second pass (--refine-pass)
     movies = MovieMaker(args.seed, args.hard_fraction, cfg.image_size, args.workers)
     for step in range(start, args.steps):
         newest = step // 2  # a new movie every other step (making one costs ~0.3 s, a step ~1 s on 2 CPU cores)
@@ -825,7 +864,9 @@ def main(argv=None) -> int:
             clips += 1
         for _ in range(args.click_images):  # drawn after the clips: a run without them sees the same stream
             movie = pool[keys[int(rng.integers(len(keys)))]]
-            loss = loss + click_batch_loss(model, movie, rng, stats, args.clicks_per_image) / args.click_images
+            loss = loss + click_batch_loss(model, movie, rng, stats, args.clicks_per_image, args.refine_pass) / (
+                args.click_images
+            )
         optimizer.zero_grad(set_to_none=True)
         if torch.is_tensor(loss) and loss.requires_grad:  # (head only: no frame with the object has no IoU loss)
             loss.backward()
@@ -835,6 +876,7 @@ def main(argv=None) -> int:
         for key in ("presence", "presence_acc", "iou", "iou_err"):
             window[key].extend(stats[key])
         clicked.extend(zip(stats.get("click_predicted", []), stats.get("click_actual", [])))
+        refined.extend(zip(stats.get("refine_predicted", []), stats.get("refine_actual", [])))
         done = step + 1
         if done % 25 == 0 or done == args.steps:
             record = {
@@ -843,8 +885,9 @@ def main(argv=None) -> int:
                 "minutes": (time.time() - began) / 60,
                 **{k: float(np.mean(v)) if v else None for k, v in window.items()},
                 **click_calibration(clicked),
+                **{k.replace("click", "refine"): v for k, v in click_calibration(refined).items()},
             }
-            window, clicked = {k: [] for k in window}, []
+            window, clicked, refined = {k: [] for k in window}, [], []
             if args.val_every and (done % args.val_every == 0 or done == args.steps):
                 record.update(validate(model, cfg.image_size, 12, 8, max_pointer_distance))
             log.write(json.dumps(record) + "\n")

@@ -204,12 +204,12 @@ def test_calibration_clicks_differ_in_kind_and_sit_where_they_say(train_nano):
     assert train_nano.calibration_clicks(np.zeros((8, 8), np.int64), {}, rng, 3) == []
 
 
-def test_decoder_only_calibration_leg_trains_the_decoder_alone_and_logs_click_calibration(train_nano, tmp_path):
+def test_decoder_only_calibration_leg_trains_the_decoder_alone_and_logs_both_passes_calibration(train_nano, tmp_path):
     shipped = ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt"
     small = ["--clips", "1", "--frames", "2", "--val-every", "0", "--save-every", "2", "--pool", "2", "--threads", "1"]
     out = tmp_path / "dec"
     args = ["--out", str(out), "--steps", "2", "--init", str(shipped), "--decoder-only", "--click-images", "1",
-            "--clicks-per-image", "4", "--iou-weight", "10", "--lr", "1e-3", "--warmup", "1", "--hard-fraction", "0.5",
+            "--clicks-per-image", "4", "--refine-pass", "--iou-weight", "10", "--lr", "1e-3", "--warmup", "1", "--hard-fraction", "0.5",
             "--balanced-end", "0", *small]  # fmt: skip
     assert train_nano.main(args) == 0
     start = torch.load(shipped, weights_only=True)["model"]
@@ -219,4 +219,5 @@ def test_decoder_only_calibration_leg_trains_the_decoder_alone_and_logs_click_ca
     assert any(k.startswith("sam_mask_decoder.transformer.") for k in changed)  # not only the head
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert 0 <= log[-1]["click_iou"] <= 1 and 0 <= log[-1]["click_iou_err"] <= 1
+    assert 0 <= log[-1]["refine_iou"] <= 1 and 0 <= log[-1]["refine_iou_err"] <= 1  # the second pass trained too
     train_nano.LOSS_WEIGHTS["iou"] = 1.0  # module state: later tests in this process use the default
