@@ -285,14 +285,21 @@ CLICK_KINDS, CLICK_ODDS = ["deep", "offcentre", "dim", "ambiguous"], [0.3, 0.3, 
 
 
 def calibration_clicks(
-    labels: np.ndarray, brightness: dict, rng: np.random.Generator, k: int, min_area: int = 12
+    labels: np.ndarray,
+    brightness: dict,
+    rng: np.random.Generator,
+    k: int,
+    min_area: int = 12,
+    odds: tuple[float, ...] | None = None,
 ) -> list[tuple[str, tuple[float, float], np.ndarray]]:
     """k single clicks on one frame (labels [S, S]) whose answers really differ in quality, so that the IoU the
     decoder should predict spreads from 0 to 1: [(kind, (x, y), target [S, S] bool)] — kinds (CLICK_ODDS):
     deep (≥ 40 % of the deepest distance inside), offcentre (1 px to 40 % of it: near the edge), dim (a deep click on
     a nucleus with a ≥ 1.5× brighter one within three radii, the confusion of issue 16) and ambiguous (on the border
     with a touching neighbour, asking for the nucleus, the pair or the cluster: `ambiguous_click`). A kind that the
-    frame cannot give (no dim nucleus, nothing touching) falls back to a deep click. Empty: no object ≥ min_area."""
+    frame cannot give (no dim nucleus, nothing touching) falls back to a deep click. Empty: no object ≥ min_area.
+    odds: of the four kinds (default CLICK_ODDS). The IoU a head can predict is an average over the clicks it was
+    trained on that it cannot tell apart, so odds far from a user's clicks (mostly deep) bias it on theirs."""
     ids, counts = np.unique(labels, return_counts=True)
     candidates = [int(i) for i, c in zip(ids, counts) if i > 0 and c >= min_area]
     if not candidates:
@@ -300,7 +307,7 @@ def calibration_clicks(
     dim = hard_negative_targets(torch.from_numpy(labels), candidates, brightness)
     clicks = []
     for _ in range(k):
-        kind = str(rng.choice(CLICK_KINDS, p=CLICK_ODDS))
+        kind = str(rng.choice(CLICK_KINDS, p=odds or CLICK_ODDS))
         obj = int(rng.choice(dim)) if kind == "dim" and dim else int(rng.choice(candidates))
         mask = labels == obj
         if kind == "ambiguous":
@@ -321,7 +328,7 @@ def calibration_clicks(
 
 
 def click_batch_loss(
-    model, movie: Movie, rng: np.random.Generator, stats: dict, k: int, refine: bool = False
+    model, movie: Movie, rng: np.random.Generator, stats: dict, k: int, refine: bool = False, odds=None
 ) -> torch.Tensor:
     """The calibration objective on one frame of `movie`: k single clicks (`calibration_clicks`) decoded together
     on one image encoding, each with SAM's best-candidate mask loss and the L1 loss of all three predicted IoUs
@@ -333,7 +340,7 @@ def click_batch_loss(
     frame, labels = torch.rot90(frame, turns, dims=(-2, -1)), torch.rot90(labels, turns, dims=(-2, -1))
     if rng.random() < 0.5:
         frame, labels = frame.flip(-1), labels.flip(-1)
-    clicks = calibration_clicks(labels.numpy(), movie.brightness, rng, k)
+    clicks = calibration_clicks(labels.numpy(), movie.brightness, rng, k, odds=odds)
     if not clicks:
         return 0.0
     device = model.device
@@ -783,6 +790,8 @@ def main(argv=None) -> int:
     parser.add_argument("--click-images", type=int, default=0, help="frames per step with --clicks-per-image "
                         "calibration clicks each (click_batch_loss), besides the --clips clips")  # fmt: skip
     parser.add_argument("--clicks-per-image", type=int, default=8)
+    parser.add_argument("--click-odds", type=float, nargs=4, metavar=("DEEP", "OFFCENTRE", "DIM", "AMBIGUOUS"),
+                        help=f"odds of the calibration click kinds (default {CLICK_ODDS})")  # fmt: skip
     parser.add_argument("--refine-pass", action="store_true", help="calibration clicks also train a second pass "
                         "with the first pass's mask as a mask prompt (refine_pass_loss)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -864,9 +873,9 @@ def main(argv=None) -> int:
             clips += 1
         for _ in range(args.click_images):  # drawn after the clips: a run without them sees the same stream
             movie = pool[keys[int(rng.integers(len(keys)))]]
-            loss = loss + click_batch_loss(model, movie, rng, stats, args.clicks_per_image, args.refine_pass) / (
-                args.click_images
-            )
+            odds = tuple(np.array(args.click_odds) / sum(args.click_odds)) if args.click_odds else None
+            batch_loss = click_batch_loss(model, movie, rng, stats, args.clicks_per_image, args.refine_pass, odds)
+            loss = loss + batch_loss / args.click_images
         optimizer.zero_grad(set_to_none=True)
         if torch.is_tensor(loss) and loss.requires_grad:  # (head only: no frame with the object has no IoU loss)
             loss.backward()
