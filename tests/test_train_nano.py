@@ -202,6 +202,8 @@ def test_calibration_clicks_differ_in_kind_and_sit_where_they_say(train_nano):
         if kind in ("deep", "dim"):
             assert depth[int(y), int(x)] >= 0.4 * depth.max() and (target == (labels == obj)).all()
     assert train_nano.calibration_clicks(np.zeros((8, 8), np.int64), {}, rng, 3) == []
+    only_dim = train_nano.calibration_clicks(labels, {1: 0.1, 2: 1.0, 3: 0.5}, rng, 20, odds=(0, 0, 1, 0))
+    assert {kind for kind, _, _ in only_dim} == {"dim"}  # --click-odds
 
 
 def test_decoder_only_calibration_leg_trains_the_decoder_alone_and_logs_both_passes_calibration(train_nano, tmp_path):
