@@ -16,11 +16,13 @@ Measured per condition (bars of issue 16 in brackets):
   zstack          large_anisotropic only: the middle-slice click propagated both ways through z; mean IoU over
                   (object, slice) with > 30 true pixels (the real-image z-stack measure).
   calibration     mean |predicted IoU − actual IoU| of the returned masks over every click [≤ 0.10], and the
-                  correlation of the two (an informative head correlates).
+                  correlation of the two (an informative head correlates); the mean predicted IoU of masks that lie
+                  mostly on another object against those on the clicked one (a head that knows predicts less).
   multimask       the decoder's three candidates for one click (model-level, at the model input): on an
                   ambiguous click — on the shared border of two touching nuclei — their mean pairwise IoU, and
                   how often one candidate is the nucleus and another the pair (IoU ≥ 0.7 each); the same pairwise
-                  IoU on unambiguous clicks (deep inside an isolated nucleus) for comparison.
+                  IoU on unambiguous clicks (deep inside an isolated nucleus) for comparison, and there, per
+                  candidate (output token 1…3), the mean predicted and actual IoU and their correlation.
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
     def pairwise(masks):
         return float(np.mean([iou(masks[i], masks[j]) for i in range(3) for j in range(i + 1, 3)]))
 
-    ambiguous, split, isolated, cand_err = [], [], [], []
+    ambiguous, split, isolated, cand_err, tokens = [], [], [], [], []
     present = {int(i) for i in np.unique(small)[1:]}
     done = set()
     for a, others in neighbours.items():
@@ -127,14 +129,17 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
         masks, predicted = candidates(*[c / s for c, s in zip(deepest_point(mask), scale)])
         isolated.append(pairwise(masks))
         cand_err.extend(abs(float(p) - iou(m, mask)) for m, p in zip(masks, predicted))
+        tokens.append([(float(p), iou(m, mask)) for m, p in zip(masks, predicted)])
     return {"ambiguous_pairwise": ambiguous, "ambiguous_split": split, "isolated_pairwise": isolated,
-            "candidate_abs_err": cand_err}  # fmt: skip
+            "candidate_abs_err": cand_err, "tokens": tokens}  # fmt: skip
 
 
 def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
     results: dict[str, dict] = {}
+    rows_of: dict[str, list] = {}
     all_pred, all_actual = [], []
-    probe = {"ambiguous_pairwise": [], "ambiguous_split": [], "isolated_pairwise": [], "candidate_abs_err": []}
+    probe = {"ambiguous_pairwise": [], "ambiguous_split": [], "isolated_pairwise": [], "candidate_abs_err": [],
+             "tokens": []}  # fmt: skip
     for c, name in enumerate(HARD_CONDITIONS):
         rows, dim_rows, partner_rows, zious = [], [], [], []
         for k in range(seeds):
@@ -161,6 +166,7 @@ def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
                     zious += [
                         iou(masks[z], stack.labels[z] == obj) for z in masks if (stack.labels[z] == obj).sum() > 30
                     ]
+        rows_of[name] = rows
         all_pred += [r["predicted"] for r in rows]
         all_actual += [r["iou"] for r in rows]
         ious = [r["iou"] for r in rows]
@@ -185,6 +191,8 @@ def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
     all_pred += [r["predicted"] for r in old]
     all_actual += [r["iou"] for r in old]
     pred, actual = np.array(all_pred), np.array(all_actual)
+    wrong = np.array([r["on_other"] for name in results for r in rows_of[name]] + [r["on_other"] for r in old])
+    tokens = np.array(probe["tokens"])  # [clicks, 3 candidates, (predicted, actual)]
     return {
         "conditions": results,
         "old_sample_click_iou_median": float(np.median([r["iou"] for r in old])),
@@ -192,6 +200,9 @@ def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
         "calibration_abs_err": float(np.mean(np.abs(pred - actual))),
         "calibration_corr": float(np.corrcoef(pred, actual)[0, 1]) if pred.std() > 0 and actual.std() > 0 else None,
         "predicted_iou_range": [float(np.percentile(pred, 5)), float(np.percentile(pred, 95))],
+        # does the head know when its mask is on another object? (an informative head predicts less there)
+        "predicted_iou_mean_on_other_object": float(pred[wrong].mean()) if wrong.any() else None,
+        "predicted_iou_mean_on_the_clicked_object": float(pred[~wrong].mean()) if (~wrong).any() else None,
         "clicks": len(pred),
         "multimask": {
             "ambiguous_clicks": len(probe["ambiguous_pairwise"]),
@@ -205,6 +216,19 @@ def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
             "candidate_calibration_abs_err": (
                 float(np.mean(probe["candidate_abs_err"])) if probe["candidate_abs_err"] else None
             ),
+            # per output token (candidate 1…3) on the isolated clicks: mean predicted, mean actual, correlation
+            "per_token": [
+                {
+                    "predicted_mean": float(tokens[:, t, 0].mean()),
+                    "actual_mean": float(tokens[:, t, 1].mean()),
+                    "corr": float(np.corrcoef(tokens[:, t, 0], tokens[:, t, 1])[0, 1])
+                    if tokens[:, t, 0].std() > 0 and tokens[:, t, 1].std() > 0
+                    else None,
+                }
+                for t in range(tokens.shape[1])
+            ]
+            if len(tokens)
+            else [],
         },
     }
 
