@@ -243,3 +243,93 @@ def test_real_probe_finds_a_lost_object_where_it_was_and_not_where_it_is_gone(na
     labels, events = _run(nano, gone, seeds, lose)
     assert not [e for e in events if e.get("object") == 5]
     assert not (labels[3] == 5).any()
+
+
+def _disc(shape, centre, radius):
+    yy, xx = np.indices(shape)
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def test_resplit_splits_a_drifted_touching_pair_by_shape():
+    from napari_sam2.discovery import resplit_pairs
+
+    shape = (50, 70)
+    left, right = _disc(shape, (25, 24), 10), _disc(shape, (25, 44), 10)  # two touching nuclei, 317 px each
+    reference = {1: float(left.sum()), 2: float(right.sum())}  # their areas when first tracked
+    drifted = np.zeros(shape, np.uint32)
+    drifted[left] = 1
+    drifted[right] = 2
+    drifted[right & (np.indices(shape)[1] < 41)] = 1  # object 1 took the near third of nucleus 2
+    opts = DiscoveryOptions()
+    found = resplit_pairs(drifted, opts, reference)
+    assert [(p.kind, p.mother, p.other, p.sign) for p in found] == [("reclaim", 1, 2, "resplit")]
+    part1, part2 = found[0].masks
+    assert _iou(part1, left) > 0.9 and _iou(part2, right) > 0.9
+    # must not fire: the pair as it started, a shrunk object whose neighbour did not grow, the rule off
+    whole = np.zeros(shape, np.uint32)
+    whole[left], whole[right] = 1, 2
+    assert resplit_pairs(whole, opts, reference) == []
+    shrunk = whole.copy()
+    shrunk[right & (np.indices(shape)[1] < 41)] = 0  # object 2 lost a third to the background, not to object 1
+    assert resplit_pairs(shrunk, opts, reference) == []
+    assert resplit_pairs(drifted, opts, {1: 450.0, 2: reference[2]}) == []  # object 1 is that large by nature
+    assert resplit_pairs(drifted, DiscoveryOptions(resplit=False), reference) == []
+
+
+def test_refresh_does_not_take_what_a_squeezed_neighbour_lost():
+    shape = (50, 70)
+    left, right = _disc(shape, (25, 24), 10), _disc(shape, (25, 44), 10)
+    labels = np.zeros(shape, np.uint32)
+    labels[left & (np.indices(shape)[1] < 28)] = 1  # object 1 shrank to a fragment of its nucleus
+    labels[right & (np.indices(shape)[1] > 40)] = 2  # its neighbour 2 is squeezed too
+    spans_both = (left | right) & (np.indices(shape)[1] < 40)  # an auto mask over nucleus 1 and part of 2
+    reference = {1: float(left.sum()), 2: float(right.sum())}
+    opts = DiscoveryOptions()
+    kinds = [(p.kind, p.mother) for p in compare_masks(labels, [spans_both], opts, largest_area={1: 320, 2: 320})]
+    assert kinds == [("refresh", 1)]  # without references: refreshed into the neighbour's pixels
+    found = compare_masks(labels, [spans_both], opts, largest_area={1: 320, 2: 320}, reference_area=reference)
+    assert found == []  # 1.1 × its reference area beside a neighbour below 0.8 × hers: refused
+    # must still refresh: the same fragment with an auto mask of its own nucleus
+    found = compare_masks(labels, [left], opts, largest_area={1: 320, 2: 320}, reference_area=reference)
+    assert [(p.kind, p.mother) for p in found] == [("refresh", 1)]
+
+
+def test_split_before_finds_touching_daughters_and_not_a_whole_nucleus():
+    from napari_sam2.discovery import split_before
+
+    shape = (50, 80)
+    pair = _disc(shape, (25, 30), 9) | _disc(shape, (25, 47), 9)  # two daughters touching (pinched where they meet)
+    # the daughters one frame later, a little further apart
+    daughters = [_disc(shape, (25, 28), 9), _disc(shape, (25, 49), 9)]
+    opts = DiscoveryOptions()
+    parts = split_before(pair, daughters, opts)
+    assert parts is not None
+    assert _iou(parts[0], _disc(shape, (25, 30), 9)) > 0.85 and _iou(parts[1], _disc(shape, (25, 47), 9)) > 0.85
+    assert not (parts[0] & parts[1]).any() and ((parts[0] | parts[1]) == pair).all()
+    # must not: one convex nucleus (an ellipse as long as the pair) seeded by the same daughters
+    yy, xx = np.indices(shape)
+    ellipse = ((yy - 25) / 10.0) ** 2 + ((xx - 38.5) / 18.0) ** 2 <= 1
+    assert split_before(ellipse, daughters, opts) is None
+    # ... nor a mask only one daughter overlaps, nor with a neck threshold no pinch passes
+    assert split_before(_disc(shape, (25, 30), 9), daughters, opts) is None
+    assert split_before(pair, daughters, DiscoveryOptions(division_neck=0.3)) is None
+
+
+def _iou(a, b):
+    return (a & b).sum() / (a | b).sum()
+
+
+def test_a_fragment_falling_in_two_is_no_division():
+    labels = np.zeros((40, 60), np.uint32)
+    labels[10:20, 10:18] = 1  # object 1 as two 80 px pieces, 4 px apart
+    labels[10:20, 22:30] = 1
+    opts = DiscoveryOptions()
+    found = compare_masks(labels, [], opts, usual_area={1: 200.0})
+    assert [(p.kind, p.sign) for p in found] == [("division", "two components")]  # 160 px of her usual 200
+    # must not: the same pieces of a mother whose usual area is 400 (together 40 % of her: she is squeezed)
+    assert compare_masks(labels, [], opts, usual_area={1: 400.0}) == []
+    pieces = [labels == 1, np.zeros_like(labels, dtype=bool)]
+    pieces[0][:, 20:], pieces[1][10:20, 22:30] = False, True  # rule (a): the two pieces as auto masks
+    labels[10:20, 18:22] = 1  # (one component now)
+    assert [p.kind for p in compare_masks(labels, pieces, opts, usual_area={1: 200.0})] == ["division"]
+    assert compare_masks(labels, pieces, opts, usual_area={1: 400.0}) == []

@@ -39,20 +39,20 @@ def _oracle(session, frame):  # the true masks stand in for segment everything (
     return [truth == o for o in np.unique(truth)[1:]]
 
 
-def _controller(nano):
+def _controller(nano, movie=MOVIE):
     """A controller on the movie with every nucleus of frame 0 prompted by its mask (as track()'s seeds)."""
     c = TrackingController()
     c.set_model(nano, "nano-fluo")
-    c.set_geometry(StackGeometry.from_array(MOVIE.image))
+    c.set_geometry(StackGeometry.from_array(movie.image))
     c.focus((), 0)
-    for obj in np.unique(MOVIE.labels[0])[1:]:
-        c.add_mask((), 0, int(obj), MOVIE.labels[0] == obj)
+    for obj in np.unique(movie.labels[0])[1:]:
+        c.add_mask((), 0, int(obj), movie.labels[0] == obj)
     return c
 
 
-def _replayed(nano, log):
+def _replayed(nano, log, movie=MOVIE):
     """→ (labels, the replaying session's own edit log)."""
-    with TrackingSession(nano, MOVIE.image) as fresh:
+    with TrackingSession(nano, movie.image) as fresh:
         return replay_log(fresh, log), fresh.edit_log
 
 
@@ -150,3 +150,58 @@ def test_frames_whose_masks_were_evicted_are_not_searched(nano, one_thread):
                 assert all(r.evicted for r in results if r.frame > 0)
     assert "division" in found[256 << 20]  # (and the nucleus the model lost on frame 2 comes back as an arrival)
     assert found[1] == []
+
+
+# ---------------------------------------------------------------- a division placed one frame back
+# larger nuclei than MOVIE's (daughters of ~100 px: the shape test needs a few pixels of depth)
+LATE = nuclei_timelapse(n_frames=6, shape=(128, 128), n_nuclei=3, seed=11, nucleus_radius=9.0)
+LATE_MOTHER, LATE_DIV = LATE.events["division"]["parent"], LATE.events["division"]["frame"]
+
+
+def _late_oracle(session, frame):
+    """The true masks, except that on the frame the daughters appear they come as one mask (as nano-fluo's clicks
+    answer for daughters that still touch): the division is found a frame late."""
+    truth = LATE.labels[frame]
+    ids = [int(o) for o in np.unique(truth)[1:]]
+    if frame != LATE_DIV:
+        return [truth == o for o in ids]
+    children = list(LATE.events["division"]["children"])
+    return [truth == o for o in ids if o not in children] + [np.isin(truth, children)]
+
+
+def test_a_division_found_late_goes_back_one_frame_in_track_the_widget_replay_and_resume(nano, one_thread, tmp_path):
+    options = DiscoveryOptions(detector=_late_oracle, arrivals=False, division_gap=0)
+    result = track(LATE.image, LATE.labels[0], model=nano, direction="forward", discover=options, tables=False)
+    labels, log = np.asarray(result.labels), result.provenance["edit_log"]
+    divisions = [e for e in result.events if e["kind"] == "division"]
+    assert [(e["frame"], e.get("found"), e["mother"]) for e in divisions] == [(LATE_DIV, LATE_DIV + 1, LATE_MOTHER)]
+    assert (labels[LATE_DIV - 1] == LATE_MOTHER).any() and not (labels[LATE_DIV:] == LATE_MOTHER).any()
+    for child in LATE.events["division"]["children"]:  # each true daughter is most of one daughter from LATE_DIV on
+        truth = LATE.labels[LATE_DIV] == child
+        assert max((labels[LATE_DIV] == d)[truth].mean() for d in divisions[0]["daughters"]) > 0.7
+    c = _controller(nano, LATE)
+    c.discovery = options
+    assert c.propagate((), "forward", (0, 5), [0])
+    assert c.session(()).edit_log == log  # the same edits …
+    np.testing.assert_array_equal(c.labels, labels)  # … the same labels through the widget …
+    np.testing.assert_array_equal(_replayed(nano, log, LATE)[0], labels)  # … and through replay
+    c.reset_sessions()
+
+    # and through a run killed right after the first write of the frame the division is found on (the frame
+    # before it still holds the mother), then resumed
+    def stop(done, total, calls=[]):  # noqa: B006  (counts this run's writes)
+        calls.append(done)
+        if len(calls) == LATE_DIV + 2:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        track(LATE.image, LATE.labels[0], model=nano, direction="forward", discover=options, tables=False, out=cut,
+              progress=stop)  # fmt: skip
+    resumed = track(LATE.image, LATE.labels[0], model=nano, direction="forward", discover=options, tables=False,
+                    out=cut, resume=True)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(resumed.labels[...]), labels)
+    # must not go back: the same with the rule off (found and placed on LATE_DIV + 1)
+    off = DiscoveryOptions(detector=_late_oracle, arrivals=False, division_gap=0, division_back=False)
+    off = track(LATE.image, LATE.labels[0], model=nano, direction="forward", discover=off, tables=False)
+    assert [(e["frame"], e.get("found")) for e in off.events if e["kind"] == "division"] == [(LATE_DIV + 1, None)]

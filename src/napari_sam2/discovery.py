@@ -21,8 +21,23 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   (c) an unexplained auto mask (see arrivals) touches M (within `touch_distance` px) and is of comparable size
       to M's mask, and M's mask shrank to ≤ `division_shrink` of its area on the previous discovery frame: the
       tracker followed one daughter and the other is the unexplained mask.
+  Both signs (a) and (b) need a whole mother: the two daughters' masks together hold ≥ `division_coverage` of
+  her usual area (a mother squeezed to a fragment that falls in two is the tracker losing her, not a division —
+  seen on tuning seed 4,100,000's squeezed daughter; a real division conserves the mother's material).
   The mother ends on frame t − 1 (`session.end_object`), two new objects start on frame t with the mother as
   parent (`session.add_object(d, parent=M, start=t)`), each prompted by its mask on frame t.
+  **One frame back** (`division_back`): daughters that have just formed still touch, and both the tracker and
+  segment everything take the pair for one cell (nano-fluo answers both clicks of rule (a) with the pair), so a
+  division is found a frame after the daughters appear. When M's mask on t − 1 splits by shape — a watershed of
+  its distance transform from one marker per daughter (M's deepest pixel inside that daughter's mask on t) —
+  into two parts of comparable size (`division_size_ratio`) joined by a neck (the deepest pixel of their common
+  border ≤ `division_neck` (0.88) × the depth of the shallower part), the daughters were already there: M ends
+  on t − 2 and the daughters start on t − 1, prompted with those parts (and with their masks on t); frame t − 1
+  is yielded again (the event's "frame" is t − 1, "found" is t). Why it holds for cells in general: two daughter
+  nuclei (or cells in late cytokinesis) are two convex bodies pinched where they touch, while a nucleus before it
+  divides is convex — a cut across it is no shallower than its halves. Measured on the tuning seeds' 13
+  divisions found by nano-fluo: on the frame before, neck 0.69–0.93 (12 of 13 ≤ 0.88) and size ratio ≥ 0.77;
+  two frames before (the mother still whole), neck ≥ 0.91 wherever the ratio passed.
   A mother younger than `min_cycle` frames (since she was born or first tracked) does not divide again: this stops
   a freshly born daughter, still touching her sister, from being split once more.
 * **Arrival**: an auto mask of ≥ `min_area` pixels that no tracked object explains — its best IoU with any tracked
@@ -68,6 +83,22 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   shared out again by their last good masks (each pixel to the nearer one), X also gets the rest of its last good
   mask that no object holds, and both are re-prompted with their part, as long as each part keeps ≥ half of its
   object's usual area. Event kind "reclaim" (objects [Y, X], sign "swallowed" or "squeezed").
+* **Resplit** (`resplit`, after reclaim, for the objects it left alone): two touching objects whose areas drifted
+  apart from their *reference areas* — each object's area on the first frame it was tracked on (the mask it was
+  prompted with: a seed, a segment-everything mask, a daughter's or an arrival's mask), not the median of its
+  last frames, which follows a drift that starts on the first frames — one at most `resplit_shrink` (0.8) × the
+  larger of its reference and usual areas, the other at least `resplit_growth` (1.1) × the smaller of its own
+  (a cell grows — a newborn daughter fast — but does not shrink) and by at least `reclaim_balance` of what the
+  first lost: their union is split again by shape (a watershed of its distance transform from each one's deepest
+  pixel; the grown one's away from the other's by the shrunk one's radius), and both are re-prompted with their
+  part when it brings both areas closer to their references (and keeps each ≥ half of it). Event kind
+  "reclaim" (objects [grown, shrunk], sign "resplit"). Why: a cell does not lose a fifth of its area in a few
+  frames while its touching neighbour gains it (cells grow slowly, and a division ends the mother); two touching
+  nuclei are two convex bodies, whose union is pinched where they meet. nano-fluo's tracker moves the border of
+  a touching pair of equal brightness a little every frame (the demo's nuclei 3 and 4 from frame 1 on), too
+  slowly for the median of the last frames to see it. The same test guards **refresh**: a refresh that would
+  make an object larger than `resplit_growth` × its reference beside a touching object below `resplit_shrink` ×
+  hers is refused (the extra area is the squeezed neighbour's).
 * **Relink** (gap closing, `relink`): an arrival whose mask lies within `relink_distance` (3) radii (of a circle of
   the object's usual area) of the last good mask of a tracked object that is absent on frame t and was last seen
   at most `relink_frames` frames ago is that object coming back (it left the field, or the tracker lost it):
@@ -143,6 +174,12 @@ class DiscoveryOptions:
         to a fragment of an auto mask).
     reclaim, reclaim_shrink, reclaim_growth, reclaim_balance, reclaim_frames: the "reclaim" rule (a touching
         neighbour swallowed or squeezed an object: their pixels are shared out again by their last good masks).
+    division_back, division_neck: a division found on frame t is placed on t − 1 when the mother's mask there is
+        already the two daughters (split by shape, both parts comparable and joined by a neck: the deepest point of
+        their common border ≤ division_neck × the depth of the shallower part).
+    resplit, resplit_shrink, resplit_growth: the "resplit" rule (a touching pair whose areas drifted apart from
+        the areas they started with, one below resplit_shrink × hers and the other above resplit_growth × his, is
+        split again by shape).
     relink, relink_frames, relink_distance, relink_iou: gap closing (an arrival next to where a lost object was
         last seen is that object: it is re-prompted instead of a new object; distance in radii of the object's
         usual area; a click where it was last seen that answers with its shape, IoU ≥ relink_iou, finds it too).
@@ -183,6 +220,11 @@ class DiscoveryOptions:
     reclaim_growth: float = 1.2
     reclaim_balance: float = 0.5
     reclaim_frames: int = 5
+    division_back: bool = True
+    division_neck: float = 0.88
+    resplit: bool = True
+    resplit_shrink: float = 0.8
+    resplit_growth: float = 1.1
     relink: bool = True
     relink_frames: int = 10
     relink_distance: float = 3.0
@@ -268,6 +310,7 @@ def compare_masks(
     largest_area: dict[int, int] | None = None,
     previous_labels: np.ndarray | None = None,
     lost: dict[int, np.ndarray] | None = None,
+    reference_area: dict[int, float] | None = None,
 ) -> list[Proposal]:
     """The discovery rules on one frame: tracked label image [H, W] (object ids) vs auto masks [[H, W] bool]
     → proposals: "arrival", "division", "refresh" (object `mother` re-prompted with `masks[0]`) and "relink"
@@ -279,7 +322,8 @@ def compare_masks(
     an object from dividing (e.g. too young). usual_area: {object id: median area on its last 50 frames} (the
     absorbed-neighbour test); largest_area: {object id: its largest area so far} (the refresh rule);
     previous_labels: the label image of the previous discovery frame (which mask of an absorbed pair is the
-    mother's own)."""
+    mother's own); reference_area: {object id: its area on the frame it was first tracked} (the resplit guard of
+    the refresh rule)."""
     ids = [int(i) for i in np.unique(labels) if i]
     areas = {i: int((labels == i).sum()) for i in ids}
     auto = [m for m in auto_masks if m.sum() >= 1]
@@ -324,7 +368,9 @@ def compare_masks(
                 a, b = inside[:2]
                 ratio = min(auto_area[a], auto_area[b]) / max(auto_area[a], auto_area[b])
                 cover = (inter[a, i] + inter[b, i]) / areas[i]
-                if ratio >= options.division_size_ratio and cover >= options.division_coverage:
+                # a mother is whole when she divides: her daughters hold most of her usual area together
+                whole = not usual or auto_area[a] + auto_area[b] >= options.division_coverage * usual
+                if ratio >= options.division_size_ratio and cover >= options.division_coverage and whole:
                     if usual and max(auto_area[a], auto_area[b]) > options.division_max_daughter * usual:
                         # absorbed neighbour: one mask is the mother as she was, the other a cell she swallowed
                         before = previous_labels == i if previous_labels is not None else mother
@@ -348,6 +394,8 @@ def compare_masks(
                 big, small = sizes[order[0]], sizes[order[1]]
                 if usual and big > options.division_max_daughter * usual:
                     pass  # the larger piece is the whole mother: a stray fragment, not a daughter
+                elif usual and big + small < options.division_coverage * usual:
+                    pass  # a fragment of the mother falling apart: the tracker losing her, not a division
                 elif small / areas[i] >= options.division_min_share and small / big >= options.division_size_ratio:
                     masks = [comp == order[0] + 1, comp == order[1] + 1]
                     proposals.append(Proposal("division", masks, mother=i, sign="two components"))
@@ -387,6 +435,8 @@ def compare_masks(
                     and iou(j, i) > best_iou
                 ):
                     best, best_iou = j, iou(j, i)
+            if best is not None and _squeezes_neighbour(best, i, auto, labels, areas, reference_area, options):
+                best = None
             if best is not None:
                 proposals.append(
                     Proposal("refresh", [auto[best] & ~((labels > 0) & (labels != i))], mother=i, sign="fragment")
@@ -433,6 +483,59 @@ def compare_masks(
             proposals.append(Proposal("arrival", [mask]))
             taken = taken | mask  # two overlapping auto masks do not make two arrivals
     return proposals
+
+
+def split_before(mother: np.ndarray, daughters: list[np.ndarray], options: DiscoveryOptions) -> list[np.ndarray] | None:
+    """The daughters on the frame before a division was found: the mother's mask there [H, W] bool, split by shape
+    (watershed of its distance transform from one marker per daughter: the mother's deepest pixel inside that
+    daughter's mask [H, W] bool on the division frame) → [part of daughter 0, part of daughter 1], or None when
+    the mother was still one cell: the parts must be of comparable size (`division_size_ratio`) and joined by a
+    neck (the deepest pixel of their common border ≤ `division_neck` × the depth of the shallower part). Two
+    daughters that have just formed are two convex bodies pinched where they touch; a nucleus before it divides
+    is convex, its depth along any cut across it is no less than the depth of its halves."""
+    from skimage.segmentation import watershed
+
+    if len(daughters) != 2 or not mother.any():
+        return None
+    rows, cols = np.nonzero(mother)
+    box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
+    m = mother[box]
+    depth = ndimage.distance_transform_edt(m)
+    markers = np.zeros(m.shape, dtype=np.int32)
+    for k, d in enumerate(daughters):
+        inside = m & d[box]
+        if not inside.any():
+            return None
+        at = np.unravel_index(int(np.argmax(np.where(inside, depth, -1))), m.shape)
+        if markers[at]:
+            return None
+        markers[at] = k + 1
+    split = watershed(-depth, markers, mask=m)
+    a, b = split == 1, split == 2
+    if not a.any() or not b.any() or min(a.sum(), b.sum()) / max(a.sum(), b.sum()) < options.division_size_ratio:
+        return None
+    border = a & ndimage.binary_dilation(b)
+    if not border.any() or depth[border].max() > options.division_neck * min(depth[a].max(), depth[b].max()):
+        return None
+    parts = [np.zeros_like(mother), np.zeros_like(mother)]
+    parts[0][box], parts[1][box] = a, b
+    return parts
+
+
+def _squeezes_neighbour(j, i, auto, labels, areas, reference, options) -> bool:
+    """Would refreshing object i to auto mask j make it larger than `resplit_growth` × its reference area next to a
+    touching object below `resplit_shrink` × its own? (The extra area is likely the squeezed neighbour's: the pair
+    the resplit rule repairs.)"""
+    if not options.resplit or not reference or not reference.get(i):
+        return False
+    mask = auto[j] & ~((labels > 0) & (labels != i))
+    if mask.sum() <= options.resplit_growth * reference[i]:
+        return False
+    near = ndimage.binary_dilation(mask, iterations=max(1, round(options.touch_distance)))
+    return any(
+        reference.get(k) and areas.get(k, 0) <= options.resplit_shrink * reference[k]
+        for k in (int(k) for k in np.unique(labels[near]) if k and k != i)
+    )
 
 
 def reclaim_swallowed(
@@ -485,6 +588,75 @@ def reclaim_swallowed(
             continue
         sign = "swallowed" if not areas.get(x) else "squeezed"
         proposals.append(Proposal("reclaim", [part_y, part_x], mother=y, other=x, sign=sign))
+        done.update((x, y))
+    return proposals
+
+
+def resplit_pairs(
+    labels: np.ndarray,
+    options: DiscoveryOptions,
+    reference: dict[int, float],
+    alive: set[int] | None = None,
+    usual: dict[int, float] | None = None,
+) -> list[Proposal]:
+    """The "resplit" rule (module docstring) on one frame: label image [H, W] (object ids) → proposals of kind
+    "reclaim" with sign "resplit", `mother` = Y (the object that grew), `other` = X (the one that shrank), masks
+    [Y's part, X's part] ([H, W] bool). reference: {object id: its area on the frame it was first tracked};
+    usual: {object id: the median of its areas on its last frames} (X shrank below the larger of the two, Y grew
+    above the smaller: a cell grows, a newborn daughter fast, but does not shrink); alive: the objects that may
+    be split (None: all)."""
+    if not options.resplit:
+        return []
+    from skimage.segmentation import watershed
+
+    usual = usual or {}
+    areas = _areas(labels)
+    proposals: list[Proposal] = []
+    done: set[int] = set()
+    high = {o: max(reference[o], usual.get(o, 0.0)) for o in areas if reference.get(o)}
+    low = {o: min(reference[o], usual.get(o) or np.inf) for o in areas if reference.get(o)}
+    for x in sorted(high, key=lambda o: areas[o] / high[o]):  # the most shrunken first
+        if areas[x] > options.resplit_shrink * high[x] or x in done or (alive is not None and x not in alive):
+            continue
+        mask_x = labels == x
+        near = ndimage.binary_dilation(mask_x, iterations=max(1, round(options.touch_distance)))
+        loss = high[x] - areas[x]
+        best, y = 0.0, None
+        for k in (int(k) for k in np.unique(labels[near]) if k and k != x):
+            gain = areas[k] - low.get(k, np.inf)
+            grew = k in low and areas[k] >= options.resplit_growth * low[k] and gain >= options.reclaim_balance * loss
+            if grew and gain > best and k not in done and (alive is None or k in alive):
+                best, y = gain, k
+        if y is None:
+            continue
+        mask_y = labels == y
+        union = mask_x | mask_y
+        rows, cols = np.nonzero(union)
+        box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
+        u, mx, my = union[box], mask_x[box], mask_y[box]
+        depth = ndimage.distance_transform_edt(u)
+        # one marker per cell: the deepest point of the union in X's mask, and in Y's mask away from X's
+        # marker by at least X's radius (Y may have swallowed X's core)
+        cx = np.unravel_index(int(np.argmax(np.where(mx, depth, -1))), u.shape)
+        yy, xx = np.indices(u.shape)
+        far = np.hypot(yy - cx[0], xx - cx[1]) >= np.sqrt(high[x] / np.pi)
+        if not (my & far).any():
+            continue
+        cy = np.unravel_index(int(np.argmax(np.where(my & far, depth, -1))), u.shape)
+        markers = np.zeros(u.shape, dtype=np.int32)
+        markers[cx], markers[cy] = 1, 2
+        split = watershed(-depth, markers, mask=u)
+        part_x, part_y = np.zeros_like(union), np.zeros_like(union)
+        part_x[box], part_y[box] = split == 1, split == 2
+        px, py = int(part_x.sum()), int(part_y.sum())
+        # the split must bring both closer to the areas they started with, and keep each a cell
+        before = abs(np.log(areas[x] / high[x])) + abs(np.log(areas[y] / low[y]))
+        after = abs(np.log(max(px, 1) / high[x])) + abs(np.log(max(py, 1) / low[y]))
+        if px <= areas[x] or after >= before or min(px, py) < options.min_area:
+            continue
+        if px < 0.5 * high[x] or py < 0.5 * low[y]:
+            continue
+        proposals.append(Proposal("reclaim", [part_y, part_x], mother=y, other=x, sign="resplit"))
         done.update((x, y))
     return proposals
 
@@ -666,7 +838,9 @@ def propagate_with_discovery(
     previous_area: dict[int, int] = {}
     history: dict[int, list[int]] = {}  # object → its areas on the last frames (the absorbed-neighbour test)
     largest: dict[int, int] = {}
+    reference: dict[int, float] = {}  # object → its area on the first frame it was tracked on (resplit)
     previous_labels = None
+    previous_whole = False  # previous_labels holds every object's whole mask (not an evicted frame's)
     good: dict[int, tuple[int, np.ndarray]] = {}  # object → (frame, mask) of its last usual-sized mask
     first = None
     # every frame, also those a run without discovery tracked already: each is searched for newcomers and divisions
@@ -683,8 +857,11 @@ def propagate_with_discovery(
             areas = _areas(result.labels)
             previous_area = areas
             previous_labels = result.labels
+            previous_whole = not result.evicted
             if not result.evicted:  # (its masks are not whole)
                 _remember_good(good, result.labels, areas, usual, t, options)
+                for obj, area in areas.items():
+                    reference.setdefault(obj, float(area))
             _remember(history, largest, areas)
             continue
         alive = set(result.obj_ids)
@@ -713,6 +890,11 @@ def propagate_with_discovery(
             if found:
                 result = session.result(t)
         for p in reclaim_swallowed(result.labels, options, t, usual, good, alive - reclaimed):
+            session.add_prompt(t, p.mother, mask=p.masks[0])
+            session.add_prompt(t, p.other, mask=p.masks[1])
+            events.append({"frame": t, "kind": "reclaim", "objects": [p.mother, p.other], "sign": p.sign})
+            reclaimed.update((p.mother, p.other))
+        for p in resplit_pairs(result.labels, options, reference, alive - reclaimed, usual):
             session.add_prompt(t, p.mother, mask=p.masks[0])
             session.add_prompt(t, p.other, mask=p.masks[1])
             events.append({"frame": t, "kind": "reclaim", "objects": [p.mother, p.other], "sign": p.sign})
@@ -749,8 +931,10 @@ def propagate_with_discovery(
             largest_area=largest,
             previous_labels=previous_labels,
             lost=lost,
+            reference_area=reference,
         )
         ended: set[int] = set()
+        went_back = False
         relinked: set[int] = {p.mother for p in proposals if p.kind == "relink"}
         for p in proposals:
             if p.kind == "relink":
@@ -765,17 +949,33 @@ def propagate_with_discovery(
                 events.append({"frame": t, "kind": "refresh", "object": p.mother, "sign": p.sign})
             elif p.kind == "division":
                 mother = p.mother
-                session.end_object(mother, t - 1)
+                # the daughters were already there, touching, on the frame before (a cell that has just divided
+                # looks like one to the tracker and to segment everything): the division goes back one frame
+                before = None
+                if (
+                    options.division_back
+                    and previous_whole
+                    and t - 1 > first
+                    and t - 1 - born[mother] >= options.min_cycle
+                ):
+                    before = split_before(previous_labels == mother, p.masks, options)
+                start = t if before is None else t - 1
+                session.end_object(mother, start - 1)
                 ended.add(mother)
                 daughters = []
-                for mask in p.masks:
-                    session.add_object(next_id, parent=mother, start=t)
+                for k, mask in enumerate(p.masks):
+                    session.add_object(next_id, parent=mother, start=start)
+                    if before is not None:
+                        session.add_prompt(t - 1, next_id, mask=before[k])
                     session.add_prompt(t, next_id, mask=mask)
                     daughters.append(next_id)
-                    born[next_id] = t
+                    born[next_id] = start
                     next_id += 1
-                events.append({"frame": t, "kind": "division", "mother": mother, "daughters": daughters,
-                               "sign": p.sign})  # fmt: skip
+                event = {"frame": start, "kind": "division", "mother": mother, "daughters": daughters, "sign": p.sign}
+                if before is not None:
+                    event["found"] = t  # found on t, placed on the frame before
+                    went_back = True
+                events.append(event)
             else:
                 lost = relink_candidate(
                     p.masks[0], t, options, result.labels, usual, good, alive - ended, taken=relinked | reclaimed
@@ -792,14 +992,19 @@ def propagate_with_discovery(
                 events.append({"frame": t, "kind": "arrival", "object": next_id})
                 born[next_id] = t
                 next_id += 1
+        if went_back:  # frame t - 1 changed (the mother ends before it, her daughters start on it)
+            yield session.result(t - 1)
         if proposals or reclaimed:
             result = session.result(t)
             yield result
         areas = _areas(result.labels)
         previous_area = areas
         previous_labels = result.labels
+        previous_whole = True
         _remember_good(good, result.labels, areas, usual, t, options)
         _remember(history, largest, areas)
+        for obj, area in areas.items():
+            reference.setdefault(obj, float(area))
     if direction == "both" and first is not None and first > 0:
         yield from session.propagate("backward", start=first)
 
