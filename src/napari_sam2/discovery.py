@@ -36,7 +36,7 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   is yielded again (the event's "frame" is t − 1, "found" is t). Why it holds for cells in general: two daughter
   nuclei (or cells in late cytokinesis) are two convex bodies pinched where they touch, while a nucleus before it
   divides is convex — a cut across it is no shallower than its halves. Measured on the tuning seeds' 13
-  divisions found by nano-fluo: on the frame before, neck 0.69–0.93 (12 of 13 ≤ 0.88) and size ratio ≥ 0.77;
+  divisions found by nano-fluo: on the frame before, neck 0.69–0.93 (11 of 13 ≤ 0.88) and size ratio ≥ 0.77;
   two frames before (the mother still whole), neck ≥ 0.91 wherever the ratio passed.
   A mother younger than `min_cycle` frames (since she was born or first tracked) does not divide again: this stops
   a freshly born daughter, still touching her sister, from being split once more.
