@@ -4,7 +4,8 @@
     /work/bin/py benchmarks/bench_auto.py auto   [--movies N] [--frames T]   # --auto on held-out lineage movies
     /work/bin/py benchmarks/bench_auto.py auto   --dev                       # the same on the tuning seeds
     /work/bin/py benchmarks/bench_auto.py demo   [--every K]                 # seeds + discovery on the demo movie
-    /work/bin/py benchmarks/bench_auto.py cost   [--frames T] [--turns N]    # discovery every frame vs plain tracking
+    /work/bin/py benchmarks/bench_auto.py cost   [--frames T] [--turns N] [--threads N] [--modes plain,changed,every2]
+                                                                             # discovery vs plain tracking
 
 Seeds of `nuclei_lineage_timelapse` (256², 10 nuclei, 4 divisions, 3 arrivals, 40 frames):
     tuning ("dev"): 4,100,000 + k: the discovery rules and thresholds were chosen looking at these (and, in an
@@ -160,32 +161,44 @@ def run_demo(args) -> dict:
 
 def run_cost(args) -> dict:
     """Seconds per frame, image encoder included (every mode encodes each frame once: discovery reuses it):
-    plain tracking, discovery every frame with the default sampling ("changed") and with the whole grid ("grid"),
-    alternated in turns on the same movie. Also the clicks decoded per discovery frame."""
+    plain tracking, discovery every frame with the default sampling ("changed"), every 2nd / 4th frame ("every2",
+    "every4") and with the whole grid ("grid"), alternated in turns on the same movie, at `--threads` torch
+    threads. Also the clicks decoded per discovery frame, and the CPU seconds of this process (with one thread,
+    less sensitive than wall time to the other jobs on the machine)."""
+    import torch
+
     from napari_sam2.discovery import propagate_with_discovery
     from napari_sam2.session import TrackingSession
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model("nano-fluo", device="cpu")
     movie = nuclei_lineage_timelapse(n_frames=args.frames, seed=HELD_OUT + 500)
-    modes = ("plain", "changed", "grid")
+    modes = args.modes.split(",")
+    unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4"}
+    if unknown:
+        raise SystemExit(f"unknown cost modes {sorted(unknown)}")
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     clicks: list[int] = []
     for turn in range(args.turns):
         for mode in modes:
             session = TrackingSession(model, movie.image)
             for obj in np.unique(movie.labels[0])[1:]:
                 session.add_prompt(0, int(obj), mask=movie.labels[0] == obj)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             if mode == "plain":
                 n = sum(1 for _ in session.propagate("forward"))
             else:
-                options = DiscoveryOptions(every=1, sampling=mode)
-                n = 0
-                for _ in propagate_with_discovery(session, options):
-                    n += 1
+                every = {"every2": 2, "every4": 4}.get(mode, 1)
+                options = DiscoveryOptions(every=every, sampling="grid" if mode == "grid" else "changed")
+                n = sum(1 for _ in propagate_with_discovery(session, options))
             times[mode].append((time.perf_counter() - start) / args.frames)
+            cpu[mode].append((time.process_time() - start_cpu) / args.frames)
             session.close()
-            print(turn, mode, f"{times[mode][-1]:.3f} s/frame ({n} results)", flush=True)
+            print(
+                turn, mode, f"{times[mode][-1]:.3f} s/frame, CPU {cpu[mode][-1]:.3f} s/frame ({n} results)", flush=True
+            )
     # clicks per discovery frame of the default sampling (counted on one more pass, untimed)
     from napari_sam2 import discovery as d
 
@@ -208,17 +221,21 @@ def run_cost(args) -> dict:
     finally:
         d.ChangeSampler.clicks = original
     med = {m: float(np.median(v)) for m, v in times.items()}
-    grid = counting.generator["points_per_side"] ** 2
-    out = {
-        "plain s/frame": round(med["plain"], 3),
-        "discovery (changed) s/frame": round(med["changed"], 3),
-        "discovery (grid) s/frame": round(med["grid"], 3),
-        "ratio changed / plain": round(med["changed"] / med["plain"], 2),
-        "ratio grid / plain": round(med["grid"] / med["plain"], 2),
-        "clicks per discovery frame (changed): median, max": [int(np.median(clicks)), int(max(clicks))],
-        "clicks per discovery frame (grid)": grid,
-        "turns": args.turns,
-    }
+    med_cpu = {m: float(np.median(v)) for m, v in cpu.items()}
+    out = {"threads": torch.get_num_threads(), "turns": args.turns, "frames": args.frames}
+    for m in modes:
+        out[f"{m} s/frame"] = round(med[m], 3)
+        out[f"{m} CPU s/frame"] = round(med_cpu[m], 3)
+    if "plain" in modes:
+        for m in modes:
+            if m != "plain":
+                # per turn: each turn's modes ran back to back, under about the same load
+                per_turn = [round(a / b, 2) for a, b in zip(times[m], times["plain"])]
+                out[f"ratio {m} / plain (per turn)"] = per_turn
+                out[f"ratio {m} / plain"] = round(med[m] / med["plain"], 2)
+                out[f"CPU ratio {m} / plain"] = round(med_cpu[m] / med_cpu["plain"], 2)
+    out["clicks per discovery frame (changed): median, max"] = [int(np.median(clicks)), int(max(clicks))]
+    out["clicks per discovery frame (grid)"] = counting.generator["points_per_side"] ** 2
     print(json.dumps(out), flush=True)
     return out
 
@@ -250,6 +267,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="cost: torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--modes", default="plain,changed,grid", help="cost: which of plain,changed,grid,every2,every4, in turns"
+    )
     parser.add_argument("--dev", action="store_true", help="auto: the tuning seeds instead of the held-out ones")
     parser.add_argument("--json", help="write the numbers to this file")
     args = parser.parse_args()

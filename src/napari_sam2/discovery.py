@@ -324,8 +324,9 @@ def compare_masks(
     previous_labels: the label image of the previous discovery frame (which mask of an absorbed pair is the
     mother's own); reference_area: {object id: its area on the frame it was first tracked} (the resplit guard of
     the refresh rule)."""
-    ids = [int(i) for i in np.unique(labels) if i]
-    areas = {i: int((labels == i).sum()) for i in ids}
+    areas = _areas(labels)
+    ids = sorted(areas)
+    boxes = ndimage.find_objects(labels.astype(np.int64, copy=False)) if ids else []  # object i: boxes[i - 1]
     auto = [m for m in auto_masks if m.sum() >= 1]
     proposals: list[Proposal] = []
     # overlap of every auto mask with every tracked object: one bincount per auto mask
@@ -386,8 +387,10 @@ def compare_masks(
                         proposals.append(Proposal("division", [auto[a], auto[b]], mother=i, sign="two masks inside"))
                         used.update((a, b))
                         continue
-            # (b) the mother's mask falls apart into two comparable components
-            comp, n = ndimage.label(mother)
+            # (b) the mother's mask falls apart into two comparable components (counted inside her box: the same
+            # components, numbered in the same raster order, as on the whole frame)
+            box = boxes[i - 1]
+            comp, n = ndimage.label(mother[box])
             if n >= 2:
                 sizes = np.bincount(comp.ravel())[1:]
                 order = np.argsort(sizes)[::-1]
@@ -397,7 +400,8 @@ def compare_masks(
                 elif usual and big + small < options.division_coverage * usual:
                     pass  # a fragment of the mother falling apart: the tracker losing her, not a division
                 elif small / areas[i] >= options.division_min_share and small / big >= options.division_size_ratio:
-                    masks = [comp == order[0] + 1, comp == order[1] + 1]
+                    masks = [np.zeros_like(mother), np.zeros_like(mother)]
+                    masks[0][box], masks[1][box] = comp == order[0] + 1, comp == order[1] + 1
                     proposals.append(Proposal("division", masks, mother=i, sign="two components"))
                     continue
             # (c) the tracker kept one daughter; the other is an unexplained mask touching the mother
@@ -799,10 +803,13 @@ def object_clicks(labels: np.ndarray) -> np.ndarray:
     an undivided one with itself. [N, 2] (y, x)."""
     labels = np.asarray(labels)
     out = []
-    for obj in [int(i) for i in np.unique(labels) if i]:
-        ys, xs = np.nonzero(labels == obj)
+    for obj, where in enumerate(ndimage.find_objects(labels.astype(np.int64, copy=False)), start=1):
+        if where is None:
+            continue
+        ys, xs = np.nonzero(labels[where] == obj)  # inside the object's box: its pixels in the same (raster) order
         if len(ys) < 3:
             continue
+        ys, xs = ys + where[0].start, xs + where[1].start
         cy, cx = ys.mean(), xs.mean()
         cov = np.cov(np.stack([ys - cy, xs - cx]))
         values, vectors = np.linalg.eigh(cov)
