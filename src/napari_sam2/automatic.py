@@ -560,8 +560,8 @@ def recenter(model, features, image_shape, objects: list[AutoObject], s: AutoMas
         b = len(chunk)
         coords = torch.tensor([[[x / w * size, y / h * size]] for y, x in chunk], dtype=torch.float32, device=device)
         res = model.decode(
-            embedding.expand(b, -1, -1, -1),
-            [x.expand(b, -1, -1, -1) for x in features.high_res],
+            embedding,  # one frame for all clicks: the decoder projects it once (SAM2Model.decode)
+            features.high_res,
             coords,
             torch.ones(b, 1, dtype=torch.int32, device=device),
             multimask=True,
@@ -692,8 +692,8 @@ def segment_points(
             b = chunk.shape[0]
             coords = torch.stack([chunk[:, 1] / w * size, chunk[:, 0] / h * size], dim=1)[:, None, :]
             res = model.decode(
-                embedding.expand(b, -1, -1, -1),
-                [x.expand(b, -1, -1, -1) for x in features.high_res],
+                embedding,  # one frame for all clicks: the decoder projects it once (SAM2Model.decode)
+                features.high_res,
                 coords,
                 torch.ones(b, 1, dtype=torch.int32, device=device),
                 multimask=s.multimask_output,

@@ -157,24 +157,28 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat(learned, dim=0).unsqueeze(0).expand(batch, -1, -1)
         tokens = torch.cat([output_tokens, sparse_prompt_embeddings], dim=1)
 
-        if repeat_image:  # one image, several prompt sets
-            src = torch.repeat_interleave(image_embeddings, batch, dim=0)
+        if repeat_image and dense_prompt_embeddings.stride(0) == 0:
+            # one image and one dense prompt (no mask prompts: `no_mask_embed` broadcast) for every prompt set, as
+            # segment everything's clicks on a frame: the image enters the transformer once, and its first layer
+            # projects it once for all of them (the same numbers as repeating it, a fraction of the work)
+            src = image_embeddings[:1] + dense_prompt_embeddings[:1]
+        elif repeat_image:  # one image, several prompt sets
+            src = torch.repeat_interleave(image_embeddings, batch, dim=0) + dense_prompt_embeddings
         else:
             if image_embeddings.shape[0] != batch:
                 raise ValueError(
                     f"{image_embeddings.shape[0]} image embeddings for {batch} prompt sets (use repeat_image)"
                 )
-            src = image_embeddings
-        src = src + dense_prompt_embeddings
+            src = image_embeddings + dense_prompt_embeddings
         if image_pe.shape[0] != 1:
             raise ValueError("image_pe must have batch size 1 (PromptEncoder.get_dense_pe())")
-        b, c, h, w = src.shape
+        _, c, h, w = src.shape
 
-        hs, src = self.transformer(src, image_pe, tokens)
+        hs, src = self.transformer(src, image_pe, tokens)  # src: [batch, h·w, C] (one per prompt set from here)
         iou_token_out = hs[:, first_mask_token - 1]
         mask_tokens_out = hs[:, first_mask_token : first_mask_token + self.num_mask_tokens]
 
-        src = src.transpose(1, 2).reshape(b, c, h, w)
+        src = src.transpose(1, 2).reshape(batch, c, h, w)
         if self.use_high_res_features:
             deconv1, norm1, act1, deconv2, act2 = self.output_upscaling
             feat_s0, feat_s1 = high_res_features

@@ -207,7 +207,8 @@ class SAM2Model(nn.Module):
         object_gate: bool = True,
         pad_when_empty: bool = True,
     ) -> DecoderOutput:
-        """Prompt encoder + mask decoder on an embedding [B, d, h, w].
+        """Prompt encoder + mask decoder on an embedding [B, d, h, w], or [1, d, h, w] (with high_res of batch 1)
+        shared by B point prompt sets (segment everything's clicks on one frame; computed once where it can be).
 
         point_coords [B, P, 2] are (x, y) in model-input pixels, point_labels [B, P] (1 positive, 0 negative,
         2/3 box corners, −1 padding); without points the video path uses a single padding point
@@ -216,6 +217,10 @@ class SAM2Model(nn.Module):
         by the learned no-object pointer; the official image predictor does not gate.
         """
         batch = embedding.shape[0]
+        if point_coords is not None:
+            batch = point_coords.shape[0]
+        elif mask_prompt is not None:
+            batch = mask_prompt.shape[0]
         points = None
         if point_coords is not None:
             points = (point_coords, point_labels)
@@ -237,7 +242,7 @@ class SAM2Model(nn.Module):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask,
-            repeat_image=False,
+            repeat_image=embedding.shape[0] == 1 and batch > 1,
             high_res_features=high_res,
         )
         present = object_score > 0

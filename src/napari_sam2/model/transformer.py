@@ -56,10 +56,12 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q [B, Nq, embedding_dim], k and v [B, Nk, kv_in_dim] → [B, Nq, embedding_dim]."""
-        q = self.split_heads(self.q_proj(q))
-        k = self.split_heads(self.k_proj(k))
-        v = self.split_heads(self.v_proj(v))
+        """q [B, Nq, embedding_dim], k and v [B, Nk, kv_in_dim] → [B, Nq, embedding_dim]. Either side may have
+        batch 1 for all B (one image for several prompt sets): it is projected once, then broadcast."""
+        batch = max(q.shape[0], k.shape[0])
+        q = self.split_heads(self.q_proj(q)).expand(batch, -1, -1, -1)
+        k = self.split_heads(self.k_proj(k)).expand(batch, -1, -1, -1)
+        v = self.split_heads(self.v_proj(v)).expand(batch, -1, -1, -1)
         dropout_p = self.dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
         return self.out_proj(self.merge_heads(out))
@@ -161,7 +163,8 @@ class TwoWayTransformer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
-        image_embedding [B, C, h, w]; image_pe [1 or B, C, h, w] (broadcast over the batch);
+        image_embedding [B or 1, C, h, w] (1: one image for all B prompt sets; the first layer's image-side
+        projections then run once); image_pe [1 or B, C, h, w] (broadcast over the batch);
         point_embedding [B, N, C] — the tokens, which also serve as their own positional encoding.
         Returns (tokens [B, N, C], image tokens [B, h·w, C]).
         """
