@@ -238,10 +238,24 @@ def stability_scores(logits: torch.Tensor, threshold: float, offset: float) -> t
 
     The first mask lies inside the second, so the IoU is a ratio of pixel counts (NaN for two empty masks).
     """
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        # numpy compares and counts several times faster than torch on a CPU (the same integer counts)
+        flat = logits.detach().reshape(logits.shape[0], -1).numpy()
+        inner = torch.from_numpy(np.count_nonzero(flat > threshold + offset, axis=1).astype(np.int32))
+        outer = torch.from_numpy(np.count_nonzero(flat > threshold - offset, axis=1).astype(np.int32))
+        return inner.float() / outer.float()
     # counting bytes in int32 is ~3× faster on a CPU than torch's default int64 sum of booleans
     inner = (logits > threshold + offset).flatten(1).view(torch.uint8).sum(1, dtype=torch.int32)
     outer = (logits > threshold - offset).flatten(1).view(torch.uint8).sum(1, dtype=torch.int32)
     return inner.float() / outer.float()
+
+
+def above(logits: torch.Tensor, threshold: float) -> np.ndarray:
+    """(logits > threshold) as a numpy bool array (compared by numpy for a float32 CPU tensor: several times
+    faster than torch there, the same pixels)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return logits.detach().numpy() > threshold
+    return (logits > threshold).cpu().numpy()
 
 
 # ---------------------------------------------------------------------------------------------- candidates
@@ -574,7 +588,7 @@ def recenter(model, features, image_shape, objects: list[AutoObject], s: AutoMas
         low = res.multi_logits.float()[rows, best][:, None]
         logits = model.upsample_logits(_postprocess_low_res(low, s), (h, w))[:, 0]
         stability = stability_scores(logits, s.mask_threshold, s.stability_score_offset).tolist()
-        masks = (logits > s.mask_threshold).cpu().numpy()
+        masks = above(logits, s.mask_threshold)
         boxes, areas = boxes_and_areas(masks)
         best_ious = ious[rows, best].tolist()
         for k, point in enumerate(chunk):
@@ -720,11 +734,12 @@ def segment_points(
             return _finish(model, features, [], image_shape, s)
         low, iou, stab = torch.cat(lows), torch.cat(ious), torch.cat(stabs)
         lh, lw = low.shape[-2:]
-        boxes = masks_to_boxes(low > s.mask_threshold).double()
+        yx, _ = boxes_and_areas(above(low, s.mask_threshold))  # (y0, x0, y1, x1), ends exclusive
+        boxes = torch.from_numpy(yx[:, [1, 0, 3, 2]] - np.array([0, 0, 1, 1])).double()  # (x0, y0, x1, y1) inclusive
         boxes = boxes * torch.tensor([w / lw, h / lh, w / lw, h / lh], dtype=torch.float64)
         keep = box_nms(boxes, iou, s.box_nms_thresh).tolist()
         logits = model.upsample_logits(low[keep][:, None], image_shape)[:, 0]
-        masks = (logits > s.mask_threshold).cpu().numpy()
+        masks = above(logits, s.mask_threshold)
         boxes, areas = boxes_and_areas(masks)
         candidates = []
         for k, i in enumerate(keep):
