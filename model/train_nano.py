@@ -493,9 +493,14 @@ def run_clip(
     balanced_weight: float = 0.0,
     multimask_min: bool = False,
     ambiguous: bool = False,
+    tracked_multimask_min: bool | None = None,
 ) -> torch.Tensor:
     """Prompt the first frame (`prompt`: one of PROMPT_KINDS, default drawn at random), track the rest with the
     memory bank; returns the summed loss of the clip (`balanced_weight`, `multimask_min`: see `frame_loss`).
+
+    tracked_multimask_min: the rule on the tracked frames (default: as `multimask_min`). False there trains all
+    three candidates of a tracked frame on the tracked object: the memory already says which object is meant, and
+    candidates free to differ leave the choice to the IoU head (v2b's touching-pair losses: it picked the pair).
 
     ambiguous: a click prompt becomes an ambiguous one where the object touches another (`ambiguous_click`: on
     the shared border, asking for the nucleus, the pair or the cluster); such a clip stops at its prompted frame."""
@@ -571,7 +576,8 @@ def run_clip(
                 pointers.append(Pointer(tracked[source][1], distance))
         embedding = model.condition_on_memory(feats, memories, pointers, max_pointer_distance)
         out = model.decode(embedding, feats.high_res, multimask=True, object_gate=False)
-        loss = loss + frame_loss(model, out, masks[t], stats, balanced_weight, multimask_min)
+        tracked_min = multimask_min if tracked_multimask_min is None else tracked_multimask_min
+        loss = loss + frame_loss(model, out, masks[t], stats, balanced_weight, tracked_min)
         out = gated(model, out)
         memory = model.encode_memory(feats, model.upsample_logits(out.logits), out.object_score, binarize=False)
         tracked[t] = (bf16_round(memory), out.object_pointer)
@@ -778,6 +784,8 @@ def main(argv=None) -> int:
                         "nucleus beside a brighter one")  # fmt: skip
     parser.add_argument("--ambiguous", type=float, default=0.0, help="odds a click clip gets an ambiguous click")
     parser.add_argument("--multimask-min", action="store_true", help="train only the best of the 3 candidate masks")
+    parser.add_argument("--tracked-all-candidates", action="store_true", help="with --multimask-min: tracked "
+                        "frames still train all three candidates on the tracked object (only prompts are ambiguous)")  # fmt: skip
     parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the L1 IoU-prediction loss")
     parser.add_argument("--balanced-end", type=float, default=0.5, help="fraction of training with the balanced "
                         "cross-entropy (0: none, as when fine-tuning)")  # fmt: skip
@@ -867,7 +875,7 @@ def main(argv=None) -> int:
             ambiguous = args.ambiguous > 0 and rng.random() < args.ambiguous
             clip_loss = run_clip(
                 model, clip, rng, stats, max_pointer_distance, None, balanced_weight(step, args.steps, args.balanced_end),
-                args.multimask_min, ambiguous,
+                args.multimask_min, ambiguous, False if args.tracked_all_candidates else None,
             )  # fmt: skip
             loss = loss + clip_loss / (args.clips * args.frames)
             clips += 1

@@ -223,3 +223,22 @@ def test_decoder_only_calibration_leg_trains_the_decoder_alone_and_logs_both_pas
     assert 0 <= log[-1]["click_iou"] <= 1 and 0 <= log[-1]["click_iou_err"] <= 1
     assert 0 <= log[-1]["refine_iou"] <= 1 and 0 <= log[-1]["refine_iou_err"] <= 1  # the second pass trained too
     train_nano.LOSS_WEIGHTS["iou"] = 1.0  # module state: later tests in this process use the default
+
+
+def test_tracked_frames_can_train_all_candidates_while_the_prompt_takes_the_best(train_nano, monkeypatch):
+    model = load_model("nano-fluo", device="cpu")
+    movie = train_nano.make_movie(5, model.image_size, n_frames=4)
+    clip = train_nano.sample_clip(movie, np.random.default_rng(0), 3)
+    rules = []
+    real = train_nano.frame_loss
+
+    def spy(model, out, target, stats, balanced_weight=0.0, multimask_min=False):
+        rules.append(multimask_min)  # the rule each frame's loss was given
+        return real(model, out, target, stats, balanced_weight, multimask_min)
+
+    monkeypatch.setattr(train_nano, "frame_loss", spy)
+    stats = {"presence": [], "presence_acc": [], "iou": [], "iou_err": []}
+    for tracked, expected in ((None, [True, True, True]), (False, [True, False, False])):
+        rules.clear()
+        train_nano.run_clip(model, clip, np.random.default_rng(1), stats, 8, "click", 0.0, True, False, tracked)
+        assert rules == expected
