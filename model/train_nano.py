@@ -28,6 +28,14 @@ short last leg from a finished run (ambiguous clicks off: a deep click asks for 
         --clips 8 --frames 3 --threads 1 --hard-fraction 0.5 --hard-negatives 0.5 --lr 1e-3 --warmup 10 \
         --lr-min 0.1 --val-every 100 --save-every 50
 
+Decoder-only calibration legs (`--decoder-only`, `--click-images`, `--refine-pass`, `--click-odds`; measured, not
+used: held-out calibration 0.22 → 0.24, see model/README.md), e.g. from a training state:
+
+    python model/train_nano.py --out runs/calA --init runs/v2/last.pt --decoder-only --seed 21 --steps 400 \
+        --clips 2 --frames 3 --click-images 2 --clicks-per-image 12 --threads 1 --hard-fraction 0.5 \
+        --hard-negatives 0.5 --ambiguous 0.3 --multimask-min --iou-weight 10 --balanced-end 0 --lr 3e-4 --warmup 20 \
+        --lr-min 0.1 --val-every 100 --save-every 50 --pool 12
+
 GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
 15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
 movies, not the network, limits a GPU, hence the 12 worker processes):
