@@ -247,3 +247,61 @@ def test_channel_axis_tczyx_tiff_cli_and_tzyxc_array_track_one_channel(tmp_path,
     tzyxc = np.stack([other, nuclei], axis=-1)  # [T, Z, Y, X, C]: a short last axis is channels
     result = track(tzyxc, prompts, channel=1, **options)
     np.testing.assert_array_equal(np.asarray(result.labels), alone)
+
+
+def test_tzyx_discovery_division_lineage_in_every_output_resume_and_replay(tmp_path, capsys):
+    """discover on a 3D+t stack (built-in nano-fluo; one nucleus dividing): the mother ends, two daughters start
+    with her as parent in the session's result, the provenance, the regions CSV and res_track.txt (read by
+    traccuracy's CTC loader); a run killed between the division's two writes resumes to the labels of the
+    uninterrupted run, and the recorded edit log replays to them."""
+    import traccuracy.loaders
+
+    from napari_sam2 import cli
+    from napari_sam2.sample_data import synthetic_nuclei_4d
+
+    movie = synthetic_nuclei_4d(n_frames=6, n_slices=8, shape=(64, 64), n_nuclei=1, seed=0)
+    image = tmp_path / "dividing.tif"
+    tifffile.imwrite(image, movie.image, metadata={"axes": "TZYX"})
+    mask = movie.labels[0] == 1
+    z = int(np.argmax(mask.sum(axis=(1, 2))))
+    ys, xs = np.nonzero(mask[z])
+    prompts = PromptSet()
+    prompts.add(z, 1, points=[[float(ys.mean()), float(xs.mean())]], t=0)
+    options = {"model": "nano-fluo", "device": "cpu", "discover": 1}
+    out = tmp_path / "ref.ome.zarr"
+    ref = track(image, prompts, out=out, ctc=tmp_path / "01_RES", **options)
+    assert [(e["frame"], e["kind"], e["mother"], e["daughters"]) for e in ref.events] == [(4, "division", 1, [2, 3])]
+    assert ref.parents == {2: 1, 3: 1} and ref.provenance["parents"] == {"2": 1, "3": 1}
+    labels = np.asarray(ref.labels)
+    assert 1 in labels[3] and 1 not in labels[4:] and {2, 3} <= set(np.unique(labels[4])) and 2 not in labels[:4]
+    assert ref.provenance["settings"]["discover"]["every"] == 1
+    rows = [r for r in ref.regions if r["label"] in (2, 3)]
+    assert rows and all(r["parent_label"] == 1 for r in rows) and all(r["frame"] >= 4 for r in rows)
+    header = ref.csv_path.read_text().splitlines()[0].split(",")
+    assert "parent_label" in header and "parent_track_id" in header
+    tracks = {int(r[0]): [int(v) for v in r[1:]] for r in (line.split() for line in (tmp_path / "01_RES" /
+              "res_track.txt").read_text().splitlines())}  # fmt: skip
+    mother = [label for label, (b, e, p) in tracks.items() if e == 3 and p == 0]
+    assert len(mother) == 1 and sorted(p for b, e, p in tracks.values() if b == 4) == [mother[0]] * 2
+    graph = traccuracy.loaders.load_ctc_data(str(tmp_path / "01_RES"), str(tmp_path / "01_RES" / "res_track.txt"))
+    assert graph.graph.number_of_edges() > 0
+    # the writes: t = 0..4, t = 4 again with the daughters, t = 5; killed after the 5th (before the re-write)
+    for stop_at in (5,):
+        cut = tmp_path / f"cut{stop_at}.ome.zarr"
+        calls = []
+
+        def progress(done, total, calls=calls, stop_at=stop_at):
+            calls.append(done)
+            if len(calls) >= stop_at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            track(image, prompts, out=cut, progress=progress, tables=False, **options)
+        resumed = track(image, None, out=cut, resume=True, tables=False, model="nano-fluo", device="cpu")
+        np.testing.assert_array_equal(np.asarray(resumed.labels), labels)
+        assert resumed.parents == {2: 1, 3: 1}
+    assert cli.main(["replay", str(out), "--image", str(image), "--device", "cpu"]) == 0
+    assert "identical labels on all 6 frames" in capsys.readouterr().out
+    # what 3D+t discovery does not do is refused with the fix
+    with pytest.raises(InputError, match="auto .* is for 2-D frames"):
+        track(image, None, model="nano-fluo", device="cpu", auto=True)

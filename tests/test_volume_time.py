@@ -158,3 +158,108 @@ def test_lineage_bounds_where_objects_are_carried(tiny_model):
     again = replay_volume_time(tiny_model, movie.image, vt.edit_log)
     for t in range(3):
         np.testing.assert_array_equal(again.result(t), vt.result(t))
+
+
+@pytest.fixture(scope="module")
+def nano():
+    from napari_sam2 import load_model
+
+    return load_model("nano-fluo", device="cpu")
+
+
+def division_movie():
+    """6 t x 8 z x 64², one nucleus that divides at t = 3 (daughters 2 and 3 touch there, apart from t = 4)."""
+    return synthetic_nuclei_4d(n_frames=6, n_slices=8, shape=(64, 64), n_nuclei=1, seed=0)
+
+
+def test_discovery_finds_a_division_in_3d_t_and_replays(nano):
+    from napari_sam2.discovery import DiscoveryOptions
+    from napari_sam2.volume_time import propagate_volume_with_discovery
+
+    movie = division_movie()
+    vt = VolumeTimeSession(nano, movie.image)
+    z, y, x = click(movie.labels[0], 1)
+    vt.add(0, z, make_prompt(0, 1, [[y, x]], [1]))
+    events = []
+    out = list(propagate_volume_with_discovery(vt, DiscoveryOptions(), "both", events=events))
+    # the mother's 3-D mask falls into two pieces at t = 4 (one time point after the true division: the daughters
+    # touch at t = 3): t = 4 is yielded again with the daughters, then the pass goes on
+    assert [t for t, _ in out] == [0, 1, 2, 3, 4, 4, 5]
+    assert events == [{"frame": 4, "kind": "division", "mother": 1, "daughters": [2, 3], "sign": "two components"}]
+    assert vt.parents == {2: 1, 3: 1} and vt.span(1) == (None, 3) and vt.span(2) == vt.span(3) == (4, None)
+    assert {int(i) for i in np.unique(vt.result(3))} == {0, 1}
+    np.testing.assert_array_equal(out[5][1], vt.result(4))  # the second yield of t = 4 is its result
+    for t in (4, 5):
+        labels = vt.result(t)
+        assert {int(i) for i in np.unique(labels)} == {0, 2, 3}
+        children = list(movie.events["division"]["children"])
+        # each daughter is one true daughter, not the same one: the CTC match (covers > half of it) and holds
+        # little of her sister (nano-fluo's masks are wider than the truth on these small nuclei)
+        for d in (2, 3):
+            mine = labels == d
+            c = max(children, key=lambda c: _iou(mine, movie.labels[t] == c))
+            truth, sister = movie.labels[t] == c, (movie.labels[t] > 0) & (movie.labels[t] != c)
+            assert (mine & truth).sum() > 0.5 * truth.sum() and (mine & sister).sum() < 0.2 * sister.sum(), (t, d)
+            children = [k for k in children if k != c]
+    # each daughter is prompted at t = 4 with her piece of the mother's mask, on every slice it covers
+    for d in (2, 3):
+        slices = {z: p.mask for t, z, p in vt.prompts() if p.obj_id == d and t == 4}
+        assert slices and all(p.mask is not None for t, z, p in vt.prompts() if p.obj_id == d)
+        assert all((vt.result(4)[z] == d)[m].all() for z, m in slices.items())
+    again = replay_volume_time(nano, movie.image, vt.edit_log)
+    assert again.parents == vt.parents and again.finished() == vt.finished()
+    for t in range(6):
+        np.testing.assert_array_equal(again.result(t), vt.result(t))
+    vt.close()
+
+
+def _iou(a, b):
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def test_volume_divisions_rule_on_a_label_volume():
+    from napari_sam2.discovery import DiscoveryOptions
+    from napari_sam2.volume_time import volume_divisions
+
+    labels = np.zeros((6, 20, 40), np.int32)
+    labels[1:5, 4:14, 4:14] = 1  # object 1: two comparable pieces (not touching by a face)
+    labels[1:5, 4:14, 16:25] = 1
+    labels[1:5, 15:19, 28:38] = 2  # object 2: one piece with a small stray fragment
+    labels[0, 0, 39] = 2
+    found = volume_divisions(labels, DiscoveryOptions())
+    assert [(p.kind, p.mother, p.sign) for p in found] == [("division", 1, "two components")]
+    a, b = found[0].masks
+    assert a.shape == labels.shape and a.sum() == 400 and b.sum() == 360 and not (a & b).any()
+    assert not volume_divisions(labels, DiscoveryOptions(), may_divide=lambda obj: obj != 1)  # e.g. too young
+    # the larger piece is about the mother's usual volume: a stray piece, not a division
+    assert not volume_divisions(labels, DiscoveryOptions(), usual_volume={1: 420.0})
+    assert not volume_divisions(labels, DiscoveryOptions(divisions=False))
+    # a piece that was not inside the mother on the time point before is a neighbour she grabbed, not a daughter
+    before = np.zeros_like(labels)
+    before[1:5, 4:14, 4:25] = 1
+    assert len(volume_divisions(labels, DiscoveryOptions(), previous_labels=before)) == 1
+    before[1:5, 4:14, 16:25] = 0
+    assert not volume_divisions(labels, DiscoveryOptions(), previous_labels=before)
+
+
+def test_neck_split_tells_touching_daughters_from_one_mother():
+    """The division moves one time point back when the mother's mask there, shared out between the daughters'
+    pieces, has a narrow waist (two touching balls), not when it is one elongated nucleus."""
+    from napari_sam2.discovery import DiscoveryOptions
+    from napari_sam2.volume_time import neck_split
+
+    zz, yy, xx = np.mgrid[:12, :24, :40]
+
+    def ball(cx, r=4.0, ry=None):
+        return (zz - 6) ** 2 / r**2 + (yy - 12) ** 2 / (ry or r) ** 2 + (xx - cx) ** 2 / r**2 <= 1
+
+    pieces = ball(11), ball(29)  # the daughters at t, apart
+    touching = ball(16) | ball(24)  # at t - 1: two balls that touch
+    parts = neck_split(touching, *pieces, DiscoveryOptions())
+    assert parts is not None
+    np.testing.assert_array_equal(parts[0], ball(16))
+    np.testing.assert_array_equal(parts[1], ball(24) & ~ball(16))  # (the voxel they share: the nearer/first)
+    elongated = ((zz - 6) / 4.0) ** 2 + ((yy - 12) / 4.0) ** 2 + ((xx - 20) / 8.0) ** 2 <= 1  # one mother
+    assert neck_split(elongated, *pieces, DiscoveryOptions()) is None
+    assert neck_split(touching, pieces[0], pieces[0], DiscoveryOptions()) is None  # no second piece

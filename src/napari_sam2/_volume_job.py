@@ -199,10 +199,17 @@ class VolumeTimeJob(TrackJob):
 
     def plan(self) -> None:
         a = self.ask
-        if a["auto"] or a["discover"] is not None:
+        if a["auto"]:
             raise InputError(
-                "auto and discover follow 2-D frames; a 3D+t stack is tracked from prompts (one click per object "
-                "on any (t, z) slice, or seed labels)"
+                "auto (segment everything on the first frame) is for 2-D frames; a 3D+t stack is tracked from "
+                "prompts (one click per object on any (t, z) slice, or seed labels): give prompts/seeds, and "
+                "discover=True (CLI: --discover-every 1) to find divisions while tracking"
+            )
+        detector = getattr(a["discover"], "detector", None)
+        if detector is not None:
+            raise InputError(
+                "discover's detector is for 2-D frames; 3D+t discovery finds divisions in the tracked 3-D masks "
+                "themselves: give discover=True (or an int, or DiscoveryOptions without a detector)"
             )
         if a["embedding_cache"] is not None:
             raise InputError("embedding_cache is for 3-D stacks; a 3D+t run keeps one time point's features in memory")
@@ -292,7 +299,13 @@ class VolumeTimeJob(TrackJob):
 
     def run(self) -> None:
         """Propagate; every time point the engine yields is written at once as a [Z, Y, X] volume."""
-        for t, labels in self.session.propagate(self.direction):
+        if self.discovery is None:
+            results = self.session.propagate(self.direction)
+        else:
+            from .volume_time import propagate_volume_with_discovery
+
+            results = propagate_volume_with_discovery(self.session, self.discovery, self.direction, self.events)
+        for t, labels in results:  # a time point discovery changed is yielded (and written) again
             ids, counts = np.unique(labels, return_counts=True)
             count_of = dict(zip(ids.tolist(), counts.tolist()))
             for obj in self.session.obj_ids:

@@ -148,7 +148,8 @@ def track(
         naming the fix. Prompts then carry (t, z) (`ObjectPrompt.t`; CSV columns obj_id, t, z, y, x), seed labels
         are one time point's [Z, Y, X] volume on t = `seed_frame`, and the store, `labels`, the region table (with
         centroid_z, volume), the tracks (t, z, y, x) and the CTC export ([Z, Y, X] masks) are 3D+t; a "frame"
-        (progress, resume, `frames_written`) is a time point. auto/discover are for 3-D stacks only.
+        (progress, resume, `frames_written`) is a time point. discover finds divisions there (an object's 3-D mask
+        falling into two pieces; `volume_time.propagate_volume_with_discovery`), not arrivals; auto is refused.
     prompts: a `PromptSet`; a `.json`/`.csv` prompts file; or seed labels — a [H, W] label image (or its path, or
         a [N, H, W] label stack) whose every object on `seed_frame` becomes a mask prompt (obj_id = label value).
     model: registry name (default: the built-in "nano-fluo"; "sam2.1_hiera_tiny" for real work), checkpoint path,

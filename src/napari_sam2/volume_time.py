@@ -40,6 +40,36 @@ Cost per (t, z) slice over a plain z-stream: one more tracked frame per object a
 image features are the z-stream's, never encoded twice). Memory: one time point's features and logits at a time,
 each object's t-stream bank, and each finished time point's labels zlib-compressed (`result`).
 
+Discovery of divisions (`propagate_volume_with_discovery`; `track(..., discover=...)` and the CLI's
+`--discover-every K` on a 3D+t stack). After each discovery time point t of a forward pass (every k-th, counted
+from the pass's start) is computed, every object's finished 3-D mask is examined — no extra model run, the masks
+are what the z-streams produced:
+  1. split: 2-D discovery's rule "the mother's mask falls into two comparable pieces" (`discovery.compare_masks`,
+     rule b) on the label volume, so the pieces are 3-D connected components: the two largest each hold ≥
+     `division_min_share` (0.2) of her voxels, smaller / larger ≥ `division_size_ratio` (0.5), the larger at most
+     `division_max_daughter` (0.8) of her usual volume (median over her time points so far: else it is the
+     whole mother beside a stray piece), and — 3-D only — each piece has ≥ `PIECE_FROM_MOTHER` (0.2) of its
+     voxels inside her mask at t − 1 (daughters come out of their mother; a piece of a neighbour she grabbed lies
+     elsewhere: that was a false division on a tuning seed). A mother younger than `min_cycle` time points does
+     not divide again; nothing divides on the pass's first time point.
+  2. when: nano-fluo answers two daughters that still touch with one mask, so the pieces appear one time point
+     after the division. The mother's mask at t − 1 is shared out between the two pieces (each voxel to the
+     nearer); if it has a narrow waist — the two parts touch over ≤ `DIVISION_NECK` (0.65) × (smaller part's
+     volume)^(2/3) voxels; 0.25–0.49 where daughters first touch, 0.81–1.33 on mothers, tuning seeds — it already
+     was the two daughters, and the division is dated t − 1 (`neck_split`).
+  3. the lineage: the mother ends on the time point before the division (`end_object`), two new objects (ids
+     above every id held) start on it with her as parent (`add_object`), each prompted with its piece as a mask
+     prompt on every slice the piece covers (at t, and at t − 1 with her shared-out mask when dated there; a
+     piece on one slice alone let a daughter's z-stream run into a neighbour above or below). The pass then
+     restarts from the division's time point: that time point (and t) is recomputed with the daughters and
+     yielded again — consumers keep the last result of a time point, as with 2-D discovery.
+  Everything goes through the public edits (`add_object`, `end_object`, `add`) and passes, so the edit log
+  holds the division and `replay_volume_time` (and `napari-sam2 replay`) reruns it to the same labels; a resumed
+  `track` reruns discovery (deterministic) and skips the writes the store holds. Not looked for in 3D+t:
+  arrivals (cells entering the volume would need segment everything on every slice), the repairs (probe,
+  reclaim, relink) and refresh of 2-D discovery; `auto` is refused. Cost: a connected-component labelling per
+  object and time point, plus, per division found, one or two time points recomputed for the daughters.
+
 Labels overlap rule: within one computation of a time point, a voxel goes to the object with the higher logit;
 objects recomputed later (after a correction) win over stored ones where they are foreground.
 
@@ -59,13 +89,20 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .errors import InputError
 from .preprocess import DEFAULT_PERCENTILES, IntensityRange, as_rgb
 from .prompts import ObjectPrompt, make_prompt
 from .session import FeatureCache, TrackingSession, _check_obj_id
 
-__all__ = ["VolumeTimeSession", "replay_volume_time"]
+__all__ = [
+    "VolumeTimeSession",
+    "neck_split",
+    "propagate_volume_with_discovery",
+    "replay_volume_time",
+    "volume_divisions",
+]
 
 
 class _Slab:
@@ -182,6 +219,9 @@ class VolumeTimeSession:
         self._parent: dict[int, int] = {}  # daughter → mother
         self._scores: dict[int, dict[int, dict[int, tuple[float, float]]]] = {}  # t → obj → z → (score, iou)
         self.on_read = on_read  # on_read(t, z, pixels): every slice a stream reads, before it is used
+        # keep the last computed time point's image features until the next one starts (discovery prompts the
+        # daughters on it and recomputes it: no slice is encoded twice); the peak memory is the same either way
+        self.keep_features = False
 
     # ------------------------------------------------------------------ basics
     @property
@@ -423,15 +463,20 @@ class VolumeTimeSession:
         """
         if direction not in ("forward", "backward", "both"):
             raise InputError(f"direction must be 'forward', 'backward' or 'both'; got {direction!r}")
-        if not self._prompts:
-            raise InputError("nothing to propagate: add a prompt (points, box or mask) on some (t, z) first")
-        firsts = [min(t for t in self._prompts if obj in self._prompts[t]) for obj in self._objects
-                  if any(obj in p for p in self._prompts.values())]  # fmt: skip
-        start, back = min(firsts), max(firsts)
+        start, back = self._outward_from()
         if direction in ("forward", "both"):
             yield from self.propagate_pass(start, self.num_times - 1, reverse=False)
         if direction in ("backward", "both"):
             yield from self.propagate_pass(back, 0, reverse=True)
+
+    def _outward_from(self) -> tuple[int, int]:
+        """(the earliest time point any object is prompted on, the latest time point an object is first prompted
+        on): where `propagate` starts its forward and its backward pass."""
+        if not self._prompts:
+            raise InputError("nothing to propagate: add a prompt (points, box or mask) on some (t, z) first")
+        firsts = [min(t for t in self._prompts if obj in self._prompts[t]) for obj in self._objects
+                  if any(obj in p for p in self._prompts.values())]  # fmt: skip
+        return min(firsts), max(firsts)
 
     def propagate_pass(self, first: int, last: int, reverse: bool, times: int | None = None):
         """One pass over time points first…last (inclusive; last ≤ first when `reverse`), stopping after `times`
@@ -517,7 +562,8 @@ class VolumeTimeSession:
                 self._scores.setdefault(t, {})[obj] = scores.get(obj, {})
                 if obj in self._prompts.get(t, {}):
                     self._condition_t_stream(obj, t, labels)
-        self._cache_t = None
+        if not self.keep_features:
+            self._cache_t = None
         return labels
 
     def _signal(self, t: int, labels: np.ndarray, objs) -> dict[int, np.ndarray]:
@@ -660,6 +706,195 @@ def _merge(old: ObjectPrompt | None, new: ObjectPrompt, replace: bool) -> Object
         box = np.asarray(new.box, float)
     mask = None if new.mask is None else np.asarray(new.mask, bool)
     return make_prompt(new.frame, new.obj_id, points, labels, box, mask)
+
+
+# ---------------------------------------------------------------------- discovery in 3D+t (divisions)
+#: a piece of a mother's 3-D mask is a daughter only if at least this share of its voxels lay in the mother's mask
+#: on the time point before (daughters come out of their mother: 0.39-0.51 on the tuning seeds, the previous mask
+#: covering both touching daughters); a piece of a neighbour the tracker grabbed lies elsewhere (0 there)
+PIECE_FROM_MOTHER = 0.2
+
+
+#: a division found at t moves to t − 1 when the mother's mask at t − 1, shared out between the two pieces of t
+#: (each voxel to the nearer piece), has a narrow waist: the voxels where the two parts touch number at most this
+#: times (smaller part's volume)^(2/3) — two touching daughters, not one mother. Tuning seeds: 0.25-0.49 on the
+#: time point the daughters first touch (the tracker answers them with one mask), 0.81-1.33 on the mother before
+DIVISION_NECK = 0.65
+
+
+def neck_split(previous: np.ndarray, piece_a: np.ndarray, piece_b: np.ndarray, options) -> tuple | None:
+    """The mother's [Z, Y, X] bool mask one time point before her division was found, shared out between the two
+    daughters' pieces (each voxel to the nearer piece) → (part a, part b) when it already was two touching
+    daughters: each part ≥ `division_min_share` of it, of comparable size (`division_size_ratio`), and the two
+    touching over at most `DIVISION_NECK` × (smaller part's volume)^(2/3) voxels; else None."""
+    union = np.asarray(previous, bool)
+    only_a, only_b = piece_a & ~piece_b, piece_b & ~piece_a
+    if not union.any() or not only_a.any() or not only_b.any():
+        return None
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(union | only_a | only_b))
+    part_a = np.zeros_like(union)
+    part_a[box] = union[box] & (
+        ndimage.distance_transform_edt(~only_a[box]) <= ndimage.distance_transform_edt(~only_b[box])
+    )
+    part_b = union & ~part_a
+    small, big = sorted((int(part_a.sum()), int(part_b.sum())))
+    if small < options.division_min_share * union.sum() or small < options.division_size_ratio * big:
+        return None
+    touching = int((part_a & ndimage.binary_dilation(part_b, ndimage.generate_binary_structure(3, 1))).sum())
+    return (part_a, part_b) if touching <= DIVISION_NECK * small ** (2 / 3) else None
+
+
+def volume_divisions(
+    labels: np.ndarray,
+    options,
+    may_divide=None,
+    usual_volume: dict[int, float] | None = None,
+    previous_labels: np.ndarray | None = None,
+) -> list:
+    """Divisions on one time point's label volume [Z, Y, X] (object ids): 2-D discovery's rule "the mother's mask
+    falls into two comparable pieces" (`discovery.compare_masks`, sign "two components") applied to the 3-D
+    masks — the pieces are 3-D connected components (faces touch), the two largest of which each hold ≥
+    `division_min_share` of the mother's voxels and are of comparable size (smaller / larger ≥
+    `division_size_ratio`), the larger not above `division_max_daughter` of her usual volume (else it is the
+    whole mother with a stray piece). Small stray pieces (a cap slice's fragment) are ignored. With
+    `previous_labels` (the label volume of the time point before), each piece must also have ≥ `PIECE_FROM_MOTHER`
+    of its voxels inside the mother's mask there (else it is a piece of a neighbour she grabbed).
+    options: a `DiscoveryOptions`; may_divide(obj) → False excludes an object; usual_volume: {obj: median volume
+    (voxels) of its recent time points}. → `discovery.Proposal`s of kind "division" whose `masks` are the two
+    daughters' [Z, Y, X] bool masks."""
+    from .discovery import compare_masks
+
+    rules = dataclasses.replace(options, arrivals=False, refresh=False, relink=False, detector=None)
+    found = compare_masks(np.asarray(labels), [], rules, may_divide=may_divide, usual_area=usual_volume)
+    found = [p for p in found if p.kind == "division"]
+    if previous_labels is not None:
+        found = [
+            p
+            for p in found
+            if all((m & (previous_labels == p.mother)).sum() >= PIECE_FROM_MOTHER * m.sum() for m in p.masks)
+        ]
+    return found
+
+
+def propagate_volume_with_discovery(
+    session: VolumeTimeSession, options, direction: str = "forward", events: list[dict] | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """`session.propagate(direction)` with discovery of divisions on every `options.every`-th time point of the
+    forward pass (see the module docstring, "Discovery"): yields (t, labels [Z, Y, X]) as `propagate` does; a
+    time point on which a division was found is yielded again with the daughters (consumers keep the last
+    result of a time point). The mother ends on t − 1 (`end_object`), two new objects (ids above every id the
+    session holds) start on t with her as parent (`add_object`), each prompted with her piece of the mask (on
+    every slice it covers); when her mask on t − 1 already was the two daughters touching (`neck_split`), the
+    division moves to t − 1 (prompted there with her mask of t − 1 shared out, and on t with the pieces) and
+    t − 1 is yielded again too. options: `DiscoveryOptions` (or what `DiscoveryOptions.coerce` takes). events:
+    a list that receives {"frame": t, "kind": "division", "mother", "daughters", "sign"} per division. Only
+    divisions are looked for (no arrivals; see the module docstring). "both": the backward half tracks without
+    discovery (a division read backwards is a merge)."""
+    from .discovery import DiscoveryOptions
+
+    options = DiscoveryOptions.coerce(options)
+    if options is None:
+        raise InputError("discovery options are missing: give True, an int (every k time points) or DiscoveryOptions")
+    if direction not in ("forward", "both"):
+        raise InputError(
+            "discovery runs forward in time: use direction 'forward' (or 'both': the backward half then tracks "
+            "without discovery)"
+        )
+    start, back = session._outward_from()
+    events = events if events is not None else []
+    last = session.num_times - 1
+    next_id = max(session.obj_ids, default=0) + 1
+    born: dict[int, float] = {}  # object → the time point it was first seen on (min_cycle)
+    volumes: dict[int, dict[int, int]] = {}  # object → {t: its volume} (the last result of each t; usual volume)
+    searched: set[int] = set()
+    keep, session.keep_features = session.keep_features, True
+    try:
+        t = start
+        while True:
+            restart = None
+            passes = session.propagate_pass(t, last, reverse=False)
+            try:
+                for now, labels in passes:
+                    yield now, labels
+                    previous = session.result(now - 1) if now - 1 in session._labels else None
+                    ids, counts = np.unique(labels, return_counts=True)
+                    present = {int(i): int(c) for i, c in zip(ids, counts) if i}
+                    for obj in present:  # objects of the start time point may be of any age: no min_cycle for them
+                        born.setdefault(obj, now if now > start else -np.inf)
+                    offset = now - start
+                    if (
+                        now in searched
+                        or offset % options.every
+                        or (offset == 0 and not options.on_start_frame)
+                        or not options.divisions
+                    ):
+                        _remember_volumes(volumes, present, now)
+                        continue
+                    searched.add(now)
+                    usual = {o: float(np.median(list(v.values())[-50:])) for o, v in volumes.items() if v}
+                    found = volume_divisions(
+                        labels,
+                        options,
+                        # a division ends the mother on now - 1: never on the pass's first time point
+                        may_divide=lambda obj, now=now: now > start and now - born.get(obj, now) >= options.min_cycle,
+                        usual_volume=usual,
+                        previous_labels=previous,
+                    )
+                    if not found:
+                        _remember_volumes(volumes, present, now)
+                        continue
+                    restart = now
+                    for p in found:
+                        # the daughters first touched at now - 1, where the tracker answered them with one mask:
+                        # the division moves there (see DIVISION_NECK) when the mother may end on now - 2
+                        early = None
+                        if (
+                            previous is not None
+                            and now - 1 > start
+                            and (now - 1) - born.get(p.mother, now) >= options.min_cycle
+                        ):
+                            early = neck_split(previous == p.mother, *p.masks, options)
+                        birth = now if early is None else now - 1
+                        session.end_object(p.mother, birth - 1)
+                        daughters = []
+                        for _ in p.masks:
+                            session.add_object(next_id, parent=p.mother, start=birth)
+                            daughters.append(next_id)
+                            born[next_id] = birth
+                            next_id += 1
+                        # each piece is a daughter: a mask prompt on every slice it covers (one slice alone let the
+                        # daughter's z-stream run into a neighbour above or below on the tuning seeds); time point
+                        # by time point, so that each one's slices are encoded once
+                        for t_, pieces in ((now - 1, early), (now, p.masks)):
+                            for d, piece in zip(daughters, pieces or (), strict=False):
+                                _prompt_volume(session, t_, d, piece)
+                        sign = p.sign if early is None else f"{p.sign}; a neck one time point before"
+                        events.append({"frame": birth, "kind": "division", "mother": p.mother, "daughters": daughters,
+                                       "sign": sign})  # fmt: skip
+                        restart = min(restart, birth)
+                    break  # recompute from there with the daughters (yielded again), then go on
+            finally:
+                passes.close()
+            if restart is None:
+                break
+            t = restart
+    finally:
+        session.keep_features = keep
+        session._cache_t = None
+    if direction == "both":
+        yield from session.propagate_pass(back, 0, reverse=True)
+
+
+def _prompt_volume(session: VolumeTimeSession, t: int, obj: int, mask: np.ndarray) -> None:
+    """Object `obj` at time point t is `mask` [Z, Y, X]: a mask prompt on every slice it covers."""
+    empty = (np.zeros((0, 2)), np.zeros((0,), np.int32))
+    for z in np.nonzero(mask.any(axis=(1, 2)))[0].tolist():
+        session.add(t, z, ObjectPrompt(obj, z, *empty, mask=mask[z]))
+
+
+def _remember_volumes(volumes: dict[int, dict[int, int]], present: dict[int, int], t: int) -> None:
+    for obj, count in present.items():
+        volumes.setdefault(obj, {})[t] = count
 
 
 def replay_volume_time(model, frames, log: list[dict], **options) -> VolumeTimeSession:
