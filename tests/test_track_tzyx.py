@@ -153,8 +153,12 @@ def test_tzyx_seed_volume_and_prompt_errors(tmp_path, tiny_checkpoint):
     late.add(3, 1, points=[[20, 16]], t=9)
     with pytest.raises(PromptError, match="t=9 is outside the stack"):
         track(stack, late, model=tiny_checkpoint, out=tmp_path / "x.ome.zarr")
-    with pytest.raises(InputError, match="auto and discover follow 2-D frames"):
+    with pytest.raises(InputError, match=r"auto \(segment everything on the first frame\) is for 2-D frames"):
         track(stack, None, model=tiny_checkpoint, auto=True)
+    from napari_sam2.discovery import DiscoveryOptions
+
+    with pytest.raises(InputError, match="discover's detector is for 2-D frames"):
+        track(stack, _prompts(), model=tiny_checkpoint, discover=DiscoveryOptions(detector=lambda s, f: []))
     assert not (tmp_path / "x.ome.zarr").exists()
 
 
@@ -302,6 +306,3 @@ def test_tzyx_discovery_division_lineage_in_every_output_resume_and_replay(tmp_p
         assert resumed.parents == {2: 1, 3: 1}
     assert cli.main(["replay", str(out), "--image", str(image), "--device", "cpu"]) == 0
     assert "identical labels on all 6 frames" in capsys.readouterr().out
-    # what 3D+t discovery does not do is refused with the fix
-    with pytest.raises(InputError, match="auto .* is for 2-D frames"):
-        track(image, None, model="nano-fluo", device="cpu", auto=True)
