@@ -35,7 +35,10 @@ Measured 2026-11-30 with discovery of divisions (volume_time.propagate_volume_wi
            Tuning seeds 2,990,000–9: TRA 0.963 (0.972, 1.0, 1.0, 1.0, 0.850, 0.954, 0.912, 0.982, 0.962, 1.0);
            found on time on 8, one time point late on 1 (no neck), not found on 1 (the tracker followed one
            daughter: her mask at t+1 holds pieces 506 and 195 voxels, below the size ratio).
-  cost     COST_LINE
+  cost     3 t x 8 z x 96², 3 objects (no division within 3 time points: the search alone), 3 turns, load 6-8:
+           plain z-stream 0.175/0.186/0.188 s per slice, 3D+t 0.203/0.210/0.188 (1.09x), 3D+t with discovery
+           every time point 0.201/0.222/0.296 (1.19x of the medians; its last turn overlapped a test run: the
+           search itself is a connected-component labelling per object and time point).
 
 Measured 2026-11-30 after the anchor became the slice of most signal (not the widest; volume_time.py) — same
 machine and weights (nano-fluo unchanged), torch 1 thread:
