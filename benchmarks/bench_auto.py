@@ -19,8 +19,11 @@ demo: the `napari-sam2 demo` movie (nuclei_timelapse(), seed 0) with its first-f
     discovery every K frames; TRA/DET from py-ctcmetrics (as the demo prints) and traccuracy, and whether the two
     daughters were found with the right parent. Not held out (see above).
 cost: seconds per frame of plain tracking vs tracking with discovery on every frame (default sampling "changed",
-    and the whole grid "grid"), alternated in turns (A, B, C, A, B, C) on a held-out movie seeded with its
-    first-frame truth, because the machine is shared (7 engineers on 2 cores): read the ratios, not the seconds.
+    and the whole grid "grid"; `--modes` also every2 / every4: discovery every 2nd / 4th frame), alternated in
+    turns (A, B, C, A, B, C) on a held-out movie (4,000,501) seeded with its first-frame truth, because the
+    machine is shared (several engineers on 2 cores): read the ratios (per turn too), not the seconds.
+    `--threads 1` pins torch to one thread (on a loaded machine two threads spin-wait); the process's CPU
+    seconds are reported beside the wall seconds (with one thread they move less with the load).
 all: auto (held-out), demo, cost, and segment-everything instance F1 on single frames (bench_automatic.py's
     held-out frames, 2 movies per condition).
 """
