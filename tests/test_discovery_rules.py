@@ -333,3 +333,22 @@ def test_a_fragment_falling_in_two_is_no_division():
     labels[10:20, 18:22] = 1  # (one component now)
     assert [p.kind for p in compare_masks(labels, pieces, opts, usual_area={1: 200.0})] == ["division"]
     assert compare_masks(labels, pieces, opts, usual_area={1: 400.0}) == []
+
+
+def test_resplit_gives_a_swallowed_object_back_by_shape():
+    from napari_sam2.discovery import resplit_swallowed
+
+    shape = (50, 70)
+    left, right = _disc(shape, (25, 24), 10), _disc(shape, (25, 44), 10)
+    labels = np.zeros(shape, np.uint32)
+    labels[left | right] = 2  # object 2 covers both nuclei; object 1 (its last good mask: `left`) is gone
+    reference, usual = {1: float(left.sum()), 2: float(right.sum())}, {1: 300.0, 2: 330.0}
+    opts = DiscoveryOptions()
+    found = resplit_swallowed(labels, opts, reference, usual, {1: left})
+    assert [(p.kind, p.mother, p.other, p.sign) for p in found] == [("reclaim", 2, 1, "resplit")]
+    assert _iou(found[0].masks[1], left) > 0.85 and _iou(found[0].masks[0], right) > 0.85
+    # must not: object 2 is that large by nature, object 1 was last seen on the background, the rule off
+    assert resplit_swallowed(labels, opts, {1: reference[1], 2: 640.0}, {1: 300.0, 2: 640.0}, {1: left}) == []
+    elsewhere = _disc(shape, (8, 62), 6)
+    assert resplit_swallowed(labels, opts, reference, usual, {1: elsewhere}) == []
+    assert resplit_swallowed(labels, DiscoveryOptions(resplit=False), reference, usual, {1: left}) == []

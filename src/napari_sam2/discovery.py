@@ -96,7 +96,12 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   frames while its touching neighbour gains it (cells grow slowly, and a division ends the mother); two touching
   nuclei are two convex bodies, whose union is pinched where they meet. nano-fluo's tracker moves the border of
   a touching pair of equal brightness a little every frame (the demo's nuclei 3 and 4 from frame 1 on), too
-  slowly for the median of the last frames to see it. The same test guards **refresh**: a refresh that would
+  slowly for the median of the last frames to see it. A *swallowed* object (no pixel on t, seen in full at most
+  `relink_frames` ago) whose last good mask's innermost pixel now lies in an object Y that grew (as above, by at
+  least `reclaim_balance` of the swallowed one's area) is given back the same way: Y's mask is split by shape
+  from Y's deepest pixel within the swallowed one's radius of that pixel and from Y's deepest pixel away from it
+  (`resplit_swallowed`; its part must be 0.5–1.5 × its area; tuning seed 4,100,002's dim nucleus, which the
+  probe's click answers together with part of its bright neighbour). The same test guards **refresh**: a refresh that would
   make an object larger than `resplit_growth` × its reference beside a touching object below `resplit_shrink` ×
   hers is refused (the extra area is the squeezed neighbour's).
 * **Relink** (gap closing, `relink`): an arrival whose mask lies within `relink_distance` (3) radii (of a circle of
@@ -665,6 +670,71 @@ def resplit_pairs(
     return proposals
 
 
+def resplit_swallowed(
+    labels: np.ndarray,
+    options: DiscoveryOptions,
+    reference: dict[int, float],
+    usual: dict[int, float],
+    lost: dict[int, np.ndarray],
+    alive: set[int] | None = None,
+) -> list[Proposal]:
+    """ "Resplit" of a swallowed object (module docstring): for each object X that holds no pixel but was seen in
+    full recently ({X: its last good mask [H, W] bool} in `lost`), the object Y that now covers the innermost
+    pixel of that mask, if Y grew (≥ `resplit_growth` × the smaller of its reference and usual areas, by at
+    least `reclaim_balance` of X's area), is split by shape between the two (a watershed of Y's distance
+    transform from Y's deepest pixel within X's radius of that pixel, and from Y's deepest pixel away from that
+    one by X's radius). → proposals of kind
+    "reclaim", sign "resplit", masks [Y's part, X's part], when X's part is 0.5-1.5 × X's area (the larger of
+    its reference and usual areas) and Y's part is nearer Y's own than Y's mask now."""
+    if not options.resplit or not lost:
+        return []
+    from skimage.segmentation import watershed
+
+    areas = _areas(labels)
+    proposals: list[Proposal] = []
+    done: set[int] = set()
+    for x, ref in lost.items():
+        if x in done or (alive is not None and x not in alive) or not ref.any() or x in areas:
+            continue
+        high_x = max(reference.get(x, 0.0), usual.get(x, 0.0))
+        if not high_x:
+            continue
+        ((py_, px_),) = _inner_points({x: ref}).astype(np.int64)
+        y = int(labels[py_, px_])
+        if not y or y == x or y in done or (alive is not None and y not in alive) or not reference.get(y):
+            continue
+        low_y = min(reference[y], usual.get(y) or reference[y])
+        if areas[y] < options.resplit_growth * low_y or areas[y] - low_y < options.reclaim_balance * high_x:
+            continue
+        mask_y = labels == y
+        rows, cols = np.nonzero(mask_y)
+        box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
+        u = mask_y[box]
+        depth = ndimage.distance_transform_edt(u)
+        # X's marker: the deepest pixel of Y's mask within X's radius of where X was (the centre of its lobe)
+        yy, xx = np.indices(u.shape)
+        radius = np.sqrt(high_x / np.pi)
+        near = u & (np.hypot(yy - (py_ - box[0].start), xx - (px_ - box[1].start)) < radius)
+        cx = np.unravel_index(int(np.argmax(np.where(near, depth, -1))), u.shape)
+        far = u & (np.hypot(yy - cx[0], xx - cx[1]) >= radius)
+        if not far.any():
+            continue
+        cy = np.unravel_index(int(np.argmax(np.where(far, depth, -1))), u.shape)
+        markers = np.zeros(u.shape, dtype=np.int32)
+        markers[cx], markers[cy] = 1, 2
+        split = watershed(-depth, markers, mask=u)
+        part_x, part_y = np.zeros_like(mask_y), np.zeros_like(mask_y)
+        part_x[box], part_y[box] = split == 1, split == 2
+        px, py = int(part_x.sum()), int(part_y.sum())
+        if not max(options.min_area, 0.5 * high_x) <= px <= 1.5 * high_x or py < 0.5 * low_y:
+            continue
+        if abs(np.log(py / low_y)) >= abs(np.log(areas[y] / low_y)):
+            continue
+        proposals.append(Proposal("reclaim", [part_y, part_x], mother=y, other=x, sign="resplit"))
+        done.update((x, y))
+    return proposals
+
+
 def _share_out(union: np.ndarray, seed_a: np.ndarray, seed_b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """Split `union` [H, W] bool between two objects: each pixel goes to the nearer of their seed masks (pixels
     in both seeds count for neither). → (part a, part b), or None when a seed is empty. Works on the bounding box
@@ -901,7 +971,13 @@ def propagate_with_discovery(
             session.add_prompt(t, p.other, mask=p.masks[1])
             events.append({"frame": t, "kind": "reclaim", "objects": [p.mother, p.other], "sign": p.sign})
             reclaimed.update((p.mother, p.other))
-        for p in resplit_pairs(result.labels, options, reference, alive - reclaimed, usual):
+        swallowed = _lost(good, result.labels, alive - reclaimed, t, options)
+        for p in [
+            *resplit_pairs(result.labels, options, reference, alive - reclaimed, usual),
+            *resplit_swallowed(result.labels, options, reference, usual, swallowed, alive - reclaimed),
+        ]:
+            if p.mother in reclaimed or p.other in reclaimed:
+                continue
             session.add_prompt(t, p.mother, mask=p.masks[0])
             session.add_prompt(t, p.other, mask=p.masks[1])
             events.append({"frame": t, "kind": "reclaim", "objects": [p.mother, p.other], "sign": p.sign})
