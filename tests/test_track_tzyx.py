@@ -254,16 +254,17 @@ def test_channel_axis_tczyx_tiff_cli_and_tzyxc_array_track_one_channel(tmp_path,
 
 
 def test_tzyx_discovery_division_lineage_in_every_output_resume_and_replay(tmp_path, capsys):
-    """discover on a 3D+t stack (built-in nano-fluo; one nucleus dividing): the mother ends, two daughters start
-    with her as parent in the session's result, the provenance, the regions CSV and res_track.txt (read by
-    traccuracy's CTC loader); a run killed between the division's two writes resumes to the labels of the
+    """discover on a 3D+t stack (built-in nano-fluo; one nucleus dividing at t = 3): the pieces show at t = 4 and
+    the mother's mask at t = 3 has a neck, so the division is dated t = 3: the mother ends on t = 2, two daughters
+    start on t = 3 with her as parent in the result, the provenance, the regions CSV and res_track.txt (read by
+    traccuracy's CTC loader); a run killed between the re-writes of t = 3 and t = 4 resumes to the labels of the
     uninterrupted run, and the recorded edit log replays to them."""
     import traccuracy.loaders
 
     from napari_sam2 import cli
     from napari_sam2.sample_data import synthetic_nuclei_4d
 
-    movie = synthetic_nuclei_4d(n_frames=6, n_slices=8, shape=(64, 64), n_nuclei=1, seed=0)
+    movie = synthetic_nuclei_4d(n_frames=6, n_slices=8, shape=(64, 64), n_nuclei=1, seed=1)
     image = tmp_path / "dividing.tif"
     tifffile.imwrite(image, movie.image, metadata={"axes": "TZYX"})
     mask = movie.labels[0] == 1
@@ -274,23 +275,25 @@ def test_tzyx_discovery_division_lineage_in_every_output_resume_and_replay(tmp_p
     options = {"model": "nano-fluo", "device": "cpu", "discover": 1}
     out = tmp_path / "ref.ome.zarr"
     ref = track(image, prompts, out=out, ctc=tmp_path / "01_RES", **options)
-    assert [(e["frame"], e["kind"], e["mother"], e["daughters"]) for e in ref.events] == [(4, "division", 1, [2, 3])]
+    assert [(e["frame"], e["kind"], e["mother"], e["daughters"]) for e in ref.events] == [(3, "division", 1, [2, 3])]
+    assert "neck" in ref.events[0]["sign"]
     assert ref.parents == {2: 1, 3: 1} and ref.provenance["parents"] == {"2": 1, "3": 1}
     labels = np.asarray(ref.labels)
-    assert 1 in labels[3] and 1 not in labels[4:] and {2, 3} <= set(np.unique(labels[4])) and 2 not in labels[:4]
+    assert 1 in labels[2] and 1 not in labels[3:] and {2, 3} <= set(np.unique(labels[3])) and 2 not in labels[:3]
     assert ref.provenance["settings"]["discover"]["every"] == 1
     rows = [r for r in ref.regions if r["label"] in (2, 3)]
-    assert rows and all(r["parent_label"] == 1 for r in rows) and all(r["frame"] >= 4 for r in rows)
+    assert rows and all(r["parent_label"] == 1 for r in rows) and min(r["frame"] for r in rows) == 3
     header = ref.csv_path.read_text().splitlines()[0].split(",")
     assert "parent_label" in header and "parent_track_id" in header
     tracks = {int(r[0]): [int(v) for v in r[1:]] for r in (line.split() for line in (tmp_path / "01_RES" /
               "res_track.txt").read_text().splitlines())}  # fmt: skip
-    mother = [label for label, (b, e, p) in tracks.items() if e == 3 and p == 0]
-    assert len(mother) == 1 and sorted(p for b, e, p in tracks.values() if b == 4) == [mother[0]] * 2
+    mother = [label for label, (b, e, p) in tracks.items() if e == 2 and p == 0]
+    assert len(mother) == 1 and sorted(p for b, e, p in tracks.values() if b == 3) == [mother[0]] * 2
     graph = traccuracy.loaders.load_ctc_data(str(tmp_path / "01_RES"), str(tmp_path / "01_RES" / "res_track.txt"))
     assert graph.graph.number_of_edges() > 0
-    # the writes: t = 0..4, t = 4 again with the daughters, t = 5; killed after the 5th (before the re-write)
-    for stop_at in (5,):
+    # the writes: t = 0..4, t = 3 and 4 again with the daughters, t = 5; killed after the 6th (t = 3 re-written,
+    # t = 4 not yet)
+    for stop_at in (6,):
         cut = tmp_path / f"cut{stop_at}.ome.zarr"
         calls = []
 
