@@ -38,7 +38,11 @@ Measured 2026-11-30 with discovery of divisions (volume_time.propagate_volume_wi
   cost     3 t x 8 z x 96², 3 objects (no division within 3 time points: the search alone), 3 turns, load 6-8:
            plain z-stream 0.175/0.186/0.188 s per slice, 3D+t 0.203/0.210/0.188 (1.09x), 3D+t with discovery
            every time point 0.201/0.222/0.296 (1.19x of the medians; its last turn overlapped a test run: the
-           search itself is a connected-component labelling per object and time point).
+           search itself is a connected-component labelling per object and time point). With a division:
+           --frames 6 (3 nuclei, nucleus 1 divides at t = 3, found), 3 turns, load ~6: plain 0.123/0.114/0.099,
+           3D+t 0.132/0.130/0.105 (1.13x), with discovery 0.162/0.189/0.138 (1.42x: the daughters' two time points
+           are recomputed and the earlier one's slices encoded again). Bar ≤ 1.2x: met by the search alone, not
+           in this small movie with a division.
 
 Measured 2026-11-30 after the anchor became the slice of most signal (not the widest; volume_time.py) — same
 machine and weights (nano-fluo unchanged), torch 1 thread:

@@ -257,11 +257,12 @@ class VolumeTimeSession:
         ]
 
     # ------------------------------------------------------------------ prompts
-    def add(self, t: int, z: int, prompt: ObjectPrompt, replace: bool = False) -> np.ndarray:
+    def add(self, t: int, z: int, prompt: ObjectPrompt, replace: bool = False, preview: bool = True):
         """Prompt an object on slice (t, z): points join that slice's earlier clicks of the object (replace=True
         starts over), a box replaces its box, a mask replaces all its prompts there. prompt.frame is ignored
         (taken as z); (y, x) are pixels of the slice. Returns the object's [Y, X] bool mask on that slice from
-        the prompts of (t, z) alone (a preview; `propagate` computes the volumes)."""
+        the prompts of (t, z) alone (a preview; `propagate` computes the volumes), or None with preview=False
+        (no model run: discovery prompting daughters on many slices)."""
         t, z = self._check_tz(t, z)
         prompt = self._on_slice(prompt, z)
         prompt.check(self.frame_shape, self.num_slices)
@@ -269,7 +270,7 @@ class VolumeTimeSession:
         merged = _merge(old, prompt, replace)
         self._put(t, z, prompt.obj_id, merged)
         self._log.append({"op": "add", "t": t, "z": z, "prompt": prompt.to_dict(), "replace": bool(replace)})
-        return self._preview(t, z, merged)
+        return self._preview(t, z, merged) if preview else None
 
     def set_prompt(self, t: int, z: int, obj_id: int, prompt: ObjectPrompt | None) -> np.ndarray | None:
         """Make `prompt` the whole of object `obj_id`'s prompts on slice (t, z) (None removes them). Propagation
@@ -889,7 +890,7 @@ def _prompt_volume(session: VolumeTimeSession, t: int, obj: int, mask: np.ndarra
     """Object `obj` at time point t is `mask` [Z, Y, X]: a mask prompt on every slice it covers."""
     empty = (np.zeros((0, 2)), np.zeros((0,), np.int32))
     for z in np.nonzero(mask.any(axis=(1, 2)))[0].tolist():
-        session.add(t, z, ObjectPrompt(obj, z, *empty, mask=mask[z]))
+        session.add(t, z, ObjectPrompt(obj, z, *empty, mask=mask[z]), preview=False)
 
 
 def _remember_volumes(volumes: dict[int, dict[int, int]], present: dict[int, int], t: int) -> None:
