@@ -42,7 +42,10 @@ Measured 2026-11-30 with discovery of divisions (volume_time.propagate_volume_wi
            --frames 6 (3 nuclei, nucleus 1 divides at t = 3, found), 3 turns, load ~6: plain 0.123/0.114/0.099,
            3D+t 0.132/0.130/0.105 (1.13x), with discovery 0.162/0.189/0.138 (1.42x: the daughters' two time points
            are recomputed and the earlier one's slices encoded again). Bar ≤ 1.2x: met by the search alone, not
-           in this small movie with a division.
+           in this small movie with a division. Again at load ~1.5, 3 turns: no division 0.052 / 0.058 / 0.057
+           (plain / 3D+t / discovery medians: 1.11x, 1.09x); --frames 6 with the division 0.050 / 0.055 / 0.069
+           (1.11x, 1.39x). Held-out seeds 3,000,003–5 with discovery: TRA 1.0, 1.0, 1.0 (without: 0.936, 0.926,
+           0.936).
 
 Measured 2026-11-30 after the anchor became the slice of most signal (not the widest; volume_time.py) — same
 machine and weights (nano-fluo unchanged), torch 1 thread:
