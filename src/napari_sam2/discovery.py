@@ -502,33 +502,25 @@ def split_before(mother: np.ndarray, daughters: list[np.ndarray], options: Disco
     neck (the deepest pixel of their common border ≤ `division_neck` × the depth of the shallower part). Two
     daughters that have just formed are two convex bodies pinched where they touch; a nucleus before it divides
     is convex, its depth along any cut across it is no less than the depth of its halves."""
-    from skimage.segmentation import watershed
-
     if len(daughters) != 2 or not mother.any():
         return None
-    rows, cols = np.nonzero(mother)
-    box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
-    m = mother[box]
-    depth = ndimage.distance_transform_edt(m)
-    markers = np.zeros(m.shape, dtype=np.int32)
-    for k, d in enumerate(daughters):
+    box, m, depth = _depth_in_box(mother)
+    at = []
+    for d in daughters:
         inside = m & d[box]
         if not inside.any():
             return None
-        at = np.unravel_index(int(np.argmax(np.where(inside, depth, -1))), m.shape)
-        if markers[at]:
-            return None
-        markers[at] = k + 1
-    split = watershed(-depth, markers, mask=m)
+        at.append(np.unravel_index(int(np.argmax(np.where(inside, depth, -1))), m.shape))
+    if at[0] == at[1]:
+        return None
+    split = _watershed_in_box(m, depth, at[0], at[1])
     a, b = split == 1, split == 2
     if not a.any() or not b.any() or min(a.sum(), b.sum()) / max(a.sum(), b.sum()) < options.division_size_ratio:
         return None
     border = a & ndimage.binary_dilation(b)
     if not border.any() or depth[border].max() > options.division_neck * min(depth[a].max(), depth[b].max()):
         return None
-    parts = [np.zeros_like(mother), np.zeros_like(mother)]
-    parts[0][box], parts[1][box] = a, b
-    return parts
+    return [_uncrop(a, box, mother.shape), _uncrop(b, box, mother.shape)]
 
 
 def _squeezes_neighbour(j, i, auto, labels, areas, reference, options) -> bool:
@@ -616,8 +608,6 @@ def resplit_pairs(
     be split (None: all)."""
     if not options.resplit:
         return []
-    from skimage.segmentation import watershed
-
     usual = usual or {}
     areas = _areas(labels)
     proposals: list[Proposal] = []
@@ -640,10 +630,8 @@ def resplit_pairs(
             continue
         mask_y = labels == y
         union = mask_x | mask_y
-        rows, cols = np.nonzero(union)
-        box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
-        u, mx, my = union[box], mask_x[box], mask_y[box]
-        depth = ndimage.distance_transform_edt(u)
+        box, u, depth = _depth_in_box(union)
+        mx, my = mask_x[box], mask_y[box]
         # one marker per cell: the deepest point of the union in X's mask, and in Y's mask away from X's
         # marker by at least X's radius (Y may have swallowed X's core)
         cx = np.unravel_index(int(np.argmax(np.where(mx, depth, -1))), u.shape)
@@ -652,11 +640,8 @@ def resplit_pairs(
         if not (my & far).any():
             continue
         cy = np.unravel_index(int(np.argmax(np.where(my & far, depth, -1))), u.shape)
-        markers = np.zeros(u.shape, dtype=np.int32)
-        markers[cx], markers[cy] = 1, 2
-        split = watershed(-depth, markers, mask=u)
-        part_x, part_y = np.zeros_like(union), np.zeros_like(union)
-        part_x[box], part_y[box] = split == 1, split == 2
+        split = _watershed_in_box(u, depth, cx, cy)
+        part_x, part_y = _uncrop(split == 1, box, union.shape), _uncrop(split == 2, box, union.shape)
         px, py = int(part_x.sum()), int(part_y.sum())
         # the split must bring both closer to the areas they started with, and keep each a cell
         before = abs(np.log(areas[x] / high[x])) + abs(np.log(areas[y] / low[y]))
@@ -688,8 +673,6 @@ def resplit_swallowed(
     its reference and usual areas) and Y's part is nearer Y's own than Y's mask now."""
     if not options.resplit or not lost:
         return []
-    from skimage.segmentation import watershed
-
     areas = _areas(labels)
     proposals: list[Proposal] = []
     done: set[int] = set()
@@ -707,10 +690,7 @@ def resplit_swallowed(
         if areas[y] < options.resplit_growth * low_y or areas[y] - low_y < options.reclaim_balance * high_x:
             continue
         mask_y = labels == y
-        rows, cols = np.nonzero(mask_y)
-        box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
-        u = mask_y[box]
-        depth = ndimage.distance_transform_edt(u)
+        box, u, depth = _depth_in_box(mask_y)
         # X's marker: the deepest pixel of Y's mask within X's radius of where X was (the centre of its lobe)
         yy, xx = np.indices(u.shape)
         radius = np.sqrt(high_x / np.pi)
@@ -720,11 +700,8 @@ def resplit_swallowed(
         if not far.any():
             continue
         cy = np.unravel_index(int(np.argmax(np.where(far, depth, -1))), u.shape)
-        markers = np.zeros(u.shape, dtype=np.int32)
-        markers[cx], markers[cy] = 1, 2
-        split = watershed(-depth, markers, mask=u)
-        part_x, part_y = np.zeros_like(mask_y), np.zeros_like(mask_y)
-        part_x[box], part_y[box] = split == 1, split == 2
+        split = _watershed_in_box(u, depth, cx, cy)
+        part_x, part_y = _uncrop(split == 1, box, mask_y.shape), _uncrop(split == 2, box, mask_y.shape)
         px, py = int(part_x.sum()), int(part_y.sum())
         if not max(options.min_area, 0.5 * high_x) <= px <= 1.5 * high_x or py < 0.5 * low_y:
             continue
@@ -733,6 +710,34 @@ def resplit_swallowed(
         proposals.append(Proposal("reclaim", [part_y, part_x], mother=y, other=x, sign="resplit"))
         done.update((x, y))
     return proposals
+
+
+def _depth_in_box(mask: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+    """The crop the splits by shape work on: mask [H, W] bool (not empty) → (its bounding box grown by one pixel
+    on each side, clipped to the frame, so the distance transform sees background all round; the mask in that
+    box; its distance transform there)."""
+    rows, cols = np.nonzero(mask)
+    box = (slice(max(rows.min() - 1, 0), rows.max() + 2), slice(max(cols.min() - 1, 0), cols.max() + 2))
+    crop = mask[box]
+    return box, crop, ndimage.distance_transform_edt(crop)
+
+
+def _watershed_in_box(crop: np.ndarray, depth: np.ndarray, first, second) -> np.ndarray:
+    """Split `crop` (bool, in its box) by a watershed of its distance transform `depth` from two marker pixels
+    (row, col in the box) → int labels in the box: 1 for `first`'s part, 2 for `second`'s, 0 outside the mask.
+    Two touching convex bodies meet where their union is pinched: the watershed line falls there."""
+    from skimage.segmentation import watershed
+
+    markers = np.zeros(crop.shape, dtype=np.int32)
+    markers[first], markers[second] = 1, 2
+    return watershed(-depth, markers, mask=crop)
+
+
+def _uncrop(part: np.ndarray, box: tuple[slice, slice], shape: tuple[int, ...]) -> np.ndarray:
+    """A bool mask of the box back into a frame of `shape` (False outside the box)."""
+    full = np.zeros(shape, dtype=bool)
+    full[box] = part
+    return full
 
 
 def _share_out(union: np.ndarray, seed_a: np.ndarray, seed_b: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
