@@ -569,13 +569,10 @@ def reclaim_swallowed(
         # the neighbour that grew the most among those touching X (where X is or last was in full)
         near = ndimage.binary_dilation(ref_x | (labels == x), iterations=max(1, round(options.touch_distance)))
         loss = usual_x - areas.get(x, 0)
-        best, y = 0.0, None
-        for k in (int(k) for k in np.unique(labels[near]) if k and k != x):
-            usual_k = usual_area.get(k)
-            gain = areas.get(k, 0) - (usual_k or np.inf)
-            grew = usual_k and areas[k] >= options.reclaim_growth * usual_k and gain >= options.reclaim_balance * loss
-            if grew and gain > best and k not in done and k in good_masks:
-                best, y = gain, k
+        y = _grown_neighbour(
+            labels, near, x, areas, usual_area, options.reclaim_growth, options.reclaim_balance * loss,
+            lambda k: k not in done and k in good_masks,
+        )  # fmt: skip
         if y is None:
             continue
         usual_y = usual_area[y]
@@ -620,12 +617,10 @@ def resplit_pairs(
         mask_x = labels == x
         near = ndimage.binary_dilation(mask_x, iterations=max(1, round(options.touch_distance)))
         loss = high[x] - areas[x]
-        best, y = 0.0, None
-        for k in (int(k) for k in np.unique(labels[near]) if k and k != x):
-            gain = areas[k] - low.get(k, np.inf)
-            grew = k in low and areas[k] >= options.resplit_growth * low[k] and gain >= options.reclaim_balance * loss
-            if grew and gain > best and k not in done and (alive is None or k in alive):
-                best, y = gain, k
+        y = _grown_neighbour(
+            labels, near, x, areas, low, options.resplit_growth, options.reclaim_balance * loss,
+            lambda k: k not in done and (alive is None or k in alive),
+        )  # fmt: skip
         if y is None:
             continue
         mask_y = labels == y
@@ -710,6 +705,22 @@ def resplit_swallowed(
         proposals.append(Proposal("reclaim", [part_y, part_x], mother=y, other=x, sign="resplit"))
         done.update((x, y))
     return proposals
+
+
+def _grown_neighbour(labels, near, x, areas, baseline, growth, min_gain, eligible) -> int | None:
+    """The object touching X that gained the most: among the ids of `labels` [H, W] under `near` (bool, X's
+    neighbourhood) other than `x`, those `eligible(k)` allows whose area (`areas`) reached `growth` × their
+    `baseline` area and exceeds it by ≥ `min_gain` pixels → the one with the largest gain, or None (also for ids
+    without a baseline). Used by reclaim (baseline: usual areas) and resplit (the smaller of reference and usual)."""
+    best, y = 0.0, None
+    for k in (int(k) for k in np.unique(labels[near]) if k and k != x):
+        base = baseline.get(k)
+        if not base or not eligible(k):
+            continue
+        gain = areas.get(k, 0) - base
+        if areas.get(k, 0) >= growth * base and gain >= min_gain and gain > best:
+            best, y = gain, k
+    return y
 
 
 def _depth_in_box(mask: np.ndarray) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
