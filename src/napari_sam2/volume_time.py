@@ -817,7 +817,6 @@ def propagate_volume_with_discovery(
             try:
                 for now, labels in passes:
                     yield now, labels
-                    previous = session.result(now - 1) if now - 1 in session._labels else None
                     ids, counts = np.unique(labels, return_counts=True)
                     present = {int(i): int(c) for i, c in zip(ids, counts) if i}
                     for obj in present:  # objects of the start time point may be of any age: no min_cycle for them
@@ -832,6 +831,8 @@ def propagate_volume_with_discovery(
                         _remember_volumes(volumes, present, now)
                         continue
                     searched.add(now)
+                    # the time point before (read back only where discovery looks: it is stored compressed)
+                    previous = session.result(now - 1) if now - 1 in session._labels else None
                     usual = {o: float(np.median(list(v.values())[-50:])) for o, v in volumes.items() if v}
                     found = volume_divisions(
                         labels,
