@@ -6,6 +6,12 @@
     /work/bin/py benchmarks/bench_auto.py demo   [--every K]                 # seeds + discovery on the demo movie
     /work/bin/py benchmarks/bench_auto.py cost   [--frames T] [--turns N] [--threads N] [--modes plain,changed,every2]
                                                                              # discovery vs plain tracking
+    ... auto|demo --options '{"reclaim_reference": 0}'                      # other DiscoveryOptions fields (A/B)
+
+Threads: the quality legs (auto, demo, and segment-everything F1 in all) run torch with `--threads` threads,
+default 1 — a mask's boundary pixels depend on the number of threads (the float sums of a convolution or a
+matrix product are added in another order), so two runs compare only at the same count, and every published
+number is at one thread. The cost leg runs at --threads too (0 anywhere: torch's default).
 
 Seeds of `nuclei_lineage_timelapse` (256², 10 nuclei, 4 divisions, 3 arrivals, 40 frames):
     tuning ("dev"): 4,100,000 + k: the discovery rules and thresholds were chosen looking at these (and, in an
@@ -93,7 +99,23 @@ def arrivals_found(movie, labels, parents_ok=None) -> tuple[int, int]:
     return found, len(arrivals)
 
 
+def set_threads(args) -> int:
+    """Pin torch to `--threads` CPU threads (0: leave torch's default) → the count in use."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.get_num_threads()
+
+
+def discover_option(args):
+    """The `discover=` argument of the quality legs: every K frames, plus the fields of `--options` (JSON)."""
+    extra = json.loads(args.options) if args.options else {}
+    return {"every": args.every, **extra} if extra else args.every
+
+
 def run_auto(args) -> list[dict]:
+    threads = set_threads(args)
     model = load_model("nano-fluo", device="cpu")
     rows = []
     base = DEV if getattr(args, "dev", False) else HELD_OUT
@@ -103,7 +125,7 @@ def run_auto(args) -> list[dict]:
             tmp = Path(tmp)
             write_ctc_ground_truth(movie, tmp / "GT")
             start = time.perf_counter()
-            result = track(movie.image, model=model, auto=True, discover=args.every, ctc=tmp / "RES")
+            result = track(movie.image, model=model, auto=True, discover=discover_option(args), ctc=tmp / "RES")
             seconds = time.perf_counter() - start
             scores = traccuracy_scores(tmp / "GT", tmp / "RES")
             found, total = arrivals_found(movie, result.labels)
@@ -111,6 +133,7 @@ def run_auto(args) -> list[dict]:
             "seed": base + k,
             "seeds": "dev" if base == DEV else "held-out",
             "frames": args.frames,
+            "threads": threads,
             "seconds": round(seconds, 1),
             **scores,
             "arrivals_found": f"{found}/{total}",
@@ -125,6 +148,7 @@ def run_auto(args) -> list[dict]:
 def run_demo(args) -> dict:
     from ctc_metrics import evaluate_sequence
 
+    threads = set_threads(args)
     model = load_model("nano-fluo", device="cpu")
     movie = nuclei_timelapse()
     div = movie.events["division"]
@@ -132,7 +156,7 @@ def run_demo(args) -> dict:
         tmp = Path(tmp)
         write_ctc_ground_truth(movie, tmp / "01_GT")
         rows = {}
-        for name, discover in (("seeds only", None), (f"seeds + discovery every {args.every}", args.every)):
+        for name, discover in (("seeds only", None), (f"seeds + discovery every {args.every}", discover_option(args))):
             res = tmp / f"RES_{len(rows)}"
             start = time.perf_counter()
             result = track(movie.image, movie.labels[0], model=model, direction="forward", discover=discover, ctc=res)
@@ -151,6 +175,7 @@ def run_demo(args) -> dict:
                         ok = ok or overlap.sum() > 0.5 * (labels[first] == obj).sum()
                 daughters_ok.append(ok)
             rows[name] = {
+                "threads": threads,
                 "seconds": round(seconds, 1),
                 "TRA (py-ctcmetrics)": round(float(ctc["TRA"]), 4),
                 "DET (py-ctcmetrics)": round(float(ctc["DET"]), 4),
@@ -173,8 +198,7 @@ def run_cost(args) -> dict:
     from napari_sam2.discovery import propagate_with_discovery
     from napari_sam2.session import TrackingSession
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     model = load_model("nano-fluo", device="cpu")
     movie = nuclei_lineage_timelapse(n_frames=args.frames, seed=HELD_OUT + 500)
     modes = args.modes.split(",")
@@ -270,7 +294,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=40)
     parser.add_argument("--every", type=int, default=1)
     parser.add_argument("--turns", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="cost: torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads of every leg (default 1; 0: torch's default)"
+    )
+    parser.add_argument(
+        "--options", help="auto/demo: more DiscoveryOptions fields as JSON, e.g. '{\"resplit\": false}'"
+    )
     parser.add_argument(
         "--modes", default="plain,changed,grid", help="cost: which of plain,changed,grid,every2,every4, in turns"
     )
