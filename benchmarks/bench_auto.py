@@ -202,29 +202,46 @@ def run_cost(args) -> dict:
     model = load_model("nano-fluo", device="cpu")
     movie = nuclei_lineage_timelapse(n_frames=args.frames, seed=HELD_OUT + 500)
     modes = args.modes.split(",")
-    unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4"}
+    unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4", "dense", "found"}
     if unknown:
         raise SystemExit(f"unknown cost modes {sorted(unknown)}")
+    found = _objects_found(model, movie) if "found" in modes else None
     times: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
+    object_frames: dict[str, int] = {}
     clicks: list[int] = []
     for turn in range(args.turns):
         for mode in modes:
             session = TrackingSession(model, movie.image)
-            for obj in np.unique(movie.labels[0])[1:]:
-                session.add_prompt(0, int(obj), mask=movie.labels[0] == obj)
+            if mode == "found":  # the objects discovery found, each prompted once on its first frame
+                for obj, (first, last, mask) in found.items():
+                    session.add_object(obj, start=first)
+                    session.add_prompt(first, obj, mask=mask)
+                    if last is not None:
+                        session.end_object(obj, last)
+            else:
+                for obj in np.unique(movie.labels[0])[1:]:
+                    session.add_prompt(0, int(obj), mask=movie.labels[0] == obj)
             start, start_cpu = time.perf_counter(), time.process_time()
-            if mode == "plain":
-                n = sum(1 for _ in session.propagate("forward"))
+            if mode in ("plain", "found"):
+                results = list(session.propagate("forward"))
             else:
                 every = {"every2": 2, "every4": 4}.get(mode, 1)
                 options = DiscoveryOptions(every=every, sampling="grid" if mode == "grid" else "changed")
-                n = sum(1 for _ in propagate_with_discovery(session, options))
+                if mode == "dense":  # the clicks before the watch / signal selection: every object, changed grid
+                    options = DiscoveryOptions(object_clicks="all", grid_signal=False)
+                results = list(propagate_with_discovery(session, options))
             times[mode].append((time.perf_counter() - start) / args.frames)
             cpu[mode].append((time.process_time() - start_cpu) / args.frames)
+            last = {r.frame: len(r.obj_ids) for r in results}  # a frame yielded again: its last result counts
+            object_frames[mode] = sum(last.values())
             session.close()
             print(
-                turn, mode, f"{times[mode][-1]:.3f} s/frame, CPU {cpu[mode][-1]:.3f} s/frame ({n} results)", flush=True
+                turn,
+                mode,
+                f"{times[mode][-1]:.3f} s/frame, CPU {cpu[mode][-1]:.3f} s/frame ({len(results)} results, "
+                f"{object_frames[mode]} object-frames)",
+                flush=True,
             )
     # clicks per discovery frame of the default sampling (counted on one more pass, untimed)
     from napari_sam2 import discovery as d
@@ -253,6 +270,7 @@ def run_cost(args) -> dict:
     for m in modes:
         out[f"{m} s/frame"] = round(med[m], 3)
         out[f"{m} CPU s/frame"] = round(med_cpu[m], 3)
+        out[f"{m} CPU ms per object-frame"] = round(1000 * med_cpu[m] * args.frames / max(1, object_frames[m]), 2)
     if "plain" in modes:
         for m in modes:
             if m != "plain":
@@ -264,6 +282,29 @@ def run_cost(args) -> dict:
     out["clicks per discovery frame (changed): median, max"] = [int(np.median(clicks)), int(max(clicks))]
     out["clicks per discovery frame (grid)"] = counting.generator["points_per_side"] ** 2
     print(json.dumps(out), flush=True)
+    return out
+
+
+def _objects_found(model, movie) -> dict:
+    """{object id: (first frame, last frame or None, its mask on the first frame)} of one untimed discovery run
+    (default options) on `movie` seeded with its first-frame truth: what mode "found" tracks without discovery
+    (a lower bound of discovery's tracking time: the tracker follows every object it finds)."""
+    from napari_sam2.discovery import propagate_with_discovery
+    from napari_sam2.session import TrackingSession
+
+    session = TrackingSession(model, movie.image)
+    for obj in np.unique(movie.labels[0])[1:]:
+        session.add_prompt(0, int(obj), mask=movie.labels[0] == obj)
+    for _ in propagate_with_discovery(session, DiscoveryOptions()):
+        pass
+    out = {}
+    for obj in session.obj_ids:
+        first, last = session.span(obj)
+        first = 0 if first is None else first
+        mask = session.result(first).labels == obj
+        if mask.any():
+            out[obj] = (first, last, mask)
+    session.close()
     return out
 
 

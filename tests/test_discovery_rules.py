@@ -23,6 +23,42 @@ def test_object_clicks_fall_in_each_half_of_the_long_axis():
     assert object_clicks(np.zeros((5, 5), np.uint32)).shape == (0, 2)
 
 
+def test_object_clicks_only_for_the_objects_watched():
+    labels = np.zeros((60, 60), np.uint32)
+    labels[5:15, 5:45] = 1  # 10 x 40: elongated (long / short axis 4)
+    labels[30:42, 30:42] = 2  # a square: elongation 1
+    seen = {}
+
+    def watch(obj, area, elongation):
+        seen[obj] = (area, elongation)
+        return obj == 1
+
+    clicks = object_clicks(labels, watch)
+    assert clicks.shape == (2, 2) and (clicks[:, 0] < 15).all()  # object 1's two clicks only
+    assert seen[1][0] == 400 and 3.8 < seen[1][1] < 4.2
+    assert seen[2][0] == 144 and 0.99 < seen[2][1] < 1.01
+    assert len(object_clicks(labels)) == 4  # no watch: every object
+
+
+def test_untracked_signal_is_near_bright_pixels_no_tracked_mask_holds():
+    from napari_sam2.discovery import untracked_signal
+
+    rng = np.random.default_rng(1)
+    image = rng.normal(0.1, 0.02, (96, 96)).astype(np.float32)
+    yy, xx = np.mgrid[:96, :96]
+    tracked_cell = (yy - 30) ** 2 + (xx - 30) ** 2 < 64
+    new_cell = (yy - 70) ** 2 + (xx - 70) ** 2 < 64
+    image[tracked_cell | new_cell] = 0.7
+    labels = np.zeros((96, 96), np.uint32)
+    labels[tracked_cell] = 4
+    near = untracked_signal(image, labels, reach=6, min_area=30)
+    assert near[70, 70] and near[70, 82] and not near[70, 86]  # the new cell (radius 8) and 6 px around it
+    assert not near[30, 30] and not near[30, 40]  # the tracked cell and its blurred rim
+    assert not near[5, 90]  # background noise
+    labels[new_cell] = 5
+    assert not untracked_signal(image, labels, reach=6, min_area=30).any()
+
+
 def test_change_sampler_clicks_only_changed_uncovered_points_and_revisits():
     rng = np.random.default_rng(0)
     features = torch.as_tensor(rng.normal(1.0, 0.1, (8, 4, 4)), dtype=torch.float32)
@@ -49,6 +85,16 @@ def test_change_sampler_clicks_only_changed_uncovered_points_and_revisits():
     assert len({tuple(p) for s in seen for p in s}) == sum(len(s) for s in seen) == 60
     with pytest.raises(InputError, match="sampling"):
         DiscoveryOptions(sampling="sometimes")
+    # with a signal map, the uncovered grid points near signal are clicked on every call, changed or not
+    sampler = ChangeSampler((64, 64), points_per_side=8, threshold=0.2, revisit=100)
+    signal = np.zeros((64, 64), bool)
+    signal[:24, :24] = True  # 9 grid points, 4 of them inside object 1
+    for _ in range(3):
+        clicks = sampler.clicks(features, labels, signal=signal)
+        assert len(clicks) == 5 + 2 and (clicks[:-2] < 24).all()
+    assert len(sampler.clicks(features, labels, watch=lambda *a: False, signal=signal)) == 5
+    with pytest.raises(InputError, match="object_clicks"):
+        DiscoveryOptions(object_clicks="some")
 
 
 def test_absorbed_neighbour_is_no_division_and_a_fragment_is_refreshed():

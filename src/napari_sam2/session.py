@@ -966,6 +966,16 @@ class TrackingSession:
             feats = self._features(frame)
             return segment_points(self.model, feats, self.frame_shape, points, precision=self.precision, **params)
 
+    def frame_intensity(self, frame: int) -> np.ndarray | None:
+        """Frame `frame` as the model's input is made from it, before resizing: [Y, X] float32 in 0…1 (the stack's
+        intensity range applied; the mean of the channels of an RGB frame), or None for a preprocessed stack."""
+        self.frames.check_index(frame)
+        if self.frames.preprocessed:
+            return None
+        scaled = self.frames.intensity.apply(self.frames._rgb(self.frames.raw_frame(frame)))
+        scaled = np.asarray(scaled, dtype=np.float32)
+        return scaled.mean(axis=-1) if scaled.ndim == 3 else scaled
+
     def image_features(self, frame: int) -> torch.Tensor:
         """The image encoder's lowest-resolution features of `frame`, [C, h, w] (h, w = the model's input size / 16),
         from the cache (the encoder runs at most once per frame for tracking and discovery together)."""
