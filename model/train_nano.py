@@ -87,6 +87,7 @@ from scipy import ndimage
 from napari_sam2.model import memory_bank
 from napari_sam2.model.build import build_model, config_from_dict, resolve_device
 from napari_sam2.model.configs import NANO_FLUO
+from napari_sam2.model.mask_quality import MaskQualityHead, attach_from_state_dict
 from napari_sam2.model.sam2 import NO_OBJECT_LOGIT, Memory, Pointer
 from napari_sam2.preprocess import IntensityRange, to_model_input
 from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
@@ -649,11 +650,208 @@ def export(state_path: Path, target: Path) -> None:
     record = {
         "sha256": file_sha256(target),
         "file_size": target.stat().st_size,
-        "params": sum(p.numel() for p in build_model(config_from_dict(state["config"])).parameters()),
+        "params": sum(p.numel() for p in _model_for(state["model"], config_from_dict(state["config"])).parameters()),
         "training": training,
     }
     target.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"exported step {state['step']} to {target} ({record['file_size'] / 1e6:.2f} MB)")
+
+
+def _model_for(state_dict: dict, cfg):
+    """A fresh network of `cfg` with the optional mask-quality head where `state_dict` carries its keys."""
+    model = build_model(cfg)
+    attach_from_state_dict(model, state_dict)
+    return model
+
+
+# ---------------------------------------------------------------------- the mask-quality head (--quality-head)
+QUALITY_KINDS = ["deep", "offcentre", "dim", "ambiguous", "grid"]
+QUALITY_ODDS = [0.45, 0.15, 0.2, 0.1, 0.1]
+
+
+def quality_movie(seed: int, k: int, hard_fraction: float, image_size: int) -> Movie:
+    """Movie k of a --quality-head run: 3 frames (only single frames are clicked), hard with odds hard_fraction."""
+    hard = np.random.default_rng([seed, k, 16]).random() < hard_fraction
+    return (make_hard_movie if hard else make_movie)(seed * 10_000_000 + k, image_size, n_frames=3)
+
+
+def quality_clicks(labels: np.ndarray, brightness: dict, rng: np.random.Generator, k: int, odds) -> list:
+    """k single clicks on one frame with the answer each asks for: [(kind, (x, y), target [S, S] bool or None)].
+    The kinds of `calibration_clicks` (deep / offcentre / dim / ambiguous) plus "grid": a pixel anywhere, as segment
+    everything's grid clicks (target None: a candidate is scored by its best IoU with any object)."""
+    odds = np.array(odds, float) / np.sum(odds)
+    n_grid = int((rng.random(k) < odds[4]).sum()) if odds[4] > 0 else 0
+    clicks = []
+    if k - n_grid > 0 and odds[:4].sum() > 0:
+        clicks = calibration_clicks(labels, brightness, rng, k - n_grid, odds=tuple(odds[:4] / odds[:4].sum()))
+    size = labels.shape[0]
+    for _ in range(n_grid):
+        clicks.append(("grid", (float(rng.uniform(0, size)), float(rng.uniform(0, size))), None))
+    return clicks
+
+
+def candidate_ious(masks: torch.Tensor, target: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """Actual IoU [M] of candidate masks [M, S, S] (bool) with target [S, S]; target None: with the object (id of
+    labels [S, S]) each candidate overlaps best (0 where it overlaps none, or is empty)."""
+    if target is not None:
+        inter = (masks & target).flatten(1).sum(1).float()
+        union = (masks | target).flatten(1).sum(1).float()
+        return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    ious = torch.zeros(masks.shape[0])
+    for obj in torch.unique(labels[masks.any(0)]):
+        if obj <= 0:
+            continue
+        ious = torch.maximum(ious, candidate_ious(masks, labels == obj, labels))
+    return ious
+
+
+def quality_batch(model, movie: Movie, rng: np.random.Generator, k: int, odds) -> tuple | None:
+    """One frame of `movie` (random rotation / flip), k clicks (`quality_clicks`) decoded together by the frozen
+    network (multimask, no gate) → (head prediction [n, 3] with gradient, actual IoU [n, 3], kinds), or None."""
+    t = int(rng.integers(movie.frames.shape[0]))
+    frame, labels = movie.frames[t : t + 1], movie.labels[t]
+    turns = int(rng.integers(4))
+    frame, labels = torch.rot90(frame, turns, dims=(-2, -1)), torch.rot90(labels, turns, dims=(-2, -1))
+    if rng.random() < 0.5:
+        frame, labels = frame.flip(-1), labels.flip(-1)
+    clicks = quality_clicks(labels.numpy(), movie.brightness, rng, k, odds)
+    if not clicks:
+        return None
+    device, n = model.device, len(clicks)
+    coords = torch.tensor([[c[1]] for c in clicks], dtype=torch.float32, device=device)  # [n, 1, 2]
+    point_labels = torch.ones(n, 1, dtype=torch.int32, device=device)
+    head, model.mask_quality = model.mask_quality, None  # the frozen network alone, then the head with a gradient
+    try:
+        with torch.no_grad():
+            feats = model.encode_image(frame.contiguous().to(device))
+            embedding = model.image_embedding(feats)
+            out = model.decode(embedding, feats.high_res, coords, point_labels, multimask=True, object_gate=False)
+            masks = (model.upsample_logits(out.multi_logits) > 0).cpu()  # [n, 3, S, S]
+    finally:
+        model.mask_quality = head
+    actual = torch.stack(
+        [candidate_ious(masks[i], None if c[2] is None else torch.as_tensor(c[2]), labels) for i, c in enumerate(clicks)]
+    )
+    predicted = head(out.multi_logits, feats.high_res, coords, point_labels, model.image_size)
+    return predicted, actual.to(device), [c[0] for c in clicks]
+
+
+@torch.no_grad()
+def validate_quality(model, image_size: int, n_movies: int = 6) -> dict:
+    """Held-out (seeds from HELD_OUT_SEED): one deep click per object of frame 0 of n_movies / 2 sample movies and
+    n_movies / 2 hard movies, as a user clicks; the chosen candidate's |predicted − actual| IoU and correlation."""
+    pairs = []
+    model.eval()
+    for k in range(n_movies):
+        movie = (make_movie if k % 2 == 0 else make_hard_movie)(HELD_OUT_SEED + k, image_size, n_frames=2)
+        labels = movie.labels[0]
+        objs = [int(o) for o in torch.unique(labels) if o > 0 and int((labels == o).sum()) >= 20]
+        if not objs:
+            continue
+        clicks = []
+        for obj in objs:
+            depth = ndimage.distance_transform_edt(np.pad((labels == obj).numpy(), 1))[1:-1, 1:-1]
+            y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            clicks.append((float(x), float(y)))
+        feats = model.encode_image(movie.frames[:1].to(model.device))
+        coords = torch.tensor(clicks, dtype=torch.float32, device=model.device)[:, None]
+        ones = torch.ones(len(clicks), 1, dtype=torch.int32, device=model.device)
+        out = model.decode(model.image_embedding(feats), feats.high_res, coords, ones, multimask=True)
+        masks = (model.upsample_logits(out.logits)[:, 0] > 0).cpu()
+        for i, obj in enumerate(objs):
+            pairs.append((float(out.iou[i, 0]), float(candidate_ious(masks[i : i + 1], labels == obj, labels)[0])))
+    model.train()
+    stats = click_calibration(pairs)
+    return {"val_" + k: v for k, v in stats.items()}
+
+
+def train_quality_head(args) -> int:
+    """--quality-head: train only `SAM2Model.mask_quality` (a `MaskQualityHead`, new or from --init / the resumed
+    state) to regress the actual IoU of each of the 3 candidates of single clicks (L1), every other weight frozen:
+    the masks stay exactly those of the --init weights, only their predicted IoUs change."""
+    state_path = args.out / "last.pt"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    resume = args.resume and state_path.exists()
+    source = state_path if resume else args.init
+    if source is None:
+        raise SystemExit("--quality-head needs --init (the frozen network's weights) or --resume")
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    cfg = config_from_dict(state["config"])
+    model = _model_for(state["model"], cfg)
+    if model.mask_quality is None:
+        model.mask_quality = MaskQualityHead(cfg.d_model, args.quality_width, args.quality_hidden)
+    model.load_state_dict(state["model"], strict=model.mask_quality is not None and resume)
+    model = model.to(device).eval()  # the frozen network in inference mode (no dropout / batch statistics anyway)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.mask_quality.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    start = 0
+    if resume:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        print(f"resumed at step {start}", flush=True)
+    print(f"mask-quality head: {sum(p.numel() for p in params):,} parameters; steps {start}..{args.steps}", flush=True)
+    odds = args.quality_odds or QUALITY_ODDS
+    log = (args.out / "log.jsonl").open("a")
+    began = time.time()
+    window: dict = {"loss": [], "pairs": [], "kinds": {}}
+    for step in range(start, args.steps):
+        rng = np.random.default_rng([args.seed, step])
+        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses = []
+        for j in range(args.click_images):  # a new movie per frame: data of step k depends on (seed, k) only
+            movie = quality_movie(args.seed, step * args.click_images + j, args.hard_fraction, cfg.image_size)
+            got = quality_batch(model, movie, rng, args.clicks_per_image, odds)
+            if got is None:
+                continue
+            predicted, actual, kinds = got
+            losses.append((predicted - actual).abs().mean())
+            with torch.no_grad():
+                chosen = predicted.argmax(1)
+                rows = torch.arange(len(kinds))
+                for kind, p, a in zip(kinds, predicted[rows, chosen].tolist(), actual[rows, chosen].tolist()):
+                    window["pairs"].append((p, a))
+                    window["kinds"].setdefault(kind, []).append(abs(p - a))
+        if losses:
+            loss = torch.stack(losses).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            window["loss"].append(float(loss.detach()))
+        done = step + 1
+        if done % 25 == 0 or done == args.steps:
+            record = {
+                "step": done,
+                "lr": lr,
+                "minutes": (time.time() - began) / 60,
+                "loss": float(np.mean(window["loss"])) if window["loss"] else None,
+                **click_calibration(window["pairs"]),
+                **{f"err_{k}": float(np.mean(v)) for k, v in sorted(window["kinds"].items())},
+            }
+            window = {"loss": [], "pairs": [], "kinds": {}}
+            if args.val_every and (done % args.val_every == 0 or done == args.steps):
+                record.update(validate_quality(model, cfg.image_size))
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(json.dumps(record), flush=True)
+        stop = (args.stop_after and (time.time() - began) / 60 >= args.stop_after) or done == args.until
+        if done % args.save_every == 0 or done == args.steps or stop:
+            save_training_state(state_path, model, optimizer, done, args)
+        if stop:
+            print(f"stopped at step {done}; --resume continues", flush=True)
+            break
+    return 0
 
 
 # ---------------------------------------------------------------------- validation (quick; the benchmark is thorough)
@@ -810,7 +1008,16 @@ def main(argv=None) -> int:
                         help=f"odds of the calibration click kinds (default {CLICK_ODDS})")  # fmt: skip
     parser.add_argument("--refine-pass", action="store_true", help="calibration clicks also train a second pass "
                         "with the first pass's mask as a mask prompt (refine_pass_loss)")  # fmt: skip
+    parser.add_argument("--quality-head", action="store_true", help="train only the optional mask-quality head "
+                        "(train_quality_head) on --click-images frames × --clicks-per-image clicks per step; the "
+                        "network of --init stays frozen")  # fmt: skip
+    parser.add_argument("--quality-width", type=int, default=16, help="--quality-head: channels of its image map")
+    parser.add_argument("--quality-hidden", type=int, default=64, help="--quality-head: its MLP's hidden width")
+    parser.add_argument("--quality-odds", type=float, nargs=5, metavar=tuple(k.upper() for k in QUALITY_KINDS),
+                        help=f"--quality-head: odds of the click kinds (default {QUALITY_ODDS})")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.quality_head and not args.export:
+        return train_quality_head(args)
     LOSS_WEIGHTS.update(SAM2_LOSS_WEIGHTS, iou=args.iou_weight)
     if args.iou_head_only:  # the masks, scores and pointers stay as they are: only the IoU estimate learns
         LOSS_WEIGHTS.update(focal=0.0, dice=0.0, presence=0.0)

@@ -73,7 +73,7 @@ class DecoderOutput:
     """What the SAM heads give for a batch of B objects.
 
     multi_logits: [B, M, 4h, 4w] all candidate low-res mask logits (M = 3 with multimask, else 1);
-    multi_ious: [B, M] predicted IoU of each candidate;
+    multi_ious: [B, M] predicted IoU of each candidate (the mask-quality head's where the model has one);
     logits: [B, 1, 4h, 4w] the chosen mask (highest predicted IoU with multimask);
     iou: [B, 1] its predicted IoU;
     object_pointer: [B, d]; object_score: [B, 1] logit of "the object is present".
@@ -166,6 +166,9 @@ class SAM2Model(nn.Module):
             self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, mem_dim))
         else:
             self.no_obj_embed_spatial = None
+        # optional learned mask-aware IoU head (`mask_quality.MaskQualityHead`): only where a checkpoint carries its
+        # keys (`mask_quality.attach_from_state_dict`); official checkpoints never do, and then nothing changes
+        self.mask_quality = None
         self._init_embeddings()
 
     def _init_embeddings(self) -> None:
@@ -245,6 +248,12 @@ class SAM2Model(nn.Module):
             repeat_image=embedding.shape[0] == 1 and batch > 1,
             high_res_features=high_res,
         )
+        if self.mask_quality is not None:
+            # the mask-aware head replaces the IoU token's estimate (which cannot see where the mask landed), for
+            # the report and for the multimask choice below; it reads the masks before the object gate
+            multi_ious = self.mask_quality(
+                multi_logits, high_res, point_coords, point_labels, self.image_size
+            ).to(multi_ious.dtype)
         present = object_score > 0
         if object_gate:
             multi_logits = torch.where(present[:, :, None, None], multi_logits, NO_OBJECT_LOGIT)
