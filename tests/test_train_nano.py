@@ -242,3 +242,49 @@ def test_tracked_frames_can_train_all_candidates_while_the_prompt_takes_the_best
         rules.clear()
         train_nano.run_clip(model, clip, np.random.default_rng(1), stats, 8, "click", 0.0, True, False, tracked)
         assert rules == expected
+
+
+def test_quality_head_leg_trains_only_the_head_resumes_exactly_and_exports(train_nano, tmp_path):
+    shipped = ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt"
+    args = ["--quality-head", "--init", str(shipped), "--steps", "2", "--click-images", "1", "--clicks-per-image",
+            "4", "--threads", "1", "--hard-fraction", "0.5", "--val-every", "0", "--save-every", "1", "--seed", "7",
+            "--warmup", "1"]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_nano.main(["--out", str(straight), *args]) == 0
+    assert train_nano.main(["--out", str(split), *args, "--until", "1"]) == 0
+    assert torch.load(split / "last.pt", weights_only=True)["step"] == 1
+    assert train_nano.main(["--out", str(split), *args, "--resume"]) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(split / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "stop + resume changed the head"
+    init = torch.load(shipped, weights_only=True)["model"]
+    head = sorted(k for k in a if k.startswith("mask_quality."))
+    assert head and sorted(set(a) - set(init)) == head
+    assert all(torch.equal(a[k], init[k]) for k in init), "a network weight moved: only the head may learn"
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 and np.isfinite(log[-1]["loss"])
+
+    target = tmp_path / "with_head.pt"
+    assert train_nano.main(["--out", str(straight), "--export", str(target)]) == 0
+    model = load_model(target, device="cpu")
+    assert model.mask_quality is not None
+    record = json.loads(target.with_suffix(".json").read_text())
+    assert record["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_quality_targets_are_each_candidates_iou(train_nano):
+    labels = torch.zeros(32, 32, dtype=torch.int64)
+    labels[2:10, 2:10] = 1
+    labels[20:30, 20:30] = 2
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[0, 2:10, 2:10] = True  # object 1 exactly
+    masks[1, 20:25, 20:30] = True  # half of object 2
+    ious = train_nano.candidate_ious(masks, labels == 1, labels)
+    assert ious.tolist() == [1.0, 0.0, 0.0]
+    grid = train_nano.candidate_ious(masks, None, labels)  # a grid click: each candidate's best object
+    assert grid.tolist() == [1.0, 0.5, 0.0]
+    rng = np.random.default_rng(0)
+    clicks = train_nano.quality_clicks(labels.numpy(), {}, rng, 40, [0.5, 0, 0, 0, 0.5])
+    kinds = {c[0] for c in clicks}
+    assert kinds == {"deep", "grid"} and len(clicks) == 40
+    assert all(c[2] is None for c in clicks if c[0] == "grid")
