@@ -11,7 +11,8 @@ engine (`TrackingSession`, `track`), as a user's run would.
 
 Measured:
   click      one click per object (its deepest interior pixel, as a user clicks a nucleus) on frame 0 of each
-             movie: IoU of the returned mask with the true mask; median and mean over all objects.
+             movie: IoU of the returned mask with the true mask; median and mean over all objects; and the mean
+             |predicted − actual IoU| of those masks (calibration of the IoU the session returns).
   tracking   one click per object on frame 0, propagated forward over 40 frames: mean IoU over (object, frame)
              pairs where the object is present (an absent-reported frame counts as IoU 0); CTC TRA and DET
              against the ground truth (py-ctcmetrics; daughters of a division are new objects nobody prompted).
@@ -83,7 +84,7 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
     from ctc_metrics import evaluate_sequence
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_nano_"))
-    click, track_ious, tra, det, absent_ok, after_return = [], [], [], [], [], []
+    click, track_ious, tra, det, absent_ok, after_return, click_error = [], [], [], [], [], [], []
     per_condition: dict[str, dict] = {}
     for name, movie in held_out_movies(seeds, frames, conditions=conditions):
         labels = movie.labels
@@ -94,6 +95,7 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
                 result = session.add_prompt(0, p.obj_id, points=p.points, labels=p.labels)
                 k = result.obj_ids.index(p.obj_id)
                 click.append(iou(result.masks[k], labels[0] == p.obj_id))
+                click_error.append(abs(float(result.ious[k]) - click[-1]))  # the returned IoU's calibration
                 per_condition.setdefault(name, {"click": [], "track": [], "tra": []})["click"].append(click[-1])
         # --- tracking from those clicks, through the public track() with CTC output
         run = workdir / f"{name}_{len(tra)}"
@@ -120,6 +122,7 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
         "click_iou_median": float(np.median(click)),
         "click_iou_mean": float(np.mean(click)),
         "click_objects": len(click),
+        "click_calibration_abs_err": float(np.mean(click_error)),  # mean |predicted − actual IoU| of those clicks
         "track_iou_mean": float(np.mean(track_ious)),
         "track_pairs": len(track_ious),
         "tra_mean": float(np.mean(tra)),
