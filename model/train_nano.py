@@ -730,7 +730,10 @@ def quality_batch(model, movie: Movie, rng: np.random.Generator, k: int, odds) -
     finally:
         model.mask_quality = head
     actual = torch.stack(
-        [candidate_ious(masks[i], None if c[2] is None else torch.as_tensor(c[2]), labels) for i, c in enumerate(clicks)]
+        [
+            candidate_ious(masks[i], None if c[2] is None else torch.as_tensor(c[2]), labels)
+            for i, c in enumerate(clicks)
+        ]
     )
     predicted = head(out.multi_logits, feats.high_res, coords, point_labels, model.image_size)
     return predicted, actual.to(device), [c[0] for c in clicks]

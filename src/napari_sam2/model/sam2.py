@@ -251,9 +251,9 @@ class SAM2Model(nn.Module):
         if self.mask_quality is not None:
             # the mask-aware head replaces the IoU token's estimate (which cannot see where the mask landed), for
             # the report and for the multimask choice below; it reads the masks before the object gate
-            multi_ious = self.mask_quality(
-                multi_logits, high_res, point_coords, point_labels, self.image_size
-            ).to(multi_ious.dtype)
+            multi_ious = self.mask_quality(multi_logits, high_res, point_coords, point_labels, self.image_size).to(
+                multi_ious.dtype
+            )
         present = object_score > 0
         if object_gate:
             multi_logits = torch.where(present[:, :, None, None], multi_logits, NO_OBJECT_LOGIT)
