@@ -36,6 +36,17 @@ used: held-out calibration 0.22 → 0.24, see model/README.md), e.g. from a trai
         --hard-negatives 0.5 --ambiguous 0.3 --multimask-min --iou-weight 10 --balanced-end 0 --lr 3e-4 --warmup 20 \
         --lr-min 0.1 --val-every 100 --save-every 50 --pool 12
 
+Mask-quality head (`--quality-head`, issue 16): the optional `MaskQualityHead` (src/napari_sam2/model/mask_quality.py)
+learns to predict each candidate mask's actual IoU from the mask, the frame's high-resolution features and the
+prompt; the network of --init is frozen (its masks do not change), only the head's ~21k weights learn (L1 to the IoU
+of each of the 3 candidates of single clicks: deep, off-centre, dim beside a brighter nucleus, ambiguous, anywhere;
+`--quality-odds`). A 3-frame movie per clicked frame, movie k seeded --seed × 10,000,000 + k, e.g.
+
+    python model/train_nano.py --out runs/qa --quality-head --init src/napari_sam2/weights/nano_fluo.pt \
+        --steps 2400 --click-images 2 --clicks-per-image 12 --threads 1 --hard-fraction 0.6 --lr 1e-3 --warmup 50 \
+        --lr-min 0.1 --val-every 200 --save-every 100 --seed 26      # --resume with the same arguments continues
+    python model/train_nano.py --out runs/qa --export runs/qa/nano_fluo.pt   # the checkpoint carries the head
+
 GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
 15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
 movies, not the network, limits a GPU, hence the 12 worker processes):
