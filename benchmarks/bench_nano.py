@@ -14,7 +14,8 @@ Measured:
              movie: IoU of the returned mask with the true mask; median and mean over all objects; and the mean
              |predicted − actual IoU| of those masks (calibration of the IoU the session returns).
   tracking   one click per object on frame 0, propagated forward over 40 frames: mean IoU over (object, frame)
-             pairs where the object is present (an absent-reported frame counts as IoU 0); CTC TRA and DET
+             pairs where the object is present (an absent-reported frame counts as IoU 0), and the mean
+             |predicted − actual IoU| where it is also reported present (the confidence strip); CTC TRA and DET
              against the ground truth (py-ctcmetrics; daughters of a division are new objects nobody prompted).
   occlusion  nucleus 2 swims out of the field and comes back: fraction of its absent frames reported absent
              (object score ≤ 0), and its IoU on the frames after it returns.
@@ -84,7 +85,7 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
     from ctc_metrics import evaluate_sequence
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_nano_"))
-    click, track_ious, tra, det, absent_ok, after_return, click_error = [], [], [], [], [], [], []
+    click, track_ious, tra, det, absent_ok, after_return, click_error, track_error = [], [], [], [], [], [], [], []
     per_condition: dict[str, dict] = {}
     for name, movie in held_out_movies(seeds, frames, conditions=conditions):
         labels = movie.labels
@@ -102,12 +103,16 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
         write_ctc_ground_truth(movie, run / "01_GT", overwrite=True)
         result = track(movie.image, prompts, model=model, axis=0, direction="forward", ctc=run / "01_RES", tables=False)
         predicted = np.asarray(result.labels)
+        said = {(r["frame"], r["obj_id"]): r for r in result.confidence}
         for p in prompts:
             for t in range(1, frames):
                 truth = labels[t] == p.obj_id
                 if truth.any():
                     track_ious.append(iou(predicted[t] == p.obj_id, truth))
                     per_condition[name]["track"].append(track_ious[-1])
+                    row = said.get((t, p.obj_id))
+                    if row is not None and row["present"]:  # the confidence strip's number on a tracked frame
+                        track_error.append(abs(float(row["iou"]) - track_ious[-1]))
         scores = evaluate_sequence(str(run / "01_RES"), str(run / "01_GT"), ["Valid", "DET", "TRA"], threads=1)
         tra.append(scores["TRA"])
         det.append(scores["DET"])
@@ -125,6 +130,8 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
         "click_calibration_abs_err": float(np.mean(click_error)),  # mean |predicted − actual IoU| of those clicks
         "track_iou_mean": float(np.mean(track_ious)),
         "track_pairs": len(track_ious),
+        # mean |predicted − actual IoU| on tracked frames where the object is present and reported present
+        "track_calibration_abs_err": float(np.mean(track_error)) if track_error else None,
         "tra_mean": float(np.mean(tra)),
         "det_mean": float(np.mean(det)),
         "occlusion_absent_reported": float(np.mean(absent_ok)) if absent_ok else None,
