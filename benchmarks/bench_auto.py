@@ -227,9 +227,11 @@ def run_cost(args) -> dict:
                 results = list(session.propagate("forward"))
             else:
                 every = {"every2": 2, "every4": 4}.get(mode, 1)
-                options = DiscoveryOptions(every=every, sampling="grid" if mode == "grid" else "changed")
-                if mode == "dense":  # the clicks before the watch / signal selection: every object, changed grid
-                    options = DiscoveryOptions(object_clicks="all", grid_signal=False)
+                extra = json.loads(args.options) if args.options else {}
+                sampling = "grid" if mode == "grid" else "changed"
+                options = DiscoveryOptions(**{"every": every, "sampling": sampling, **extra})
+                if mode == "dense":  # the clicks and banks before this version: every object, changed grid
+                    options = DiscoveryOptions(object_clicks="all", grid_signal="off", skip_settled=False)
                 results = list(propagate_with_discovery(session, options))
             times[mode].append((time.perf_counter() - start) / args.frames)
             cpu[mode].append((time.process_time() - start_cpu) / args.frames)
@@ -339,7 +341,7 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch CPU threads of every leg (default 1; 0: torch's default)"
     )
     parser.add_argument(
-        "--options", help="auto/demo: more DiscoveryOptions fields as JSON, e.g. '{\"resplit\": false}'"
+        "--options", help="auto/demo/cost: more DiscoveryOptions fields as JSON, e.g. '{\"resplit\": false}'"
     )
     parser.add_argument(
         "--modes", default="plain,changed,grid", help="cost: which of plain,changed,grid,every2,every4, in turns"

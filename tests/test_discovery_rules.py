@@ -41,7 +41,7 @@ def test_object_clicks_only_for_the_objects_watched():
 
 
 def test_untracked_signal_is_near_bright_pixels_no_tracked_mask_holds():
-    from napari_sam2.discovery import untracked_signal
+    from napari_sam2.discovery import near_signal, untracked_signal
 
     rng = np.random.default_rng(1)
     image = rng.normal(0.1, 0.02, (96, 96)).astype(np.float32)
@@ -57,6 +57,8 @@ def test_untracked_signal_is_near_bright_pixels_no_tracked_mask_holds():
     assert not near[5, 90]  # background noise
     labels[new_cell] = 5
     assert not untracked_signal(image, labels, reach=6, min_area=30).any()
+    near = near_signal(image, reach=6, min_area=30)  # tracked or not
+    assert near[30, 30] and near[30, 44] and near[70, 70] and not near[30, 48] and not near[5, 90]
 
 
 def test_change_sampler_clicks_only_changed_uncovered_points_and_revisits():
@@ -93,6 +95,17 @@ def test_change_sampler_clicks_only_changed_uncovered_points_and_revisits():
         clicks = sampler.clicks(features, labels, signal=signal)
         assert len(clicks) == 5 + 2 and (clicks[:-2] < 24).all()
     assert len(sampler.clicks(features, labels, watch=lambda *a: False, signal=signal)) == 5
+    # "near": the change test still decides, but only where signal is near
+    sampler = ChangeSampler((64, 64), points_per_side=8, threshold=0.2, revisit=100)
+    assert len(sampler.clicks(features, labels, near=signal)) == 5 + 2  # first frame: every point near signal
+    assert len(sampler.clicks(features, labels, near=signal)) == 2  # unchanged
+    assert len(sampler.clicks(changed, labels, near=signal)) == 2  # changed, but far from signal
+    near = np.ones((64, 64), bool)
+    assert len(sampler.clicks(changed, labels, near=near)) == 16 + 2  # signal came near: the change still counts
+    # points near untracked signal are clicked too, changed or not
+    assert len(sampler.clicks(changed, labels, near=near, signal=signal)) == 5 + 2
+    with pytest.raises(InputError, match="grid_signal"):
+        DiscoveryOptions(grid_signal=True)
     with pytest.raises(InputError, match="object_clicks"):
         DiscoveryOptions(object_clicks="some")
 
@@ -398,3 +411,57 @@ def test_resplit_gives_a_swallowed_object_back_by_shape():
     elsewhere = _disc(shape, (8, 62), 6)
     assert resplit_swallowed(labels, opts, reference, usual, {1: elsewhere}) == []
     assert resplit_swallowed(labels, DiscoveryOptions(resplit=False), reference, usual, {1: left}) == []
+
+
+def test_settled_candidates_keep_their_mask_and_cost_no_click(tiny_model, blob_stack):
+    from napari_sam2 import automatic
+    from napari_sam2.automatic import AutoObject, recenter
+    from napari_sam2.session import TrackingSession
+
+    labels = np.zeros((96, 128), np.uint32)
+    labels[10:40, 10:40] = 1  # a settled cell
+    inside, across = np.zeros((96, 128), bool), np.zeros((96, 128), bool)
+    inside[12:30, 12:38] = True  # lies in cell 1
+    across[20:40, 30:60] = True  # a third of it in cell 1
+    objects = [
+        AutoObject(m, (int(np.nonzero(m)[0].min()), int(np.nonzero(m)[1].min()), int(np.nonzero(m)[0].max()) + 1,
+                       int(np.nonzero(m)[1].max()) + 1), int(m.sum()), 0.9, 0.9, (20.0, 20.0), (0, 0, 96, 128))
+        for m in (inside, across)
+    ]  # fmt: skip
+    keep = automatic._settled(labels)
+    assert keep(objects[0]) and not keep(objects[1])
+    session = TrackingSession(tiny_model, blob_stack(n_frames=1))
+    feats = session._features(0)
+    calls = []
+    original = tiny_model.decode
+
+    def counted(*args, **kwargs):
+        calls.append(args[2].shape[0])  # clicks in this decoder call
+        return original(*args, **kwargs)
+
+    tiny_model.decode = counted
+    try:
+        settings = automatic.default_settings(tiny_model)
+        out = recenter(tiny_model, feats, (96, 128), objects, settings, keep)
+    finally:
+        del tiny_model.decode
+    assert sum(calls) == 1  # only the candidate across the border is clicked again
+    assert out[0] is objects[0]  # the settled one is kept as it was
+
+
+def test_max_cond_frames_attends_to_the_nearest_conditioning_frames(tiny_model, blob_stack):
+    from napari_sam2.session import TrackingSession
+
+    session = TrackingSession(tiny_model, blob_stack(n_frames=8))
+    mask = np.zeros(session.frame_shape, bool)
+    mask[30:50, 30:50] = True
+    for frame in (0, 2, 5):
+        session.add_prompt(frame, 1, mask=mask)
+    obj = session.objects[1]
+    assert list(session._attended_conditioning(obj, 7)) == [0, 2, 5]  # default: all (the official default)
+    session.max_cond_frames = 2
+    assert list(session._attended_conditioning(obj, 7)) == [2, 5]  # the nearest before, then the next nearest
+    assert list(session._attended_conditioning(obj, 3)) == [2, 5]  # the nearest before and the nearest after
+    assert list(session._attended_conditioning(obj, 1)) == [0, 2]
+    with pytest.raises(InputError, match="max_cond_frames"):
+        DiscoveryOptions(max_cond_frames=1)

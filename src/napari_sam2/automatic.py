@@ -550,12 +550,16 @@ def deepest_point(mask: np.ndarray, box) -> tuple[int, int]:
     return int(y) + y0, int(x) + x0
 
 
-def recenter(model, features, image_shape, objects: list[AutoObject], s: AutoMaskSettings) -> list[AutoObject]:
+def recenter(
+    model, features, image_shape, objects: list[AutoObject], s: AutoMaskSettings, keep=None
+) -> list[AutoObject]:
     """Prompt each object again with one click at its deepest pixel (best of 3 masks by predicted IoU).
 
     A grid click lands anywhere on a cell and a small model answers an off-centre click with a poorer mask than a
     centred one; the centred click is how a user prompts (and how nano-fluo was trained). Masks repeating an
     earlier one (mask IoU > DUPLICATE_IOU) and empty ones are dropped; order is kept. features: of the whole image.
+    keep(object) → True keeps an object as it is, without a click (its answer is known: e.g. a mask that is a
+    tracked cell already); it still takes part in the duplicate test.
     """
     if not objects:
         return []
@@ -563,10 +567,11 @@ def recenter(model, features, image_shape, objects: list[AutoObject], s: AutoMas
     device = features.vision.device
     size = float(model.image_size)
     embedding = model.image_embedding(features)
-    centres = [deepest_point(o.mask, o.box) for o in objects]
+    kept = [bool(keep(o)) if keep is not None else False for o in objects]
+    centres = [None if k else deepest_point(o.mask, o.box) for o, k in zip(objects, kept)]
     # two masks of one cell often share their deepest pixel: that click is decoded once (its answer would only
     # repeat the first one's and be dropped as a duplicate, or be dropped like it)
-    unique = list(dict.fromkeys(centres))
+    unique = list(dict.fromkeys(c for c in centres if c is not None))
     answers: dict[tuple[int, int], tuple] = {}
     batch = int(s.points_per_batch)
     for start in range(0, len(unique), batch):
@@ -594,13 +599,16 @@ def recenter(model, features, image_shape, objects: list[AutoObject], s: AutoMas
         for k, point in enumerate(chunk):
             answers[point] = (masks[k], tuple(int(v) for v in boxes[k]), int(areas[k]), best_ious[k], stability[k])
     found: list[AutoObject] = []
-    for (y, x), candidate in zip(centres, objects):
-        if (y, x) not in answers:
+    for centre, candidate in zip(centres, objects):
+        if centre is None:
+            obj = candidate
+        elif centre not in answers:
             continue  # a repeated click (see above)
-        mask, box, area, iou, stability = answers.pop((y, x))
-        if area == 0:
-            continue
-        obj = AutoObject(mask, box, area, iou, stability, (float(y), float(x)), candidate.crop_box)
+        else:
+            mask, box, area, iou, stability = answers.pop(centre)
+            if area == 0:
+                continue
+            obj = AutoObject(mask, box, area, iou, stability, (float(centre[0]), float(centre[1])), candidate.crop_box)
         if all(_overlap(obj, f) <= DUPLICATE_IOU * (obj.area + f.area - _overlap(obj, f)) for f in found):
             found.append(obj)
     return found
@@ -635,12 +643,13 @@ def _settings(model, params: dict) -> AutoMaskSettings:
     return AutoMaskSettings(**{**base, **{k: v for k, v in params.items() if v is not None}})
 
 
-def _finish(model, features, candidates: list[AutoObject], image_shape, s: AutoMaskSettings) -> AutoMasks:
-    """Candidates → label image: optional recentring, parts and clusters resolved, overlaps painted."""
+def _finish(model, features, candidates: list[AutoObject], image_shape, s: AutoMaskSettings, keep=None) -> AutoMasks:
+    """Candidates → label image: optional recentring (`keep`: see `recenter`), parts and clusters resolved,
+    overlaps painted."""
     objects = candidates
     if s.recenter:
         with torch.inference_mode():
-            objects = recenter(model, features, image_shape, objects, s)
+            objects = recenter(model, features, image_shape, objects, s, keep)
     objects = resolve_parts(objects)
     labels, objects = labels_from_masks(objects, image_shape, int(s.min_area), float(s.min_kept_fraction))
     return AutoMasks(labels=labels, objects=objects, candidates=candidates)
@@ -669,7 +678,15 @@ def segment_features(model, features, image_shape: tuple[int, int], *, precision
 
 
 def segment_points(
-    model, features, image_shape: tuple[int, int], points, *, precision: str = "auto", lowres: bool = True, **params
+    model,
+    features,
+    image_shape: tuple[int, int],
+    points,
+    *,
+    precision: str = "auto",
+    lowres: bool = True,
+    settled: np.ndarray | None = None,
+    **params,
 ) -> AutoMasks:
     """Like `segment_features`, but prompted with the given clicks instead of a regular grid (discovery's cheaper
     sampling: `napari_sam2.discovery` picks the clicks), and by default scored at the decoder's own resolution.
@@ -680,6 +697,9 @@ def segment_points(
     and scoring of every candidate is most of the generator's cost on a CPU. With lowres=False the candidates go
     through exactly the official generator's steps 2-4. Parameters: as `segment_everything` (no crops, no m2m);
     `points_per_side` is ignored. Returns AutoMasks (the label image without overlaps, as `segment_everything`).
+    settled: [Y, X] label image (0 = none) of objects known already (discovery: tracked cells that show no sign of
+    change); a candidate lying ≥ SETTLED_INSIDE inside one of them is not recentred (its deepest pixel lies in that
+    cell, and a centred click on a known cell answers with that cell) — it is kept as the grid click found it.
     """
     from .model.precision import autocast_context, resolve_precision
 
@@ -696,7 +716,7 @@ def segment_points(
         if not lowres:
             xy = pts[:, ::-1].copy()
             cands = _decode_crop(model, features, image_shape, whole, image_shape, 0, s, points_xy=xy)
-            return _finish(model, features, _to_objects(cands, image_shape), image_shape, s)
+            return _finish(model, features, _to_objects(cands, image_shape), image_shape, s, _settled(settled))
         size = float(model.image_size)
         embedding = model.image_embedding(features)
         lows, ious, stabs, where = [], [], [], []
@@ -752,7 +772,28 @@ def segment_points(
                     masks[k], box, int(areas[k]), float(iou[i]), float(stab[i]), (float(py), float(px)), (0, 0, h, w)
                 )
             )
-        return _finish(model, features, candidates, image_shape, s)
+        return _finish(model, features, candidates, image_shape, s, _settled(settled))
+
+
+#: a candidate lying this much (fraction of its pixels) inside a settled object is not recentred (`segment_points`)
+SETTLED_INSIDE = 0.8
+
+
+def _settled(labels: np.ndarray | None):
+    """keep(candidate) for `recenter`: True when ≥ SETTLED_INSIDE of its mask lies in one object of `labels`."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+
+    def keep(obj: AutoObject) -> bool:
+        if not obj.area:
+            return False
+        where = _box(obj)
+        counts = np.bincount(labels[where][obj.mask[where]].astype(np.int64))
+        counts[0] = 0
+        return int(counts.max()) >= SETTLED_INSIDE * obj.area
+
+    return keep
 
 
 def segment_everything(

@@ -134,12 +134,23 @@ on every discovery frame, most of it on background that has not changed. On a di
   leg of benchmarks/bench_auto.py for what each costs);
 decoded with the generator's filters but scored at the decoder's resolution (`automatic.segment_points`: only the
 masks that survive NMS are upsampled). "grid" runs the whole `segment_everything` grid as before.
-`grid_signal=True` (off by default: a cheaper path that loses arrivals) replaces the change test of the grid
-points: only the points within half a grid spacing of untracked signal (`untracked_signal`: bright pixels no
-tracked mask holds) are clicked, on every discovery frame. It cuts the grid clicks to almost none, but a newcomer
-that a tracked cell partly covers on its first frames shows no untracked signal, and the clicks that would have
-found it beside that cell are gone (measured on the tuning seeds: 6 of 9 arrivals instead of 8, TRA 0.960
-instead of 0.969).
+With `object_clicks="watch"` a candidate that lies ≥ 80 % inside a tracked cell that is not watched is kept as
+its grid click found it, without the recentring click (`skip_settled`; its deepest pixel lies in that cell, and a
+centred click on a cell that shows no sign of change answers with the cell).
+Grid points on dark background (`grid_signal="near"`, an option: off by default): the change test picks the points whose feature
+neighbourhood (three feature cells, 48 px at 256²) changed — whenever a cell moves nearby — but a click farther
+than half a grid spacing from any bright pixel (`near_signal`: signal of tracked cells included) answers with
+nothing; such points are left out (they keep their reference features, so the change still counts when signal
+comes near). The points near *untracked* signal (`untracked_signal`: bright pixels that no tracked mask holds,
+in a piece more than 3 px thick) are clicked on every discovery frame, changed or not: a newcomer at the border
+too small on its first frame for a mask to survive the filters changes its neighbourhood little on the next
+frames, and the change test alone would wait (tuning seed 4,100,002). A quarter of the grid clicks of "off"
+(the change test alone, the default) remain; on the tuning seeds one of 9 arrivals is then found a frame later
+than with "off" (TRA 0.968 instead of 0.969; see benchmarks/bench_auto.py for its cost). "untracked" (a cheaper path that loses arrivals) replaces the change test: only the points within
+half a grid spacing of *untracked* signal (`untracked_signal`) are clicked, on every discovery frame — but a
+newcomer that a tracked cell partly covers on its first frames shows no untracked signal, and the clicks that
+would have found it beside that cell are gone (measured on the tuning seeds: 6 of 9 arrivals instead of 8, TRA
+0.960 instead of 0.969).
 Every event is recorded (frame, kind, objects) in the list given as `events`.
 New ids count up from the largest id the session has ever held, so they never reuse a deleted object's id.
 """
@@ -209,8 +220,16 @@ class DiscoveryOptions:
     object_clicks, watch_area, watch_elongation, watch_young: "watch" (default) gives the two per-object clicks of
         sampling "changed" only to objects whose area is more than watch_area (fraction) away from their usual
         area, whose long / short axis ≥ watch_elongation, or younger than watch_young frames; "all" to every one.
-    grid_signal: sampling "changed" clicks the grid points near untracked bright pixels instead of the changed
-        ones (cheaper, loses arrivals: see "Sampling"); needs the stack's pixels (not a preprocessed stack).
+    grid_signal: "off" (default): the change test alone picks the grid points; "near": it leaves out the changed
+        points farther than half a grid spacing from any bright pixel and adds those near untracked bright pixels
+        (cheaper; one arrival of 9 found a frame late on the tuning seeds); "untracked": only the points near
+        untracked bright pixels (cheapest, loses arrivals). See "Sampling". Needs the stack's pixels (a
+        preprocessed stack: "off").
+    skip_settled: a candidate mask lying mostly inside a tracked cell that is not watched is not recentred (see
+        "Sampling"; with object_clicks="watch").
+    max_cond_frames: None (default) leaves the session as it is; k ≥ 2 sets `TrackingSession.max_cond_frames`
+        (each object attends to its k nearest conditioning frames: every re-prompt of a repair adds one) for this
+        pass and after it.
     generator: keyword arguments for `segment_everything` (default `DISCOVERY_GENERATOR`; e.g. points_per_side).
     detector: instead of segment everything, any detector: detector(session, frame) → list of [H, W] bool masks
         (e.g. a Cellpose run on `session.frames.raw_frame(frame)`); not recorded in provenance beyond its name.
@@ -257,7 +276,9 @@ class DiscoveryOptions:
     watch_area: float = 0.15
     watch_elongation: float = 1.4
     watch_young: int = 3
-    grid_signal: bool = False
+    grid_signal: str = "off"
+    max_cond_frames: int | None = None
+    skip_settled: bool = True
     change_threshold: float = 0.5
     revisit: int = 16
     generator: dict[str, Any] = field(default_factory=lambda: dict(DISCOVERY_GENERATOR))
@@ -269,6 +290,10 @@ class DiscoveryOptions:
         self.every = int(self.every)
         if self.sampling not in ("changed", "grid"):
             raise InputError(f"discovery sampling is 'changed' or 'grid'; got {self.sampling!r}")
+        if self.max_cond_frames is not None and int(self.max_cond_frames) < 2:
+            raise InputError(f"discovery max_cond_frames is None (all) or >= 2; got {self.max_cond_frames}")
+        if self.grid_signal not in ("near", "untracked", "off"):
+            raise InputError(f"discovery grid_signal is 'near', 'untracked' or 'off'; got {self.grid_signal!r}")
         if self.object_clicks not in ("watch", "all"):
             raise InputError(f"discovery object_clicks is 'watch' or 'all'; got {self.object_clicks!r}")
         if int(self.revisit) < 1:
@@ -881,10 +906,14 @@ class ChangeSampler:
         labels: np.ndarray,
         watch: Callable[[int, int, float], bool] | None = None,
         signal: np.ndarray | None = None,
+        near: np.ndarray | None = None,
     ) -> np.ndarray:
         """watch: which tracked objects get their two clicks (`object_clicks`); None: all of them. signal: [Y, X]
         bool, where a grid click may reveal something (`untracked_signal`): given, the grid points there that no
-        tracked mask covers are clicked on every call and the change test is not used; None: the change test."""
+        tracked mask covers are clicked on every call and the change test is not used; None: the change test.
+        near: [Y, X] bool (`near_signal`): the change test's points are clicked only where it is True (a point
+        left out keeps its reference features: a change there still counts when signal comes near); with both,
+        the points of `signal` are clicked too, changed or not."""
         patches = self._patches(features)
         first = self.reference is None
         if first:
@@ -895,7 +924,11 @@ class ChangeSampler:
         # a point inside a tracked mask cannot reveal a new object (the per-object clicks look for divisions)
         iy = np.minimum(self.points[:, 0].astype(np.int64), self.shape[0] - 1)
         ix = np.minimum(self.points[:, 1].astype(np.int64), self.shape[1] - 1)
-        if signal is not None:
+        if near is not None:
+            due &= np.asarray(near)[iy, ix]
+            if signal is not None:
+                due |= np.asarray(signal)[iy, ix]
+        elif signal is not None:
             due = np.asarray(signal)[iy, ix].copy()
         due &= np.asarray(labels)[iy, ix] == 0
         if first:
@@ -913,6 +946,30 @@ class ChangeSampler:
         return out
 
 
+def _signal(intensity: np.ndarray) -> np.ndarray:
+    """Bright pixels: the frame [Y, X] smoothed (Gaussian, sigma 2) above half-way from its median (the background,
+    where cells are sparse) to its Otsu threshold. [Y, X] bool."""
+    smooth = ndimage.gaussian_filter(np.asarray(intensity, dtype=np.float32), 2.0)
+    background = float(np.median(smooth))
+    return smooth > background + 0.5 * (_otsu(smooth) - background)
+
+
+def near_signal(intensity: np.ndarray, reach: float, min_area: int) -> np.ndarray:
+    """Where a grid click can answer with a cell at all: [Y, X] bool, the pixels within `reach` px of signal
+    (`_signal`, tracked cells included) in pieces of ≥ min_area / 4 px. intensity: [Y, X] 0…1. A click on dark
+    background farther than that answers with nothing (or with a blob of noise); the change test picks such
+    points whenever a cell moves within a feature cell and a half of them (measured on tuning seed 4,100,001:
+    27 of the 37 changed points of a frame lay more than 8 px from any signal)."""
+    found = _signal(intensity)
+    pieces, n = ndimage.label(found)
+    if n:
+        sizes = np.bincount(pieces.ravel())
+        found = (sizes >= max(1, min_area // 4))[pieces] & found
+    if not found.any():
+        return found
+    return ndimage.distance_transform_edt(~found) <= reach
+
+
 def untracked_signal(intensity: np.ndarray, labels: np.ndarray, reach: float, min_area: int) -> np.ndarray:
     """Where a grid click can reveal an object no tracked mask holds: [Y, X] bool, the pixels within `reach` px of
     untracked signal. intensity: [Y, X] 0…1 (`TrackingSession.frame_intensity`); labels: [Y, X] tracked ids.
@@ -921,10 +978,7 @@ def untracked_signal(intensity: np.ndarray, labels: np.ndarray, reach: float, mi
     that is more than 3 px thick somewhere (the image border does not count as an edge: a cell entering the field
     is thin there) — the blurred rim around a tracked cell is bright too, but thin. A click on dark background or
     beside a tracked cell only answers with nothing or with that cell."""
-    smooth = ndimage.gaussian_filter(np.asarray(intensity, dtype=np.float32), 2.0)
-    background = float(np.median(smooth))
-    threshold = background + 0.5 * (_otsu(smooth) - background)
-    found = (smooth > threshold) & (np.asarray(labels) == 0)
+    found = _signal(intensity) & (np.asarray(labels) == 0)
     pieces, n = ndimage.label(found)
     if not n:
         return found
@@ -1006,6 +1060,8 @@ def propagate_with_discovery(
         raise InputError("discovery runs forward in time: use direction 'forward' (or 'both': the backward half "
                          "then tracks without discovery)")  # fmt: skip
     segment = segment or options.detector
+    if options.max_cond_frames is not None:  # re-prompts add conditioning frames: attend to the nearest k only
+        session.max_cond_frames = int(options.max_cond_frames)
     sampler = None
     events = events if events is not None else []
     next_id = max(session.obj_ids, default=0) + 1
@@ -1096,27 +1152,35 @@ def propagate_with_discovery(
                     options.revisit,
                 )
             watch = None
+            watched: dict[int, bool] = {}
             if options.object_clicks == "watch":
 
-                def watch(obj, area, elongation, t=t, usual=usual):
+                def watch(obj, area, elongation, t=t, usual=usual, watched=watched):
                     u = usual.get(obj)
-                    return (
+                    watched[obj] = (
                         not u
                         or t - born.get(obj, t) < options.watch_young
                         or abs(area / u - 1.0) > options.watch_area
                         or elongation >= options.watch_elongation
                     )
+                    return watched[obj]
 
-            signal = None
-            if options.grid_signal:
-                intensity = session.frame_intensity(t)
-                if intensity is not None:
-                    # half the grid spacing: a cell between grid points is still clicked from its nearest one
-                    spacing = max(session.frame_shape) / max(1, options.generator.get("points_per_side", 16))
-                    signal = untracked_signal(intensity, result.labels, 0.5 * spacing, options.min_area)
-            clicks = sampler.clicks(session.image_features(t), result.labels, watch, signal)
+            signal = near = None
+            intensity = session.frame_intensity(t) if options.grid_signal != "off" else None
+            if intensity is not None:
+                # half the grid spacing: a cell between grid points is still clicked from its nearest one
+                reach = 0.5 * max(session.frame_shape) / max(1, options.generator.get("points_per_side", 16))
+                signal = untracked_signal(intensity, result.labels, reach, options.min_area)
+                if options.grid_signal == "near":
+                    near = near_signal(intensity, reach, options.min_area)
+            clicks = sampler.clicks(session.image_features(t), result.labels, watch, signal, near)
             params = {k: v for k, v in options.generator.items() if k != "points_per_side"}
-            masks = [np.asarray(o.mask, dtype=bool) for o in session.segment_points(t, clicks, **params).objects]
+            settled = None
+            if options.skip_settled and watched:  # unwatched cells: a click there answers with the cell itself
+                calm = [o for o, w in watched.items() if not w]
+                settled = np.where(np.isin(result.labels, calm), result.labels, 0)
+            auto = session.segment_points(t, clicks, settled=settled, **params)
+            masks = [np.asarray(o.mask, dtype=bool) for o in auto.objects]
         proposals = compare_masks(
             result.labels,
             masks,

@@ -213,6 +213,9 @@ class TrackingSession:
     embedding_cache: a directory in which image features are also kept on disk (zarr, one store per model
         + preprocessing + stack; see `embedding_cache.py`), so a second propagation beyond the in-memory budget
         or a re-opened session over the same data runs the image encoder on no frame again.
+    max_cond_frames (attribute, default None): each object attends to every conditioning (prompted) frame, as the
+    official default; k ≥ 2 → the k nearest (the nearest before and after the frame first), the official
+    max_cond_frames_in_attn rule.
     object_batch: at most this many objects (whose memory banks line up) go through memory attention and the heads
         together: default 64 on CUDA, 1 elsewhere (faster on a CPU); results do not depend on it.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
@@ -261,6 +264,9 @@ class TrackingSession:
         # one object at a time on a CPU: batching 16 objects at 1024² ran 1.9× slower there (caches outgrown;
         # bench_tracking.py speed), while a GPU gains from batches
         self.object_batch = object_batch or (64 if self.device.type == "cuda" else 1)
+        # None: every conditioning frame is attended to (the official default); k >= 2: the k nearest (discovery's
+        # re-prompts add conditioning frames, each one more memory for every later frame of that object)
+        self.max_cond_frames: int | None = None
         self.embeddings = None if embedding_cache is None else self._open_embedding_cache(embedding_cache)
         # Every edit, in order (see `edit_log`); `_quiet` > 0 while a public method runs others on its behalf.
         self._log: list[dict] = []
@@ -684,14 +690,15 @@ class TrackingSession:
         laid out by model/memory_bank.py (as model/train_nano.py lays it out in training)."""
         nmem = self.cfg.num_maskmem
         cond_index = conditioning_memory_index(nmem)
-        memories = [(cond_index, out.memory) for out in obj.cond.values() if out.memory is not None]
+        conds = self._attended_conditioning(obj, frame)
+        memories = [(cond_index, out.memory) for out in conds.values() if out.memory is not None]
         for index, source in recent_memory_frames(frame, reverse, nmem):
             out = obj.tracked.get(source)
             if out is not None and out.memory is not None:
                 memories.append((index, out.memory))
         signed = self.cfg.use_signed_tpos_enc_to_obj_ptrs
         pointers = []
-        for t, out in obj.cond.items():
+        for t, out in conds.items():
             distance = conditioning_pointer_distance(frame, t, reverse, signed)
             if distance is not None:
                 pointers.append((distance, out.pointer))
@@ -701,6 +708,24 @@ class TrackingSession:
             if out is not None and out.pointer is not None:
                 pointers.append((distance, out.pointer))
         return memories, pointers
+
+    def _attended_conditioning(self, obj: ObjectTrack, frame: int) -> dict:
+        """The conditioning frames `frame` attends to: all of them, or with `max_cond_frames` = k (≥ 2) the nearest
+        one before `frame`, the nearest one at or after it and then the nearest others, k in all (the official
+        max_cond_frames_in_attn rule), in the order they were prompted."""
+        cap = self.max_cond_frames
+        if not cap or len(obj.cond) <= cap:
+            return obj.cond
+        chosen = set()
+        before = [t for t in obj.cond if t < frame]
+        after = [t for t in obj.cond if t >= frame]
+        if before:
+            chosen.add(max(before))
+        if after:
+            chosen.add(min(after))
+        rest = sorted((t for t in obj.cond if t not in chosen), key=lambda t: (abs(t - frame), t))
+        chosen.update(rest[: max(0, cap - len(chosen))])
+        return {t: out for t, out in obj.cond.items() if t in chosen}
 
     def _bank_signature(self, obj: ObjectTrack, frame: int, reverse: bool):
         mems, ptrs = self._memory_bank(obj, frame, reverse)
