@@ -137,20 +137,20 @@ masks that survive NMS are upsampled). "grid" runs the whole `segment_everything
 With `object_clicks="watch"` a candidate that lies ≥ 80 % inside a tracked cell that is not watched is kept as
 its grid click found it, without the recentring click (`skip_settled`; its deepest pixel lies in that cell, and a
 centred click on a cell that shows no sign of change answers with the cell).
-Grid points on dark background (`grid_signal="near"`, an option: off by default): the change test picks the points whose feature
-neighbourhood (three feature cells, 48 px at 256²) changed — whenever a cell moves nearby — but a click farther
-than half a grid spacing from any bright pixel (`near_signal`: signal of tracked cells included) answers with
-nothing; such points are left out (they keep their reference features, so the change still counts when signal
-comes near). The points near *untracked* signal (`untracked_signal`: bright pixels that no tracked mask holds,
-in a piece more than 3 px thick) are clicked on every discovery frame, changed or not: a newcomer at the border
-too small on its first frame for a mask to survive the filters changes its neighbourhood little on the next
-frames, and the change test alone would wait (tuning seed 4,100,002). A quarter of the grid clicks of "off"
-(the change test alone, the default) remain; on the tuning seeds one of 9 arrivals is then found a frame later
-than with "off" (TRA 0.968 instead of 0.969; see benchmarks/bench_auto.py for its cost). "untracked" (a cheaper path that loses arrivals) replaces the change test: only the points within
-half a grid spacing of *untracked* signal (`untracked_signal`) are clicked, on every discovery frame — but a
-newcomer that a tracked cell partly covers on its first frames shows no untracked signal, and the clicks that
-would have found it beside that cell are gone (measured on the tuning seeds: 6 of 9 arrivals instead of 8, TRA
-0.960 instead of 0.969).
+Grid points on dark background (`grid_signal="near"`, an option: off by default): the change test picks the points
+whose feature neighbourhood (three feature cells, 48 px at 256²) changed — whenever a cell moves nearby — but a
+click farther than half a grid spacing from any bright pixel (`near_signal`: signal of tracked cells included)
+answers with nothing; such points are left out (they keep their reference features, so the change still counts when
+signal comes near). The points near *untracked* signal (`untracked_signal`: bright pixels that no tracked mask
+holds, in a piece more than 3 px thick) are clicked on every discovery frame, changed or not: a newcomer at the
+border too small on its first frame for a mask to survive the filters changes its neighbourhood little on the next
+frames, and the change test alone would wait (tuning seed 4,100,002). A quarter of the grid clicks of "off" (the
+change test alone, the default) remain; on the tuning seeds one of 9 arrivals is then found a frame later than with
+"off" (TRA 0.968 instead of 0.969; see benchmarks/bench_auto.py for its cost). "untracked" (a cheaper path that
+loses arrivals) replaces the change test: only the points within half a grid spacing of *untracked* signal
+(`untracked_signal`) are clicked, on every discovery frame — but a newcomer that a tracked cell partly covers on its
+first frames shows no untracked signal, and the clicks that would have found it beside that cell are gone (measured
+on the tuning seeds: 6 of 9 arrivals instead of 8, TRA 0.960 instead of 0.969).
 Every event is recorded (frame, kind, objects) in the list given as `events`.
 New ids count up from the largest id the session has ever held, so they never reuse a deleted object's id.
 """
