@@ -25,11 +25,16 @@ demo: the `napari-sam2 demo` movie (nuclei_timelapse(), seed 0) with its first-f
     discovery every K frames; TRA/DET from py-ctcmetrics (as the demo prints) and traccuracy, and whether the two
     daughters were found with the right parent. Not held out (see above).
 cost: seconds per frame of plain tracking vs tracking with discovery on every frame (default sampling "changed",
-    and the whole grid "grid"; `--modes` also every2 / every4: discovery every 2nd / 4th frame), alternated in
-    turns (A, B, C, A, B, C) on a held-out movie (4,000,501) seeded with its first-frame truth, because the
-    machine is shared (several engineers on 2 cores): read the ratios (per turn too), not the seconds.
-    `--threads 1` pins torch to one thread (on a loaded machine two threads spin-wait); the process's CPU
-    seconds are reported beside the wall seconds (with one thread they move less with the load).
+    and the whole grid "grid"; `--modes` also every2 / every4: discovery every 2nd / 4th frame; near: the option
+    grid_signal="near"; dense: the clicks before commit 8f0fed7 — every object, every candidate recentred; found:
+    plain tracking of the objects one discovery run found, each prompted once on its first frame — the lower bound
+    of discovery's cost, since it tracks what it finds), alternated in turns (A, B, C, A, B, C) on a held-out movie
+    (4,000,501) seeded with its first-frame truth, because the machine is shared (several engineers on 2 cores):
+    read the ratios (per turn too), not the seconds. `--threads 1` (the default) pins torch to one thread (on a
+    loaded machine two threads spin-wait); the process's CPU seconds are reported beside the wall seconds (with
+    one thread they move less with the load), and CPU ms per object-frame. `--options` applies to the discovery
+    modes except dense. Measured at 2af2ca5 (3 turns, load 10-14): CPU × plain 2.16 (default), 2.11 (near),
+    2.56 (dense), 1.46 (found); wall 2.13 / 2.27 / 2.76 / 1.41.
 all: auto (held-out), demo, cost, and segment-everything instance F1 on single frames (bench_automatic.py's
     held-out frames, 2 movies per condition).
 """
@@ -40,6 +45,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +208,7 @@ def run_cost(args) -> dict:
     model = load_model("nano-fluo", device="cpu")
     movie = nuclei_lineage_timelapse(n_frames=args.frames, seed=HELD_OUT + 500)
     modes = args.modes.split(",")
-    unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4", "dense", "found"}
+    unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4", "dense", "found", "near"}
     if unknown:
         raise SystemExit(f"unknown cost modes {sorted(unknown)}")
     found = _objects_found(model, movie) if "found" in modes else None
@@ -230,6 +236,8 @@ def run_cost(args) -> dict:
                 extra = json.loads(args.options) if args.options else {}
                 sampling = "grid" if mode == "grid" else "changed"
                 options = DiscoveryOptions(**{"every": every, "sampling": sampling, **extra})
+                if mode == "near":  # the cheaper grid: changed points only near signal (DiscoveryOptions.grid_signal)
+                    options = replace(options, grid_signal="near")
                 if mode == "dense":  # the clicks and banks before this version: every object, changed grid
                     options = DiscoveryOptions(object_clicks="all", grid_signal="off", skip_settled=False)
                 results = list(propagate_with_discovery(session, options))
