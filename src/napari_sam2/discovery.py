@@ -62,7 +62,8 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   "refresh".
 * **Probe** (repairs first, before the clicks; `relink` and `reclaim`): an object that exists on frame t but
   holds no pixel (lost, last seen in full at most `relink_frames` (10) frames ago) or shrank below
-  `reclaim_shrink` (0.6) of its usual area (seen in full at most `reclaim_frames` (5) frames ago) is clicked once,
+  `reclaim_shrink` (0.6) of its usual area or below `reclaim_reference` (0.75) of its reference area (its area on
+  the first frame it was tracked, see "Resplit"; seen in full at most `reclaim_frames` (5) frames ago) is clicked once,
   on the innermost pixel of its last good mask (lost) or of its mask now (shrunk) — "good mask": its mask on the
   last frame its area was within `reclaim_shrink` … `reclaim_growth` of its usual area. The click is decoded by the
   session's model without the generator's quality filters. Once the pixels other objects hold are taken out (a
@@ -75,7 +76,13 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   with it: event "relink" (sign "probe", with the gap in frames and the neighbours it took pixels "from") for a
   lost one, "reclaim" (sign "probe", objects [neighbours…, object]) for a shrunk one. nano-fluo's tracker drops
   or squeezes the dimmer cell of a touching pair again and again, while a click there still finds it (measured
-  on the tuning seeds).
+  on the tuning seeds). The reference-area trigger is for a slow loss: a cell does not shrink to three quarters
+  of the area it started with while it is followed (between divisions it grows; a division ends its track and
+  starts the daughters' with their own reference), but nano-fluo's tracker can let go of the far side of a cell
+  a few pixels a frame — the demo's nucleus 4 beside nucleus 3 from frame 7 on, 323 → ~200 px over 5 frames —
+  and the median of its last frames follows it down, so `reclaim_shrink` × that median never sees it. The
+  probe only takes pixels no object holds (or a grown neighbour's) and must answer a cell around the fragment,
+  so a cell really shrinking (leaving the field, fading) gives no answer and nothing changes.
 * **Reclaim** (`reclaim`, when the probe found nothing): a tracked object X that shrank below `reclaim_shrink` of
   its usual area (or vanished), while an object Y touching X (X's mask or its last good mask, at most
   `reclaim_frames` frames old) grew to ≥ `reclaim_growth` × its usual area, by at least `reclaim_balance` (0.5) of
@@ -203,6 +210,8 @@ class DiscoveryOptions:
         to a fragment of an auto mask).
     reclaim, reclaim_shrink, reclaim_growth, reclaim_balance, reclaim_frames: the "reclaim" rule (a touching
         neighbour swallowed or squeezed an object: their pixels are shared out again by their last good masks).
+    reclaim_reference: the probe also clicks an object below this fraction of its reference area (its area on
+        the first frame it was tracked; 0 turns this trigger off): a slow loss its median area follows down.
     division_back, division_neck: a division found on frame t is placed on t − 1 when the mother's mask there is
         already the two daughters (split by shape, both parts comparable and joined by a neck: the deepest point of
         their common border ≤ division_neck × the depth of the shallower part).
@@ -262,6 +271,7 @@ class DiscoveryOptions:
     reclaim_growth: float = 1.2
     reclaim_balance: float = 0.5
     reclaim_frames: int = 5
+    reclaim_reference: float = 0.75
     division_back: bool = True
     division_neck: float = 0.88
     resplit: bool = True
@@ -1099,7 +1109,7 @@ def propagate_with_discovery(
         # repairs from the label image and one click per weak object first: the clicks and the other rules then
         # see the repaired frame
         reclaimed: set[int] = set()
-        targets = _weak(good, result.labels, alive, usual, t, options)
+        targets = _weak(good, result.labels, alive, usual, t, options, reference)
         if targets:
             areas = _areas(result.labels)
             grown = {o for o, a in areas.items() if usual.get(o) and a >= options.reclaim_growth * usual[o]}
@@ -1293,11 +1303,13 @@ def _weak(
     usual: dict[int, float],
     frame: int,
     options: DiscoveryOptions,
+    reference: dict[int, float] | None = None,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """The objects to probe on `frame`: {object id: (where to click, its last good mask)}, [H, W] bool each.
     Lost (`relink`): it exists but holds no pixel, seen in full at most `relink_frames` ago → click on its last
-    good mask. Shrunk (`reclaim`): below `reclaim_shrink` of its usual area, seen in full at most `reclaim_frames`
-    ago → click on its mask now."""
+    good mask. Shrunk (`reclaim`): below `reclaim_shrink` of its usual area, or below `reclaim_reference` of its
+    reference area (`reference`: {object id: its area on the first frame it was tracked}, when given), seen in
+    full at most `reclaim_frames` ago → click on its mask now."""
     areas = _areas(labels)
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for obj, (seen, ref) in good.items():
@@ -1306,7 +1318,12 @@ def _weak(
             continue
         if not a and options.relink and frame - seen <= options.relink_frames:
             out[obj] = (ref, ref)
-        elif a and a < options.reclaim_shrink * u and options.reclaim and frame - seen <= options.reclaim_frames:
+        elif (
+            a
+            and options.reclaim
+            and frame - seen <= options.reclaim_frames
+            and (a < options.reclaim_shrink * u or a < options.reclaim_reference * (reference or {}).get(obj, 0.0))
+        ):
             out[obj] = (labels == obj, ref)
     return out
 
