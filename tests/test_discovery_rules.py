@@ -509,9 +509,9 @@ def test_probe_targets_an_object_below_its_reference_area_though_its_median_foll
     reference = {1: 317.0, 2: 317.0}  # their areas on their first frames
     opts = DiscoveryOptions()
     assert set(_weak(good, labels, {1, 2}, usual, 10, opts, reference)) == {2}
-    # must not: without reference areas (the median alone: 0.9 of it), the rule off, a drift to 0.8 only,
+    # must not: without reference areas (the median alone: 0.9 of it), the rule off, a drift to 0.85 only,
     # last seen in full too long ago
     assert _weak(good, labels, {1, 2}, usual, 10, opts) == {}
     assert _weak(good, labels, {1, 2}, usual, 10, DiscoveryOptions(reclaim_reference=0.0), reference) == {}
-    assert _weak(good, labels, {1, 2}, usual, 10, opts, {1: 317.0, 2: 226 / 0.8}) == {}
+    assert _weak(good, labels, {1, 2}, usual, 10, opts, {1: 317.0, 2: 226 / 0.85}) == {}
     assert _weak(good, labels, {1, 2}, usual, 9 + opts.reclaim_frames + 1, opts, reference) == {}

@@ -62,9 +62,9 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   "refresh".
 * **Probe** (repairs first, before the clicks; `relink` and `reclaim`): an object that exists on frame t but
   holds no pixel (lost, last seen in full at most `relink_frames` (10) frames ago) or shrank below
-  `reclaim_shrink` (0.6) of its usual area or below `reclaim_reference` (0.75) of its reference area (its area on
-  the first frame it was tracked, see "Resplit"; seen in full at most `reclaim_frames` (5) frames ago) is clicked once,
-  on the innermost pixel of its last good mask (lost) or of its mask now (shrunk) — "good mask": its mask on the
+  `reclaim_shrink` (0.6) of its usual area or below `reclaim_reference` (0.8) of its reference area (its area on
+  the first frame it was tracked, see "Resplit"; seen in full at most `reclaim_frames` (5) frames ago) is clicked
+  once, on the innermost pixel of its last good mask (lost) or of its mask now (shrunk) — "good mask": its mask on the
   last frame its area was within `reclaim_shrink` … `reclaim_growth` of its usual area. The click is decoded by the
   session's model without the generator's quality filters. Once the pixels other objects hold are taken out (a
   click on a dim cell beside a bright one often answers with both), the answer with the best IoU (≥ `relink_iou`,
@@ -76,13 +76,14 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   with it: event "relink" (sign "probe", with the gap in frames and the neighbours it took pixels "from") for a
   lost one, "reclaim" (sign "probe", objects [neighbours…, object]) for a shrunk one. nano-fluo's tracker drops
   or squeezes the dimmer cell of a touching pair again and again, while a click there still finds it (measured
-  on the tuning seeds). The reference-area trigger is for a slow loss: a cell does not shrink to three quarters
+  on the tuning seeds). The reference-area trigger is for a slow loss: a cell does not shrink to four fifths
   of the area it started with while it is followed (between divisions it grows; a division ends its track and
   starts the daughters' with their own reference), but nano-fluo's tracker can let go of the far side of a cell
   a few pixels a frame — the demo's nucleus 4 beside nucleus 3 from frame 7 on, 323 → ~200 px over 5 frames —
   and the median of its last frames follows it down, so `reclaim_shrink` × that median never sees it. The
-  probe only takes pixels no object holds (or a grown neighbour's) and must answer a cell around the fragment,
-  so a cell really shrinking (leaving the field, fading) gives no answer and nothing changes.
+  probe only takes pixels no object holds (or a grown neighbour's), and its answer must hold the fragment and be
+  ≥ `refresh_growth` × it: a cell that really is smaller now (half out of the field) answers with itself and
+  keeps its mask (the cost is one click per frame while it stays below).
 * **Reclaim** (`reclaim`, when the probe found nothing): a tracked object X that shrank below `reclaim_shrink` of
   its usual area (or vanished), while an object Y touching X (X's mask or its last good mask, at most
   `reclaim_frames` frames old) grew to ≥ `reclaim_growth` × its usual area, by at least `reclaim_balance` (0.5) of
@@ -271,7 +272,7 @@ class DiscoveryOptions:
     reclaim_growth: float = 1.2
     reclaim_balance: float = 0.5
     reclaim_frames: int = 5
-    reclaim_reference: float = 0.75
+    reclaim_reference: float = 0.8
     division_back: bool = True
     division_neck: float = 0.88
     resplit: bool = True
