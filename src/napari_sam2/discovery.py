@@ -79,8 +79,9 @@ mask of `segment_everything` on frame t; overlaps are in pixels.
   on the tuning seeds). The reference-area trigger is for a slow loss: a cell does not shrink to four fifths
   of the area it started with while it is followed (between divisions it grows; a division ends its track and
   starts the daughters' with their own reference), but nano-fluo's tracker can let go of the far side of a cell
-  a few pixels a frame — the demo's nucleus 4 beside nucleus 3 from frame 7 on, 323 → ~200 px over 5 frames —
-  and the median of its last frames follows it down, so `reclaim_shrink` × that median never sees it. The
+  a few pixels a frame — the demo's nucleus 4 beside nucleus 3 from frame 7 on with `object_clicks="all"`,
+  323 → ~200 px by frame 12 — and the median of its last frames follows it down, so `reclaim_shrink` × that
+  median never sees it (demo TRA 0.938 without this trigger, 0.995 with it; 0.8 chosen on the tuning seeds). The
   probe only takes pixels no object holds (or a grown neighbour's), and its answer must hold the fragment and be
   ≥ `refresh_growth` × it: a cell that really is smaller now (half out of the field) answers with itself and
   keeps its mask (the cost is one click per frame while it stays below).
