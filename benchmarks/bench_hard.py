@@ -100,7 +100,7 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
         coords = torch.tensor([[[x * scale[1], y * scale[0]]]], dtype=torch.float32, device=model.device)
         out = model.decode(embedding, feats.high_res, coords, torch.ones(1, 1, dtype=torch.int32), multimask=True)
         masks = (model.upsample_logits(out.multi_logits)[0] > 0).cpu().numpy()
-        return masks, out.multi_ious[0].float().cpu().numpy()
+        return masks, out.reported_multi_ious[0].float().cpu().numpy()  # the mask-quality head's, where there is one
 
     def pairwise(masks):
         return float(np.mean([iou(masks[i], masks[j]) for i in range(3) for j in range(i + 1, 3)]))

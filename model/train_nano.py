@@ -773,7 +773,8 @@ def validate_quality(model, image_size: int, n_movies: int = 6) -> dict:
         out = model.decode(model.image_embedding(feats), feats.high_res, coords, ones, multimask=True)
         masks = (model.upsample_logits(out.logits)[:, 0] > 0).cpu()
         for i, obj in enumerate(objs):
-            pairs.append((float(out.iou[i, 0]), float(candidate_ious(masks[i : i + 1], labels == obj, labels)[0])))
+            actual = float(candidate_ious(masks[i : i + 1], labels == obj, labels)[0])
+            pairs.append((float(out.reported_iou[i, 0]), actual))
     model.train()
     stats = click_calibration(pairs)
     return {"val_" + k: v for k, v in stats.items()}

@@ -188,6 +188,6 @@ class ImagePredictor:
             masks = masks > 0.0
         return Prediction(
             masks=masks.cpu().numpy(),
-            iou=out.multi_ious[0].float().cpu().numpy(),
+            iou=out.reported_multi_ious[0].float().cpu().numpy(),
             low_res_logits=torch.clamp(raw[0], -LOW_RES_CLAMP, LOW_RES_CLAMP).cpu().numpy(),
         )

@@ -592,7 +592,7 @@ class TrackingSession:
             memory=None,
             pointer=out.object_pointer.float(),
             score=out.object_score.float(),
-            iou=float(out.iou.float().flatten()[0]),
+            iou=float(out.reported_iou.float().flatten()[0]),
             pending_memory=True,
         )
         self._forget_result(obj.obj_id, frame)
@@ -915,7 +915,7 @@ class TrackingSession:
                     memory=memory[k : k + 1].to(torch.bfloat16),  # stored in bf16, as the official does
                     pointer=out.object_pointer[k : k + 1].float(),
                     score=out.object_score[k : k + 1].float(),
-                    iou=float(out.iou[k].float()),
+                    iou=float(out.reported_iou[k].float()),
                 )
                 obj.tracked[frame] = result
                 obj.holding_memory.add(frame)

@@ -48,7 +48,7 @@ def test_official_format_checkpoints_have_no_head_and_decode_as_before(tiny_chec
 
 
 @torch.no_grad()
-def test_checkpoint_with_head_loads_it_and_reports_its_prediction(tiny_checkpoint, tmp_path):
+def test_checkpoint_with_head_loads_it_and_reports_its_prediction_with_the_same_masks(tiny_checkpoint, tmp_path):
     path, head = _with_head(tiny_checkpoint, tmp_path)
     plain = load_model(tiny_checkpoint, device="cpu")
     model = load_model(path, device="cpu")
@@ -62,29 +62,31 @@ def test_checkpoint_with_head_loads_it_and_reports_its_prediction(tiny_checkpoin
     ref = plain.decode(embedding, high_res, coords, labels, multimask=True)
     assert torch.equal(out.multi_logits, ref.multi_logits)  # the candidates are the network's, unchanged
     assert torch.equal(out.object_score, ref.object_score)
-    assert out.multi_ious.shape == (3, 3) and ((out.multi_ious >= 0) & (out.multi_ious <= 1)).all()
-    assert not torch.allclose(out.multi_ious, ref.multi_ious)
+    # the choice, the chosen mask, its pointer and the token's IoU are the network's without the head
+    for name in ("multi_ious", "logits", "iou", "object_pointer"):
+        assert torch.equal(getattr(out, name), getattr(ref, name)), name
+    assert ref.quality is None and torch.equal(ref.reported_iou, ref.iou)
+    q = out.multi_quality
+    assert q.shape == (3, 3) and ((q >= 0) & (q <= 1)).all() and not torch.allclose(q, ref.multi_ious)
     raw = plain.decode(embedding, high_res, coords, labels, multimask=True, object_gate=False).multi_logits
-    direct = model.mask_quality(raw, high_res, coords, labels, model.image_size)
-    assert torch.allclose(out.multi_ious, direct)
-    best = out.multi_ious.argmax(1)  # the choice follows the head
-    rows = torch.arange(3)
-    assert torch.equal(out.logits[:, 0], out.multi_logits[rows, best])
-    assert torch.equal(out.iou[:, 0], out.multi_ious[rows, best])
+    assert torch.allclose(q, model.mask_quality(raw, high_res, coords, labels, model.image_size))
+    best = out.multi_ious.argmax(1)  # the head's number for the chosen candidate is what is reported
+    assert torch.equal(out.quality[:, 0], q[torch.arange(3), best])
+    assert torch.equal(out.reported_iou, out.quality) and torch.equal(out.reported_multi_ious, q)
 
     # one frame shared by many clicks (segment everything): the same numbers as one frame per click
     embedding, high_res, coords, labels = _click(model, n=4, shared=True)
-    shared = model.decode(embedding, high_res, coords, labels, multimask=True).multi_ious
+    shared = model.decode(embedding, high_res, coords, labels, multimask=True).multi_quality
     each = model.decode(
         embedding.expand(4, -1, -1, -1), [h.expand(4, -1, -1, -1) for h in high_res], coords, labels, multimask=True
-    ).multi_ious
+    ).multi_quality
     assert shared.shape == (4, 3)
     assert torch.allclose(shared, each, atol=1e-5)
     # no points (a tracked frame), and a box
-    assert model.decode(embedding, high_res, multimask=True).multi_ious.shape == (1, 3)
+    assert model.decode(embedding, high_res, multimask=True).multi_quality.shape == (1, 3)
     box = torch.tensor([[[10.0, 12.0], [60.0, 70.0]]])
     single = model.decode(embedding, high_res, box, torch.tensor([[2, 3]], dtype=torch.int32), multimask=False)
-    assert single.multi_ious.shape == (1, 1)
+    assert single.multi_quality.shape == (1, 1) and single.quality.shape == (1, 1)
 
 
 def test_head_of_another_width_is_refused(tiny_checkpoint, tmp_path):

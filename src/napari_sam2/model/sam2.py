@@ -73,10 +73,13 @@ class DecoderOutput:
     """What the SAM heads give for a batch of B objects.
 
     multi_logits: [B, M, 4h, 4w] all candidate low-res mask logits (M = 3 with multimask, else 1);
-    multi_ious: [B, M] predicted IoU of each candidate (the mask-quality head's where the model has one);
-    logits: [B, 1, 4h, 4w] the chosen mask (highest predicted IoU with multimask);
-    iou: [B, 1] its predicted IoU;
-    object_pointer: [B, d]; object_score: [B, 1] logit of "the object is present".
+    multi_ious: [B, M] the decoder's IoU token's estimate for each candidate (what the multimask choice and segment
+        everything's filters use, as in SAM 2);
+    logits: [B, 1, 4h, 4w] the chosen mask (highest multi_ious with multimask);
+    iou: [B, 1] its multi_ious;
+    object_pointer: [B, d]; object_score: [B, 1] logit of "the object is present";
+    multi_quality / quality: [B, M] / [B, 1] the optional mask-quality head's IoU prediction for the same candidates
+        / the chosen mask (None without a head). `reported_iou` / `reported_multi_ious`: the IoU to show a user.
     """
 
     multi_logits: torch.Tensor
@@ -85,6 +88,18 @@ class DecoderOutput:
     iou: torch.Tensor
     object_pointer: torch.Tensor
     object_score: torch.Tensor
+    multi_quality: torch.Tensor | None = None
+    quality: torch.Tensor | None = None
+
+    @property
+    def reported_iou(self) -> torch.Tensor:
+        """[B, 1] the chosen mask's predicted IoU as reported: the mask-quality head's where there is one."""
+        return self.iou if self.quality is None else self.quality
+
+    @property
+    def reported_multi_ious(self) -> torch.Tensor:
+        """[B, M] every candidate's predicted IoU as reported: the mask-quality head's where there is one."""
+        return self.multi_ious if self.multi_quality is None else self.multi_quality
 
 
 @dataclass
@@ -248,12 +263,13 @@ class SAM2Model(nn.Module):
             repeat_image=embedding.shape[0] == 1 and batch > 1,
             high_res_features=high_res,
         )
+        multi_quality = None
         if self.mask_quality is not None:
-            # the mask-aware head replaces the IoU token's estimate (which cannot see where the mask landed), for
-            # the report and for the multimask choice below; it reads the masks before the object gate
-            multi_ious = self.mask_quality(multi_logits, high_res, point_coords, point_labels, self.image_size).to(
-                multi_ious.dtype
-            )
+            # the mask-aware head's estimate is what is *reported* (the IoU token cannot see where the mask landed);
+            # the choice among candidates stays the token's, so masks, tracking and discovery are those of the
+            # network without the head (measured: letting the head choose changed --auto's arrivals; model/README.md)
+            multi_quality = self.mask_quality(multi_logits, high_res, point_coords, point_labels, self.image_size)
+            multi_quality = multi_quality.to(multi_ious.dtype)
         present = object_score > 0
         if object_gate:
             multi_logits = torch.where(present[:, :, None, None], multi_logits, NO_OBJECT_LOGIT)
@@ -264,14 +280,15 @@ class SAM2Model(nn.Module):
             rows = torch.arange(batch, device=embedding.device)
             logits = multi_logits[rows, best].unsqueeze(1)
             iou = multi_ious[rows, best].unsqueeze(1)
+            quality = None if multi_quality is None else multi_quality[rows, best].unsqueeze(1)
             if tokens.shape[1] > 1:  # one output token per candidate mask: the pointer follows the choice
                 token = tokens[rows, best]
         else:
-            logits, iou = multi_logits, multi_ious
+            logits, iou, quality = multi_logits, multi_ious, multi_quality
         pointer = self.obj_ptr_proj(token)
         if object_gate:
             pointer = self._gate_pointer(pointer, present.float())
-        return DecoderOutput(multi_logits, multi_ious, logits, iou, pointer, object_score)
+        return DecoderOutput(multi_logits, multi_ious, logits, iou, pointer, object_score, multi_quality, quality)
 
     def _gate_pointer(self, pointer: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Hard switch to the learned no-object pointer where present [B, 1] is 0."""
