@@ -1,5 +1,6 @@
 """The optional mask-quality head: built only from checkpoints that carry it; official checkpoints are unaffected."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -110,3 +111,23 @@ def test_shape_features_see_the_click_and_the_box():
     assert at_click[0] > 0.9 and at_click[1] < 0.1
     assert distance[0] < distance[1]
     assert in_box[0] > 0.99 and in_box[1] < 0.01
+
+
+def test_session_reports_the_heads_iou_for_the_same_masks(tiny_checkpoint, tmp_path):
+    from napari_sam2.session import TrackingSession
+
+    path, _ = _with_head(tiny_checkpoint, tmp_path)
+    rng = np.random.default_rng(0)
+    stack = rng.random((3, 128, 128)).astype(np.float32)
+    got = {}
+    for name, model in (("plain", load_model(tiny_checkpoint, device="cpu")), ("head", load_model(path, device="cpu"))):
+        with TrackingSession(model, stack) as session:
+            first = session.add_prompt(0, 1, points=[(60.0, 64.0)], labels=[1])
+            later = list(session.propagate())
+        got[name] = (first, later)
+    (plain, plain_later), (head, head_later) = got["plain"], got["head"]
+    assert np.array_equal(plain.masks, head.masks)
+    assert not np.allclose(plain.ious, head.ious)  # the head's number, not the token's
+    assert len(plain_later) == len(head_later) >= 2
+    for a, b in zip(plain_later, head_later):
+        assert np.array_equal(a.masks, b.masks) and np.array_equal(a.scores, b.scores)
