@@ -915,7 +915,9 @@ class TrackingSession:
                     memory=memory[k : k + 1].to(torch.bfloat16),  # stored in bf16, as the official does
                     pointer=out.object_pointer[k : k + 1].float(),
                     score=out.object_score[k : k + 1].float(),
-                    iou=float(out.reported_iou[k].float()),
+                    # tracked frames keep the IoU token's number: the mask-quality head was trained on prompted
+                    # frames and on tracked ones reported worse (mean |err| 0.24 vs 0.09, bench_nano, model/README.md)
+                    iou=float(out.iou[k].float()),
                 )
                 obj.tracked[frame] = result
                 obj.holding_memory.add(frame)

@@ -20,8 +20,9 @@ and maps all of it through an MLP to an IoU in [0, 1].
 It is part of a model only when a checkpoint carries its keys (`mask_quality.*`; see `attach_from_state_dict`):
 official checkpoints have none and are built, loaded and run exactly as without this file. When present,
 `SAM2Model.decode` returns its prediction beside the IoU token's (`DecoderOutput.multi_quality` / `quality`) and the
-session, the confidence table and the image predictor report it; which candidate is chosen, and segment everything's
-and discovery's filters, stay on the token's estimate (so the masks are those of the network without the head).
+session (on prompted frames; tracked frames keep the token's number, on which the head was not trained) and the image
+predictor report it; which candidate is chosen, and segment everything's and discovery's filters, stay on the token's
+estimate (so the masks are those of the network without the head).
 """
 
 from __future__ import annotations
