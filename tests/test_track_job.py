@@ -163,3 +163,37 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_labels_and_every_col
     assert resumed.frames_written == [3, 4, 5]
     store = LabelStore.open(out)
     assert set(store.colors) == set().union(*present) and store.provenance["status"] == "complete"
+
+
+def test_a_store_recorded_before_newer_discovery_fields_resumes_with_the_rules_it_began_with(tmp_path):
+    """A store whose recorded discovery options predate a field (`discovery.RECORDED_BEFORE`) resumes with the
+    value that reproduces its run, not today's default: labels equal to an uninterrupted run with those rules."""
+    import inspect
+
+    from napari_sam2.api import _job
+    from napari_sam2.discovery import RECORDED_BEFORE
+
+    movie = nuclei_timelapse(n_frames=5, shape=(96, 96), n_nuclei=3, seed=11)
+    model = load_model("nano-fluo", device="cpu")
+    old_rules = {"every": 1, **RECORDED_BEFORE}
+    reference = _run(movie, model, old_rules, tmp_path / "old.ome.zarr")
+
+    cut = tmp_path / "cut.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        _run(movie, model, 1, cut, progress=_stop_at_call(2))  # today's rules, then made to look older
+    store = LabelStore.open(cut, mode="r+")
+    settings = dict(store.provenance["settings"])
+    settings["discover"] = {k: v for k, v in settings["discover"].items() if k not in RECORDED_BEFORE}
+    store.update_provenance({"settings": settings})
+
+    ask = inspect.signature(track).bind(movie.image, movie.labels[0], model=model, direction="forward", out=cut,
+                                        discover=1, tables=False, resume=True)  # fmt: skip
+    ask.apply_defaults()
+    job = _job(dict(ask.arguments))
+    job.open()
+    job.plan()
+    assert {k: getattr(job.discovery, k) for k in RECORDED_BEFORE} == RECORDED_BEFORE
+    assert DiscoveryOptions().object_clicks != RECORDED_BEFORE["object_clicks"]  # so the check above can fail
+
+    resumed = _run(movie, model, 1, cut, resume=True)
+    np.testing.assert_array_equal(np.asarray(resumed.labels[...]), np.asarray(reference.labels[...]))

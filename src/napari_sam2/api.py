@@ -333,7 +333,9 @@ class TrackJob:
             recorded_discover = settings["discover"]
             if isinstance(discover, DiscoveryOptions) and discover.detector is not None:
                 recorded_discover = {**recorded_discover, "detector": None}
-                discover = replace(DiscoveryOptions.coerce(recorded_discover), detector=discover.detector)
+                discover = replace(DiscoveryOptions.from_record(recorded_discover), detector=discover.detector)
+            elif isinstance(recorded_discover, dict):
+                discover = DiscoveryOptions.from_record(recorded_discover)
             else:
                 discover = recorded_discover
             auto = bool(settings.get("auto", auto))

@@ -193,6 +193,19 @@ __all__ = [
 DISCOVERY_GENERATOR = {"points_per_side": 16, "pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}
 
 
+#: Fields added to DiscoveryOptions after stores already recorded it, with the value that reproduces what a run
+#: made before the field existed did (`DiscoveryOptions.from_record`): every object clicked, every candidate
+#: recentred, no reference-area probe. Fields whose earlier behaviour no value reproduces are not listed: a store
+#: that predates them resumes with today's default.
+RECORDED_BEFORE: dict[str, Any] = {
+    "object_clicks": "all",
+    "skip_settled": False,
+    "reclaim_reference": 0.0,
+    "grid_signal": "off",
+    "max_cond_frames": None,
+}
+
+
 @dataclass
 class DiscoveryOptions:
     """Settings of discovery while tracking (see the module docstring for the rules they parametrise).
@@ -317,6 +330,16 @@ class DiscoveryOptions:
         if self.detector is not None:
             record["detector"] = getattr(self.detector, "__qualname__", repr(self.detector))
         return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> DiscoveryOptions:
+        """The options a result store recorded (`to_dict`), to resume or replay that run. A store written before a
+        field existed does not name it; where the field's `RECORDED_BEFORE` value reproduces the rules that run
+        used, that value is taken instead of today's default, so a resumed run goes on as it began."""
+        record = dict(record)
+        for name, before in RECORDED_BEFORE.items():
+            record.setdefault(name, before)
+        return cls.coerce(record)
 
     @classmethod
     def coerce(cls, value) -> DiscoveryOptions | None:
