@@ -347,6 +347,18 @@ def calibration_clicks(
     return clicks
 
 
+def random_view(movie: Movie, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random frame of `movie`, turned by a random multiple of 90° and flipped left-right half of the time
+    (nuclei have no up or left) → (frame [1, C, H, W], labels [H, W])."""
+    t = int(rng.integers(movie.frames.shape[0]))
+    frame, labels = movie.frames[t : t + 1], movie.labels[t]
+    turns = int(rng.integers(4))
+    frame, labels = torch.rot90(frame, turns, dims=(-2, -1)), torch.rot90(labels, turns, dims=(-2, -1))
+    if rng.random() < 0.5:
+        frame, labels = frame.flip(-1), labels.flip(-1)
+    return frame, labels
+
+
 def click_batch_loss(
     model, movie: Movie, rng: np.random.Generator, stats: dict, k: int, refine: bool = False, odds=None
 ) -> torch.Tensor:
@@ -354,12 +366,7 @@ def click_batch_loss(
     on one image encoding, each with SAM's best-candidate mask loss and the L1 loss of all three predicted IoUs
     (LOSS_WEIGHTS["iou"]); returns the mean over clicks (0.0 when the frame has no object). refine: add the second
     pass of `refine_pass_loss` (the chosen mask shown back to the decoder)."""
-    t = int(rng.integers(movie.frames.shape[0]))
-    frame, labels = movie.frames[t : t + 1], movie.labels[t]
-    turns = int(rng.integers(4))
-    frame, labels = torch.rot90(frame, turns, dims=(-2, -1)), torch.rot90(labels, turns, dims=(-2, -1))
-    if rng.random() < 0.5:
-        frame, labels = frame.flip(-1), labels.flip(-1)
+    frame, labels = random_view(movie, rng)
     clicks = calibration_clicks(labels.numpy(), movie.brightness, rng, k, odds=odds)
     if not clicks:
         return 0.0
@@ -719,12 +726,7 @@ def candidate_ious(masks: torch.Tensor, target: torch.Tensor | None, labels: tor
 def quality_batch(model, movie: Movie, rng: np.random.Generator, k: int, odds) -> tuple | None:
     """One frame of `movie` (random rotation / flip), k clicks (`quality_clicks`) decoded together by the frozen
     network (multimask, no gate) → (head prediction [n, 3] with gradient, actual IoU [n, 3], kinds), or None."""
-    t = int(rng.integers(movie.frames.shape[0]))
-    frame, labels = movie.frames[t : t + 1], movie.labels[t]
-    turns = int(rng.integers(4))
-    frame, labels = torch.rot90(frame, turns, dims=(-2, -1)), torch.rot90(labels, turns, dims=(-2, -1))
-    if rng.random() < 0.5:
-        frame, labels = frame.flip(-1), labels.flip(-1)
+    frame, labels = random_view(movie, rng)
     clicks = quality_clicks(labels.numpy(), movie.brightness, rng, k, odds)
     if not clicks:
         return None
@@ -857,14 +859,8 @@ def train_quality_head(args) -> int:
             window = {"loss": [], "pairs": [], "kinds": {}}
             if args.val_every and (done % args.val_every == 0 or done == args.steps):
                 record.update(validate_quality(model, cfg.image_size))
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            print(json.dumps(record), flush=True)
-        stop = (args.stop_after and (time.time() - began) / 60 >= args.stop_after) or done == args.until
-        if done % args.save_every == 0 or done == args.steps or stop:
-            save_training_state(state_path, model, optimizer, done, args)
-        if stop:
-            print(f"stopped at step {done}; --resume continues", flush=True)
+            write_record(log, record)
+        if end_of_step(args, done, began, state_path, model, optimizer):
             break
     return 0
 
@@ -958,6 +954,25 @@ class MovieMaker:
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def write_record(log, record: dict) -> None:
+    """One line of the learning curve: appended to log.jsonl (flushed, so a killed leg keeps it) and printed."""
+    line = json.dumps(record)
+    log.write(line + "\n")
+    log.flush()
+    print(line, flush=True)
+
+
+def end_of_step(args, done: int, began: float, state_path, model, optimizer) -> bool:
+    """After step `done` of a leg: save the training state when due (every --save-every steps, the last step, or
+    a stop) and say whether the leg stops here (--stop-after minutes reached or step --until)."""
+    stop = bool((args.stop_after and (time.time() - began) / 60 >= args.stop_after) or done == args.until)
+    if done % args.save_every == 0 or done == args.steps or stop:
+        save_training_state(state_path, model, optimizer, done, args)
+    if stop:
+        print(f"stopped at step {done}; --resume continues", flush=True)
+    return stop
 
 
 def make_optimizer(model, args) -> torch.optim.Optimizer:
@@ -1137,14 +1152,8 @@ def main(argv=None) -> int:
             window, clicked, refined = {k: [] for k in window}, [], []
             if args.val_every and (done % args.val_every == 0 or done == args.steps):
                 record.update(validate(model, cfg.image_size, 12, 8, max_pointer_distance))
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            print(json.dumps(record), flush=True)
-        stop = (args.stop_after and (time.time() - began) / 60 >= args.stop_after) or done == args.until
-        if done % args.save_every == 0 or done == args.steps or stop:
-            save_training_state(state_path, model, optimizer, done, args)
-        if stop:
-            print(f"stopped at step {done}; --resume continues", flush=True)
+            write_record(log, record)
+        if end_of_step(args, done, began, state_path, model, optimizer):
             break
     movies.close()
     return 0
