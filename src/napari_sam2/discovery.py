@@ -984,9 +984,11 @@ class ChangeSampler:
 def _signal(intensity: np.ndarray) -> np.ndarray:
     """Bright pixels: the frame [Y, X] smoothed (Gaussian, sigma 2) above half-way from its median (the background,
     where cells are sparse) to its Otsu threshold. [Y, X] bool."""
+    from skimage.filters import threshold_otsu
+
     smooth = ndimage.gaussian_filter(np.asarray(intensity, dtype=np.float32), 2.0)
     background = float(np.median(smooth))
-    return smooth > background + 0.5 * (_otsu(smooth) - background)
+    return smooth > background + 0.5 * (threshold_otsu(smooth, nbins=256) - background)
 
 
 def near_signal(intensity: np.ndarray, reach: float, min_area: int) -> np.ndarray:
@@ -1027,20 +1029,6 @@ def untracked_signal(intensity: np.ndarray, labels: np.ndarray, reach: float, mi
     if not found.any():
         return found
     return ndimage.distance_transform_edt(~found) <= reach
-
-
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of `values` (the level that best separates two classes of a 256-bin histogram)."""
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight = np.cumsum(hist).astype(np.float64)
-    mean = np.cumsum(hist * centres)
-    total, total_mean = weight[-1], mean[-1]
-    w0, w1 = weight[:-1], total - weight[:-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (total_mean * w0 / total - mean[:-1]) ** 2 / (w0 * w1)
-    between = np.nan_to_num(between)
-    return float(centres[int(np.argmax(between))])
 
 
 def torch_index(mask: np.ndarray):
