@@ -132,7 +132,7 @@ def quality(model, args) -> dict:
     first_seed = TUNING_4D if args.tuning else HELD_OUT_4D
     for k in range(args.seeds):
         s = movie(first_seed + k, args)
-        vt = VolumeTimeSession(model, s.image)
+        vt = VolumeTimeSession(model, s.image, z_edge=args.z_edge)
         prompted = clicks(s.labels[0])
         for obj, z, y, x in prompted:
             vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]))
@@ -177,7 +177,80 @@ def quality(model, args) -> dict:
         "per_seed": per_seed,
         "conditions": f"{args.seeds} {'tuning' if args.tuning else 'held-out'} seeds from {first_seed}, "
         f"{args.frames} t x {args.slices} z x {args.size}², {args.nuclei} nuclei (+2 daughters), one click per "
-        f"nucleus at t = 0, discovery every {args.discover_every or 'never'}",
+        f"nucleus at t = 0, discovery every {args.discover_every or 'never'}, z_edge {args.z_edge}",
+    }
+
+
+def _slice_class(z: int, extent: tuple[int, int]) -> str:
+    """ "cap" (a nucleus's outermost true slice), "next" (one further in), "middle", or "outside" (no truth)."""
+    lo, hi = extent
+    if not lo <= z <= hi:
+        return "outside"
+    return {0: "cap", 1: "next"}.get(min(z - lo, hi - z), "middle")
+
+
+def slices(model, args) -> dict:
+    """The z-stream at t = 0 slice by slice: per slice class, the summed IoU and drawn / true area of the engine's
+    masks without the axial edge rule (z_edge None) and with it (`args.z_edge`) (and the 3-D IoU of each), and the
+    model's best per slice: one click on the deepest pixel of the true slice (`ImagePredictor`, the mask of highest
+    predicted IoU) and the truth's bounding box; "click" in iou_3d is the 3-D IoU of those click masks on the true
+    slices only (an oracle that knows where the nucleus ends in z and where its centre is on every slice)."""
+    from napari_sam2.predictor import ImagePredictor
+
+    first_seed = TUNING_4D if args.tuning else HELD_OUT_4D
+    sums: dict[str, dict[str, list[int]]] = {}  # variant → class → [intersection, true, drawn]
+    best: dict[str, dict[str, list[float]]] = {"click": {}, "box": {}}
+    volume_ious: dict[str, list[float]] = {"plain": [], "edge": [], "click": []}
+    for k in range(args.seeds):
+        s = movie(first_seed + k, args)
+        truth_all = s.labels[0]
+        drawn = {}
+        for variant, z_edge in (("plain", None), ("edge", args.z_edge)):  # the engine's z-streams, without / with
+            with VolumeTimeSession(model, s.image[:1], z_edge=z_edge) as vt:
+                for obj, z, y, x in clicks(truth_all):
+                    vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]), preview=False)
+                drawn[variant] = next(iter(vt.propagate("forward")))[1]
+        predictor = ImagePredictor(model)
+        for obj in vt.obj_ids:
+            truth = truth_all == obj
+            zs = np.nonzero(truth.any(axis=(1, 2)))[0]
+            extent = (int(zs.min()), int(zs.max()))
+            for variant, labels in drawn.items():
+                volume_ious[variant].append(iou(labels == obj, truth))
+                for z in range(truth.shape[0]):
+                    row = sums.setdefault(variant, {}).setdefault(_slice_class(z, extent), [0, 0, 0])
+                    mine = labels[z] == obj
+                    row[0] += int((mine & truth[z]).sum())
+                    row[1] += int(truth[z].sum())
+                    row[2] += int(mine.sum())
+            oracle = np.zeros_like(truth)
+            for z in zs.tolist():
+                predictor.set_image(s.image[0, z], intensity=vt.intensity)
+                depth = ndimage.distance_transform_edt(truth[z])
+                y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+                guess = predictor.predict(points=[[y, x]], labels=[1])
+                ys, xs = np.nonzero(truth[z])
+                boxed = predictor.predict(box=[ys.min(), xs.min(), ys.max() + 1, xs.max() + 1], multimask=False)
+                cls = _slice_class(z, extent)
+                best["click"].setdefault(cls, []).append(iou(guess.masks[guess.best], truth[z]))
+                oracle[z] = guess.masks[guess.best]
+                best["box"].setdefault(cls, []).append(iou(boxed.masks[0], truth[z]))
+            volume_ious["click"].append(iou(oracle, truth))
+        print(json.dumps({"seed": first_seed + k, **{v: round(float(np.mean(i[-len(vt.obj_ids):])), 3)
+                                                      for v, i in volume_ious.items()}}), flush=True)  # fmt: skip
+    table = {
+        variant: {c: {"iou": round(i / max(1, t + d - i), 3), "drawn_over_true": round(d / max(1, t), 2),
+                      "drawn_voxels": d} for c, (i, t, d) in classes.items()}
+        for variant, classes in sums.items()
+    }  # fmt: skip
+    return {
+        "iou_3d": {v: round(float(np.mean(i)), 3) for v, i in volume_ious.items()},
+        "per_slice_class": table,
+        "model_best_per_slice": {
+            p: {c: round(float(np.mean(v)), 3) for c, v in per.items()} for p, per in best.items()
+        },
+        "conditions": f"{args.seeds} {'tuning' if args.tuning else 'held-out'} seeds from {first_seed}, t = 0, "
+        f"{args.slices} z x {args.size}², one click per nucleus on its widest slice, z_edge {args.z_edge}",
     }
 
 
@@ -240,7 +313,7 @@ def cost(model, args) -> dict:
     def run_volume(discover: bool) -> float:
         nonlocal divisions
         start = time.perf_counter()
-        with VolumeTimeSession(model, s.image) as vt:
+        with VolumeTimeSession(model, s.image, z_edge=args.z_edge) as vt:
             for obj, z, y, x in prompted:
                 vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]))
             events: list[dict] = []
@@ -272,7 +345,7 @@ def cost(model, args) -> dict:
         "volume_time_s_per_slice": [round(v, 3) for v in volume],
         "ratio_of_medians": round(statistics.median(volume) / statistics.median(plain), 3),
         "conditions": f"{args.frames} t x {args.slices} z x {args.size}², {len(prompted)} objects, "
-        f"{args.turns} turns, torch threads {torch.get_num_threads()}",
+        f"{args.turns} turns, torch threads {torch.get_num_threads()}, z_edge {args.z_edge}",
     }
     if discovering:
         report["volume_time_discovery_s_per_slice"] = [round(v, 3) for v in discovering]
@@ -288,7 +361,7 @@ def main(argv=None) -> int:
         _memory_child(argv[1], argv[2])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["quality", "memory", "cost", "all"])
+    parser.add_argument("what", choices=["quality", "memory", "cost", "slices", "all"])
     parser.add_argument("--model", default="nano-fluo")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--frames", type=int, default=None)
@@ -301,7 +374,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--discover-every", type=int, default=0, metavar="K",
                         help="quality/cost: discover divisions on every K-th time point (0: off)")  # fmt: skip
-    parser.add_argument("--tuning", action="store_true", help="quality: the tuning seeds (2,990,000 up) instead")
+    parser.add_argument("--tuning", action="store_true", help="quality/slices: the tuning seeds (2,990,000 up)")
+    parser.add_argument("--z-edge", type=lambda v: None if v == "off" else float(v), default=0.5,
+                        help="the axial edge rule's fraction (VolumeTimeSession z_edge; 'off': none)")  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: on a shared, loaded CPU two threads spin-wait)"
     )
@@ -311,6 +386,7 @@ def main(argv=None) -> int:
         "quality": {"frames": 8, "slices": 16, "size": 96, "nuclei": 5, "turns": 1},
         "memory": {"frames": 0, "slices": 4, "size": 64, "nuclei": 1, "turns": 1},
         "cost": {"frames": 3, "slices": 8, "size": 96, "nuclei": 3, "turns": 2},
+        "slices": {"frames": 1, "slices": 16, "size": 96, "nuclei": 5, "turns": 1},
     }
     model = None if args.what == "memory" else load_model(args.model, device="cpu")
     report = {}
@@ -322,7 +398,8 @@ def main(argv=None) -> int:
         if what == "memory":
             report[what] = memory(run)
         else:
-            report[what] = (quality if what == "quality" else cost)(model or load_model(args.model, device="cpu"), run)
+            leg = {"quality": quality, "cost": cost, "slices": slices}[what]
+            report[what] = leg(model or load_model(args.model, device="cpu"), run)
         print(json.dumps({what: report[what]}, indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -182,14 +182,17 @@ def test_discovery_finds_a_division_in_3d_t_and_replays(nano):
     vt.add(0, z, make_prompt(0, 1, [[y, x]], [1]))
     events = []
     out = list(propagate_volume_with_discovery(vt, DiscoveryOptions(), "both", events=events))
-    # the mother's 3-D mask falls into two pieces at t = 4 (one time point after the true division: the daughters
-    # touch at t = 3): t = 4 is yielded again with the daughters, then the pass goes on
-    assert [t for t, _ in out] == [0, 1, 2, 3, 4, 4, 5]
-    assert events == [{"frame": 4, "kind": "division", "mother": 1, "daughters": [2, 3], "sign": "two components"}]
-    assert vt.parents == {2: 1, 3: 1} and vt.span(1) == (None, 3) and vt.span(2) == vt.span(3) == (4, None)
-    assert {int(i) for i in np.unique(vt.result(3))} == {0, 1}
-    np.testing.assert_array_equal(out[5][1], vt.result(4))  # the second yield of t = 4 is its result
-    for t in (4, 5):
+    # the mother's 3-D mask falls into two pieces at t = 4 (nano-fluo answers the daughters, which touch at t = 3,
+    # with one mask); her mask at t = 3 has a narrow waist between them (the axial edge rule trims the halo that
+    # bridged them), so the division is dated t = 3, the true one: t = 3 and 4 are yielded again with the daughters
+    assert [t for t, _ in out] == [0, 1, 2, 3, 4, 3, 4, 5]
+    sign = "two components; a neck one time point before"
+    assert events == [{"frame": 3, "kind": "division", "mother": 1, "daughters": [2, 3], "sign": sign}]
+    assert vt.parents == {2: 1, 3: 1} and vt.span(1) == (None, 2) and vt.span(2) == vt.span(3) == (3, None)
+    assert {int(i) for i in np.unique(vt.result(2))} == {0, 1}
+    np.testing.assert_array_equal(out[5][1], vt.result(3))  # the second yield of t = 3 is its result
+    np.testing.assert_array_equal(out[6][1], vt.result(4))
+    for t in (3, 4, 5):
         labels = vt.result(t)
         assert {int(i) for i in np.unique(labels)} == {0, 2, 3}
         children = list(movie.events["division"]["children"])
@@ -205,7 +208,8 @@ def test_discovery_finds_a_division_in_3d_t_and_replays(nano):
     for d in (2, 3):
         slices = {z: p.mask for t, z, p in vt.prompts() if p.obj_id == d and t == 4}
         assert slices and all(p.mask is not None for t, z, p in vt.prompts() if p.obj_id == d)
-        assert all((vt.result(4)[z] == d)[m].all() for z, m in slices.items())
+        # (a piece of a pixel or two on a cap slice may vanish at the model's mask resolution: not asserted)
+        assert all((vt.result(4)[z] == d)[m].all() for z, m in slices.items() if m.sum() >= 10)
     again = replay_volume_time(nano, movie.image, vt.edit_log)
     assert again.parents == vt.parents and again.finished() == vt.finished()
     for t in range(6):
@@ -263,3 +267,53 @@ def test_neck_split_tells_touching_daughters_from_one_mother():
     elongated = ((zz - 6) / 4.0) ** 2 + ((yy - 12) / 4.0) ** 2 + ((xx - 20) / 8.0) ** 2 <= 1  # one mother
     assert neck_split(elongated, *pieces, DiscoveryOptions()) is None
     assert neck_split(touching, pieces[0], pieces[0], DiscoveryOptions()) is None  # no second piece
+
+
+def _blurred_nucleus(dark=False):
+    """A bright ellipsoid (half-depth 3 slices) on a dim background, blurred along z as a microscope does, and the
+    mask a z-stream draws of it: the true outline on every slice the halo reaches (2 slices past each cap)."""
+    zz, yy, xx = np.mgrid[:16, :40, :40]
+    truth = ((zz - 8) / 3.5) ** 2 + ((yy - 20) / 8) ** 2 + ((xx - 20) / 8) ** 2 <= 1
+    image = ndimage.gaussian_filter(np.where(truth, 0.2 if dark else 1.0, 0.5 if dark else 0.1), (1.5, 0.7, 0.7))
+    widest = truth[8]
+    halo = np.zeros_like(truth)
+    halo[3:14] = widest  # 11 slices drawn as wide as the middle one; the nucleus covers 7 (5-11)
+    return image, truth, halo
+
+
+def test_axial_trim_ends_a_blurred_nucleus_where_it_ends_in_z():
+    from napari_sam2.volume_time import axial_trim
+
+    image, truth, halo = _blurred_nucleus()
+    trimmed = axial_trim(halo, lambda z: image[z])
+    assert (trimmed <= halo).all()  # only takes voxels away
+    assert _iou(halo, truth) < 0.6 and _iou(trimmed, truth) > 0.85
+    covered = np.nonzero(trimmed.any(axis=(1, 2)))[0]
+    assert covered.min() >= 4 and covered.max() <= 12  # at most one slice past the true caps (5 and 11)
+    kept = axial_trim(halo, lambda z: image[z], keep=[3, 13])  # slices the user prompted are kept whole
+    np.testing.assert_array_equal(kept[[3, 13]], halo[[3, 13]])
+    np.testing.assert_array_equal(kept[4:13], trimmed[4:13])
+    one = np.zeros_like(halo)
+    one[8] = halo[8]
+    np.testing.assert_array_equal(axial_trim(one, lambda z: image[z]), one)  # one slice: nothing to compare
+
+
+def test_axial_trim_leaves_objects_darker_than_their_surroundings():
+    from napari_sam2.volume_time import axial_trim
+
+    image, _, halo = _blurred_nucleus(dark=True)
+    np.testing.assert_array_equal(axial_trim(halo, lambda z: image[z]), halo)
+
+
+def test_the_axial_edge_rule_is_an_option_of_the_session(tiny_model, movie):
+    with pytest.raises(InputError, match="z_edge is a fraction"):
+        VolumeTimeSession(tiny_model, movie.image, z_edge=1.5)
+    results = {}
+    for z_edge in (None, 0.5):
+        vt = VolumeTimeSession(tiny_model, movie.image[:2], z_edge=z_edge)
+        z, y, x = click(movie.labels[0], 1)
+        vt.add(0, z, make_prompt(0, 1, [[y, x]], [1]))
+        results[z_edge] = [labels for _, labels in vt.propagate("forward")]
+        vt.close()
+    for off, on in zip(results[None], results[0.5], strict=True):
+        assert ((on > 0) <= (off > 0)).all()  # the rule only takes voxels away from the z-streams' masks

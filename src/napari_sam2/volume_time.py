@@ -98,11 +98,25 @@ from .session import FeatureCache, TrackingSession, _check_obj_id
 
 __all__ = [
     "VolumeTimeSession",
+    "axial_trim",
     "neck_split",
     "propagate_volume_with_discovery",
     "replay_volume_time",
     "volume_divisions",
 ]
+
+
+#: the axial edge rule's default fraction: the half maximum. A nucleus blurred along z (the axial point-spread
+#: function is 2-4x longer than the lateral one) reaches half its plateau brightness where it really ends; the
+#: z-streams answer its cap slices with the dim halo, as wide as a middle slice (nano-fluo, tuning seeds 2,990,000-19
+#: at t = 0: slice IoU 0.43 on the outermost slice of a nucleus, drawn 2.3x too large; 0.89 in the middle).
+#: Tuning seeds, mean 3-D IoU of the z-stream at t = 0: 0.756 without the rule; 0.814 / 0.830 / 0.832 / 0.819 with
+#: 0.4 / 0.45 / 0.5 / 0.55
+Z_EDGE = 0.5
+#: the background ring around an object's mask on a slice: from this many pixels outside it ...
+_RING_INNER = 2
+#: ... to this many (its median intensity is the local background of that slice)
+_RING_OUTER = 6
 
 
 class _Slab:
@@ -158,6 +172,11 @@ class VolumeTimeSession:
         least Z slices' worth or slices are encoded again for each object).
     on_read: called as on_read(t, z, pixels) for every slice the streams read, before it is used (e.g. an
         `io.identity.InputIdentity` keyed by t * Z + z: a resumed run checks each slice against the recorded one).
+    z_edge: the axial edge rule (`axial_trim`): a voxel of an object's 3-D mask is kept where the image reaches
+        this fraction of the brightest voxel of its (y, x) column in the mask (background subtracted) — 0.5, the
+        half maximum, by default; None keeps the z-streams' masks as they are (e.g. for objects that are not
+        brighter than their surroundings, where the rule does nothing anyway). Slices the user prompted at a
+        time point are kept as the model answered them.
     Coordinates: (y, x) napari pixels of a slice; (t, z) indices into the first two axes.
     """
 
@@ -175,6 +194,7 @@ class VolumeTimeSession:
         fill_hole_area: int | None = None,
         object_batch: int | None = None,
         on_read=None,
+        z_edge: float | None = Z_EDGE,
     ):
         if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
             from .model.build import load_model
@@ -199,6 +219,9 @@ class VolumeTimeSession:
         elif not isinstance(intensity, IntensityRange):
             intensity = IntensityRange(*intensity)
         self.intensity = intensity
+        if z_edge is not None and not 0.0 < float(z_edge) < 1.0:
+            raise InputError(f"z_edge is a fraction between 0 and 1 (or None: no axial edge rule); got {z_edge!r}")
+        self.z_edge = None if z_edge is None else float(z_edge)
         self.feature_cache_bytes = int(feature_cache_bytes)
         self._options = {"preset": preset, "precision": precision, "fill_hole_area": fill_hole_area,
                          "object_batch": object_batch, "intensity": intensity, "read_ahead": 0}  # fmt: skip
@@ -538,12 +561,14 @@ class VolumeTimeSession:
                     for p in seeds:
                         zs.add(p)
                     scores[obj] = {}
+                    logits: dict[int, np.ndarray] = {}
                     for res in zs.propagate("both"):
                         k = res.obj_ids.index(obj)
-                        logit = res.logits[k]
-                        z = res.frame
-                        scores[obj][z] = (float(res.scores[k]), float(res.ious[k]))
-                        win = logit > np.maximum(best[z], 0)
+                        logits[res.frame] = res.logits[k]
+                        scores[obj][res.frame] = (float(res.scores[k]), float(res.ious[k]))
+                    keep = self._trimmed(t, obj, logits)
+                    for z, logit in logits.items():
+                        win = (logit > np.maximum(best[z], 0)) & keep[z]
                         best[z][win] = logit[win]
                         fresh[z][win] = obj
                 finally:
@@ -566,6 +591,17 @@ class VolumeTimeSession:
         if not self.keep_features:
             self._cache_t = None
         return labels
+
+    def _trimmed(self, t: int, obj: int, logits: dict[int, np.ndarray]) -> np.ndarray:
+        """[Z, Y, X] bool: the object's z-stream mask at t (logit > 0) after the axial edge rule (`axial_trim`),
+        slices the user prompted at t kept whole."""
+        mask = np.zeros((self.num_slices, *self.frame_shape), bool)
+        for z, logit in logits.items():
+            mask[z] = logit > 0
+        if self.z_edge is None:
+            return mask
+        prompted = self._prompts.get(t, {}).get(obj, {})
+        return axial_trim(mask, lambda z: self.frames[t, z], self.z_edge, keep=prompted)
 
     def _signal(self, t: int, labels: np.ndarray, objs) -> dict[int, np.ndarray]:
         """{obj: [Z] the image's summed intensity (above the stack's low end) inside the object's mask, per slice}:
@@ -692,6 +728,53 @@ class VolumeTimeSession:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def axial_trim(mask: np.ndarray, read_slice, fraction: float = Z_EDGE, keep=()) -> np.ndarray:
+    """The axial edge rule: where a bright object (a fluorescent nucleus) ends along z.
+
+    mask: [Z, Y, X] bool, one object's 3-D mask; read_slice(z) → the image's [Y, X] slice z (read only for the
+    slices the mask covers). fraction: a voxel (z, y, x) of the mask is kept when its brightness reaches `fraction`
+    of the brightest voxel of its column (y, x) within the mask; brightness = the slice smoothed by a 1-pixel
+    Gaussian in (y, x) (photon noise) minus that slice's local background (median of a ring 2-6 pixels around the
+    mask there). Columns whose brightest voxel is not above the background are kept whole (no evidence: a dark
+    object), and so are the slices in `keep` (e.g. those the user prompted) and a mask on one slice only. Returns a
+    new [Z, Y, X] bool mask (a subset of `mask`).
+
+    Why: under the microscope's axial blur a nucleus's cap slices show a dim halo as wide as its middle, which the
+    model segments whole; the half maximum along z is where a blurred edge really is (the rule's fraction was chosen
+    on tuning seeds of the synthetic 4-D generator; see `Z_EDGE`).
+    """
+    mask = np.asarray(mask, bool)
+    slices = np.nonzero(mask.any(axis=(1, 2)))[0]
+    if len(slices) < 2:
+        return mask.copy()
+    ys, xs = np.nonzero(mask.any(axis=0))
+    h, w = mask.shape[1:]
+    margin = _RING_OUTER + 4  # the ring and the smoothing see past the mask
+    y0, y1 = max(0, int(ys.min()) - margin), min(h, int(ys.max()) + margin + 1)
+    x0, x1 = max(0, int(xs.min()) - margin), min(w, int(xs.max()) + margin + 1)
+    crop = mask[:, y0:y1, x0:x1]
+    bright = np.full(crop.shape, -np.inf, np.float32)
+    for z in slices.tolist():
+        pixels = np.asarray(read_slice(z), np.float32)
+        if pixels.ndim != 2:
+            raise InputError(f"axial_trim reads [Y, X] slices; slice {z} has shape {pixels.shape}")
+        pixels = ndimage.gaussian_filter(pixels[y0:y1, x0:x1], 1.0)
+        inside = crop[z]
+        ring = ndimage.binary_dilation(inside, iterations=_RING_OUTER)
+        ring &= ~ndimage.binary_dilation(inside, iterations=_RING_INNER)
+        if not ring.any():  # the mask fills the image: no background to measure
+            return mask.copy()
+        bright[z][inside] = pixels[inside] - float(np.median(pixels[ring]))
+    peak = bright.max(axis=0)  # [Y, X] the brightest voxel of each column
+    kept = crop & ((bright >= fraction * peak) | (peak <= 0))
+    for z in keep:
+        if 0 <= int(z) < len(kept):
+            kept[int(z)] = crop[int(z)]
+    out = mask.copy()
+    out[:, y0:y1, x0:x1] = kept
+    return out
 
 
 def _merge(old: ObjectPrompt | None, new: ObjectPrompt, replace: bool) -> ObjectPrompt:
