@@ -50,7 +50,13 @@ nano-fluo v1, torch 1 thread, 2 shared CPU cores at load 7-15 (other engineers' 
            TRA 0.961 (before the rule 0.963; the division found on its time point on 8 of 10 and missed on 2;
            before: 8 on time, 1 late, 1 missed). Bars IoU >= 0.80 and TRA >= 0.90:
            met on both held-out sets.
-  cost     COSTLINE
+  cost     3 t x 8 z x 96², 3 objects, load 10-15 (unreliable: read with care): four runs of one turn each,
+           alternating --z-edge off / 0.5: plain 0.314 / 0.318 / 0.262 / 0.206 s per slice, 3D+t 0.262 / 0.284 /
+           0.277 / 0.153 (ratios 0.83, 0.89, 1.06, 0.74: the load swings more than the legs differ); one earlier
+           run of 3 turns beside a test run: 1.40x. The rule itself: axial_trim on one nucleus's mask (8 slices,
+           1,530 voxels) 8 ms, against about 8 x 0.2-0.4 s for that object's z-stream (< 1 %; no model run). Bar
+           <= 1.2x: the rule adds < 1 % to the 1.09-1.14x measured before it; this loaded machine could not
+           re-measure the ratio itself precisely.
 
 Measured 2026-11-30 with discovery of divisions (volume_time.propagate_volume_with_discovery, every time point),
 2 shared CPU cores (load 5-9, other engineers' runs), torch 1 thread, nano-fluo v1:
