@@ -120,6 +120,7 @@ def test_tzyx_killed_run_resumes_to_the_uninterrupted_labels(tmp_path, tiny_chec
         resumed = track(stack, None, model=tiny_checkpoint, out=out, device="cpu", resume=True, tables=False)
         np.testing.assert_array_equal(np.asarray(resumed.labels[:]), reference.labels)
         assert open_result(out).complete and resumed.provenance["status"] == "complete"
+        assert resumed.provenance["settings"]["z_edge"] == 0.5  # the axial edge rule, recorded for resume / replay
     # every (t, z) slice read has its digest in the store; resuming with another image of the same shape stops at
     # the first slice that differs, naming it
     digests = zarr.open_group(out / "labels" / LabelStore.open(out).name, mode="r")["input_digest"][...]
@@ -311,3 +312,33 @@ def test_tzyx_discovery_division_lineage_in_every_output_resume_and_replay(tmp_p
         assert resumed.parents == {2: 1, 3: 1}
     assert cli.main(["replay", str(out), "--image", str(image), "--device", "cpu"]) == 0
     assert "identical labels on all 6 frames" in capsys.readouterr().out
+
+
+def test_tzyx_store_made_before_the_axial_edge_rule_resumes_without_it(tmp_path, tiny_checkpoint):
+    """A store whose settings name no z_edge predates the axial edge rule: its resume runs without the rule (as it
+    began), a new run and a store that records the rule run with it."""
+    import inspect
+
+    from napari_sam2.api import _job
+
+    stack, out = _stack(), tmp_path / "old.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        track(stack, _prompts(), model=tiny_checkpoint, out=out, device="cpu", progress=_stop_at(2), tables=False)
+
+    def resumed_session_z_edge():
+        ask = inspect.signature(track).bind(stack, None, model=tiny_checkpoint, out=out, device="cpu", resume=True)
+        ask.apply_defaults()
+        job = _job(dict(ask.arguments))
+        job.open()
+        job.plan()
+        job.start()
+        try:
+            return job.session.z_edge
+        finally:
+            job.session.close()
+
+    assert resumed_session_z_edge() == 0.5
+    store = LabelStore.open(out, mode="r+")
+    settings = {k: v for k, v in store.provenance["settings"].items() if k != "z_edge"}
+    store.update_provenance({"settings": settings})
+    assert resumed_session_z_edge() is None

@@ -245,18 +245,21 @@ class VolumeTimeJob(TrackJob):
         prompt_set.validate(self.n_slices, self.frame_shape, num_times=self.n_frames)
 
     def _make_session(self):
-        from .volume_time import VolumeTimeSession
+        from .volume_time import Z_EDGE, VolumeTimeSession
 
         self.view = TZYXView(self.data, self.stream, self.channel)
         intensity = self.intensity
         n_slices, identity = self.n_slices, self.identity
         identity.describe = lambda index: f"slice (t={index // n_slices}, z={index % n_slices})"
+        # a resumed run keeps the axial edge rule it began with; a store that predates the rule records none: off
+        z_edge = Z_EDGE if self.recorded is None else self.recorded.settings.get("z_edge")
         return VolumeTimeSession(
             self.net,
             self.view,
             preset=self.preset,
             intensity=None if intensity is None else (intensity.low, intensity.high),
             on_read=lambda t, z, pixels: identity(t * n_slices + z, pixels),
+            z_edge=z_edge,
         )
 
     def _image_view(self):
@@ -277,6 +280,7 @@ class VolumeTimeJob(TrackJob):
             "device": str(self.net.device),
             "threads": _torch_threads(),
             "engine": "volume_time",
+            "z_edge": self.session.z_edge,
         }
 
     def _scale_units(self):
@@ -343,7 +347,12 @@ def replay_tzyx(saved, opened: OpenedStack, net, threads: int | None = None):
         torch.set_num_threads(int(threads))
     try:
         session = replay_volume_time(
-            net, view, record.edit_log, preset=settings.get("preset", "default"), intensity=window
+            net,
+            view,
+            record.edit_log,
+            preset=settings.get("preset", "default"),
+            intensity=window,
+            z_edge=settings.get("z_edge"),  # none recorded: a result made before the axial edge rule
         )
         try:
             labels = np.zeros(view.shape, np.uint32)
