@@ -56,7 +56,10 @@ nano-fluo v1, torch 1 thread, 2 shared CPU cores at load 7-15 (other engineers' 
            run of 3 turns beside a test run: 1.40x. The rule itself: axial_trim on one nucleus's mask (8 slices,
            1,530 voxels) 8 ms, against about 8 x 0.2-0.4 s for that object's z-stream (< 1 %; no model run). Bar
            <= 1.2x: the rule adds < 1 % to the 1.09-1.14x measured before it; this loaded machine could not
-           re-measure the ratio itself precisely.
+           re-measure the ratio itself precisely. Re-measured at 8da19d5 with the machine otherwise idle (one
+           thread, `cost --turns 5`): plain 0.037-0.046 s per slice, 3D+t 0.042-0.050, ratio of medians 1.115x
+           (bar <= 1.2x: met).
+  memory   at 8da19d5: 40 vs 10 t x 4 z x 64², 304.2 / 301.9 MiB peak RSS, 1.008x (bar <= 1.1x: met).
 
 Measured 2026-11-30 with discovery of divisions (volume_time.propagate_volume_with_discovery, every time point),
 2 shared CPU cores (load 5-9, other engineers' runs), torch 1 thread, nano-fluo v1:
