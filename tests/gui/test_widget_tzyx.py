@@ -151,6 +151,7 @@ def test_3d_t_propagation_through_z_and_time_with_cancel_correction_and_save(mak
         np.testing.assert_array_equal(np.asarray(saved.labels), labels)
         assert saved.prompts.slices == sorted([clicks[1][:2], (1, zc), clicks[2][:2]])
         assert saved.record.settings["engine"] == "volume_time" and saved.record.edit_log  # in sync: log recorded
+        assert open_result(path).record.settings["z_edge"] == 0.5  # the axial edge rule, recorded for replay
         replayed = replay(path, image=movie.image)  # the recorded model (nano-fluo) and thread count
         assert replayed.identical, (replayed.differing_frames, replayed.differing_pixels)
 

@@ -811,7 +811,11 @@ class TrackingController:
                 "session_key": list(key),
                 "threads": torch.get_num_threads(),
                 **(
-                    {"engine": "volume_time", "stream_axes": {"t": g.fixed_axes[0], "z": g.stream_axis}}
+                    {
+                        "engine": "volume_time",
+                        "stream_axes": {"t": g.fixed_axes[0], "z": g.stream_axis},
+                        "z_edge": self._z_edge(),  # the axial edge rule the labels were made with (replay)
+                    }
                     if g.coupled
                     else {}
                 ),
@@ -822,6 +826,13 @@ class TrackingController:
             edit_log=edit_log,
             extra=dict(extra or {}),
         )
+
+    def _z_edge(self) -> float | None:
+        """The axial edge rule of this face's 3D+t session (`VolumeTimeSession.z_edge`; the engine's default before
+        one exists)."""
+        from ..volume_time import Z_EDGE
+
+        return Z_EDGE if self.volume is None else self.volume.z_edge
 
     def save(self, path, axes: str, prompts: PromptSet, provenance, scale, units, on_saved=None) -> None:
         """Write the labels as an OME-Zarr result on a worker; on_saved(path) once written."""
