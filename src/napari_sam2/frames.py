@@ -141,9 +141,9 @@ class FrameSource:
             return
         constant = self._constant.get(index)
         if constant is None:  # not loaded yet (a session loads the prompted frame first: no second read)
-            constant = self._constant[index] = bool(np.ptp(self._rgb(self.raw_frame(index))) == 0)
+            constant = self._constant[index] = bool(np.ptp(self.rgb_frame(index)) == 0)
         if constant:
-            value = self._rgb(self.raw_frame(index)).flat[0]
+            value = self.rgb_frame(index).flat[0]
             raise InputError(
                 f"frame {index} is constant (every pixel {value}); nothing can be segmented there — prompt "
                 "the object on a frame that shows it, or check the channel"
@@ -161,13 +161,18 @@ class FrameSource:
         picks = np.unique(np.linspace(0, n - 1, min(n, sample_frames)).round().astype(int))
         values = []
         for i in picks:
-            frame = self._rgb(self.raw_frame(int(i)))
+            frame = self.rgb_frame(int(i))
             check_finite(frame, f"frame {i}")
             values.append(frame[:: max(1, frame.shape[0] // 256), :: max(1, frame.shape[1] // 256)].ravel())
         try:
             return IntensityRange.from_percentiles(np.concatenate(values), percentiles)
         except InputError as exc:
             raise InputError(f"{exc} (sampled {len(picks)} frames of the stack)") from None
+
+    def rgb_frame(self, index: int) -> np.ndarray:
+        """Frame `index` as the network input is made from it, before intensity scaling and resizing: [Y, X, 3]
+        (grey replicated, or the chosen channel; `preprocess.as_rgb`), not yet scaled."""
+        return self._rgb(self.raw_frame(index))
 
     def _rgb(self, frame: np.ndarray) -> np.ndarray:
         return as_rgb(frame, channel=self.channel, channel_axis=-1 if frame.ndim == 3 else None)

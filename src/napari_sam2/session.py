@@ -999,7 +999,7 @@ class TrackingSession:
         self.frames.check_index(frame)
         if self.frames.preprocessed:
             return None
-        scaled = self.frames.intensity.apply(self.frames._rgb(self.frames.raw_frame(frame)))
+        scaled = self.frames.intensity.apply(self.frames.rgb_frame(frame))
         scaled = np.asarray(scaled, dtype=np.float32)
         return scaled.mean(axis=-1) if scaled.ndim == 3 else scaled
 
