@@ -95,6 +95,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from napari_sam2.automatic import deepest_point
 from napari_sam2.model import memory_bank
 from napari_sam2.model.build import build_model, config_from_dict, resolve_device
 from napari_sam2.model.configs import NANO_FLUO
@@ -764,11 +765,8 @@ def validate_quality(model, image_size: int, n_movies: int = 6) -> dict:
         objs = [int(o) for o in torch.unique(labels) if o > 0 and int((labels == o).sum()) >= 20]
         if not objs:
             continue
-        clicks = []
-        for obj in objs:
-            depth = ndimage.distance_transform_edt(np.pad((labels == obj).numpy(), 1))[1:-1, 1:-1]
-            y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
-            clicks.append((float(x), float(y)))
+        whole = (0, 0, *labels.shape)
+        clicks = [deepest_point((labels == obj).numpy(), whole)[::-1] for obj in objs]  # (x, y)
         feats = model.encode_image(movie.frames[:1].to(model.device))
         coords = torch.tensor(clicks, dtype=torch.float32, device=model.device)[:, None]
         ones = torch.ones(len(clicks), 1, dtype=torch.int32, device=model.device)
