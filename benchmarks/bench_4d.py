@@ -124,7 +124,7 @@ from napari_sam2.discovery import DiscoveryOptions
 from napari_sam2.prompts import make_prompt
 from napari_sam2.sample_data import synthetic_nuclei_4d
 from napari_sam2.session import TrackingSession
-from napari_sam2.volume_time import VolumeTimeSession, propagate_volume_with_discovery
+from napari_sam2.volume_time import Z_EDGE, VolumeTimeSession, propagate_volume_with_discovery
 
 HELD_OUT_4D = 3_000_000
 TUNING_4D = 2_990_000  # --tuning: seeds the 3D+t discovery rules were looked at on (never the held-out ones)
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
     parser.add_argument("--discover-every", type=int, default=0, metavar="K",
                         help="quality/cost: discover divisions on every K-th time point (0: off)")  # fmt: skip
     parser.add_argument("--tuning", action="store_true", help="quality/slices: the tuning seeds (2,990,000 up)")
-    parser.add_argument("--z-edge", type=lambda v: None if v == "off" else float(v), default=0.5,
+    parser.add_argument("--z-edge", type=lambda v: None if v == "off" else float(v), default=Z_EDGE,
                         help="the axial edge rule's fraction (VolumeTimeSession z_edge; 'off': none)")  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: on a shared, loaded CPU two threads spin-wait)"
