@@ -317,3 +317,31 @@ def test_the_axial_edge_rule_is_an_option_of_the_session(tiny_model, movie):
         vt.close()
     for off, on in zip(results[None], results[0.5], strict=True):
         assert ((on > 0) <= (off > 0)).all()  # the rule only takes voxels away from the z-streams' masks
+
+
+def test_axial_trim_reading_only_the_objects_box_gives_the_same_masks():
+    """read_region (only the object's box of each slice, as the sessions read) against read_slice (whole slices):
+    identical masks, for nuclei in the middle, at the image's borders and at a corner, bright and dark, with slices
+    kept; and the region reader reads no pixel outside the box (+ margin)."""
+    from napari_sam2.volume_time import axial_trim
+
+    rng = np.random.default_rng(7)
+    zz, yy, xx = np.mgrid[:14, :48, :56]
+    for cy, cx, dark in [(24, 28, False), (3, 28, False), (24, 54, False), (0, 0, False), (46, 55, True)]:
+        truth = ((zz - 7) / 3.0) ** 2 + ((yy - cy) / 7) ** 2 + ((xx - cx) / 6) ** 2 <= 1
+        image = ndimage.gaussian_filter(np.where(truth, 0.2 if dark else 1.0, 0.5 if dark else 0.1), (1.5, 0.7, 0.7))
+        image = (image + rng.normal(0, 0.02, image.shape)).astype(np.float32)
+        halo = ndimage.binary_dilation(truth, iterations=2) & (rng.random(truth.shape) < 0.97)
+        read = []
+
+        def region(z, rows, cols, image=image, read=read):
+            read.append((rows.stop - rows.start) * (cols.stop - cols.start))
+            return image[z, rows, cols]
+
+        for keep in ((), (int(np.nonzero(halo.any(axis=(1, 2)))[0][0]),)):
+            whole = axial_trim(halo, lambda z, image=image: image[z], keep=keep)
+            boxed = axial_trim(halo, None, keep=keep, read_region=region)
+            np.testing.assert_array_equal(boxed, whole)
+        ys, xs = np.nonzero(halo.any(axis=0))
+        box = (min(48, ys.max() + 11) - max(0, ys.min() - 10)) * (min(56, xs.max() + 11) - max(0, xs.min() - 10))
+        assert set(read) == {box} and box < 48 * 56
