@@ -96,15 +96,17 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from napari_sam2.automatic import deepest_point
+from napari_sam2.frames import FrameSource
 from napari_sam2.model import memory_bank
 from napari_sam2.model.build import build_model, config_from_dict, resolve_device
 from napari_sam2.model.configs import NANO_FLUO
 from napari_sam2.model.mask_quality import MaskQualityHead, attach_from_state_dict
 from napari_sam2.model.sam2 import NO_OBJECT_LOGIT, Memory, Pointer
-from napari_sam2.preprocess import IntensityRange, to_model_input
+from napari_sam2.postprocess import fill_holes
+from napari_sam2.preprocess import IntensityRange, points_to_model, to_model_input
 from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
 from napari_sam2.session import PROMPT_LOGIT_CLAMP  # previous logits given back as a mask prompt, as at inference
-from napari_sam2.synthetic_hard import random_hard_stack
+from napari_sam2.synthetic_hard import HARD_CONDITIONS, hard_condition, random_hard_stack
 
 HELD_OUT_SEED = 1_000_000  # training movies use seeds below this
 SAM2_LOSS_WEIGHTS = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "presence": 1.0}
@@ -780,6 +782,195 @@ def validate_quality(model, image_size: int, n_movies: int = 6) -> dict:
     return {"val_" + k: v for k, v in stats.items()}
 
 
+# ---------------------------------------------------------------------- --quality-data conditions
+#: seeds of `--quality-data conditions`: training groups from QUALITY_TRAIN_SEED, the tuning set (selection of the
+#: leg / step) from QUALITY_TUNE_SEED; both below HELD_OUT_SEED, far from bench_hard's held-out 4,000,000+
+QUALITY_TRAIN_SEED, QUALITY_TUNE_SEED = 700_000, 800_000
+CONDITION_NAMES = [*HARD_CONDITIONS, "issue7", "random_hard"]  # the `condition` index of a conditions-set click
+
+
+def deepest_click(mask: np.ndarray) -> tuple[float, float]:
+    """(y, x) of the pixel farthest from the mask's border: the click bench_hard / bench_nano give each object."""
+    depth = ndimage.distance_transform_edt(mask)
+    y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return float(y), float(x)
+
+
+@torch.no_grad()
+def condition_clicks(
+    model,
+    image: np.ndarray,
+    frame: int,
+    truth: np.ndarray,
+    condition: int,
+    rng: np.random.Generator,
+    extra: float,
+    turns: int = 0,
+    flip: bool = False,
+) -> dict | None:
+    """The frozen network's answers to single clicks on one frame, as a fresh `TrackingSession` gives them.
+
+    image [T, Y, X] (a stack, preprocessed by `FrameSource` as at inference), frame: the clicked index, truth
+    [Y, X] its labels; the frame (and truth) turned by `turns` × 90° and flipped left-right with `flip`. One click at
+    each object's deepest pixel (objects ≥ 20 px, as the benchmarks click), and with odds `extra` a second one
+    anywhere ≥ 40 % deep. → {s0 [d/8, 4h, 4w], s1 [d/4, 2h, 2w] (fp16 high-res maps), logits [n, 3, 4h, 4w] (fp16,
+    before the object gate: what the head reads), coords [n, 1, 2] (x, y at the model input), token [n, 3] (the IoU
+    token's estimates: the session's choice is their argmax), actual [n, 3] (each candidate's IoU with the object
+    as the session returns it: gated, holes ≤ 8 px filled, resized to the frame), condition [n], deep [n]}."""
+    size = model.image_size
+    x = FrameSource(image, size, read_ahead=0).model_input(frame)[None]
+    truth = np.rot90(truth, turns)
+    x = torch.rot90(x, turns, dims=(-2, -1))
+    if flip:
+        x, truth = x.flip(-1), truth[:, ::-1]
+    truth = np.ascontiguousarray(truth)
+    objs = [int(o) for o in np.unique(truth)[1:] if (truth == o).sum() >= 20]
+    if not objs:
+        return None
+    clicks, deep, targets = [], [], []
+    for obj in objs:
+        mask = truth == obj
+        clicks.append(deepest_click(mask))
+        deep.append(True)
+        targets.append(obj)
+        if extra and rng.random() < extra:
+            cx, cy = click_inside(mask, rng)
+            clicks.append((cy, cx))
+            deep.append(False)
+            targets.append(obj)
+    head, model.mask_quality = model.mask_quality, None  # the frozen network's answers only
+    try:
+        feats = model.encode_image(x.to(model.device))
+        coords = torch.from_numpy(points_to_model(np.array(clicks), truth.shape, size))[:, None].to(model.device)
+        ones = torch.ones(len(clicks), 1, dtype=torch.int32, device=model.device)
+        out = model.decode(model.image_embedding(feats), feats.high_res, coords, ones, multimask=True,
+                           object_gate=False)  # fmt: skip
+    finally:
+        model.mask_quality = head
+    present = out.object_score[:, 0] > 0
+    gated = torch.where(present[:, None, None, None], out.multi_logits.float(), NO_OBJECT_LOGIT)
+    masks = (model.upsample_logits(fill_holes(gated, 8), truth.shape) > 0).cpu()
+    labels = torch.from_numpy(truth)
+    actual = torch.stack([candidate_ious(masks[i], labels == obj, labels) for i, obj in enumerate(targets)])
+    return {
+        "s0": feats.high_res[0][0].half().cpu(),
+        "s1": feats.high_res[1][0].half().cpu(),
+        "logits": out.multi_logits.half().cpu(),
+        "coords": coords.cpu(),
+        "token": out.multi_ious.float().cpu(),
+        "actual": actual,
+        "condition": torch.full((len(clicks),), condition),
+        "deep": torch.tensor(deep),
+    }
+
+
+def condition_set(model, groups: int, tuning: bool) -> dict:
+    """The clicks of `--quality-data conditions`, stacked: `condition_clicks` of every frame (their "frame" index
+    points into s0 / s1). Group k: one stack of each of bench_hard's hard conditions (`hard_condition`, seeds
+    QUALITY_TRAIN_SEED + 1000 c + k), an issue-7 frame (`nuclei_timelapse`, 10 nuclei, + 900 + k) and, in training
+    only, a `random_hard_stack` frame of 256² (+ 500,000 + k), for breadth. Tuning (QUALITY_TUNE_SEED): built like
+    bench_hard — frame 0 (z-stacks: the middle slice), deepest clicks, no turning. Training: two random frames per
+    stack, turned and flipped at random, half the objects clicked a second time anywhere deep inside."""
+    base = QUALITY_TUNE_SEED if tuning else QUALITY_TRAIN_SEED
+    extra = 0.0 if tuning else 0.5
+    parts = []
+    for k in range(groups):
+        rng = np.random.default_rng([base, k])
+        views = []  # (image, frame, truth, condition)
+        for c, name in enumerate(HARD_CONDITIONS):
+            stack = hard_condition(name, base + 1000 * c + k, n=16)
+            zyx = stack.axes == "ZYX"
+            frames = [8 if zyx else 0]
+            if not tuning:
+                frames = [int(rng.integers(5, 12)), 8] if zyx else [0, int(rng.integers(1, 16))]
+            views += [(stack.image, f, stack.labels[f], c) for f in frames]
+        movie = nuclei_timelapse(n_frames=1, n_nuclei=10, seed=base + 900 + k)
+        views.append((movie.image, 0, movie.labels[0], len(HARD_CONDITIONS)))
+        if not tuning:
+            stack, _ = random_hard_stack(base + 500_000 + k, n_frames=4)
+            if stack.image.shape[-1] == model.image_size:
+                f = 2 if stack.axes == "ZYX" else 0
+                views.append((stack.image, f, stack.labels[f], len(HARD_CONDITIONS) + 1))
+        for image, frame, truth, condition in views:
+            turns, flip = (0, False) if tuning else (int(rng.integers(4)), bool(rng.random() < 0.5))
+            got = condition_clicks(model, image, frame, truth, condition, rng, extra, turns, flip)
+            if got is not None:
+                parts.append(got)
+    data = {key: torch.cat([p[key] for p in parts]) for key in ("logits", "coords", "token", "actual", "condition",
+                                                                  "deep")}  # fmt: skip
+    data["s0"] = torch.stack([p["s0"] for p in parts])
+    data["s1"] = torch.stack([p["s1"] for p in parts])
+    data["frame"] = torch.cat([torch.full((len(p["token"]),), i) for i, p in enumerate(parts)])
+    return data
+
+
+def condition_predict(head, data: dict, rows: torch.Tensor) -> torch.Tensor:
+    """The head's IoU [len(rows), 3] for clicks `rows` of a `condition_set`."""
+    frames = data["frame"][rows]
+    high_res = [data["s0"][frames].float(), data["s1"][frames].float()]
+    ones = torch.ones(len(rows), 1, dtype=torch.int32)
+    return head(data["logits"][rows].float(), high_res, data["coords"][rows], ones, NANO_FLUO.image_size)
+
+
+@torch.no_grad()
+def condition_calibration(head, data: dict, batch: int = 256) -> dict:
+    """Mean |predicted − actual| IoU of the masks a session returns (the IoU token's choice) over a condition set,
+    overall and per condition (bench_hard's calibration measure), and over all three candidates."""
+    n = len(data["frame"])
+    predicted = torch.cat(
+        [condition_predict(head, data, torch.arange(i, min(n, i + batch))) for i in range(0, n, batch)]
+    )
+    rows, chosen = torch.arange(n), data["token"].argmax(1)
+    err = (predicted[rows, chosen] - data["actual"][rows, chosen]).abs()
+    stats = {"err": float(err.mean()), "err_candidates": float((predicted - data["actual"]).abs().mean()),
+             "clicks": n}  # fmt: skip
+    for c, name in enumerate(CONDITION_NAMES):
+        if (data["condition"] == c).any():
+            stats[f"err_{name}"] = float(err[data["condition"] == c].mean())
+    return stats
+
+
+def train_quality_on_conditions(args, model, params, optimizer, start: int, log) -> int:
+    """--quality-data conditions: minibatches of --clicks-per-image clicks drawn without replacement (a new order
+    per pass, seeded by (--seed, pass)) from `condition_set(--quality-groups)`, L1 to each candidate's actual IoU;
+    every --val-every steps the tuning set's calibration (`condition_calibration`, --quality-tune-groups groups)."""
+    head = model.mask_quality
+    began = time.time()
+    data = condition_set(model, args.quality_groups, tuning=False)
+    tune = condition_set(model, args.quality_tune_groups, tuning=True) if args.quality_tune_groups else None
+    n, batch = len(data["frame"]), args.clicks_per_image
+    per_pass = (n + batch - 1) // batch
+    print(f"conditions set: {n} training clicks ({len(data['s0'])} frames)"
+          + (f", {len(tune['frame'])} tuning clicks" if tune else "")
+          + f", {(time.time() - began) / 60:.1f} min; {per_pass} steps per pass", flush=True)  # fmt: skip
+    losses = []
+    for step in range(start, args.steps):
+        order = torch.from_numpy(np.random.default_rng([args.seed, step // per_pass]).permutation(n))
+        rows = order[(step % per_pass) * batch : (step % per_pass + 1) * batch]
+        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        head.train()
+        loss = (condition_predict(head, data, rows) - data["actual"][rows].to(model.device)).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        done = step + 1
+        if done % 100 == 0 or done == args.steps:
+            record = {"step": done, "pass": done / per_pass, "lr": lr, "minutes": (time.time() - began) / 60,
+                      "loss": float(np.mean(losses))}  # fmt: skip
+            losses = []
+            if tune is not None and args.val_every and (done % args.val_every == 0 or done == args.steps):
+                head.eval()
+                record.update({"tune_" + k: v for k, v in condition_calibration(head, tune).items()})
+            write_record(log, record)
+        if end_of_step(args, done, began, args.out / "last.pt", model, optimizer):
+            break
+    return 0
+
+
 def train_quality_head(args) -> int:
     """--quality-head: train only `SAM2Model.mask_quality` (a `MaskQualityHead`, new or from --init / the resumed
     state) to regress the actual IoU of each of the 3 candidates of single clicks (L1), every other weight frozen:
@@ -814,8 +1005,10 @@ def train_quality_head(args) -> int:
         start = int(state["step"])
         print(f"resumed at step {start}", flush=True)
     print(f"mask-quality head: {sum(p.numel() for p in params):,} parameters; steps {start}..{args.steps}", flush=True)
-    odds = args.quality_odds or QUALITY_ODDS
     log = (args.out / "log.jsonl").open("a")
+    if args.quality_data == "conditions":
+        return train_quality_on_conditions(args, model, params, optimizer, start, log)
+    odds = args.quality_odds or QUALITY_ODDS
     began = time.time()
     window: dict = {"loss": [], "pairs": [], "kinds": {}}
     for step in range(start, args.steps):
@@ -1043,6 +1236,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quality-hidden", type=int, default=64, help="--quality-head: its MLP's hidden width")
     parser.add_argument("--quality-odds", type=float, nargs=5, metavar=tuple(k.upper() for k in QUALITY_KINDS),
                         help=f"--quality-head: odds of the click kinds (default {QUALITY_ODDS})")  # fmt: skip
+    parser.add_argument("--quality-data", choices=["mixed", "conditions"], default="mixed", help="--quality-head: "
+                        "mixed: a new movie per clicked frame, clicks of --quality-odds; conditions: a fixed set of "
+                        "frames of bench_hard's kinds (condition_set), passed over in minibatches of "
+                        "--clicks-per-image clicks")  # fmt: skip
+    parser.add_argument("--quality-groups", type=int, default=80, help="--quality-data conditions: training groups")
+    parser.add_argument("--quality-tune-groups", type=int, default=12, help="--quality-data conditions: tuning "
+                        "groups validated every --val-every steps (0: none)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quality_head and not args.export:
         return train_quality_head(args)

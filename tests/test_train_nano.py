@@ -288,3 +288,45 @@ def test_quality_targets_are_each_candidates_iou(train_nano):
     kinds = {c[0] for c in clicks}
     assert kinds == {"deep", "grid"} and len(clicks) == 40
     assert all(c[2] is None for c in clicks if c[0] == "grid")
+
+
+def test_condition_clicks_score_the_candidate_a_fresh_session_returns(train_nano):
+    """--quality-data conditions scores clicks at model level; the chosen candidate's IoU must be the one a user's
+    click through TrackingSession gets (bench_hard's measure), or the head learns another target."""
+    from napari_sam2.sample_data import nuclei_timelapse
+    from napari_sam2.session import TrackingSession
+
+    model = load_model("nano-fluo", device="cpu")
+    movie = nuclei_timelapse(n_frames=1, n_nuclei=6, seed=123)
+    truth = movie.labels[0]
+    got = train_nano.condition_clicks(model, movie.image, 0, truth, 3, np.random.default_rng(0), 0.0)
+    chosen = got["actual"][torch.arange(len(got["token"])), got["token"].argmax(1)]
+    objs = [int(o) for o in np.unique(truth)[1:] if (truth == o).sum() >= 20]
+    assert len(objs) == len(chosen) >= 3 and got["deep"].all()
+    with TrackingSession(model, movie.image) as session:
+        for obj, expected in zip(objs, chosen.tolist()):
+            result = session.add_prompt(0, obj, points=[train_nano.deepest_click(truth == obj)], labels=[1])
+            mask = result.masks[result.obj_ids.index(obj)]
+            actual = (mask & (truth == obj)).sum() / (mask | (truth == obj)).sum()
+            assert actual == pytest.approx(expected, abs=1e-6)
+            session.remove_object(obj)
+
+
+def test_quality_head_on_conditions_resumes_exactly_and_logs_the_tuning_calibration(train_nano, tmp_path):
+    shipped = ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt"
+    args = ["--quality-head", "--quality-data", "conditions", "--quality-groups", "1", "--init", str(shipped),
+            "--steps", "3", "--clicks-per-image", "64", "--threads", "1", "--save-every", "1", "--seed", "7",
+            "--warmup", "1", "--val-every", "3"]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_nano.main(["--out", str(straight), *args, "--quality-tune-groups", "1"]) == 0
+    assert train_nano.main(["--out", str(split), *args, "--quality-tune-groups", "0", "--until", "2"]) == 0
+    assert train_nano.main(["--out", str(split), *args, "--quality-tune-groups", "0", "--resume"]) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(split / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "stop + resume changed the head"
+    init = torch.load(shipped, weights_only=True)["model"]
+    assert all(torch.equal(a[k], init[k]) for k in init), "a network weight moved: only the head may learn"
+    assert any(k.startswith("mask_quality.") for k in a)
+    last = json.loads((straight / "log.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and 0 <= last["tune_err"] <= 1 and last["tune_clicks"] > 20
+    assert {"tune_err_brightness_spread", "tune_err_large_anisotropic", "tune_err_issue7"} <= set(last)
