@@ -905,7 +905,8 @@ class TrackingSession:
             with autocast_context(self.device, self.precision):
                 embedding = self._conditioned(group, frame, feats, reverse)
                 batch = feats.select([0] * len(group))
-                out = self.model.decode(embedding, batch.high_res, multimask=True)
+                # tracked frames report the IoU token's number (below), so the mask-quality head is not run there
+                out = self.model.decode(embedding, batch.high_res, multimask=True, quality=False)
                 high = self.model.upsample_logits(out.logits)
                 memory = self.model.encode_memory(batch, high, out.object_score, binarize=False)
             logits = fill_holes(out.logits.float(), self.fill_hole_area)

@@ -121,10 +121,14 @@ def test_session_reports_the_heads_iou_on_prompted_frames_for_the_same_masks(tin
     stack = rng.random((3, 128, 128)).astype(np.float32)
     got = {}
     for name, model in (("plain", load_model(tiny_checkpoint, device="cpu")), ("head", load_model(path, device="cpu"))):
+        calls = []
+        if model.mask_quality is not None:  # count the head's runs: tracked frames must not pay for it
+            model.mask_quality.register_forward_hook(lambda *_, seen=calls: seen.append(1))
         with TrackingSession(model, stack) as session:
             first = session.add_prompt(0, 1, points=[(60.0, 64.0)], labels=[1])
             later = list(session.propagate())
         got[name] = (first, later)
+        assert len(calls) == (1 if name == "head" else 0)  # the prompted frame only
     (plain, plain_later), (head, head_later) = got["plain"], got["head"]
     assert np.array_equal(plain.masks, head.masks)
     assert not np.allclose(plain.ious, head.ious)  # the head's number, not the token's

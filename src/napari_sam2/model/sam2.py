@@ -224,6 +224,7 @@ class SAM2Model(nn.Module):
         multimask: bool = False,
         object_gate: bool = True,
         pad_when_empty: bool = True,
+        quality: bool = True,
     ) -> DecoderOutput:
         """Prompt encoder + mask decoder on an embedding [B, d, h, w], or [1, d, h, w] (with high_res of batch 1)
         shared by B point prompt sets (segment everything's clicks on one frame; computed once where it can be).
@@ -232,7 +233,8 @@ class SAM2Model(nn.Module):
         2/3 box corners, −1 padding); without points the video path uses a single padding point
         (`pad_when_empty`), while the official image predictor passes no sparse token at all. mask_prompt: [B, 1, H', W'] logits, resized to the prompt encoder's 4h × 4w.
         `object_gate` (video path) replaces the masks of absent objects by NO_OBJECT_LOGIT and their pointer
-        by the learned no-object pointer; the official image predictor does not gate.
+        by the learned no-object pointer; the official image predictor does not gate. `quality` False skips the
+        optional mask-quality head (multi_quality / quality None) where its number would not be used.
         """
         batch = embedding.shape[0]
         if point_coords is not None:
@@ -264,7 +266,7 @@ class SAM2Model(nn.Module):
             high_res_features=high_res,
         )
         multi_quality = None
-        if self.mask_quality is not None:
+        if self.mask_quality is not None and quality:
             # the mask-aware head's estimate is what is *reported* (the IoU token cannot see where the mask landed);
             # the choice among candidates stays the token's, so masks, tracking and discovery are those of the
             # network without the head (measured: letting the head choose changed --auto's arrivals; model/README.md)
