@@ -297,3 +297,30 @@ def test_pruning_the_memory_bank_never_changes_a_propagation(make_checkpoint, ti
     assert [(f, ids) for f, ids, _ in pruned] == [(f, ids) for f, ids, _ in kept]
     for (frame, _, a), (_, _, b) in zip(pruned, kept, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=f"frame {frame}")
+
+
+def test_a_frame_asked_again_reuses_unchanged_objects_and_equals_a_fresh_result(tiny_model, stack):
+    # discovery reads a frame's result several times while re-prompting some objects on it: the resize of an
+    # object whose logits did not change is reused, and the answer equals one assembled from scratch
+    session = TrackingSession(tiny_model, stack)
+    session.add_prompt(0, 1, points=[[30, 42]])
+    session.add_prompt(0, 2, box=[55, 75, 76, 96])
+    session.add_prompt(0, 3, points=[[20, 100]])
+    *_, last = session.propagate("forward", stop=3)
+    first = session.result(3)
+    assert np.array_equal(first.labels, last.labels) and np.array_equal(first.logits, last.logits)
+    mask = np.zeros(stack.shape[1:], bool)
+    mask[60:80, 10:40] = True
+    prompted = session.add_prompt(3, 2, mask=mask)  # object 2 changes on frame 3, objects 1 and 3 do not
+    again = session.result(3)
+    session._upsampled = (-1, {})  # forget the kept resizes: assembled from scratch
+    fresh = session.result(3)
+    for res in (prompted, again):
+        assert res.obj_ids == fresh.obj_ids == [1, 2, 3]
+        assert np.array_equal(res.logits, fresh.logits) and np.array_equal(res.labels, fresh.labels)
+    k = fresh.obj_ids.index(2)
+    assert not np.array_equal(fresh.logits[k], first.logits[k])  # the re-prompted object did change
+    assert ((fresh.labels == 2) & mask).sum() > 0.8 * mask.sum()
+    again.logits[:] = 0  # a caller writing into its result does not change the next one
+    assert np.array_equal(session.result(3).logits, fresh.logits)
+    session.close()

@@ -272,6 +272,12 @@ class TrackingSession:
         self._log: list[dict] = []
         self._quiet = 0
         self._pass: dict | None = None  # the pass running now: its log entry, frame order and frames done
+        # the frame-size logits of the last frame `_result` assembled: {obj id: (its low-res logits tensor, [H, W]
+        # float32)}. Discovery asks for one frame's result several times (after the pass, after each re-prompt,
+        # once more at the end) while only the re-prompted objects' logits changed; the others are reused (the
+        # same bilinear resize of the same tensor: the same numbers). One frame only, so it holds at most one
+        # result's logits beside the caller's copy.
+        self._upsampled: tuple[int, dict[int, tuple[torch.Tensor, np.ndarray]]] = (-1, {})
 
     # ------------------------------------------------------------------ frames and features
     def __len__(self) -> int:
@@ -669,6 +675,7 @@ class TrackingSession:
             self.objects.clear()
             self._result_lru.clear()
             self._result_bytes = 0
+            self._upsampled = (-1, {})
 
     # ------------------------------------------------------------------ memory
     def _conditioned(self, obj_or_objs, frame: int, feats: ImageFeatures, reverse: bool) -> torch.Tensor:
@@ -941,16 +948,16 @@ class TrackingSession:
             scores.append(float(out.score.flatten()[0]))
             ious.append(out.iou)
         h, w = self.frame_shape
-        if ids:
-            logits = self.model.upsample_logits(torch.cat(lows, dim=0), (h, w))[:, 0].cpu().numpy()
-        else:
-            logits = np.zeros((0, h, w), dtype=np.float32)
+        logits = self._frame_logits(frame, ids, lows)
         masks = logits > 0
         labels = np.zeros((h, w), dtype=np.uint32)
         if ids:
-            best = np.argmax(logits, axis=0)
-            any_fg = masks.any(axis=0)
-            labels[any_fg] = np.asarray(ids, dtype=np.uint32)[best[any_fg]]
+            # the object with the highest logit wins a pixel some object holds: argmax over the held pixels only
+            # (numpy's argmax across the object axis of the whole frame strides through memory: several times
+            # slower; the same first-maximum rule, so the same labels)
+            held = np.flatnonzero(masks.any(axis=0))
+            best = np.argmax(logits.reshape(len(ids), h * w)[:, held], axis=0)
+            labels.reshape(-1)[held] = np.asarray(ids, dtype=np.uint32)[best]
         return FrameResult(
             frame=frame,
             obj_ids=ids,
@@ -962,6 +969,28 @@ class TrackingSession:
             computed=list(computed),
             evicted=evicted,
         )
+
+    def _frame_logits(self, frame: int, ids: list[int], lows: list[torch.Tensor]) -> np.ndarray:
+        """The objects' low-res logits [1, 1, h', w'] each → [K, H, W] float32 at the frame's size, reusing the
+        resize of an object whose logits tensor is the one resized on the last call for this frame."""
+        h, w = self.frame_shape
+        if not ids:
+            self._upsampled = (frame, {})
+            return np.zeros((0, h, w), dtype=np.float32)
+        known = self._upsampled[1] if self._upsampled[0] == frame else {}
+        rows: list[np.ndarray | None] = []
+        todo = []
+        for k, (obj_id, low) in enumerate(zip(ids, lows, strict=True)):
+            hit = known.get(obj_id)
+            rows.append(hit[1] if hit is not None and hit[0] is low else None)
+            if rows[-1] is None:
+                todo.append(k)
+        if todo:
+            fresh = self.model.upsample_logits(torch.cat([lows[k] for k in todo], dim=0), (h, w))[:, 0].cpu().numpy()
+            for k, row in zip(todo, fresh, strict=True):
+                rows[k] = row
+        self._upsampled = (frame, {obj_id: (low, row) for obj_id, low, row in zip(ids, lows, rows, strict=True)})
+        return np.stack(rows).astype(np.float32, copy=False)
 
     def result(self, frame: int) -> FrameResult:
         """The stored result of `frame` (objects whose logits are no longer retained are left out)."""
@@ -1014,6 +1043,7 @@ class TrackingSession:
     def close(self) -> None:
         self.frames.close()
         self.features.clear()
+        self._upsampled = (-1, {})
 
     def __enter__(self):
         return self
