@@ -7,6 +7,7 @@
     python benchmarks/bench_4d.py quality --seeds 3 --discover-every 1     # with discovery of divisions
     python benchmarks/bench_4d.py quality --tuning --seeds 10 --discover-every 1
     python benchmarks/bench_4d.py cost --discover-every 1
+    python benchmarks/bench_4d.py zstack --seeds 10 [--tuning]   # the plain ZYX z-stack path, with / without the rule
 
 Held-out data: seeds from 3,000,000 up (nano-fluo never saw a 4-D movie; its training draws 2-D movies from other
 seeds). Tuning seeds (`--tuning`): 2,990,000 up — the 3D+t discovery rules (`volume_time.PIECE_FROM_MOTHER`,
@@ -288,6 +289,53 @@ def slices(model, args) -> dict:
     }
 
 
+def zstack(model, args) -> dict:
+    """The plain z-stack path (issue 17's axial edge rule on ZYX): time point 0 of each movie as a [Z, Y, X] stack
+    tracked along z by ONE `TrackingSession` (what `track(..., axis="z")`, the CLI and the widget run: every nucleus
+    in one session, propagated both ways from the earliest click), one click per nucleus on its widest slice at its
+    deepest pixel. Mean 3-D IoU per nucleus of the session's masks without the axial edge rule and with it
+    (`TrackingSession.axial_edge` at `args.z_edge`; the same z-streams, the rule runs no model), and the 3D+t
+    engine's (one z-stream per nucleus from its own click, `VolumeTimeSession` on [1, Z, Y, X]) for comparison."""
+    first_seed = (TUNING_4D if args.tuning else HELD_OUT_4D) + args.skip
+    ious: dict[str, list[float]] = {"zyx_plain": [], "zyx_edge": [], "tzyx_edge": []}
+    per_seed = []
+    for k in range(args.seeds):
+        s = movie(first_seed + k, args)
+        image, truth_all = s.image[0], s.labels[0]
+        prompted = clicks(truth_all)
+        drawn = {}
+        with TrackingSession(model, image, z_edge=args.z_edge) as session:
+            for obj, z, y, x in prompted:
+                session.add_prompt(z, obj, points=[[y, x]], labels=[1])
+            plain = np.zeros(truth_all.shape, np.uint32)
+            for r in session.propagate("both"):
+                plain[r.frame] = r.labels
+            drawn["zyx_plain"] = plain
+            edged = plain.copy()
+            for r in session.axial_edge():
+                edged[r.frame] = r.labels
+            drawn["zyx_edge"] = edged
+        with VolumeTimeSession(model, s.image[:1], z_edge=args.z_edge) as vt:
+            for obj, z, y, x in prompted:
+                vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]), preview=False)
+            drawn["tzyx_edge"] = next(iter(vt.propagate("forward")))[1]
+        row = {"seed": first_seed + k, "objects": len(prompted)}
+        for variant, labels in drawn.items():
+            seed_ious = [iou(labels == obj, truth_all == obj) for obj, *_ in prompted]
+            ious[variant] += seed_ious
+            row[variant] = round(float(np.mean(seed_ious)), 3)
+        per_seed.append(row)
+        print(json.dumps(row), flush=True)
+    return {
+        "iou_3d": {v: round(float(np.mean(i)), 3) for v, i in ious.items()},
+        "pairs": len(ious["zyx_edge"]),
+        "per_seed": per_seed,
+        "conditions": f"{args.seeds} {'tuning' if args.tuning else 'held-out'} seeds from {first_seed}, t = 0 as a "
+        f"ZYX stack, {args.slices} z x {args.size}², {args.nuclei} nuclei, one click per nucleus on its widest slice, "
+        f"z_edge {args.z_edge}",
+    }
+
+
 def _memory_child(store: str, model_name: str) -> None:
     import zarr
 
@@ -395,10 +443,10 @@ def main(argv=None) -> int:
         _memory_child(argv[1], argv[2])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["quality", "memory", "cost", "slices", "all"])
+    parser.add_argument("what", choices=["quality", "memory", "cost", "slices", "zstack", "all"])
     parser.add_argument("--model", default="nano-fluo")
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--skip", type=int, default=0, help="quality/slices: start that many seeds further")
+    parser.add_argument("--skip", type=int, default=0, help="quality/slices/zstack: start that many seeds further")
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--slices", type=int, default=None)
     parser.add_argument("--size", type=int, default=None)
@@ -409,7 +457,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--discover-every", type=int, default=0, metavar="K",
                         help="quality/cost: discover divisions on every K-th time point (0: off)")  # fmt: skip
-    parser.add_argument("--tuning", action="store_true", help="quality/slices: the tuning seeds (2,990,000 up)")
+    parser.add_argument("--tuning", action="store_true", help="quality/slices/zstack: the tuning seeds (2,990,000 up)")
     parser.add_argument("--z-edge", type=lambda v: None if v == "off" else float(v), default=Z_EDGE,
                         help="the axial edge rule's fraction (VolumeTimeSession z_edge; 'off': none)")  # fmt: skip
     parser.add_argument(
@@ -422,6 +470,7 @@ def main(argv=None) -> int:
         "memory": {"frames": 0, "slices": 4, "size": 64, "nuclei": 1, "turns": 1},
         "cost": {"frames": 3, "slices": 8, "size": 96, "nuclei": 3, "turns": 2},
         "slices": {"frames": 1, "slices": 16, "size": 96, "nuclei": 5, "turns": 1},
+        "zstack": {"frames": 1, "slices": 16, "size": 96, "nuclei": 5, "turns": 1},
     }
     model = None if args.what == "memory" else load_model(args.model, device="cpu")
     report = {}
@@ -433,7 +482,7 @@ def main(argv=None) -> int:
         if what == "memory":
             report[what] = memory(run)
         else:
-            leg = {"quality": quality, "cost": cost, "slices": slices}[what]
+            leg = {"quality": quality, "cost": cost, "slices": slices, "zstack": zstack}[what]
             report[what] = leg(model or load_model(args.model, device="cpu"), run)
         print(json.dumps({what: report[what]}, indent=1), flush=True)
     if args.json:

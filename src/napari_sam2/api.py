@@ -456,6 +456,8 @@ class TrackJob:
 
             results = propagate_with_discovery(self.session, self.discovery, self.direction, events=self.events)
         writer = LabelWriter(self.session, self._read_frame, self._write_frame, keep=False, frames_of=self._holding)
+        if self.session.z_edge is not None:  # a z-stack: the axial edge rule once every pass has run
+            results = _then_axial_edge(results, self.session)
         for result in results:
             writer.write(result)
             count_of = self.counts.pop(result.frame)
@@ -561,7 +563,14 @@ class TrackJob:
 
     def _make_session(self):
         from .session import TrackingSession
+        from .volume import Z_EDGE
 
+        # the axial edge rule for a z stream (never time); a resumed run keeps what it began with, and a store that
+        # predates the rule records no z_edge: off, as it was made
+        if self.recorded is None:
+            z_edge = Z_EDGE if self.letter == "z" else None
+        else:
+            z_edge = self.recorded.settings.get("z_edge")
         return TrackingSession(
             self.net,
             self.data,
@@ -572,6 +581,7 @@ class TrackJob:
             intensity=self.intensity,
             embedding_cache=self.ask["embedding_cache"],
             on_read=self.identity,
+            z_edge=z_edge,
         )
 
     def _image_view(self):
@@ -595,6 +605,7 @@ class TrackJob:
             "percentiles": None if intensity is not None else list(DEFAULT_PERCENTILES),
             "device": str(self.net.device),
             "threads": _torch_threads(),
+            "z_edge": self.session.z_edge,  # the axial edge rule (z streams; None: off), for resume and replay
         }
 
     def _scale_units(self) -> tuple[list[float] | None, dict[str, str] | None]:
@@ -689,6 +700,13 @@ def lineage_record(parents, dropped=None, events=()) -> dict:
         "parents": {str(int(d)): int(m) for d, m in sorted(parents.items())},
         "lineage": {"dropped": {str(d): why for d, why in sorted((dropped or {}).items())}, "events": list(events)},
     }
+
+
+def _then_axial_edge(results, session):
+    """`results`, then the z-stack session's axial edge rule (`TrackingSession.axial_edge`: every slice again, each
+    object ended in z) once they have all run: a stopped run applies none (as a replay of its log does not)."""
+    yield from results
+    yield from session.axial_edge()
 
 
 def _torch_threads() -> int:

@@ -25,7 +25,7 @@ import numpy as np
 from .errors import InputError
 from .prompts import ObjectPrompt
 
-__all__ = ["LabelWriter", "ReplayResult", "merge_result", "outside_span", "replay", "replay_log"]
+__all__ = ["LabelWriter", "ReplayResult", "log_z_edge", "merge_result", "outside_span", "replay", "replay_log"]
 
 
 Span = tuple[int | None, int | None]  # (first, last) frame an object exists on; None: unbounded
@@ -139,9 +139,20 @@ def replay_log(session, log: list[dict], labels: np.ndarray | None = None, on_re
             writer.enforce()
         elif op == "pass":
             write(session.propagate_pass(entry["first"], entry["last"], bool(entry["reverse"]), entry["frames"]))
+        elif op == "edge":  # the axial edge rule of a z-stack, applied where the face applied it
+            write(session.axial_edge(entry.get("z_edge")))
         else:
             raise InputError(f"{where}: unknown edit {op!r}; this log was written by a newer napari-sam2")
     return out
+
+
+def log_z_edge(log: list[dict] | None, recorded=None) -> float | None:
+    """The axial edge rule a z-stack session needs to rerun `log`: the fraction its "edge" entries applied (else
+    `recorded`, the settings' z_edge; None: a log without the rule, e.g. made before it, replays without it)."""
+    for entry in log or ():
+        if entry.get("op") == "edge":
+            return float(entry.get("z_edge") or recorded)
+    return recorded
 
 
 @dataclass
@@ -230,7 +241,12 @@ def replay(
         torch.set_num_threads(int(threads))
     try:
         with TrackingSession(
-            net, opened.data, axis=axis, preset=settings.get("preset", "default"), **options
+            net,
+            opened.data,
+            axis=axis,
+            preset=settings.get("preset", "default"),
+            z_edge=log_z_edge(record.edit_log, settings.get("z_edge")),
+            **options,
         ) as session:
             if (len(session), *session.frame_shape) != tuple(saved.labels.shape):
                 raise InputError(

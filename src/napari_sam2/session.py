@@ -218,6 +218,11 @@ class TrackingSession:
     max_cond_frames_in_attn rule.
     object_batch: at most this many objects (whose memory banks line up) go through memory attention and the heads
         together: default 64 on CUDA, 1 elsewhere (faster on a CPU); results do not depend on it.
+    z_edge: the axial edge rule for a stack whose stream axis is z (`napari_sam2.volume`; the 3D+t engine's
+        `volume_time.axial_trim`): the session notes every object's mask on every slice, and `axial_edge()` returns
+        the slices again with each object ended in z where the image falls below this fraction of the brightest
+        voxel of each (y, x) column in its mask. `track()`, the CLI and the widget give `volume.Z_EDGE` (0.5) when
+        the stream axis is z and None for time; None here (the session cannot tell z from t): the rule is off.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
     frame_shape, read_ahead).
     """
@@ -235,6 +240,7 @@ class TrackingSession:
         num_frames: int | None = None,
         embedding_cache: str | os.PathLike | None = None,
         object_batch: int | None = None,
+        z_edge: float | None = None,
         **frame_options,
     ):
         if preset not in PRESETS:
@@ -268,6 +274,13 @@ class TrackingSession:
         # re-prompts add conditioning frames, each one more memory for every later frame of that object)
         self.max_cond_frames: int | None = None
         self.embeddings = None if embedding_cache is None else self._open_embedding_cache(embedding_cache)
+        from .volume import AxialEdge, check_z_edge
+
+        self.z_edge = check_z_edge(z_edge)
+        if self.z_edge is not None and self.frames.preprocessed:
+            raise InputError("z_edge (the axial edge rule) reads the image's pixels; a preprocessed stack has none")
+        # the axial edge rule's notes of every object's mask on every slice (None: the rule is off)
+        self._edge = None if self.z_edge is None else AxialEdge(self.z_edge, len(self.frames), self.frame_shape)
         # Every edit, in order (see `edit_log`); `_quiet` > 0 while a public method runs others on its behalf.
         self._log: list[dict] = []
         self._quiet = 0
@@ -289,7 +302,7 @@ class TrackingSession:
         """Every edit since the session was made, in order, as JSON-able dicts: {"op": "add", "prompt":
         ObjectPrompt.to_dict(), "replace"}, {"op": "set", "frame", "obj_id", "prompt": dict | None}, {"op": "clear",
         "frame", "obj_id"}, {"op": "remove", "obj_id"}, {"op": "reset"}, {"op": "object", "obj_id", "parent", "start"},
-        {"op": "end", "obj_id", "last_frame"} and {"op": "pass", "first", "last",
+        {"op": "end", "obj_id", "last_frame"}, {"op": "edge", "z_edge"} (`axial_edge`) and {"op": "pass", "first", "last",
         "reverse", "frames"} (a propagation pass over frames first…last, of which `frames` were processed before
         it ended or was stopped). SAM 2's memory makes a result depend on the order of prompts and passes, not only
         on the prompts, so `napari_sam2.replay` re-runs this log to reproduce a session bit for bit (same thread
@@ -662,6 +675,8 @@ class TrackingSession:
             self._object(obj_id)
             self._record({"op": "remove", "obj_id": int(obj_id)})
             del self.objects[int(obj_id)]
+            if self._edge is not None:
+                self._edge.forget(int(obj_id))
             for other in self.objects.values():
                 if other.parent == int(obj_id):
                     other.parent = None
@@ -673,6 +688,8 @@ class TrackingSession:
         with self._lock:
             self._record({"op": "reset"})
             self.objects.clear()
+            if self._edge is not None:
+                self._edge.forget()
             self._result_lru.clear()
             self._result_bytes = 0
             self._upsampled = (-1, {})
@@ -949,6 +966,8 @@ class TrackingSession:
             ious.append(out.iou)
         h, w = self.frame_shape
         logits = self._frame_logits(frame, ids, lows)
+        if self._edge is not None:
+            self._edge.note(frame, ids, logits)  # what the axial edge rule trims (`axial_edge`)
         masks = logits > 0
         labels = np.zeros((h, w), dtype=np.uint32)
         if ids:
@@ -997,6 +1016,24 @@ class TrackingSession:
         self.frames.check_index(frame)
         with self._lock:
             return self._result(frame, computed=[])
+
+    def axial_edge(self, z_edge: float | None = None) -> list[FrameResult]:
+        """The axial edge rule (`napari_sam2.volume`) on every object's whole 3-D mask: → a `FrameResult` for every
+        slice an object has an output on, each object's mask ended in z where the image falls below `z_edge`
+        (default the session's) of the brightest voxel of each (y, x) column inside it; slices the object is
+        prompted on are kept as drawn. Call it once a propagation has run to its end and write the results over
+        the slices (a face does this after its passes, `track()` before its tables). Logged ({"op": "edge"}), so a
+        replay applies it at the same point. Needs a session made with `z_edge` (the notes start then)."""
+        with self._lock:
+            if self._edge is None:
+                raise InputError(
+                    "the axial edge rule needs a session made with z_edge (a stack whose stream axis is z): "
+                    "TrackingSession(..., z_edge=napari_sam2.volume.Z_EDGE)"
+                )
+            fraction = self.z_edge if z_edge is None else float(z_edge)
+            results = self._edge.results(self, fraction)
+            self._record({"op": "edge", "z_edge": fraction})
+            return results
 
     def segment_everything(self, frame: int, **params):
         """Every object on `frame` by SAM 2's automatic mask generator, from the cached image features.

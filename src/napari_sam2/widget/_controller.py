@@ -431,7 +431,7 @@ class TrackingController:
         continued = self.opened_record is not None and key == self.opened_key
 
         def job():
-            session = _worker.make_session(model, geometry, key)
+            session = _worker.make_session(model, geometry, key, log)
             if log is None:
                 return session, prompts.apply(session), None
             seen = {}
@@ -817,7 +817,7 @@ class TrackingController:
                         "z_edge": self._z_edge(),  # the axial edge rule the labels were made with (replay)
                     }
                     if g.coupled
-                    else {}
+                    else {"z_edge": self._session_z_edge(session)}
                 ),
             },
             parents=parents,
@@ -833,6 +833,13 @@ class TrackingController:
         from ..volume_time import Z_EDGE
 
         return Z_EDGE if self.volume is None else self.volume.z_edge
+
+    def _session_z_edge(self, session) -> float | None:
+        """The axial edge rule of a z-stack session (`TrackingSession.z_edge`; None on a time axis). Without a
+        session (an opened result not tracked again): the opened result's."""
+        if session is not None:
+            return session.z_edge
+        return None if self.opened_record is None else self.opened_record.settings.get("z_edge")
 
     def save(self, path, axes: str, prompts: PromptSet, provenance, scale, units, on_saved=None) -> None:
         """Write the labels as an OME-Zarr result on a worker; on_saved(path) once written."""

@@ -72,6 +72,18 @@ class StackGeometry:
     #: 3D+t: objects are propagated through z and t together (`VolumeTimeSession`); the per-slice sessions stream z
     #: (one per time point: the key is (t,)) and serve the prompts' immediate masks
     coupled: bool = False
+    #: the stream axis is z (the viewer names it "z", or it is z of a [T, Z, Y, X] layer; `named`): its sessions
+    #: apply the axial edge rule (`napari_sam2.volume`), as `track()` does on a z stream; never on a time axis
+    z_stream: bool = False
+
+    def named(self, axis_labels) -> StackGeometry:
+        """This geometry with `z_stream` read from the viewer's labels of the layer's axes (as `axes_string` names
+        the saved axes: a 3-D layer's stream axis is z when labelled "z"; a 4-D layer's second axis is z)."""
+        if self.stream_axis is None:
+            return replace(self, z_stream=False)
+        labels = [str(axis_labels[a]).lower() if a < len(axis_labels) else "" for a in range(self.ndim)]
+        is_z = labels[self.stream_axis] == "z" or (self.is_tzyx and self.stream_axis == self.label_axes[1])
+        return replace(self, z_stream=bool(is_z))
 
     @classmethod
     def from_layer(

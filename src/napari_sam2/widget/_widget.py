@@ -477,7 +477,7 @@ class SAM2Widget(QWidget, ControllerView):
                 stream_axis=self.axis_combo.currentData(),
                 channel_axis=self.channel_axis_combo.currentData(),
                 channel=self.channel_spin.currentData(),
-            )
+            ).named(list(self.viewer.dims.axis_labels)[self._world_offset() :])
         except InputError as exc:
             _notify("warning", str(exc))
             self.controller.set_geometry(None)

@@ -22,15 +22,23 @@ def load_model_job(source: str, device: str):
     return load_model(source, device=device)
 
 
-def make_session(model, geometry, key):
-    """A fresh `TrackingSession` over the lazy stack of session `key` (reads a few frames for the intensity)."""
+def make_session(model, geometry, key, log=None):
+    """A fresh `TrackingSession` over the lazy stack of session `key` (reads a few frames for the intensity). A z
+    stream (`geometry.z_stream`, not 3D+t, whose per-slice sessions only preview prompts) gets the axial edge rule
+    (`napari_sam2.volume`); `log`, an opened result's edit log it will continue: the rule that log applied (none in
+    a log made before the rule)."""
+    from ..replay import log_z_edge
     from ..session import TrackingSession
+    from ..volume import Z_EDGE
 
     stack, axis, channel_axis = geometry.stack_for(key)
     options = {"channel_axis": channel_axis}
     if geometry.channel is not None:
         options["channel"] = geometry.channel
-    return TrackingSession(model, stack, axis=axis, **options)
+    z_edge = Z_EDGE if geometry.z_stream and not geometry.coupled else None
+    if log is not None:
+        z_edge = log_z_edge(log, z_edge)
+    return TrackingSession(model, stack, axis=axis, z_edge=z_edge, **options)
 
 
 def apply_changed(session, prompts: PromptSet) -> list:
@@ -87,6 +95,10 @@ def propagate_job(session, passes, discovery=None, events=None):
             results = session.propagate(direction, start=start, stop=stop)
         for result in results:
             yield index, abs(result.frame - start) + 1, result
+    if passes and session.z_edge is not None:  # a z stream: the axial edge rule once every pass has run
+        direction, start, stop = passes[-1]
+        for result in session.axial_edge():
+            yield len(passes) - 1, abs(stop - start) + 1, result
 
 
 def volume_job(get_volume, prompts: PromptSet, passes):

@@ -1,0 +1,181 @@
+"""The axial edge rule on a plain z-stack: a [Z, Y, X] stack tracked along z by one `TrackingSession`.
+
+3D+t (`volume_time.VolumeTimeSession`) ends each object in z with `volume_time.axial_trim` after its z-stream at a
+time point (see `volume_time.Z_EDGE`: under the microscope's axial blur a nucleus's cap slices show a dim halo as
+wide as its middle, which the model draws whole; a voxel is kept where the image reaches half the brightest voxel
+of its (y, x) column inside the mask). A z-stack tracked along z is the same problem, so the same rule runs there:
+`TrackingSession(..., z_edge=Z_EDGE)` (what `track()`, the CLI and the widget give a stream axis that is z; never a
+time axis) notes every object's mask on every slice as the session yields it (`AxialEdge.note`), and
+`TrackingSession.axial_edge()` — called by each face once its propagation has run to the end — returns every
+slice's result again with the rule applied to each object's whole 3-D mask. The faces write those results as they
+write any other (`replay.LabelWriter`); the call is an entry of the edit log ({"op": "edge", "z_edge"}), so
+`napari-sam2 replay` applies it at the same point. Nothing the model computes changes: the memory bank keeps the
+model's masks, and a later propagation recomputes from them.
+
+The same stack as ZYX and as a one-time-point TZYX gives the same labels when every object's z-stream is the same
+in both: the 3D+t engine runs one z-stream per object from that object's own prompted slices, the z-stack session
+one stream for all objects from the earliest prompted slice of any; with every object prompted on the same slice
+(and the same intensity window) the two are identical (tests/test_volume.py). The overlap rule is the 3D+t one: a
+voxel goes to the object with the highest logit among those whose trimmed mask holds it.
+
+Memory: per object and slice, the model's logits inside the box of its mask there (float32), kept until the object
+is removed; no image is kept (each object's box of its slices is read again when the rule runs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+from .model.sam2 import NO_OBJECT_LOGIT
+from .volume_time import _RING_OUTER, Z_EDGE, axial_trim
+
+__all__ = ["Z_EDGE", "AxialEdge", "check_z_edge"]
+
+#: the box read around an object's mask for the rule (as `axial_trim` looks: the ring and the smoothing)
+_MARGIN = _RING_OUTER + 4
+
+
+def check_z_edge(z_edge) -> float | None:
+    """z_edge as given → the fraction (float in (0, 1)) or None (the rule off); InputError otherwise."""
+    if z_edge is None:
+        return None
+    if isinstance(z_edge, bool) or not isinstance(z_edge, (int, float, np.floating)) or not 0.0 < float(z_edge) < 1.0:
+        raise InputError(f"z_edge is a fraction between 0 and 1 (or None: no axial edge rule); got {z_edge!r}")
+    return float(z_edge)
+
+
+class AxialEdge:
+    """What a z-stack session keeps for the axial edge rule: per object and slice, the model's logits in the box of
+    its mask there, as last yielded (`note`), and the rule applied to them all (`results`)."""
+
+    def __init__(self, fraction: float, num_slices: int, frame_shape: tuple[int, int]):
+        self.fraction = check_z_edge(fraction)
+        if self.fraction is None:
+            raise InputError("AxialEdge needs a fraction (z_edge); None is the rule off")
+        self.num_slices = int(num_slices)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        # obj → {slice: (y0, x0, logits [h, w] float32 of the box of mask > 0) or None (empty there)}
+        self.notes: dict[int, dict[int, tuple[int, int, np.ndarray] | None]] = {}
+
+    def note(self, frame: int, obj_ids, logits: np.ndarray) -> None:
+        """The result of slice `frame`: logits [K, Y, X] of objects `obj_ids` (`FrameResult.logits`)."""
+        for k, obj in enumerate(obj_ids):
+            inside = logits[k] > 0
+            rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
+            if not len(rows):
+                self.notes.setdefault(int(obj), {})[int(frame)] = None
+                continue
+            y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            crop = np.array(logits[k, y0:y1, x0:x1], dtype=np.float32, copy=True)
+            self.notes.setdefault(int(obj), {})[int(frame)] = (y0, x0, crop)
+
+    def forget(self, obj: int | None = None) -> None:
+        """Drop the notes of `obj` (None: of every object)."""
+        if obj is None:
+            self.notes.clear()
+        else:
+            self.notes.pop(int(obj), None)
+
+    def keep_masks(self, objects: dict, read_region, fraction: float | None = None) -> dict:
+        """{obj: (box (Y0, Y1, X0, X1), {slice: (y0, x0, logits, kept [h, w] bool)})}: each object's notes on the
+        slices it has an output on now, with the voxels the rule keeps. objects: {obj: ObjectTrack} (the session's;
+        `output(frame)` says where it has one, `prompts` the slices kept as drawn). read_region(z, rows, cols) →
+        [rows, cols] of slice z's image (grey)."""
+        fraction = self.fraction if fraction is None else check_z_edge(fraction)
+        h, w = self.frame_shape
+        out = {}
+        for obj, track in objects.items():
+            notes = {f: n for f, n in self.notes.get(obj, {}).items() if track.output(f) is not None}
+            full = {f: n for f, n in notes.items() if n is not None}
+            if not full:
+                out[obj] = ((0, 0, 0, 0), {f: None for f in notes})
+                continue
+            y_lo = max(0, min(n[0] for n in full.values()) - _MARGIN)
+            y_hi = min(h, max(n[0] + n[2].shape[0] for n in full.values()) + _MARGIN)
+            x_lo = max(0, min(n[1] for n in full.values()) - _MARGIN)
+            x_hi = min(w, max(n[1] + n[2].shape[1] for n in full.values()) + _MARGIN)
+            # the object's mask in its box (+ the margin axial_trim reads): the same box axial_trim crops from the
+            # whole [Z, Y, X] mask, so the rule sees exactly what it sees there (the 3D+t engine's call)
+            mask = np.zeros((self.num_slices, y_hi - y_lo, x_hi - x_lo), bool)
+            for f, (y0, x0, logit) in full.items():
+                mask[f, y0 - y_lo : y0 - y_lo + logit.shape[0], x0 - x_lo : x0 - x_lo + logit.shape[1]] = logit > 0
+
+            def region(z, rows, cols, y_lo=y_lo, x_lo=x_lo):
+                return read_region(z, slice(rows.start + y_lo, rows.stop + y_lo), slice(cols.start + x_lo,
+                                                                                        cols.stop + x_lo))  # fmt: skip
+
+            kept = axial_trim(mask, None, fraction, keep=list(track.prompts), read_region=region)
+            per_slice = {}
+            for f, n in notes.items():
+                if n is None:
+                    per_slice[f] = None
+                    continue
+                y0, x0, logit = n
+                box = kept[f, y0 - y_lo : y0 - y_lo + logit.shape[0], x0 - x_lo : x0 - x_lo + logit.shape[1]]
+                per_slice[f] = (y0, x0, logit, box)
+            out[obj] = ((y_lo, y_hi, x_lo, x_hi), per_slice)
+        return out
+
+    def results(self, session, fraction: float | None = None) -> list:
+        """Every slice any object of `session` has an output on, as a `FrameResult` with the rule applied: masks
+        are the model's minus what the rule takes away; labels give a voxel to the object with the highest logit
+        among those whose trimmed mask holds it (the 3D+t engine's rule); logits are the model's where the trimmed
+        mask holds the voxel, else ≤ 0 (`NO_OBJECT_LOGIT` outside it); scores / ious the object's on that slice."""
+        from .session import FrameResult
+
+        objects = dict(session.objects)
+        for obj in [o for o in self.notes if o not in objects]:
+            del self.notes[obj]  # removed objects
+        kept = self.keep_masks(objects, _grey_region(session.frames), fraction)
+        frames = sorted({f for _, per_slice in kept.values() for f in per_slice})
+        h, w = self.frame_shape
+        results = []
+        for frame in frames:
+            ids = [obj for obj in objects if frame in kept[obj][1]]
+            logits = np.full((len(ids), h, w), NO_OBJECT_LOGIT, np.float32)
+            masks = np.zeros((len(ids), h, w), bool)
+            scores, ious = [], []
+            for k, obj in enumerate(ids):
+                out = objects[obj].output(frame)
+                scores.append(float(out.score.flatten()[0]))
+                ious.append(float(out.iou))
+                entry = kept[obj][1][frame]
+                if entry is None:
+                    continue
+                y0, x0, logit, box = entry
+                region = (slice(y0, y0 + logit.shape[0]), slice(x0, x0 + logit.shape[1]))
+                logits[k][region] = np.where(box, logit, np.minimum(logit, 0.0))
+                masks[k][region] = box
+            labels = np.zeros((h, w), np.uint32)
+            if ids:
+                ranked = np.where(masks, logits, -np.inf)
+                best = np.argmax(ranked, axis=0)
+                held = masks.any(axis=0)
+                labels[held] = np.asarray(ids, np.uint32)[best[held]]
+            results.append(
+                FrameResult(
+                    frame=frame,
+                    obj_ids=ids,
+                    logits=logits,
+                    masks=masks,
+                    labels=labels,
+                    scores=np.asarray(scores, np.float32),
+                    ious=np.asarray(ious, np.float32),
+                    computed=[],
+                )
+            )
+        return results
+
+
+def _grey_region(frames):
+    """read_region(z, rows, cols) of a `FrameSource`: the part [rows, cols] of slice z as stored, one channel (the
+    chosen one; RGB without a choice: the mean of its channels), read without the rest of the slice."""
+
+    def read(z: int, rows: slice, cols: slice) -> np.ndarray:
+        region = frames.raw_region(int(z), rows, cols)
+        if region.ndim == 3:
+            region = region[..., frames.channel] if frames.channel is not None else region.mean(axis=-1)
+        return region
+
+    return read

@@ -1,0 +1,136 @@
+"""The axial edge rule on a plain z-stack (ZYX tracked along z; `napari_sam2.volume`): the same caps as 3D+t, recorded
+for resume and replay, never on a time axis, and stores made before it replayed and resumed as they were made."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_sam2 import PromptSet, cli, load_model, track
+from napari_sam2.errors import InputError
+from napari_sam2.io.ome_zarr import LabelStore
+from napari_sam2.io.results import open_result
+from napari_sam2.replay import replay
+from napari_sam2.sample_data import synthetic_nuclei_4d
+from napari_sam2.session import TrackingSession
+from napari_sam2.volume import Z_EDGE
+
+
+@pytest.fixture(scope="module")
+def nano():
+    return load_model("nano-fluo", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def zstack():
+    """(image [12, 64, 64], labels, z of the widest slice, the nuclei cut by it): a one-time-point 4-D movie."""
+    s = synthetic_nuclei_4d(n_frames=1, n_slices=12, shape=(64, 64), n_nuclei=3, seed=5)
+    image, labels = s.image[0], s.labels[0]
+    z = int(np.argmax((labels > 0).sum(axis=(1, 2))))
+    return image, labels, z
+
+
+def _clicks(labels, z, with_t=False):
+    """One click per nucleus on slice z (its deepest pixel there): every object prompted on the same slice."""
+    prompts = PromptSet()
+    for obj in np.unique(labels[z])[1:]:
+        depth = ndimage.distance_transform_edt(labels[z] == obj)
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        prompts.add(z, int(obj), points=[[float(y), float(x)]], **({"t": 0} if with_t else {}))
+    return prompts
+
+
+def _window(image):
+    return float(image.min()), float(image.max())
+
+
+def test_a_z_stack_tracked_as_zyx_and_as_one_time_point_tzyx_gives_the_same_labels(nano, zstack):
+    """Same stack, same clicks (all on one slice), same window: ZYX along z and [1, Z, Y, X] through the 3D+t
+    engine give identical labels, the axial edge rule included; along t (a time-lapse) the rule is off."""
+    image, labels, z = zstack
+    as_zyx = track(image, _clicks(labels, z), model=nano, axis="z", window=_window(image), tables=False)
+    as_tzyx = track(image[None], _clicks(labels, z, True), model=nano, window=_window(image), tables=False)
+    zyx, tzyx = np.asarray(as_zyx.labels), np.asarray(as_tzyx.labels)[0]
+    assert len(np.unique(zyx)) == 4  # three nuclei
+    np.testing.assert_array_equal(zyx, tzyx)
+    assert as_zyx.provenance["settings"]["z_edge"] == as_tzyx.provenance["settings"]["z_edge"] == Z_EDGE
+    assert [e["op"] for e in as_zyx.provenance["edit_log"]][-1] == "edge"
+    along_t = track(image, _clicks(labels, z), model=nano, axis="t", window=_window(image), tables=False)
+    assert along_t.provenance["settings"]["z_edge"] is None
+    assert "edge" not in [e["op"] for e in along_t.provenance["edit_log"]]
+    plain = np.asarray(along_t.labels)
+    trimmed = (plain > 0) & (zyx == 0)
+    assert trimmed.any() and not ((zyx > 0) & (plain == 0)).any()  # the rule only takes voxels away (here 20)
+    assert set(np.nonzero(trimmed.any(axis=(1, 2)))[0]) <= set(range(z)) | set(range(z + 1, 12))
+    # confidence rows count the written (trimmed) voxels
+    rows = {(r["frame"], r["obj_id"]): r["area"] for r in as_zyx.confidence}
+    assert all(area == int((zyx[f] == o).sum()) for (f, o), area in rows.items())
+
+
+def test_the_session_rule_keeps_prompted_slices_and_refuses_bad_fractions(nano, zstack):
+    image, labels, z = zstack
+    with pytest.raises(InputError, match="z_edge is a fraction"):
+        TrackingSession(nano, image, z_edge=1.5)
+    with TrackingSession(nano, image) as off, pytest.raises(InputError, match="needs a session made with z_edge"):
+        off.axial_edge()
+    with TrackingSession(nano, image, z_edge=Z_EDGE) as session:
+        _clicks(labels, z).apply(session)
+        # a mask prompt on a cap slice of object 1: the rule leaves it as drawn
+        cap = int(np.nonzero((labels == 1).any(axis=(1, 2)))[0].max())
+        drawn = ndimage.binary_dilation(labels[cap] == 1, iterations=3)
+        session.add_prompt(cap, 1, mask=drawn)
+        plain = {r.frame: r for r in session.propagate("both")}
+        edged = {r.frame: r for r in session.axial_edge()}
+        assert sorted(edged) == list(range(len(image)))
+        kept, drawn_now = (r.masks[r.obj_ids.index(1)] for r in (edged[cap], plain[cap]))
+        np.testing.assert_array_equal(kept, drawn_now)
+        assert drawn_now.sum() > (labels[cap] == 1).sum()  # drawn wider than the nucleus there
+        for f, r in edged.items():
+            assert (r.masks <= (r.logits > 0)).all() and ((r.labels > 0) <= r.masks.any(axis=0)).all()
+            assert ((r.labels > 0) <= (session.result(f).labels > 0)).all()
+        assert session.edit_log[-1] == {"op": "edge", "z_edge": Z_EDGE}
+
+
+def test_a_z_stack_store_resumes_and_replays_with_the_rule_it_was_made_with(tmp_path, nano, zstack, capsys):
+    image, labels, z = zstack
+    np.save(tmp_path / "stack.npy", image)
+    reference = track(image, _clicks(labels, z), model=nano, axis="z", tables=False)
+    n = len(image)
+    # killed in the backward pass, and killed while the rule's writes were being made
+    for stop_at in (n - z + 2, n + z + 3):
+        out = tmp_path / f"cut{stop_at}.ome.zarr"
+        calls = []
+
+        def progress(done, total, calls=calls, stop_at=stop_at):
+            calls.append(done)
+            if len(calls) >= stop_at:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            track(tmp_path / "stack.npy", _clicks(labels, z), model=nano, axis="z", out=out, progress=progress,
+                  tables=False)  # fmt: skip
+        resumed = track(tmp_path / "stack.npy", None, model=nano, axis="z", out=out, resume=True, tables=False)
+        np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(reference.labels))
+        assert resumed.provenance["settings"]["z_edge"] == Z_EDGE
+    capsys.readouterr()
+    assert cli.main(["replay", str(out), "--device", "cpu"]) == 0
+    assert f"identical labels on all {n} frames" in capsys.readouterr().out
+
+
+def test_a_z_stack_store_made_before_the_rule_replays_and_resumes_without_it(tmp_path, nano, zstack):
+    """A store whose settings name no z_edge (and whose log applies no rule) was made before the rule: its replay
+    and its resume run without it, giving the labels it holds."""
+    image, labels, z = zstack
+    np.save(tmp_path / "stack.npy", image)
+    out = tmp_path / "old.ome.zarr"
+    # made without the rule (along an unnamed axis), then recorded as an older z-stack store would be
+    made = track(tmp_path / "stack.npy", _clicks(labels, z), model=nano, axis=0, out=out, tables=False)
+    store = LabelStore.open(out, mode="r+")
+    settings = {k: v for k, v in store.provenance["settings"].items() if k != "z_edge"}
+    store.update_provenance({"settings": {**settings, "axis_name": "z"}})
+    assert "z_edge" not in open_result(out).record.settings
+    assert replay(out, device="cpu").identical
+    store.update_provenance({"status": "interrupted"})
+    resumed = track(tmp_path / "stack.npy", None, model=nano, axis="z", out=out, resume=True, tables=False)
+    assert resumed.provenance["settings"].get("z_edge") is None
+    assert "edge" not in [e["op"] for e in resumed.provenance["edit_log"]]
+    np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(made.labels[:]))
