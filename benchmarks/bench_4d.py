@@ -29,11 +29,21 @@ seeds). Tuning seeds (`--tuning`): 2,990,000 up — the 3D+t discovery rules (`v
            area without the axial edge rule (z_edge None) and with it, and the model's best per slice: a click on
            the deepest pixel of the true slice, the truth's box ("click" in iou_3d: those click masks on the true
            slices only, an oracle that knows where the nucleus ends in z).
+  zstack   the plain z-stack path: t = 0 as a [Z, Y, X] stack tracked along z by one `TrackingSession` (as
+           `track(..., axis="z")` and the widget run it), one click per nucleus on its widest slice; mean 3-D IoU
+           without / with the axial edge rule (`TrackingSession.axial_edge`) and the 3D+t engine's for comparison.
   --discover-every K: quality/cost with `propagate_volume_with_discovery` (divisions; the result's lineage goes
            into the CTC export).
   --z-edge F|off: `VolumeTimeSession(z_edge=...)`, the axial edge rule (default 0.5, the engine's default).
   --skip N: quality/slices start N seeds further (e.g. --seeds 3 --skip 3: held-out seeds 3,000,003-5).
 Timings are wall-clock on whatever machine runs this; on a shared, loaded machine read only the ratios.
+
+Measured 2026-11-30, the plain z-stack path (`zstack --seeds 10`, 16 z x 96², 5 nuclei, nano-fluo v1, torch 1
+thread, load 5-7: other engineers' runs): held-out seeds 3,000,000-9: 3-D IoU 0.764 without the rule, 0.830 with
+it (per seed 0.854, 0.838, 0.686, 0.849, 0.854, 0.843, 0.838, 0.852, 0.824, 0.860); the 3D+t engine on the same
+clicks 0.838 (it differs only where nuclei are clicked on different slices: one z-stream each from its own click
+there, one stream for all from the earliest click in a z-stack session; seed 3,000,002: 0.686 vs 0.749). Tuning seeds
+2,990,000-9 (--tuning): 0.769 -> 0.841 (3D+t 0.842).
 
 Measured 2026-11-30 with the axial edge rule (VolumeTimeSession z_edge = 0.5, the default; volume_time.axial_trim),
 nano-fluo v1, torch 1 thread, 2 shared CPU cores at load 7-15 (other engineers' runs):
