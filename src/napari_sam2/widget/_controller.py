@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,16 @@ class ControllerView:
 
     def show_state(self) -> None:
         """Objects, busy state or sessions changed: refresh buttons and the object list."""
+
+
+@dataclass
+class _TimePoint:
+    """One time point of a 3D+t propagation as `replay.LabelWriter` writes it: frame = t, labels [Z, Y, X], obj_ids
+    = the session's objects (its result covers every one of them at t)."""
+
+    frame: int
+    labels: np.ndarray
+    obj_ids: list[int]
 
 
 def plan_passes(prompted_frames, direction: str, lo: int, hi: int) -> list[tuple[str, int, int]]:
@@ -669,12 +680,10 @@ class TrackingController:
         def on_time_point(value):
             pass_index, done, t, volume_labels, scores = value
             if self.geometry is g and self.labels is not None:
-                ids = list(self.volume.obj_ids) if self.volume is not None else []
-                for z in range(z_count):  # objects of the session are replaced, anything else stays
-                    index = g.label_index((t,), z)
-                    plane = np.asarray(self.labels[index])
-                    new = volume_labels[z]
-                    self.labels[index] = np.where(new > 0, new, np.where(np.isin(plane, ids), 0, plane))
+                volume = self.volume
+                if volume is not None:  # objects of the session are replaced, anything else stays (`merge_result`)
+                    result = _TimePoint(t, volume_labels, list(volume.obj_ids))
+                    self._volume_writer(g, volume, z_count).write(result)
                 conf = self.confidence.setdefault((t,), {})
                 for obj, per_z in scores.items():
                     conf[int(obj)] = {int(z): (float(sc), float(iou)) for z, (sc, iou) in per_z.items()}
@@ -712,6 +721,25 @@ class TrackingController:
         self.view.show_state()
         worker.start()
         return True
+
+    def _volume_writer(self, g: StackGeometry, volume, z_count: int) -> LabelWriter:
+        """The `replay.LabelWriter` of the 3D+t session into the labels, one "frame" per time point ([Z, Y, X]): the
+        rule every face writes results by (`merge_result`; no object keeps voxels outside its span of time points),
+        kept per session and geometry as `label_writer` keeps the slice sessions' writers."""
+        made = self.writers.get("volume")
+        if made is not None and made[0] is volume and made[1] is g:
+            return made[2]
+
+        def read(t):
+            return np.stack([np.asarray(self.labels[g.label_index((t,), z)]) for z in range(z_count)])
+
+        def write(t, volume_labels):
+            for z in range(z_count):
+                self.labels[g.label_index((t,), z)] = volume_labels[z]
+
+        writer = LabelWriter(volume, read, write, frames_of=lambda obj: range(volume.num_times))
+        self.writers["volume"] = (volume, g, writer)
+        return writer
 
     def cancel(self) -> None:
         """Stop the propagation after the frame being computed; every finished frame stays."""
