@@ -88,6 +88,18 @@ def test_the_session_rule_keeps_prompted_slices_and_refuses_bad_fractions(nano, 
             assert (r.masks <= (r.logits > 0)).all() and ((r.labels > 0) <= r.masks.any(axis=0)).all()
             assert ((r.labels > 0) <= (session.result(f).labels > 0)).all()
         assert session.edit_log[-1] == {"op": "edge", "z_edge": Z_EDGE}
+        # the session shows what the rule left (until the model recomputes an object there): a prompt on one object
+        # does not bring back another's halo on that slice
+        for f, r in edged.items():
+            np.testing.assert_array_equal(session.result(f).labels, r.labels)
+        other = next(f for f, r in edged.items() if f != cap and (r.labels != plain[f].labels).any())
+        changed = [
+            o for o in edged[other].obj_ids if (edged[other].labels == o).sum() < (plain[other].labels == o).sum()
+        ]
+        clicked = next(o for o in session.obj_ids if o not in changed[:1])
+        again = session.add_prompt(other, clicked, points=[[0.0, 0.0]], labels=[0])  # a background click
+        held = [o for o in again.obj_ids if o != clicked]
+        np.testing.assert_array_equal(np.isin(again.labels, held), np.isin(edged[other].labels, held))
 
 
 def test_a_z_stack_store_resumes_and_replays_with_the_rule_it_was_made_with(tmp_path, nano, zstack, capsys):

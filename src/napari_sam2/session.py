@@ -966,8 +966,9 @@ class TrackingSession:
             ious.append(out.iou)
         h, w = self.frame_shape
         logits = self._frame_logits(frame, ids, lows)
-        if self._edge is not None:
-            self._edge.note(frame, ids, logits)  # what the axial edge rule trims (`axial_edge`)
+        if self._edge is not None:  # the axial edge rule (`axial_edge`): what it trims, and what it trimmed
+            self._edge.note(frame, ids, logits, computed)
+            logits = self._edge.shown(frame, ids, logits)
         masks = logits > 0
         labels = np.zeros((h, w), dtype=np.uint32)
         if ids:

@@ -10,7 +10,9 @@ time axis) notes every object's mask on every slice as the session yields it (`A
 slice's result again with the rule applied to each object's whole 3-D mask. The faces write those results as they
 write any other (`replay.LabelWriter`); the call is an entry of the edit log ({"op": "edge", "z_edge"}), so
 `napari-sam2 replay` applies it at the same point. Nothing the model computes changes: the memory bank keeps the
-model's masks, and a later propagation recomputes from them.
+model's masks, and a later propagation recomputes from them. Until the model recomputes an object on a slice, the
+session's results show it as the rule left it (`AxialEdge.shown`): a prompt on one object does not bring back
+another's halo on that slice; the next `axial_edge()` trims every object again from the model's masks.
 
 The same stack as ZYX and as a one-time-point TZYX gives the same labels when every object's z-stream is the same
 in both: the 3D+t engine runs one z-stream per object from that object's own prompted slices, the z-stack session
@@ -57,9 +59,16 @@ class AxialEdge:
         self.frame_shape = tuple(int(s) for s in frame_shape)
         # obj → {slice: (y0, x0, logits [h, w] float32 of the box of mask > 0) or None (empty there)}
         self.notes: dict[int, dict[int, tuple[int, int, np.ndarray] | None]] = {}
+        # obj → {slice: (y0, x0, kept [h, w] bool)}: what the last `results` kept of the noted mask there, until the
+        # model recomputes the object on that slice (`shown`)
+        self.kept: dict[int, dict[int, tuple[int, int, np.ndarray]]] = {}
 
-    def note(self, frame: int, obj_ids, logits: np.ndarray) -> None:
-        """The result of slice `frame`: logits [K, Y, X] of objects `obj_ids` (`FrameResult.logits`)."""
+    def note(self, frame: int, obj_ids, logits: np.ndarray, computed=()) -> None:
+        """The result of slice `frame`: logits [K, Y, X] of objects `obj_ids` (`FrameResult.logits`, as the model
+        made them); `computed`: the objects the model (re)computed there (what the last rule kept of them there is
+        void)."""
+        for obj in computed:
+            self.kept.get(int(obj), {}).pop(int(frame), None)
         for k, obj in enumerate(obj_ids):
             inside = logits[k] > 0
             rows, cols = np.nonzero(inside.any(axis=1))[0], np.nonzero(inside.any(axis=0))[0]
@@ -70,12 +79,26 @@ class AxialEdge:
             crop = np.array(logits[k, y0:y1, x0:x1], dtype=np.float32, copy=True)
             self.notes.setdefault(int(obj), {})[int(frame)] = (y0, x0, crop)
 
+    def shown(self, frame: int, obj_ids, logits: np.ndarray) -> np.ndarray:
+        """logits [K, Y, X] of slice `frame` (noted first) as the faces show them: each object the last `results`
+        trimmed there and the model has not recomputed since stays trimmed (its logits ≤ 0 where the rule took the
+        mask away), so a prompt on one object does not bring back another's halo on that slice. In place."""
+        for k, obj in enumerate(obj_ids):
+            entry = self.kept.get(int(obj), {}).get(int(frame))
+            if entry is not None:
+                y0, x0, box = entry
+                part = logits[k, y0 : y0 + box.shape[0], x0 : x0 + box.shape[1]]
+                part[...] = np.where(box, part, np.minimum(part, 0.0))
+        return logits
+
     def forget(self, obj: int | None = None) -> None:
         """Drop the notes of `obj` (None: of every object)."""
         if obj is None:
             self.notes.clear()
+            self.kept.clear()
         else:
             self.notes.pop(int(obj), None)
+            self.kept.pop(int(obj), None)
 
     def keep_masks(self, objects: dict, read_region, fraction: float | None = None) -> dict:
         """{obj: (box (Y0, Y1, X0, X1), {slice: (y0, x0, logits, kept [h, w] bool)})}: each object's notes on the
@@ -128,6 +151,14 @@ class AxialEdge:
         for obj in [o for o in self.notes if o not in objects]:
             del self.notes[obj]  # removed objects
         kept = self.keep_masks(objects, _grey_region(session.frames), fraction)
+        self.kept = {
+            obj: {
+                f: (e[0], e[1], e[3])
+                for f, e in per_slice.items()
+                if e is not None and not np.array_equal(e[3], e[2] > 0)
+            }
+            for obj, (_, per_slice) in kept.items()
+        }
         frames = sorted({f for _, per_slice in kept.values() for f in per_slice})
         h, w = self.frame_shape
         results = []
