@@ -202,6 +202,8 @@ def test_layer_data(movie):
     assert img is movie.image and lab is movie.labels
     assert (img_kind, lab_kind) == ("image", "labels")
     assert img_meta["scale"] == lab_meta["scale"] == (1.0, 1.0, 1.0)
+    assert img_meta["axis_labels"] == lab_meta["axis_labels"] == ("t", "y", "x")
+    assert as_layer_data(nuclei_zstack(n_slices=3, shape=(32, 32), n_nuclei=1))[0][1]["axis_labels"] == ("z", "y", "x")
 
 
 # ---------------------------------------------------------------------- lineage events (opt-in)

@@ -803,9 +803,15 @@ def write_ctc_ground_truth(
 
 
 def as_layer_data(stack: SampleStack, name: str = "nuclei") -> list[tuple]:
-    """napari layer-data tuples (image, labels) for a sample-data contribution, without importing napari."""
-    scale = tuple(stack.scale)
+    """napari layer-data tuples (image, labels) for a sample-data contribution, without importing napari. The axes
+    are named (t / z, y, x): the viewer's sliders read them, and the widget streams a z-stack's z as z (the axial
+    edge rule, saved as "zyx")."""
+    scale, names = tuple(stack.scale), tuple(stack.axes.lower())
     return [
-        (stack.image, {"name": name, "scale": scale, "colormap": "gray"}, "image"),
-        (stack.labels, {"name": f"{name} ground truth", "scale": scale, "opacity": 0.4}, "labels"),
+        (stack.image, {"name": name, "scale": scale, "colormap": "gray", "axis_labels": names}, "image"),
+        (
+            stack.labels,
+            {"name": f"{name} ground truth", "scale": scale, "opacity": 0.4, "axis_labels": names},
+            "labels",
+        ),
     ]

@@ -68,3 +68,17 @@ def test_a_stack_streamed_along_t_gets_no_axial_edge_rule(sam_viewer, qtbot, tmp
     with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
         w.save(str(path))
     assert open_result(path).record.settings["z_edge"] is None
+
+
+def test_the_z_stack_sample_is_streamed_along_z(make_napari_viewer):
+    from napari_sam2.widget import SAM2Widget
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sam2", "nuclei_zstack")
+    widget = SAM2Widget(viewer)
+    try:
+        widget.select_layer(viewer.layers["nuclei z-stack"])
+        assert tuple(viewer.dims.axis_labels) == ("z", "y", "x")
+        assert widget.geometry.z_stream and not widget.geometry.coupled
+    finally:
+        widget.shutdown()
