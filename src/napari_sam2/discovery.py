@@ -924,6 +924,12 @@ class ChangeSampler:
         self.age = np.zeros(len(self.points), dtype=np.int64)
         self.last_count = 0
 
+    def pixels(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, cols) [N] int: the pixel each grid point lies in."""
+        iy = np.minimum(self.points[:, 0].astype(np.int64), self.shape[0] - 1)
+        ix = np.minimum(self.points[:, 1].astype(np.int64), self.shape[1] - 1)
+        return iy, ix
+
     def _patches(self, features) -> Any:
         import torch
         import torch.nn.functional as F
@@ -948,7 +954,8 @@ class ChangeSampler:
         tracked mask covers are clicked on every call and the change test is not used; None: the change test.
         near: [Y, X] bool (`near_signal`): the change test's points are clicked only where it is True (a point
         left out keeps its reference features: a change there still counts when signal comes near); with both,
-        the points of `signal` are clicked too, changed or not."""
+        the points of `signal` are clicked too, changed or not. Both may also be [N] bool, one value per grid point
+        (`pixels()`)."""
         patches = self._patches(features)
         first = self.reference is None
         if first:
@@ -957,14 +964,18 @@ class ChangeSampler:
             change = (patches - self.reference).norm(dim=1) / (self.reference.norm(dim=1) + 1e-6)  # [N, 9]
             due = (change.max(dim=1).values > self.threshold).numpy() | (self.age + 1 >= self.revisit)
         # a point inside a tracked mask cannot reveal a new object (the per-object clicks look for divisions)
-        iy = np.minimum(self.points[:, 0].astype(np.int64), self.shape[0] - 1)
-        ix = np.minimum(self.points[:, 1].astype(np.int64), self.shape[1] - 1)
+        iy, ix = self.pixels()
+
+        def at_points(where):  # a [Y, X] map read at the grid's pixels, or already one value per grid point
+            where = np.asarray(where)
+            return where if where.ndim == 1 else where[iy, ix]
+
         if near is not None:
-            due &= np.asarray(near)[iy, ix]
+            due &= at_points(near)
             if signal is not None:
-                due |= np.asarray(signal)[iy, ix]
+                due |= at_points(signal)
         elif signal is not None:
-            due = np.asarray(signal)[iy, ix].copy()
+            due = at_points(signal).copy()
         due &= np.asarray(labels)[iy, ix] == 0
         if first:
             self.reference = patches.clone()
@@ -991,44 +1002,64 @@ def _signal(intensity: np.ndarray) -> np.ndarray:
     return smooth > background + 0.5 * (threshold_otsu(smooth, nbins=256) - background)
 
 
-def near_signal(intensity: np.ndarray, reach: float, min_area: int) -> np.ndarray:
+def near_signal(
+    intensity: np.ndarray, reach: float, min_area: int, bright: np.ndarray | None = None, at=None
+) -> np.ndarray:
     """Where a grid click can answer with a cell at all: [Y, X] bool, the pixels within `reach` px of signal
     (`_signal`, tracked cells included) in pieces of ≥ min_area / 4 px. intensity: [Y, X] 0…1. A click on dark
     background farther than that answers with nothing (or with a blob of noise); the change test picks such
     points whenever a cell moves within a feature cell and a half of them (measured on tuning seed 4,100,001:
-    27 of the 37 changed points of a frame lay more than 8 px from any signal)."""
-    found = _signal(intensity)
+    27 of the 37 changed points of a frame lay more than 8 px from any signal). bright: `_signal(intensity)` when
+    already computed for the frame. at: (rows, cols) [N] int → the map at those pixels only, [N] bool."""
+    found = _signal(intensity) if bright is None else bright
     pieces, n = ndimage.label(found)
     if n:
         sizes = np.bincount(pieces.ravel())
         found = (sizes >= max(1, min_area // 4))[pieces] & found
-    if not found.any():
-        return found
-    return ndimage.distance_transform_edt(~found) <= reach
+    return _within_reach(found, reach, at)
 
 
-def untracked_signal(intensity: np.ndarray, labels: np.ndarray, reach: float, min_area: int) -> np.ndarray:
+def untracked_signal(
+    intensity: np.ndarray, labels: np.ndarray, reach: float, min_area: int, bright: np.ndarray | None = None, at=None
+) -> np.ndarray:
     """Where a grid click can reveal an object no tracked mask holds: [Y, X] bool, the pixels within `reach` px of
     untracked signal. intensity: [Y, X] 0…1 (`TrackingSession.frame_intensity`); labels: [Y, X] tracked ids.
     Signal: the frame smoothed (Gaussian, sigma 2) brighter than half-way from its median (the background, where
     cells are sparse) to its Otsu threshold. Untracked: outside every tracked mask, in a piece of ≥ min_area / 4 px
     that is more than 3 px thick somewhere (the image border does not count as an edge: a cell entering the field
     is thin there) — the blurred rim around a tracked cell is bright too, but thin. A click on dark background or
-    beside a tracked cell only answers with nothing or with that cell."""
-    found = _signal(intensity) & (np.asarray(labels) == 0)
+    beside a tracked cell only answers with nothing or with that cell. bright: `_signal(intensity)` when already
+    computed for the frame. at: (rows, cols) [N] int → the map at those pixels only, [N] bool."""
+    found = (_signal(intensity) if bright is None else bright) & (np.asarray(labels) == 0)
     pieces, n = ndimage.label(found)
     if not n:
-        return found
+        return _within_reach(found, reach, at)
     core = ndimage.binary_erosion(found, iterations=3, border_value=1)
     thick = np.zeros(n + 1, dtype=bool)
     thick[np.unique(pieces[core])] = True
     sizes = np.bincount(pieces.ravel(), minlength=n + 1)
     keep = thick & (sizes >= max(1, min_area // 4))
     keep[0] = False
-    found = keep[pieces]
+    return _within_reach(keep[pieces], reach, at)
+
+
+def _within_reach(found: np.ndarray, reach: float, at=None) -> np.ndarray:
+    """[Y, X] bool: the pixels at most `reach` px (Euclidean) from a pixel of `found` [Y, X] bool; with at = (rows,
+    cols) only at those N pixels, [N] bool — the same test (the distance of the nearest pixel, its root taken in
+    float64 as scipy's distance transform takes it) in a window around each: the grid clicks read their own
+    pixels only, and the transform of the whole frame cost as much as the rest of the signal maps."""
+    if at is None:
+        if not found.any():
+            return found
+        return ndimage.distance_transform_edt(~found) <= reach
+    rows, cols = (np.asarray(a, dtype=np.int64) for a in at)
     if not found.any():
-        return found
-    return ndimage.distance_transform_edt(~found) <= reach
+        return np.zeros(len(rows), dtype=bool)
+    r = int(np.floor(reach))
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(found, r), (2 * r + 1, 2 * r + 1))[rows, cols]
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float64)
+    nearest = np.where(windows, dy * dy + dx * dx, np.inf).min(axis=(1, 2))
+    return np.sqrt(nearest) <= reach
 
 
 def torch_index(mask: np.ndarray):
@@ -1193,9 +1224,11 @@ def propagate_with_discovery(
             if intensity is not None:
                 # half the grid spacing: a cell between grid points is still clicked from its nearest one
                 reach = 0.5 * max(session.frame_shape) / max(1, options.generator.get("points_per_side", 16))
-                signal = untracked_signal(intensity, result.labels, reach, options.min_area)
+                bright = _signal(intensity)  # smoothed and thresholded once for both maps
+                at = sampler.pixels()  # the maps are read at the grid's pixels only
+                signal = untracked_signal(intensity, result.labels, reach, options.min_area, bright, at)
                 if options.grid_signal == "near":
-                    near = near_signal(intensity, reach, options.min_area)
+                    near = near_signal(intensity, reach, options.min_area, bright, at)
             clicks = sampler.clicks(session.image_features(t), result.labels, watch, signal, near)
             params = {k: v for k, v in options.generator.items() if k != "points_per_side"}
             settled = None
