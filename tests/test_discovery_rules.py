@@ -59,6 +59,12 @@ def test_untracked_signal_is_near_bright_pixels_no_tracked_mask_holds():
     assert not untracked_signal(image, labels, reach=6, min_area=30).any()
     near = near_signal(image, reach=6, min_area=30)  # tracked or not
     assert near[30, 30] and near[30, 44] and near[70, 70] and not near[30, 48] and not near[5, 90]
+    # read at some pixels only (discovery's grid points): the same answers there
+    rows, cols = np.mgrid[0:96:5, 0:96:5].reshape(2, -1)
+    assert np.array_equal(near_signal(image, reach=6, min_area=30, at=(rows, cols)), near[rows, cols])
+    labels[new_cell] = 0
+    full = untracked_signal(image, labels, reach=6.5, min_area=30)
+    assert full.any() and np.array_equal(untracked_signal(image, labels, 6.5, 30, at=(rows, cols)), full[rows, cols])
 
 
 def test_change_sampler_clicks_only_changed_uncovered_points_and_revisits():
