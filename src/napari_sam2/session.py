@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -1018,9 +1019,10 @@ class TrackingSession:
         with self._lock:
             return self._result(frame, computed=[])
 
-    def axial_edge(self, z_edge: float | None = None) -> list[FrameResult]:
-        """The axial edge rule (`napari_sam2.volume`) on every object's whole 3-D mask: → a `FrameResult` for every
-        slice an object has an output on, each object's mask ended in z where the image falls below `z_edge`
+    def axial_edge(self, z_edge: float | None = None) -> Iterator[FrameResult]:
+        """The axial edge rule (`napari_sam2.volume`) on every object's whole 3-D mask: → an iterator of a
+        `FrameResult` for every slice an object has an output on (the rule runs at the call; each slice's arrays are
+        made as it is asked for), each object's mask ended in z where the image falls below `z_edge`
         (default the session's) of the brightest voxel of each (y, x) column inside it; slices the object is
         prompted on are kept as drawn. Call it once a propagation has run to its end and write the results over
         the slices (a face does this after its passes, `track()` before its tables). Logged ({"op": "edge"}), so a

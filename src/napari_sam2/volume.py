@@ -26,6 +26,8 @@ is removed; no image is kept (each object's box of its slices is read again when
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from .errors import InputError
@@ -140,13 +142,13 @@ class AxialEdge:
             out[obj] = ((y_lo, y_hi, x_lo, x_hi), per_slice)
         return out
 
-    def results(self, session, fraction: float | None = None) -> list:
-        """Every slice any object of `session` has an output on, as a `FrameResult` with the rule applied: masks
+    def results(self, session, fraction: float | None = None) -> Iterator:
+        """Every slice any object of `session` has an output on, as a `FrameResult` with the rule applied (an
+        iterator, in slice order: the rule runs and the session is read at the call, each slice's arrays are made
+        when it is asked for, so one slice's [K, Y, X] arrays are held at a time): masks
         are the model's minus what the rule takes away; labels give a voxel to the object with the highest logit
         among those whose trimmed mask holds it (the 3D+t engine's rule); logits are the model's where the trimmed
         mask holds the voxel, else ≤ 0 (`NO_OBJECT_LOGIT` outside it); scores / ious the object's on that slice."""
-        from .session import FrameResult
-
         objects = dict(session.objects)
         for obj in [o for o in self.notes if o not in objects]:
             del self.notes[obj]  # removed objects
@@ -159,44 +161,42 @@ class AxialEdge:
             }
             for obj, (_, per_slice) in kept.items()
         }
-        frames = sorted({f for _, per_slice in kept.values() for f in per_slice})
-        h, w = self.frame_shape
-        results = []
-        for frame in frames:
+        # what each slice's result needs, read from the session now (under its lock); the frame-size arrays are made
+        # one slice at a time as the caller asks, so memory stays at one slice however tall the stack
+        plans = []
+        for frame in sorted({f for _, per_slice in kept.values() for f in per_slice}):
             ids = [obj for obj in objects if frame in kept[obj][1]]
-            logits = np.full((len(ids), h, w), NO_OBJECT_LOGIT, np.float32)
-            masks = np.zeros((len(ids), h, w), bool)
-            scores, ious = [], []
-            for k, obj in enumerate(ids):
-                out = objects[obj].output(frame)
-                scores.append(float(out.score.flatten()[0]))
-                ious.append(float(out.iou))
-                entry = kept[obj][1][frame]
-                if entry is None:
-                    continue
-                y0, x0, logit, box = entry
-                region = (slice(y0, y0 + logit.shape[0]), slice(x0, x0 + logit.shape[1]))
-                logits[k][region] = np.where(box, logit, np.minimum(logit, 0.0))
-                masks[k][region] = box
-            labels = np.zeros((h, w), np.uint32)
-            if ids:
-                ranked = np.where(masks, logits, -np.inf)
-                best = np.argmax(ranked, axis=0)
-                held = masks.any(axis=0)
-                labels[held] = np.asarray(ids, np.uint32)[best[held]]
-            results.append(
-                FrameResult(
-                    frame=frame,
-                    obj_ids=ids,
-                    logits=logits,
-                    masks=masks,
-                    labels=labels,
-                    scores=np.asarray(scores, np.float32),
-                    ious=np.asarray(ious, np.float32),
-                    computed=[],
-                )
-            )
-        return results
+            outs = [objects[obj].output(frame) for obj in ids]
+            scores = np.asarray([float(out.score.flatten()[0]) for out in outs], np.float32)
+            ious = np.asarray([float(out.iou) for out in outs], np.float32)
+            plans.append((frame, ids, [kept[obj][1][frame] for obj in ids], scores, ious))
+        return _slice_results(plans, self.frame_shape)
+
+
+def _slice_results(plans, frame_shape):
+    """Generator of the `FrameResult`s of `AxialEdge.results`' plans [(slice, ids, entries, scores, ious)]."""
+    from .session import FrameResult
+
+    h, w = frame_shape
+    for frame, ids, entries, scores, ious in plans:
+        logits = np.full((len(ids), h, w), NO_OBJECT_LOGIT, np.float32)
+        masks = np.zeros((len(ids), h, w), bool)
+        for k, entry in enumerate(entries):
+            if entry is None:
+                continue
+            y0, x0, logit, box = entry
+            region = (slice(y0, y0 + logit.shape[0]), slice(x0, x0 + logit.shape[1]))
+            logits[k][region] = np.where(box, logit, np.minimum(logit, 0.0))
+            masks[k][region] = box
+        labels = np.zeros((h, w), np.uint32)
+        if ids:
+            ranked = np.where(masks, logits, -np.inf)
+            best = np.argmax(ranked, axis=0)
+            held = masks.any(axis=0)
+            labels[held] = np.asarray(ids, np.uint32)[best[held]]
+        yield FrameResult(
+            frame=frame, obj_ids=ids, logits=logits, masks=masks, labels=labels, scores=scores, ious=ious, computed=[]
+        )
 
 
 def _grey_region(frames):
