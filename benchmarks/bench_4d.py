@@ -43,7 +43,8 @@ thread, load 5-7: other engineers' runs): held-out seeds 3,000,000-9: 3-D IoU 0.
 it (per seed 0.854, 0.838, 0.686, 0.849, 0.854, 0.843, 0.838, 0.852, 0.824, 0.860); the 3D+t engine on the same
 clicks 0.838 (it differs only where nuclei are clicked on different slices: one z-stream each from its own click
 there, one stream for all from the earliest click in a z-stack session; seed 3,000,002: 0.686 vs 0.749). Tuning seeds
-2,990,000-9 (--tuning): 0.769 -> 0.841 (3D+t 0.842).
+2,990,000-9 (--tuning): 0.769 -> 0.841 (3D+t 0.842). The rule's own cost (`TrackingSession.axial_edge`, same
+stacks, seeds 3,000,001-2): 12 ms against 1.10-1.22 s for the propagation (about 1 %).
 
 Measured 2026-11-30 with the axial edge rule (VolumeTimeSession z_edge = 0.5, the default; volume_time.axial_trim),
 nano-fluo v1, torch 1 thread, 2 shared CPU cores at load 7-15 (other engineers' runs):
