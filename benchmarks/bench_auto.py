@@ -25,8 +25,8 @@ demo: the `napari-sam2 demo` movie (nuclei_timelapse(), seed 0) with its first-f
     discovery every K frames; TRA/DET from py-ctcmetrics (as the demo prints) and traccuracy, and whether the two
     daughters were found with the right parent. Not held out (see above).
 cost: seconds per frame of plain tracking vs tracking with discovery on every frame (default sampling "changed",
-    and the whole grid "grid"; `--modes` also every2 / every4: discovery every 2nd / 4th frame; near: the option
-    grid_signal="near"; dense: the clicks before commit 8f0fed7 — every object, every candidate recentred; found:
+    and the whole grid "grid"; `--modes` also every2 / every4: discovery every 2nd / 4th frame; near / off:
+    grid_signal="near" (the default) / "off" (every changed grid point, the default before); dense: the clicks before commit 8f0fed7 — every object, every candidate recentred; found:
     plain tracking of the objects one discovery run found, each prompted once on its first frame — the lower bound
     of discovery's cost, since it tracks what it finds), alternated in turns (A, B, C, A, B, C) on a held-out movie
     (4,000,501) seeded with its first-frame truth, because the machine is shared (several engineers on 2 cores):
@@ -208,7 +208,7 @@ def run_cost(args) -> dict:
     model = load_model("nano-fluo", device="cpu")
     movie = nuclei_lineage_timelapse(n_frames=args.frames, seed=HELD_OUT + 500)
     modes = args.modes.split(",")
-    unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4", "dense", "found", "near"}
+    unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4", "dense", "found", "near", "off"}
     if unknown:
         raise SystemExit(f"unknown cost modes {sorted(unknown)}")
     found = _objects_found(model, movie) if "found" in modes else None
@@ -236,8 +236,8 @@ def run_cost(args) -> dict:
                 extra = json.loads(args.options) if args.options else {}
                 sampling = "grid" if mode == "grid" else "changed"
                 options = DiscoveryOptions(**{"every": every, "sampling": sampling, **extra})
-                if mode == "near":  # the cheaper grid: changed points only near signal (DiscoveryOptions.grid_signal)
-                    options = replace(options, grid_signal="near")
+                if mode in ("near", "off"):  # changed grid points near signal only (the default), or all of them
+                    options = replace(options, grid_signal=mode)
                 if mode == "dense":  # the clicks and banks before this version: every object, changed grid
                     options = DiscoveryOptions(object_clicks="all", grid_signal="off", skip_settled=False)
                 results = list(propagate_with_discovery(session, options))
@@ -352,7 +352,9 @@ def main() -> None:
         "--options", help="auto/demo/cost: more DiscoveryOptions fields as JSON, e.g. '{\"resplit\": false}'"
     )
     parser.add_argument(
-        "--modes", default="plain,changed,grid", help="cost: which of plain,changed,grid,every2,every4, in turns"
+        "--modes",
+        default="plain,changed,grid",
+        help="cost: which of plain,changed,grid,every2,every4,near,off,dense,found, in turns",
     )
     parser.add_argument("--dev", action="store_true", help="auto: the tuning seeds instead of the held-out ones")
     parser.add_argument("--json", help="write the numbers to this file")

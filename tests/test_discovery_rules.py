@@ -521,3 +521,31 @@ def test_probe_targets_an_object_below_its_reference_area_though_its_median_foll
     assert _weak(good, labels, {1, 2}, usual, 10, DiscoveryOptions(reclaim_reference=0.0), reference) == {}
     assert _weak(good, labels, {1, 2}, usual, 10, opts, {1: 317.0, 2: 226 / 0.85}) == {}
     assert _weak(good, labels, {1, 2}, usual, 9 + opts.reclaim_frames + 1, opts, reference) == {}
+
+
+@pytest.mark.parametrize("updates", [False, True])
+def test_a_point_clicked_for_untracked_signal_keeps_its_change_reference(updates):
+    # grid_signal="near": a point clicked only because untracked signal lies beside it keeps the features of its
+    # last click for a change as its reference (default), so a newcomer growing there still counts as a change on
+    # the next frames once no untracked signal is left (a tracked cell took it over)
+    import torch
+
+    sampler = ChangeSampler((64, 64), 4, threshold=0.5, revisit=100, signal_updates_reference=updates)
+    labels = np.zeros((64, 64), np.uint32)
+    iy, ix = sampler.pixels()
+    p = int(np.flatnonzero((iy == 8) & (ix == 8))[0])  # the grid point in feature cell (0, 0)
+    near, only_p, none = np.ones(16, bool), np.arange(16) == p, np.zeros(16, bool)
+    base = torch.ones(8, 4, 4)
+
+    def features(scale):
+        f = base.clone()
+        f[:, 0, 0] *= scale
+        return f
+
+    def clicked(out):
+        return bool(((out[:, 0] == sampler.points[p, 0]) & (out[:, 1] == sampler.points[p, 1])).any())
+
+    assert clicked(sampler.clicks(features(1.0), labels, near=near, signal=none))  # the first frame: every point
+    assert clicked(sampler.clicks(features(1.3), labels, near=near, signal=only_p))  # 0.3 < 0.5: for the signal
+    # 1.7 is a change of 0.7 since the last click for a change (1.0), of 0.3 since the signal's click (1.3)
+    assert clicked(sampler.clicks(features(1.7), labels, near=near, signal=none)) != updates

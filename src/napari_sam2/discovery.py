@@ -146,16 +146,20 @@ masks that survive NMS are upsampled). "grid" runs the whole `segment_everything
 With `object_clicks="watch"` a candidate that lies ≥ 80 % inside a tracked cell that is not watched is kept as
 its grid click found it, without the recentring click (`skip_settled`; its deepest pixel lies in that cell, and a
 centred click on a cell that shows no sign of change answers with the cell).
-Grid points on dark background (`grid_signal="near"`, an option: off by default): the change test picks the points
+Grid points on dark background (`grid_signal="near"`, the default; "off" before): the change test picks the points
 whose feature neighbourhood (three feature cells, 48 px at 256²) changed — whenever a cell moves nearby — but a
 click farther than half a grid spacing from any bright pixel (`near_signal`: signal of tracked cells included)
 answers with nothing; such points are left out (they keep their reference features, so the change still counts when
 signal comes near). The points near *untracked* signal (`untracked_signal`: bright pixels that no tracked mask
 holds, in a piece more than 3 px thick) are clicked on every discovery frame, changed or not: a newcomer at the
 border too small on its first frame for a mask to survive the filters changes its neighbourhood little on the next
-frames, and the change test alone would wait (tuning seed 4,100,002). A quarter of the grid clicks of "off" (the
-change test alone, the default) remain; on the tuning seeds one of 9 arrivals is then found a frame later than with
-"off" (TRA 0.968 instead of 0.969; see benchmarks/bench_auto.py for its cost). "untracked" (a cheaper path that
+frames, and the change test alone would wait (tuning seed 4,100,002). A point clicked only for that untracked
+signal keeps the reference of its last click for a change (`signal_updates_reference`, False): taking the
+newcomer's first-frame features as the reference hid its growth on the next frames once a tracked cell covered it,
+and that arrival was found a frame late (tuning seed 4,100,002). About a fifth of the grid clicks of "off" (the
+change test alone, the default before) remain (11 of 45 a frame on the cost movie of bench_auto), at the same
+quality on the tuning seeds (8 of 9 arrivals; TRA 0.987 / 0.977 / 0.960 against 0.987 / 0.977 / 0.962 with "off").
+"untracked" (a cheaper path that
 loses arrivals) replaces the change test: only the points within half a grid spacing of *untracked* signal
 (`untracked_signal`) are clicked, on every discovery frame — but a newcomer that a tracked cell partly covers on its
 first frames shows no untracked signal, and the clicks that would have found it beside that cell are gone (measured
@@ -203,6 +207,7 @@ RECORDED_BEFORE: dict[str, Any] = {
     "reclaim_reference": 0.0,
     "grid_signal": "off",
     "max_cond_frames": None,
+    "signal_updates_reference": True,
 }
 
 
@@ -244,11 +249,14 @@ class DiscoveryOptions:
     object_clicks, watch_area, watch_elongation, watch_young: "watch" (default) gives the two per-object clicks of
         sampling "changed" only to objects whose area is more than watch_area (fraction) away from their usual
         area, whose long / short axis ≥ watch_elongation, or younger than watch_young frames; "all" to every one.
-    grid_signal: "off" (default): the change test alone picks the grid points; "near": it leaves out the changed
-        points farther than half a grid spacing from any bright pixel and adds those near untracked bright pixels
-        (cheaper; one arrival of 9 found a frame late on the tuning seeds); "untracked": only the points near
+    grid_signal: "near" (default): the change test picks the grid points, leaving out those farther than half a
+        grid spacing from any bright pixel, and those near untracked bright pixels are added; "off" (the default
+        before): the change test alone (more clicks); "untracked": only the points near
         untracked bright pixels (cheapest, loses arrivals). See "Sampling". Needs the stack's pixels (a
         preprocessed stack: "off").
+    signal_updates_reference: with grid_signal "near", a grid point clicked only because it lies near untracked
+        signal (not for a change) takes its features then as its new reference (True, as before this field) or
+        keeps the reference of its last click for a change (False, default; see `ChangeSampler`).
     skip_settled: a candidate mask lying mostly inside a tracked cell that is not watched is not recentred (see
         "Sampling"; with object_clicks="watch").
     max_cond_frames: None (default) leaves the session as it is; k ≥ 2 sets `TrackingSession.max_cond_frames`
@@ -301,7 +309,8 @@ class DiscoveryOptions:
     watch_area: float = 0.15
     watch_elongation: float = 1.4
     watch_young: int = 3
-    grid_signal: str = "off"
+    grid_signal: str = "near"
+    signal_updates_reference: bool = False
     max_cond_frames: int | None = None
     skip_settled: bool = True
     change_threshold: float = 0.5
@@ -909,10 +918,18 @@ class ChangeSampler:
     """The clicks of one discovery frame under sampling="changed" (see the module docstring, "Sampling").
 
     frame_shape: (Y, X); points_per_side: the grid. `clicks(features, labels)` → [N, 2] (y, x) pixels, and
-    records which grid points were clicked (their feature neighbourhood becomes the new reference).
+    records which grid points were clicked (their feature neighbourhood becomes the new reference; with `near`, a
+    point clicked only for `signal` keeps its reference unless signal_updates_reference).
     """
 
-    def __init__(self, frame_shape: tuple[int, int], points_per_side: int, threshold: float, revisit: int):
+    def __init__(
+        self,
+        frame_shape: tuple[int, int],
+        points_per_side: int,
+        threshold: float,
+        revisit: int,
+        signal_updates_reference: bool = False,
+    ):
         from .automatic import point_grid
 
         h, w = int(frame_shape[0]), int(frame_shape[1])
@@ -923,6 +940,7 @@ class ChangeSampler:
         self.reference = None  # [N, C, 9]: each point's 3 x 3 feature neighbourhood when it was last clicked
         self.age = np.zeros(len(self.points), dtype=np.int64)
         self.last_count = 0
+        self.signal_updates_reference = bool(signal_updates_reference)
 
     def pixels(self) -> tuple[np.ndarray, np.ndarray]:
         """(rows, cols) [N] int: the pixel each grid point lies in."""
@@ -970,8 +988,10 @@ class ChangeSampler:
             where = np.asarray(where)
             return where if where.ndim == 1 else where[iy, ix]
 
+        tested = None  # with `near`: the points the change test picked (and `near` let through)
         if near is not None:
             due &= at_points(near)
+            tested = due.copy()
             if signal is not None:
                 due |= at_points(signal)
         elif signal is not None:
@@ -982,9 +1002,14 @@ class ChangeSampler:
             # staggered revisits: 1 / revisit of the grid falls due each frame, not all of it every revisit frames
             self.age = np.arange(len(self.points), dtype=np.int64) % self.revisit
         else:
-            self.reference[torch_index(due)] = patches[torch_index(due)]
-            self.age[due] = 0
-            self.age[~due] += 1
+            # a point clicked only for the untracked signal beside it keeps the reference of its last change-test
+            # click (`signal_updates_reference` False): else its features there, often those of a newcomer's first
+            # frame, become the reference, and the newcomer's growth on the next frames no longer counts as a
+            # change once a tracked cell covers it (tuning seed 4,100,002: its arrival found a frame later)
+            moved = due if tested is None or self.signal_updates_reference else due & tested
+            self.reference[torch_index(moved)] = patches[torch_index(moved)]
+            self.age[moved] = 0
+            self.age[~moved] += 1
         grid = self.points[due]
         probes = object_clicks(labels, watch)
         out = np.concatenate([grid, probes]) if len(probes) else grid
@@ -1204,6 +1229,7 @@ def propagate_with_discovery(
                     options.generator.get("points_per_side", 16),
                     options.change_threshold,
                     options.revisit,
+                    options.signal_updates_reference,
                 )
             watch = None
             watched: dict[int, bool] = {}
