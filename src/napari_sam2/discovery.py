@@ -1464,8 +1464,11 @@ def _inner_points(masks: dict[int, np.ndarray]) -> np.ndarray:
     out = []
     for mask in masks.values():
         if mask.any():
-            y, x = np.unravel_index(int(np.argmax(ndimage.distance_transform_edt(mask))), mask.shape)
-            out.append((y + 0.5, x + 0.5))
+            # the transform of the mask's box grown by a pixel (clipped to the frame, as the frame clips the whole
+            # frame's transform) is the whole frame's there, and the first deepest pixel in raster order is the same
+            box, _, depth = _depth_in_box(mask)
+            y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+            out.append((y + box[0].start + 0.5, x + box[1].start + 0.5))
     return np.asarray(out, dtype=np.float64).reshape(-1, 2)
 
 
