@@ -958,11 +958,12 @@ def train_quality_on_conditions(args, model, params, optimizer, start: int, log)
         optimizer.step()
         losses.append(float(loss.detach()))
         done = step + 1
-        if done % 100 == 0 or done == args.steps:
+        validate = tune is not None and args.val_every and (done % args.val_every == 0 or done == args.steps)
+        if done % 100 == 0 or done == args.steps or validate:
             record = {"step": done, "pass": done / per_pass, "lr": lr, "minutes": (time.time() - began) / 60,
                       "loss": float(np.mean(losses))}  # fmt: skip
             losses = []
-            if tune is not None and args.val_every and (done % args.val_every == 0 or done == args.steps):
+            if validate:
                 head.eval()
                 record.update({"tune_" + k: v for k, v in condition_calibration(head, tune).items()})
             write_record(log, record)
