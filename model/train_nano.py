@@ -47,6 +47,16 @@ of each of the 3 candidates of single clicks: deep, off-centre, dim beside a bri
         --lr-min 0.1 --val-every 200 --save-every 100 --seed 26      # --resume with the same arguments continues
     python model/train_nano.py --out runs/qa --export runs/qa/nano_fluo.pt   # the checkpoint carries the head
 
+The shipped head (v1 network + head, model/README.md) is the two legs above to step 800 (`--steps 2400 --until
+400`, then `--resume --steps 1000 --until 800`), exported, then a leg on a fixed set of frames of bench_hard's kinds
+(`--quality-data conditions`: `condition_set`, training seeds from 700,000, tuning from 800,000), scored exactly as
+a fresh session's click is:
+
+    python model/train_nano.py --out runs/qd --quality-head --quality-data conditions --init runs/qa/nano_fluo.pt \
+        --quality-groups 80 --quality-tune-groups 12 --steps 1700 --clicks-per-image 64 --threads 1 --lr 3e-4 \
+        --warmup 0 --lr-min 0.1 --val-every 340 --save-every 100 --seed 16
+    python model/train_nano.py --out runs/qd --export src/napari_sam2/weights/nano_fluo.pt
+
 GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
 15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
 movies, not the network, limits a GPU, hence the 12 worker processes):
@@ -1269,9 +1279,13 @@ def main(argv=None) -> int:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
         cfg = config_from_dict(init["config"])
         model = build_model(cfg).to(device).train()
-        model.load_state_dict(init["model"])
+        # a mask-quality head learned on the network this leg changes would misjudge its masks: it is left out
+        # (retrain it afterwards with --quality-head on the new frozen network)
+        network = {k: v for k, v in init["model"].items() if not k.startswith("mask_quality.")}
+        model.load_state_dict(network)
         optimizer = make_optimizer(model, args)
-        print(f"initialised from {args.init}", flush=True)
+        dropped = " (its mask-quality head left out)" if len(network) < len(init["model"]) else ""
+        print(f"initialised from {args.init}{dropped}", flush=True)
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         cfg = config_from_dict(state["config"])
