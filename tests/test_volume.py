@@ -146,3 +146,46 @@ def test_a_z_stack_store_made_before_the_rule_replays_and_resumes_without_it(tmp
     assert resumed.provenance["settings"].get("z_edge") is None
     assert "edge" not in [e["op"] for e in resumed.provenance["edit_log"]]
     np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(made.labels[:]))
+
+
+def test_z_edge_is_an_option_of_track_and_the_cli_and_a_resume_refuses_a_changed_one(tmp_path, nano, zstack, capsys):
+    """track(z_edge=...) / --z-edge: "off" gives the model's masks (the labels of the same stack followed without the
+    rule), a fraction is recorded and used, a fraction on a time stream or out of (0, 1) is refused before anything
+    is written, and a resumed run refuses a z_edge other than the one it was made with."""
+    image, labels, z = zstack
+    window = _window(image)
+    off = track(image, _clicks(labels, z), model=nano, axis="z", window=window, tables=False, z_edge="off")
+    along_t = track(image, _clicks(labels, z), model=nano, axis="t", window=window, tables=False)
+    assert off.provenance["settings"]["z_edge"] is None
+    assert "edge" not in [e["op"] for e in off.provenance["edit_log"]]
+    np.testing.assert_array_equal(np.asarray(off.labels), np.asarray(along_t.labels))
+    off_4d = track(image[None], _clicks(labels, z, True), model=nano, window=window, tables=False, z_edge=None)
+    assert off_4d.provenance["settings"]["z_edge"] is None  # 3D+t takes the option too
+    np.testing.assert_array_equal(np.asarray(off_4d.labels)[0], np.asarray(off.labels))
+    for bad, words in ((0.5, "followed along time"), ("1.5", "between 0 and 1"), ("half", "between 0 and 1")):
+        with pytest.raises(InputError, match=words):
+            track(image, _clicks(labels, z), model=nano, axis="t" if bad == 0.5 else "z", z_edge=bad, tables=False)
+
+    np.save(tmp_path / "stack.npy", image)
+    out = tmp_path / "edge.ome.zarr"
+    argv = [
+        "track",
+        str(tmp_path / "stack.npy"),
+        "--axis",
+        "z",
+        "--out",
+        str(out),
+        "--window",
+        f"{window[0]},{window[1]}",
+    ]
+    _clicks(labels, z).save(tmp_path / "p.json")
+    assert cli.main([*argv, "--prompts", str(tmp_path / "p.json"), "--z-edge", "0.3", "-q"]) == 0
+    made = open_result(out)
+    assert made.record.settings["z_edge"] == 0.3
+    strict = track(image, _clicks(labels, z), model=nano, axis="z", window=window, tables=False)  # 0.5
+    assert ((np.asarray(made.labels[:]) > 0).sum()) > (np.asarray(strict.labels) > 0).sum()  # 0.3 keeps more
+    LabelStore.open(out, mode="r+").update_provenance({"status": "interrupted"})
+    assert cli.main([*argv, "--resume", "--z-edge", "0.5", "-q"]) == 1
+    assert "was made with z_edge=0.3" in capsys.readouterr().err
+    assert cli.main([*argv, "--resume", "-q"]) == 0  # auto: the recorded 0.3
+    assert open_result(out).record.settings["z_edge"] == 0.3

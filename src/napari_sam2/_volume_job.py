@@ -245,22 +245,23 @@ class VolumeTimeJob(TrackJob):
         prompt_set.validate(self.n_slices, self.frame_shape, num_times=self.n_frames)
 
     def _make_session(self):
-        from .volume_time import Z_EDGE, VolumeTimeSession
+        from .volume_time import VolumeTimeSession
 
         self.view = TZYXView(self.data, self.stream, self.channel)
         intensity = self.intensity
         n_slices, identity = self.n_slices, self.identity
         identity.describe = lambda index: f"slice (t={index // n_slices}, z={index % n_slices})"
-        # a resumed run keeps the axial edge rule it began with; a store that predates the rule records none: off
-        z_edge = Z_EDGE if self.recorded is None else self.recorded.settings.get("z_edge")
         return VolumeTimeSession(
             self.net,
             self.view,
             preset=self.preset,
             intensity=None if intensity is None else (intensity.low, intensity.high),
             on_read=lambda t, z, pixels: identity(t * n_slices + z, pixels),
-            z_edge=z_edge,
+            z_edge=self.z_edge,  # `TrackJob.plan`: the given or recorded rule (a store from before it: off)
         )
+
+    def _z_stream(self) -> bool:
+        return True  # 3D+t: every object's z-stream at each time point
 
     def _image_view(self):
         return self.view

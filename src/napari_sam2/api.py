@@ -136,6 +136,7 @@ def track(
     embedding_cache: str | os.PathLike | None = None,
     discover=None,
     auto: bool = False,
+    z_edge="auto",
 ) -> TrackResult:
     """Track the prompted objects through a stack; write the labels frame by frame as they are computed.
 
@@ -176,6 +177,10 @@ def track(
         get ids above the prompted ones; divisions end the mother and start two daughters (`TrackResult.parents`).
     auto: no prompts needed: segment everything on `seed_frame` (each mask becomes an object, ids 1.. in order of
         decreasing area) and track forward with discovery (every frame unless `discover` says otherwise).
+    z_edge: the axial edge rule of z-stacks (`napari_sam2.volume`; ZYX along z and 3D+t): each object's mask is ended
+        in z where the image falls below this fraction of the brightest voxel of its (y, x) column. "auto" (default):
+        `volume.Z_EDGE` (0.5) on a z stream, off along t; a fraction in (0, 1); None or "off": the rule off (e.g.
+        objects that are not bright on a dark background). Recorded in the store; a resumed run keeps it.
 
     Resume (resume=True on an existing store): the prompts, direction, channel, window and preset recorded in the
     store are used (prompts given here must equal them; a different checkpoint is refused). SAM 2's memory of a
@@ -313,6 +318,7 @@ class TrackJob:
     def plan(self) -> None:
         """Settings (a resumed run replays the recorded ones), discovery, prompts and the side files."""
         from .discovery import DiscoveryOptions
+        from .volume import resolve_z_edge
 
         a, recorded, store, out_path = self.ask, self.recorded, self.store, self.out_path
         direction, preset, channel, window = a["direction"], a["preset"], a["channel"], a["window"]
@@ -327,6 +333,9 @@ class TrackJob:
         self.direction = direction or "both"
         self.preset, self.channel = preset, channel
         self.intensity = window if isinstance(window, IntensityRange) else parse_window(window)
+        # the axial edge rule for a z stream (never time); a resumed run keeps what it began with, and a store that
+        # predates the rule records no z_edge: off, as it was made
+        self.z_edge = resolve_z_edge(a["z_edge"], self._z_stream(), settings if store is not None else None, out_path)
         if auto and a["prompts"] is not None:
             raise InputError("auto segments the first frame itself: give either prompts/seeds or auto, not both")
         if store is not None and "discover" in settings:  # replay what was recorded (a custom detector: given again)
@@ -563,14 +572,7 @@ class TrackJob:
 
     def _make_session(self):
         from .session import TrackingSession
-        from .volume import Z_EDGE
 
-        # the axial edge rule for a z stream (never time); a resumed run keeps what it began with, and a store that
-        # predates the rule records no z_edge: off, as it was made
-        if self.recorded is None:
-            z_edge = Z_EDGE if self.letter == "z" else None
-        else:
-            z_edge = self.recorded.settings.get("z_edge")
         return TrackingSession(
             self.net,
             self.data,
@@ -581,8 +583,12 @@ class TrackJob:
             intensity=self.intensity,
             embedding_cache=self.ask["embedding_cache"],
             on_read=self.identity,
-            z_edge=z_edge,
+            z_edge=self.z_edge,
         )
+
+    def _z_stream(self) -> bool:
+        """The stream axis is z (the axial edge rule's domain), not time."""
+        return self.letter == "z"
 
     def _image_view(self):
         """The frames as the store's image and the region table's intensities (None: several channels kept)."""

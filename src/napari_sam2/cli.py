@@ -117,6 +117,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="propagate from the first prompted frame forward, backward or both ways (both)")  # fmt: skip
     t.add_argument("--window", default=None, metavar="LO,HI",
                    help="fixed intensity window instead of percentiles, e.g. --window=-1000,400 for CT")  # fmt: skip
+    t.add_argument("--z-edge", default="auto", metavar="FRACTION|off",
+                   help="axial edge rule of z-stacks and 3D+t: end each object in z where the image falls below this "
+                   "fraction of its column's brightest voxel (auto: 0.5 on a z stream, off along t; off: never)")  # fmt: skip
     t.add_argument("--ctc", default=None, metavar="DIR", help="also export Cell Tracking Challenge results here")
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="finish an interrupted run in --out")
@@ -349,6 +352,7 @@ def _cmd_track(args) -> int:
             embedding_cache=args.embedding_cache,
             discover=_discovery(args),
             auto=args.auto,
+            z_edge=args.z_edge,
         )
     finally:
         if bar is not None:

@@ -34,7 +34,7 @@ from .errors import InputError
 from .model.sam2 import NO_OBJECT_LOGIT
 from .volume_time import _RING_OUTER, Z_EDGE, axial_trim
 
-__all__ = ["Z_EDGE", "AxialEdge", "check_z_edge"]
+__all__ = ["Z_EDGE", "AxialEdge", "check_z_edge", "resolve_z_edge"]
 
 #: the box read around an object's mask for the rule (as `axial_trim` looks: the ring and the smoothing)
 _MARGIN = _RING_OUTER + 4
@@ -47,6 +47,47 @@ def check_z_edge(z_edge) -> float | None:
     if isinstance(z_edge, bool) or not isinstance(z_edge, (int, float, np.floating)) or not 0.0 < float(z_edge) < 1.0:
         raise InputError(f"z_edge is a fraction between 0 and 1 (or None: no axial edge rule); got {z_edge!r}")
     return float(z_edge)
+
+
+def parse_z_edge(value) -> float | None:
+    """A z_edge option as a user gives it (a fraction, its text, None / "off" / "none") → the fraction or None (the
+    rule off); InputError otherwise. "auto" is not parsed here (see `resolve_z_edge`)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("off", "none"):
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise InputError(
+                f"z_edge is a fraction between 0 and 1, 'off' or 'auto' (0.5 on a z stream); got {value!r}"
+            ) from None
+    return check_z_edge(value)
+
+
+def resolve_z_edge(given, z_stream: bool, recorded: dict | None = None, where: str = "the store") -> float | None:
+    """The axial edge rule a run uses. given: "auto" (Z_EDGE on a z stream, off along t), a fraction, or None / "off".
+    z_stream: the stream is z (a ZYX stack along z, or 3D+t). recorded: the settings of the store a resumed run
+    replays (its z_edge, none recorded = made before the rule: off); a given value that differs is refused, as any
+    changed setting of a resumed run is. A fraction on a time stream is refused (the rule reads a z column)."""
+    auto = isinstance(given, str) and given.strip().lower() == "auto"
+    fraction = None if auto else parse_z_edge(given)
+    if recorded is not None:
+        made = recorded.get("z_edge")
+        if not auto and fraction != made:
+            raise InputError(
+                f"{where} was made with z_edge={made!r}; a resumed run replays it, so z_edge={fraction!r} cannot "
+                "apply: resume without --z-edge, or write to a new --out"
+            )
+        return made
+    if auto:
+        return Z_EDGE if z_stream else None
+    if fraction is not None and not z_stream:
+        raise InputError(
+            f"z_edge={fraction} is the axial edge rule of a z-stack, but this stack is followed along time: leave "
+            "z_edge out (or give --axis z if the stream axis is z)"
+        )
+    return fraction
 
 
 class AxialEdge:
