@@ -333,6 +333,7 @@ def _decode_crop(
             multimask=multimask,
             object_gate=False,
             pad_when_empty=False,
+            quality=False,  # the filters read the IoU token (`predicted_iou`); the mask-quality head is not used
         )
         return res.multi_logits.float(), res.multi_ious.float()
 
@@ -586,6 +587,7 @@ def recenter(
             multimask=True,
             object_gate=False,
             pad_when_empty=False,
+            quality=False,  # the filters read the IoU token (`predicted_iou`); the mask-quality head is not used
         )
         ious = res.multi_ious.float()
         best = torch.argmax(ious, dim=1)
@@ -733,6 +735,7 @@ def segment_points(
                 multimask=s.multimask_output,
                 object_gate=False,
                 pad_when_empty=False,
+                quality=False,  # the filters read the IoU token (`predicted_iou`); the mask-quality head is not used
             )
             low, iou = res.multi_logits.float().flatten(0, 1), res.multi_ious.float().flatten(0, 1)
             m = res.multi_logits.shape[1]
