@@ -35,7 +35,8 @@ cost: seconds per frame of plain tracking vs tracking with discovery on every fr
     one thread they move less with the load), and CPU ms per object-frame. `--options` applies to the discovery
     modes except dense. Measured at d7ec6d8 (3 turns, load 7-8): CPU × plain 1.86 (default, grid_signal
     "near"), 2.07 (off, the default before), 1.35 (found); again with 4 turns: default 1.90 CPU, 1.89 wall; at 0ea9b8f (3 turns,
-    load 5-6): default 1.87 CPU, 1.83 wall, found 1.29 / 1.26. At
+    load 5-6): default 1.87 CPU, 1.83 wall, found 1.29 / 1.26; at 10b6f0c (shipped head skipped in discovery's
+    decodes), quiet machine, 5 turns: default 1.91 CPU, 1.92 wall (every turn < 2), found 1.23. At
     2af2ca5 (load 10-14): 2.16 (default then), 2.11 (near as it was then), 2.56 (dense), 1.46 (found).
 all: auto (held-out), demo, cost, and segment-everything instance F1 on single frames (bench_automatic.py's
     held-out frames, 2 movies per condition).
