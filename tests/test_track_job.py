@@ -5,6 +5,7 @@ import hashlib
 
 import numpy as np
 import pytest
+from run_helpers import stop_at_call
 
 from napari_sam2 import PromptSet, load_model, track
 from napari_sam2.discovery import DiscoveryOptions
@@ -12,18 +13,6 @@ from napari_sam2.io.ome_zarr import LabelStore
 from napari_sam2.sample_data import nuclei_timelapse
 
 ATTRS = "labels/sam2/zarr.json"  # the label image's attributes: provenance, colours, NGFF metadata
-
-
-def _stop_at_call(k):
-    """progress that raises KeyboardInterrupt (a Ctrl-C) on its k-th call, i.e. right after the run's k-th write."""
-    calls = []
-
-    def progress(done, total):
-        calls.append(done)
-        if len(calls) == k:
-            raise KeyboardInterrupt
-
-    return progress
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +63,14 @@ def test_attributes_are_not_rewritten_per_frame_and_kill_at_a_twice_written_fram
     # Ctrl-C right after frame 3's first write: the store holds its first version, the resume must write the second
     cut = tmp_path / "cut.ome.zarr"
     with pytest.raises(KeyboardInterrupt):
-        _run(movie, model, options, cut, progress=_stop_at_call(4))
+        _run(movie, model, options, cut, progress=stop_at_call(4))
     store = LabelStore.open(cut)
     assert store.provenance["status"] == "interrupted" and store.finished_frames() == [0, 1, 2, 3]
     assert not np.array_equal(store.read_labels()[3], reference[3])  # so a resume that skipped frame 3 would fail
     assert set(store.colors) >= set(np.unique(store.read_labels()[:4]).tolist()) - {0}  # colours at interruption
     # killed again during the resume, right after frame 5's first write, then resumed to the end
     with pytest.raises(KeyboardInterrupt):
-        _run(movie, model, options, cut, resume=True, progress=_stop_at_call(7))
+        _run(movie, model, options, cut, resume=True, progress=stop_at_call(7))
     assert LabelStore.open(cut).write_counts().tolist() == [1, 1, 1, 2, 1, 1]
     resumed = _run(movie, model, options, cut, resume=True)
     np.testing.assert_array_equal(np.asarray(resumed.labels[...]), reference)
@@ -100,7 +89,7 @@ def test_a_store_with_the_older_run_wide_write_count_resumes_exactly(tmp_path, b
     reference = track(stack, prompts, model=tiny_checkpoint, device="cpu", tables=False).labels
     out = tmp_path / "old.ome.zarr"
     with pytest.raises(KeyboardInterrupt):
-        track(stack, prompts, model=tiny_checkpoint, device="cpu", out=out, tables=False, progress=_stop_at_call(5))
+        track(stack, prompts, model=tiny_checkpoint, device="cpu", out=out, tables=False, progress=stop_at_call(5))
     store = LabelStore.open(out, mode="r+")
     shutil.rmtree(out / "labels" / "sam2" / "writes")  # as an earlier version left it: 5 writes done, run-wide
     store.update_provenance({"writes": 5})
@@ -180,7 +169,7 @@ def test_a_store_recorded_before_newer_discovery_fields_resumes_with_the_rules_i
 
     cut = tmp_path / "cut.ome.zarr"
     with pytest.raises(KeyboardInterrupt):
-        _run(movie, model, 1, cut, progress=_stop_at_call(2))  # today's rules, then made to look older
+        _run(movie, model, 1, cut, progress=stop_at_call(2))  # today's rules, then made to look older
     store = LabelStore.open(cut, mode="r+")
     settings = dict(store.provenance["settings"])
     settings["discover"] = {k: v for k, v in settings["discover"].items() if k not in RECORDED_BEFORE}

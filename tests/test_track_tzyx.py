@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from run_helpers import stop_at_call
 
 from napari_sam2 import PromptSet, track
 from napari_sam2._volume_job import stream_axes
@@ -298,15 +299,8 @@ def test_tzyx_discovery_division_lineage_in_every_output_resume_and_replay(tmp_p
     # t = 4 not yet)
     for stop_at in (6,):
         cut = tmp_path / f"cut{stop_at}.ome.zarr"
-        calls = []
-
-        def progress(done, total, calls=calls, stop_at=stop_at):
-            calls.append(done)
-            if len(calls) >= stop_at:
-                raise KeyboardInterrupt
-
         with pytest.raises(KeyboardInterrupt):
-            track(image, prompts, out=cut, progress=progress, tables=False, **options)
+            track(image, prompts, out=cut, progress=stop_at_call(stop_at), tables=False, **options)
         resumed = track(image, None, out=cut, resume=True, tables=False, model="nano-fluo", device="cpu")
         np.testing.assert_array_equal(np.asarray(resumed.labels), labels)
         assert resumed.parents == {2: 1, 3: 1}

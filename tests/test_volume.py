@@ -3,6 +3,7 @@ for resume and replay, never on a time axis, and stores made before it replayed 
 
 import numpy as np
 import pytest
+from run_helpers import stop_at_call
 from scipy import ndimage
 
 from napari_sam2 import PromptSet, cli, load_model, track
@@ -110,16 +111,9 @@ def test_a_z_stack_store_resumes_and_replays_with_the_rule_it_was_made_with(tmp_
     # killed in the backward pass, and killed while the rule's writes were being made
     for stop_at in (n - z + 2, n + z + 3):
         out = tmp_path / f"cut{stop_at}.ome.zarr"
-        calls = []
-
-        def progress(done, total, calls=calls, stop_at=stop_at):
-            calls.append(done)
-            if len(calls) >= stop_at:
-                raise KeyboardInterrupt
-
         with pytest.raises(KeyboardInterrupt):
-            track(tmp_path / "stack.npy", _clicks(labels, z), model=nano, axis="z", out=out, progress=progress,
-                  tables=False)  # fmt: skip
+            track(tmp_path / "stack.npy", _clicks(labels, z), model=nano, axis="z", out=out,
+                  progress=stop_at_call(stop_at), tables=False)  # fmt: skip
         resumed = track(tmp_path / "stack.npy", None, model=nano, axis="z", out=out, resume=True, tables=False)
         np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(reference.labels))
         assert resumed.provenance["settings"]["z_edge"] == Z_EDGE
