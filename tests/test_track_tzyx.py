@@ -208,7 +208,8 @@ def test_cli_tracks_a_tzyx_tiff_and_refuses_one_stream_axis(tmp_path, tiny_check
     assert "tracked 1 object(s) over 2 time points x 4 z slices" in captured.out
     assert open_result(out).axes == "tzyx" and open_result(out).complete
     assert cli.main(["info", str(out)]) == 0
-    assert "prompts: 1 on time points 0 (t, z slices (0, 3))" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "prompts: 1 on time points 0 (t, z slices (0, 3))" in info and "z_edge=0.5" in info
     # the recorded edit log of the 3D+t engine reruns to the same labels
     assert cli.main(["replay", str(out), "--image", str(image), "--device", "cpu"]) == 0
     assert "identical labels on all 2 frames" in capsys.readouterr().out

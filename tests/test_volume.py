@@ -176,6 +176,8 @@ def test_z_edge_is_an_option_of_track_and_the_cli_and_a_resume_refuses_a_changed
     assert cli.main([*argv, "--prompts", str(tmp_path / "p.json"), "--z-edge", "0.3", "-q"]) == 0
     made = open_result(out)
     assert made.record.settings["z_edge"] == 0.3
+    assert cli.main(["info", str(out)]) == 0
+    assert "z_edge=0.3" in capsys.readouterr().out
     strict = track(image, _clicks(labels, z), model=nano, axis="z", window=window, tables=False)  # 0.5
     assert ((np.asarray(made.labels[:]) > 0).sum()) > (np.asarray(strict.labels) > 0).sum()  # 0.3 keeps more
     LabelStore.open(out, mode="r+").update_provenance({"status": "interrupted"})

@@ -467,7 +467,11 @@ def _cmd_info(args) -> int:
         print(f"  lineage: {len(record.parents)} object(s) with a parent")
     if settings:
         keys = ("direction", "axis_name", "stream_axis", "channel", "window", "preset")
-        print("  settings: " + ", ".join(f"{k}={settings.get(k)}" for k in keys if k in settings))
+        shown = [f"{k}={settings.get(k)}" for k in keys if k in settings]
+        if "z" in result.axes:  # the axial edge rule the labels were made with (none recorded: made before it, off)
+            z_edge = settings.get("z_edge")
+            shown.append(f"z_edge={'off' if z_edge is None else z_edge}")
+        print("  settings: " + ", ".join(shown))
     if record.input:
         print("  input: " + ", ".join(f"{k}={v}" for k, v in record.input.items()))
     print(f"  made by {record.tool or '?'} on {record.created or '?'} with napari-sam2 {record.package_version or '?'}")
