@@ -308,7 +308,9 @@ class SAM2Model(nn.Module):
             high, size=(high.shape[-2] // 4, high.shape[-1] // 4), mode="bilinear", align_corners=False, antialias=True
         )
         iou = mask.new_ones(mask.shape[0], 1)
-        pointer = self.decode(features.vision, features.high_res, mask_prompt=self.mask_downsample(mask)).object_pointer
+        # only the pointer is read: the optional mask-quality head would run for nothing
+        prompt = self.mask_downsample(mask)
+        pointer = self.decode(features.vision, features.high_res, mask_prompt=prompt, quality=False).object_pointer
         present = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()
         object_score = MASK_AS_OUTPUT_SCALE * present + MASK_AS_OUTPUT_BIAS
         pointer = self._gate_pointer(pointer, present)
