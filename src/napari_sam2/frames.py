@@ -114,9 +114,25 @@ class FrameSource:
 
     def raw_frame(self, index: int) -> np.ndarray:
         """Frame `index` as stored: [Y, X] or [Y, X, C] (channels moved last)."""
+        return self._read(index)
+
+    def raw_region(self, index: int, rows: slice, cols: slice) -> np.ndarray:
+        """The part [rows, cols] of frame `index` as stored ([h, w] or [h, w, C], channels last, as `raw_frame`),
+        read without the rest of the frame (a zarr / dask stack reads only the chunks it covers). Not passed to
+        `on_read` (a part cannot be checked against a frame's digest; the model's reads of the frame are)."""
+        return self._read(index, (rows, cols))
+
+    def _read(self, index: int, region: tuple[slice, slice] | None = None) -> np.ndarray:
+        """Frame `index` (region None: whole, and passed to `on_read`) or its part region = (rows, cols), as stored,
+        channels moved last; a stack that cannot be read there gives one InputError."""
         self.check_index(index)
-        key = [slice(None)] * len(self.stack.shape)
+        key: list = [slice(None)] * len(self.stack.shape)
         key[self.axis] = index
+        if region is not None:
+            if self.preprocessed:
+                raise InputError("a preprocessed stack holds network inputs, not the image's pixels")
+            spatial = [i for i in range(len(key)) if i not in (self.axis, self.channel_axis)]
+            key[spatial[0]], key[spatial[1]] = region
         try:
             frame = np.asarray(self.stack[tuple(key)])
         except (InputError, MemoryError):
@@ -126,7 +142,7 @@ class FrameSource:
                 f"frame {index} of the stack cannot be read ({type(exc).__name__}: {exc}); the file is damaged "
                 "there — repair or re-export it"
             ) from None
-        if self.on_read is not None:
+        if region is None and self.on_read is not None:
             self.on_read(index, frame)
         if frame.dtype == bool:  # a mask stack: intensities 0/1
             frame = frame.astype(np.uint8)
@@ -134,33 +150,6 @@ class FrameSource:
             ch = self.channel_axis - (1 if self.channel_axis > self.axis else 0)
             frame = np.moveaxis(frame, ch, -1)
         return frame
-
-    def raw_region(self, index: int, rows: slice, cols: slice) -> np.ndarray:
-        """The part [rows, cols] of frame `index` as stored ([h, w] or [h, w, C], channels last, as `raw_frame`),
-        read without the rest of the frame (a zarr / dask stack reads only the chunks it covers). Not passed to
-        `on_read` (a part cannot be checked against a frame's digest; the model's reads of the frame are)."""
-        self.check_index(index)
-        if self.preprocessed:
-            raise InputError("a preprocessed stack holds network inputs, not the image's pixels")
-        key: list = [slice(None)] * len(self.stack.shape)
-        key[self.axis] = index
-        spatial = [i for i in range(len(key)) if i not in (self.axis, self.channel_axis)]
-        key[spatial[0]], key[spatial[1]] = rows, cols
-        try:
-            region = np.asarray(self.stack[tuple(key)])
-        except (InputError, MemoryError):
-            raise
-        except Exception as exc:  # noqa: BLE001  (a damaged file, as raw_frame says)
-            raise InputError(
-                f"frame {index} of the stack cannot be read ({type(exc).__name__}: {exc}); the file is damaged "
-                "there — repair or re-export it"
-            ) from None
-        if region.dtype == bool:
-            region = region.astype(np.uint8)
-        if self.channel_axis is not None:
-            ch = self.channel_axis - (1 if self.channel_axis > self.axis else 0)
-            region = np.moveaxis(region, ch, -1)
-        return region
 
     def check_promptable(self, index: int) -> None:
         """Refuse a prompt on a constant frame (nothing to click on): one message naming the frame and the fix."""
