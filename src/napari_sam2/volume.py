@@ -32,12 +32,9 @@ import numpy as np
 
 from .errors import InputError
 from .model.sam2 import NO_OBJECT_LOGIT
-from .volume_time import _RING_OUTER, Z_EDGE, axial_trim
+from .volume_time import TRIM_MARGIN, Z_EDGE, axial_trim
 
 __all__ = ["Z_EDGE", "AxialEdge", "check_z_edge", "resolve_z_edge"]
-
-#: the box read around an object's mask for the rule (as `axial_trim` looks: the ring and the smoothing)
-_MARGIN = _RING_OUTER + 4
 
 
 def check_z_edge(z_edge) -> float | None:
@@ -144,7 +141,7 @@ class AxialEdge:
             self.kept.pop(int(obj), None)
 
     def keep_masks(self, objects: dict, read_region, fraction: float | None = None) -> dict:
-        """{obj: (box (Y0, Y1, X0, X1), {slice: (y0, x0, logits, kept [h, w] bool)})}: each object's notes on the
+        """{obj: {slice: (y0, x0, logits, kept [h, w] bool) or None (empty there)}}: each object's notes on the
         slices it has an output on now, with the voxels the rule keeps. objects: {obj: ObjectTrack} (the session's;
         `output(frame)` says where it has one, `prompts` the slices kept as drawn). read_region(z, rows, cols) →
         [rows, cols] of slice z's image (grey)."""
@@ -155,12 +152,12 @@ class AxialEdge:
             notes = {f: n for f, n in self.notes.get(obj, {}).items() if track.output(f) is not None}
             full = {f: n for f, n in notes.items() if n is not None}
             if not full:
-                out[obj] = ((0, 0, 0, 0), {f: None for f in notes})
+                out[obj] = {f: None for f in notes}
                 continue
-            y_lo = max(0, min(n[0] for n in full.values()) - _MARGIN)
-            y_hi = min(h, max(n[0] + n[2].shape[0] for n in full.values()) + _MARGIN)
-            x_lo = max(0, min(n[1] for n in full.values()) - _MARGIN)
-            x_hi = min(w, max(n[1] + n[2].shape[1] for n in full.values()) + _MARGIN)
+            y_lo = max(0, min(n[0] for n in full.values()) - TRIM_MARGIN)
+            y_hi = min(h, max(n[0] + n[2].shape[0] for n in full.values()) + TRIM_MARGIN)
+            x_lo = max(0, min(n[1] for n in full.values()) - TRIM_MARGIN)
+            x_hi = min(w, max(n[1] + n[2].shape[1] for n in full.values()) + TRIM_MARGIN)
             # the object's mask in its box (+ the margin axial_trim reads): the same box axial_trim crops from the
             # whole [Z, Y, X] mask, so the rule sees exactly what it sees there (the 3D+t engine's call)
             mask = np.zeros((self.num_slices, y_hi - y_lo, x_hi - x_lo), bool)
@@ -180,7 +177,7 @@ class AxialEdge:
                 y0, x0, logit = n
                 box = kept[f, y0 - y_lo : y0 - y_lo + logit.shape[0], x0 - x_lo : x0 - x_lo + logit.shape[1]]
                 per_slice[f] = (y0, x0, logit, box)
-            out[obj] = ((y_lo, y_hi, x_lo, x_hi), per_slice)
+            out[obj] = per_slice
         return out
 
     def results(self, session, fraction: float | None = None) -> Iterator:
@@ -200,17 +197,17 @@ class AxialEdge:
                 for f, e in per_slice.items()
                 if e is not None and not np.array_equal(e[3], e[2] > 0)
             }
-            for obj, (_, per_slice) in kept.items()
+            for obj, per_slice in kept.items()
         }
         # what each slice's result needs, read from the session now (under its lock); the frame-size arrays are made
         # one slice at a time as the caller asks, so memory stays at one slice however tall the stack
         plans = []
-        for frame in sorted({f for _, per_slice in kept.values() for f in per_slice}):
-            ids = [obj for obj in objects if frame in kept[obj][1]]
+        for frame in sorted({f for per_slice in kept.values() for f in per_slice}):
+            ids = [obj for obj in objects if frame in kept[obj]]
             outs = [objects[obj].output(frame) for obj in ids]
             scores = np.asarray([float(out.score.flatten()[0]) for out in outs], np.float32)
             ious = np.asarray([float(out.iou) for out in outs], np.float32)
-            plans.append((frame, ids, [kept[obj][1][frame] for obj in ids], scores, ious))
+            plans.append((frame, ids, [kept[obj][frame] for obj in ids], scores, ious))
         return _slice_results(plans, self.frame_shape)
 
 

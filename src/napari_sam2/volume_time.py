@@ -130,6 +130,8 @@ Z_EDGE = 0.5
 _RING_INNER = 2
 #: ... to this many (its median intensity is the local background of that slice)
 _RING_OUTER = 6
+#: the pixels `axial_trim` looks at around an object's mask: the ring and the smoothing see this far past it
+TRIM_MARGIN = _RING_OUTER + 4
 
 
 class _Slab:
@@ -770,9 +772,8 @@ def axial_trim(mask: np.ndarray, read_slice=None, fraction: float = Z_EDGE, keep
         return mask.copy()
     ys, xs = np.nonzero(mask.any(axis=0))
     h, w = mask.shape[1:]
-    margin = _RING_OUTER + 4  # the ring and the smoothing see past the mask
-    y0, y1 = max(0, int(ys.min()) - margin), min(h, int(ys.max()) + margin + 1)
-    x0, x1 = max(0, int(xs.min()) - margin), min(w, int(xs.max()) + margin + 1)
+    y0, y1 = max(0, int(ys.min()) - TRIM_MARGIN), min(h, int(ys.max()) + TRIM_MARGIN + 1)
+    x0, x1 = max(0, int(xs.min()) - TRIM_MARGIN), min(w, int(xs.max()) + TRIM_MARGIN + 1)
     crop = mask[:, y0:y1, x0:x1]
     bright = np.full(crop.shape, -np.inf, np.float32)
     rows, cols = slice(y0, y1), slice(x0, x1)
