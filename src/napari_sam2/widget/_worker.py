@@ -29,13 +29,13 @@ def make_session(model, geometry, key, log=None):
     a log made before the rule)."""
     from ..replay import log_z_edge
     from ..session import TrackingSession
-    from ..volume import Z_EDGE
+    from ..volume import resolve_z_edge
 
     stack, axis, channel_axis = geometry.stack_for(key)
     options = {"channel_axis": channel_axis}
     if geometry.channel is not None:
         options["channel"] = geometry.channel
-    z_edge = Z_EDGE if geometry.z_stream and not geometry.coupled else None
+    z_edge = resolve_z_edge("auto", geometry.z_stream and not geometry.coupled)  # track()'s default for the stream
     if log is not None:
         z_edge = log_z_edge(log, z_edge)
     return TrackingSession(model, stack, axis=axis, z_edge=z_edge, **options)
