@@ -15,7 +15,16 @@ import torch
 
 from .embedding_cache import frame_digest
 from .io.readers import check_pixels
-from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange, as_rgb, check_finite, to_model_input
+from .preprocess import (
+    DEFAULT_PERCENTILES,
+    InputError,
+    IntensityRange,
+    as_rgb,
+    check_finite,
+    contrast_step,
+    scale_frame,
+    to_model_input,
+)
 
 
 class FrameSource:
@@ -24,6 +33,10 @@ class FrameSource:
     stack: [..., N (at `axis`), ..., Y, X] with an optional channel axis (`channel_axis`, counted in the
     full stack's axes); `channel` picks one channel of multichannel data (None keeps 3-channel RGB).
     intensity: one range for the whole stack (default: `percentiles` of up to `sample_frames` frames).
+    contrast: the contrast step after the intensity range (`preprocess`): "global" (default; the range alone),
+    "local" or a `preprocess.LocalContrast` (each frame divided by its local envelope). This class knows no model:
+    a face resolves None (= the model's default) with `preprocess.resolve_contrast` first; None here is "global".
+    Not used on a preprocessed stack (it holds network inputs already).
     preprocessed: the stack already holds network inputs [N, 3, S, S] (ImageNet-normalised float), e.g. to
     reproduce another preprocessing exactly; then `frame_shape` gives the (H, W) masks come back at.
     read_ahead: frames prepared ahead on a background thread; pin_memory: return page-locked tensors (CUDA).
@@ -44,7 +57,9 @@ class FrameSource:
         read_ahead: int = 2,
         pin_memory: bool = False,
         on_read=None,
+        contrast="global",
     ):
+        self.contrast = contrast_step("global" if contrast is None else contrast)
         if not hasattr(stack, "shape") or not hasattr(stack, "__getitem__"):
             stack = np.asarray(stack)
         self.stack = stack
@@ -205,7 +220,7 @@ class FrameSource:
             self._constant[index] = bool(np.ptp(rgb) == 0)
             # a constant frame (a blank z slice, a dropped time point) is tracked through with the stack's intensity
             # range, as the official predictor does; only prompting on one is refused (`check_promptable`)
-            tensor = to_model_input(self.intensity.apply(rgb), self.image_size)
+            tensor = to_model_input(scale_frame(rgb, self.intensity, self.contrast, self.image_size), self.image_size)
         if self.pin_memory:  # page-locked, so the upload to the GPU can overlap with compute
             tensor = tensor.pin_memory()
         return tensor, (frame_digest(pixels) if self.digests else None)

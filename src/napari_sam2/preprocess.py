@@ -1,7 +1,14 @@
 """From a microscopy frame (any dtype, grey or multichannel, any size) to the network's input tensor.
 
-    frame [Y, X] or [Y, X, C]  →  intensity scaling to [0, 1]  →  3 channels  →  resize to S × S
-                               →  ImageNet mean/std  →  tensor [3, S, S]
+    frame [Y, X] or [Y, X, C]  →  3 channels  →  linear intensity map (low → 0, high → 1)  →  contrast step
+                               →  resize to S × S  →  ImageNet mean/std  →  tensor [3, S, S]
+
+The contrast step turns the linearly mapped frame into [0, 1]: "global" (`GlobalContrast`, the default of every
+model today) only clips it; "local" (`LocalContrast`) divides each frame by a smooth envelope of its own local
+maxima, so that a dim object beside a bright one (fluorescent nuclei differ ~10x in brightness in one image) reaches
+the same input brightness. `resolve_contrast(contrast, model)` turns a face's `contrast` option ("global", "local",
+a `LocalContrast`, or None = the model's default, `registry.ModelInfo.contrast`) into the step. Signal maps read by
+rules (discovery's `TrackingSession.frame_intensity`, the axial edge rule) keep the linear map alone.
 
 Microscopy is 8/12/16-bit or float, so intensities are mapped with percentiles of the data (1st–99.8th by
 default), never by the dtype's full range (a 12-bit camera in a uint16 file would come out nearly black)
@@ -12,7 +19,9 @@ trained; masks are resized back to the frame's own size afterwards.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -67,10 +76,159 @@ class IntensityRange:
         """A display window (e.g. CT Hounsfield: level 40, width 400 for soft tissue)."""
         return cls(level - width / 2, level + width / 2)
 
+    def scale(self, frame: np.ndarray) -> np.ndarray:
+        """frame → float32 (frame - low) / (high - low), not clipped (what a contrast step takes)."""
+        return (np.asarray(frame, dtype=np.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
+
     def apply(self, frame: np.ndarray) -> np.ndarray:
         """frame → float32 in [0, 1]."""
-        out = (np.asarray(frame, dtype=np.float32) - np.float32(self.low)) / np.float32(self.high - self.low)
+        out = self.scale(frame)
         return np.clip(out, 0.0, 1.0, out=out)
+
+
+# --- the contrast step ------------------------------------------------------------------------------------------
+
+#: the values a face's `contrast` option takes (None: the model's default, `registry.ModelInfo.contrast`)
+CONTRASTS = ("global", "local")
+
+
+@dataclass(frozen=True)
+class GlobalContrast:
+    """The contrast step "global": the stack-wide linear map alone, clipped to [0, 1] (the behaviour before the
+    option existed; every frame of a stack keeps the same scale)."""
+
+    name: ClassVar[str] = "global"
+
+    def apply(self, x: np.ndarray, image_size: int) -> np.ndarray:
+        """x: float32 [Y, X] or [Y, X, 3], the linearly mapped frame (`IntensityRange.scale`) → clipped in place."""
+        return np.clip(x, 0.0, 1.0, out=x)
+
+    def record(self) -> dict:
+        """The provenance entries of this step (settings["contrast"])."""
+        return {"contrast": self.name}
+
+
+@dataclass(frozen=True)
+class LocalContrast:
+    """The contrast step "local": each frame divided by a smooth envelope of its local maxima.
+
+    Fluorescent nuclei differ up to ~10x in brightness within one image; a stack-wide linear map leaves the dim ones
+    near black beside the bright ones, and a click on a dim one then segments a bright neighbour or nothing. Per
+    frame (grey plane g: the frame, or the mean of an RGB frame's channels):
+
+        y   = max(g - percentile(g, background_percentile), 0)       the background pedestal removed
+        env = G_{window/2}( max_{window}( G_{smooth}(y) ) )           G_s: Gaussian of sigma s; max_w: w-wide maximum
+        out = clip((x - pedestal) / (env + floor * max(y)), 0, 1)     every channel by the same envelope
+
+    window, smooth (and so the sigmas) are in MODEL-INPUT pixels — the object scale the network sees — converted per
+    axis to frame pixels (a (H, W) frame is squashed to S × S: one input pixel is H / S rows, W / S columns). window
+    should exceed an object's diameter, so that the envelope of an object is its own peak; floor keeps the noise of
+    empty regions from being stretched to full brightness. A constant frame gives zeros.
+    """
+
+    window: float = 16.0
+    floor: float = 0.05
+    background_percentile: float = 5.0
+    smooth: float = 2.0
+
+    name: ClassVar[str] = "local"
+
+    def __post_init__(self):
+        checks = [
+            ("window", self.window, lambda v: v > 0, "a positive width in model-input pixels"),
+            ("floor", self.floor, lambda v: v > 0, "a positive fraction of the frame's maximum"),
+            ("background_percentile", self.background_percentile, lambda v: 0 <= v < 100, "a percentile in [0, 100)"),
+            ("smooth", self.smooth, lambda v: v >= 0, "a sigma >= 0 in model-input pixels"),
+        ]
+        for name, value, ok, what in checks:
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise InputError(f"LocalContrast {name} is {what}; got {value!r}")
+            if not (np.isfinite(value) and ok(float(value))):
+                raise InputError(f"LocalContrast {name} is {what}; got {value!r}")
+
+    def apply(self, x: np.ndarray, image_size: int) -> np.ndarray:
+        """x: the linearly mapped frame (`IntensityRange.scale`, NOT clipped), float [Y, X] or [Y, X, C] →
+        float32 in [0, 1] of the same shape. image_size: the model's input size S (the frame is squashed to S × S)."""
+        from scipy import ndimage
+
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == 3:  # one envelope for all channels: grey replicated to RGB is read once, exactly
+            first = x[..., 0]
+            same = all(np.array_equal(first, x[..., c]) for c in range(1, x.shape[-1]))
+            grey = first if same else x.mean(axis=-1, dtype=np.float32)
+        elif x.ndim == 2:
+            grey = x
+        else:
+            raise InputError(f"local contrast takes one frame [Y, X] or [Y, X, C]; got shape {x.shape}")
+        pedestal = np.float32(np.percentile(grey, self.background_percentile))
+        y = np.maximum(grey - pedestal, np.float32(0.0))
+        peak = float(y.max()) if y.size else 0.0
+        if not peak > 0.0:  # a constant frame: no signal to scale (and no division by zero)
+            return np.zeros_like(x)
+        rows, cols = grey.shape[0] / float(image_size), grey.shape[1] / float(image_size)  # frame px per input px
+        size = (max(1, round(self.window * rows)), max(1, round(self.window * cols)))
+        env = ndimage.gaussian_filter(y, (self.smooth * rows, self.smooth * cols))
+        env = ndimage.maximum_filter(env, size=size)
+        env = ndimage.gaussian_filter(env, (self.window / 2 * rows, self.window / 2 * cols))
+        env += np.float32(self.floor * peak)
+        if x.ndim == 3:
+            env = env[..., None]
+        out = (x - pedestal) / env
+        return np.clip(out, 0.0, 1.0, out=out)
+
+    def record(self) -> dict:
+        """The provenance entries of this step: settings["contrast"] = "local" and its constants (a replay uses them,
+        so a store keeps reproducing after the defaults change)."""
+        return {"contrast": self.name, "local_contrast": {k: float(v) for k, v in asdict(self).items()}}
+
+
+ContrastStep = GlobalContrast | LocalContrast
+
+
+def contrast_step(contrast) -> ContrastStep:
+    """A resolved contrast option → its step: "global" / "local" (the default constants) / a step itself.
+    Anything else (None included: resolve it with `resolve_contrast`) → one InputError naming the allowed values."""
+    if isinstance(contrast, (GlobalContrast, LocalContrast)):
+        return contrast
+    if isinstance(contrast, str) and contrast.strip().lower() in CONTRASTS:
+        return GlobalContrast() if contrast.strip().lower() == "global" else LocalContrast()
+    raise InputError(
+        f"contrast must be one of {', '.join(repr(c) for c in CONTRASTS)} (or None: the model's default); "
+        f"got {contrast!r}"
+    )
+
+
+def default_contrast(model) -> str:
+    """The contrast a model's input is made with unless the user says otherwise: `registry.ModelInfo.contrast` of
+    the registry model `model` names (a name, an alias, its checkpoint path, or a loaded model's `checkpoint_path`);
+    "global" for any other checkpoint or an in-memory model."""
+    from . import registry
+
+    source = model if isinstance(model, (str, os.PathLike)) else getattr(model, "checkpoint_path", None)
+    return "global" if source is None else registry.default_contrast(source)
+
+
+def resolve_contrast(contrast, model) -> ContrastStep:
+    """A face's contrast option → its step: None → the model's default (`default_contrast`); else `contrast_step`."""
+    if contrast is None:
+        contrast = default_contrast(model)
+    return contrast_step(contrast)
+
+
+def contrast_from_record(settings: dict | None) -> ContrastStep:
+    """The contrast step a store's settings record (`<step>.record()`); a store made before the option records none:
+    "global", as it was made."""
+    settings = settings or {}
+    name = settings.get("contrast") or "global"
+    if name == "local" and isinstance(settings.get("local_contrast"), dict):
+        return LocalContrast(**settings["local_contrast"])
+    return contrast_step(name)
+
+
+def scale_frame(rgb: np.ndarray, intensity: IntensityRange, contrast: ContrastStep, image_size: int) -> np.ndarray:
+    """[Y, X, 3] frame → float32 [Y, X, 3] in [0, 1]: the linear intensity map, then the contrast step (for a model
+    of input size `image_size`). What `to_model_input` takes."""
+    return contrast.apply(intensity.scale(rgb), image_size)
 
 
 def as_rgb(frame: np.ndarray, channel: int | None = None, channel_axis: int | None = None) -> np.ndarray:

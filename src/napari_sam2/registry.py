@@ -35,6 +35,7 @@ __all__ = [
     "ModelNotAvailableError",
     "cache_dir",
     "checkpoint_path",
+    "default_contrast",
     "file_sha256",
     "list_models",
     "model_info",
@@ -86,7 +87,8 @@ class ModelInfo:
     url: Meta's download URL ("" for a built-in model); sha256 / file_size: of that file (None: not recorded);
     params: parameter count; hf_repo: Meta's Hugging Face repository holding the same file; aliases: other accepted
     spellings; builtin: the file ships inside the package (`BUILTIN_DIR`), written by model/train_nano.py --export
-    together with a JSON record of its hash, size and parameter count.
+    together with a JSON record of its hash, size and parameter count. contrast: the contrast step its input is made
+    with unless the user picks one ("global" or "local"; `napari_sam2.preprocess.resolve_contrast`).
     """
 
     name: str
@@ -102,6 +104,7 @@ class ModelInfo:
     hf_repo: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
     builtin: bool = False  # shipped in napari_sam2/weights/ (no url, never downloaded)
+    contrast: str = "global"  # preprocess.CONTRASTS: the default contrast step of every face for this model
 
 
 _SHORT = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
@@ -142,7 +145,7 @@ _OFFICIAL = [
 ]
 
 
-def _builtin(name: str, stem: str, config: str) -> ModelInfo:
+def _builtin(name: str, stem: str, config: str, contrast: str = "global") -> ModelInfo:
     """A model shipped in the package; its hash, size and parameters come from the record written beside it."""
     import json
 
@@ -163,6 +166,7 @@ def _builtin(name: str, stem: str, config: str) -> ModelInfo:
         license="BSD-3-Clause",
         aliases=(stem, "nano"),
         builtin=True,
+        contrast=contrast,
     )
 
 
@@ -170,7 +174,11 @@ def _builtin(name: str, stem: str, config: str) -> ModelInfo:
 #: with `register`.
 MODELS: dict[str, ModelInfo] = {
     info.name: info
-    for info in [_builtin(BUILTIN_MODEL, "nano_fluo", "nano-fluo"), *(_official(*row) for row in _OFFICIAL)]
+    for info in [
+        # contrast: nano-fluo's default contrast step (preprocess.LocalContrast is "local")
+        _builtin(BUILTIN_MODEL, "nano_fluo", "nano-fluo", contrast="global"),
+        *(_official(*row) for row in _OFFICIAL),
+    ]
 }
 
 
@@ -194,6 +202,26 @@ def model_info(name: str) -> ModelInfo:
         if key == _normalise(info.name) or key in {_normalise(a) for a in info.aliases}:
             return info
     raise KeyError(f"unknown SAM 2 model {name!r}; known: {', '.join(MODELS)} (or pass the path of a .pt file)")
+
+
+def default_contrast(name_or_path: str | os.PathLike) -> str:
+    """The `ModelInfo.contrast` of the registry model a name, an alias or a checkpoint path names (its built-in file,
+    or its file in the download cache); "global" for a checkpoint the registry does not know."""
+    path = Path(name_or_path)
+    if not path.exists():
+        try:
+            return model_info(str(name_or_path)).contrast
+        except KeyError:
+            return "global"
+    try:
+        resolved = path.resolve()
+        for info in MODELS.values():
+            known = BUILTIN_DIR / info.filename if info.builtin else _resolve_cache_dir(None) / info.filename
+            if known.is_file() and known.resolve() == resolved:
+                return info.contrast
+    except OSError:
+        pass
+    return "global"
 
 
 def register(info: ModelInfo, *, overwrite: bool = False) -> ModelInfo:

@@ -55,7 +55,7 @@ from .model.memory_bank import (
 from .model.precision import autocast_context, resolve_precision
 from .model.sam2 import NO_OBJECT_LOGIT, ImageFeatures, Memory, Pointer
 from .postprocess import fill_holes
-from .preprocess import InputError, box_to_model, points_to_model
+from .preprocess import InputError, box_to_model, points_to_model, resolve_contrast
 from .prompts import ObjectPrompt, make_prompt
 
 #: official: prompt logits fed back with a correction are clamped to ±32
@@ -224,6 +224,9 @@ class TrackingSession:
         the slices again with each object ended in z where the image falls below this fraction of the brightest
         voxel of each (y, x) column in its mask. `track()`, the CLI and the widget give `volume.Z_EDGE` (0.5) when
         the stream axis is z and None for time; None here (the session cannot tell z from t): the rule is off.
+    contrast: the contrast step of the model input (`preprocess`): "global", "local", a `preprocess.LocalContrast`,
+        or None (default): the model's (`registry.ModelInfo.contrast`; "global" for a checkpoint not in the registry).
+        The resolved step is `frames.contrast`.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
     frame_shape, read_ahead).
     """
@@ -242,6 +245,7 @@ class TrackingSession:
         embedding_cache: str | os.PathLike | None = None,
         object_batch: int | None = None,
         z_edge: float | None = None,
+        contrast=None,
         **frame_options,
     ):
         if preset not in PRESETS:
@@ -257,7 +261,8 @@ class TrackingSession:
         self.fill_hole_area = options["fill_hole_area"] if fill_hole_area is None else fill_hole_area
         self.precision = resolve_precision(self.device, precision, preset, model)
         frame_options.setdefault("pin_memory", self.device.type == "cuda")
-        self.frames = FrameSource(stack, model.image_size, axis=axis, **frame_options)
+        contrast = resolve_contrast(contrast, model)
+        self.frames = FrameSource(stack, model.image_size, axis=axis, contrast=contrast, **frame_options)
         self.num_frames = num_frames or len(self.frames)
         self.frame_shape = self.frames.frame_shape
         self.features = FeatureCache(feature_cache_bytes)
@@ -347,6 +352,8 @@ class TrackingSession:
             "intensity": None if f.intensity is None else [float(f.intensity.low), float(f.intensity.high)],
             "preprocessed": f.preprocessed,
         }
+        if f.contrast.name != "global":  # features made with another contrast step; "global" keeps older caches' key
+            key_parts["contrast"] = f.contrast.record()
         f.digests = True
         return EmbeddingStore.open(cache_dir, key_parts, len(f))
 
@@ -1065,7 +1072,10 @@ class TrackingSession:
 
     def frame_intensity(self, frame: int) -> np.ndarray | None:
         """Frame `frame` as the model's input is made from it, before resizing: [Y, X] float32 in 0…1 (the stack's
-        intensity range applied; the mean of the channels of an RGB frame), or None for a preprocessed stack."""
+        intensity range applied; the mean of the channels of an RGB frame), or None for a preprocessed stack. The
+        stack-wide linear map only, whatever the session's contrast step (`frames.contrast`): the signal maps of the
+        rules that read it (discovery) compare brightness between objects and frames, which a local step would
+        flatten."""
         self.frames.check_index(frame)
         if self.frames.preprocessed:
             return None

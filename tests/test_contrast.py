@@ -1,0 +1,167 @@
+"""The contrast step of the model input (preprocess.GlobalContrast / LocalContrast) and its wiring into FrameSource
+and TrackingSession."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_sam2 import registry
+from napari_sam2.errors import InputError
+from napari_sam2.frames import FrameSource
+from napari_sam2.preprocess import (
+    GlobalContrast,
+    IntensityRange,
+    LocalContrast,
+    as_rgb,
+    contrast_from_record,
+    contrast_step,
+    default_contrast,
+    resolve_contrast,
+    to_model_input,
+)
+
+
+def dim_and_bright(n_frames=2, shape=(64, 64), seed=0):
+    """[N, Y, X] uint16: a bright disk (+2000) at (20, 20) and a dim one (+200) at (44, 44) on a noisy pedestal."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    stack = np.empty((n_frames, *shape), np.uint16)
+    for t in range(n_frames):
+        frame = rng.normal(300, 10, shape)
+        frame[(yy - 20) ** 2 + (xx - 20) ** 2 < 7**2] += 2000
+        frame[(yy - 44) ** 2 + (xx - 44) ** 2 < 7**2] += 200
+        stack[t] = frame.clip(0, 65535)
+    return stack
+
+
+def reference(raw):
+    """What the local contrast step is defined by when the frame is the model's input size (float64, grey)."""
+    raw = np.asarray(raw, np.float64)
+    y = np.clip(raw - np.percentile(raw, 5), 0, None)
+    env = ndimage.gaussian_filter(ndimage.maximum_filter(ndimage.gaussian_filter(y, 2), size=16), 8)
+    return np.clip(y / (env + 0.05 * y.max()), 0, 1)
+
+
+def test_local_contrast_is_the_reference_at_the_input_size():
+    raw = dim_and_bright(1, (64, 64))[0]
+    intensity = IntensityRange.from_percentiles(raw)
+    out = LocalContrast().apply(intensity.scale(raw), 64)
+    assert out.dtype == np.float32 and out.shape == raw.shape
+    np.testing.assert_allclose(out, reference(raw), atol=1e-5)
+    # the stack-wide linear map is only a scale for it: the raw frame gives the same
+    np.testing.assert_allclose(LocalContrast().apply(raw.astype(np.float32), 64), reference(raw), atol=1e-5)
+    # grey replicated to RGB: every channel the grey answer
+    rgb = LocalContrast().apply(as_rgb(intensity.scale(raw)), 64)
+    assert rgb.shape == (64, 64, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c], out)
+
+
+def test_local_contrast_lifts_the_dim_object():
+    raw = dim_and_bright(1)[0]
+    x = IntensityRange.from_percentiles(raw).scale(raw)
+    plain, local = np.clip(x, 0, 1), LocalContrast().apply(x, 64)
+    assert plain[44, 44] < 0.2 and plain[20, 20] > 0.8  # globally the dim disk is near black
+    assert local[44, 44] > 0.6 and local[20, 20] > 0.6  # locally both are bright
+    assert local[44, 44] > 4 * plain[44, 44]
+    assert local[5, 60] < 0.3  # background stays dark
+
+
+def test_window_is_in_model_input_pixels():
+    """A frame twice the input size: the filters are twice as wide in frame pixels, so the answer is the reference's
+    on the frame shrunk to the input size, enlarged again (up to the resampling)."""
+    raw = dim_and_bright(1, (128, 64))[0].astype(np.float32)
+    out = LocalContrast().apply(raw, 64)  # rows: 2 frame px per input px, cols: 1
+    manual_y = np.clip(raw - np.percentile(raw, 5), 0, None)
+    env = ndimage.gaussian_filter(ndimage.maximum_filter(ndimage.gaussian_filter(manual_y, (4, 2)), (32, 16)), (16, 8))
+    np.testing.assert_allclose(out, np.clip(manual_y / (env + 0.05 * manual_y.max()), 0, 1), atol=1e-5)
+
+
+def test_rgb_channels_share_one_envelope():
+    raw = dim_and_bright(1)[0].astype(np.float32)
+    rgb = np.stack([raw, raw * 0.5, raw * 0.25], axis=-1)
+    out = LocalContrast().apply(rgb, 64)
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    grey = rgb.mean(axis=-1)
+    pedestal = np.percentile(grey, 5)
+    ratio = (out[44, 44, 0]) / max(out[44, 44, 2], 1e-6)
+    assert ratio > 1.5  # one envelope: the channels keep their order of brightness
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    assert np.all(out[..., 2][grey <= pedestal] == 0)  # the pedestal of the grey plane comes off every channel
+
+
+@pytest.mark.parametrize("value", [0.0, 7.0])
+def test_constant_frame_gives_zeros(value):
+    for frame in (np.full((32, 48), value, np.float32), np.full((32, 48, 3), value, np.float32)):
+        with np.errstate(all="raise"):
+            out = LocalContrast().apply(frame, 64)
+        assert out.shape == frame.shape and out.dtype == np.float32 and not out.any()
+
+
+def test_contrast_options_and_bad_input():
+    assert contrast_step("global") == GlobalContrast() and contrast_step("Local") == LocalContrast()
+    custom = LocalContrast(window=8)
+    assert contrast_step(custom) is custom
+    for bad in ("foo", None, 3):
+        with pytest.raises(InputError, match="'global', 'local'"):
+            contrast_step(bad)
+    with pytest.raises(InputError, match="window"):
+        LocalContrast(window=0)
+    with pytest.raises(InputError, match="floor"):
+        LocalContrast(floor=-1)
+    with pytest.raises(InputError, match="local contrast takes one frame"):
+        LocalContrast().apply(np.zeros((2, 3, 4, 5), np.float32), 64)
+    # records: a store made before the option (no field) is "global"; local keeps its constants
+    assert contrast_from_record({}) == GlobalContrast() and contrast_from_record(None) == GlobalContrast()
+    assert contrast_from_record(custom.record()) == custom
+    assert contrast_from_record(GlobalContrast().record()) == GlobalContrast()
+
+
+def test_model_default(tiny_model, tmp_path):
+    assert registry.model_info("nano-fluo").contrast in ("global", "local")
+    assert default_contrast("nano-fluo") == registry.model_info("nano-fluo").contrast
+    assert default_contrast("no-such-model") == "global"
+    assert default_contrast(tiny_model) == "global"  # a checkpoint file the registry does not know
+    builtin = registry.checkpoint_path("nano-fluo")
+    assert default_contrast(str(builtin)) == registry.model_info("nano-fluo").contrast
+    assert resolve_contrast(None, tiny_model) == GlobalContrast()
+    assert resolve_contrast("local", tiny_model) == LocalContrast()
+
+
+def test_frame_source_global_is_bit_identical():
+    stack = dim_and_bright(3)
+    frames = FrameSource(stack, 128, read_ahead=0)
+    assert frames.contrast == GlobalContrast()
+    intensity = IntensityRange.from_percentiles(stack[:, ::1, ::1])
+    assert (frames.intensity.low, frames.intensity.high) == (intensity.low, intensity.high)
+    for t in range(3):
+        before = to_model_input(intensity.apply(as_rgb(stack[t])), 128)  # what the input was before the option
+        assert np.array_equal(frames.model_input(t).numpy(), before.numpy())
+
+
+def test_frame_source_local_brightens_the_dim_object():
+    stack = dim_and_bright(2)
+    plain = FrameSource(stack, 64, read_ahead=0).model_input(0).numpy()
+    local_frames = FrameSource(stack, 64, read_ahead=0, contrast="local")
+    local = local_frames.model_input(0).numpy()
+    assert local_frames.contrast == LocalContrast()
+    assert local[0, 44, 44] > plain[0, 44, 44] + 2.0  # the dim disk: near black before, bright now (ImageNet units)
+    assert abs(local[0, 20, 20] - plain[0, 20, 20]) < 0.5  # the bright one stays bright
+    with pytest.raises(InputError, match="contrast must be one of"):
+        FrameSource(stack, 64, contrast="foo")
+
+
+def test_session_resolves_the_model_default(tiny_model):
+    from napari_sam2.session import TrackingSession
+
+    stack = dim_and_bright(2)
+    with TrackingSession(tiny_model, stack) as session:
+        assert session.frames.contrast == GlobalContrast()  # a checkpoint outside the registry: global
+    with TrackingSession(tiny_model, stack, contrast="local") as session:
+        assert session.frames.contrast == LocalContrast()
+        result = session.add_prompt(0, 1, points=[[44, 44]])
+        assert result.masks.shape == (1, 64, 64)
+        # discovery's signal map keeps the linear map alone
+        np.testing.assert_allclose(
+            session.frame_intensity(0), session.frames.intensity.apply(stack[0].astype(np.float32)), atol=1e-6
+        )
