@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from napari_sam2 import load_model
 from napari_sam2.frames import FrameSource
+from napari_sam2.preprocess import CONTRASTS, resolve_contrast
 from napari_sam2.sample_data import nuclei_timelapse
 from napari_sam2.session import TrackingSession
 from napari_sam2.synthetic_hard import HARD_CONDITIONS, hard_condition
@@ -61,10 +62,13 @@ def border_click(labels: np.ndarray, a: int, b: int) -> tuple[float, float] | No
     return float(y), float(x)
 
 
-def clicks_in_session(model, image: np.ndarray, frame: int, truth: np.ndarray, min_area: int = 20) -> list[dict]:
-    """One fresh-session click per object on `frame`: [{obj, iou, predicted, on_other}] (truth [Y, X])."""
+def clicks_in_session(
+    model, image: np.ndarray, frame: int, truth: np.ndarray, min_area: int = 20, contrast=None
+) -> list[dict]:
+    """One fresh-session click per object on `frame`: [{obj, iou, predicted, on_other}] (truth [Y, X]); contrast:
+    the session's contrast step (None: the model's default)."""
     rows = []
-    with TrackingSession(model, image) as session:
+    with TrackingSession(model, image, contrast=contrast) as session:
         for obj in (int(i) for i in np.unique(truth)[1:]):
             mask = truth == obj
             if mask.sum() < min_area:
@@ -81,10 +85,10 @@ def clicks_in_session(model, image: np.ndarray, frame: int, truth: np.ndarray, m
 
 
 @torch.no_grad()
-def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, neighbours: dict) -> dict:
+def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, neighbours: dict, contrast=None) -> dict:
     """Three candidates of one click at the model input: ambiguous (border) vs unambiguous (isolated) clicks."""
     size = model.image_size
-    source = FrameSource(image, size, read_ahead=0)
+    source = FrameSource(image, size, read_ahead=0, contrast=resolve_contrast(contrast, model))
     feats = model.encode_image(source.model_input(frame)[None].to(model.device))
     embedding = model.image_embedding(feats)
     scale = size / np.array(truth.shape, float)
@@ -134,7 +138,7 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
             "candidate_abs_err": cand_err, "tokens": tokens}  # fmt: skip
 
 
-def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
+def evaluate(model, seeds: int = 3, n: int = 16, contrast=None) -> dict:
     results: dict[str, dict] = {}
     rows_of: dict[str, list] = {}
     all_pred, all_actual = [], []
@@ -146,7 +150,7 @@ def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
             stack = hard_condition(name, HELD_OUT + 100 * c + k, n=n)
             frame = n // 2 if stack.axes == "ZYX" else 0
             truth = stack.labels[frame]
-            got = clicks_in_session(model, stack.image, frame, truth)
+            got = clicks_in_session(model, stack.image, frame, truth, contrast=contrast)
             brightness = stack.events["brightness"]
             interphase = [r for r in got if r["obj"] not in stack.events["mitotic"]]
             cut = np.median([brightness[r["obj"]] for r in interphase]) if interphase else 0
@@ -154,12 +158,14 @@ def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
             mitotic = set(stack.events["mitotic"])
             partner_rows += [r for r in interphase if mitotic & set(stack.events["neighbours"].get(r["obj"], []))]
             rows += got
-            for key, values in multimask_probe(model, stack.image, frame, truth, stack.events["neighbours"]).items():
+            for key, values in multimask_probe(
+                model, stack.image, frame, truth, stack.events["neighbours"], contrast
+            ).items():
                 probe[key] += values
             if stack.axes == "ZYX":  # propagate the middle-slice click through z
                 for r in got[:6]:
                     obj = r["obj"]
-                    with TrackingSession(model, stack.image) as session:
+                    with TrackingSession(model, stack.image, contrast=contrast) as session:
                         session.add_prompt(frame, obj, points=[deepest_point(truth == obj)], labels=[1])
                         masks = {fr.frame: fr.masks[fr.obj_ids.index(obj)] for fr in session.propagate("both")
                                  if obj in fr.obj_ids}  # fmt: skip
@@ -187,7 +193,7 @@ def evaluate(model, seeds: int = 3, n: int = 16) -> dict:
     old = []
     for k in range(seeds):
         movie = nuclei_timelapse(n_frames=1, n_nuclei=10, seed=OLD_HELD_OUT + k)
-        old += clicks_in_session(model, movie.image, 0, movie.labels[0])
+        old += clicks_in_session(model, movie.image, 0, movie.labels[0], contrast=contrast)
     all_pred += [r["predicted"] for r in old]
     all_actual += [r["iou"] for r in old]
     pred, actual = np.array(all_pred), np.array(all_actual)
@@ -239,14 +245,18 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="stacks per condition")
     parser.add_argument("--frames", type=int, default=16, help="frames / slices per stack")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--contrast", choices=CONTRASTS, help="the contrast step of the model input (default: the model's)"
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
     began = time.perf_counter()
-    numbers = {"model": str(args.model), "seeds": args.seeds, "threads": torch.get_num_threads(),
-               **evaluate(model, args.seeds, args.frames)}  # fmt: skip
+    contrast = resolve_contrast(args.contrast, model).name
+    numbers = {"model": str(args.model), "seeds": args.seeds, "threads": torch.get_num_threads(), "contrast": contrast,
+               **evaluate(model, args.seeds, args.frames, contrast)}  # fmt: skip
     numbers["seconds"] = time.perf_counter() - began
     print(json.dumps(numbers, indent=1))
     if args.json:

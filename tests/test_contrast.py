@@ -9,6 +9,7 @@ from napari_sam2 import registry
 from napari_sam2.errors import InputError
 from napari_sam2.frames import FrameSource
 from napari_sam2.preprocess import (
+    FALLBACK_WINDOW,
     GlobalContrast,
     IntensityRange,
     LocalContrast,
@@ -45,13 +46,13 @@ def reference(raw):
 def test_local_contrast_is_the_reference_at_the_input_size():
     raw = dim_and_bright(1, (64, 64))[0]
     intensity = IntensityRange.from_percentiles(raw)
-    out = LocalContrast().apply(intensity.scale(raw), 64)
+    out = LocalContrast(window=16).apply(intensity.scale(raw), 64)
     assert out.dtype == np.float32 and out.shape == raw.shape
     np.testing.assert_allclose(out, reference(raw), atol=1e-5)
     # the stack-wide linear map is only a scale for it: the raw frame gives the same
-    np.testing.assert_allclose(LocalContrast().apply(raw.astype(np.float32), 64), reference(raw), atol=1e-5)
+    np.testing.assert_allclose(LocalContrast(window=16).apply(raw.astype(np.float32), 64), reference(raw), atol=1e-5)
     # grey replicated to RGB: every channel the grey answer
-    rgb = LocalContrast().apply(as_rgb(intensity.scale(raw)), 64)
+    rgb = LocalContrast(window=16).apply(as_rgb(intensity.scale(raw)), 64)
     assert rgb.shape == (64, 64, 3)
     for c in range(3):
         np.testing.assert_array_equal(rgb[..., c], out)
@@ -71,7 +72,7 @@ def test_window_is_in_model_input_pixels():
     """A frame twice the input size: the filters are twice as wide in frame pixels, so the answer is the reference's
     on the frame shrunk to the input size, enlarged again (up to the resampling)."""
     raw = dim_and_bright(1, (128, 64))[0].astype(np.float32)
-    out = LocalContrast().apply(raw, 64)  # rows: 2 frame px per input px, cols: 1
+    out = LocalContrast(window=16).apply(raw, 64)  # rows: 2 frame px per input px, cols: 1
     manual_y = np.clip(raw - np.percentile(raw, 5), 0, None)
     env = ndimage.gaussian_filter(ndimage.maximum_filter(ndimage.gaussian_filter(manual_y, (4, 2)), (32, 16)), (16, 8))
     np.testing.assert_allclose(out, np.clip(manual_y / (env + 0.05 * manual_y.max()), 0, 1), atol=1e-5)
@@ -144,7 +145,7 @@ def test_frame_source_local_brightens_the_dim_object():
     plain = FrameSource(stack, 64, read_ahead=0).model_input(0).numpy()
     local_frames = FrameSource(stack, 64, read_ahead=0, contrast="local")
     local = local_frames.model_input(0).numpy()
-    assert local_frames.contrast == LocalContrast()
+    assert local_frames.contrast == LocalContrast(window=local_frames.contrast.window)
     assert local[0, 44, 44] > plain[0, 44, 44] + 2.0  # the dim disk: near black before, bright now (ImageNet units)
     assert abs(local[0, 20, 20] - plain[0, 20, 20]) < 0.5  # the bright one stays bright
     with pytest.raises(InputError, match="contrast must be one of"):
@@ -158,10 +159,28 @@ def test_session_resolves_the_model_default(tiny_model):
     with TrackingSession(tiny_model, stack) as session:
         assert session.frames.contrast == GlobalContrast()  # a checkpoint outside the registry: global
     with TrackingSession(tiny_model, stack, contrast="local") as session:
-        assert session.frames.contrast == LocalContrast()
+        assert session.frames.contrast == LocalContrast(window=session.frames.contrast.window)
         result = session.add_prompt(0, 1, points=[[44, 44]])
         assert result.masks.shape == (1, 64, 64)
         # discovery's signal map keeps the linear map alone
         np.testing.assert_allclose(
             session.frame_intensity(0), session.frames.intensity.apply(stack[0].astype(np.float32)), atol=1e-6
         )
+
+
+def test_the_window_is_fitted_to_the_objects():
+    """Without a window, a stack gets one from its objects' size (2.5 x their median radius at the model input), used
+    by every frame and recorded; the same disks at twice the frame size give the same window in input pixels."""
+    stack = dim_and_bright(3)  # disks of radius 7 px in 64 x 64 frames
+    frames = FrameSource(stack, 64, read_ahead=0, contrast="local")
+    window = frames.contrast.window
+    assert 2.5 * 6 <= window <= 2.5 * 8
+    assert contrast_from_record(frames.contrast.record()) == frames.contrast  # a replay uses the fitted window
+    fixed = FrameSource(stack, 64, read_ahead=0, contrast=LocalContrast(window=window))
+    for t in range(3):  # one window for the stack: each frame as the fixed step makes it
+        assert np.array_equal(frames.model_input(t).numpy(), fixed.model_input(t).numpy())
+    big = np.repeat(np.repeat(stack, 2, axis=1), 2, axis=2)  # 128 x 128 frames, radius 14 px: the same at the input
+    assert abs(FrameSource(big, 64, read_ahead=0, contrast="local").contrast.window - window) <= 1.0
+    # a frame with no object to measure (constant) falls back to the default window
+    assert LocalContrast().fitted([np.zeros((32, 32), np.float32)], 64).window == FALLBACK_WINDOW
+    assert LocalContrast(window=9).fitted([stack[0]], 64).window == 9  # a given window is kept

@@ -19,6 +19,7 @@ from .preprocess import (
     DEFAULT_PERCENTILES,
     InputError,
     IntensityRange,
+    LocalContrast,
     as_rgb,
     check_finite,
     contrast_step,
@@ -116,6 +117,7 @@ class FrameSource:
                 self.intensity = IntensityRange(*intensity)
             if self.intensity is None:
                 self.intensity = self._stack_intensity(percentiles, sample_frames)
+            self.contrast = self._fit_contrast(self.contrast)
         self.num_frames = shape[self.axis]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-sam2-read") if read_ahead else None
         self.read_ahead = read_ahead
@@ -199,6 +201,15 @@ class FrameSource:
             return IntensityRange.from_percentiles(np.concatenate(values), percentiles)
         except InputError as exc:
             raise InputError(f"{exc} (sampled {len(picks)} frames of the stack)") from None
+
+    def _fit_contrast(self, contrast):
+        """A local contrast step without a window gets one fitted to the stack (`LocalContrast.fitted`, on three
+        evenly spaced frames), so that every frame is scaled with the same window, and a store records it."""
+        if not isinstance(contrast, LocalContrast) or contrast.window is not None:
+            return contrast
+        n = int(self.stack.shape[self.axis])
+        picks = np.unique(np.linspace(0, n - 1, min(n, 3)).round().astype(int))
+        return contrast.fitted([self.intensity.scale(self.rgb_frame(int(i))) for i in picks], self.image_size)
 
     def rgb_frame(self, index: int) -> np.ndarray:
         """Frame `index` as the network input is made from it, before intensity scaling and resizing: [Y, X, 3]
