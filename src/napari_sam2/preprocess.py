@@ -166,7 +166,6 @@ class LocalContrast:
         Without a window, it is fitted to this frame alone (`fitted`; a stack fits one for all its frames)."""
         from scipy import ndimage
 
-
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == 3:  # one envelope for all channels: grey replicated to RGB is read once, exactly
             first = x[..., 0]
@@ -184,10 +183,17 @@ class LocalContrast:
         if not peak > 0.0:  # a constant frame: no signal to scale (and no division by zero)
             return np.zeros_like(x)
         rows, cols = grey.shape[0] / float(image_size), grey.shape[1] / float(image_size)  # frame px per input px
+        # the envelope is smooth at the model input's scale: on a frame larger than the input it is made from block
+        # means of whole input pixels and enlarged again (a 1024² frame for a 256² input: 16x fewer pixels to filter)
+        step = (max(1, int(rows)), max(1, int(cols)))
+        small = _block_mean(y, step)
+        rows, cols = rows / step[0], cols / step[1]  # now: `small` px per input px
         size = (max(1, round(self.window * rows)), max(1, round(self.window * cols)))
-        env = ndimage.gaussian_filter(y, (self.smooth * rows, self.smooth * cols))
+        env = ndimage.gaussian_filter(small, (self.smooth * rows, self.smooth * cols))
         env = ndimage.maximum_filter(env, size=size)
         env = ndimage.gaussian_filter(env, (self.window / 2 * rows, self.window / 2 * cols))
+        if step != (1, 1):
+            env = _enlarge(env, step, grey.shape)
         env += np.float32(self.floor * peak)
         if x.ndim == 3:
             env = env[..., None]
@@ -204,6 +210,25 @@ class LocalContrast:
 
 
 ContrastStep = GlobalContrast | LocalContrast
+
+
+def _block_mean(plane: np.ndarray, step: tuple[int, int]) -> np.ndarray:
+    """Means of step[0] × step[1] blocks of `plane` [Y, X] (edge blocks padded with their last row / column)."""
+    if step == (1, 1):
+        return plane
+    h, w = plane.shape
+    pad = (-h % step[0], -w % step[1])
+    plane = np.pad(plane, ((0, pad[0]), (0, pad[1])), mode="edge")
+    blocks = plane.reshape(plane.shape[0] // step[0], step[0], plane.shape[1] // step[1], step[1])
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def _enlarge(small: np.ndarray, step: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """`_block_mean`'s blocks back to a plane of `shape`: bilinear between block centres, float32 [Y, X]."""
+    size = (small.shape[0] * step[0], small.shape[1] * step[1])
+    big = F.interpolate(torch.from_numpy(np.ascontiguousarray(small))[None, None], size=size, mode="bilinear")
+    return big[0, 0, : shape[0], : shape[1]].numpy()
+
 
 #: a fitted local-contrast window is WINDOW_PER_RADIUS × the objects' median radius (model-input pixels), within
 #: WINDOW_RANGE; chosen on tuning seeds of `synthetic_hard` (2.5 kept large nuclei at their global-contrast click IoU,
