@@ -1,6 +1,7 @@
 """VolumeTimeSession: objects through z and time in a [T, Z, Y, X] stack, with a real (tiny, random-weight) model."""
 
 import json
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -308,6 +309,14 @@ def test_axial_trim_leaves_objects_darker_than_their_surroundings():
 def test_the_axial_edge_rule_is_an_option_of_the_session(tiny_model, movie):
     with pytest.raises(InputError, match="z_edge is a fraction"):
         VolumeTimeSession(tiny_model, movie.image, z_edge=1.5)
+    # volume.check_z_edge, TrackingSession's check: strings (even "0.5", which float() read before), bools and
+    # 0-d arrays are refused with the same message; every real number in (0, 1) stays valid as the same float
+    for bad in ("0.5", "off", True, False, np.array(0.5), 0.0, 1.0, float("nan")):
+        with pytest.raises(InputError, match="z_edge is a fraction"):
+            VolumeTimeSession(tiny_model, movie.image[:1], z_edge=bad)
+    for good in (0.5, 0.3, np.float32(0.25), np.float64(0.75), Fraction(1, 2)):
+        made = VolumeTimeSession(tiny_model, movie.image[:1], z_edge=good).z_edge
+        assert type(made) is float and made == float(good)
     results = {}
     for z_edge in (None, 0.5):
         vt = VolumeTimeSession(tiny_model, movie.image[:2], z_edge=z_edge)

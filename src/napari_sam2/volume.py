@@ -26,6 +26,7 @@ is removed; no image is kept (each object's box of its slices is read again when
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,10 +39,13 @@ __all__ = ["Z_EDGE", "AxialEdge", "check_z_edge", "resolve_z_edge"]
 
 
 def check_z_edge(z_edge) -> float | None:
-    """z_edge as given → the fraction (float in (0, 1)) or None (the rule off); InputError otherwise."""
+    """z_edge as given → the fraction (float in (0, 1)) or None (the rule off); InputError otherwise: a number
+    outside (0, 1) (NaN included), a bool, a string (the faces parse text with `parse_z_edge`) or anything that is
+    not a real number (e.g. a 0-d array). Real numbers of any type (float, numpy scalars, fractions.Fraction)
+    pass."""
     if z_edge is None:
         return None
-    if isinstance(z_edge, bool) or not isinstance(z_edge, (int, float, np.floating)) or not 0.0 < float(z_edge) < 1.0:
+    if isinstance(z_edge, (bool, np.bool_)) or not isinstance(z_edge, numbers.Real) or not 0.0 < float(z_edge) < 1.0:
         raise InputError(f"z_edge is a fraction between 0 and 1 (or None: no axial edge rule); got {z_edge!r}")
     return float(z_edge)
 

@@ -191,7 +191,8 @@ class VolumeTimeSession:
         this fraction of the brightest voxel of its (y, x) column in the mask (background subtracted) — 0.5, the
         half maximum, by default; None keeps the z-streams' masks as they are (e.g. for objects that are not
         brighter than their surroundings, where the rule does nothing anyway). Slices the user prompted at a
-        time point are kept as the model answered them.
+        time point are kept as the model answered them. Checked by `napari_sam2.volume.check_z_edge` (as
+        `TrackingSession`'s): a real number in (0, 1) or None; a string, a bool or a 0-d array is refused.
     Coordinates: (y, x) napari pixels of a slice; (t, z) indices into the first two axes.
     """
 
@@ -234,9 +235,9 @@ class VolumeTimeSession:
         elif not isinstance(intensity, IntensityRange):
             intensity = IntensityRange(*intensity)
         self.intensity = intensity
-        if z_edge is not None and not 0.0 < float(z_edge) < 1.0:
-            raise InputError(f"z_edge is a fraction between 0 and 1 (or None: no axial edge rule); got {z_edge!r}")
-        self.z_edge = None if z_edge is None else float(z_edge)
+        from .volume import check_z_edge  # the one check of z_edge (TrackingSession's too; volume imports this module)
+
+        self.z_edge = check_z_edge(z_edge)
         self.feature_cache_bytes = int(feature_cache_bytes)
         self._options = {"preset": preset, "precision": precision, "fill_hole_area": fill_hole_area,
                          "object_batch": object_batch, "intensity": intensity, "read_ahead": 0}  # fmt: skip
