@@ -192,3 +192,22 @@ def test_the_window_is_fitted_to_the_objects():
     # a frame with no object to measure (constant) falls back to the default window
     assert LocalContrast().fitted([np.zeros((32, 32), np.float32)], 64).window == FALLBACK_WINDOW
     assert LocalContrast(window=9).fitted([stack[0]], 64).window == 9  # a given window is kept
+
+
+def test_noise_is_not_stretched_to_the_objects_brightness():
+    """A dim, noisy frame (a 12-bit camera at low light): far from the nuclei the envelope is the noise itself, so
+    without the noise term the background would come out as bright as the nuclei."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:128, :128]
+    frame = rng.poisson(20.0, (128, 128)).astype(np.float32)
+    frame[(yy - 30) ** 2 + (xx - 30) ** 2 < 8**2] += 60.0
+    frame[(yy - 90) ** 2 + (xx - 90) ** 2 < 8**2] += 25.0
+    background = (yy - 30) ** 2 + (xx - 30) ** 2 > 30**2
+    background &= (yy - 90) ** 2 + (xx - 90) ** 2 > 30**2
+    stretched = LocalContrast(window=16, noise_floor=0).apply(frame, 128)
+    kept = LocalContrast(window=16).apply(frame, 128)
+    assert stretched[background].mean() > 0.45  # the failure the noise term is there for
+    assert kept[background].mean() < 0.3 and kept[background].mean() < 0.6 * stretched[background].mean()
+    assert kept[90, 90] > 0.6 and kept[30, 30] > 0.6  # both nuclei still bright
+    with pytest.raises(InputError, match="noise_floor"):
+        LocalContrast(noise_floor=-1)
