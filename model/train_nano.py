@@ -817,18 +817,19 @@ def condition_clicks(
     extra: float,
     turns: int = 0,
     flip: bool = False,
+    contrast: str = "global",
 ) -> dict | None:
     """The frozen network's answers to single clicks on one frame, as a fresh `TrackingSession` gives them.
 
     image [T, Y, X] (a stack, preprocessed by `FrameSource` as at inference), frame: the clicked index, truth
     [Y, X] its labels; the frame (and truth) turned by `turns` × 90° and flipped left-right with `flip`. One click at
     each object's deepest pixel (objects ≥ 20 px, as the benchmarks click), and with odds `extra` a second one
-    anywhere ≥ 40 % deep. → {s0 [d/8, 4h, 4w], s1 [d/4, 2h, 2w] (fp16 high-res maps), logits [n, 3, 4h, 4w] (fp16,
+    anywhere ≥ 40 % deep; contrast: the model input's contrast step (`preprocess`), as the session's. → {s0 [d/8, 4h, 4w], s1 [d/4, 2h, 2w] (fp16 high-res maps), logits [n, 3, 4h, 4w] (fp16,
     before the object gate: what the head reads), coords [n, 1, 2] (x, y at the model input), token [n, 3] (the IoU
     token's estimates: the session's choice is their argmax), actual [n, 3] (each candidate's IoU with the object
     as the session returns it: gated, holes ≤ 8 px filled, resized to the frame), condition [n], deep [n]}."""
     size = model.image_size
-    x = FrameSource(image, size, read_ahead=0).model_input(frame)[None]
+    x = FrameSource(image, size, read_ahead=0, contrast=contrast).model_input(frame)[None]
     truth = np.rot90(truth, turns)
     x = torch.rot90(x, turns, dims=(-2, -1))
     if flip:
@@ -871,16 +872,18 @@ def condition_clicks(
         "actual": actual,
         "condition": torch.full((len(clicks),), condition),
         "deep": torch.tensor(deep),
+        "local": torch.full((len(clicks),), contrast == "local"),
     }
 
 
-def condition_set(model, groups: int, tuning: bool) -> dict:
+def condition_set(model, groups: int, tuning: bool, contrasts=("global",)) -> dict:
     """The clicks of `--quality-data conditions`, stacked: `condition_clicks` of every frame (their "frame" index
     points into s0 / s1). Group k: one stack of each of bench_hard's hard conditions (`hard_condition`, seeds
     QUALITY_TRAIN_SEED + 1000 c + k), an issue-7 frame (`nuclei_timelapse`, 10 nuclei, + 900 + k) and, in training
     only, a `random_hard_stack` frame of 256² (+ 500,000 + k), for breadth. Tuning (QUALITY_TUNE_SEED): built like
     bench_hard — frame 0 (z-stacks: the middle slice), deepest clicks, no turning. Training: two random frames per
-    stack, turned and flipped at random, half the objects clicked a second time anywhere deep inside."""
+    stack, turned and flipped at random, half the objects clicked a second time anywhere deep inside. Each view is
+    clicked once per contrast step of `contrasts` (the same clicks: the rng is drawn once per view)."""
     base = QUALITY_TUNE_SEED if tuning else QUALITY_TRAIN_SEED
     extra = 0.0 if tuning else 0.5
     parts = []
@@ -903,11 +906,14 @@ def condition_set(model, groups: int, tuning: bool) -> dict:
                 views.append((stack.image, f, stack.labels[f], len(HARD_CONDITIONS) + 1))
         for image, frame, truth, condition in views:
             turns, flip = (0, False) if tuning else (int(rng.integers(4)), bool(rng.random() < 0.5))
-            got = condition_clicks(model, image, frame, truth, condition, rng, extra, turns, flip)
-            if got is not None:
-                parts.append(got)
-    data = {key: torch.cat([p[key] for p in parts]) for key in ("logits", "coords", "token", "actual", "condition",
-                                                                  "deep")}  # fmt: skip
+            state = rng.bit_generator.state
+            for contrast in contrasts:
+                rng.bit_generator.state = state  # every contrast step gets the same second clicks
+                got = condition_clicks(model, image, frame, truth, condition, rng, extra, turns, flip, contrast)
+                if got is not None:
+                    parts.append(got)
+    keys = ("logits", "coords", "token", "actual", "condition", "deep", "local")
+    data = {key: torch.cat([p[key] for p in parts]) for key in keys}
     data["s0"] = torch.stack([p["s0"] for p in parts])
     data["s1"] = torch.stack([p["s1"] for p in parts])
     data["frame"] = torch.cat([torch.full((len(p["token"]),), i) for i, p in enumerate(parts)])
@@ -937,6 +943,9 @@ def condition_calibration(head, data: dict, batch: int = 256) -> dict:
     for c, name in enumerate(CONDITION_NAMES):
         if (data["condition"] == c).any():
             stats[f"err_{name}"] = float(err[data["condition"] == c].mean())
+    for local, name in ((False, "global"), (True, "local")):
+        if "local" in data and (data["local"] == local).any() and not (data["local"] == local).all():
+            stats[f"err_{name}_contrast"] = float(err[data["local"] == local].mean())
     return stats
 
 
@@ -946,8 +955,9 @@ def train_quality_on_conditions(args, model, params, optimizer, start: int, log)
     every --val-every steps the tuning set's calibration (`condition_calibration`, --quality-tune-groups groups)."""
     head = model.mask_quality
     began = time.time()
-    data = condition_set(model, args.quality_groups, tuning=False)
-    tune = condition_set(model, args.quality_tune_groups, tuning=True) if args.quality_tune_groups else None
+    contrasts = ("global", "local") if args.quality_contrast == "both" else (args.quality_contrast,)
+    data = condition_set(model, args.quality_groups, tuning=False, contrasts=contrasts)
+    tune = condition_set(model, args.quality_tune_groups, True, contrasts) if args.quality_tune_groups else None
     n, batch = len(data["frame"]), args.clicks_per_image
     per_pass = (n + batch - 1) // batch
     print(f"conditions set: {n} training clicks ({len(data['s0'])} frames)"
@@ -1252,6 +1262,9 @@ def main(argv=None) -> int:
                         "frames of bench_hard's kinds (condition_set), passed over in minibatches of "
                         "--clicks-per-image clicks")  # fmt: skip
     parser.add_argument("--quality-groups", type=int, default=80, help="--quality-data conditions: training groups")
+    parser.add_argument("--quality-contrast", choices=["global", "local", "both"], default="global", help="--quality-"
+                        "data conditions: the contrast step of the clicked frames (both: every view clicked under "
+                        "each, so the head is calibrated for either)")  # fmt: skip
     parser.add_argument("--quality-tune-groups", type=int, default=12, help="--quality-data conditions: tuning "
                         "groups validated every --val-every steps (0: none)")  # fmt: skip
     args = parser.parse_args(argv)
