@@ -211,3 +211,62 @@ def test_noise_is_not_stretched_to_the_objects_brightness():
     assert kept[90, 90] > 0.6 and kept[30, 30] > 0.6  # both nuclei still bright
     with pytest.raises(InputError, match="noise_floor"):
         LocalContrast(noise_floor=-1)
+
+
+def test_image_predictor_and_segment_everything_take_the_contrast(tiny_model):
+    import torch
+
+    from napari_sam2.automatic import segment_everything
+    from napari_sam2.predictor import ImagePredictor
+
+    image = dim_and_bright(1, (64, 96))[0]
+    intensity = IntensityRange.from_percentiles(as_rgb(image))
+    predictor = ImagePredictor(tiny_model)
+    predictor.set_image(image)
+    assert predictor.contrast == GlobalContrast()  # the model's default
+    plain = predictor._embedding.clone()
+    predictor.set_image(image, contrast="local")
+    assert predictor.contrast == LocalContrast().fitted([intensity.scale(as_rgb(image))], 128)  # fitted to the image
+    assert predictor.contrast.window is not None
+    local = predictor._embedding.clone()
+    expected = to_model_input(LocalContrast().apply(intensity.scale(as_rgb(image)), 128), 128)
+    predictor.set_preprocessed(expected[None], image.shape)
+    assert torch.equal(predictor._embedding, local) and not torch.equal(plain, local)
+    with pytest.raises(InputError, match="contrast must be one of"):
+        predictor.set_image(image, contrast="foo")
+
+    # segment everything: one mapping for the image and its crops; the same as through a predictor's local features
+    lenient = {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    predictor.set_image(image, contrast="local")
+    via_predictor = segment_everything(predictor, None, **lenient)
+    direct = segment_everything(tiny_model, image, contrast="local", **lenient)
+    assert np.array_equal(direct.labels, via_predictor.labels)
+    cropped = segment_everything(tiny_model, image, contrast="local", crop_n_layers=1, **lenient)
+    assert cropped.labels.shape == image.shape
+    with pytest.raises(InputError, match="contrast must be one of"):
+        segment_everything(tiny_model, image, contrast="foo")
+
+
+def test_volume_time_session_streams_take_the_contrast(tiny_model):
+    from napari_sam2.volume_time import VolumeTimeSession
+
+    movie = np.stack([dim_and_bright(3, (64, 64), seed=s) for s in range(2)])  # [T, Z, Y, X]
+    plain = VolumeTimeSession(tiny_model, movie)
+    assert plain.contrast == GlobalContrast()
+    vt = VolumeTimeSession(tiny_model, movie, contrast="local")
+    assert vt.contrast.name == "local" and vt.contrast.window is not None  # fitted once for the whole stack
+    zs = vt._z_session(1)
+    assert zs.frames.contrast == vt.contrast  # every stream: the same step, so the same input for the same slice
+    assert zs.frames.intensity == vt.intensity  # one range for every stream, as before
+    mask = vt.add(0, 1, _point_prompt(44, 44))
+    assert mask.shape == (64, 64)
+    labels = dict(vt.propagate("forward"))
+    assert sorted(labels) == [0, 1]
+    with pytest.raises(InputError, match="contrast must be one of"):
+        VolumeTimeSession(tiny_model, movie, contrast="foo")
+
+
+def _point_prompt(y, x):
+    from napari_sam2.prompts import make_prompt
+
+    return make_prompt(0, 1, points=[[y, x]], labels=[1])

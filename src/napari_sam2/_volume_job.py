@@ -258,6 +258,7 @@ class VolumeTimeJob(TrackJob):
             intensity=None if intensity is None else (intensity.low, intensity.high),
             on_read=lambda t, z, pixels: identity(t * n_slices + z, pixels),
             z_edge=self.z_edge,  # `TrackJob.plan`: the given or recorded rule (a store from before it: off)
+            contrast=self.contrast,  # `TrackJob.start`: the given, recorded or model's step
         )
 
     def _z_stream(self) -> bool:
@@ -282,6 +283,7 @@ class VolumeTimeJob(TrackJob):
             "threads": _torch_threads(),
             "engine": "volume_time",
             "z_edge": self.session.z_edge,
+            **self.session.contrast.record(),  # "contrast" (and local's constants), for resume and replay
         }
 
     def _scale_units(self):
@@ -327,6 +329,7 @@ def replay_tzyx(saved, opened: OpenedStack, net, threads: int | None = None):
     result for it (what `track` wrote last there), zero where nothing was tracked. → `ReplayResult`."""
     import torch
 
+    from .preprocess import contrast_from_record
     from .replay import ReplayResult
     from .volume_time import replay_volume_time
 
@@ -354,6 +357,7 @@ def replay_tzyx(saved, opened: OpenedStack, net, threads: int | None = None):
             preset=settings.get("preset", "default"),
             intensity=window,
             z_edge=settings.get("z_edge"),  # none recorded: a result made before the axial edge rule
+            contrast=contrast_from_record(settings),  # none recorded: made before the option, global
         )
         try:
             labels = np.zeros(view.shape, np.uint32)

@@ -33,7 +33,15 @@ from .io.outputs import check_outputs, ctc_names, merge_outputs, owned_files, pl
 from .io.provenance import ModelRecord, Provenance, model_record
 from .io.readers import OpenedStack, check_pixels, open_stack, parse_window, resolve_axis
 from .io.units import normalise_unit
-from .preprocess import DEFAULT_PERCENTILES, InputError, IntensityRange
+from .preprocess import (
+    DEFAULT_PERCENTILES,
+    InputError,
+    IntensityRange,
+    LocalContrast,
+    contrast_from_record,
+    contrast_step,
+    resolve_contrast,
+)
 from .prompts import PromptSet
 
 __all__ = ["ModelNameError", "TrackResult", "lineage_record", "sidecar_path", "track"]
@@ -137,6 +145,7 @@ def track(
     discover=None,
     auto: bool = False,
     z_edge="auto",
+    contrast=None,
 ) -> TrackResult:
     """Track the prompted objects through a stack; write the labels frame by frame as they are computed.
 
@@ -181,9 +190,13 @@ def track(
         in z where the image falls below this fraction of the brightest voxel of its (y, x) column. "auto" (default):
         `volume.Z_EDGE` (0.5) on a z stream, off along t; a fraction in (0, 1); None or "off": the rule off (e.g.
         objects that are not bright on a dark background). Recorded in the store; a resumed run keeps it.
+    contrast: the contrast step of the model input after the intensity window (`napari_sam2.preprocess`): "global"
+        (the window alone), "local" (each frame divided by its local envelope: dim objects beside bright ones, e.g.
+        nuclei of very different brightness), a `preprocess.LocalContrast`, or None (default): the model's
+        (`registry.ModelInfo.contrast`). Recorded in the store (with local's constants); a resumed run keeps it.
 
-    Resume (resume=True on an existing store): the prompts, direction, channel, window and preset recorded in the
-    store are used (prompts given here must equal them; a different checkpoint is refused). SAM 2's memory of a
+    Resume (resume=True on an existing store): the prompts, direction, channel, window, contrast and preset recorded
+    in the store are used (prompts given here must equal them; a different checkpoint is refused). SAM 2's memory of a
     frame depends on every frame tracked before it, so the run is *replayed* from the recorded prompts in the
     original order and only the writes that did not complete before the interruption are made (a finished frame is
     rewritten only where the original run writes it twice, e.g. the prompted start frame of a "both" run, whose
@@ -336,6 +349,9 @@ class TrackJob:
         # the axial edge rule for a z stream (never time); a resumed run keeps what it began with, and a store that
         # predates the rule records no z_edge: off, as it was made
         self.z_edge = resolve_z_edge(a["z_edge"], self._z_stream(), settings if store is not None else None, out_path)
+        # the contrast step: a resumed run replays the recorded one (none recorded: made before the option, global);
+        # a new run's None is the model's default, resolved once the model is loaded (`start`)
+        self.contrast = _plan_contrast(a["contrast"], settings if store is not None else None, out_path)
         if auto and a["prompts"] is not None:
             raise InputError("auto segments the first frame itself: give either prompts/seeds or auto, not both")
         if store is not None and "discover" in settings:  # replay what was recorded (a custom detector: given again)
@@ -393,6 +409,7 @@ class TrackJob:
         if model is None:
             model = (recorded.model.source if recorded is not None else None) or registry.DEFAULT_MODEL
         self.net, used_model = _load_model(model, a["device"])
+        self.contrast = resolve_contrast(self.contrast, self.net)
         recorded_sha = recorded.model.checkpoint_sha256 if recorded is not None else None
         if recorded_sha and used_model.checkpoint_sha256 and recorded_sha != used_model.checkpoint_sha256:
             raise InputError(
@@ -584,6 +601,7 @@ class TrackJob:
             embedding_cache=self.ask["embedding_cache"],
             on_read=self.identity,
             z_edge=self.z_edge,
+            contrast=self.contrast,
         )
 
     def _z_stream(self) -> bool:
@@ -612,6 +630,7 @@ class TrackJob:
             "device": str(self.net.device),
             "threads": _torch_threads(),
             "z_edge": self.session.z_edge,  # the axial edge rule (z streams; None: off), for resume and replay
+            **self.session.frames.contrast.record(),  # "contrast" (and local's constants), for resume and replay
         }
 
     def _scale_units(self) -> tuple[list[float] | None, dict[str, str] | None]:
@@ -761,6 +780,36 @@ def _refuse_changed_settings(out_path, recorded: dict, **given) -> None:
                 f"{out_path} was made with {name}={recorded[name]!r}; a resumed run replays it, so {name}={value!r} "
                 f"cannot apply: resume without --{name}, or write to a new --out"
             )
+
+
+def _plan_contrast(given, recorded: dict | None, out_path):
+    """The contrast step of a run: given None → None (the model's default, resolved when it is loaded); a resumed run
+    (recorded: the store's settings) → the recorded step (none recorded: "global", as a store made before the option
+    was made); a given one that differs from it is refused, as any changed setting."""
+    step = None if given is None else contrast_step(given)
+    if recorded is None:
+        return step
+    made = contrast_from_record(recorded)
+    if step is not None and not _same_contrast(step, made):
+
+        def text(s):  # the name; the constants where the names agree (a LocalContrast given in Python)
+            return repr(s.name) if step.name != made.name else repr(s)
+
+        raise InputError(
+            f"{out_path} was made with contrast={text(made)}; a resumed run replays it, so contrast={text(step)} "
+            "cannot apply: resume without --contrast, or write to a new --out"
+        )
+    return made
+
+
+def _same_contrast(given, made) -> bool:
+    """A given contrast step agrees with the one a store was made with: the same step, or a local one without a
+    window (to be fitted to the data) whose other constants are the store's (its window was fitted then)."""
+    if given.name != made.name:
+        return False
+    if isinstance(given, LocalContrast) and given.window is None:
+        made = replace(made, window=None)
+    return given == made
 
 
 def _old_outputs(out_path: Path, overwrite: bool) -> dict | None:

@@ -826,13 +826,16 @@ def segment_everything(
     percentiles: tuple[float, float] | None = None,
     device=None,
     precision: str = "auto",
+    contrast=None,
 ) -> AutoMasks:
     """Find every object on one 2-D frame with a grid of point prompts (SAM 2's automatic mask generator).
 
     model: a SAM2Model, a registry name or checkpoint path (loaded on `device`), or an `ImagePredictor`; with a
         predictor whose image is set and `image=None`, its cached features are reused (no encoder pass).
     image: (Y, X) or (Y, X, C) array of any numeric dtype, preprocessed as `ImagePredictor.set_image` does
-        (channel / channel_axis pick a channel; intensity_range (low, high) or the image's `percentiles`).
+        (channel / channel_axis pick a channel; intensity_range (low, high) or the image's `percentiles`; contrast
+        "global", "local", a `preprocess.LocalContrast` or None: the model's default). Intensity range and
+        contrast step are computed once on the whole image; every crop is cut from that mapping.
     The generator's parameters keep the official names and defaults (see the module docstring):
     points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh, stability_score_offset,
     mask_threshold, box_nms_thresh, crop_n_layers, crop_nms_thresh, crop_overlap_ratio,
@@ -849,7 +852,15 @@ def segment_everything(
     from .model.build import load_model, resolve_device
     from .model.precision import resolve_precision
     from .predictor import ImagePredictor, autocast_context
-    from .preprocess import DEFAULT_PERCENTILES, IntensityRange, as_rgb, check_finite, to_model_input
+    from .preprocess import (
+        DEFAULT_PERCENTILES,
+        IntensityRange,
+        as_rgb,
+        check_finite,
+        resolve_contrast,
+        scale_frame,
+        to_model_input,
+    )
 
     # the generator's parameters, picked by name from the arguments
     params = {k: v for k, v in locals().items() if k in AutoMaskSettings.__dataclass_fields__}
@@ -888,7 +899,9 @@ def segment_everything(
         intensity_range = IntensityRange.from_percentiles(rgb, percentiles or DEFAULT_PERCENTILES)
     elif not isinstance(intensity_range, IntensityRange):
         intensity_range = IntensityRange(*intensity_range)
-    rgb01 = intensity_range.apply(rgb)  # one intensity mapping for the image and all its crops
+    step = resolve_contrast(contrast, model)
+    # one intensity mapping for the image and all its crops (a crop's local envelope is the whole image's)
+    rgb01 = scale_frame(rgb, intensity_range, step, model.image_size)
     image_shape = rgb01.shape[:2]
     whole = [0, 0, image_shape[1], image_shape[0]]
     encoded = {}

@@ -117,6 +117,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="propagate from the first prompted frame forward, backward or both ways (both)")  # fmt: skip
     t.add_argument("--window", default=None, metavar="LO,HI",
                    help="fixed intensity window instead of percentiles, e.g. --window=-1000,400 for CT")  # fmt: skip
+    t.add_argument("--contrast", default=None, choices=["global", "local"],
+                   help="contrast step of the model input after the intensity window: global (the window alone) or "
+                   "local (each frame divided by its local brightness envelope: dim nuclei beside bright ones); "
+                   "default: the model's (on --resume: the recorded one)")  # fmt: skip
     t.add_argument("--z-edge", default="auto", metavar="FRACTION|off",
                    help="axial edge rule of z-stacks and 3D+t: end each object in z where the image falls below this "
                    "fraction of its column's brightest voxel (auto: 0.5 on a z stream, off along t; off: never)")  # fmt: skip
@@ -353,6 +357,7 @@ def _cmd_track(args) -> int:
             discover=_discovery(args),
             auto=args.auto,
             z_edge=args.z_edge,
+            contrast=args.contrast,
         )
     finally:
         if bar is not None:
@@ -471,6 +476,7 @@ def _cmd_info(args) -> int:
         if "z" in result.axes:  # the axial edge rule the labels were made with (none recorded: made before it, off)
             z_edge = settings.get("z_edge")
             shown.append(f"z_edge={'off' if z_edge is None else z_edge}")
+        shown.append(_contrast_text(settings))
         print("  settings: " + ", ".join(shown))
     if record.input:
         print("  input: " + ", ".join(f"{k}={v}" for k, v in record.input.items()))
@@ -478,6 +484,20 @@ def _cmd_info(args) -> int:
     if len(result.finished_frames) < n:
         print("  incomplete: finish it with `napari-sam2 track IMAGE --out STORE --resume`")
     return EXIT_OK
+
+
+def _contrast_text(settings: dict) -> str:
+    """ "contrast=global" / "contrast=local" (with local's constants when they are not the defaults): the contrast step
+    the labels were made with (none recorded: made before the option, global)."""
+    from .preprocess import contrast_from_record, contrast_step
+
+    step = contrast_from_record(settings)
+    if step == contrast_step(step.name):
+        return f"contrast={step.name}"
+    constants = ", ".join(
+        f"{k}={'fitted' if v is None else format(v, 'g')}" for k, v in step.record()["local_contrast"].items()
+    )
+    return f"contrast={step.name} ({constants})"
 
 
 def _cmd_replay(args) -> int:

@@ -20,10 +20,13 @@ from .preprocess import (
     DEFAULT_PERCENTILES,
     InputError,
     IntensityRange,
+    LocalContrast,
     as_rgb,
     box_to_model,
     check_finite,
     points_to_model,
+    resolve_contrast,
+    scale_frame,
     to_model_input,
 )
 
@@ -87,6 +90,7 @@ class ImagePredictor:
         self._features = None
         self._embedding = None
         self.image_shape: tuple[int, int] | None = None
+        self.contrast = None  # the contrast step of the image set last (`set_image`)
 
     @torch.inference_mode()
     def set_image(
@@ -96,10 +100,13 @@ class ImagePredictor:
         channel_axis: int | None = None,
         intensity: IntensityRange | tuple[float, float] | None = None,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+        contrast=None,
     ) -> None:
         """Encode a 2-D image (any numeric dtype, grey [Y, X] or with channels [Y, X, C]).
 
         intensity: a fixed (low, high) range or IntensityRange; default: `percentiles` of the image.
+        contrast: the contrast step after the intensity range: "global", "local", a `preprocess.LocalContrast`, or
+        None: the model's default (`preprocess.resolve_contrast`). The step used is `self.contrast`.
         """
         array = np.asarray(image)
         if array.ndim < 2:
@@ -112,7 +119,12 @@ class ImagePredictor:
             intensity = IntensityRange.from_percentiles(rgb, percentiles)
         elif not isinstance(intensity, IntensityRange):
             intensity = IntensityRange(*intensity)
-        x = to_model_input(intensity.apply(rgb), self.model.image_size)[None].to(self.device)
+        size = self.model.image_size
+        step = resolve_contrast(contrast, self.model)
+        if isinstance(step, LocalContrast):  # a window fitted to this image's objects (when none is given)
+            step = step.fitted([intensity.scale(rgb)], size)
+        self.contrast = step
+        x = to_model_input(scale_frame(rgb, intensity, step, size), size)[None].to(self.device)
         self.set_preprocessed(x, rgb.shape[:2])
 
     @torch.inference_mode()

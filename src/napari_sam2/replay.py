@@ -198,6 +198,7 @@ def replay(
 
     from .api import _load_model, _open_input
     from .io.results import open_result
+    from .preprocess import contrast_from_record
     from .session import TrackingSession
 
     saved = open_result(store)
@@ -235,6 +236,7 @@ def replay(
         from .preprocess import IntensityRange
 
         options["intensity"] = IntensityRange(*settings["window"])
+    options["contrast"] = contrast_from_record(settings)  # none recorded: made before the option, global
     threads = threads or settings.get("threads")
     before = torch.get_num_threads()
     if threads:

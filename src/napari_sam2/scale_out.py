@@ -55,6 +55,7 @@ _TRACK_OPTIONS = (
     "channel",
     "device",
     "window",
+    "contrast",
     "seed_frame",
     "preset",
     "save_image",
@@ -425,8 +426,8 @@ def track_many(
     progress: True prints one line per finished stack on stderr; a callable gets (row, finished, total).
     frame_progress: `track`'s per-frame progress(frames_done, frames_total), called inside the worker (it must
         pickle; its output goes to the worker's log).
-    track_options: passed to every stack's `track`: model, axis, direction, channel, device, window, seed_frame,
-        preset, save_image, tables, scale, embedding_cache, discover, auto.
+    track_options: passed to every stack's `track`: model, axis, direction, channel, device, window, contrast,
+        seed_frame, preset, save_image, tables, scale, embedding_cache, discover, auto.
 
     Returns a `TrackManyResult` (rows in input order; the summary is also written as CSV). Stacks whose store is
     already complete are skipped without any cluster work; interrupted stores are resumed.
@@ -587,7 +588,9 @@ def _reporter(progress, total: int) -> Callable[[StackRow], None]:
 _MODELS: dict[tuple, Any] = {}  # per worker process: the model loaded by an earlier chunk task
 
 
-def _open_session(stack, model, axis, channel, window, device, embedding_cache, feature_cache_bytes=1 << 30):
+def _open_session(
+    stack, model, axis, channel, window, device, embedding_cache, feature_cache_bytes=1 << 30, contrast=None
+):
     """A TrackingSession over `stack` built as `track` builds it (same axis, channel and intensity resolution),
     so that its embedding-cache key equals that of a later `track(..., embedding_cache=...)`."""
     from .api import _channel_axis, _frame_shape, _load_model, _open_input
@@ -613,6 +616,7 @@ def _open_session(stack, model, axis, channel, window, device, embedding_cache, 
         intensity=intensity,
         embedding_cache=embedding_cache,
         feature_cache_bytes=feature_cache_bytes,
+        contrast=contrast,  # None: the model's default, as track()
     )
 
 
@@ -629,6 +633,7 @@ def _encode_chunk(spec: dict) -> dict:
         spec["device"],
         spec["embedding_cache"],
         feature_cache_bytes=0,  # features go to disk only; nothing is kept in memory
+        contrast=spec.get("contrast"),
     )
     try:
         if session.embeddings is None or session.embeddings.path is None:
@@ -656,6 +661,7 @@ def encode(
     axis: int | str | None = None,
     channel: int | None = None,
     window=None,
+    contrast=None,
     device: str = "auto",
     client=None,
     scheduler: str | None = None,
@@ -670,7 +676,8 @@ def encode(
     image encoder on no frame (only memory attention and the heads, which are sequential).
 
     stack: a path (TIFF, Zarr, .npy, NIfTI) the workers can read. model: registry name or checkpoint path
-    (default sam2.1_hiera_tiny). axis / channel / window / device: as in `track` (they determine the features).
+    (default sam2.1_hiera_tiny). axis / channel / window / contrast / device: as in `track` (they determine the
+    features).
     client / scheduler / workers / torch_threads / retries: as in `track_many`. chunk_frames: frames per task
     (default: about four tasks per worker). Frames already in the cache are not encoded again.
     """
@@ -693,6 +700,7 @@ def encode(
         "axis": ax,
         "channel": channel,
         "window": window,
+        "contrast": contrast,
         "device": device,
         "embedding_cache": os.path.abspath(os.path.expanduser(embedding_cache)),
         "torch_threads": torch_threads,
@@ -802,6 +810,8 @@ def _stack_options(p) -> None:
     p.add_argument("--axis", default=None, metavar="t|z|INDEX", help="stream axis (default: t, else z, else 0)")
     p.add_argument("--channel", type=int, default=None, metavar="N", help="channel of multichannel data")
     p.add_argument("--window", default=None, metavar="LO,HI", help="fixed intensity window instead of percentiles")
+    p.add_argument("--contrast", default=None, choices=["global", "local"],
+                   help="contrast step of the model input, as track (default: the model's)")  # fmt: skip
 
 
 def _cluster_options(p) -> None:
@@ -848,6 +858,7 @@ def cmd_track_many(args) -> int:
         "channel": args.channel,
         "device": args.device,
         "window": args.window,
+        "contrast": args.contrast,
         "seed_frame": args.seed_frame,
         "save_image": not args.no_image,
         "embedding_cache": args.embedding_cache,
@@ -894,6 +905,7 @@ def cmd_encode(args) -> int:
         axis=args.axis,
         channel=args.channel,
         window=args.window,
+        contrast=args.contrast,
         device=args.device,
         scheduler=args.scheduler,
         workers=args.workers,

@@ -105,7 +105,7 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError
-from .preprocess import DEFAULT_PERCENTILES, IntensityRange, as_rgb
+from .preprocess import DEFAULT_PERCENTILES, IntensityRange, LocalContrast, as_rgb, resolve_contrast
 from .prompts import ObjectPrompt, make_prompt
 from .session import FeatureCache, TrackingSession, _check_obj_id
 
@@ -175,6 +175,17 @@ def _stack_intensity(frames, percentiles, samples: int = 16) -> IntensityRange:
     return IntensityRange.from_percentiles(np.concatenate(values), percentiles)
 
 
+def _stack_contrast(frames, step, intensity: IntensityRange, image_size: int, samples: int = 3):
+    """`step` with a local window fitted on `samples` slices spread over (t, z) when it has none (as
+    `FrameSource` fits one on a 3-D stack); any other step as it is."""
+    if not isinstance(step, LocalContrast) or step.window is not None:
+        return step
+    n_t, n_z = int(frames.shape[0]), int(frames.shape[1])
+    picks = np.unique(np.linspace(0, n_t * n_z - 1, min(n_t * n_z, samples)).round().astype(int))
+    planes = [intensity.scale(as_rgb(np.asarray(frames[int(i) // n_z, int(i) % n_z]))) for i in picks]
+    return step.fitted(planes, image_size)
+
+
 class VolumeTimeSession:
     """Prompt objects on any (t, z) slice of a 3D+t stack and propagate them through z and time.
 
@@ -183,6 +194,9 @@ class VolumeTimeSession:
         channel before (e.g. `frames[:, :, 0]` of a TZCYX dask array stays lazy).
     preset, precision, fill_hole_area, object_batch: as `TrackingSession` (used by every stream).
     intensity: (low, high) range for every slice (default: percentiles of 16 slices spread over the stack).
+    contrast: the contrast step of every stream's model input (`preprocess`): "global", "local", a
+        `preprocess.LocalContrast`, or None: the model's default. The resolved step is `self.contrast`; the axial
+        edge rule reads the image's own pixels, whatever it is.
     feature_cache_bytes: image features of one time point kept in memory (≈ 16 MiB a slice at 1024²; give at
         least Z slices' worth or slices are encoded again for each object).
     on_read: called as on_read(t, z, pixels) for every slice the streams read, before it is used (e.g. an
@@ -211,6 +225,7 @@ class VolumeTimeSession:
         object_batch: int | None = None,
         on_read=None,
         z_edge: float | None = Z_EDGE,
+        contrast=None,
     ):
         if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
             from .model.build import load_model
@@ -235,12 +250,16 @@ class VolumeTimeSession:
         elif not isinstance(intensity, IntensityRange):
             intensity = IntensityRange(*intensity)
         self.intensity = intensity
+        # one contrast step for every stream (a local window fitted once on slices spread over (t, z)), so the same
+        # slice gives the same network input in every stream, as the intensity range
+        self.contrast = _stack_contrast(frames, resolve_contrast(contrast, model), intensity, model.image_size)
         from .volume import check_z_edge  # the one check of z_edge (TrackingSession's too; volume imports this module)
 
         self.z_edge = check_z_edge(z_edge)
         self.feature_cache_bytes = int(feature_cache_bytes)
         self._options = {"preset": preset, "precision": precision, "fill_hole_area": fill_hole_area,
-                         "object_batch": object_batch, "intensity": intensity, "read_ahead": 0}  # fmt: skip
+                         "object_batch": object_batch, "intensity": intensity, "read_ahead": 0,
+                         "contrast": self.contrast}  # fmt: skip
         # prompts[t][obj][z]: the user's prompts (they define the object at t; see the module docstring)
         self._prompts: dict[int, dict[int, dict[int, ObjectPrompt]]] = {}
         self._objects: list[int] = []
