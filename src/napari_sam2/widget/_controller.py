@@ -158,6 +158,9 @@ class TrackingController:
         self.mask_prompts: dict[tuple, dict[tuple[int, int], ObjectPrompt]] = {}
         self.events: list[dict] = []  # what discovery did in the last propagation ({"frame", "kind", ...})
         self.discovery = None  # DiscoveryOptions: discover new objects and divisions on forward passes (None: off)
+        #: the contrast step of the model input (`preprocess`): None = the model's default, "global", "local" or a
+        #: `preprocess.LocalContrast` (an opened result's recorded one); `set_contrast` restarts the sessions
+        self.contrast = None
         self.max_id = 0
         self.confidence: dict[tuple, dict] = {}
         self.writers: dict[tuple, tuple] = {}  # key → (session, geometry, its LabelWriter)
@@ -234,6 +237,33 @@ class TrackingController:
         self.model, self.model_source = model, source
         self.reset_sessions()
         self.view.show_model(model, source)
+
+    def set_contrast(self, contrast) -> None:
+        """Make the model input with another contrast step (None: the model's default; "global", "local", or a
+        `preprocess.LocalContrast`): the sessions restart with it (the labels and prompts stay; prompts are applied
+        again). InputError for anything else."""
+        from ..preprocess import contrast_step
+
+        if contrast is not None:
+            contrast_step(contrast)  # refuse a bad value here, not on a worker
+        if contrast == self.contrast:
+            return
+        self.contrast = contrast
+        self.reset_sessions()
+
+    def contrast_used(self, session=None):
+        """The contrast step (resolved, never None) the labels of `session` (or of this face's 3D+t session) are made
+        with; an opened result not tracked again: its recorded one."""
+        from ..preprocess import GlobalContrast, contrast_from_record, resolve_contrast
+
+        g = self.geometry
+        if g is not None and g.coupled and self.volume is not None:
+            return self.volume.contrast
+        if session is not None:
+            return session.frames.contrast
+        if self.opened_record is not None:
+            return contrast_from_record(self.opened_record.settings)
+        return GlobalContrast() if self.model is None else resolve_contrast(self.contrast, self.model)
 
     # ================================================================== geometry and labels
     def set_geometry(self, geometry: StackGeometry | None, new_labels: bool = True) -> bool:
@@ -441,8 +471,11 @@ class TrackingController:
         log = self.opened_log(key)
         continued = self.opened_record is not None and key == self.opened_key
 
+        # a continued result's log replays with the contrast it was made with (`open_result` sets it)
+        contrast = self.contrast
+
         def job():
-            session = _worker.make_session(model, geometry, key, log)
+            session = _worker.make_session(model, geometry, key, log, contrast)
             if log is None:
                 return session, prompts.apply(session), None
             seen = {}
@@ -664,7 +697,7 @@ class TrackingController:
             return False
         passes = plan_passes(sorted({int(p.t) for p in prompts}), direction, *times_range)
         lengths = [abs(stop - start) + 1 for _, start, stop in passes]
-        total, model = sum(lengths), self.model
+        total, model, contrast = sum(lengths), self.model, self.contrast
         z_count = g.layer_shape[g.stream_axis]
         self.frames_written = 0
         cancelled = []
@@ -674,7 +707,7 @@ class TrackingController:
             if volume is None or volume.model is not model:
                 from ..volume_time import VolumeTimeSession
 
-                volume = self.volume = VolumeTimeSession(model, g.volume_view())
+                volume = self.volume = VolumeTimeSession(model, g.volume_view(), contrast=contrast)
             return volume
 
         def on_time_point(value):
@@ -838,6 +871,7 @@ class TrackingController:
                 "channel": g.channel,
                 "session_key": list(key),
                 "threads": torch.get_num_threads(),
+                **self.contrast_used(session).record(),  # "contrast" (and local's constants), for replay
                 **(
                     {
                         "engine": "volume_time",
@@ -944,6 +978,11 @@ class TrackingController:
             # geometry and cannot be continued here; the prompts still return (to their own (t, z) on a 4-D layer)
             continued = None
         self.opened_record, self.opened_key = record, continued
+        # the sessions that follow continue what the result was made with (none recorded: made before the option)
+        from ..preprocess import GlobalContrast, LocalContrast, contrast_from_record
+
+        made = contrast_from_record(record.settings)
+        self.contrast = made.name if made in (GlobalContrast(), LocalContrast()) else made
         return key, result.prompts
 
     # ================================================================== teardown

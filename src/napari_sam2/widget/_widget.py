@@ -202,11 +202,24 @@ class SAM2Widget(QWidget, ControllerView):
         grid.addWidget(self.channel_axis_combo, 1, 3)
         grid.addWidget(QLabel("channel"), 2, 2)
         grid.addWidget(self.channel_spin, 2, 3)
+        self.contrast_combo = QComboBox()
+        self.contrast_combo.setToolTip(
+            "Contrast of what SAM 2 sees, after the stack-wide intensity range:\n"
+            "global: the range alone (every object keeps its brightness);\n"
+            "local: each frame divided by its local brightness, so dim nuclei beside bright ones are seen as well\n"
+            "(objects of very different brightness). Default: the model's."
+        )
+        self.contrast_combo.addItem("model default", None)
+        self.contrast_combo.addItem("global", "global")
+        self.contrast_combo.addItem("local", "local")
+        grid.addWidget(QLabel("contrast"), 2, 0)
+        grid.addWidget(self.contrast_combo, 2, 1)
         layout.addWidget(box)
         self.layer_combo.currentIndexChanged.connect(self._on_layer_choice)
         self.axis_combo.currentIndexChanged.connect(self._on_axes_choice)
         self.channel_axis_combo.currentIndexChanged.connect(self._on_axes_choice)
         self.channel_spin.currentIndexChanged.connect(self._on_axes_choice)
+        self.contrast_combo.currentIndexChanged.connect(self._on_contrast_choice)
 
         # ---- model
         box = QGroupBox("Model")
@@ -467,6 +480,30 @@ class SAM2Widget(QWidget, ControllerView):
         if self.sender() is self.channel_axis_combo:
             self._fill_channels()
         self._setup_geometry(new_layer=False)
+
+    def _on_contrast_choice(self, index=None) -> None:
+        """The contrast picker changed: the sessions restart with the new model input (labels and prompts stay)."""
+        self.controller.current = self.current_position() or self.controller.current
+        self.controller.set_contrast(self.contrast_combo.currentData())
+        self._update_status()
+
+    def _show_contrast(self) -> None:
+        """The picker shows the controller's contrast (an opened result sets it) and what "model default" means."""
+        from ..preprocess import default_contrast
+
+        model = self.model
+        known = getattr(self, "_default_of", None)
+        if known is None or known[0] is not model:  # looked up once per model
+            self._default_of = (model, None if model is None else default_contrast(model))
+        model_default = self._default_of[1]
+        self.contrast_combo.setItemText(0, f"model default ({model_default})" if model_default else "model default")
+        wanted = self.controller.contrast
+        name = wanted if wanted is None or isinstance(wanted, str) else wanted.name
+        index = 0 if name is None else self.contrast_combo.findData(name)
+        if index >= 0 and index != self.contrast_combo.currentIndex():
+            self.contrast_combo.blockSignals(True)
+            self.contrast_combo.setCurrentIndex(index)
+            self.contrast_combo.blockSignals(False)
 
     def _setup_geometry(self, new_layer: bool) -> None:
         """(Re)derive the axes from the pickers, make the labels and prompt layers, and restart the sessions."""
@@ -1022,8 +1059,10 @@ class SAM2Widget(QWidget, ControllerView):
             b.setEnabled(can_propagate)
         self.cancel_button.setEnabled(running)
         self.load_button.setEnabled(self.controller.model_worker is None and not running)
-        for w in (self.layer_combo, self.axis_combo, self.channel_axis_combo, self.model_combo, self.device_combo):
+        for w in (self.layer_combo, self.axis_combo, self.channel_axis_combo, self.model_combo, self.device_combo,
+                  self.contrast_combo):  # fmt: skip
             w.setEnabled(not running)
+        self._show_contrast()
         self.axis_combo.setEnabled(not running and has_layer and self.axis_combo.count() > 1)
         self.channel_spin.setEnabled(not running and self.channel_spin.count() > 0)
         self.new_button.setEnabled(has_layer)

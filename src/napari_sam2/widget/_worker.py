@@ -22,11 +22,11 @@ def load_model_job(source: str, device: str):
     return load_model(source, device=device)
 
 
-def make_session(model, geometry, key, log=None):
+def make_session(model, geometry, key, log=None, contrast=None):
     """A fresh `TrackingSession` over the lazy stack of session `key` (reads a few frames for the intensity). A z
     stream (`geometry.z_stream`, not 3D+t, whose per-slice sessions only preview prompts) gets the axial edge rule
     (`napari_sam2.volume`); `log`, an opened result's edit log it will continue: the rule that log applied (none in
-    a log made before the rule)."""
+    a log made before the rule). contrast: the model input's contrast step (None: the model's default)."""
     from ..replay import log_z_edge
     from ..session import TrackingSession
     from ..volume import resolve_z_edge
@@ -38,7 +38,7 @@ def make_session(model, geometry, key, log=None):
     z_edge = resolve_z_edge("auto", geometry.z_stream and not geometry.coupled)  # track()'s default for the stream
     if log is not None:
         z_edge = log_z_edge(log, z_edge)
-    return TrackingSession(model, stack, axis=axis, z_edge=z_edge, **options)
+    return TrackingSession(model, stack, axis=axis, z_edge=z_edge, contrast=contrast, **options)
 
 
 def apply_changed(session, prompts: PromptSet) -> list:
