@@ -241,6 +241,8 @@ def test_image_predictor_and_segment_everything_take_the_contrast(tiny_model):
     via_predictor = segment_everything(predictor, None, **lenient)
     direct = segment_everything(tiny_model, image, contrast="local", **lenient)
     assert np.array_equal(direct.labels, via_predictor.labels)
+    with pytest.raises(InputError, match="encoded with contrast='local'"):
+        segment_everything(predictor, None, contrast="global", **lenient)
     cropped = segment_everything(tiny_model, image, contrast="local", crop_n_layers=1, **lenient)
     assert cropped.labels.shape == image.shape
     with pytest.raises(InputError, match="contrast must be one of"):

@@ -831,7 +831,8 @@ def segment_everything(
     """Find every object on one 2-D frame with a grid of point prompts (SAM 2's automatic mask generator).
 
     model: a SAM2Model, a registry name or checkpoint path (loaded on `device`), or an `ImagePredictor`; with a
-        predictor whose image is set and `image=None`, its cached features are reused (no encoder pass).
+        predictor whose image is set and `image=None`, its cached features are reused (no encoder pass; a contrast
+        given then must be the one the image was set with).
     image: (Y, X) or (Y, X, C) array of any numeric dtype, preprocessed as `ImagePredictor.set_image` does
         (channel / channel_axis pick a channel; intensity_range (low, high) or the image's `percentiles`; contrast
         "global", "local", a `preprocess.LocalContrast` or None: the model's default). Intensity range and
@@ -857,6 +858,7 @@ def segment_everything(
         IntensityRange,
         as_rgb,
         check_finite,
+        contrast_step,
         resolve_contrast,
         scale_frame,
         to_model_input,
@@ -883,6 +885,12 @@ def segment_everything(
     if image is None:
         if predictor is None or not predictor.is_image_set:
             raise InputError("no image: pass image=<array>, or an ImagePredictor after set_image(image)")
+        used = predictor.contrast
+        if contrast is not None and used is not None and contrast_step(contrast).name != used.name:
+            raise InputError(
+                f"the predictor's image was encoded with contrast={used.name!r}, not {contrast!r}: set the image "
+                f"again with set_image(image, contrast={contrast!r}), or leave contrast out"
+            )
         return segment_features(model, predictor._features, predictor.image_shape, precision=precision, **s.__dict__)
 
     array = np.asarray(image)

@@ -16,7 +16,9 @@ def test_contrast_picker_restarts_sessions_records_and_reopens(sam_viewer, stack
     with qtbot.waitSignal(w.sessionReady, timeout=WAIT_MS):
         combo.setCurrentIndex(combo.findData("local"))  # what a user's pick does
     wait_idle(qtbot, w)
-    assert w.controller.contrast == "local" and w.session().frames.contrast == LocalContrast()
+    assert w.controller.contrast == "local"
+    fitted = w.session().frames.contrast  # its window fitted to the stack's objects
+    assert isinstance(fitted, LocalContrast) and fitted.window is not None
 
     with qtbot.waitSignal(w.prompted, timeout=WAIT_MS):
         w.prompt_layers.points.add([0, 30, 30])
@@ -35,6 +37,7 @@ def test_contrast_picker_restarts_sessions_records_and_reopens(sam_viewer, stack
     with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
         w.save(str(path))
     assert open_result(path).record.settings["contrast"] == "local"
+    assert open_result(path).record.settings["local_contrast"]["window"] == fitted.window
     np.save(tmp_path / "stack.npy", stack)
     capsys.readouterr()
     assert cli.main(["replay", str(path), "--image", str(tmp_path / "stack.npy"), "--device", "cpu"]) == 0
@@ -46,5 +49,5 @@ def test_contrast_picker_restarts_sessions_records_and_reopens(sam_viewer, stack
     with qtbot.waitSignal(w2.opened, timeout=WAIT_MS):
         w2.open(str(path))
     wait_idle(qtbot, w2)
-    assert w2.contrast_combo.currentData() == "local" and w2.session().frames.contrast == LocalContrast()
+    assert w2.contrast_combo.currentData() == "local" and w2.session().frames.contrast == fitted
     np.testing.assert_array_equal(np.asarray(w2.labels_layer.data), labels)
