@@ -124,3 +124,15 @@ def test_tzyx_track_records_and_replays_the_contrast(tmp_path, tiny_checkpoint, 
     with pytest.raises(InputError, match="was made with contrast='local'"):
         track(tmp_path / "movie.npy", None, model=tiny_checkpoint, device="cpu", out=out, resume=True, tables=False,
               contrast="global")  # fmt: skip
+
+
+def test_track_many_and_encode_take_the_contrast():
+    """track_many passes contrast to every stack's track(); encode builds the sessions track() builds (the embedding
+    cache key holds a local step), and both commands take --contrast."""
+    from napari_sam2.scale_out import _TRACK_OPTIONS
+
+    assert "contrast" in _TRACK_OPTIONS
+    parser = cli._parser()
+    many = parser.parse_args(["track-many", "a.tif", "--auto", "--out-dir", "o", "--contrast", "local"])
+    assert many.contrast == "local"
+    assert parser.parse_args(["encode", "a.tif", "--embedding-cache", "c"]).contrast is None  # the model's
