@@ -272,3 +272,16 @@ def _point_prompt(y, x):
     from napari_sam2.prompts import make_prompt
 
     return make_prompt(0, 1, points=[[y, x]], labels=[1])
+
+
+def test_embedding_cache_keys_a_local_step(tiny_model, tmp_path):
+    """Features made with another contrast step are other features: each step (and each local window) gets its own
+    cache store."""
+    from napari_sam2.session import TrackingSession
+
+    stack = dim_and_bright(2)
+    paths = {}
+    for contrast in ("global", "local", LocalContrast(window=9.0)):
+        with TrackingSession(tiny_model, stack, embedding_cache=tmp_path, contrast=contrast) as session:
+            paths[str(contrast)] = session.embeddings.path
+    assert len(set(paths.values())) == 3
