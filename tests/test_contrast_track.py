@@ -136,3 +136,27 @@ def test_track_many_and_encode_take_the_contrast():
     many = parser.parse_args(["track-many", "a.tif", "--auto", "--out-dir", "o", "--contrast", "local"])
     assert many.contrast == "local"
     assert parser.parse_args(["encode", "a.tif", "--embedding-cache", "c"]).contrast is None  # the model's
+
+
+def test_a_model_whose_default_is_local(tmp_path, monkeypatch):
+    """The default is the model's (`registry.ModelInfo.contrast`): with nano-fluo's set to "local" (a one-line change
+    in the registry), track() records the local step without being asked, and a resume keeps it."""
+    import dataclasses
+
+    from napari_sam2 import registry
+    from napari_sam2.preprocess import default_contrast
+
+    info = registry.MODELS[registry.BUILTIN_MODEL]
+    monkeypatch.setitem(registry.MODELS, info.name, dataclasses.replace(info, contrast="local"))
+    assert default_contrast("nano-fluo") == "local" and default_contrast(registry.checkpoint_path("nano")) == "local"
+    stack = dim_and_bright_movie(3)
+    np.save(tmp_path / "stack.npy", stack)
+    out = tmp_path / "nano.ome.zarr"
+    made = track(tmp_path / "stack.npy", clicks(), model="nano-fluo", device="cpu", out=out, tables=False)
+    assert made.provenance["settings"]["contrast"] == "local"
+    assert made.provenance["settings"]["local_contrast"]["window"] > 0
+    asked = track(stack, clicks(), model="nano-fluo", device="cpu", tables=False, contrast="global")
+    assert asked.provenance["settings"]["contrast"] == "global"  # an explicit choice wins
+    LabelStore.open(out, mode="r+").update_provenance({"status": "interrupted"})
+    resumed = track(tmp_path / "stack.npy", None, out=out, resume=True, device="cpu", tables=False)
+    np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(made.labels[:]))
