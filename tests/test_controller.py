@@ -405,3 +405,33 @@ def test_a_3d_t_result_saved_as_the_widget_saves_it_replays_to_the_same_labels(t
     replayed = replay(path, image=stack, model=tiny_model)
     assert replayed.identical, (replayed.differing_frames, replayed.differing_pixels)
     np.testing.assert_array_equal(replayed.labels, labels)  # every (t, z)
+
+
+def test_the_axial_edge_rule_is_checked_once_and_applies_only_where_z_is_streamed(controller, tiny_model):
+    """set_z_edge reads what --z-edge reads (volume.resolve_z_edge): a bad value is refused and changes nothing;
+    along t the rule stays off whatever is asked; in 3D+t (z streamed) the VolumeTimeSession gets it, and changed
+    after a propagation the controller names the time points to propagate again."""
+    from napari_sam2.errors import InputError
+    from napari_sam2.prompts import PromptSet
+
+    for bad in ("1.5", "half", 0.0, True):
+        with pytest.raises(InputError, match="z_edge"):
+            controller.set_z_edge(bad)
+    assert controller.z_edge == "auto"
+    assert controller.set_z_edge("0.3") is None and controller.z_edge == 0.3  # a time-lapse: no rule, no restart
+    assert controller.z_edge_used() is None and controller.session(()).z_edge is None
+
+    stack = np.zeros((2, 3, 40, 40), np.uint8)
+    stack[:, 1:3, 14:30, 12:28] = 200
+    c = TrackingController(Recorder())
+    c.set_model(tiny_model, "tiny")
+    c.set_geometry(StackGeometry.from_array(stack, stream_axis="tz"))
+    assert c.z_edge_used() == 0.5  # auto: 3D+t streams z
+    assert c.set_z_edge("off") is None and c.z_edge is None and c.z_edge_used() is None
+    prompts = PromptSet()
+    prompts.add(1, 1, points=[[22, 20]], t=0)
+    assert c.propagate_volume("forward", (0, 1), prompts) and c.volume.z_edge is None
+    assert c.provenance((0,), {}).settings["z_edge"] is None  # what a save records
+    assert c.set_z_edge(0.3) == (0, 1) and c.volume is None and c.z_edge_used() == 0.3
+    assert c.propagate_volume("both", (0, 1), prompts) and c.volume.z_edge == 0.3
+    c.shutdown()

@@ -31,7 +31,15 @@ from ._geometry import StackGeometry, make_label_array
 
 MAX_PREFETCH = 64  # frames encoded ahead when a layer is chosen (the feature cache holds about this many at 1024²)
 
-__all__ = ["MAX_PREFETCH", "ControllerView", "InlineWorker", "TrackingController", "error_text", "plan_passes"]
+__all__ = [
+    "MAX_PREFETCH",
+    "ControllerView",
+    "InlineWorker",
+    "TrackingController",
+    "error_text",
+    "plan_passes",
+    "z_streamed",
+]
 
 
 def error_text(exc: BaseException) -> str:
@@ -116,6 +124,12 @@ class _TimePoint:
     obj_ids: list[int]
 
 
+def z_streamed(geometry: StackGeometry | None) -> bool:
+    """The geometry streams z: a stream axis named z (`StackGeometry.z_stream`) or 3D+t (`coupled`, z and t): where
+    the axial edge rule applies (`TrackingController.z_edge`)."""
+    return geometry is not None and (geometry.z_stream or geometry.coupled)
+
+
 def plan_passes(prompted_frames, direction: str, lo: int, hi: int) -> list[tuple[str, int, int]]:
     """The propagation passes [(direction, start, stop)] over frames lo…hi for `direction` "forward", "backward" or
     "both", starting from the first (forward) / last (backward) prompted frame inside the range."""
@@ -161,6 +175,9 @@ class TrackingController:
         #: the contrast step of the model input (`preprocess`): None = the model's default, "global", "local" or a
         #: `preprocess.LocalContrast` (an opened result's recorded one); `set_contrast` restarts the sessions
         self.contrast = None
+        #: the axial edge rule asked for on a z stream (`napari_sam2.volume`): "auto" (track()'s default), a fraction
+        #: in (0, 1) or None (off); `set_z_edge` checks it, `z_edge_used` resolves it (along t: never a rule)
+        self.z_edge: str | float | None = "auto"
         self.max_id = 0
         self.confidence: dict[tuple, dict] = {}
         self.writers: dict[tuple, tuple] = {}  # key → (session, geometry, its LabelWriter)
@@ -264,6 +281,54 @@ class TrackingController:
         if self.opened_record is not None:
             return contrast_from_record(self.opened_record.settings)
         return GlobalContrast() if self.model is None else resolve_contrast(self.contrast, self.model)
+
+    # ================================================================== the axial edge rule (z streams)
+    def z_edge_used(self, geometry: StackGeometry | None = None) -> float | None:
+        """The axial edge rule the sessions of `geometry` (default the current one) run with: `z_edge` resolved by
+        `volume.resolve_z_edge` (track()'s and the CLI's rule) on a z stream (3D+t included); off along t."""
+        from ..volume import resolve_z_edge
+
+        z_stream = z_streamed(geometry or self.geometry)
+        return resolve_z_edge(self.z_edge if z_stream else "auto", z_stream)
+
+    def set_z_edge(self, value) -> tuple[int, int] | None:
+        """Ask for another axial edge rule: "auto", "off" / None, or a fraction in (0, 1) (a number or its text), as
+        `--z-edge` takes it (`volume.resolve_z_edge`: InputError for anything else, nothing changed).
+
+        When the rule the current geometry's sessions run with changes, they restart with it (labels and prompts
+        stay; the prompts are applied again; the 3D+t session is made again at the next propagation) and an opened
+        result is no longer continued (its edit log applied the rule replaced). → None, or (first, last): the frames
+        (3D+t: time points) that propagations of the replaced session had written, which hold the old rule's masks
+        — the face propagates them again both ways, so that no frame keeps them beside the new rule's and the next
+        save records one rule and a log that replays to its labels."""
+        from ..volume import resolve_z_edge
+
+        used = resolve_z_edge(value, True)  # a bad value is refused here (nothing changed), not on a worker
+        before = self.z_edge_used()
+        self.z_edge = "auto" if isinstance(value, str) and value.strip().lower() == "auto" else used
+        if not z_streamed(self.geometry) or self.z_edge_used() == before:
+            return None
+        extent = self._propagated_extent()
+        self.opened_key = None
+        self.reset_sessions()
+        return extent
+
+    def _propagated_extent(self) -> tuple[int, int] | None:
+        """(first, last) frames (3D+t: time points) the propagation passes behind the labels shown covered: those
+        of the current session (3D+t: of the 3D+t session) and of the opened result it continues; None: none."""
+        g = self.geometry
+        logs = []
+        if g.coupled:
+            logs.append([] if self.volume is None else self.volume.edit_log)
+            record = self.opened_record
+            if record is not None and record.settings.get("engine") == "volume_time":
+                logs.append(record.edit_log or [])
+        elif self.current is not None:
+            key = self.current[0]
+            session = self.session(key)
+            logs.append(session.edit_log if session is not None else self.opened_log(key) or [])
+        ends = [int(e[k]) for log in logs for e in log if e.get("op") == "pass" for k in ("first", "last")]
+        return (min(ends), max(ends)) if ends else None
 
     # ================================================================== geometry and labels
     def set_geometry(self, geometry: StackGeometry | None, new_labels: bool = True) -> bool:
@@ -470,12 +535,13 @@ class TrackingController:
         model, geometry, prompts = self.model, self.geometry, self.prompts_of(key)
         log = self.opened_log(key)
         continued = self.opened_record is not None and key == self.opened_key
+        z_edge = self.z_edge  # the rule asked for now (the session is made on a worker)
 
         # a continued result's log replays with the contrast it was made with (`open_result` sets it)
         contrast = self.contrast
 
         def job():
-            session = _worker.make_session(model, geometry, key, log, contrast)
+            session = _worker.make_session(model, geometry, key, log, contrast, z_edge=z_edge)
             if log is None:
                 return session, prompts.apply(session), None
             seen = {}
@@ -698,16 +764,17 @@ class TrackingController:
         passes = plan_passes(sorted({int(p.t) for p in prompts}), direction, *times_range)
         lengths = [abs(stop - start) + 1 for _, start, stop in passes]
         total, model, contrast = sum(lengths), self.model, self.contrast
+        z_edge = self.z_edge_used(g)  # the axial edge rule of a new 3D+t session (the face's control)
         z_count = g.layer_shape[g.stream_axis]
         self.frames_written = 0
         cancelled = []
 
         def get_volume():
             volume = self.volume
-            if volume is None or volume.model is not model:
+            if volume is None or volume.model is not model or volume.z_edge != z_edge:
                 from ..volume_time import VolumeTimeSession
 
-                volume = self.volume = VolumeTimeSession(model, g.volume_view(), contrast=contrast)
+                volume = self.volume = VolumeTimeSession(model, g.volume_view(), contrast=contrast, z_edge=z_edge)
             return volume
 
         def on_time_point(value):
@@ -890,11 +957,9 @@ class TrackingController:
         )
 
     def _z_edge(self) -> float | None:
-        """The axial edge rule of this face's 3D+t session (`VolumeTimeSession.z_edge`; the engine's default before
-        one exists)."""
-        from ..volume_time import Z_EDGE
-
-        return Z_EDGE if self.volume is None else self.volume.z_edge
+        """The axial edge rule of this face's 3D+t session (`VolumeTimeSession.z_edge`; before one exists, the one
+        the next will have: `z_edge_used`)."""
+        return self.z_edge_used() if self.volume is None else self.volume.z_edge
 
     def _session_z_edge(self, session) -> float | None:
         """The axial edge rule of a z-stack session (`TrackingSession.z_edge`; None on a time axis). Without a
@@ -983,6 +1048,13 @@ class TrackingController:
 
         made = contrast_from_record(record.settings)
         self.contrast = made.name if made in (GlobalContrast(), LocalContrast()) else made
+        settings = record.settings
+        made_here = (settings.get("engine") == "volume_time") == g.coupled  # 3D+t as 3D+t, a z-stack as a z-stack
+        if z_streamed(g) and made_here and settings.get("stream_axis", g.stream_axis) == g.stream_axis:
+            from ..volume import resolve_z_edge
+
+            # what follows uses the result's rule (as a resumed run does; none recorded: made before it, off)
+            self.z_edge = resolve_z_edge("auto", True, settings)
         return key, result.prompts
 
     # ================================================================== teardown

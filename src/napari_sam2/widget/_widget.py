@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 
 from ..errors import InputError
 from ._confidence import ConfidenceStrip
-from ._controller import ControllerView, TrackingController, error_text
+from ._controller import ControllerView, TrackingController, error_text, z_streamed
 from ._geometry import StackGeometry, label_layer_data
 from ._prompts_layers import PromptLayers, same_space
 
@@ -308,6 +308,23 @@ class SAM2Widget(QWidget, ControllerView):
         )
         self.discover_check.toggled.connect(self._on_discover_toggled)
         grid.addWidget(self.discover_check, 3, 0, 1, 3)
+        self.z_edge_combo = QComboBox()
+        self.z_edge_combo.setEditable(True)
+        self.z_edge_combo.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
+        self.z_edge_combo.addItems(["auto", "off", "0.3"])
+        self.z_edge_combo.setToolTip(
+            "Axial edge rule of a z-stack (as napari-sam2 track --z-edge): once propagation has run, each object ends\n"
+            "in z where the image falls below this fraction of the brightest voxel of its (y, x) column in the mask\n"
+            "(auto: 0.5; off: the model's masks; a smaller fraction keeps more of each cap). Assumes bright objects\n"
+            "on a darker background. Changing it after a propagation propagates those frames again with it."
+        )
+        self.z_edge_label = QLabel("z edge")
+        grid.addWidget(self.z_edge_label, 4, 0)
+        grid.addWidget(self.z_edge_combo, 4, 1)
+        self.z_edge_combo.activated.connect(self._on_z_edge_choice)
+        self.z_edge_combo.lineEdit().editingFinished.connect(self._on_z_edge_choice)
+        # (session key, (first, last)): frames to propagate again once that session is ready (the rule changed)
+        self._propagate_again = None
         self.progress = QProgressBar()
         self.progress.setFormat("%v/%m frames")
         self.cancel_button = QPushButton("Cancel")
@@ -505,6 +522,38 @@ class SAM2Widget(QWidget, ControllerView):
             self.contrast_combo.setCurrentIndex(index)
             self.contrast_combo.blockSignals(False)
 
+    def _on_z_edge_choice(self, index=None) -> None:
+        """The axial edge rule changed (a pick or a typed value, read as --z-edge reads it): the sessions restart
+        with it, and frames a propagation had written with the previous rule are propagated again both ways (the
+        same rule again, e.g. when focus leaves the field, changes nothing: `TrackingController.set_z_edge`)."""
+        self.controller.current = self.current_position() or self.controller.current
+        try:
+            again = self.controller.set_z_edge(self.z_edge_combo.currentText())
+        except InputError as exc:
+            _notify("warning", str(exc))
+            self._show_z_edge()
+            return
+        self._show_z_edge()
+        if again is not None and self.geometry is not None:
+            _notify(
+                "info",
+                f"Axial edge rule now {self.z_edge_combo.currentText()}: propagating "
+                f"{'time points' if self.geometry.coupled else 'frames'} {again[0]}–{again[1]} again with it.",
+            )
+            if self.geometry.coupled:  # the 3D+t session is made again by the propagation itself
+                self.controller.propagate_volume("both", again, self.all_prompts())
+            else:  # once the restarted session is ready (`show_session_ready`)
+                self._propagate_again = (self.controller.current[0], again)
+        self._update_status()
+        self._update_buttons()
+
+    def _show_z_edge(self) -> None:
+        """The field shows the controller's rule (after a refused value, or an opened result's rule)."""
+        value = self.controller.z_edge
+        self.z_edge_combo.blockSignals(True)
+        self.z_edge_combo.setCurrentText("off" if value is None else value if isinstance(value, str) else f"{value:g}")
+        self.z_edge_combo.blockSignals(False)
+
     def _setup_geometry(self, new_layer: bool) -> None:
         """(Re)derive the axes from the pickers, make the labels and prompt layers, and restart the sessions."""
         layer = self.image_layer
@@ -533,6 +582,7 @@ class SAM2Widget(QWidget, ControllerView):
         self.range_check.setText("only time points" if geometry.coupled else "only frames")
         self.progress.setFormat("%v/%m time points" if geometry.coupled else "%v/%m frames")
         self.strip.reset(geometry.num_frames)
+        self._propagate_again = None  # of the previous geometry's session
         self._reset_sessions()
 
     def _make_output_layers(self, old_labels_data) -> None:
@@ -685,6 +735,16 @@ class SAM2Widget(QWidget, ControllerView):
 
     def show_session_ready(self, key, session) -> None:
         self.sessionReady.emit()
+        again, self._propagate_again = self._propagate_again, None
+        if again is not None and again[0] == key:  # the axial edge rule changed after a propagation
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, lambda: self._propagate_frames(key, again[1]))
+
+    def _propagate_frames(self, key, frames: tuple[int, int]) -> None:
+        """Propagate session `key` both ways over frames (first, last) (the prompted frames of the face)."""
+        if self._alive and self.propagation_worker is None and self.session(key) is not None:
+            self.controller.propagate(key, "both", frames, self._prompted_frames(key))
 
     def show_encoding(self, done: int, total: int) -> None:
         self.encode_bar.setVisible(total > 0)
@@ -1039,6 +1099,8 @@ class SAM2Widget(QWidget, ControllerView):
         if model and self.model is None:
             self.set_model_source(model)
             _notify("info", f"Result made with {model}: load it to continue tracking.")
+        self._show_z_edge()  # the result's axial edge rule, which its continuation keeps
+        self._propagate_again = None  # frames of the labels just replaced
         self._reset_sessions()
         self._refresh_objects()
         self.opened.emit(str(path))
@@ -1065,6 +1127,10 @@ class SAM2Widget(QWidget, ControllerView):
         self._show_contrast()
         self.axis_combo.setEnabled(not running and has_layer and self.axis_combo.count() > 1)
         self.channel_spin.setEnabled(not running and self.channel_spin.count() > 0)
+        z_stream = z_streamed(self.geometry)  # the axial edge rule means nothing along t
+        for w in (self.z_edge_label, self.z_edge_combo):
+            w.setVisible(z_stream)
+        self.z_edge_combo.setEnabled(z_stream and not running)
         self.new_button.setEnabled(has_layer)
         self.find_button.setEnabled(self.controller.idle and session is not None)  # one search at a time
         self.delete_button.setEnabled(has_layer and not running and self.current_obj in self.objects)

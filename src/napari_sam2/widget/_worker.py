@@ -22,11 +22,12 @@ def load_model_job(source: str, device: str):
     return load_model(source, device=device)
 
 
-def make_session(model, geometry, key, log=None, contrast=None):
+def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto"):
     """A fresh `TrackingSession` over the lazy stack of session `key` (reads a few frames for the intensity). A z
     stream (`geometry.z_stream`, not 3D+t, whose per-slice sessions only preview prompts) gets the axial edge rule
-    (`napari_sam2.volume`); `log`, an opened result's edit log it will continue: the rule that log applied (none in
-    a log made before the rule). contrast: the model input's contrast step (None: the model's default)."""
+    (`napari_sam2.volume`): `z_edge` ("auto", a fraction or None: off; the face's choice, resolved as track() does);
+    `log`, an opened result's edit log it will continue: the rule that log applied (else `z_edge`'s). contrast: the
+    model input's contrast step (None: the model's default)."""
     from ..replay import log_z_edge
     from ..session import TrackingSession
     from ..volume import resolve_z_edge
@@ -35,7 +36,8 @@ def make_session(model, geometry, key, log=None, contrast=None):
     options = {"channel_axis": channel_axis}
     if geometry.channel is not None:
         options["channel"] = geometry.channel
-    z_edge = resolve_z_edge("auto", geometry.z_stream and not geometry.coupled)  # track()'s default for the stream
+    z_stream = geometry.z_stream and not geometry.coupled
+    z_edge = resolve_z_edge(z_edge if z_stream else "auto", z_stream)  # as track() resolves it for the stream
     if log is not None:
         z_edge = log_z_edge(log, z_edge)
     return TrackingSession(model, stack, axis=axis, z_edge=z_edge, contrast=contrast, **options)
