@@ -186,6 +186,19 @@ def test_the_z_edge_control_gives_track_s_labels_off_and_with_a_fraction(sam_vie
     assert w.z_edge_combo.currentText() == "0.3" and w.controller.session(()).z_edge == 0.3
     np.testing.assert_array_equal(np.asarray(w.labels_layer.data), labels)
 
+    # changed on the opened result: it is no longer continued (its log applied 0.3); its frames are tracked again
+    with qtbot.waitSignal(w.propagationDone, timeout=5 * WAIT_MS):
+        _type_z_edge(qtbot, w, "off")
+    wait_idle(qtbot, w)
+    np.testing.assert_array_equal(np.asarray(w.labels_layer.data), off)
+    again = tmp_path / "off.ome.zarr"
+    with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
+        w.save(str(again))
+    record = open_result(again).record
+    assert record.settings["z_edge"] is None and "edge" not in [e["op"] for e in record.edit_log]
+    replayed = replay(again, image=image)
+    assert replayed.identical, (replayed.differing_frames, replayed.differing_pixels)
+
 
 def test_the_z_edge_control_sets_the_rule_of_3d_t(sam_viewer, qtbot, tmp_path, tiny_model):
     """3D+t (a 4-D layer's default) streams z too: the field is shown, "off" makes the VolumeTimeSession without the
