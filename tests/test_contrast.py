@@ -22,15 +22,16 @@ from napari_sam2.preprocess import (
 )
 
 
-def dim_and_bright(n_frames=2, shape=(64, 64), seed=0):
-    """[N, Y, X] uint16: a bright disk (+2000) at (20, 20) and a dim one (+200) at (44, 44) on a noisy pedestal."""
+def dim_and_bright(n_frames=2, shape=(64, 64), seed=0, dim_x=44, drift=0):
+    """[N, Y, X] uint16: a bright disk (+2000) at (20, 20) and a dim one (+200) at (44, dim_x) on a noisy pedestal,
+    both moving `drift` px right per frame (also tests/test_contrast_track.py's movie)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     stack = np.empty((n_frames, *shape), np.uint16)
     for t in range(n_frames):
         frame = rng.normal(300, 10, shape)
-        frame[(yy - 20) ** 2 + (xx - 20) ** 2 < 7**2] += 2000
-        frame[(yy - 44) ** 2 + (xx - 44) ** 2 < 7**2] += 200
+        frame[(yy - 20) ** 2 + (xx - 20 - drift * t) ** 2 < 7**2] += 2000
+        frame[(yy - 44) ** 2 + (xx - dim_x - drift * t) ** 2 < 7**2] += 200
         stack[t] = frame.clip(0, 65535)
     return stack
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from run_helpers import stop_at_call
+from test_contrast import dim_and_bright
 
 from napari_sam2 import PromptSet, cli, track
 from napari_sam2.errors import InputError
@@ -13,16 +14,8 @@ from napari_sam2.replay import replay
 
 
 def dim_and_bright_movie(n_frames=5, shape=(64, 64), seed=0):
-    """[N, Y, X] uint16: a bright disk (+2000) near (20, 20) and a dim one (+200) near (44, 44), drifting right."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    stack = np.empty((n_frames, *shape), np.uint16)
-    for t in range(n_frames):
-        frame = rng.normal(300, 10, shape)
-        frame[(yy - 20) ** 2 + (xx - 20 - t) ** 2 < 7**2] += 2000
-        frame[(yy - 44) ** 2 + (xx - 40 - t) ** 2 < 7**2] += 200
-        stack[t] = frame.clip(0, 65535)
-    return stack
+    """[N, Y, X] uint16: a bright disk (+2000) near (20, 20) and a dim one (+200) near (44, 40), drifting right."""
+    return dim_and_bright(n_frames, shape, seed, dim_x=40, drift=1)
 
 
 def clicks():
