@@ -17,6 +17,7 @@ from napari_sam2.preprocess import (
     contrast_from_record,
     contrast_step,
     default_contrast,
+    object_radius,
     resolve_contrast,
     to_model_input,
 )
@@ -286,3 +287,13 @@ def test_embedding_cache_keys_a_local_step(tiny_model, tmp_path):
         with TrackingSession(tiny_model, stack, embedding_cache=tmp_path, contrast=contrast) as session:
             paths[str(contrast)] = session.embeddings.path
     assert len(set(paths.values())) == 3
+
+
+def test_an_empty_slice_does_not_shrink_the_fitted_window():
+    """The first slice of a z-stack is often noise alone: it must not bring one-pixel specks into the objects' size."""
+    stack = dim_and_bright(3)
+    noise = np.random.default_rng(9).normal(300, 10, stack.shape[1:]).clip(0, 65535).astype(np.uint16)
+    with_empty = np.concatenate([noise[None], stack])
+    plain = FrameSource(stack, 64, read_ahead=0, contrast="local").contrast.window
+    assert FrameSource(with_empty, 64, read_ahead=0, contrast="local").contrast.window == pytest.approx(plain, abs=1.0)
+    assert object_radius([noise.astype(np.float32)], 64) is None  # no object in noise alone

@@ -256,8 +256,8 @@ WINDOW_PER_RADIUS, WINDOW_RANGE, FALLBACK_WINDOW = 2.5, (8.0, 96.0), 16.0
 def object_radius(planes, image_size: int, min_area: float = 12.0) -> float | None:
     """Median equivalent radius, in model-input pixels, of the bright blobs of `planes` (frames [Y, X] or [Y, X, C]
     of one stack, any linear scale): each plane smoothed (sigma 1.5 input px), split at its Otsu threshold, blobs
-    of ≥ `min_area` input px² kept. With a 10x brightness spread Otsu keeps the bright objects only; their size still
-    tells the scale. None when no plane has such a blob."""
+    of ≥ `min_area` input px² kept (the split at least 4 noise sigmas above the plane's median). With a 10x brightness
+    spread Otsu keeps the bright objects only; their size still tells the scale. None when no plane has such a blob."""
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
@@ -269,7 +269,11 @@ def object_radius(planes, image_size: int, min_area: float = 12.0) -> float | No
         smooth = ndimage.gaussian_filter(grey, (1.5 * rows, 1.5 * cols))
         if not np.ptp(smooth) > 0:
             continue
-        blobs, n = ndimage.label(smooth > threshold_otsu(smooth))
+        # a plane of noise alone (an empty z slice, a frame before the cells come in) has no objects, yet Otsu splits
+        # it into one-pixel specks that would set a tiny window for the whole stack: the split is at least 4 noise
+        # sigmas above the median (it changed no window fitted on the tuning stacks)
+        split = max(float(threshold_otsu(smooth)), float(np.median(smooth)) + 4.0 * _noise_sigma(smooth))
+        blobs, n = ndimage.label(smooth > split)
         if n == 0:
             continue
         areas = np.bincount(blobs.ravel())[1:] / (rows * cols)  # in input px²
