@@ -19,7 +19,6 @@ from .preprocess import (
     DEFAULT_PERCENTILES,
     InputError,
     IntensityRange,
-    LocalContrast,
     as_rgb,
     check_finite,
     contrast_step,
@@ -203,13 +202,11 @@ class FrameSource:
             raise InputError(f"{exc} (sampled {len(picks)} frames of the stack)") from None
 
     def _fit_contrast(self, contrast):
-        """A local contrast step without a window gets one fitted to the stack (`LocalContrast.fitted`, on three
-        evenly spaced frames), so that every frame is scaled with the same window, and a store records it."""
-        if not isinstance(contrast, LocalContrast) or contrast.window is not None:
-            return contrast
+        """The contrast step fitted to the stack (`LocalContrast.fitted` on three evenly spaced frames, read only when
+        it has no window), so that every frame is scaled with the same window, and a store records it."""
         n = int(self.stack.shape[self.axis])
         picks = np.unique(np.linspace(0, n - 1, min(n, 3)).round().astype(int))
-        return contrast.fitted([self.intensity.scale(self.rgb_frame(int(i))) for i in picks], self.image_size)
+        return contrast.fitted((self.intensity.scale(self.rgb_frame(int(i))) for i in picks), self.image_size)
 
     def rgb_frame(self, index: int) -> np.ndarray:
         """Frame `index` as the network input is made from it, before intensity scaling and resizing: [Y, X, 3]

@@ -20,13 +20,11 @@ from .preprocess import (
     DEFAULT_PERCENTILES,
     InputError,
     IntensityRange,
-    LocalContrast,
     as_rgb,
     box_to_model,
     check_finite,
     points_to_model,
     resolve_contrast,
-    scale_frame,
     to_model_input,
 )
 
@@ -120,11 +118,11 @@ class ImagePredictor:
         elif not isinstance(intensity, IntensityRange):
             intensity = IntensityRange(*intensity)
         size = self.model.image_size
-        step = resolve_contrast(contrast, self.model)
-        if isinstance(step, LocalContrast):  # a window fitted to this image's objects (when none is given)
-            step = step.fitted([intensity.scale(rgb)], size)
+        scaled = intensity.scale(rgb)  # the linear map, read once by the window fit and the step
+        # a local window fitted to this image's objects (when none is given)
+        step = resolve_contrast(contrast, self.model).fitted([scaled], size)
         self.contrast = step
-        x = to_model_input(scale_frame(rgb, intensity, step, size), size)[None].to(self.device)
+        x = to_model_input(step.apply(scaled, size), size)[None].to(self.device)
         self.set_preprocessed(x, rgb.shape[:2])
 
     @torch.inference_mode()

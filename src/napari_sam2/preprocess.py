@@ -103,6 +103,10 @@ class GlobalContrast:
         """x: float32 [Y, X] or [Y, X, 3], the linearly mapped frame (`IntensityRange.scale`) → clipped in place."""
         return np.clip(x, 0.0, 1.0, out=x)
 
+    def fitted(self, planes, image_size: int) -> GlobalContrast:
+        """Nothing to fit (as `LocalContrast.fitted`): this step; `planes` is not read."""
+        return self
+
     def record(self) -> dict:
         """The provenance entries of this step (settings["contrast"])."""
         return {"contrast": self.name}
@@ -160,7 +164,8 @@ class LocalContrast:
     def fitted(self, planes, image_size: int) -> LocalContrast:
         """This step with its window fitted to the objects of `planes` (linearly mapped frames of one stack, [Y, X] or
         [Y, X, C]) when it has none: WINDOW_PER_RADIUS × `object_radius`, within WINDOW_RANGE (FALLBACK_WINDOW when
-        no object is found). A step with a window is returned as it is."""
+        no object is found). A step with a window is returned as it is, without reading `planes` (an iterable: give
+        a generator and no frame is read for nothing)."""
         if self.window is not None:
             return self
         radius = object_radius(planes, image_size)
@@ -256,8 +261,9 @@ WINDOW_PER_RADIUS, WINDOW_RANGE, FALLBACK_WINDOW = 2.5, (8.0, 96.0), 16.0
 def object_radius(planes, image_size: int, min_area: float = 12.0) -> float | None:
     """Median equivalent radius, in model-input pixels, of the bright blobs of `planes` (frames [Y, X] or [Y, X, C]
     of one stack, any linear scale): each plane smoothed (sigma 1.5 input px), split at its Otsu threshold, blobs
-    of ≥ `min_area` input px² kept (the split at least 4 noise sigmas above the plane's median). With a 10x brightness
-    spread Otsu keeps the bright objects only; their size still tells the scale. None when no plane has such a blob."""
+    of ≥ `min_area` input px² kept (the split at least 4 noise sigmas above the plane's median). With a 10x
+    brightness spread Otsu keeps the bright objects only; their size still tells the scale. None when no plane has
+    such a blob."""
     from scipy import ndimage
     from skimage.filters import threshold_otsu
 
@@ -305,7 +311,8 @@ def default_contrast(model) -> str:
 
 
 def resolve_contrast(contrast, model) -> ContrastStep:
-    """A face's contrast option → its step: None → the model's default (`default_contrast`); else `contrast_step`."""
+    """A face's contrast option → its step: None → the model's default (`default_contrast`), else
+    `contrast_step`."""
     if contrast is None:
         contrast = default_contrast(model)
     return contrast_step(contrast)

@@ -216,7 +216,7 @@ def default_contrast(name_or_path: str | os.PathLike) -> str:
     try:
         resolved = path.resolve()
         for info in MODELS.values():
-            known = BUILTIN_DIR / info.filename if info.builtin else _resolve_cache_dir(None) / info.filename
+            known = _model_file(info)
             if known.is_file() and known.resolve() == resolved:
                 return info.contrast
     except OSError:
@@ -249,6 +249,11 @@ def _resolve_cache_dir(path) -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("napari-sam2"))
+
+
+def _model_file(info: ModelInfo, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where a registry model's file is: in the package (built-in) or in the download cache (`cache_dir`)."""
+    return BUILTIN_DIR / info.filename if info.builtin else _resolve_cache_dir(cache_dir) / info.filename
 
 
 def _download_url(info: ModelInfo, base_url: str | None) -> str:
@@ -448,7 +453,7 @@ def verify(name_or_path: str | os.PathLike, cache_dir: str | os.PathLike | None 
             if os.sep in text or text.endswith((".pt", ".pth")):
                 return False, f"no such file: {as_path}"
             return False, str(exc.args[0])
-        path = BUILTIN_DIR / info.filename if info.builtin else _resolve_cache_dir(cache_dir) / info.filename
+        path = _model_file(info, cache_dir)
         if not path.is_file():
             return False, f"{info.name} is not downloaded (expected at {path})"
         return _verify_file(path, info)

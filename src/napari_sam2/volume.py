@@ -5,7 +5,8 @@ time point (see `volume_time.Z_EDGE`: under the microscope's axial blur a nucleu
 wide as its middle, which the model draws whole; a voxel is kept where the image reaches half the brightest voxel
 of its (y, x) column inside the mask). A z-stack tracked along z is the same problem, so the same rule runs there:
 `TrackingSession(..., z_edge=Z_EDGE)` (what `track()`, the CLI and the widget give a stream axis that is z by
-default: `resolve_z_edge`, which also reads the CLI's --z-edge and the widget's z edge field; never a time axis) notes every object's mask on every slice as the session yields it (`AxialEdge.note`), and
+default: `resolve_z_edge`, which also reads the CLI's --z-edge and the widget's z edge field; never a time axis)
+notes every object's mask on every slice as the session yields it (`AxialEdge.note`), and
 `TrackingSession.axial_edge()` — called by each face once its propagation has run to the end — returns every
 slice's result again with the rule applied to each object's whole 3-D mask. The faces write those results as they
 write any other (`replay.LabelWriter`); the call is an entry of the edit log ({"op": "edge", "z_edge"}), so

@@ -105,7 +105,7 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError
-from .preprocess import DEFAULT_PERCENTILES, IntensityRange, LocalContrast, as_rgb, resolve_contrast
+from .preprocess import DEFAULT_PERCENTILES, IntensityRange, as_rgb, resolve_contrast
 from .prompts import ObjectPrompt, make_prompt
 from .session import FeatureCache, TrackingSession, _check_obj_id
 
@@ -176,13 +176,11 @@ def _stack_intensity(frames, percentiles, samples: int = 16) -> IntensityRange:
 
 
 def _stack_contrast(frames, step, intensity: IntensityRange, image_size: int, samples: int = 3):
-    """`step` with a local window fitted on `samples` slices spread over (t, z) when it has none (as
-    `FrameSource` fits one on a 3-D stack); any other step as it is."""
-    if not isinstance(step, LocalContrast) or step.window is not None:
-        return step
+    """`step` fitted on `samples` slices spread over (t, z) (`LocalContrast.fitted`, read only when it has no window;
+    as `FrameSource` fits one on a 3-D stack)."""
     n_t, n_z = int(frames.shape[0]), int(frames.shape[1])
     picks = np.unique(np.linspace(0, n_t * n_z - 1, min(n_t * n_z, samples)).round().astype(int))
-    planes = [intensity.scale(as_rgb(np.asarray(frames[int(i) // n_z, int(i) % n_z]))) for i in picks]
+    planes = (intensity.scale(as_rgb(np.asarray(frames[int(i) // n_z, int(i) % n_z]))) for i in picks)
     return step.fitted(planes, image_size)
 
 
