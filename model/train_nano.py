@@ -113,7 +113,7 @@ from napari_sam2.model.configs import NANO_FLUO
 from napari_sam2.model.mask_quality import MaskQualityHead, attach_from_state_dict
 from napari_sam2.model.sam2 import NO_OBJECT_LOGIT, Memory, Pointer
 from napari_sam2.postprocess import fill_holes
-from napari_sam2.preprocess import IntensityRange, points_to_model, to_model_input
+from napari_sam2.preprocess import IntensityRange, LocalContrast, points_to_model, scale_frame, to_model_input
 from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
 from napari_sam2.session import PROMPT_LOGIT_CLAMP  # previous logits given back as a mask prompt, as at inference
 from napari_sam2.synthetic_hard import HARD_CONDITIONS, hard_condition, random_hard_stack
@@ -136,10 +136,27 @@ class Movie:
     brightness: dict = dataclasses.field(default_factory=dict)  # hard movies: {id: relative brightness}
 
 
-def make_movie(seed: int, image_size: int, n_frames: int = 12) -> Movie:
-    """One random synthetic movie, preprocessed as `FrameSource` does at inference (one intensity range for the
-    movie from its 1st and 99.8th percentiles — here of every other pixel — then grey → RGB → ImageNet-normalised,
-    resized to the model input with antialiasing)."""
+def model_frames(image: np.ndarray, image_size: int, contrast: str = "global") -> torch.Tensor:
+    """Camera frames [T, Y, X] → model input [T, 3, S, S], as `FrameSource` makes it at inference: one intensity
+    range for the movie from its 1st and 99.8th percentiles (here of every other pixel), then the contrast step
+    ("global": clipped to [0, 1]; "local": `preprocess.LocalContrast` with its window fitted once to three evenly
+    spaced frames, as `FrameSource` fits it), grey → RGB, ImageNet-normalised, resized with antialiasing."""
+    intensity = IntensityRange.from_percentiles(image[:, ::2, ::2])
+    if contrast == "global":  # the original expression, so that runs made before the option stay bit-identical
+        return torch.stack(
+            [to_model_input(np.repeat(intensity.apply(f)[..., None], 3, axis=-1), image_size) for f in image]
+        )
+    if contrast != "local":
+        raise ValueError(f"contrast is 'global' or 'local'; got {contrast!r}")
+    rgb = [np.repeat(f[..., None], 3, axis=-1) for f in image]
+    picks = np.unique(np.linspace(0, len(rgb) - 1, min(len(rgb), 3)).round().astype(int))
+    step = LocalContrast().fitted((intensity.scale(rgb[i]) for i in picks), image_size)
+    return torch.stack([to_model_input(scale_frame(f, intensity, step, image_size), image_size) for f in rgb])
+
+
+def make_movie(seed: int, image_size: int, n_frames: int = 12, contrast: str = "global") -> Movie:
+    """One random synthetic movie, preprocessed as at inference (`model_frames`, with the contrast step
+    `contrast`)."""
     rng = np.random.default_rng(seed)
     radius = float(np.exp(rng.uniform(math.log(4.0), math.log(18.0))))  # at the model input
     side = int(rng.choice([image_size] * 3 + [192, 320, 384]))
@@ -164,26 +181,20 @@ def make_movie(seed: int, image_size: int, n_frames: int = 12) -> Movie:
         stack = nuclei_timelapse(n_frames=n_frames, **common)
         special = tuple(i for i in (1, 2, 5) if i <= n_nuclei)
     image = stack.image
-    intensity = IntensityRange.from_percentiles(image[:, ::2, ::2])
-    frames = torch.stack(
-        [to_model_input(np.repeat(intensity.apply(f)[..., None], 3, axis=-1), image_size) for f in image]
-    )
+    frames = model_frames(image, image_size, contrast)
     labels = torch.from_numpy(stack.labels.astype(np.int64))
     if side != image_size:
         labels = F.interpolate(labels[:, None].float(), size=(image_size, image_size), mode="nearest")[:, 0].long()
     return Movie(frames, labels, special, image)
 
 
-def make_hard_movie(seed: int, image_size: int, n_frames: int = 12) -> Movie:
+def make_hard_movie(seed: int, image_size: int, n_frames: int = 12, contrast: str = "global") -> Movie:
     """One domain-randomised hard movie or z-stack (`napari_sam2.synthetic_hard.random_hard_stack`: brightness
     spread up to 10×, mitotic figures, clusters, haze, debris, radius 3–40 px at the model input, 8/12/16-bit),
     preprocessed exactly as `make_movie` does."""
     stack, _ = random_hard_stack(seed, n_frames, image_size)
     image = stack.image
-    intensity = IntensityRange.from_percentiles(image[:, ::2, ::2])
-    frames = torch.stack(
-        [to_model_input(np.repeat(intensity.apply(f)[..., None], 3, axis=-1), image_size) for f in image]
-    )
+    frames = model_frames(image, image_size, contrast)
     labels = torch.from_numpy(stack.labels.astype(np.int64))
     if labels.shape[-1] != image_size:
         labels = F.interpolate(labels[:, None].float(), size=(image_size, image_size), mode="nearest")[:, 0].long()
@@ -1079,15 +1090,18 @@ def train_quality_head(args) -> int:
 
 # ---------------------------------------------------------------------- validation (quick; the benchmark is thorough)
 @torch.no_grad()
-def validate(model, image_size: int, n_movies: int, length: int, max_pointer_distance: int) -> dict:
+def validate(
+    model, image_size: int, n_movies: int, length: int, max_pointer_distance: int, contrast: str = "global"
+) -> dict:
     """Held-out movies (seeds from HELD_OUT_SEED): the old generator's click IoU over the first frame and tracking
     IoU over the rest, and, from `n_movies // 2` hard movies (`make_hard_movie`), the click IoU on a dim nucleus
     beside a brighter one where there is one, and the mean |predicted − actual| IoU of every chosen first-frame
-    mask (calibration)."""
+    mask (calibration). contrast: the movies' contrast step (`model_frames`); under "local" the keys end in
+    "_local"."""
     first_ious, later_ious, hard_ious, errors = [], [], [], []
     model.eval()
     for k in range(n_movies):
-        movie = make_movie(HELD_OUT_SEED + k, image_size)
+        movie = make_movie(HELD_OUT_SEED + k, image_size, contrast=contrast)
         rng = np.random.default_rng(HELD_OUT_SEED + k)
         clip = sample_clip(movie, rng, length)
         if clip is None:
@@ -1098,7 +1112,7 @@ def validate(model, image_size: int, n_movies: int, length: int, max_pointer_dis
         errors.append(stats["iou_err"][0])
         later_ious.extend(stats["iou"][1:])
     for k in range(n_movies // 2):
-        movie = make_hard_movie(HELD_OUT_SEED + k, image_size, n_frames=2)
+        movie = make_hard_movie(HELD_OUT_SEED + k, image_size, n_frames=2, contrast=contrast)
         rng = np.random.default_rng(HELD_OUT_SEED + k)
         clip = sample_clip(movie, rng, 1, hard_negative=True)
         if clip is None:
@@ -1108,11 +1122,12 @@ def validate(model, image_size: int, n_movies: int, length: int, max_pointer_dis
         hard_ious.append(stats["iou"][0])
         errors.append(stats["iou_err"][0])
     model.train()
+    end = "" if contrast == "global" else f"_{contrast}"
     return {
-        "val_click_iou": float(np.mean(first_ious)),
-        "val_track_iou": float(np.mean(later_ious)) if later_ious else float("nan"),
-        "val_hard_click_iou": float(np.mean(hard_ious)) if hard_ious else float("nan"),
-        "val_iou_abs_err": float(np.mean(errors)),
+        f"val_click_iou{end}": float(np.mean(first_ious)),
+        f"val_track_iou{end}": float(np.mean(later_ious)) if later_ious else float("nan"),
+        f"val_hard_click_iou{end}": float(np.mean(hard_ious)) if hard_ious else float("nan"),
+        f"val_iou_abs_err{end}": float(np.mean(errors)),
     }
 
 
@@ -1128,18 +1143,22 @@ def click_calibration(pairs: list[tuple[float, float]]) -> dict:
 
 
 # ---------------------------------------------------------------------- data in worker processes (for a GPU)
-def movie_for(seed: int, k: int, hard_fraction: float, image_size: int) -> Movie:
-    """Movie k of a run: a function of (seed, k) only, whichever process makes it (hard with odds hard_fraction)."""
+def movie_for(seed: int, k: int, hard_fraction: float, image_size: int, contrast: str = "global") -> Movie:
+    """Movie k of a run: a function of (seed, k) only, whichever process makes it (hard with odds hard_fraction).
+    contrast "both": the local contrast step with odds 0.5 (its own draw, so the movies' content is the same as
+    under one step)."""
     hard = np.random.default_rng([seed, k, 16]).random() < hard_fraction
-    return (make_hard_movie if hard else make_movie)(seed * 10_000_000 + k, image_size)
+    if contrast == "both":
+        contrast = "local" if np.random.default_rng([seed, k, 17]).random() < 0.5 else "global"
+    return (make_hard_movie if hard else make_movie)(seed * 10_000_000 + k, image_size, contrast=contrast)
 
 
 class MovieMaker:
     """Movies of a run by index; with workers > 0 made ahead in that many processes (a GPU trains faster than one
     CPU core makes movies). The same movies either way: each is a function of (seed, k)."""
 
-    def __init__(self, seed: int, hard_fraction: float, image_size: int, workers: int = 0):
-        self.args = (hard_fraction, image_size)
+    def __init__(self, seed: int, hard_fraction: float, image_size: int, workers: int = 0, contrast: str = "global"):
+        self.args = (hard_fraction, image_size, contrast)
         self.seed = seed
         self.pending: dict = {}
         self.executor = None
@@ -1227,6 +1246,14 @@ def main(argv=None) -> int:
     parser.add_argument("--stop-after", type=float, default=0, help="stop (saving) after this many minutes")
     parser.add_argument("--until", type=int, default=0, help="stop (saving) after this step (to change settings)")
     parser.add_argument("--init", type=Path, help="start from these weights (a shipped checkpoint or a last.pt)")
+    parser.add_argument(
+        "--contrast",
+        choices=["global", "local", "both"],
+        default="global",
+        help="the contrast step "
+        "of the training movies (preprocess; both: local with odds 0.5 per movie); validation runs "
+        "under global and, unless global, under local too",
+    )
     parser.add_argument("--hard-fraction", type=float, default=0.0, help="share of movies from synthetic_hard")
     parser.add_argument("--hard-negatives", type=float, default=0.0, help="odds a hard movie's clip targets a dim "
                         "nucleus beside a brighter one")  # fmt: skip
@@ -1320,7 +1347,7 @@ def main(argv=None) -> int:
     window = {"loss": [], "presence": [], "presence_acc": [], "iou": [], "iou_err": []}
     clicked: list[tuple[float, float]] = []  # (predicted, actual) IoU of the calibration clicks' chosen masks
     refined: list[tuple[float, float]] = []  # the same for their second pass (--refine-pass)
-    movies = MovieMaker(args.seed, args.hard_fraction, cfg.image_size, args.workers)
+    movies = MovieMaker(args.seed, args.hard_fraction, cfg.image_size, args.workers, args.contrast)
     for step in range(start, args.steps):
         newest = step // 2  # a new movie every other step (making one costs ~0.3 s, a step ~1 s on 2 CPU cores)
         movies.prefetch(range(newest + 1, newest + 1 + 2 * args.workers))
@@ -1378,6 +1405,8 @@ def main(argv=None) -> int:
             window, clicked, refined = {k: [] for k in window}, [], []
             if args.val_every and (done % args.val_every == 0 or done == args.steps):
                 record.update(validate(model, cfg.image_size, 12, 8, max_pointer_distance))
+                if args.contrast != "global":  # also on the inputs it now learns from
+                    record.update(validate(model, cfg.image_size, 12, 8, max_pointer_distance, contrast="local"))
             write_record(log, record)
         if end_of_step(args, done, began, state_path, model, optimizer):
             break

@@ -94,6 +94,32 @@ def test_movies_are_preprocessed_as_at_inference(train_nano):
     assert clip.masks[0].sum() >= 12 and clip.frames.shape == (3, 3, 256, 256)
 
 
+def test_local_contrast_movies_are_what_a_local_contrast_session_sees(train_nano):
+    from napari_sam2.frames import FrameSource
+
+    for seed, make in [(3, train_nano.make_movie), (5, train_nano.make_hard_movie)]:
+        movie = make(seed, 256, n_frames=4, contrast="local")
+        plain = make(seed, 256, n_frames=4)
+        assert np.array_equal(movie.labels, plain.labels)  # the same movie, only its input step differs
+        source = FrameSource(movie.image, 256, read_ahead=0, contrast="local")
+        for t in range(4):  # same fitted window, range, resize and normalisation as at inference
+            assert torch.allclose(source.model_input(t), movie.frames[t], atol=0.05)
+        assert not torch.allclose(plain.frames, movie.frames, atol=0.05)
+    # "both": about half the movies local; each movie's content is the one the plain run has
+    picks = [train_nano.movie_for(7, k, 0.0, 256, contrast="both") for k in range(6)]
+    plain = [train_nano.movie_for(7, k, 0.0, 256) for k in range(6)]
+    local = [not torch.equal(a.frames, b.frames) for a, b in zip(picks, plain)]
+    assert 0 < sum(local) < 6 and all(np.array_equal(a.image, b.image) for a, b in zip(picks, plain))
+    with pytest.raises(ValueError, match="global' or 'local"):
+        train_nano.model_frames(plain[0].image, 256, "both")
+
+
+def test_a_leg_on_local_contrast_movies_records_its_step(train_nano, tmp_path):
+    assert train_nano.main(["--out", str(tmp_path), "--steps", "1", "--contrast", "both", *SMALL]) == 0
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["step"] == 1 and state["args"]["contrast"] == "both"
+
+
 NEW = ["--hard-fraction", "1", "--hard-negatives", "1", "--ambiguous", "1", "--multimask-min", "--iou-weight", "3"]
 
 
