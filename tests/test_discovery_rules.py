@@ -549,3 +549,23 @@ def test_a_point_clicked_for_untracked_signal_keeps_its_change_reference(updates
     assert clicked(sampler.clicks(features(1.3), labels, near=near, signal=only_p))  # 0.3 < 0.5: for the signal
     # 1.7 is a change of 0.7 since the last click for a change (1.0), of 0.3 since the signal's click (1.3)
     assert clicked(sampler.clicks(features(1.7), labels, near=near, signal=none)) != updates
+
+
+def test_discovery_iou_filter_follows_the_session_contrast_step(tiny_model, blob_stack):
+    from napari_sam2.discovery import DISCOVERY_PRED_IOU, generator_for, segment_frame
+    from napari_sam2.session import TrackingSession
+
+    stack = blob_stack(n_frames=2)
+    options = DiscoveryOptions()
+    assert "pred_iou_thresh" not in options.generator  # the session's contrast step picks it
+    for contrast in ("global", "local"):
+        session = TrackingSession(tiny_model, stack, contrast=contrast)
+        used = generator_for(session, options.generator)
+        assert used["pred_iou_thresh"] == DISCOVERY_PRED_IOU[contrast]
+        masks = segment_frame(session, 0, options)
+        direct = session.segment_everything(0, **used).objects
+        assert len(masks) == len(direct) and all(np.array_equal(m, o.mask) for m, o in zip(masks, direct))
+    assert DISCOVERY_PRED_IOU == {"global": 0.6, "local": 0.3}
+    # a threshold the options name (every store recorded before the rule: 0.6) is kept under either step
+    assert generator_for(session, {**options.generator, "pred_iou_thresh": 0.6})["pred_iou_thresh"] == 0.6
+    assert "pred_iou_thresh" not in options.generator  # not filled in place

@@ -181,9 +181,11 @@ from .errors import InputError
 
 __all__ = [
     "DISCOVERY_GENERATOR",
+    "DISCOVERY_PRED_IOU",
     "ChangeSampler",
     "DiscoveryOptions",
     "compare_masks",
+    "generator_for",
     "object_clicks",
     "propagate_with_discovery",
     "segment_frame",
@@ -193,8 +195,30 @@ __all__ = [
 #: segment-everything settings for discovery: a 16 × 16 grid (a quarter of the official 32 × 32: the decoder runs
 #: once per grid point, which is what discovery costs) and looser quality filters than the official 0.8 / 0.95,
 #: under which the built-in nano-fluo keeps no mask at all (its predicted IoUs on the synthetic nuclei lie at
-#: 0.68-0.86, stabilities at 0.85-0.95; measured on the demo movie's candidates)
-DISCOVERY_GENERATOR = {"points_per_side": 16, "pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}
+#: 0.68-0.86, stabilities at 0.85-0.95; measured on the demo movie's candidates). The IoU filter
+#: (`pred_iou_thresh`) is not here: it depends on the session's contrast step (`DISCOVERY_PRED_IOU`).
+DISCOVERY_GENERATOR = {"points_per_side": 16, "stability_score_thresh": 0.85}
+
+#: discovery's filter on the IoU token (`pred_iou_thresh`) per contrast step, used where the generator names none.
+#: The token reads lower under local contrast (its grey, noisy background): nano-fluo predicts 0.45-0.62 for good
+#: masks that it predicts 0.7-0.8 for under global contrast, so 0.6 dropped the nuclei of small scenes. 0.3 was
+#: chosen on tuning seeds only (first-frame "find all objects" F1, IoU ≥ 0.5, 16 × 16 grid, on issue-7 movies
+#: 1,500,000 + 100 c + k at 256² and 128², and lineage movies 4,100,000 + k: local 0.6 / 0.5 / 0.4 / 0.3 / 0.2 / 0
+#: → 0.795 / 0.811 / 0.822 / 0.829 / 0.824 / 0.824, global at 0.6: 0.812; `--auto` on the lineage tuning movies
+#: gave the same TRA and arrivals at 0.6, 0.45 and 0.3). "global" keeps its value of before.
+DISCOVERY_PRED_IOU = {"global": 0.6, "local": 0.3}
+
+
+def generator_for(session, generator: dict[str, Any]) -> dict[str, Any]:
+    """Discovery's segment-everything settings on `session`: a copy of `generator` (e.g. `DiscoveryOptions.generator`)
+    with `pred_iou_thresh` from `DISCOVERY_PRED_IOU` for the session's contrast step (`session.frames.contrast`)
+    when it names none. A store that recorded a threshold (every store made before this rule: 0.6) keeps it."""
+    generator = dict(generator)
+    if "pred_iou_thresh" not in generator:
+        frames = getattr(session, "frames", None)
+        name = getattr(getattr(frames, "contrast", None), "name", "global")
+        generator["pred_iou_thresh"] = DISCOVERY_PRED_IOU.get(name, DISCOVERY_PRED_IOU["global"])
+    return generator
 
 
 #: Fields added to DiscoveryOptions after stores already recorded it, with the value that reproduces what a run
@@ -262,7 +286,8 @@ class DiscoveryOptions:
     max_cond_frames: None (default) leaves the session as it is; k ≥ 2 sets `TrackingSession.max_cond_frames`
         (each object attends to its k nearest conditioning frames: every re-prompt of a repair adds one) for this
         pass and after it.
-    generator: keyword arguments for `segment_everything` (default `DISCOVERY_GENERATOR`; e.g. points_per_side).
+    generator: keyword arguments for `segment_everything` (default `DISCOVERY_GENERATOR`; e.g. points_per_side);
+        without "pred_iou_thresh", the session's contrast step picks it (`DISCOVERY_PRED_IOU`, `generator_for`).
     detector: instead of segment everything, any detector: detector(session, frame) → list of [H, W] bool masks
         (e.g. a Cellpose run on `session.frames.raw_frame(frame)`); not recorded in provenance beyond its name.
     """
@@ -395,7 +420,8 @@ def segment_frame(session, frame: int, generator: dict[str, Any] | None = None) 
         if generator.detector is not None:
             return [np.asarray(m, dtype=bool) for m in generator.detector(session, frame)]
         generator = generator.generator
-    auto = session.segment_everything(frame, **(generator or {}))
+    # None: the model's own segment-everything defaults, as before
+    auto = session.segment_everything(frame, **({} if generator is None else generator_for(session, generator)))
     return [np.asarray(o.mask, dtype=bool) for o in auto.objects]
 
 
@@ -1256,7 +1282,7 @@ def propagate_with_discovery(
                 if options.grid_signal == "near":
                     near = near_signal(intensity, reach, options.min_area, bright, at)
             clicks = sampler.clicks(session.image_features(t), result.labels, watch, signal, near)
-            params = {k: v for k, v in options.generator.items() if k != "points_per_side"}
+            params = {k: v for k, v in generator_for(session, options.generator).items() if k != "points_per_side"}
             settled = None
             if options.skip_settled and watched:  # unwatched cells: a click there answers with the cell itself
                 calm = [o for o, w in watched.items() if not w]
