@@ -211,8 +211,25 @@ def test_noise_is_not_stretched_to_the_objects_brightness():
     assert stretched[background].mean() > 0.45  # the failure the noise term is there for
     assert kept[background].mean() < 0.3 and kept[background].mean() < 0.6 * stretched[background].mean()
     assert kept[90, 90] > 0.6 and kept[30, 30] > 0.6  # both nuclei still bright
+    # the pedestal 1.3 noise sigmas above the 5th percentile: empty background darker, the nuclei still bright
+    lifted = LocalContrast(window=16, background_noise=1.3).apply(frame, 128)
+    assert lifted[background].mean() < 0.5 * kept[background].mean() and kept[background].mean() > 0.1
+    assert lifted[90, 90] > 0.6 and lifted[30, 30] > 0.6
     with pytest.raises(InputError, match="noise_floor"):
         LocalContrast(noise_floor=-1)
+    with pytest.raises(InputError, match="background_noise"):
+        LocalContrast(background_noise=-1)
+
+
+def test_a_store_recorded_before_background_noise_replays_without_it():
+    from napari_sam2.preprocess import contrast_from_record
+
+    record = LocalContrast(window=20, background_noise=1.3).record()
+    assert record["local_contrast"]["background_noise"] == 1.3
+    assert contrast_from_record(record) == LocalContrast(window=20, background_noise=1.3)
+    older = {"contrast": "local", "local_contrast": {k: v for k, v in record["local_contrast"].items()
+                                                     if k != "background_noise"}}  # fmt: skip
+    assert contrast_from_record(older) == LocalContrast(window=20, background_noise=0.0)
 
 
 def test_image_predictor_and_segment_everything_take_the_contrast(tiny_model):
