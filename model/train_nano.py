@@ -1023,6 +1023,15 @@ def train_quality_head(args) -> int:
     if model.mask_quality is None:
         model.mask_quality = MaskQualityHead(cfg.d_model, args.quality_width, args.quality_hidden)
     model.load_state_dict(state["model"], strict=model.mask_quality is not None and resume)
+    if args.quality_init is not None and not resume:
+        # a head fitted to an earlier network is a better start than a random one for the retrained network's head;
+        # only its weights are taken (the network stays --init's)
+        donor = torch.load(args.quality_init, map_location="cpu", weights_only=True)["model"]
+        head_keys = {k[len("mask_quality.") :]: v for k, v in donor.items() if k.startswith("mask_quality.")}
+        if not head_keys:
+            raise SystemExit(f"--quality-init {args.quality_init} carries no mask-quality head")
+        model.mask_quality.load_state_dict(head_keys)
+        print(f"mask-quality head from {args.quality_init}", flush=True)
     model = model.to(device).eval()  # the frozen network in inference mode (no dropout / batch statistics anyway)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -1292,6 +1301,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quality-contrast", choices=["global", "local", "both"], default="global", help="--quality-"
                         "data conditions: the contrast step of the clicked frames (both: every view clicked under "
                         "each, so the head is calibrated for either)")  # fmt: skip
+    parser.add_argument("--quality-init", type=Path, help="--quality-head: start the head from this checkpoint's "
+                        "head (the frozen network is --init's)")  # fmt: skip
     parser.add_argument("--quality-tune-groups", type=int, default=12, help="--quality-data conditions: tuning "
                         "groups validated every --val-every steps (0: none)")  # fmt: skip
     args = parser.parse_args(argv)

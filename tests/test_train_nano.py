@@ -302,6 +302,25 @@ def test_quality_head_leg_trains_only_the_head_resumes_exactly_and_exports(train
     assert record["params"] == sum(p.numel() for p in model.parameters())
 
 
+def test_quality_init_takes_the_head_of_another_checkpoint_and_the_network_of_init(train_nano, tmp_path):
+    shipped = ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt"
+    state = torch.load(shipped, weights_only=True)
+    network = {k: v.clone() for k, v in state["model"].items() if not k.startswith("mask_quality.")}
+    moved = next(k for k in network if network[k].is_floating_point())
+    network[moved] += 0.5  # a retrained network: its weights differ from the head donor's network
+    bare = tmp_path / "network_only.pt"
+    torch.save({"model": network, "config": state["config"]}, bare)
+    args = ["--quality-head", "--init", str(bare), "--steps", "1", "--click-images", "1", "--clicks-per-image", "4",
+            "--threads", "1", "--val-every", "0", "--seed", "7", "--warmup", "0", "--lr", "0"]  # fmt: skip
+    assert train_nano.main(["--out", str(tmp_path / "a"), *args, "--quality-init", str(shipped)]) == 0
+    got = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["model"]
+    head = [k for k in state["model"] if k.startswith("mask_quality.")]
+    assert head and all(torch.equal(got[k], state["model"][k]) for k in head), "the head is not the donor's (lr 0)"
+    assert all(torch.equal(got[k], network[k]) for k in network), "the network is not --init's"
+    with pytest.raises(SystemExit, match="carries no mask-quality head"):
+        train_nano.main(["--out", str(tmp_path / "b"), *args, "--quality-init", str(bare)])
+
+
 def test_quality_targets_are_each_candidates_iou(train_nano):
     labels = torch.zeros(32, 32, dtype=torch.int64)
     labels[2:10, 2:10] = 1
