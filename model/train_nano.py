@@ -671,6 +671,8 @@ def save_training_state(path: Path, model, optimizer, step: int, args) -> None:
             "torch_rng": torch.get_rng_state(),
             "args": {
                 **{k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))},
+                # the lists (--click-odds, --quality-odds) too: a shipped file must say every argument it came from
+                **{k: list(v) for k, v in vars(args).items() if isinstance(v, (list, tuple)) and v},
                 **({"init": Path(args.init).name} if args.init else {}),
             },
         },

@@ -239,8 +239,9 @@ def test_decoder_only_calibration_leg_trains_the_decoder_alone_and_logs_both_pas
     out = tmp_path / "dec"
     args = ["--out", str(out), "--steps", "2", "--init", str(shipped), "--decoder-only", "--click-images", "1",
             "--clicks-per-image", "4", "--refine-pass", "--iou-weight", "10", "--lr", "1e-3", "--warmup", "1", "--hard-fraction", "0.5",
-            "--balanced-end", "0", *small]  # fmt: skip
+            "--balanced-end", "0", "--click-odds", "1", "0", "1", "0", *small]  # fmt: skip
     assert train_nano.main(args) == 0
+    assert torch.load(out / "last.pt", weights_only=True)["args"]["click_odds"] == [1, 0, 1, 0]  # lists recorded too
     start = torch.load(shipped, weights_only=True)["model"]
     after = torch.load(out / "last.pt", weights_only=True)["model"]
     changed = {k for k in after if not torch.equal(start[k], after[k])}
