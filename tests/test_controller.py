@@ -434,4 +434,5 @@ def test_the_axial_edge_rule_is_checked_once_and_applies_only_where_z_is_streame
     assert c.provenance((0,), {}).settings["z_edge"] is None  # what a save records
     assert c.set_z_edge(0.3) == (0, 1) and c.volume is None and c.z_edge_used() == 0.3
     assert c.propagate_volume("both", (0, 1), prompts) and c.volume.z_edge == 0.3
+    assert c.set_z_edge(" Auto ") == (0, 1) and c.z_edge == "auto" and c.z_edge_used() == 0.5  # as --z-edge reads it
     c.shutdown()

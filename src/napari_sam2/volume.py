@@ -67,12 +67,17 @@ def parse_z_edge(value) -> float | None:
     return check_z_edge(value)
 
 
+def asks_auto_z_edge(given) -> bool:
+    """Whether `given` (a --z-edge value: text, a number or None) asks for the automatic axial edge rule."""
+    return isinstance(given, str) and given.strip().lower() == "auto"
+
+
 def resolve_z_edge(given, z_stream: bool, recorded: dict | None = None, where: str = "the store") -> float | None:
     """The axial edge rule a run uses. given: "auto" (Z_EDGE on a z stream, off along t), a fraction, or None / "off".
     z_stream: the stream is z (a ZYX stack along z, or 3D+t). recorded: the settings of the store a resumed run
     replays (its z_edge, none recorded = made before the rule: off); a given value that differs is refused, as any
     changed setting of a resumed run is. A fraction on a time stream is refused (the rule reads a z column)."""
-    auto = isinstance(given, str) and given.strip().lower() == "auto"
+    auto = asks_auto_z_edge(given)
     fraction = None if auto else parse_z_edge(given)
     if recorded is not None:
         made = recorded.get("z_edge")

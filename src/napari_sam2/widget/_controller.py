@@ -301,11 +301,11 @@ class TrackingController:
         (3D+t: time points) that propagations of the replaced session had written, which hold the old rule's masks
         — the face propagates them again both ways, so that no frame keeps them beside the new rule's and the next
         save records one rule and a log that replays to its labels."""
-        from ..volume import resolve_z_edge
+        from ..volume import asks_auto_z_edge, resolve_z_edge
 
         used = resolve_z_edge(value, True)  # a bad value is refused here (nothing changed), not on a worker
         before = self.z_edge_used()
-        self.z_edge = "auto" if isinstance(value, str) and value.strip().lower() == "auto" else used
+        self.z_edge = "auto" if asks_auto_z_edge(value) else used
         if not z_streamed(self.geometry) or self.z_edge_used() == before:
             return None
         extent = self._propagated_extent()
