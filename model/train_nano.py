@@ -113,7 +113,15 @@ from napari_sam2.model.configs import NANO_FLUO
 from napari_sam2.model.mask_quality import MaskQualityHead, attach_from_state_dict
 from napari_sam2.model.sam2 import NO_OBJECT_LOGIT, Memory, Pointer
 from napari_sam2.postprocess import fill_holes
-from napari_sam2.preprocess import IntensityRange, LocalContrast, points_to_model, scale_frame, to_model_input
+from napari_sam2.preprocess import (
+    CONTRAST_FIT_PLANES,
+    IntensityRange,
+    LocalContrast,
+    evenly_spaced,
+    points_to_model,
+    scale_frame,
+    to_model_input,
+)
 from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
 from napari_sam2.session import PROMPT_LOGIT_CLAMP  # previous logits given back as a mask prompt, as at inference
 from napari_sam2.synthetic_hard import HARD_CONDITIONS, hard_condition, random_hard_stack
@@ -149,7 +157,7 @@ def model_frames(image: np.ndarray, image_size: int, contrast: str = "global") -
     if contrast != "local":
         raise ValueError(f"contrast is 'global' or 'local'; got {contrast!r}")
     rgb = [np.repeat(f[..., None], 3, axis=-1) for f in image]
-    picks = np.unique(np.linspace(0, len(rgb) - 1, min(len(rgb), 3)).round().astype(int))
+    picks = evenly_spaced(len(rgb), CONTRAST_FIT_PLANES)  # as FrameSource fits it
     step = LocalContrast().fitted((intensity.scale(rgb[i]) for i in picks), image_size)
     return torch.stack([to_model_input(scale_frame(f, intensity, step, image_size), image_size) for f in rgb])
 

@@ -287,6 +287,20 @@ def test_volume_time_session_streams_take_the_contrast(tiny_model):
         VolumeTimeSession(tiny_model, movie, contrast="foo")
 
 
+def test_a_stack_is_fitted_on_evenly_spaced_frames_first_and_last_included(tiny_model):
+    from napari_sam2.preprocess import evenly_spaced
+    from napari_sam2.volume_time import VolumeTimeSession
+
+    assert evenly_spaced(10, 3) == [0, 4, 9] and evenly_spaced(2, 3) == [0, 1] and evenly_spaced(0, 3) == []
+    assert evenly_spaced(40, 16)[0] == 0 and evenly_spaced(40, 16)[-1] == 39 and len(evenly_spaced(40, 16)) == 16
+    # a 3-D stack fitted as a z-stack (FrameSource) and as a 3D+t stack of one time point: the same planes, the same
+    # window and range, so the two faces give a slice the same network input
+    stack = np.stack([dim_and_bright(1, (64, 64), seed=s, dim_x=30 + 3 * s)[0] for s in range(7)])
+    vt = VolumeTimeSession(tiny_model, stack[None], contrast="local")
+    frames = FrameSource(stack, tiny_model.image_size, read_ahead=0, contrast="local")
+    assert vt.contrast == frames.contrast and vt.intensity == frames.intensity
+
+
 def _point_prompt(y, x):
     from napari_sam2.prompts import make_prompt
 

@@ -16,12 +16,16 @@ import torch
 from .embedding_cache import frame_digest
 from .io.readers import check_pixels
 from .preprocess import (
+    CONTRAST_FIT_PLANES,
     DEFAULT_PERCENTILES,
+    INTENSITY_SAMPLE_FRAMES,
     InputError,
     IntensityRange,
     as_rgb,
     check_finite,
     contrast_step,
+    evenly_spaced,
+    percentile_sample,
     scale_frame,
     to_model_input,
 )
@@ -51,7 +55,7 @@ class FrameSource:
         channel_axis: int | None = None,
         intensity: IntensityRange | tuple[float, float] | None = None,
         percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
-        sample_frames: int = 16,
+        sample_frames: int = INTENSITY_SAMPLE_FRAMES,
         preprocessed: bool = False,
         frame_shape: tuple[int, int] | None = None,
         read_ahead: int = 2,
@@ -189,13 +193,12 @@ class FrameSource:
 
     def _stack_intensity(self, percentiles, sample_frames) -> IntensityRange:
         """One intensity range for the whole stack from evenly spaced frames (so masks don't flicker)."""
-        n = int(self.stack.shape[self.axis])
-        picks = np.unique(np.linspace(0, n - 1, min(n, sample_frames)).round().astype(int))
+        picks = evenly_spaced(int(self.stack.shape[self.axis]), sample_frames)
         values = []
         for i in picks:
-            frame = self.rgb_frame(int(i))
+            frame = self.rgb_frame(i)
             check_finite(frame, f"frame {i}")
-            values.append(frame[:: max(1, frame.shape[0] // 256), :: max(1, frame.shape[1] // 256)].ravel())
+            values.append(percentile_sample(frame))
         try:
             return IntensityRange.from_percentiles(np.concatenate(values), percentiles)
         except InputError as exc:
@@ -204,9 +207,8 @@ class FrameSource:
     def _fit_contrast(self, contrast):
         """The contrast step fitted to the stack (`LocalContrast.fitted` on three evenly spaced frames, read only when
         it has no window), so that every frame is scaled with the same window, and a store records it."""
-        n = int(self.stack.shape[self.axis])
-        picks = np.unique(np.linspace(0, n - 1, min(n, 3)).round().astype(int))
-        return contrast.fitted((self.intensity.scale(self.rgb_frame(int(i))) for i in picks), self.image_size)
+        picks = evenly_spaced(int(self.stack.shape[self.axis]), CONTRAST_FIT_PLANES)
+        return contrast.fitted((self.intensity.scale(self.rgb_frame(i)) for i in picks), self.image_size)
 
     def rgb_frame(self, index: int) -> np.ndarray:
         """Frame `index` as the network input is made from it, before intensity scaling and resizing: [Y, X, 3]

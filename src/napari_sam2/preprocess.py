@@ -32,6 +32,21 @@ from .errors import InputError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_PERCENTILES = (1.0, 99.8)
+#: a stack's intensity range reads up to this many evenly spaced frames; its contrast window is fitted on this many
+INTENSITY_SAMPLE_FRAMES = 16
+CONTRAST_FIT_PLANES = 3
+
+
+def evenly_spaced(n: int, count: int) -> list[int]:
+    """Up to `count` indices spread evenly over range(n), first and last included (all n when n <= count): the
+    frames a stack's intensity range and contrast window are fitted on, so every frame is scaled alike."""
+    return [int(i) for i in np.unique(np.linspace(0, n - 1, min(n, count)).round().astype(int))]
+
+
+def percentile_sample(frame: np.ndarray) -> np.ndarray:
+    """The pixels of `frame` [Y, X, ...] an intensity range reads, flat: every k-th row and column, about 256 of
+    each (percentiles of a subsample are as good and the whole frame need not be copied)."""
+    return frame[:: max(1, frame.shape[0] // 256), :: max(1, frame.shape[1] // 256)].ravel()
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,16 @@ import torch
 from scipy import ndimage
 
 from .errors import InputError
-from .preprocess import DEFAULT_PERCENTILES, IntensityRange, as_rgb, resolve_contrast
+from .preprocess import (
+    CONTRAST_FIT_PLANES,
+    DEFAULT_PERCENTILES,
+    INTENSITY_SAMPLE_FRAMES,
+    IntensityRange,
+    as_rgb,
+    evenly_spaced,
+    percentile_sample,
+    resolve_contrast,
+)
 from .prompts import ObjectPrompt, make_prompt
 from .session import FeatureCache, TrackingSession, _check_obj_id
 
@@ -163,24 +172,21 @@ class _AnchorView:
         return np.asarray(self.frames[(t, self.z[t], *key[1:])])
 
 
-def _stack_intensity(frames, percentiles, samples: int = 16) -> IntensityRange:
+def _stack_intensity(frames, percentiles, samples: int = INTENSITY_SAMPLE_FRAMES) -> IntensityRange:
     """One intensity range for the whole 4-D stack from up to `samples` slices spread over (t, z), so that the
     same slice gives the same network input in every stream (a t-stream can reuse a z-stream's features)."""
     n_t, n_z = int(frames.shape[0]), int(frames.shape[1])
-    picks = np.unique(np.linspace(0, n_t * n_z - 1, min(n_t * n_z, samples)).round().astype(int))
     values = []
-    for i in picks:
-        frame = as_rgb(np.asarray(frames[int(i) // n_z, int(i) % n_z]))
-        values.append(frame[:: max(1, frame.shape[0] // 256), :: max(1, frame.shape[1] // 256)].ravel())
+    for i in evenly_spaced(n_t * n_z, samples):
+        values.append(percentile_sample(as_rgb(np.asarray(frames[i // n_z, i % n_z]))))
     return IntensityRange.from_percentiles(np.concatenate(values), percentiles)
 
 
-def _stack_contrast(frames, step, intensity: IntensityRange, image_size: int, samples: int = 3):
+def _stack_contrast(frames, step, intensity: IntensityRange, image_size: int, samples: int = CONTRAST_FIT_PLANES):
     """`step` fitted on `samples` slices spread over (t, z) (`LocalContrast.fitted`, read only when it has no window;
     as `FrameSource` fits one on a 3-D stack)."""
     n_t, n_z = int(frames.shape[0]), int(frames.shape[1])
-    picks = np.unique(np.linspace(0, n_t * n_z - 1, min(n_t * n_z, samples)).round().astype(int))
-    planes = (intensity.scale(as_rgb(np.asarray(frames[int(i) // n_z, int(i) % n_z]))) for i in picks)
+    planes = (intensity.scale(as_rgb(np.asarray(frames[i // n_z, i % n_z]))) for i in evenly_spaced(n_t * n_z, samples))
     return step.fitted(planes, image_size)
 
 
