@@ -62,10 +62,20 @@ GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU 
 movies, not the network, limits a GPU, hence the 12 worker processes):
 
     python model/train_nano.py --out runs/v2gpu --init src/napari_sam2/weights/nano_fluo.pt --seed 16 \
-        --device cuda --workers 12 --steps 3000 --clips 16 --frames 3 --hard-fraction 0.5 --hard-negatives 0.5 \
-        --ambiguous 0.3 --multimask-min --iou-weight 3 --balanced-end 0 --lr 3e-4 --warmup 100 --lr-min 0.1 \
-        --val-every 500 --save-every 100 --pool 24 --stop-after 13
-    python benchmarks/bench_hard.py --model runs/v2gpu/export.pt   # after --export runs/v2gpu/export.pt
+        --device cuda --workers 12 --contrast both --steps 3000 --clips 16 --frames 3 --hard-fraction 0.6 \
+        --hard-negatives 0.5 --ambiguous 0.1 --multimask-min --tracked-all-candidates --click-images 4 \
+        --clicks-per-image 8 --click-odds 0.55 0.1 0.25 0.1 --iou-weight 3 --balanced-end 0 --lr 3e-4 --warmup 100 \
+        --lr-min 0.1 --val-every 500 --save-every 100 --pool 24 --stop-after 13
+    python model/train_nano.py --out runs/v2gpu --export runs/v2gpu/export.pt
+    python benchmarks/bench_hard.py --model runs/v2gpu/export.pt
+    python model/train_nano.py --out runs/v2q --quality-head --quality-data conditions --quality-contrast both \
+        --init runs/v2gpu/export.pt --quality-init src/napari_sam2/weights/nano_fluo.pt --quality-groups 80 \
+        --quality-tune-groups 12 --steps 1700 --clicks-per-image 64 --lr 3e-4 --warmup 0 --lr-min 0.1 \
+        --val-every 340 --save-every 100 --seed 16 --device cuda
+
+It is the CPU leg "lc31" of the model card (model/README.md: closest yet on the hard conditions, not shipped: its IoU
+token ranks a touching pair first, so `--auto` merges pairs) with 4 times its clips and click batches; a network
+from it must pass the lineage gate (`benchmarks/bench_auto.py auto --dev`) before the held-out benchmarks.
 
 Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
 and returning nuclei; z-stacks of ellipsoids), with random nucleus size (4–18 px radius at the model input), density,
