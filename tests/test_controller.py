@@ -407,6 +407,34 @@ def test_a_3d_t_result_saved_as_the_widget_saves_it_replays_to_the_same_labels(t
     np.testing.assert_array_equal(replayed.labels, labels)  # every (t, z)
 
 
+@pytest.mark.parametrize("contrast", ["global", "local"])
+def test_a_3d_t_preview_makes_the_input_the_3d_t_session_propagates_from(tiny_model, contrast):
+    """The widget's per-time-point preview session of a 3D+t layer takes the 4-D stack's intensity range and contrast
+    window (`volume_time.stack_preprocessing`), not its own time point's: a click previews the very mask the
+    VolumeTimeSession starts from, on a time point much dimmer than the rest."""
+    from napari_sam2.prompts import make_prompt
+    from napari_sam2.volume_time import VolumeTimeSession
+    from napari_sam2.widget import _worker
+
+    rng = np.random.default_rng(3)
+    stack = (rng.random((3, 4, 40, 40)) * 30).astype(np.uint16)
+    stack[:, 1:3, 12:28, 10:26] += np.array([150, 1500, 3000], np.uint16)[:, None, None, None]  # t = 0 is dim
+    g = StackGeometry.from_array(stack, stream_axis="tz")
+    preview = _worker.make_session(tiny_model, g, (0,), contrast=contrast)
+    own = _worker.make_session(tiny_model, StackGeometry.from_array(stack[0]), (), contrast=contrast)
+    with VolumeTimeSession(tiny_model, stack, contrast=contrast) as vt:
+        assert preview.frames.intensity == vt.intensity and preview.frames.contrast == vt.contrast
+        assert own.frames.intensity != vt.intensity  # time point 0 alone would be scaled otherwise
+        zs = vt._z_session(0)
+        for z in range(4):
+            assert np.array_equal(preview.frames.model_input(z).numpy(), vt._z_session(0).frames.model_input(z).numpy())
+        clicked = preview.add_prompt(2, 1, points=[[20, 18]], labels=[1])
+        started = vt.add(0, 2, make_prompt(2, 1, points=[[20, 18]], labels=[1]))
+        assert np.array_equal(clicked.masks[clicked.obj_ids.index(1)], started)
+    preview.close()
+    own.close()
+
+
 def test_the_axial_edge_rule_is_checked_once_and_applies_only_where_z_is_streamed(controller, tiny_model):
     """set_z_edge reads what --z-edge reads (volume.resolve_z_edge): a bad value is refused and changes nothing;
     along t the rule stays off whatever is asked; in 3D+t (z streamed) the VolumeTimeSession gets it, and changed

@@ -190,6 +190,19 @@ def _stack_contrast(frames, step, intensity: IntensityRange, image_size: int, sa
     return step.fitted(planes, image_size)
 
 
+def stack_preprocessing(frames, model, contrast=None, percentiles=DEFAULT_PERCENTILES, intensity=None):
+    """The intensity range and the fitted contrast step a `VolumeTimeSession` over `frames` [T, Z, Y, X] gives every
+    slice: → (IntensityRange, contrast step). contrast: as `VolumeTimeSession` takes it (None: the model's default);
+    intensity: a given range or (low, high) (None: percentiles of slices spread over (t, z)). A per-slice session
+    given these (`TrackingSession(..., intensity=, contrast=)`) makes the same network input for a slice as the
+    3D+t session does (the widget's 3D+t previews)."""
+    if intensity is None:
+        intensity = _stack_intensity(frames, percentiles)
+    elif not isinstance(intensity, IntensityRange):
+        intensity = IntensityRange(*intensity)
+    return intensity, _stack_contrast(frames, resolve_contrast(contrast, model), intensity, model.image_size)
+
+
 class VolumeTimeSession:
     """Prompt objects on any (t, z) slice of a 3D+t stack and propagate them through z and time.
 
@@ -249,20 +262,15 @@ class VolumeTimeSession:
         self.frames = frames
         self.num_times, self.num_slices = shape[0], shape[1]
         self.frame_shape = shape[2:]
-        if intensity is None:
-            intensity = _stack_intensity(frames, percentiles)
-        elif not isinstance(intensity, IntensityRange):
-            intensity = IntensityRange(*intensity)
-        self.intensity = intensity
-        # one contrast step for every stream (a local window fitted once on slices spread over (t, z)), so the same
-        # slice gives the same network input in every stream, as the intensity range
-        self.contrast = _stack_contrast(frames, resolve_contrast(contrast, model), intensity, model.image_size)
+        # one range and one contrast step for every stream (a local window fitted once on slices spread over (t, z)),
+        # so the same slice gives the same network input in every stream
+        self.intensity, self.contrast = stack_preprocessing(frames, model, contrast, percentiles, intensity)
         from .volume import check_z_edge  # the one check of z_edge (TrackingSession's too; volume imports this module)
 
         self.z_edge = check_z_edge(z_edge)
         self.feature_cache_bytes = int(feature_cache_bytes)
         self._options = {"preset": preset, "precision": precision, "fill_hole_area": fill_hole_area,
-                         "object_batch": object_batch, "intensity": intensity, "read_ahead": 0,
+                         "object_batch": object_batch, "intensity": self.intensity, "read_ahead": 0,
                          "contrast": self.contrast}  # fmt: skip
         # prompts[t][obj][z]: the user's prompts (they define the object at t; see the module docstring)
         self._prompts: dict[int, dict[int, dict[int, ObjectPrompt]]] = {}

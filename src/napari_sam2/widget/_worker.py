@@ -27,7 +27,9 @@ def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto"
     stream (`geometry.z_stream`, not 3D+t, whose per-slice sessions only preview prompts) gets the axial edge rule
     (`napari_sam2.volume`): `z_edge` ("auto", a fraction or None: off; the face's choice, resolved as track() does);
     `log`, an opened result's edit log it will continue: the rule that log applied (else `z_edge`'s). contrast: the
-    model input's contrast step (None: the model's default)."""
+    model input's contrast step (None: the model's default). A 3D+t preview (`geometry.coupled`) takes the range and
+    contrast window of the whole 4-D stack, as the `VolumeTimeSession` that propagates fits them, so a click previews
+    the mask propagation starts from."""
     from ..replay import log_z_edge
     from ..session import TrackingSession
     from ..volume import resolve_z_edge
@@ -40,6 +42,10 @@ def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto"
     z_edge = resolve_z_edge(z_edge if z_stream else "auto", z_stream)  # as track() resolves it for the stream
     if log is not None:
         z_edge = log_z_edge(log, z_edge)
+    if geometry.coupled:
+        from ..volume_time import stack_preprocessing
+
+        options["intensity"], contrast = stack_preprocessing(geometry.volume_view(), model, contrast)
     return TrackingSession(model, stack, axis=axis, z_edge=z_edge, contrast=contrast, **options)
 
 
