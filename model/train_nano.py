@@ -73,9 +73,10 @@ movies, not the network, limits a GPU, hence the 12 worker processes):
         --quality-tune-groups 12 --steps 1700 --clicks-per-image 64 --lr 3e-4 --warmup 0 --lr-min 0.1 \
         --val-every 340 --save-every 100 --seed 16 --device cuda
 
-It is the CPU leg "lc31" of the model card (model/README.md: closest yet on the hard conditions, not shipped: its IoU
-token ranks a touching pair first, so `--auto` merges pairs) with 4 times its clips and click batches; a network
-from it must pass the lineage gate (`benchmarks/bench_auto.py auto --dev`) before the held-out benchmarks.
+It is the CPU leg "lc31" of the model card (model/README.md: closest yet on the hard conditions, not shipped: after
+fine-tuning, its first candidate swells onto touching nuclei, so `--auto` merges pairs of them) with 4 times its clips
+and click batches; a network from it must pass the lineage gate (`benchmarks/bench_auto.py auto --dev`) before the
+held-out benchmarks.
 
 Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
 and returning nuclei; z-stacks of ellipsoids), with random nucleus size (4–18 px radius at the model input), density,
