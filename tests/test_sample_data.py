@@ -240,6 +240,18 @@ def test_lineage_preset_has_arrivals_from_the_border_and_several_divisions():
     assert arrivals[0]["id"] not in movie.lineage
 
 
+@pytest.mark.parametrize("n_frames", [1, 2, 3])
+def test_a_lineage_movie_too_short_for_arrivals_leaves_them_out(n_frames):
+    """An arrival whose entry frame would lie past the last frame is left out (it crashed the generator), and every
+    arrival listed is in the movie from its frame on."""
+    from napari_sam2.sample_data import nuclei_lineage_timelapse
+
+    movie = nuclei_lineage_timelapse(n_frames=n_frames, shape=(96, 96), seed=4)
+    assert movie.labels.shape[0] == n_frames
+    for arrival in movie.events.get("arrivals", []):
+        assert _frames_present(movie.labels, arrival["id"])[0] == arrival["frame"] < n_frames
+
+
 # ---------------------------------------------------------------------- 3-D time-lapse
 def test_4d_nuclei_move_in_3d_divide_and_are_deterministic():
     from napari_sam2.sample_data import synthetic_nuclei_4d

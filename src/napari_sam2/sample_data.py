@@ -438,6 +438,8 @@ def _add_lineage_events(rng, tracks, textures, lineage, events, shape, n_frames,
             gap = clearance(path)
             if gap > best_gap:
                 best, best_gap = path, gap
+        if not best:  # a movie too short for it to enter (its entry frame would be past the last frame)
+            continue
         obj = next_id
         next_id += 1
         textures[obj] = _texture_patch(rng, half, a)
