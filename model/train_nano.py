@@ -133,11 +133,14 @@ from napari_sam2.preprocess import (
     scale_frame,
     to_model_input,
 )
-from napari_sam2.sample_data import nuclei_timelapse, nuclei_zstack
+from napari_sam2.sample_data import nuclei_lineage_timelapse, nuclei_timelapse, nuclei_zstack
 from napari_sam2.session import PROMPT_LOGIT_CLAMP  # previous logits given back as a mask prompt, as at inference
 from napari_sam2.synthetic_hard import HARD_CONDITIONS, hard_condition, random_hard_stack
 
 HELD_OUT_SEED = 1_000_000  # training movies use seeds below this
+# lineage movies of `validate_touching`: outside the benchmarks' ranges (bench_auto 4,000,001 + / 4,100,000 +, tests
+# 3,000,000 +, bench_hard 4,000,000 + 100 c + k, 4,900,000 +, 4,950,000 +) and the training seeds (seed x 10,000,000 + k)
+VAL_LINEAGE_SEED = 4_200_000
 SAM2_LOSS_WEIGHTS = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "presence": 1.0}
 LOSS_WEIGHTS = dict(SAM2_LOSS_WEIGHTS)  # this run's (main sets them from its arguments)
 
@@ -1161,6 +1164,52 @@ def validate(
     }
 
 
+@torch.no_grad()
+def validate_touching(
+    model, image_size: int, contrast: str = "global", n_movies: int = 3, frames: tuple[int, ...] = (0, 20, 39)
+) -> dict:
+    """Touching nuclei and fresh sisters (`nuclei_lineage_timelapse`, seeds from VAL_LINEAGE_SEED, preprocessed as a
+    session does): one click at the deepest pixel of every nucleus of `frames`, the candidate the IoU token picks (as
+    discovery's grid clicks and tracked frames take it) → {val_touching_merge: share of clicks whose mask covers more
+    than 30 % of a second nucleus, val_touching_area: median area of the mask / the nucleus's}; under "local" the
+    keys end in "_local". Fine-tuned legs that raised the merge share (v1 0.14, the session-9 legs 0.21-0.24 on the
+    tuning movies) merged touching nuclei under `--auto` (model/README.md): watch it beside the IoU numbers."""
+    merged, area = [], []
+    model.eval()
+    for k in range(n_movies):
+        movie = nuclei_lineage_timelapse(n_frames=max(frames) + 1, seed=VAL_LINEAGE_SEED + k)
+        inputs = model_frames(movie.image, image_size, contrast)  # the movie's range, as a session scales it
+        for t in frames:
+            truth = movie.labels[t]
+            ids = [int(i) for i in np.unique(truth)[1:] if (truth == i).sum() >= 20]
+            if not ids:
+                continue
+            whole = (0, 0, *truth.shape)
+            clicks = np.stack([points_to_model([deepest_point(truth == i, whole)], truth.shape, image_size)[0]
+                               for i in ids])  # fmt: skip
+            feats = model.encode_image(inputs[t : t + 1].to(model.device))
+            n = len(ids)
+            out = model.decode(
+                model.image_embedding(feats).expand(n, -1, -1, -1),
+                [h.expand(n, -1, -1, -1) for h in feats.high_res],
+                torch.from_numpy(clicks)[:, None].to(model.device),
+                torch.ones(n, 1, dtype=torch.int32, device=model.device),
+                multimask=True,
+                object_gate=False,
+                quality=False,
+            )
+            masks = (model.upsample_logits(out.logits, truth.shape)[:, 0] > 0).cpu().numpy()
+            for obj, mask in zip(ids, masks):
+                on = np.bincount(truth[mask].ravel(), minlength=int(truth.max()) + 1)
+                sizes = np.bincount(truth.ravel(), minlength=int(truth.max()) + 1)
+                others = [j for j in np.nonzero(on)[0] if j not in (0, obj)]
+                merged.append(any(on[j] > 0.3 * sizes[j] for j in others))
+                area.append(mask.sum() / sizes[obj])
+    model.train()
+    end = "" if contrast == "global" else f"_{contrast}"
+    return {f"val_touching_merge{end}": float(np.mean(merged)), f"val_touching_area{end}": float(np.median(area))}
+
+
 def click_calibration(pairs: list[tuple[float, float]]) -> dict:
     """Calibration of the training clicks' chosen masks, for the log: {click_iou: mean actual IoU, click_iou_err:
     mean |predicted − actual|, click_iou_corr: their correlation} ({} without clicks)."""
@@ -1437,8 +1486,10 @@ def main(argv=None) -> int:
             window, clicked, refined = {k: [] for k in window}, [], []
             if args.val_every and (done % args.val_every == 0 or done == args.steps):
                 record.update(validate(model, cfg.image_size, 12, 8, max_pointer_distance))
+                record.update(validate_touching(model, cfg.image_size))
                 if args.contrast != "global":  # also on the inputs it now learns from
                     record.update(validate(model, cfg.image_size, 12, 8, max_pointer_distance, contrast="local"))
+                    record.update(validate_touching(model, cfg.image_size, contrast="local"))
             write_record(log, record)
         if end_of_step(args, done, began, state_path, model, optimizer):
             break

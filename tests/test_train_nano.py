@@ -322,6 +322,18 @@ def test_quality_init_takes_the_head_of_another_checkpoint_and_the_network_of_in
         train_nano.main(["--out", str(tmp_path / "b"), *args, "--quality-init", str(bare)])
 
 
+def test_touching_validation_measures_merged_neighbours(train_nano):
+    """validate_touching on the shipped network (v1: 14 % of the clicks merge a neighbour over three movies, masks the
+    nuclei's size): a share and a median area ratio, per contrast step, from movies outside the benchmarks' seeds."""
+    nano = load_model(ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt", device="cpu")
+    got = train_nano.validate_touching(nano, nano.image_size, n_movies=1, frames=(0, 39))
+    assert set(got) == {"val_touching_merge", "val_touching_area"}
+    assert 0.0 <= got["val_touching_merge"] < 0.3 and 0.85 < got["val_touching_area"] < 1.2, got
+    local = train_nano.validate_touching(nano, nano.image_size, "local", n_movies=1, frames=(0,))
+    assert set(local) == {"val_touching_merge_local", "val_touching_area_local"}
+    assert train_nano.VAL_LINEAGE_SEED not in range(4_000_000, 4_100_003)  # not a bench_auto movie
+
+
 def test_quality_targets_are_each_candidates_iou(train_nano):
     labels = torch.zeros(32, 32, dtype=torch.int64)
     labels[2:10, 2:10] = 1
