@@ -176,9 +176,12 @@ def model_frames(image: np.ndarray, image_size: int, contrast: str = "global") -
     return torch.stack([to_model_input(scale_frame(f, intensity, step, image_size), image_size) for f in rgb])
 
 
-def make_movie(seed: int, image_size: int, n_frames: int = 12, contrast: str = "global") -> Movie:
+def make_movie(
+    seed: int, image_size: int, n_frames: int = 12, contrast: str = "global", lineage: bool = False
+) -> Movie:
     """One random synthetic movie, preprocessed as at inference (`model_frames`, with the contrast step
-    `contrast`)."""
+    `contrast`). lineage: always a time-lapse, with `nuclei_lineage_timelapse`'s events (3 more divisions, 2 nuclei
+    arriving from the border): fresh sisters touching, as `--auto` meets them; the other settings drawn alike."""
     rng = np.random.default_rng(seed)
     radius = float(np.exp(rng.uniform(math.log(4.0), math.log(18.0))))  # at the model input
     side = int(rng.choice([image_size] * 3 + [192, 320, 384]))
@@ -196,11 +199,12 @@ def make_movie(seed: int, image_size: int, n_frames: int = 12, contrast: str = "
         "read_noise": float(rng.uniform(1.0, 4.0)),
         "nucleus_radius": radius_here,
     }
-    if rng.random() < 0.25:
+    if rng.random() < 0.25 and not lineage:
         stack = nuclei_zstack(n_slices=n_frames, z_step=float(rng.uniform(1.0, 3.0)), **common)
         special = ()
     else:
-        stack = nuclei_timelapse(n_frames=n_frames, **common)
+        events = {"arrivals": 2, "extra_divisions": 3} if lineage else {}
+        stack = nuclei_timelapse(n_frames=n_frames, **common, **events)
         special = tuple(i for i in (1, 2, 5) if i <= n_nuclei)
     image = stack.image
     frames = model_frames(image, image_size, contrast)
@@ -1222,22 +1226,36 @@ def click_calibration(pairs: list[tuple[float, float]]) -> dict:
 
 
 # ---------------------------------------------------------------------- data in worker processes (for a GPU)
-def movie_for(seed: int, k: int, hard_fraction: float, image_size: int, contrast: str = "global") -> Movie:
+def movie_for(
+    seed: int, k: int, hard_fraction: float, image_size: int, contrast: str = "global", lineage_fraction: float = 0.0
+) -> Movie:
     """Movie k of a run: a function of (seed, k) only, whichever process makes it (hard with odds hard_fraction).
     contrast "both": the local contrast step with odds 0.5 (its own draw, so the movies' content is the same as
-    under one step)."""
+    under one step). lineage_fraction: odds that a movie that is not hard is a lineage movie (`make_movie(...,
+    lineage=True)`; its own draw too, so a run without it makes the movies it made before)."""
     hard = np.random.default_rng([seed, k, 16]).random() < hard_fraction
     if contrast == "both":
         contrast = "local" if np.random.default_rng([seed, k, 17]).random() < 0.5 else "global"
-    return (make_hard_movie if hard else make_movie)(seed * 10_000_000 + k, image_size, contrast=contrast)
+    if hard:
+        return make_hard_movie(seed * 10_000_000 + k, image_size, contrast=contrast)
+    lineage = lineage_fraction > 0 and np.random.default_rng([seed, k, 18]).random() < lineage_fraction
+    return make_movie(seed * 10_000_000 + k, image_size, contrast=contrast, lineage=lineage)
 
 
 class MovieMaker:
     """Movies of a run by index; with workers > 0 made ahead in that many processes (a GPU trains faster than one
     CPU core makes movies). The same movies either way: each is a function of (seed, k)."""
 
-    def __init__(self, seed: int, hard_fraction: float, image_size: int, workers: int = 0, contrast: str = "global"):
-        self.args = (hard_fraction, image_size, contrast)
+    def __init__(
+        self,
+        seed: int,
+        hard_fraction: float,
+        image_size: int,
+        workers: int = 0,
+        contrast: str = "global",
+        lineage_fraction: float = 0.0,
+    ):
+        self.args = (hard_fraction, image_size, contrast, lineage_fraction)
         self.seed = seed
         self.pending: dict = {}
         self.executor = None
@@ -1334,6 +1352,8 @@ def main(argv=None) -> int:
         "under global and, unless global, under local too",
     )
     parser.add_argument("--hard-fraction", type=float, default=0.0, help="share of movies from synthetic_hard")
+    parser.add_argument("--lineage-fraction", type=float, default=0.0, help="share of the other movies with "
+                        "nuclei_lineage_timelapse's events (divisions, arrivals: touching sisters)")  # fmt: skip
     parser.add_argument("--hard-negatives", type=float, default=0.0, help="odds a hard movie's clip targets a dim "
                         "nucleus beside a brighter one")  # fmt: skip
     parser.add_argument("--ambiguous", type=float, default=0.0, help="odds a click clip gets an ambiguous click")
@@ -1428,7 +1448,8 @@ def main(argv=None) -> int:
     window = {"loss": [], "presence": [], "presence_acc": [], "iou": [], "iou_err": []}
     clicked: list[tuple[float, float]] = []  # (predicted, actual) IoU of the calibration clicks' chosen masks
     refined: list[tuple[float, float]] = []  # the same for their second pass (--refine-pass)
-    movies = MovieMaker(args.seed, args.hard_fraction, cfg.image_size, args.workers, args.contrast)
+    movies = MovieMaker(args.seed, args.hard_fraction, cfg.image_size, args.workers, args.contrast,
+                        args.lineage_fraction)  # fmt: skip
     for step in range(start, args.steps):
         newest = step // 2  # a new movie every other step (making one costs ~0.3 s, a step ~1 s on 2 CPU cores)
         movies.prefetch(range(newest + 1, newest + 1 + 2 * args.workers))

@@ -334,6 +334,20 @@ def test_touching_validation_measures_merged_neighbours(train_nano):
     assert train_nano.VAL_LINEAGE_SEED not in range(4_000_000, 4_100_003)  # not a bench_auto movie
 
 
+def test_lineage_movies_join_the_mix_only_when_asked(train_nano):
+    """--lineage-fraction: a movie that is not hard may be a lineage movie (more nuclei appear: divisions, arrivals);
+    at 0 every movie is the one make_movie always made (its own random draw)."""
+    plain = train_nano.movie_for(5, 3, 0.0, 256)
+    same = train_nano.make_movie(50_000_003, 256)
+    assert torch.equal(plain.frames, same.frames) and torch.equal(plain.labels, same.labels)
+    ids = []
+    for k in range(4):
+        before = train_nano.movie_for(5, k, 0.0, 256)
+        after = train_nano.movie_for(5, k, 0.0, 256, lineage_fraction=1.0)
+        ids.append((len(torch.unique(before.labels)), len(torch.unique(after.labels))))
+    assert all(b <= a for b, a in ids) and any(b < a for b, a in ids), ids
+
+
 def test_quality_targets_are_each_candidates_iou(train_nano):
     labels = torch.zeros(32, 32, dtype=torch.int64)
     labels[2:10, 2:10] = 1
