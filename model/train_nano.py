@@ -63,9 +63,9 @@ movies, not the network, limits a GPU, hence the 12 worker processes):
 
     python model/train_nano.py --out runs/v2gpu --init src/napari_sam2/weights/nano_fluo.pt --seed 16 \
         --device cuda --workers 12 --contrast both --steps 3000 --clips 16 --frames 3 --hard-fraction 0.6 \
-        --hard-negatives 0.5 --ambiguous 0.1 --multimask-min --tracked-all-candidates --click-images 4 \
-        --clicks-per-image 8 --click-odds 0.55 0.1 0.25 0.1 --iou-weight 3 --balanced-end 0 --lr 3e-4 --warmup 100 \
-        --lr-min 0.1 --val-every 500 --save-every 100 --pool 24 --stop-after 13
+        --lineage-fraction 0.5 --hard-negatives 0.5 --ambiguous 0.1 --multimask-min --tracked-all-candidates \
+        --click-images 4 --clicks-per-image 8 --click-odds 0.55 0.1 0.25 0.1 --iou-weight 3 --balanced-end 0 \
+        --lr 3e-4 --warmup 100 --lr-min 0.1 --val-every 500 --save-every 100 --pool 24 --stop-after 13
     python model/train_nano.py --out runs/v2gpu --export runs/v2gpu/export.pt
     python benchmarks/bench_hard.py --model runs/v2gpu/export.pt
     python model/train_nano.py --out runs/v2q --quality-head --quality-data conditions --quality-contrast both \
@@ -75,8 +75,9 @@ movies, not the network, limits a GPU, hence the 12 worker processes):
 
 It is the CPU leg "lc31" of the model card (model/README.md: closest yet on the hard conditions, not shipped: after
 fine-tuning, its first candidate swells onto touching nuclei, so `--auto` merges pairs of them) with 4 times its clips
-and click batches; a network from it must pass the lineage gate (`benchmarks/bench_auto.py auto --dev`) before the
-held-out benchmarks.
+and click batches, and lineage movies in half the non-hard movies (lc35's lead); a network from it must pass the
+lineage gate (`val_touching_merge` in its log, then `benchmarks/bench_auto.py auto --dev`) before the held-out
+benchmarks.
 
 Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
 and returning nuclei; z-stacks of ellipsoids), with random nucleus size (4–18 px radius at the model input), density,
