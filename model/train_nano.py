@@ -140,7 +140,8 @@ from napari_sam2.synthetic_hard import HARD_CONDITIONS, hard_condition, random_h
 
 HELD_OUT_SEED = 1_000_000  # training movies use seeds below this
 # lineage movies of `validate_touching`: outside the benchmarks' ranges (bench_auto 4,000,001 + / 4,100,000 +, tests
-# 3,000,000 +, bench_hard 4,000,000 + 100 c + k, 4,900,000 +, 4,950,000 +) and the training seeds (seed x 10,000,000 + k)
+# 3,000,000 +, bench_hard 4,000,000 + 100 c + k, 4,900,000 +, 4,950,000 +) and the training seeds
+# (seed x 10,000,000 + k)
 VAL_LINEAGE_SEED = 4_200_000
 SAM2_LOSS_WEIGHTS = {"focal": 20.0, "dice": 1.0, "iou": 1.0, "presence": 1.0}
 LOSS_WEIGHTS = dict(SAM2_LOSS_WEIGHTS)  # this run's (main sets them from its arguments)
@@ -1186,7 +1187,8 @@ def validate_touching(
         inputs = model_frames(movie.image, image_size, contrast)  # the movie's range, as a session scales it
         for t in frames:
             truth = movie.labels[t]
-            ids = [int(i) for i in np.unique(truth)[1:] if (truth == i).sum() >= 20]
+            sizes = np.bincount(truth.ravel())  # pixels of each nucleus (index: its id)
+            ids = [int(i) for i in np.nonzero(sizes)[0] if i and sizes[i] >= 20]
             if not ids:
                 continue
             whole = (0, 0, *truth.shape)
@@ -1205,8 +1207,7 @@ def validate_touching(
             )
             masks = (model.upsample_logits(out.logits, truth.shape)[:, 0] > 0).cpu().numpy()
             for obj, mask in zip(ids, masks):
-                on = np.bincount(truth[mask].ravel(), minlength=int(truth.max()) + 1)
-                sizes = np.bincount(truth.ravel(), minlength=int(truth.max()) + 1)
+                on = np.bincount(truth[mask].ravel(), minlength=len(sizes))
                 others = [j for j in np.nonzero(on)[0] if j not in (0, obj)]
                 merged.append(any(on[j] > 0.3 * sizes[j] for j in others))
                 area.append(mask.sum() / sizes[obj])
