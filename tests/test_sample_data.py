@@ -252,6 +252,25 @@ def test_a_lineage_movie_too_short_for_arrivals_leaves_them_out(n_frames):
         assert _frames_present(movie.labels, arrival["id"])[0] == arrival["frame"] < n_frames
 
 
+@pytest.mark.parametrize("generator", ["nuclei_timelapse", "nuclei_lineage_timelapse", "nuclei_zstack",
+                                       "synthetic_nuclei_4d"])
+def test_nuclei_too_large_to_keep_clear_of_the_border_are_cut_by_it(generator):
+    """A nucleus radius close to the field's size (train_nano draws up to 18 px at its input size, tests train at
+    64²) left no room between the margins and numpy raised "high - low < 0"; the nucleus is now centred and cut by
+    the border instead (three such nuclei in 48² overlap, so only two are asked to show)."""
+    import napari_sam2.sample_data as sd
+
+    make = getattr(sd, generator)
+    kwargs = {"n_frames": 4} if generator != "nuclei_zstack" else {"n_slices": 6}
+    if generator == "synthetic_nuclei_4d":
+        kwargs["n_slices"] = 6
+    stack = make(shape=(48, 48), nucleus_radius=20.0, n_nuclei=3, seed=2, **kwargs)
+    labels = stack.labels
+    assert stack.image.shape[-2:] == (48, 48) and stack.image.max() > stack.image.min()
+    assert len(set(np.unique(labels).tolist()) - {0}) >= 2
+    assert labels[..., [0, -1], :].any() or labels[..., :, [0, -1]].any()  # a nucleus reaches the border
+
+
 # ---------------------------------------------------------------------- 3-D time-lapse
 def test_4d_nuclei_move_in_3d_divide_and_are_deterministic():
     from napari_sam2.sample_data import synthetic_nuclei_4d

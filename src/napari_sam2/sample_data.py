@@ -85,6 +85,15 @@ def _camera(signal: np.ndarray, rng: np.random.Generator, dtype, photons: float,
     return np.clip(np.rint(adu), 0, full).astype(dt)
 
 
+def _inside(rng: np.random.Generator, margin: float, extent: int) -> float:
+    """A random centre coordinate `margin` px clear of both ends of [0, extent - 1]; the middle where the nucleus is
+    too large for that (it is then cut by the border, as in a real field of view). Consumes one draw either way."""
+    low, high = margin, extent - margin - 1
+    if high < low:
+        low = high = (extent - 1) / 2
+    return float(rng.uniform(low, high))
+
+
 def _smooth_noise(rng: np.random.Generator, shape, sigma) -> np.ndarray:
     """Gaussian-smoothed white noise rescaled to zero mean and unit standard deviation."""
     noise = ndimage.gaussian_filter(rng.standard_normal(shape, np.float32), sigma, mode="wrap")
@@ -325,7 +334,7 @@ def nuclei_timelapse(
         others = fixed_at(0) + [(p[0], p[1], w_axes[o][0]) for o, p in pos.items()]
         best, best_gap = None, -np.inf
         for _ in range(30):  # best of 30 random candidates: spreads the nuclei over the field
-            cand = np.array([rng.uniform(a + 2, h - a - 3), rng.uniform(a + 2, w - a - 3)])
+            cand = np.array([_inside(rng, a + 2, h), _inside(rng, a + 2, w)])
             gap = min((math.hypot(cand[0] - oy, cand[1] - ox) - a - orad for oy, ox, orad in others), default=np.inf)
             if gap > best_gap:
                 best, best_gap = cand, gap
@@ -561,7 +570,7 @@ def nuclei_zstack(
             best, best_gap = None, -np.inf
             for _ in range(30):  # best of 30 random candidates: spreads the nuclei through the volume
                 cand = np.array(
-                    [rng.uniform(0.15 * depth, 0.85 * depth), rng.uniform(lo, h - lo - 1), rng.uniform(lo, w - lo - 1)]
+                    [rng.uniform(0.15 * depth, 0.85 * depth), _inside(rng, lo, h), _inside(rng, lo, w)]
                 )
                 gap = min((np.linalg.norm(cand - m["centre"]) - a - m["a"] for m in nuclei), default=np.inf)
                 if gap > best_gap:
@@ -672,7 +681,7 @@ def synthetic_nuclei_4d(
         best, best_gap = None, -np.inf
         for _ in range(40):  # best of 40 random candidates: spreads the nuclei through the volume
             zc = z_lo + 0.1 * depth if obj == 2 else rng.uniform(z_lo, z_hi)
-            cand = np.array([zc, rng.uniform(lo, h - lo - 1), rng.uniform(lo, w - lo - 1)])
+            cand = np.array([zc, _inside(rng, lo, h), _inside(rng, lo, w)])
             gap = min((np.linalg.norm(cand - p) - a - size[o][0] for o, p in pos.items()), default=np.inf)
             if gap > best_gap:
                 best, best_gap = cand, gap
