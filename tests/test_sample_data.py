@@ -264,7 +264,7 @@ def test_nuclei_too_large_to_keep_clear_of_the_border_are_cut_by_it(generator):
     kwargs = {"n_frames": 4} if generator != "nuclei_zstack" else {"n_slices": 6}
     if generator == "synthetic_nuclei_4d":
         kwargs["n_slices"] = 6
-    stack = make(shape=(48, 48), nucleus_radius=20.0, n_nuclei=3, seed=2, **kwargs)
+    stack = make(shape=(48, 48), nucleus_radius=24.0, n_nuclei=3, seed=2, **kwargs)
     labels = stack.labels
     assert stack.image.shape[-2:] == (48, 48) and stack.image.max() > stack.image.min()
     assert len(set(np.unique(labels).tolist()) - {0}) >= 2
