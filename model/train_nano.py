@@ -412,12 +412,20 @@ def random_view(movie: Movie, rng: np.random.Generator) -> tuple[torch.Tensor, t
 
 
 def click_batch_loss(
-    model, movie: Movie, rng: np.random.Generator, stats: dict, k: int, refine: bool = False, odds=None
+    model,
+    movie: Movie,
+    rng: np.random.Generator,
+    stats: dict,
+    k: int,
+    refine: bool = False,
+    odds=None,
+    nucleus_first: bool = False,
 ) -> torch.Tensor:
     """The calibration objective on one frame of `movie`: k single clicks (`calibration_clicks`) decoded together
     on one image encoding, each with SAM's best-candidate mask loss and the L1 loss of all three predicted IoUs
     (LOSS_WEIGHTS["iou"]); returns the mean over clicks (0.0 when the frame has no object). refine: add the second
-    pass of `refine_pass_loss` (the chosen mask shown back to the decoder)."""
+    pass of `refine_pass_loss` (the chosen mask shown back to the decoder). nucleus_first: candidate 0 learns the
+    clicked nucleus and the best of the others the click's target (`frame_loss`'s `nucleus`)."""
     frame, labels = random_view(movie, rng)
     clicks = calibration_clicks(labels.numpy(), movie.brightness, rng, k, odds=odds)
     if not clicks:
@@ -440,7 +448,11 @@ def click_batch_loss(
     logits = model.upsample_logits(out.multi_logits)  # [n, 3, S, S]
     presence = F.binary_cross_entropy_with_logits(out.object_score.flatten(), torch.ones(n, device=device))
     loss = LOSS_WEIGHTS["presence"] * presence
-    for i, (_, _, target) in enumerate(clicks):
+    for i, (kind, (x, y), target) in enumerate(clicks):
+        nucleus = None
+        if nucleus_first:  # the nucleus under the click (an ambiguous click sits on its side of the border)
+            nucleus = target if kind != "ambiguous" else labels.numpy() == int(labels[int(y), int(x)])
+            nucleus = torch.from_numpy(nucleus).to(device)
         target = torch.from_numpy(target).to(device)
         focal, dice, _ = mask_losses(logits[i], target)
         mask_loss = LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice
@@ -448,8 +460,13 @@ def click_batch_loss(
             pred = logits[i] > 0
             actual = (pred & target).flatten(1).sum(1).float() / (pred | target).flatten(1).sum(1).float().clamp(min=1)
         predicted = out.multi_ious[i].float()
-        best = int(torch.argmin(mask_loss.detach()))
-        loss = loss + (mask_loss[best] + LOSS_WEIGHTS["iou"] * (predicted - actual).abs().mean()) / n
+        if nucleus is None:
+            best = int(torch.argmin(mask_loss.detach()))
+            masks_loss = mask_loss[best]
+        else:
+            best = 1 + int(torch.argmin(mask_loss[1:].detach()))
+            masks_loss = nucleus_candidate_loss(logits[i][:1], nucleus) + mask_loss[best]
+        loss = loss + (masks_loss + LOSS_WEIGHTS["iou"] * (predicted - actual).abs().mean()) / n
         chosen = int(torch.argmax(predicted.detach()))
         stats.setdefault("click_actual", []).append(float(actual[chosen]))
         stats.setdefault("click_predicted", []).append(float(predicted[chosen].detach()))
@@ -513,8 +530,20 @@ def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tenso
     return focal, dice, balanced
 
 
+def nucleus_candidate_loss(logits: torch.Tensor, nucleus: torch.Tensor, balanced_weight: float = 0.0) -> torch.Tensor:
+    """The mask loss of candidate 0 (logits [1, S, S]) against the clicked nucleus (`--nucleus-first`)."""
+    focal, dice, balanced = mask_losses(logits, nucleus)
+    return (LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice + balanced_weight * balanced)[0]
+
+
 def frame_loss(
-    model, out, target: torch.Tensor, stats: dict, balanced_weight: float = 0.0, multimask_min: bool = False
+    model,
+    out,
+    target: torch.Tensor,
+    stats: dict,
+    balanced_weight: float = 0.0,
+    multimask_min: bool = False,
+    nucleus: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SAM 2's per-frame loss for one object: out is a DecoderOutput (batch 1, ungated), target [S, S] bool.
 
@@ -526,6 +555,12 @@ def frame_loss(
     is trained on the mask; every candidate's predicted IoU is trained on its actual IoU, so the IoU head learns to
     tell a good candidate from a poor one (calibration) and the candidates are free to differ. Without it all three
     candidates learn the same target (the first nano-fluo: nearly identical candidates, IoU head uninformative).
+
+    `nucleus` ([S, S] bool, with `multimask_min`; `--nucleus-first`): candidate 0 always learns this mask — the
+    clicked nucleus itself, also when an ambiguous click asks for the pair or the cluster — and the best of the
+    other candidates learns the target. Under the plain rule the nucleus candidate of a deep click drifted towards
+    the pairs that ambiguous clicks asked of it, and the token, which picks it, merged touching nuclei (the lc31 legs
+    of model/README.md); every candidate's IoU is still trained against the target.
     """
     present = bool(target.any())
     presence = F.binary_cross_entropy_with_logits(out.object_score.flatten(), target.any().float().view(1))
@@ -542,7 +577,11 @@ def frame_loss(
             actual_iou = inter / union.clamp(min=1)
         iou_loss = (out.multi_ious[0].float() - actual_iou).abs()
         mask_loss = LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice + balanced_weight * balanced
-        if multimask_min and mask_loss.shape[0] > 1:
+        if multimask_min and mask_loss.shape[0] > 1 and nucleus is not None:
+            own = nucleus_candidate_loss(logits[:1], nucleus, balanced_weight)
+            best = 1 + int(torch.argmin(mask_loss[1:].detach()))
+            loss = loss + own + mask_loss[best] + LOSS_WEIGHTS["iou"] * iou_loss.mean()
+        elif multimask_min and mask_loss.shape[0] > 1:
             best = int(torch.argmin(mask_loss.detach()))
             loss = loss + mask_loss[best] + LOSS_WEIGHTS["iou"] * iou_loss.mean()
         else:
@@ -573,6 +612,7 @@ def run_clip(
     multimask_min: bool = False,
     ambiguous: bool = False,
     tracked_multimask_min: bool | None = None,
+    nucleus_first: bool = False,
 ) -> torch.Tensor:
     """Prompt the first frame (`prompt`: one of PROMPT_KINDS, default drawn at random), track the rest with the
     memory bank; returns the summed loss of the clip (`balanced_weight`, `multimask_min`: see `frame_loss`).
@@ -582,7 +622,8 @@ def run_clip(
     candidates free to differ leave the choice to the IoU head (v2b's touching-pair losses: it picked the pair).
 
     ambiguous: a click prompt becomes an ambiguous one where the object touches another (`ambiguous_click`: on
-    the shared border, asking for the nucleus, the pair or the cluster); such a clip stops at its prompted frame."""
+    the shared border, asking for the nucleus, the pair or the cluster); such a clip stops at its prompted frame.
+    nucleus_first: a single click's candidate 0 learns the clicked nucleus (`frame_loss`'s `nucleus`)."""
     cfg = model.cfg
     device = model.device
     feats_all = model.encode_image(clip.frames.to(device))
@@ -610,14 +651,16 @@ def run_clip(
                 coords = torch.tensor([[[x, y]]], dtype=torch.float32, device=device)
                 labels = torch.ones(1, 1, dtype=torch.int32, device=device)
                 out = model.decode(embedding, feats0.high_res, coords, labels, multimask=True, object_gate=False)
-                return frame_loss(model, out, torch.from_numpy(target0).to(device), stats, balanced_weight, True)
+                own = masks[0] if nucleus_first else None
+                return frame_loss(model, out, torch.from_numpy(target0).to(device), stats, balanced_weight, True, own)
             x, y = click_inside(first, rng)
             coords = torch.tensor([[[x, y]]], dtype=torch.float32, device=device)
             labels = torch.ones(1, 1, dtype=torch.int32, device=device)
         out = model.decode(
             embedding, feats0.high_res, coords, labels, multimask=coords.shape[1] <= 1, object_gate=False
         )
-        loss = loss + frame_loss(model, out, masks[0], stats, balanced_weight, multimask_min)
+        own = masks[0] if nucleus_first else None
+        loss = loss + frame_loss(model, out, masks[0], stats, balanced_weight, multimask_min, own)
         if kind == "corrections":
             for _ in range(int(rng.integers(1, 3))):
                 pred = (model.upsample_logits(out.logits)[0, 0] > 0).cpu().numpy()
@@ -1362,6 +1405,9 @@ def main(argv=None) -> int:
     parser.add_argument("--multimask-min", action="store_true", help="train only the best of the 3 candidate masks")
     parser.add_argument("--tracked-all-candidates", action="store_true", help="with --multimask-min: tracked "
                         "frames still train all three candidates on the tracked object (only prompts are ambiguous)")  # fmt: skip
+    parser.add_argument("--nucleus-first", action="store_true", help="candidate 0 of a single click always learns "
+                        "the clicked nucleus (also for ambiguous clicks), the best of the others the target: with "
+                        "--multimask-min on clips, and in click batches")  # fmt: skip
     parser.add_argument("--iou-weight", type=float, default=1.0, help="weight of the L1 IoU-prediction loss")
     parser.add_argument("--balanced-end", type=float, default=0.5, help="fraction of training with the balanced "
                         "cross-entropy (0: none, as when fine-tuning)")  # fmt: skip
@@ -1477,14 +1523,16 @@ def main(argv=None) -> int:
             ambiguous = args.ambiguous > 0 and rng.random() < args.ambiguous
             clip_loss = run_clip(
                 model, clip, rng, stats, max_pointer_distance, None, balanced_weight(step, args.steps, args.balanced_end),
-                args.multimask_min, ambiguous, False if args.tracked_all_candidates else None,
+                args.multimask_min, ambiguous, False if args.tracked_all_candidates else None, args.nucleus_first,
             )  # fmt: skip
             loss = loss + clip_loss / (args.clips * args.frames)
             clips += 1
         for _ in range(args.click_images):  # drawn after the clips: a run without them sees the same stream
             movie = pool[keys[int(rng.integers(len(keys)))]]
             odds = tuple(np.array(args.click_odds) / sum(args.click_odds)) if args.click_odds else None
-            batch_loss = click_batch_loss(model, movie, rng, stats, args.clicks_per_image, args.refine_pass, odds)
+            batch_loss = click_batch_loss(
+                model, movie, rng, stats, args.clicks_per_image, args.refine_pass, odds, args.nucleus_first
+            )
             loss = loss + batch_loss / args.click_images
         optimizer.zero_grad(set_to_none=True)
         if torch.is_tensor(loss) and loss.requires_grad:  # (head only: no frame with the object has no IoU loss)

@@ -192,6 +192,65 @@ def test_multimask_min_trains_one_candidate_mask_and_every_iou(train_nano):
     assert len(stats["iou_err"]) == 1 and 0 <= stats["iou_err"][0] <= 1
 
 
+def test_nucleus_first_keeps_candidate_0_on_the_clicked_nucleus_when_the_target_is_the_pair(train_nano):
+    """--nucleus-first: an ambiguous click asking for the pair trains candidate 0 on the clicked nucleus alone (its
+    logits over the neighbour are pushed down) and one other candidate on the pair; every IoU is trained."""
+    model = train_nano.build_model(train_nano.NANO_FLUO)
+    size = model.image_size
+    feats = model.encode_image(torch.zeros(1, 3, size, size))
+    coords = torch.tensor([[[108.0, 100.0]]])  # (x, y) on the clicked nucleus's side of the shared border
+    out = model.decode(model.image_embedding(feats), feats.high_res, coords, torch.ones(1, 1, dtype=torch.int32),
+                       multimask=True, object_gate=False)  # fmt: skip
+    nucleus = torch.zeros(size, size, dtype=torch.bool)
+    nucleus[88:112, 88:112] = True
+    pair = nucleus.clone()
+    pair[88:112, 112:136] = True  # the touching neighbour, right of it
+    stats = {"presence": [], "presence_acc": [], "iou": []}
+    logits = out.multi_logits.detach().requires_grad_(True)
+    ious = out.multi_ious.detach().requires_grad_(True)
+    score = out.object_score.detach()
+    one = train_nano.dataclasses.replace(out, multi_logits=logits, multi_ious=ious, object_score=score)
+    train_nano.frame_loss(model, one, pair, stats, multimask_min=True, nucleus=nucleus).backward()
+    trained = logits.grad.abs().flatten(2).sum(-1)[0]
+    assert trained[0] > 0 and int((trained[1:] > 0).sum()) == 1  # candidate 0, and the best of the other two
+    stride = size // logits.shape[-1]
+    neighbour = logits.grad[0, 0, 92 // stride : 108 // stride, 116 // stride : 132 // stride]
+    assert neighbour.sum() > 0  # descending lowers candidate 0 over the neighbour: it is not the pair
+    assert (ious.grad[0] != 0).all()
+    # without the nucleus the plain rule trains the one best candidate, whichever it is
+    plain = out.multi_logits.detach().requires_grad_(True)
+    two = train_nano.dataclasses.replace(out, multi_logits=plain, multi_ious=ious.detach(), object_score=score)
+    train_nano.frame_loss(model, two, pair, stats, multimask_min=True).backward()
+    assert int((plain.grad.abs().flatten(2).sum(-1)[0] > 0).sum()) == 1
+
+
+def test_click_batches_with_nucleus_first_train_on_the_nucleus_under_an_ambiguous_click(train_nano, monkeypatch):
+    model = train_nano.build_model(train_nano.NANO_FLUO)
+    size = model.image_size
+    labels = torch.zeros(1, size, size, dtype=torch.int64)
+    labels[0, 100:140, 80:120], labels[0, 100:140, 120:160] = 1, 2  # a touching pair: every click is ambiguous
+    movie = train_nano.Movie(torch.zeros(1, 3, size, size), labels, (), np.zeros((1, size, size)))
+    seen = []
+    real = train_nano.nucleus_candidate_loss
+
+    def spy(logits, nucleus, balanced_weight=0.0):
+        seen.append(nucleus.cpu().numpy())
+        return real(logits, nucleus, balanced_weight)
+
+    monkeypatch.setattr(train_nano, "nucleus_candidate_loss", spy)
+    rng = np.random.default_rng(3)
+    stats = {}
+    loss = train_nano.click_batch_loss(model, movie, rng, stats, 6, odds=(0.0, 0.0, 0.0, 1.0), nucleus_first=True)
+    loss.backward()
+    assert torch.isfinite(loss) and len(seen) == 6
+    for nucleus in seen:  # one whole nucleus of the (turned, flipped) frame, never the pair
+        assert nucleus.sum() == 40 * 40 and ndimage.label(nucleus)[1] == 1
+    rng = np.random.default_rng(3)  # the same clicks without the option: no nucleus loss at all
+    seen.clear()
+    train_nano.click_batch_loss(model, movie, rng, {}, 6, odds=(0.0, 0.0, 0.0, 1.0))
+    assert seen == []
+
+
 def test_iou_head_only_stage_changes_only_the_iou_head(train_nano, tmp_path):
     """The calibration stage (--iou-head-only): masks, scores and pointers of the network stay exactly as they were;
     only the IoU prediction head (which picks among the three candidates) learns."""
@@ -260,9 +319,9 @@ def test_tracked_frames_can_train_all_candidates_while_the_prompt_takes_the_best
     rules = []
     real = train_nano.frame_loss
 
-    def spy(model, out, target, stats, balanced_weight=0.0, multimask_min=False):
+    def spy(model, out, target, stats, balanced_weight=0.0, multimask_min=False, nucleus=None):
         rules.append(multimask_min)  # the rule each frame's loss was given
-        return real(model, out, target, stats, balanced_weight, multimask_min)
+        return real(model, out, target, stats, balanced_weight, multimask_min, nucleus)
 
     monkeypatch.setattr(train_nano, "frame_loss", spy)
     stats = {"presence": [], "presence_acc": [], "iou": [], "iou_err": []}
