@@ -1348,6 +1348,29 @@ def end_of_step(args, done: int, began: float, state_path, model, optimizer) -> 
     return stop
 
 
+def with_windows(cfg, window_spec):
+    """`cfg` with the Hiera trunk's attention windows per stage set to `window_spec` (None: unchanged)."""
+    if not window_spec:
+        return cfg
+    trunk = dataclasses.replace(cfg.trunk, window_spec=tuple(int(w) for w in window_spec))
+    return dataclasses.replace(cfg, trunk=trunk)
+
+
+def tile_window_embedding(state_dict: dict, cfg) -> dict:
+    """Weights of a trunk with narrower first-stage windows, for `cfg`'s wider ones (`--window-spec`): the window
+    position embedding, tiled over the grid anyway, is tiled into the wider window, so every token gets the position
+    signal it had and only what attention reaches changes (a multiple of the old window is required)."""
+    key = "image_encoder.trunk.pos_embed_window"
+    old, new = state_dict[key], cfg.trunk.window_spec[0]
+    if old.shape[-1] == new:
+        return state_dict
+    if new % old.shape[-1]:
+        raise SystemExit(f"--window-spec: the first stage's window {new} is not a multiple of the checkpoint's "
+                         f"{old.shape[-1]}")  # fmt: skip
+    k = new // old.shape[-1]
+    return {**state_dict, key: old.tile(1, 1, k, k)}
+
+
 def make_optimizer(model, args) -> torch.optim.Optimizer:
     """AdamW over every parameter, or (`--iou-head-only`) over the mask decoder's IoU prediction head alone with
     every other parameter frozen: the candidate masks, object scores and pointers of a given input are then
@@ -1405,6 +1428,9 @@ def main(argv=None) -> int:
     parser.add_argument("--multimask-min", action="store_true", help="train only the best of the 3 candidate masks")
     parser.add_argument("--tracked-all-candidates", action="store_true", help="with --multimask-min: tracked "
                         "frames still train all three candidates on the tracked object (only prompts are ambiguous)")  # fmt: skip
+    parser.add_argument("--window-spec", type=int, nargs=4, metavar="W", help="attention window of each Hiera "
+                        "stage, in tokens (nano-fluo: 8 4 8 8, i.e. 32 px in the first two stages at 256²); with "
+                        "--init the first stage's window embedding is tiled to the new window")  # fmt: skip
     parser.add_argument("--nucleus-first", action="store_true", help="candidate 0 of a single click always learns "
                         "the clicked nucleus (also for ambiguous clicks), the best of the others the target: with "
                         "--multimask-min on clips, and in click batches")  # fmt: skip
@@ -1460,18 +1486,18 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    cfg = NANO_FLUO
+    cfg = with_windows(NANO_FLUO, args.window_spec)
     model = build_model(cfg).to(device).train()
     optimizer = make_optimizer(model, args)
     start = 0
     if args.init and not (args.resume and state_path.exists()):
         init = torch.load(args.init, map_location="cpu", weights_only=True)
-        cfg = config_from_dict(init["config"])
+        cfg = with_windows(config_from_dict(init["config"]), args.window_spec)
         model = build_model(cfg).to(device).train()
         # a mask-quality head learned on the network this leg changes would misjudge its masks: it is left out
         # (retrain it afterwards with --quality-head on the new frozen network)
         network = {k: v for k, v in init["model"].items() if not k.startswith("mask_quality.")}
-        model.load_state_dict(network)
+        model.load_state_dict(tile_window_embedding(network, cfg))
         optimizer = make_optimizer(model, args)
         dropped = " (its mask-quality head left out)" if len(network) < len(init["model"]) else ""
         print(f"initialised from {args.init}{dropped}", flush=True)
