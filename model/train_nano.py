@@ -78,6 +78,9 @@ fine-tuning, its first candidate swells onto touching nuclei, so `--auto` merges
 and click batches, and lineage movies in half the non-hard movies (lc35's lead); a network from it must pass the
 lineage gate (`val_touching_merge` in its log, then `benchmarks/bench_auto.py auto --dev`) before the held-out
 benchmarks.
+Session 10 (model/README.md) found the hard movies themselves cause that regression (600-step legs: 40 % or
+even 15 % of them lose links, none keeps `--auto` above v1): run a leg with `--hard-fraction 0` beside it as
+the control.
 
 Data (made on the fly, never stored): movies from `napari_sam2.sample_data` (moving, touching, dividing, vanishing
 and returning nuclei; z-stacks of ellipsoids), with random nucleus size (4–18 px radius at the model input), density,
