@@ -452,11 +452,10 @@ def click_batch_loss(
     presence = F.binary_cross_entropy_with_logits(out.object_score.flatten(), torch.ones(n, device=device))
     loss = LOSS_WEIGHTS["presence"] * presence
     for i, (kind, (x, y), target) in enumerate(clicks):
+        target = torch.from_numpy(target).to(device)
         nucleus = None
         if nucleus_first:  # the nucleus under the click (an ambiguous click sits on its side of the border)
-            nucleus = target if kind != "ambiguous" else labels.numpy() == int(labels[int(y), int(x)])
-            nucleus = torch.from_numpy(nucleus).to(device)
-        target = torch.from_numpy(target).to(device)
+            nucleus = target if kind != "ambiguous" else (labels == labels[int(y), int(x)]).to(device)
         focal, dice, _ = mask_losses(logits[i], target)
         mask_loss = LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice
         with torch.no_grad():
@@ -466,9 +465,9 @@ def click_batch_loss(
         if nucleus is None:
             best = int(torch.argmin(mask_loss.detach()))
             masks_loss = mask_loss[best]
-        else:
-            best = 1 + int(torch.argmin(mask_loss[1:].detach()))
-            masks_loss = nucleus_candidate_loss(logits[i][:1], nucleus) + mask_loss[best]
+        else:  # candidate 0 on the nucleus (its loss is already there when the target is the nucleus)
+            own = mask_loss[0] if nucleus is target else nucleus_candidate_loss(logits[i][:1], nucleus)
+            masks_loss = own + mask_loss[1 + int(torch.argmin(mask_loss[1:].detach()))]
         loss = loss + (masks_loss + LOSS_WEIGHTS["iou"] * (predicted - actual).abs().mean()) / n
         chosen = int(torch.argmax(predicted.detach()))
         stats.setdefault("click_actual", []).append(float(actual[chosen]))
@@ -580,13 +579,15 @@ def frame_loss(
             actual_iou = inter / union.clamp(min=1)
         iou_loss = (out.multi_ious[0].float() - actual_iou).abs()
         mask_loss = LOSS_WEIGHTS["focal"] * focal + LOSS_WEIGHTS["dice"] * dice + balanced_weight * balanced
-        if multimask_min and mask_loss.shape[0] > 1 and nucleus is not None:
-            own = nucleus_candidate_loss(logits[:1], nucleus, balanced_weight)
-            best = 1 + int(torch.argmin(mask_loss[1:].detach()))
-            loss = loss + own + mask_loss[best] + LOSS_WEIGHTS["iou"] * iou_loss.mean()
-        elif multimask_min and mask_loss.shape[0] > 1:
-            best = int(torch.argmin(mask_loss.detach()))
-            loss = loss + mask_loss[best] + LOSS_WEIGHTS["iou"] * iou_loss.mean()
+        if multimask_min and mask_loss.shape[0] > 1:
+            if nucleus is None:
+                masks_loss = mask_loss[int(torch.argmin(mask_loss.detach()))]
+            else:  # candidate 0 on the nucleus (its loss is already there when the target is the nucleus)
+                own = (
+                    mask_loss[0] if nucleus is target else nucleus_candidate_loss(logits[:1], nucleus, balanced_weight)
+                )
+                masks_loss = own + mask_loss[1 + int(torch.argmin(mask_loss[1:].detach()))]
+            loss = loss + masks_loss + LOSS_WEIGHTS["iou"] * iou_loss.mean()
         else:
             loss = loss + (mask_loss + LOSS_WEIGHTS["iou"] * iou_loss).mean()
         chosen = int(torch.argmax(out.multi_ious[0]))
