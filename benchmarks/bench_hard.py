@@ -38,6 +38,7 @@ import torch
 from scipy import ndimage
 
 from napari_sam2 import load_model
+from napari_sam2.click_rule import CLICK_RULES, resolve_click_rule
 from napari_sam2.frames import FrameSource
 from napari_sam2.preprocess import CONTRASTS, resolve_contrast
 from napari_sam2.sample_data import nuclei_timelapse
@@ -63,12 +64,12 @@ def border_click(labels: np.ndarray, a: int, b: int) -> tuple[float, float] | No
 
 
 def clicks_in_session(
-    model, image: np.ndarray, frame: int, truth: np.ndarray, min_area: int = 20, contrast=None
+    model, image: np.ndarray, frame: int, truth: np.ndarray, min_area: int = 20, contrast=None, click_rule=None
 ) -> list[dict]:
-    """One fresh-session click per object on `frame`: [{obj, iou, predicted, on_other}] (truth [Y, X]); contrast:
-    the session's contrast step (None: the model's default)."""
+    """One fresh-session click per object on `frame`: [{obj, iou, predicted, on_other}] (truth [Y, X]); contrast,
+    click_rule: the session's (None: the model's default)."""
     rows = []
-    with TrackingSession(model, image, contrast=contrast) as session:
+    with TrackingSession(model, image, contrast=contrast, click_rule=click_rule) as session:
         for obj in (int(i) for i in np.unique(truth)[1:]):
             mask = truth == obj
             if mask.sum() < min_area:
@@ -138,7 +139,7 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
             "candidate_abs_err": cand_err, "tokens": tokens}  # fmt: skip
 
 
-def evaluate(model, seeds: int = 3, n: int = 16, contrast=None) -> dict:
+def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None) -> dict:
     results: dict[str, dict] = {}
     rows_of: dict[str, list] = {}
     all_pred, all_actual = [], []
@@ -150,7 +151,7 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None) -> dict:
             stack = hard_condition(name, HELD_OUT + 100 * c + k, n=n)
             frame = n // 2 if stack.axes == "ZYX" else 0
             truth = stack.labels[frame]
-            got = clicks_in_session(model, stack.image, frame, truth, contrast=contrast)
+            got = clicks_in_session(model, stack.image, frame, truth, contrast=contrast, click_rule=click_rule)
             brightness = stack.events["brightness"]
             interphase = [r for r in got if r["obj"] not in stack.events["mitotic"]]
             cut = np.median([brightness[r["obj"]] for r in interphase]) if interphase else 0
@@ -165,7 +166,7 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None) -> dict:
             if stack.axes == "ZYX":  # propagate the middle-slice click through z
                 for r in got[:6]:
                     obj = r["obj"]
-                    with TrackingSession(model, stack.image, contrast=contrast) as session:
+                    with TrackingSession(model, stack.image, contrast=contrast, click_rule=click_rule) as session:
                         session.add_prompt(frame, obj, points=[deepest_point(truth == obj)], labels=[1])
                         masks = {fr.frame: fr.masks[fr.obj_ids.index(obj)] for fr in session.propagate("both")
                                  if obj in fr.obj_ids}  # fmt: skip
@@ -193,7 +194,7 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None) -> dict:
     old = []
     for k in range(seeds):
         movie = nuclei_timelapse(n_frames=1, n_nuclei=10, seed=OLD_HELD_OUT + k)
-        old += clicks_in_session(model, movie.image, 0, movie.labels[0], contrast=contrast)
+        old += clicks_in_session(model, movie.image, 0, movie.labels[0], contrast=contrast, click_rule=click_rule)
     all_pred += [r["predicted"] for r in old]
     all_actual += [r["iou"] for r in old]
     pred, actual = np.array(all_pred), np.array(all_actual)
@@ -248,6 +249,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--contrast", choices=CONTRASTS, help="the contrast step of the model input (default: the model's)"
     )
+    parser.add_argument(
+        "--click-rule", choices=sorted(CLICK_RULES), help="how a clicked frame is read (default: the model's)"
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     if args.threads:
@@ -255,8 +259,9 @@ def main(argv=None) -> int:
     model = load_model(args.model, device="cpu")
     began = time.perf_counter()
     contrast = resolve_contrast(args.contrast, model).name
+    rule = resolve_click_rule(args.click_rule, model)
     numbers = {"model": str(args.model), "seeds": args.seeds, "threads": torch.get_num_threads(), "contrast": contrast,
-               **evaluate(model, args.seeds, args.frames, contrast)}  # fmt: skip
+               **rule.record(), **evaluate(model, args.seeds, args.frames, contrast, rule)}  # fmt: skip
     numbers["seconds"] = time.perf_counter() - began
     print(json.dumps(numbers, indent=1))
     if args.json:

@@ -121,6 +121,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from napari_sam2.automatic import deepest_point
+from napari_sam2.click_rule import CLICK_RULE_OFF, CLICK_RULES, ClickRule
 from napari_sam2.frames import FrameSource
 from napari_sam2.model import memory_bank
 from napari_sam2.model.build import build_model, config_from_dict, resolve_device
@@ -906,13 +907,17 @@ def condition_clicks(
     turns: int = 0,
     flip: bool = False,
     contrast: str = "global",
+    rule: ClickRule = CLICK_RULE_OFF,
 ) -> dict | None:
     """The frozen network's answers to single clicks on one frame, as a fresh `TrackingSession` gives them.
 
     image [T, Y, X] (a stack, preprocessed by `FrameSource` as at inference), frame: the clicked index, truth
     [Y, X] its labels; the frame (and truth) turned by `turns` × 90° and flipped left-right with `flip`. One click at
     each object's deepest pixel (objects ≥ 20 px, as the benchmarks click), and with odds `extra` a second one
-    anywhere ≥ 40 % deep; contrast: the model input's contrast step (`preprocess`), as the session's. → {s0 [d/8, 4h, 4w], s1 [d/4, 2h, 2w] (fp16 high-res maps), logits [n, 3, 4h, 4w] (fp16,
+    anywhere ≥ 40 % deep; contrast: the model input's contrast step (`preprocess`), rule: the click rule
+    (`napari_sam2.click_rule`), as the session's. → {s0 [G, d/8, 4h, 4w], s1 [G, d/4, 2h, 2w] (fp16 high-res maps of
+    the G frames the clicks were decoded from: one per gain of the click rule), group [n] (each click's frame in s0 /
+    s1), logits [n, 3, 4h, 4w] (fp16,
     before the object gate: what the head reads), coords [n, 1, 2] (x, y at the model input), token [n, 3] (the IoU
     token's estimates: the session's choice is their argmax), actual [n, 3] (each candidate's IoU with the object
     as the session returns it: gated, holes ≤ 8 px filled, resized to the frame), condition [n], deep [n]}."""
@@ -937,26 +942,46 @@ def condition_clicks(
             clicks.append((cy, cx))
             deep.append(False)
             targets.append(obj)
+    coords = torch.from_numpy(points_to_model(np.array(clicks), truth.shape, size))[:, None].to(model.device)
+    ones = torch.ones(len(clicks), 1, dtype=torch.int32, device=model.device)
+    # the click rule's level: each click is decoded from the frame raised for it (clicks of one gain share a frame)
+    gains = [rule.gain(ClickRule.grey(x[0]), coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
+    groups = sorted(set(gains), key=gains.index)
+    s0, s1, logits, token = [], [], [None] * len(clicks), [None] * len(clicks)
     head, model.mask_quality = model.mask_quality, None  # the frozen network's answers only
     try:
-        feats = model.encode_image(x.to(model.device))
-        coords = torch.from_numpy(points_to_model(np.array(clicks), truth.shape, size))[:, None].to(model.device)
-        ones = torch.ones(len(clicks), 1, dtype=torch.int32, device=model.device)
-        out = model.decode(model.image_embedding(feats), feats.high_res, coords, ones, multimask=True,
-                           object_gate=False)  # fmt: skip
+        for gain in groups:
+            rows = [i for i, g in enumerate(gains) if g == gain]
+            seen = x if gain == 1.0 else ClickRule.apply_gain(x[0], gain)[None]
+            feats = model.encode_image(seen.to(model.device))
+            out = model.decode(model.image_embedding(feats), feats.high_res, coords[rows], ones[rows], multimask=True,
+                               object_gate=False)  # fmt: skip
+            s0.append(feats.high_res[0][0].half().cpu())
+            s1.append(feats.high_res[1][0].half().cpu())
+            for j, i in enumerate(rows):
+                candidates = out.multi_logits[j : j + 1].float()
+                if rule.component:  # each candidate as the session would keep it, were it the chosen one
+                    candidates = torch.cat([
+                        rule.keep_clicked(candidates[:, m : m + 1], coords[i].cpu().numpy(), np.ones(1), size)[0]
+                        for m in range(candidates.shape[1])
+                    ], dim=1)  # fmt: skip
+                logits[i] = (candidates, out.object_score[j : j + 1])
+                token[i] = out.multi_ious[j : j + 1].float()
     finally:
         model.mask_quality = head
-    present = out.object_score[:, 0] > 0
-    gated = torch.where(present[:, None, None, None], out.multi_logits.float(), NO_OBJECT_LOGIT)
+    multi_logits = torch.cat([c for c, _ in logits])
+    present = torch.cat([o for _, o in logits])[:, 0] > 0
+    gated = torch.where(present[:, None, None, None], multi_logits, NO_OBJECT_LOGIT)
     masks = (model.upsample_logits(fill_holes(gated, 8), truth.shape) > 0).cpu()
     labels = torch.from_numpy(truth)
     actual = torch.stack([candidate_ious(masks[i], labels == obj, labels) for i, obj in enumerate(targets)])
     return {
-        "s0": feats.high_res[0][0].half().cpu(),
-        "s1": feats.high_res[1][0].half().cpu(),
-        "logits": out.multi_logits.half().cpu(),
+        "s0": torch.stack(s0),
+        "s1": torch.stack(s1),
+        "group": torch.tensor([groups.index(g) for g in gains]),
+        "logits": multi_logits.half().cpu(),
         "coords": coords.cpu(),
-        "token": out.multi_ious.float().cpu(),
+        "token": torch.cat(token).cpu(),
         "actual": actual,
         "condition": torch.full((len(clicks),), condition),
         "deep": torch.tensor(deep),
@@ -964,14 +989,15 @@ def condition_clicks(
     }
 
 
-def condition_set(model, groups: int, tuning: bool, contrasts=("global",)) -> dict:
+def condition_set(model, groups: int, tuning: bool, contrasts=("global",), rule: ClickRule = CLICK_RULE_OFF) -> dict:
     """The clicks of `--quality-data conditions`, stacked: `condition_clicks` of every frame (their "frame" index
     points into s0 / s1). Group k: one stack of each of bench_hard's hard conditions (`hard_condition`, seeds
     QUALITY_TRAIN_SEED + 1000 c + k), an issue-7 frame (`nuclei_timelapse`, 10 nuclei, + 900 + k) and, in training
     only, a `random_hard_stack` frame of 256² (+ 500,000 + k), for breadth. Tuning (QUALITY_TUNE_SEED): built like
     bench_hard — frame 0 (z-stacks: the middle slice), deepest clicks, no turning. Training: two random frames per
     stack, turned and flipped at random, half the objects clicked a second time anywhere deep inside. Each view is
-    clicked once per contrast step of `contrasts` (the same clicks: the rng is drawn once per view)."""
+    clicked once per contrast step of `contrasts` (the same clicks: the rng is drawn once per view), through the
+    click rule `rule` (`napari_sam2.click_rule`)."""
     base = QUALITY_TUNE_SEED if tuning else QUALITY_TRAIN_SEED
     extra = 0.0 if tuning else 0.5
     parts = []
@@ -997,14 +1023,15 @@ def condition_set(model, groups: int, tuning: bool, contrasts=("global",)) -> di
             state = rng.bit_generator.state
             for contrast in contrasts:
                 rng.bit_generator.state = state  # every contrast step gets the same second clicks
-                got = condition_clicks(model, image, frame, truth, condition, rng, extra, turns, flip, contrast)
+                got = condition_clicks(model, image, frame, truth, condition, rng, extra, turns, flip, contrast, rule)
                 if got is not None:
                     parts.append(got)
     keys = ("logits", "coords", "token", "actual", "condition", "deep", "local")
     data = {key: torch.cat([p[key] for p in parts]) for key in keys}
-    data["s0"] = torch.stack([p["s0"] for p in parts])
-    data["s1"] = torch.stack([p["s1"] for p in parts])
-    data["frame"] = torch.cat([torch.full((len(p["token"]),), i) for i, p in enumerate(parts)])
+    data["s0"] = torch.cat([p["s0"] for p in parts])
+    data["s1"] = torch.cat([p["s1"] for p in parts])
+    offsets = np.cumsum([0] + [len(p["s0"]) for p in parts])
+    data["frame"] = torch.cat([p["group"] + int(offsets[i]) for i, p in enumerate(parts)])
     return data
 
 
@@ -1044,8 +1071,9 @@ def train_quality_on_conditions(args, model, params, optimizer, start: int, log)
     head = model.mask_quality
     began = time.time()
     contrasts = ("global", "local") if args.quality_contrast == "both" else (args.quality_contrast,)
-    data = condition_set(model, args.quality_groups, tuning=False, contrasts=contrasts)
-    tune = condition_set(model, args.quality_tune_groups, True, contrasts) if args.quality_tune_groups else None
+    rule = CLICK_RULES[args.quality_click_rule]
+    data = condition_set(model, args.quality_groups, tuning=False, contrasts=contrasts, rule=rule)
+    tune = condition_set(model, args.quality_tune_groups, True, contrasts, rule) if args.quality_tune_groups else None
     n, batch = len(data["frame"]), args.clicks_per_image
     per_pass = (n + batch - 1) // batch
     print(f"conditions set: {n} training clicks ({len(data['s0'])} frames)"
@@ -1469,6 +1497,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quality-contrast", choices=["global", "local", "both"], default="global", help="--quality-"
                         "data conditions: the contrast step of the clicked frames (both: every view clicked under "
                         "each, so the head is calibrated for either)")  # fmt: skip
+    parser.add_argument("--quality-click-rule", choices=sorted(CLICK_RULES), default="off", help="--quality-data "
+                        "conditions: the click rule the clicks go through (napari_sam2.click_rule; fluorescence: "
+                        "nano-fluo's default), so the head is calibrated for the masks a session returns")  # fmt: skip
     parser.add_argument("--quality-init", type=Path, help="--quality-head: start the head from this checkpoint's "
                         "head (the frozen network is --init's)")  # fmt: skip
     parser.add_argument("--quality-tune-groups", type=int, default=12, help="--quality-data conditions: tuning "

@@ -243,6 +243,41 @@ def _deepest(mask):
     return [list(np.unravel_index(int(np.argmax(depth)), mask.shape))]
 
 
+def test_the_widget_clicks_with_the_models_click_rule_and_saves_it_for_replay(nano, tmp_path):
+    """The widget's sessions read a click as track() does (nano-fluo: the fluorescence rule), record the rule, and
+    its saved result replays to the same labels; an opened result made without the rule is continued without it."""
+    from napari_sam2.click_rule import CLICK_RULE_FLUORESCENCE, CLICK_RULE_OFF
+    from napari_sam2.io.ome_zarr import LabelStore
+    from napari_sam2.io.results import open_result
+    from napari_sam2.prompts import PromptSet
+    from napari_sam2.replay import replay
+    from napari_sam2.sample_data import SampleStack
+    from test_contrast_track import dim_and_bright_movie
+
+    stack = dim_and_bright_movie()
+    c = _on(SampleStack(image=stack, labels=np.zeros(stack.shape, np.uint32), axes="TYX"), nano)
+    c.add_points((), 0, 1, [[44, 40]], [1])  # the dim disk
+    c.propagate((), "forward", (0, 4), [0])
+    assert c.session(()).click_rule == CLICK_RULE_FLUORESCENCE == c.click_rule_used(c.session(()))
+    record = {"layer": "movie", "path": None, "shape": list(stack.shape)}
+    provenance = c.provenance((), record)
+    assert provenance.settings["click_rule"] == CLICK_RULE_FLUORESCENCE.record()["click_rule"]
+    prompts = PromptSet()
+    prompts.add(0, 1, points=[[44, 40]], labels=[1])
+    c.save(tmp_path / "w.ome.zarr", "tyx", prompts, provenance, [1.0] * 3, ["pixel"] * 3)
+    replayed = replay(tmp_path / "w.ome.zarr", image=stack, model=nano)
+    assert replayed.identical, replayed.differing_frames
+
+    store = LabelStore.open(tmp_path / "w.ome.zarr", mode="r+")  # as if made before the rule existed
+    store.update_provenance({"settings": {k: v for k, v in store.provenance["settings"].items() if k != "click_rule"}})
+    c.open_result(open_result(tmp_path / "w.ome.zarr"))
+    assert c.click_rule == CLICK_RULE_OFF
+    c.prompts_of = lambda key: prompts
+    c.reset_sessions()
+    assert c.session(()).click_rule == CLICK_RULE_OFF
+    c.reset_sessions()
+
+
 def test_find_all_objects_adds_the_nuclei_not_yet_in_the_list(nano):
     from napari_sam2.sample_data import nuclei_timelapse
 

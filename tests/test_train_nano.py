@@ -448,21 +448,27 @@ def test_quality_targets_are_each_candidates_iou(train_nano):
     assert all(c[2] is None for c in clicks if c[0] == "grid")
 
 
-@pytest.mark.parametrize("contrast", ["global", "local"])
-def test_condition_clicks_score_the_candidate_a_fresh_session_returns(train_nano, contrast):
+@pytest.mark.parametrize("contrast, rule", [("global", "off"), ("local", "off"), ("global", "fluorescence")])
+def test_condition_clicks_score_the_candidate_a_fresh_session_returns(train_nano, contrast, rule):
     """--quality-data conditions scores clicks at model level; the chosen candidate's IoU must be the one a user's
-    click through TrackingSession gets (bench_hard's measure), or the head learns another target."""
+    click through TrackingSession gets (bench_hard's measure), or the head learns another target. With the click rule
+    too: each click decoded from the frame raised for it, the clicked part kept."""
+    from napari_sam2.click_rule import CLICK_RULES
     from napari_sam2.sample_data import nuclei_timelapse
     from napari_sam2.session import TrackingSession
 
     model = load_model("nano-fluo", device="cpu")
     movie = nuclei_timelapse(n_frames=1, n_nuclei=6, seed=123)
     truth = movie.labels[0]
-    got = train_nano.condition_clicks(model, movie.image, 0, truth, 3, np.random.default_rng(0), 0.0, contrast=contrast)
+    got = train_nano.condition_clicks(
+        model, movie.image, 0, truth, 3, np.random.default_rng(0), 0.0, contrast=contrast, rule=CLICK_RULES[rule]
+    )
     chosen = got["actual"][torch.arange(len(got["token"])), got["token"].argmax(1)]
     objs = [int(o) for o in np.unique(truth)[1:] if (truth == o).sum() >= 20]
     assert len(objs) == len(chosen) >= 3 and got["deep"].all() and bool(got["local"].all()) == (contrast == "local")
-    with TrackingSession(model, movie.image, contrast=contrast) as session:
+    if rule == "fluorescence":  # the rule raised some of these clicks: each such click has a frame of its own
+        assert len(got["s0"]) > 1 and len(got["group"]) == len(chosen)
+    with TrackingSession(model, movie.image, contrast=contrast, click_rule=rule) as session:
         for obj, expected in zip(objs, chosen.tolist()):
             result = session.add_prompt(0, obj, points=[train_nano.deepest_click(truth == obj)], labels=[1])
             mask = result.masks[result.obj_ids.index(obj)]

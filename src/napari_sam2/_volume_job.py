@@ -259,6 +259,7 @@ class VolumeTimeJob(TrackJob):
             on_read=lambda t, z, pixels: identity(t * n_slices + z, pixels),
             z_edge=self.z_edge,  # `TrackJob.plan`: the given or recorded rule (a store from before it: off)
             contrast=self.contrast,  # `TrackJob.start`: the given, recorded or model's step
+            click_rule=self.click_rule,  # `TrackJob.plan`: the given or recorded rule (a store from before it: off)
         )
 
     def _z_stream(self) -> bool:
@@ -284,6 +285,7 @@ class VolumeTimeJob(TrackJob):
             "engine": "volume_time",
             "z_edge": self.session.z_edge,
             **self.session.contrast.record(),  # "contrast" (and local's constants), for resume and replay
+            **self.session.click_rule.record(),  # "click_rule", for resume and replay
         }
 
     def _scale_units(self):
@@ -329,6 +331,7 @@ def replay_tzyx(saved, opened: OpenedStack, net, threads: int | None = None):
     result for it (what `track` wrote last there), zero where nothing was tracked. → `ReplayResult`."""
     import torch
 
+    from .click_rule import click_rule_from_record
     from .preprocess import contrast_from_record
     from .replay import ReplayResult
     from .volume_time import replay_volume_time
@@ -358,6 +361,7 @@ def replay_tzyx(saved, opened: OpenedStack, net, threads: int | None = None):
             intensity=window,
             z_edge=settings.get("z_edge"),  # none recorded: a result made before the axial edge rule
             contrast=contrast_from_record(settings),  # none recorded: made before the option, global
+            click_rule=click_rule_from_record(settings),  # none recorded: made before the rule, off
         )
         try:
             labels = np.zeros(view.shape, np.uint32)

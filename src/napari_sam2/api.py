@@ -25,6 +25,8 @@ import numpy as np
 
 from . import registry
 from .analysis import consistent_parents, export_ctc, region_table, tracks_from_labels, write_csv
+from .click_rule import click_rule as click_rule_step
+from .click_rule import click_rule_from_record
 from .errors import ModelNameError
 from .io.identity import InputIdentity
 from .io.lock import StoreLock
@@ -146,6 +148,7 @@ def track(
     auto: bool = False,
     z_edge="auto",
     contrast=None,
+    click_rule=None,
 ) -> TrackResult:
     """Track the prompted objects through a stack; write the labels frame by frame as they are computed.
 
@@ -194,6 +197,11 @@ def track(
         (the window alone), "local" (each frame divided by its local envelope: dim objects beside bright ones, e.g.
         nuclei of very different brightness), a `preprocess.LocalContrast`, or None (default): the model's
         (`registry.ModelInfo.contrast`). Recorded in the store (with local's constants); a resumed run keeps it.
+    click_rule: how a frame prompted with clicks is read (`napari_sam2.click_rule`): "fluorescence" (a dim clicked
+        object is brought up to a set brightness before the network, and only the clicked part of the mask is kept),
+        "off" (the network's answer as it is), a `click_rule.ClickRule`, or None (default): the model's
+        (`registry.ModelInfo.click_rule`: "fluorescence" for nano-fluo, "off" for the official checkpoints and under
+        preset "parity"). Recorded in the store; a resumed run keeps it.
 
     Resume (resume=True on an existing store): the prompts, direction, channel, window, contrast and preset recorded
     in the store are used (prompts given here must equal them; a different checkpoint is refused). SAM 2's memory of a
@@ -352,6 +360,8 @@ class TrackJob:
         # the contrast step: a resumed run replays the recorded one (none recorded: made before the option, global);
         # a new run's None is the model's default, resolved once the model is loaded (`start`)
         self.contrast = _plan_contrast(a["contrast"], settings if store is not None else None, out_path)
+        # the click rule likewise (none recorded: made before the rule, off)
+        self.click_rule = _plan_click_rule(a["click_rule"], settings if store is not None else None, out_path)
         if auto and a["prompts"] is not None:
             raise InputError("auto segments the first frame itself: give either prompts/seeds or auto, not both")
         if store is not None and "discover" in settings:  # replay what was recorded (a custom detector: given again)
@@ -602,6 +612,7 @@ class TrackJob:
             on_read=self.identity,
             z_edge=self.z_edge,
             contrast=self.contrast,
+            click_rule=self.click_rule,
         )
 
     def _z_stream(self) -> bool:
@@ -631,6 +642,7 @@ class TrackJob:
             "threads": _torch_threads(),
             "z_edge": self.session.z_edge,  # the axial edge rule (z streams; None: off), for resume and replay
             **self.session.frames.contrast.record(),  # "contrast" (and local's constants), for resume and replay
+            **self.session.click_rule.record(),  # "click_rule", for resume and replay
         }
 
     def _scale_units(self) -> tuple[list[float] | None, dict[str, str] | None]:
@@ -798,6 +810,22 @@ def _plan_contrast(given, recorded: dict | None, out_path):
         raise InputError(
             f"{out_path} was made with contrast={text(made)}; a resumed run replays it, so contrast={text(step)} "
             "cannot apply: resume without --contrast, or write to a new --out"
+        )
+    return made
+
+
+def _plan_click_rule(given, recorded: dict | None, out_path):
+    """The click rule of a run: given None → None (the model's default, resolved by the session); a resumed run →
+    the recorded rule (none recorded: off, as a store made before the rule was made); a given one that differs from
+    it is refused, as any changed setting."""
+    rule = None if given is None else click_rule_step(given)
+    if recorded is None:
+        return rule
+    made = click_rule_from_record(recorded)
+    if rule is not None and rule != made:
+        raise InputError(
+            f"{out_path} was made with click_rule={made}; a resumed run replays it, so click_rule={rule} cannot "
+            "apply: resume without --click-rule, or write to a new --out"
         )
     return made
 

@@ -121,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="contrast step of the model input after the intensity window: global (the window alone) or "
                    "local (each frame divided by its local brightness envelope: dim nuclei beside bright ones); "
                    "default: the model's (on --resume: the recorded one)")  # fmt: skip
+    t.add_argument("--click-rule", default=None, choices=["fluorescence", "off"],
+                   help="how a frame prompted with clicks is read: fluorescence (a dim clicked object is brought up "
+                   "to a set brightness before the network, and only the clicked part of the mask is kept) or off "
+                   "(the network's answer as it is); default: the model's — fluorescence for nano-fluo, off for the "
+                   "official checkpoints (on --resume: the recorded one)")  # fmt: skip
     t.add_argument("--z-edge", default="auto", metavar="FRACTION|off",
                    help="axial edge rule of z-stacks and 3D+t: end each object in z where the image falls below this "
                    "fraction of its column's brightest voxel (auto: 0.5 on a z stream, off along t; off: never)")  # fmt: skip
@@ -358,6 +363,7 @@ def _cmd_track(args) -> int:
             auto=args.auto,
             z_edge=args.z_edge,
             contrast=args.contrast,
+            click_rule=args.click_rule,
         )
     finally:
         if bar is not None:
@@ -477,6 +483,7 @@ def _cmd_info(args) -> int:
             z_edge = settings.get("z_edge")
             shown.append(f"z_edge={'off' if z_edge is None else z_edge}")
         shown.append(_contrast_text(settings))
+        shown.append(_click_rule_text(settings))
         print("  settings: " + ", ".join(shown))
     if record.input:
         print("  input: " + ", ".join(f"{k}={v}" for k, v in record.input.items()))
@@ -484,6 +491,16 @@ def _cmd_info(args) -> int:
     if len(result.finished_frames) < n:
         print("  incomplete: finish it with `napari-sam2 track IMAGE --out STORE --resume`")
     return EXIT_OK
+
+
+def _click_rule_text(settings: dict) -> str:
+    """ "click_rule=fluorescence" / "click_rule=off" (a rule of other constants: its numbers): the click rule the labels
+    were made with (none recorded: made before the rule, off)."""
+    from .click_rule import CLICK_RULES, click_rule_from_record
+
+    rule = click_rule_from_record(settings)
+    name = next((k for k, v in CLICK_RULES.items() if v == rule), None)
+    return f"click_rule={name}" if name else f"click_rule=(level={rule.level}, radius={rule.radius}, component={rule.component})"
 
 
 def _contrast_text(settings: dict) -> str:

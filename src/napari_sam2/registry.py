@@ -35,6 +35,7 @@ __all__ = [
     "ModelNotAvailableError",
     "cache_dir",
     "checkpoint_path",
+    "default_click_rule",
     "default_contrast",
     "file_sha256",
     "list_models",
@@ -88,7 +89,8 @@ class ModelInfo:
     params: parameter count; hf_repo: Meta's Hugging Face repository holding the same file; aliases: other accepted
     spellings; builtin: the file ships inside the package (`BUILTIN_DIR`), written by model/train_nano.py --export
     together with a JSON record of its hash, size and parameter count. contrast: the contrast step its input is made
-    with unless the user picks one ("global" or "local"; `napari_sam2.preprocess.resolve_contrast`).
+    with unless the user picks one ("global" or "local"; `napari_sam2.preprocess.resolve_contrast`). click_rule: the
+    click rule its sessions use unless the user picks one ("off" or "fluorescence"; `napari_sam2.click_rule`).
     """
 
     name: str
@@ -105,6 +107,7 @@ class ModelInfo:
     aliases: tuple[str, ...] = field(default_factory=tuple)
     builtin: bool = False  # shipped in napari_sam2/weights/ (no url, never downloaded)
     contrast: str = "global"  # preprocess.CONTRASTS: the default contrast step of every face for this model
+    click_rule: str = "off"  # click_rule.CLICK_RULES: how every face reads a clicked frame for this model
 
 
 _SHORT = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
@@ -145,7 +148,7 @@ _OFFICIAL = [
 ]
 
 
-def _builtin(name: str, stem: str, config: str, contrast: str = "global") -> ModelInfo:
+def _builtin(name: str, stem: str, config: str, contrast: str = "global", click_rule: str = "off") -> ModelInfo:
     """A model shipped in the package; its hash, size and parameters come from the record written beside it."""
     import json
 
@@ -167,6 +170,7 @@ def _builtin(name: str, stem: str, config: str, contrast: str = "global") -> Mod
         aliases=(stem, "nano"),
         builtin=True,
         contrast=contrast,
+        click_rule=click_rule,
     )
 
 
@@ -176,7 +180,8 @@ MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in [
         # contrast: nano-fluo's default contrast step (preprocess.LocalContrast is "local")
-        _builtin(BUILTIN_MODEL, "nano_fluo", "nano-fluo", contrast="global"),
+        # click_rule: nano-fluo's clicks are read with the fluorescence rule (click_rule.py; model/README.md)
+        _builtin(BUILTIN_MODEL, "nano_fluo", "nano-fluo", contrast="global", click_rule="fluorescence"),
         *(_official(*row) for row in _OFFICIAL),
     ]
 }
@@ -204,24 +209,38 @@ def model_info(name: str) -> ModelInfo:
     raise KeyError(f"unknown SAM 2 model {name!r}; known: {', '.join(MODELS)} (or pass the path of a .pt file)")
 
 
-def default_contrast(name_or_path: str | os.PathLike) -> str:
-    """The `ModelInfo.contrast` of the registry model a name, an alias or a checkpoint path names (its built-in file,
-    or its file in the download cache); "global" for a checkpoint the registry does not know."""
+def _known_info(name_or_path: str | os.PathLike) -> ModelInfo | None:
+    """The registry entry a name, an alias or a checkpoint path names (its built-in file, or its file in the
+    download cache); None for a checkpoint the registry does not know."""
     path = Path(name_or_path)
     if not path.exists():
         try:
-            return model_info(str(name_or_path)).contrast
+            return model_info(str(name_or_path))
         except KeyError:
-            return "global"
+            return None
     try:
         resolved = path.resolve()
         for info in MODELS.values():
             known = _model_file(info)
             if known.is_file() and known.resolve() == resolved:
-                return info.contrast
+                return info
     except OSError:
         pass
-    return "global"
+    return None
+
+
+def default_contrast(name_or_path: str | os.PathLike) -> str:
+    """The `ModelInfo.contrast` of the registry model a name, an alias or a checkpoint path names (its built-in file,
+    or its file in the download cache); "global" for a checkpoint the registry does not know."""
+    info = _known_info(name_or_path)
+    return "global" if info is None else info.contrast
+
+
+def default_click_rule(name_or_path: str | os.PathLike) -> str:
+    """The `ModelInfo.click_rule` of the registry model `name_or_path` names (as `default_contrast`); "off" for a
+    checkpoint the registry does not know."""
+    info = _known_info(name_or_path)
+    return "off" if info is None else info.click_rule
 
 
 def register(info: ModelInfo, *, overwrite: bool = False) -> ModelInfo:

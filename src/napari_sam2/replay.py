@@ -198,6 +198,7 @@ def replay(
 
     from .api import _load_model, _open_input
     from .io.results import open_result
+    from .click_rule import click_rule_from_record
     from .preprocess import contrast_from_record
     from .session import TrackingSession
 
@@ -237,6 +238,7 @@ def replay(
 
         options["intensity"] = IntensityRange(*settings["window"])
     options["contrast"] = contrast_from_record(settings)  # none recorded: made before the option, global
+    options["click_rule"] = click_rule_from_record(settings)  # none recorded: made before the rule, off
     threads = threads or settings.get("threads")
     before = torch.get_num_threads()
     if threads:

@@ -56,6 +56,7 @@ _TRACK_OPTIONS = (
     "device",
     "window",
     "contrast",
+    "click_rule",
     "seed_frame",
     "preset",
     "save_image",
@@ -427,7 +428,7 @@ def track_many(
     frame_progress: `track`'s per-frame progress(frames_done, frames_total), called inside the worker (it must
         pickle; its output goes to the worker's log).
     track_options: passed to every stack's `track`: model, axis, direction, channel, device, window, contrast,
-        seed_frame, preset, save_image, tables, scale, embedding_cache, discover, auto.
+        click_rule, seed_frame, preset, save_image, tables, scale, embedding_cache, discover, auto.
 
     Returns a `TrackManyResult` (rows in input order; the summary is also written as CSV). Stacks whose store is
     already complete are skipped without any cluster work; interrupted stores are resumed.
@@ -781,6 +782,8 @@ def add_cli_parsers(sub) -> None:
     t.add_argument("--resources", default=None, metavar="NAME=N[,NAME=N]",
                    help="Dask resources per stack, e.g. GPU=1 with workers started --resources GPU=1")  # fmt: skip
     _stack_options(t)
+    t.add_argument("--click-rule", default=None, choices=["fluorescence", "off"],
+                   help="how frames prompted with clicks are read, as track (default: the model's)")  # fmt: skip
     t.add_argument("--direction", default="both", choices=["forward", "backward", "both"], help="as track (both)")
     t.add_argument("--seed-frame", type=int, default=0, metavar="N", help="frame the seed labels belong to (0)")
     t.add_argument("--no-image", action="store_true", help="do not copy the images into the stores")
@@ -859,6 +862,7 @@ def cmd_track_many(args) -> int:
         "device": args.device,
         "window": args.window,
         "contrast": args.contrast,
+        "click_rule": args.click_rule,
         "seed_frame": args.seed_frame,
         "save_image": not args.no_image,
         "embedding_cache": args.embedding_cache,

@@ -104,6 +104,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .click_rule import resolve_click_rule
 from .errors import InputError
 from .preprocess import (
     CONTRAST_FIT_PLANES,
@@ -224,6 +225,8 @@ class VolumeTimeSession:
         brighter than their surroundings, where the rule does nothing anyway). Slices the user prompted at a
         time point are kept as the model answered them. Checked by `napari_sam2.volume.check_z_edge` (as
         `TrackingSession`'s): a real number in (0, 1) or None; a string, a bool or a 0-d array is refused.
+    click_rule: how a slice prompted with clicks is read (`napari_sam2.click_rule`; None: the model's default). The
+        resolved rule is `self.click_rule`.
     Coordinates: (y, x) napari pixels of a slice; (t, z) indices into the first two axes.
     """
 
@@ -243,6 +246,7 @@ class VolumeTimeSession:
         on_read=None,
         z_edge: float | None = Z_EDGE,
         contrast=None,
+        click_rule=None,
     ):
         if isinstance(model, (str,)) or hasattr(model, "__fspath__"):
             from .model.build import load_model
@@ -268,10 +272,11 @@ class VolumeTimeSession:
         from .volume import check_z_edge  # the one check of z_edge (TrackingSession's too; volume imports this module)
 
         self.z_edge = check_z_edge(z_edge)
+        self.click_rule = resolve_click_rule(click_rule, model, preset)
         self.feature_cache_bytes = int(feature_cache_bytes)
         self._options = {"preset": preset, "precision": precision, "fill_hole_area": fill_hole_area,
                          "object_batch": object_batch, "intensity": self.intensity, "read_ahead": 0,
-                         "contrast": self.contrast}  # fmt: skip
+                         "contrast": self.contrast, "click_rule": self.click_rule}  # fmt: skip
         # prompts[t][obj][z]: the user's prompts (they define the object at t; see the module docstring)
         self._prompts: dict[int, dict[int, dict[int, ObjectPrompt]]] = {}
         self._objects: list[int] = []

@@ -175,6 +175,9 @@ class TrackingController:
         #: the contrast step of the model input (`preprocess`): None = the model's default, "global", "local" or a
         #: `preprocess.LocalContrast` (an opened result's recorded one); `set_contrast` restarts the sessions
         self.contrast = None
+        #: the click rule of prompted frames (`napari_sam2.click_rule`): None = the model's default, or a rule (an
+        #: opened result's recorded one, so that its edit log is continued as it was made)
+        self.click_rule = None
         #: the axial edge rule asked for on a z stream (`napari_sam2.volume`): "auto" (track()'s default), a fraction
         #: in (0, 1) or None (off); `set_z_edge` checks it, `z_edge_used` resolves it (along t: never a rule)
         self.z_edge: str | float | None = "auto"
@@ -281,6 +284,20 @@ class TrackingController:
         if self.opened_record is not None:
             return contrast_from_record(self.opened_record.settings)
         return GlobalContrast() if self.model is None else resolve_contrast(self.contrast, self.model)
+
+    def click_rule_used(self, session=None):
+        """The click rule (resolved, never None) the labels of `session` (or of this face's 3D+t session) are made
+        with; an opened result not tracked again: its recorded one."""
+        from ..click_rule import CLICK_RULE_OFF, click_rule_from_record, resolve_click_rule
+
+        g = self.geometry
+        if g is not None and g.coupled and self.volume is not None:
+            return self.volume.click_rule
+        if session is not None:
+            return session.click_rule
+        if self.opened_record is not None:
+            return click_rule_from_record(self.opened_record.settings)
+        return CLICK_RULE_OFF if self.model is None else resolve_click_rule(self.click_rule, self.model)
 
     # ================================================================== the axial edge rule (z streams)
     def z_edge_used(self, geometry: StackGeometry | None = None) -> float | None:
@@ -537,11 +554,11 @@ class TrackingController:
         continued = self.opened_record is not None and key == self.opened_key
         z_edge = self.z_edge  # the rule asked for now (the session is made on a worker)
 
-        # a continued result's log replays with the contrast it was made with (`open_result` sets it)
-        contrast = self.contrast
+        # a continued result's log replays with the contrast and click rule it was made with (`open_result` sets them)
+        contrast, click_rule = self.contrast, self.click_rule
 
         def job():
-            session = _worker.make_session(model, geometry, key, log, contrast, z_edge=z_edge)
+            session = _worker.make_session(model, geometry, key, log, contrast, z_edge=z_edge, click_rule=click_rule)
             if log is None:
                 return session, prompts.apply(session), None
             seen = {}
@@ -763,7 +780,7 @@ class TrackingController:
             return False
         passes = plan_passes(sorted({int(p.t) for p in prompts}), direction, *times_range)
         lengths = [abs(stop - start) + 1 for _, start, stop in passes]
-        total, model, contrast = sum(lengths), self.model, self.contrast
+        total, model, contrast, click_rule = sum(lengths), self.model, self.contrast, self.click_rule
         z_edge = self.z_edge_used(g)  # the axial edge rule of a new 3D+t session (the face's control)
         z_count = g.layer_shape[g.stream_axis]
         self.frames_written = 0
@@ -774,7 +791,9 @@ class TrackingController:
             if volume is None or volume.model is not model or volume.z_edge != z_edge:
                 from ..volume_time import VolumeTimeSession
 
-                volume = self.volume = VolumeTimeSession(model, g.volume_view(), contrast=contrast, z_edge=z_edge)
+                volume = self.volume = VolumeTimeSession(
+                    model, g.volume_view(), contrast=contrast, z_edge=z_edge, click_rule=click_rule
+                )
             return volume
 
         def on_time_point(value):
@@ -939,6 +958,7 @@ class TrackingController:
                 "session_key": list(key),
                 "threads": torch.get_num_threads(),
                 **self.contrast_used(session).record(),  # "contrast" (and local's constants), for replay
+                **self.click_rule_used(session).record(),  # "click_rule", for replay
                 **(
                     {
                         "engine": "volume_time",
@@ -1048,6 +1068,9 @@ class TrackingController:
 
         made = contrast_from_record(record.settings)
         self.contrast = made.name if made in (GlobalContrast(), LocalContrast()) else made
+        from ..click_rule import click_rule_from_record
+
+        self.click_rule = click_rule_from_record(record.settings)
         settings = record.settings
         made_here = (settings.get("engine") == "volume_time") == g.coupled  # 3D+t as 3D+t, a z-stack as a z-stack
         if z_streamed(g) and made_here and settings.get("stream_axis", g.stream_axis) == g.stream_axis:
