@@ -305,6 +305,11 @@ class TrackingSession:
         self._upsampled: tuple[int, dict[int, tuple[torch.Tensor, np.ndarray]]] = (-1, {})
 
     # ------------------------------------------------------------------ frames and features
+    @property
+    def contrast(self):
+        """The resolved contrast step of the model input (`frames.contrast`; as `VolumeTimeSession.contrast`)."""
+        return self.frames.contrast
+
     def __len__(self) -> int:
         return len(self.frames)
 

@@ -276,11 +276,9 @@ class TrackingController:
         with; an opened result not tracked again: its recorded one."""
         from ..preprocess import GlobalContrast, contrast_from_record, resolve_contrast
 
-        g = self.geometry
-        if g is not None and g.coupled and self.volume is not None:
-            return self.volume.contrast
-        if session is not None:
-            return session.frames.contrast
+        made = self._made_with(session, lambda s: s.contrast)
+        if made is not None:
+            return made
         if self.opened_record is not None:
             return contrast_from_record(self.opened_record.settings)
         return GlobalContrast() if self.model is None else resolve_contrast(self.contrast, self.model)
@@ -290,14 +288,20 @@ class TrackingController:
         with; an opened result not tracked again: its recorded one."""
         from ..click_rule import CLICK_RULE_OFF, click_rule_from_record, resolve_click_rule
 
-        g = self.geometry
-        if g is not None and g.coupled and self.volume is not None:
-            return self.volume.click_rule
-        if session is not None:
-            return session.click_rule
+        made = self._made_with(session, lambda s: s.click_rule)
+        if made is not None:
+            return made
         if self.opened_record is not None:
             return click_rule_from_record(self.opened_record.settings)
         return CLICK_RULE_OFF if self.model is None else resolve_click_rule(self.click_rule, self.model)
+
+    def _made_with(self, session, setting):
+        """`setting` of the session the labels come from: this face's 3D+t session on a coupled geometry, else
+        `session`; None when there is neither."""
+        g = self.geometry
+        if g is not None and g.coupled and self.volume is not None:
+            return setting(self.volume)
+        return None if session is None else setting(session)
 
     # ================================================================== the axial edge rule (z streams)
     def z_edge_used(self, geometry: StackGeometry | None = None) -> float | None:
