@@ -895,6 +895,13 @@ def deepest_click(mask: np.ndarray) -> tuple[float, float]:
     return float(y), float(x)
 
 
+def kept_and_extended(rule: ClickRule, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, size: int):
+    """One candidate's logits [1, 1, h, w] after the click rule's component and extent steps, as `TrackingSession`
+    applies them to the chosen one (one positive click at coords_xy [1, 2]; grey: the decoded frame, [S, S])."""
+    logits = rule.keep_clicked(logits, coords_xy, np.ones(1), size)[0]
+    return rule.extend(logits, grey, coords_xy, np.ones(1))[0]
+
+
 @torch.no_grad()
 def condition_clicks(
     model,
@@ -958,11 +965,12 @@ def condition_clicks(
                                object_gate=False)  # fmt: skip
             s0.append(feats.high_res[0][0].half().cpu())
             s1.append(feats.high_res[1][0].half().cpu())
+            grey = ClickRule.grey(seen[0])
             for j, i in enumerate(rows):
                 candidates = out.multi_logits[j : j + 1].float()
-                if rule.component:  # each candidate as the session would keep it, were it the chosen one
+                if not rule.off:  # each candidate as the session would return it, were it the chosen one
                     candidates = torch.cat([
-                        rule.keep_clicked(candidates[:, m : m + 1], coords[i].cpu().numpy(), np.ones(1), size)[0]
+                        kept_and_extended(rule, candidates[:, m : m + 1], grey, coords[i].cpu().numpy(), size)
                         for m in range(candidates.shape[1])
                     ], dim=1)  # fmt: skip
                 logits[i] = (candidates, out.object_score[j : j + 1])

@@ -69,6 +69,42 @@ def test_the_component_step_keeps_the_clicked_parts_only():
     assert not CLICK_RULE_FLUORESCENCE.keep_clicked(single, coords, np.array([1]), 64)[1]
 
 
+def test_the_extent_step_grows_a_large_core_to_its_object_only():
+    """A large nucleus answered by its bright core (model/README.md, "The click rule") is grown over the pixels
+    around it that are bright enough and connected to the click; a neighbour across dark background, the far side
+    of the reach and a small mask are left alone."""
+    import torch.nn.functional as F
+
+    size, low = 64, 16
+    yy, xx = np.mgrid[:size, :size]
+    grey = np.full((size, size), 0.05, np.float32)
+    grey[(yy - 30) ** 2 + (xx - 28) ** 2 <= 18**2] = 0.8  # the clicked nucleus, radius 18
+    grey[(yy - 30) ** 2 + (xx - 58) ** 2 <= 5**2] = 0.9  # a neighbour beyond a dark gap
+    cy, cx = (np.mgrid[:low, :low] + 0.5) * (size / low)
+    core = torch.from_numpy(np.where((cy - 30) ** 2 + (cx - 28) ** 2 <= 13**2, 4.0, -4.0).astype(np.float32))[None, None]
+    rule = ClickRule(level=0.7, component=True, extent=0.6, extent_radius=12.0, extent_reach=0.5)
+    click = np.array([[28.0, 30.0]])  # (x, y)
+
+    def area(logits):
+        return int((F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[0, 0] > 0).sum())
+
+    grown, changed = rule.extend(core, grey, click, np.array([1]))
+    truth = (yy - 30) ** 2 + (xx - 28) ** 2 <= 18**2
+    up = F.interpolate(grown, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy() > 0
+    before = F.interpolate(core, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy() > 0
+    assert changed and area(grown) > area(core)
+    assert (up & truth).sum() / (up | truth).sum() > (before & truth).sum() / (before | truth).sum() + 0.1
+    assert not up[(yy - 30) ** 2 + (xx - 58) ** 2 <= 4**2].any()  # the neighbour stays out
+    assert (grown[core > 0] == core[core > 0]).all()  # what was foreground stays as it was
+    # off, a small mask, a dim surrounding (below extent × the clicked brightness), no positive click: unchanged
+    assert not ClickRule(level=0.7).extend(core, grey, click, np.array([1]))[1]
+    small = torch.from_numpy(np.where((cy - 30) ** 2 + (cx - 28) ** 2 <= 6**2, 4.0, -4.0).astype(np.float32))[None, None]
+    assert not rule.extend(small, grey, click, np.array([1]))[1]
+    dim = np.where((yy - 30) ** 2 + (xx - 28) ** 2 <= 10**2, 0.8, 0.3).astype(np.float32)  # all inside the core
+    assert not rule.extend(core, dim, click, np.array([1]))[1]
+    assert not rule.extend(core, grey, click, np.array([0]))[1]
+
+
 def test_rule_options_and_records():
     assert click_rule("fluorescence") is CLICK_RULE_FLUORESCENCE and click_rule(" OFF ") is CLICK_RULE_OFF
     assert resolve_click_rule(None, "nano-fluo") == CLICK_RULE_FLUORESCENCE  # the registry's default for nano-fluo
@@ -83,8 +119,13 @@ def test_rule_options_and_records():
         ClickRule(level=0.5, radius=0)
     assert click_rule_from_record(CLICK_RULE_FLUORESCENCE.record()) == CLICK_RULE_FLUORESCENCE
     assert click_rule_from_record({"contrast": "global"}) == CLICK_RULE_OFF  # a store made before the rule
-    custom = ClickRule(level=0.5, radius=3.0, component=False)
+    custom = ClickRule(level=0.5, radius=3.0, component=False, extent=0.4)
     assert click_rule_from_record(custom.record()) == custom
+    # a rule recorded before the extent step existed had none
+    first = {"click_rule": {"level": 0.7, "radius": 2.0, "component": True}}
+    assert click_rule_from_record(first) == ClickRule(level=0.7, radius=2.0, component=True, extent=None)
+    with pytest.raises(InputError, match="extent is a fraction"):
+        ClickRule(extent=1.2)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 A click on a dim fluorescent nucleus beside bright ones is the built-in model's worst case on real images (issue 16):
 a stack-wide intensity range leaves the dim nucleus near black, and the network answers with a bright neighbour,
-a blob beside the nucleus, or nothing. Two steps, on the frame a user prompts with clicks only:
+a blob beside the nucleus, or nothing; a large nucleus comes back as its bright core. Three steps, on the frame a
+user prompts with clicks only:
 
 * level (before the network): the clicked object's brightness at the model input — the 90th percentile of the
   pixels within `radius` model-input pixels of the click, the dimmest positive click when there are several — is
@@ -12,14 +13,18 @@ a blob beside the nucleus, or nothing. Two steps, on the frame a user prompts wi
 * component (after the network): of the returned mask only the 8-connected parts that hold a positive click are
   kept (the part nearest to a click where none holds it). One click means one object; the rest are bright
   neighbours the gain made look alike.
+* extent (after the network): a large mask (equivalent radius ≥ `extent_radius` model-input pixels) takes in the
+  pixels around it, within `extent_reach` × its radius, where the frame reaches `extent` × the clicked brightness
+  and that connect to the click. The network answers a large nucleus with its bright core (its attention windows
+  are 32 input pixels wide).
 
 Tracked frames and discovery are not touched: memory attention reads the frame's own features, and the prompted
 frame's memory is encoded from those features with the rule's mask. Corrections on frames a propagation has
-visited keep the frame's own features (their embedding is memory-conditioned); the component step applies there
-too. A box or mask prompt uses neither step.
+visited keep the frame's own features (their embedding is memory-conditioned); the component and extent steps
+apply there too. A box or mask prompt uses none of the steps.
 
-`level` 0.7, `radius` 2 and the component step were chosen on tuning seeds only (model/README.md, "The click rule"):
-synthetic_hard stacks 4,000,050 + 100 c + k and issue-7 frames 4,950,000 + k.
+`level` 0.7, `radius` 2, the component step and the extent step's 0.5 / 16 / 0.5 were chosen on tuning seeds only
+(model/README.md, "The click rule"): synthetic_hard stacks 4,000,050 + 100 c + k and issue-7 frames 4,950,000 + k.
 """
 
 from __future__ import annotations
@@ -37,17 +42,24 @@ from .preprocess import IMAGENET_MEAN, IMAGENET_STD, InputError
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 #: logit given to the parts the component step removes (remove_sprinkles' threshold − 10)
 REMOVED_LOGIT = -10.0
+#: the extent step's logits per unit of relative brightness above its threshold (a cell twice as bright: +10)
+EXTENT_LOGIT_SCALE = 10.0
 
 
 @dataclass(frozen=True)
 class ClickRule:
     """level: the brightness (0…1 at the model input) a dim clicked object is raised to, None: off; radius: in
     model-input pixels, the disk around a click its brightness is read from; component: keep only the clicked
-    parts of the mask."""
+    parts of the mask; extent: a large mask (equivalent radius ≥ extent_radius model-input pixels) takes in the
+    pixels around it, within extent_reach × its radius, where the image is at least `extent` × the clicked
+    brightness (None: off)."""
 
     level: float | None = None
     radius: float = 2.0
     component: bool = False
+    extent: float | None = None
+    extent_radius: float = 12.0
+    extent_reach: float = 0.5
 
     name: ClassVar[str] = "click_rule"
 
@@ -56,10 +68,16 @@ class ClickRule:
             raise InputError(f"the click rule's level is a brightness in (0, 1] (or None: off); got {self.level!r}")
         if not (isinstance(self.radius, (int, float)) and float(self.radius) > 0):
             raise InputError(f"the click rule's radius is a positive number of model-input pixels; got {self.radius!r}")
+        if self.extent is not None and not (isinstance(self.extent, (int, float)) and 0 < float(self.extent) < 1):
+            raise InputError(f"the click rule's extent is a fraction in (0, 1) (or None: off); got {self.extent!r}")
+        for name in ("extent_radius", "extent_reach"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and float(value) > 0):
+                raise InputError(f"the click rule's {name} is a positive number; got {value!r}")
 
     @property
     def off(self) -> bool:
-        return self.level is None and not self.component
+        return self.level is None and not self.component and self.extent is None
 
     # ------------------------------------------------------------------ before the network
     def gain(self, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray) -> float:
@@ -69,9 +87,18 @@ class ClickRule:
         model-input pixels; labels: [P] (1 positive, 0 negative, 2 / 3 box corners)."""
         if self.level is None:
             return 1.0
+        brightness = self.brightness(grey, coords_xy, labels)
+        if brightness is None or brightness >= self.level:
+            return 1.0
+        # an empty spot (a click on pure background) is not blown up without bound: at most 1 / 1 % of the range
+        return float(self.level / max(brightness, 0.01))
+
+    def brightness(self, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray) -> float | None:
+        """The clicked object's brightness in `grey` [S, S]: the 90th percentile within `radius` of each positive
+        click, the dimmest of them; None without a positive click."""
         positive = np.asarray(coords_xy, dtype=np.float64)[np.asarray(labels) == 1]
         if not len(positive):
-            return 1.0
+            return None
         size = grey.shape[-1]
         rows, cols = np.ogrid[: grey.shape[0], :size]
         values = []
@@ -81,11 +108,7 @@ class ClickRule:
                 disk = np.zeros(grey.shape, dtype=bool)
                 disk[int(np.clip(y, 0, grey.shape[0] - 1)), int(np.clip(x, 0, size - 1))] = True
             values.append(float(np.percentile(grey[disk], 90)))
-        brightness = min(values)
-        if brightness >= self.level:
-            return 1.0
-        # an empty spot (a click on pure background) is not blown up without bound: at most 1 / 1 % of the range
-        return float(self.level / max(brightness, 0.01))
+        return min(values)
 
     @staticmethod
     def grey(model_input: torch.Tensor) -> np.ndarray:
@@ -135,6 +158,48 @@ class ClickRule:
         out[0, 0][torch.from_numpy(drop).to(out.device)] = REMOVED_LOGIT
         return out, True
 
+    def extend(self, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray):
+        """logits [1, 1, h, w] (low-res) of a mask decoded from `grey` [S, S] (the model input in [0, 1]) → (the
+        logits with the mask extended, whether anything changed).
+
+        Large nuclei come back as their bright core (model/README.md, "The click rule": recall 0.47-0.92 on the
+        large anisotropic frames). A mask of equivalent radius ≥ extent_radius input pixels takes in the pixels
+        within extent_reach × that radius of it where `grey` (smoothed over one input pixel) is at least extent ×
+        the clicked brightness (`brightness`), as far as they connect to a positive click (all on the low-res cells
+        of the logits: their block means of `grey`)."""
+        if self.extent is None:
+            return logits, False
+        brightness = self.brightness(grey, coords_xy, labels)
+        if brightness is None or brightness <= 0:
+            return logits, False
+        plane = logits.detach().float().cpu().numpy()[0, 0]
+        h, w = plane.shape
+        step = (grey.shape[0] // h, grey.shape[1] // w)  # input pixels per low-res cell
+        mask = plane > 0
+        radius = float(np.sqrt(mask.sum() * step[0] * step[1] / np.pi))  # input pixels
+        if radius < self.extent_radius:
+            return logits, False
+        smooth = ndimage.gaussian_filter(grey.astype(np.float32), 1.0)
+        cells = smooth[: h * step[0], : w * step[1]].reshape(h, step[0], w, step[1]).mean(axis=(1, 3))
+        threshold = self.extent * brightness
+        near = ndimage.binary_dilation(mask, iterations=max(1, int(round(self.extent_reach * radius / step[0]))))
+        parts, _ = ndimage.label(mask | (near & (cells >= threshold)), structure=_EIGHT_CONNECTED)
+        positive = np.asarray(coords_xy, dtype=np.float64)[np.asarray(labels) == 1]
+        at = [(int(np.clip(y / step[0], 0, h - 1)), int(np.clip(x / step[1], 0, w - 1))) for x, y in positive]
+        region = np.isin(parts, list({int(parts[r, c]) for r, c in at} - {0}))
+        added = region & ~mask
+        if not added.any():
+            return logits, False
+        # the image, not a flat value, sets the new logits (EXTENT_LOGIT_SCALE × (cells − threshold) / threshold):
+        # positive on the cells taken in and negative on their outer neighbours, so the bilinear resize of the
+        # low-res logits puts the new edge where the image crosses the threshold, between cell centres
+        soft = (EXTENT_LOGIT_SCALE * (cells - threshold) / threshold).astype(np.float32)
+        ring = ndimage.binary_dilation(added, structure=_EIGHT_CONNECTED) & ~region & near & (soft < 0)
+        out = plane.copy()
+        out[added] = np.maximum(plane[added], soft[added])
+        out[ring] = np.maximum(plane[ring], soft[ring])
+        return torch.from_numpy(out)[None, None].to(device=logits.device, dtype=logits.dtype), True
+
     # ------------------------------------------------------------------ provenance
     def record(self) -> dict:
         """settings["click_rule"]: what a replay or a resumed run re-applies."""
@@ -144,7 +209,9 @@ class ClickRule:
 #: no click rule: the network's answer as it is (the official SAM 2; `preset="parity"`)
 CLICK_RULE_OFF = ClickRule()
 #: the rule for fluorescence nuclei (nano-fluo's default)
-CLICK_RULE_FLUORESCENCE = ClickRule(level=0.7, radius=2.0, component=True)
+CLICK_RULE_FLUORESCENCE = ClickRule(
+    level=0.7, radius=2.0, component=True, extent=0.5, extent_radius=16.0, extent_reach=0.5
+)
 #: the values a face's `click_rule` option takes by name (None: the model's default)
 CLICK_RULES = {"off": CLICK_RULE_OFF, "fluorescence": CLICK_RULE_FLUORESCENCE}
 
@@ -184,6 +251,8 @@ def click_rule_from_record(settings: dict | None) -> ClickRule:
     if not isinstance(recorded, dict):
         return CLICK_RULE_OFF
     try:
-        return ClickRule(**{k: recorded[k] for k in ("level", "radius", "component") if k in recorded})
+        # a field a record lacks was not part of the rule when it was made: off (extent), or its default
+        fields = ("level", "radius", "component", "extent", "extent_radius", "extent_reach")
+        return ClickRule(**{k: recorded[k] for k in fields if k in recorded})
     except TypeError as exc:
         raise InputError(f"the recorded click rule {recorded!r} cannot be read ({exc})") from None

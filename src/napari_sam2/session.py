@@ -614,10 +614,10 @@ class TrackingSession:
                 coords, labels = self._prompt_points(prompt)
                 if is_first:
                     # the click rule's level: a dim clicked object is decoded from the frame brought up to its level
-                    seen = self._clicked_features(frame, coords, labels)
+                    seen, gain = self._clicked_features(frame, coords, labels)
                     embedding = self.model.image_embedding(seen)
                 else:
-                    seen = feats
+                    seen, gain = feats, 1.0
                     embedding = self._conditioned(obj, frame, feats, reverse)
                 prev_logits = None
                 if previous is not None and previous.logits is not None:
@@ -630,9 +630,12 @@ class TrackingSession:
                     mask_prompt=prev_logits,
                     multimask=prompt.num_points <= 1,  # one click (or none) is ambiguous: best of three
                 )
-                logits, changed = self.click_rule.keep_clicked(
-                    out.logits.float(), coords[0].cpu().numpy(), labels[0].cpu().numpy(), self.model.image_size
-                )
+                points = coords[0].cpu().numpy(), labels[0].cpu().numpy()
+                logits, changed = self.click_rule.keep_clicked(out.logits.float(), *points, self.model.image_size)
+                if self.click_rule.extent is not None:  # read on the frame the mask was decoded from
+                    grey = np.clip(ClickRule.grey(self.frames.model_input(frame)) * gain, 0.0, 1.0)
+                    logits, extended = self.click_rule.extend(logits, grey, *points)
+                    changed = changed or extended
                 if changed and out.quality is not None:  # the head's estimate is of the mask that is kept
                     # (read on the frame the mask was decoded from: on the frame as it is, the dim nucleus a good
                     # mask covers is near black, and the head's |error| on tuning clicks rose from 0.13 to 0.34)
@@ -658,22 +661,22 @@ class TrackingSession:
         obj.stale.discard(frame)
         self._pending = True
 
-    def _clicked_features(self, frame: int, coords: torch.Tensor, labels: torch.Tensor) -> ImageFeatures:
-        """The features a first prompt's clicks are decoded from: the frame's own, or — when the click rule raises
-        the clicked object's brightness (`ClickRule.gain` > 1) — those of the frame times that gain, encoded once
-        for this prompt and not cached (the frame's memory and every tracked frame use the frame's own)."""
+    def _clicked_features(self, frame: int, coords: torch.Tensor, labels: torch.Tensor) -> tuple[ImageFeatures, float]:
+        """(the features a first prompt's clicks are decoded from, the gain they were made with): the frame's own
+        (gain 1), or — when the click rule raises the clicked object's brightness (`ClickRule.gain` > 1) — those of
+        the frame times that gain, encoded once for this prompt and not cached (the frame's memory and every tracked
+        frame use the frame's own)."""
         feats = self._features(frame)
         if self.click_rule.level is None:
-            return feats
+            return feats, 1.0
         x = self.frames.model_input(frame)
-        grey = ClickRule.grey(x)
-        gain = self.click_rule.gain(grey, coords[0].cpu().numpy(), labels[0].cpu().numpy())
+        gain = self.click_rule.gain(ClickRule.grey(x), coords[0].cpu().numpy(), labels[0].cpu().numpy())
         if gain == 1.0:
-            return feats
+            return feats, 1.0
         with torch.inference_mode(), autocast_context(self.device, self.precision):
             gained = self.model.encode_image(ClickRule.apply_gain(x, gain)[None].to(self.device))
         self.encoder_runs += 1
-        return gained
+        return gained, gain
 
     def _prompt_points(self, prompt: ObjectPrompt):
         size = self.model.image_size
