@@ -276,32 +276,27 @@ class TrackingController:
         with; an opened result not tracked again: its recorded one."""
         from ..preprocess import GlobalContrast, contrast_from_record, resolve_contrast
 
-        made = self._made_with(session, lambda s: s.contrast)
-        if made is not None:
-            return made
-        if self.opened_record is not None:
-            return contrast_from_record(self.opened_record.settings)
-        return GlobalContrast() if self.model is None else resolve_contrast(self.contrast, self.model)
+        return self._made_with(session, "contrast", contrast_from_record, GlobalContrast(), resolve_contrast)
 
     def click_rule_used(self, session=None):
         """The click rule (resolved, never None) the labels of `session` (or of this face's 3D+t session) are made
         with; an opened result not tracked again: its recorded one."""
         from ..click_rule import CLICK_RULE_OFF, click_rule_from_record, resolve_click_rule
 
-        made = self._made_with(session, lambda s: s.click_rule)
-        if made is not None:
-            return made
-        if self.opened_record is not None:
-            return click_rule_from_record(self.opened_record.settings)
-        return CLICK_RULE_OFF if self.model is None else resolve_click_rule(self.click_rule, self.model)
+        return self._made_with(session, "click_rule", click_rule_from_record, CLICK_RULE_OFF, resolve_click_rule)
 
-    def _made_with(self, session, setting):
-        """`setting` of the session the labels come from: this face's 3D+t session on a coupled geometry, else
-        `session`; None when there is neither."""
+    def _made_with(self, session, name: str, from_record, without_model, resolve):
+        """The setting `name` ("contrast", "click_rule") the labels are made with: that of this face's 3D+t session
+        on a coupled geometry, else of `session`; without either, an opened result's recorded one (`from_record`),
+        else this face's option resolved for its model (`resolve`; `without_model` before a model is loaded)."""
         g = self.geometry
         if g is not None and g.coupled and self.volume is not None:
-            return setting(self.volume)
-        return None if session is None else setting(session)
+            return getattr(self.volume, name)
+        if session is not None:
+            return getattr(session, name)
+        if self.opened_record is not None:
+            return from_record(self.opened_record.settings)
+        return without_model if self.model is None else resolve(getattr(self, name), self.model)
 
     # ================================================================== the axial edge rule (z streams)
     def z_edge_used(self, geometry: StackGeometry | None = None) -> float | None:
