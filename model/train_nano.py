@@ -952,7 +952,8 @@ def condition_clicks(
     coords = torch.from_numpy(points_to_model(np.array(clicks), truth.shape, size))[:, None].to(model.device)
     ones = torch.ones(len(clicks), 1, dtype=torch.int32, device=model.device)
     # the click rule's level: each click is decoded from the frame raised for it (clicks of one gain share a frame)
-    gains = [rule.gain(ClickRule.grey(x[0]), coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
+    grey = ClickRule.grey(x[0])
+    gains = [rule.gain(grey, coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
     groups = sorted(set(gains), key=gains.index)
     s0, s1, logits, token = [], [], [None] * len(clicks), [None] * len(clicks)
     head, model.mask_quality = model.mask_quality, None  # the frozen network's answers only

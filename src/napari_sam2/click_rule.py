@@ -30,7 +30,7 @@ apply there too. A box or mask prompt uses none of the steps.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -44,6 +44,11 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 REMOVED_LOGIT = -10.0
 #: the extent step's logits per unit of relative brightness above its threshold (a cell twice as bright: +10)
 EXTENT_LOGIT_SCALE = 10.0
+
+
+def _positive(coords_xy: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The positive clicks [K, 2] (x, y) of a prompt's points coords_xy [P, 2] with labels [P]."""
+    return np.asarray(coords_xy, dtype=np.float64)[np.asarray(labels) == 1]
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ class ClickRule:
     def brightness(self, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray) -> float | None:
         """The clicked object's brightness in `grey` [S, S]: the 90th percentile within `radius` of each positive
         click, the dimmest of them; None without a positive click."""
-        positive = np.asarray(coords_xy, dtype=np.float64)[np.asarray(labels) == 1]
+        positive = _positive(coords_xy, labels)
         if not len(positive):
             return None
         size = grey.shape[-1]
@@ -132,7 +137,7 @@ class ClickRule:
         """logits [1, 1, h, w] (low-res) → (the same with every 8-connected part of the mask (logit > 0) that holds
         no positive click set to REMOVED_LOGIT, whether anything was removed). A click outside the mask keeps the
         part nearest to it."""
-        positive = np.asarray(coords_xy, dtype=np.float64)[np.asarray(labels) == 1]
+        positive = _positive(coords_xy, labels)
         if not self.component or not len(positive):
             return logits, False
         plane = logits.detach().float().cpu().numpy()[0, 0]
@@ -184,7 +189,7 @@ class ClickRule:
         threshold = self.extent * brightness
         near = ndimage.binary_dilation(mask, iterations=max(1, int(round(self.extent_reach * radius / step[0]))))
         parts, _ = ndimage.label(mask | (near & (cells >= threshold)), structure=_EIGHT_CONNECTED)
-        positive = np.asarray(coords_xy, dtype=np.float64)[np.asarray(labels) == 1]
+        positive = _positive(coords_xy, labels)
         at = [(int(np.clip(y / step[0], 0, h - 1)), int(np.clip(x / step[1], 0, w - 1))) for x, y in positive]
         region = np.isin(parts, list({int(parts[r, c]) for r, c in at} - {0}))
         added = region & ~mask
@@ -252,7 +257,6 @@ def click_rule_from_record(settings: dict | None) -> ClickRule:
         return CLICK_RULE_OFF
     try:
         # a field a record lacks was not part of the rule when it was made: off (extent), or its default
-        fields = ("level", "radius", "component", "extent", "extent_radius", "extent_reach")
-        return ClickRule(**{k: recorded[k] for k in fields if k in recorded})
+        return ClickRule(**{f.name: recorded[f.name] for f in fields(ClickRule) if f.name in recorded})
     except TypeError as exc:
         raise InputError(f"the recorded click rule {recorded!r} cannot be read ({exc})") from None

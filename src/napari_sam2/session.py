@@ -612,12 +612,11 @@ class TrackingSession:
                 logits = out.logits.float()
             else:
                 coords, labels = self._prompt_points(prompt)
+                # the click rule's level: a dim clicked object is decoded from the frame brought up to its level
+                seen, grey = self._clicked_view(frame, feats, coords, labels, raise_level=is_first)
                 if is_first:
-                    # the click rule's level: a dim clicked object is decoded from the frame brought up to its level
-                    seen, gain = self._clicked_features(frame, coords, labels)
                     embedding = self.model.image_embedding(seen)
                 else:
-                    seen, gain = feats, 1.0
                     embedding = self._conditioned(obj, frame, feats, reverse)
                 prev_logits = None
                 if previous is not None and previous.logits is not None:
@@ -632,8 +631,7 @@ class TrackingSession:
                 )
                 points = coords[0].cpu().numpy(), labels[0].cpu().numpy()
                 logits, changed = self.click_rule.keep_clicked(out.logits.float(), *points, self.model.image_size)
-                if self.click_rule.extent is not None:  # read on the frame the mask was decoded from
-                    grey = np.clip(ClickRule.grey(self.frames.model_input(frame)) * gain, 0.0, 1.0)
+                if grey is not None:  # read on the frame the mask was decoded from
                     logits, extended = self.click_rule.extend(logits, grey, *points)
                     changed = changed or extended
                 if changed and out.quality is not None:  # the head's estimate is of the mask that is kept
@@ -661,22 +659,26 @@ class TrackingSession:
         obj.stale.discard(frame)
         self._pending = True
 
-    def _clicked_features(self, frame: int, coords: torch.Tensor, labels: torch.Tensor) -> tuple[ImageFeatures, float]:
-        """(the features a first prompt's clicks are decoded from, the gain they were made with): the frame's own
-        (gain 1), or — when the click rule raises the clicked object's brightness (`ClickRule.gain` > 1) — those of
-        the frame times that gain, encoded once for this prompt and not cached (the frame's memory and every tracked
-        frame use the frame's own)."""
-        feats = self._features(frame)
-        if self.click_rule.level is None:
-            return feats, 1.0
+    def _clicked_view(
+        self, frame: int, feats: ImageFeatures, coords: torch.Tensor, labels: torch.Tensor, raise_level: bool
+    ) -> tuple[ImageFeatures, np.ndarray | None]:
+        """(the features a click prompt is decoded from, the grey [S, S] of that model input in [0, 1], or None when
+        the click rule reads no image). The frame's own features `feats`, or — on a first prompt (`raise_level`)
+        whose clicked object the rule raises (`ClickRule.gain` > 1) — those of the frame times that gain, encoded
+        once for this prompt and not cached (the frame's memory and every tracked frame use the frame's own)."""
+        rule = self.click_rule
+        if rule.level is None and rule.extent is None:
+            return feats, None
         x = self.frames.model_input(frame)
-        gain = self.click_rule.gain(ClickRule.grey(x), coords[0].cpu().numpy(), labels[0].cpu().numpy())
+        grey = ClickRule.grey(x)
+        gain = rule.gain(grey, coords[0].cpu().numpy(), labels[0].cpu().numpy()) if raise_level else 1.0
         if gain == 1.0:
-            return feats, 1.0
+            return feats, grey
+        x = ClickRule.apply_gain(x, gain)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
-            gained = self.model.encode_image(ClickRule.apply_gain(x, gain)[None].to(self.device))
+            gained = self.model.encode_image(x[None].to(self.device))
         self.encoder_runs += 1
-        return gained, gain
+        return gained, ClickRule.grey(x)
 
     def _prompt_points(self, prompt: ObjectPrompt):
         size = self.model.image_size
