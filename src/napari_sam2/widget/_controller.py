@@ -176,7 +176,7 @@ class TrackingController:
         #: `preprocess.LocalContrast` (an opened result's recorded one); `set_contrast` restarts the sessions
         self.contrast = None
         #: the click rule of prompted frames (`napari_sam2.click_rule`): None = the model's default, or a rule (an
-        #: opened result's recorded one, so that its edit log is continued as it was made)
+        #: opened result's recorded one, so that its edit log is continued as it was made); `set_click_rule` sets it
         self.click_rule = None
         #: the axial edge rule asked for on a z stream (`napari_sam2.volume`): "auto" (track()'s default), a fraction
         #: in (0, 1) or None (off); `set_z_edge` checks it, `z_edge_used` resolves it (along t: never a rule)
@@ -269,6 +269,20 @@ class TrackingController:
         if contrast == self.contrast:
             return
         self.contrast = contrast
+        self.reset_sessions()
+
+    def set_click_rule(self, rule) -> None:
+        """Read clicks with another click rule (None: the model's default; "off", "fluorescence", or a
+        `click_rule.ClickRule`, e.g. an opened result's recorded one): the sessions restart with it (the labels and
+        prompts stay; prompts are applied again); the rule it already has changes nothing. InputError for anything
+        else."""
+        from ..click_rule import click_rule
+
+        if rule is not None:
+            rule = click_rule(rule)  # a name → its rule; a bad value is refused here, not on a worker
+        if rule == self.click_rule:
+            return
+        self.click_rule = rule
         self.reset_sessions()
 
     def contrast_used(self, session=None):

@@ -45,6 +45,11 @@ if TYPE_CHECKING:
 
 CHOOSE_FILE = "choose a .pt file…"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: the click rules the picker offers by name: `click_rule.CLICK_RULES`'s keys (that module imports torch, which the
+#: widget loads only with a model; tests/gui/test_widget_contrast.py keeps the two equal)
+CLICK_RULE_NAMES = ("off", "fluorescence")
+#: the picker's item for an opened result's rule that is none of the named ones (made with other constants)
+RECORDED_CLICK_RULE = "as recorded"
 
 #: (key, what it does) — bound on the viewer while the widget lives; listed in the widget's tooltip and README
 SHORTCUTS = (
@@ -214,12 +219,25 @@ class SAM2Widget(QWidget, ControllerView):
         self.contrast_combo.addItem("local", "local")
         grid.addWidget(QLabel("contrast"), 2, 0)
         grid.addWidget(self.contrast_combo, 2, 1)
+        self.click_rule_combo = QComboBox()
+        self.click_rule_combo.setToolTip(
+            "How a click is read on the frame it is made on (tracked frames are not touched):\n"
+            "fluorescence: a dim clicked nucleus is brought up to a set brightness before SAM 2 sees it, only the\n"
+            "clicked part of the mask is kept, and a large nucleus's mask is grown to its edge;\n"
+            "off: SAM 2's answer as it is (the official predictor). Default: the model's (nano-fluo: fluorescence)."
+        )
+        self.click_rule_combo.addItem("model default", None)
+        for name in CLICK_RULE_NAMES:
+            self.click_rule_combo.addItem(name, name)
+        grid.addWidget(QLabel("click rule"), 3, 0)
+        grid.addWidget(self.click_rule_combo, 3, 1)
         layout.addWidget(box)
         self.layer_combo.currentIndexChanged.connect(self._on_layer_choice)
         self.axis_combo.currentIndexChanged.connect(self._on_axes_choice)
         self.channel_axis_combo.currentIndexChanged.connect(self._on_axes_choice)
         self.channel_spin.currentIndexChanged.connect(self._on_axes_choice)
         self.contrast_combo.currentIndexChanged.connect(self._on_contrast_choice)
+        self.click_rule_combo.currentIndexChanged.connect(self._on_click_rule_choice)
 
         # ---- model
         box = QGroupBox("Model")
@@ -521,6 +539,43 @@ class SAM2Widget(QWidget, ControllerView):
             self.contrast_combo.blockSignals(True)
             self.contrast_combo.setCurrentIndex(index)
             self.contrast_combo.blockSignals(False)
+
+    def _on_click_rule_choice(self, index=None) -> None:
+        """The click rule picker changed: the sessions restart with it (labels and prompts stay)."""
+        self.controller.current = self.current_position() or self.controller.current
+        self.controller.set_click_rule(self.click_rule_combo.currentData())
+        self._update_status()
+
+    def _show_click_rule(self) -> None:
+        """The picker shows the controller's rule (an opened result sets it) and what "model default" means; a
+        recorded rule that is none of the named ones is shown as "as recorded"."""
+        from ..click_rule import CLICK_RULES, ClickRule, default_click_rule
+
+        model = self.model
+        known = getattr(self, "_click_rule_default_of", None)
+        if known is None or known[0] is not model:  # looked up once per model
+            self._click_rule_default_of = (model, None if model is None else default_click_rule(model))
+        model_default = self._click_rule_default_of[1]
+        combo = self.click_rule_combo
+        combo.setItemText(0, f"model default ({model_default})" if model_default else "model default")
+        wanted = self.controller.click_rule
+        if isinstance(wanted, ClickRule):
+            wanted = next((name for name, rule in CLICK_RULES.items() if rule == wanted), wanted)
+        recorded = combo.findText(RECORDED_CLICK_RULE)
+        if isinstance(wanted, ClickRule):  # e.g. made by a version with other constants: offered as it was made
+            if recorded < 0:
+                combo.blockSignals(True)
+                combo.addItem(RECORDED_CLICK_RULE, wanted)
+                combo.blockSignals(False)
+                recorded = combo.count() - 1
+            combo.setItemData(recorded, wanted)
+            index = recorded
+        else:
+            index = 0 if wanted is None else combo.findData(wanted)
+        if index >= 0 and index != combo.currentIndex():
+            combo.blockSignals(True)
+            combo.setCurrentIndex(index)
+            combo.blockSignals(False)
 
     def _on_z_edge_choice(self, index=None) -> None:
         """The axial edge rule changed (a pick or a typed value, read as --z-edge reads it): the sessions restart
@@ -1122,9 +1177,10 @@ class SAM2Widget(QWidget, ControllerView):
         self.cancel_button.setEnabled(running)
         self.load_button.setEnabled(self.controller.model_worker is None and not running)
         for w in (self.layer_combo, self.axis_combo, self.channel_axis_combo, self.model_combo, self.device_combo,
-                  self.contrast_combo):  # fmt: skip
+                  self.contrast_combo, self.click_rule_combo):  # fmt: skip
             w.setEnabled(not running)
         self._show_contrast()
+        self._show_click_rule()
         self.axis_combo.setEnabled(not running and has_layer and self.axis_combo.count() > 1)
         self.channel_spin.setEnabled(not running and self.channel_spin.count() > 0)
         z_stream = z_streamed(self.geometry)  # the axial edge rule means nothing along t
