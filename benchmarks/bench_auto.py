@@ -125,7 +125,7 @@ def discover_option(args):
 
 def run_auto(args) -> list[dict]:
     threads = set_threads(args)
-    model = load_model("nano-fluo", device="cpu")
+    model = load_model(args.model, device="cpu")
     rows = []
     base = DEV if getattr(args, "dev", False) else HELD_OUT
     for k in range(args.movies):
@@ -158,7 +158,7 @@ def run_demo(args) -> dict:
     from ctc_metrics import evaluate_sequence
 
     threads = set_threads(args)
-    model = load_model("nano-fluo", device="cpu")
+    model = load_model(args.model, device="cpu")
     movie = nuclei_timelapse()
     div = movie.events["division"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,7 +208,7 @@ def run_cost(args) -> dict:
     from napari_sam2.session import TrackingSession
 
     set_threads(args)
-    model = load_model("nano-fluo", device="cpu")
+    model = load_model(args.model, device="cpu")
     movie = nuclei_lineage_timelapse(n_frames=args.frames, seed=HELD_OUT + 500)
     modes = args.modes.split(",")
     unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4", "dense", "found", "near", "off"}
@@ -328,7 +328,7 @@ def run_everything(args) -> dict:
     out = {"auto (held-out)": run_auto(args), "demo": run_demo(args), "cost": run_cost(args)}
     # the model is loaded outside inference mode: its parameters must stay normal tensors (the layers' caches key
     # on tensor versions, which inference tensors do not have)
-    model = load_model("nano-fluo")
+    model = load_model(args.model)
     with torch_inference():
         out["segment everything F1 (held-out)"] = bench_automatic.quality(model, bench_automatic.HELD_OUT, 2, {})
     print(json.dumps(out["segment everything F1 (held-out)"]["all"]), flush=True)
@@ -359,6 +359,7 @@ def main() -> None:
         default="plain,changed,grid",
         help="cost: which of plain,changed,grid,every2,every4,near,off,dense,found, in turns",
     )
+    parser.add_argument("--model", default="nano-fluo", help="registry name or checkpoint path (default nano-fluo)")
     parser.add_argument("--dev", action="store_true", help="auto: the tuning seeds instead of the held-out ones")
     parser.add_argument("--json", help="write the numbers to this file")
     args = parser.parse_args()
