@@ -895,11 +895,15 @@ def deepest_click(mask: np.ndarray) -> tuple[float, float]:
     return float(y), float(x)
 
 
-def kept_and_extended(rule: ClickRule, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, size: int):
-    """One candidate's logits [1, 1, h, w] after the click rule's component and extent steps, as `TrackingSession`
-    applies them to the chosen one (one positive click at coords_xy [1, 2]; grey: the decoded frame, [S, S])."""
+def after_the_rule(
+    rule: ClickRule, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, size: int, own_grey: np.ndarray
+):
+    """One candidate's logits [1, 1, h, w] after the click rule's component, extent and ceiling steps, as
+    `TrackingSession` applies them to the chosen one (one positive click at coords_xy [1, 2]; grey: the decoded
+    frame, own_grey: the frame before the rule's gain, both [S, S])."""
     logits = rule.keep_clicked(logits, coords_xy, np.ones(1), size)[0]
-    return rule.extend(logits, grey, coords_xy, np.ones(1))[0]
+    logits = rule.extend(logits, grey, coords_xy, np.ones(1))[0]
+    return rule.cap(logits, own_grey, coords_xy, np.ones(1))[0]
 
 
 @torch.no_grad()
@@ -952,8 +956,8 @@ def condition_clicks(
     coords = torch.from_numpy(points_to_model(np.array(clicks), truth.shape, size))[:, None].to(model.device)
     ones = torch.ones(len(clicks), 1, dtype=torch.int32, device=model.device)
     # the click rule's level: each click is decoded from the frame raised for it (clicks of one gain share a frame)
-    grey = ClickRule.grey(x[0])
-    gains = [rule.gain(grey, coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
+    own_grey = ClickRule.grey(x[0])
+    gains = [rule.gain(own_grey, coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
     groups = sorted(set(gains), key=gains.index)
     s0, s1, logits, token = [], [], [None] * len(clicks), [None] * len(clicks)
     head, model.mask_quality = model.mask_quality, None  # the frozen network's answers only
@@ -971,7 +975,7 @@ def condition_clicks(
                 candidates = out.multi_logits[j : j + 1].float()
                 if not rule.off:  # each candidate as the session would return it, were it the chosen one
                     candidates = torch.cat([
-                        kept_and_extended(rule, candidates[:, m : m + 1], grey, coords[i].cpu().numpy(), size)
+                        after_the_rule(rule, candidates[:, m : m + 1], grey, coords[i].cpu().numpy(), size, own_grey)
                         for m in range(candidates.shape[1])
                     ], dim=1)  # fmt: skip
                 logits[i] = (candidates, out.object_score[j : j + 1])

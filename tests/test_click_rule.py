@@ -1,5 +1,6 @@
 """The click rule (napari_sam2.click_rule): a dim clicked object brought up before the network, the clicked part kept
-after it; the model's default, the parity preset, and the rule recorded, replayed and resumed through the faces."""
+after it, a large one extended, a brighter neighbour cut off; the model's default, the parity preset, and the rule
+recorded, replayed and resumed through the faces."""
 
 import numpy as np
 import pytest
@@ -105,6 +106,39 @@ def test_the_extent_step_grows_a_large_core_to_its_object_only():
     assert not rule.extend(core, grey, click, np.array([0]))[1]
 
 
+def test_the_ceiling_step_cuts_a_brighter_neighbour_off_a_dim_clicked_nucleus():
+    """After the gain a dim nucleus and a brighter neighbour look alike and one mask covers both; on the frame as it
+    is the neighbour is brighter than ceiling × the clicked brightness, and the step cuts it off. A bright spot inside
+    the clicked nucleus stays, and a click on the bright neighbour itself keeps the whole mask."""
+    import torch.nn.functional as F
+
+    size, low = 64, 16
+    yy, xx = np.mgrid[:size, :size]
+    grey = np.full((size, size), 0.02, np.float32)
+    dim_disk = (yy - 32) ** 2 + (xx - 22) ** 2 <= 12**2
+    bright_disk = (yy - 32) ** 2 + (xx - 44) ** 2 <= 10**2
+    grey[dim_disk] = 0.1
+    grey[(yy - 30) ** 2 + (xx - 20) ** 2 <= 2**2] = 0.4  # a bright spot inside the dim nucleus
+    grey[bright_disk] = 0.6
+    cy, cx = (np.mgrid[:low, :low] + 0.5) * (size / low)
+    both = ((cy - 32) ** 2 + (cx - 22) ** 2 <= 13**2) | ((cy - 32) ** 2 + (cx - 44) ** 2 <= 11**2)  # one part
+    logits = torch.from_numpy(np.where(both, 4.0, -4.0).astype(np.float32))[None, None]
+    assert ndimage.label(both)[1] == 1
+    rule = ClickRule(ceiling=1.5)
+    click = np.array([[14.0, 36.0]])  # (x, y) on the dim nucleus, away from its bright spot
+
+    cut, changed = rule.cap(logits, grey, click, np.array([1]))
+    up = F.interpolate(cut, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy() > 0
+    assert changed
+    assert up[dim_disk].mean() > 0.85 and up[bright_disk].mean() < 0.15, (up[dim_disk].mean(), up[bright_disk].mean())
+    assert up[30, 20]  # the bright spot inside stays
+    assert (cut[0, 0][torch.from_numpy(~both)] == -4.0).all()  # the background is not touched
+    # a click on the bright neighbour, the step off, no positive click: unchanged
+    assert not rule.cap(logits, grey, np.array([[44.0, 32.0]]), np.array([1]))[1]
+    assert not CLICK_RULE_OFF.cap(logits, grey, click, np.array([1]))[1]
+    assert not rule.cap(logits, grey, click, np.array([0]))[1]
+
+
 def test_rule_options_and_records():
     assert click_rule("fluorescence") is CLICK_RULE_FLUORESCENCE and click_rule(" OFF ") is CLICK_RULE_OFF
     assert resolve_click_rule(None, "nano-fluo") == CLICK_RULE_FLUORESCENCE  # the registry's default for nano-fluo
@@ -126,6 +160,12 @@ def test_rule_options_and_records():
     assert click_rule_from_record(first) == ClickRule(level=0.7, radius=2.0, component=True, extent=None)
     with pytest.raises(InputError, match="extent is a fraction"):
         ClickRule(extent=1.2)
+    with pytest.raises(InputError, match="ceiling is a multiple of the clicked brightness above 1"):
+        ClickRule(ceiling=0.9)
+    # a rule recorded before the ceiling step existed (session 11's stores) had none
+    second = {"click_rule": {k: v for k, v in CLICK_RULE_FLUORESCENCE.record()["click_rule"].items() if k != "ceiling"}}
+    assert click_rule_from_record(second) == ClickRule(**{**second["click_rule"], "ceiling": None})
+    assert CLICK_RULE_FLUORESCENCE.ceiling == 1.5 and click_rule_from_record(second) != CLICK_RULE_FLUORESCENCE
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +232,21 @@ def test_track_records_the_click_rule_replays_and_resumes_it(tmp_path, capsys):
     assert replay(old, device="cpu").identical
     assert cli.main(["info", str(old)]) == 0
     assert "click_rule=off" in capsys.readouterr().out
+
+    # a store made by the rule before its ceiling step (session 11) records no ceiling: replayed without one, and
+    # `info` shows its constants (it is not today's fluorescence rule)
+    from dataclasses import replace as replaced
+
+    earlier = replaced(CLICK_RULE_FLUORESCENCE, ceiling=None)
+    before = tmp_path / "before_ceiling.ome.zarr"
+    track(tmp_path / "stack.npy", clicks(), model="nano-fluo", device="cpu", out=before, tables=False,
+          click_rule=earlier)  # fmt: skip
+    store = LabelStore.open(before, mode="r+")
+    recorded = {k: v for k, v in store.provenance["settings"]["click_rule"].items() if k != "ceiling"}
+    store.update_provenance({"settings": {**store.provenance["settings"], "click_rule": recorded}})
+    assert replay(before, device="cpu").identical
+    assert cli.main(["info", str(before)]) == 0
+    assert "click_rule=(level=0.7, radius=2.0, component=True, extent=0.5" in capsys.readouterr().out
 
     argv = ["track", str(tmp_path / "stack.npy"), "--out", str(tmp_path / "cli.ome.zarr"), "--model", "nano-fluo",
             "--device", "cpu", "-q", "--click-rule", "off"]  # fmt: skip

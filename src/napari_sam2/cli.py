@@ -496,11 +496,16 @@ def _cmd_info(args) -> int:
 def _click_rule_text(settings: dict) -> str:
     """ "click_rule=fluorescence" / "click_rule=off" (a rule of other constants: its numbers): the click rule the labels
     were made with (none recorded: made before the rule, off)."""
+    from dataclasses import fields
+
     from .click_rule import CLICK_RULES, click_rule_from_record
 
     rule = click_rule_from_record(settings)
     name = next((k for k, v in CLICK_RULES.items() if v == rule), None)
-    return f"click_rule={name}" if name else f"click_rule=(level={rule.level}, radius={rule.radius}, component={rule.component})"
+    if name:
+        return f"click_rule={name}"
+    # e.g. the fluorescence rule of an earlier version (before its ceiling step): every constant, as recorded
+    return "click_rule=(" + ", ".join(f"{f.name}={getattr(rule, f.name)}" for f in fields(rule)) + ")"
 
 
 def _contrast_text(settings: dict) -> str:

@@ -2,7 +2,7 @@
 
 A click on a dim fluorescent nucleus beside bright ones is the built-in model's worst case on real images (issue 16):
 a stack-wide intensity range leaves the dim nucleus near black, and the network answers with a bright neighbour,
-a blob beside the nucleus, or nothing; a large nucleus comes back as its bright core. Three steps, on the frame a
+a blob beside the nucleus, or nothing; a large nucleus comes back as its bright core. Four steps, on the frame a
 user prompts with clicks only:
 
 * level (before the network): the clicked object's brightness at the model input — the 90th percentile of the
@@ -17,14 +17,18 @@ user prompts with clicks only:
   pixels around it, within `extent_reach` × its radius, where the frame reaches `extent` × the clicked brightness
   and that connect to the click. The network answers a large nucleus with its bright core (its attention windows
   are 32 input pixels wide).
+* ceiling (after the network): of the mask only the pixels, connected to the click, where the frame as it is (before
+  the gain) is at most `ceiling` × the clicked brightness are kept, holes filled. After the gain a dim nucleus and
+  a brighter neighbour touching it look alike and the mask often covers both; before the gain they still differ.
 
 Tracked frames and discovery are not touched: memory attention reads the frame's own features, and the prompted
 frame's memory is encoded from those features with the rule's mask. Corrections on frames a propagation has
-visited keep the frame's own features (their embedding is memory-conditioned); the component and extent steps
-apply there too. A box or mask prompt uses none of the steps.
+visited keep the frame's own features (their embedding is memory-conditioned); the component, extent and ceiling
+steps apply there too. A box or mask prompt uses none of the steps.
 
-`level` 0.7, `radius` 2, the component step and the extent step's 0.5 / 16 / 0.5 were chosen on tuning seeds only
-(model/README.md, "The click rule"): synthetic_hard stacks 4,000,050 + 100 c + k and issue-7 frames 4,950,000 + k.
+`level` 0.7, `radius` 2, the component step, the extent step's 0.5 / 16 / 0.5 and `ceiling` 1.5 were chosen on
+tuning seeds only (model/README.md, "The click rule"): synthetic_hard stacks 4,000,050 + 100 c + k and issue-7
+frames 4,950,000 + k.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ class ClickRule:
     model-input pixels, the disk around a click its brightness is read from; component: keep only the clicked
     parts of the mask; extent: a large mask (equivalent radius ≥ extent_radius model-input pixels) takes in the
     pixels around it, within extent_reach × its radius, where the image is at least `extent` × the clicked
-    brightness (None: off)."""
+    brightness (None: off); ceiling: the mask keeps only the pixels, connected to the click, where the frame as it is
+    is at most `ceiling` × the clicked brightness (None: off)."""
 
     level: float | None = None
     radius: float = 2.0
@@ -65,6 +70,7 @@ class ClickRule:
     extent: float | None = None
     extent_radius: float = 12.0
     extent_reach: float = 0.5
+    ceiling: float | None = None
 
     name: ClassVar[str] = "click_rule"
 
@@ -75,6 +81,11 @@ class ClickRule:
             raise InputError(f"the click rule's radius is a positive number of model-input pixels; got {self.radius!r}")
         if self.extent is not None and not (isinstance(self.extent, (int, float)) and 0 < float(self.extent) < 1):
             raise InputError(f"the click rule's extent is a fraction in (0, 1) (or None: off); got {self.extent!r}")
+        if self.ceiling is not None and not (isinstance(self.ceiling, (int, float)) and float(self.ceiling) > 1):
+            raise InputError(
+                f"the click rule's ceiling is a multiple of the clicked brightness above 1 (or None: off); "
+                f"got {self.ceiling!r}"
+            )
         for name in ("extent_radius", "extent_reach"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and float(value) > 0):
@@ -82,7 +93,7 @@ class ClickRule:
 
     @property
     def off(self) -> bool:
-        return self.level is None and not self.component and self.extent is None
+        return self.level is None and not self.component and self.extent is None and self.ceiling is None
 
     # ------------------------------------------------------------------ before the network
     def gain(self, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray) -> float:
@@ -184,8 +195,7 @@ class ClickRule:
         radius = float(np.sqrt(mask.sum() * step[0] * step[1] / np.pi))  # input pixels
         if radius < self.extent_radius:
             return logits, False
-        smooth = ndimage.gaussian_filter(grey.astype(np.float32), 1.0)
-        cells = smooth[: h * step[0], : w * step[1]].reshape(h, step[0], w, step[1]).mean(axis=(1, 3))
+        cells = _cell_means(grey, h, w)
         threshold = self.extent * brightness
         near = ndimage.binary_dilation(mask, iterations=max(1, int(round(self.extent_reach * radius / step[0]))))
         parts, _ = ndimage.label(mask | (near & (cells >= threshold)), structure=_EIGHT_CONNECTED)
@@ -205,17 +215,66 @@ class ClickRule:
         out[ring] = np.maximum(plane[ring], soft[ring])
         return torch.from_numpy(out)[None, None].to(device=logits.device, dtype=logits.dtype), True
 
+    def cap(self, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray):
+        """logits [1, 1, h, w] (low-res) and `grey` [S, S], the frame as it is (the model input in [0, 1], before
+        any gain) → (the logits with the mask cut where the frame is brighter than ceiling × the clicked brightness,
+        whether anything changed).
+
+        After the gain a dim nucleus and its brighter neighbours look alike, and the mask often spreads over a
+        neighbour. On the frame as it is they still differ: of the mask only the cells (block means of `grey`,
+        smoothed over one input pixel) at most ceiling × the clicked brightness (`brightness`, read on `grey`) that
+        connect to a positive click are kept, holes filled (a bright spot inside the nucleus stays). Nothing changes
+        when a click's own cell is above the ceiling."""
+        if self.ceiling is None:
+            return logits, False
+        brightness = self.brightness(grey, coords_xy, labels)
+        if brightness is None or brightness <= 0:
+            return logits, False
+        plane = logits.detach().float().cpu().numpy()[0, 0]
+        h, w = plane.shape
+        mask = plane > 0
+        if not mask.any():
+            return logits, False
+        # logits that follow the image, positive below the ceiling: the resized edge lies where the image crosses
+        # it (as the extent step's)
+        high = self.ceiling * brightness
+        soft = (EXTENT_LOGIT_SCALE * (high - _cell_means(grey, h, w)) / high).astype(np.float32)
+        parts, _ = ndimage.label(mask & (soft > 0), structure=_EIGHT_CONNECTED)
+        step = (grey.shape[0] // h, grey.shape[1] // w)
+        at = [(int(np.clip(y / step[0], 0, h - 1)), int(np.clip(x / step[1], 0, w - 1)))
+              for x, y in _positive(coords_xy, labels)]  # fmt: skip
+        if any(parts[r, c] == 0 for r, c in at):  # a click on a spot brighter than the ceiling: nothing to go by
+            return logits, False
+        kept = ndimage.binary_fill_holes(np.isin(parts, list({int(parts[r, c]) for r, c in at})))
+        removed = mask & ~kept
+        if not removed.any():
+            return logits, False
+        out = plane.copy()
+        above = removed & (soft <= 0)  # brighter than the ceiling: the image sets how far below zero
+        out[above] = np.minimum(plane[above], soft[above])
+        out[removed & ~above] = REMOVED_LOGIT  # below the ceiling but cut off from the click by the brighter part
+        edge = kept & ndimage.binary_dilation(above, structure=_EIGHT_CONNECTED)
+        out[edge] = np.minimum(plane[edge], soft[edge])
+        return torch.from_numpy(out)[None, None].to(device=logits.device, dtype=logits.dtype), True
+
     # ------------------------------------------------------------------ provenance
     def record(self) -> dict:
         """settings["click_rule"]: what a replay or a resumed run re-applies."""
         return {self.name: asdict(self)}
 
 
+def _cell_means(grey: np.ndarray, h: int, w: int) -> np.ndarray:
+    """`grey` [S, S] smoothed over one input pixel → its means over the [h, w] low-res cells of the logits."""
+    smooth = ndimage.gaussian_filter(grey.astype(np.float32), 1.0)
+    step = (grey.shape[0] // h, grey.shape[1] // w)
+    return smooth[: h * step[0], : w * step[1]].reshape(h, step[0], w, step[1]).mean(axis=(1, 3))
+
+
 #: no click rule: the network's answer as it is (the official SAM 2; `preset="parity"`)
 CLICK_RULE_OFF = ClickRule()
 #: the rule for fluorescence nuclei (nano-fluo's default)
 CLICK_RULE_FLUORESCENCE = ClickRule(
-    level=0.7, radius=2.0, component=True, extent=0.5, extent_radius=16.0, extent_reach=0.5
+    level=0.7, radius=2.0, component=True, extent=0.5, extent_radius=16.0, extent_reach=0.5, ceiling=1.5
 )
 #: the values a face's `click_rule` option takes by name (None: the model's default)
 CLICK_RULES = {"off": CLICK_RULE_OFF, "fluorescence": CLICK_RULE_FLUORESCENCE}

@@ -613,7 +613,7 @@ class TrackingSession:
             else:
                 coords, labels = self._prompt_points(prompt)
                 # the click rule's level: a dim clicked object is decoded from the frame brought up to its level
-                seen, grey = self._clicked_view(frame, feats, coords, labels, raise_level=is_first)
+                seen, grey, own_grey = self._clicked_view(frame, feats, coords, labels, raise_level=is_first)
                 if is_first:
                     embedding = self.model.image_embedding(seen)
                 else:
@@ -634,6 +634,9 @@ class TrackingSession:
                 if grey is not None:  # read on the frame the mask was decoded from
                     logits, extended = self.click_rule.extend(logits, grey, *points)
                     changed = changed or extended
+                if own_grey is not None:  # read on the frame as it is, where a brighter neighbour still differs
+                    logits, capped = self.click_rule.cap(logits, own_grey, *points)
+                    changed = changed or capped
                 if changed and out.quality is not None:  # the head's estimate is of the mask that is kept
                     # (read on the frame the mask was decoded from: on the frame as it is, the dim nucleus a good
                     # mask covers is near black, and the head's |error| on tuning clicks rose from 0.13 to 0.34)
@@ -661,24 +664,25 @@ class TrackingSession:
 
     def _clicked_view(
         self, frame: int, feats: ImageFeatures, coords: torch.Tensor, labels: torch.Tensor, raise_level: bool
-    ) -> tuple[ImageFeatures, np.ndarray | None]:
-        """(the features a click prompt is decoded from, the grey [S, S] of that model input in [0, 1], or None when
-        the click rule reads no image). The frame's own features `feats`, or — on a first prompt (`raise_level`)
-        whose clicked object the rule raises (`ClickRule.gain` > 1) — those of the frame times that gain, encoded
-        once for this prompt and not cached (the frame's memory and every tracked frame use the frame's own)."""
+    ) -> tuple[ImageFeatures, np.ndarray | None, np.ndarray | None]:
+        """(the features a click prompt is decoded from, the grey [S, S] of that model input in [0, 1], the grey of
+        the frame as it is; both None when the click rule reads no image). The frame's own features `feats`, or — on
+        a first prompt (`raise_level`) whose clicked object the rule raises (`ClickRule.gain` > 1) — those of the
+        frame times that gain, encoded once for this prompt and not cached (the frame's memory and every tracked
+        frame use the frame's own)."""
         rule = self.click_rule
-        if rule.level is None and rule.extent is None:
-            return feats, None
+        if rule.level is None and rule.extent is None and rule.ceiling is None:
+            return feats, None, None
         x = self.frames.model_input(frame)
         grey = ClickRule.grey(x)
         gain = rule.gain(grey, coords[0].cpu().numpy(), labels[0].cpu().numpy()) if raise_level else 1.0
         if gain == 1.0:
-            return feats, grey
+            return feats, grey, grey
         x = ClickRule.apply_gain(x, gain)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
             gained = self.model.encode_image(x[None].to(self.device))
         self.encoder_runs += 1
-        return gained, ClickRule.grey(x)
+        return gained, ClickRule.grey(x), grey
 
     def _prompt_points(self, prompt: ObjectPrompt):
         size = self.model.image_size

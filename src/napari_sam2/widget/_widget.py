@@ -223,7 +223,8 @@ class SAM2Widget(QWidget, ControllerView):
         self.click_rule_combo.setToolTip(
             "How a click is read on the frame it is made on (tracked frames are not touched):\n"
             "fluorescence: a dim clicked nucleus is brought up to a set brightness before SAM 2 sees it, only the\n"
-            "clicked part of the mask is kept, and a large nucleus's mask is grown to its edge;\n"
+            "clicked part of the mask is kept, a large nucleus's mask is grown to its edge, and a brighter\n"
+            "neighbour that looked alike is cut off;\n"
             "off: SAM 2's answer as it is (the official predictor). Default: the model's (nano-fluo: fluorescence)."
         )
         self.click_rule_combo.addItem("model default", None)
