@@ -470,6 +470,42 @@ def test_a_3d_t_preview_makes_the_input_the_3d_t_session_propagates_from(tiny_mo
     own.close()
 
 
+def test_3d_t_previews_fit_the_4d_stack_once(tiny_model, monkeypatch):
+    """Each time point a user visits gets its own preview session, all with the 4-D stack's range and contrast
+    window: fitted once (16 + 3 slice reads) and again only when the contrast, the model or the geometry changes."""
+    import napari_sam2.volume_time as volume_time
+
+    fits = []
+    real = volume_time.stack_preprocessing
+
+    def counted(frames, model, contrast=None, *args, **kwargs):
+        fits.append(contrast)
+        return real(frames, model, contrast, *args, **kwargs)
+
+    monkeypatch.setattr(volume_time, "stack_preprocessing", counted)
+    rng = np.random.default_rng(5)
+    stack = (rng.random((3, 4, 40, 40)) * 30).astype(np.uint16)
+    stack[:, 1:3, 12:28, 10:26] += np.array([150, 1500, 3000], np.uint16)[:, None, None, None]
+    c = TrackingController(Recorder())
+    c.set_model(tiny_model, "tiny")
+    c.set_geometry(StackGeometry.from_array(stack, stream_axis="tz"))
+    for t in range(3):
+        c.focus((t,), 1)
+    assert all(c.session((t,)) is not None for t in range(3)) and fits == [None]
+    first = c.session((0,)).frames.intensity
+    assert all(c.session((t,)).frames.intensity == first for t in range(3))  # the 4-D stack's, on every time point
+    assert first == real(stack, tiny_model)[0]
+    c.set_contrast("local")  # the sessions restart: fitted again for the new contrast, once
+    c.focus((1,), 1)
+    c.focus((2,), 1)
+    assert fits == [None, "local"]
+    c.set_model(tiny_model, "tiny")  # a model (re)loaded: fitted again
+    c.focus((1,), 1)
+    assert fits == [None, "local", "local"]
+    c.shutdown()
+    c.reset_sessions()
+
+
 def test_the_axial_edge_rule_is_checked_once_and_applies_only_where_z_is_streamed(controller, tiny_model):
     """set_z_edge reads what --z-edge reads (volume.resolve_z_edge): a bad value is refused and changes nothing;
     along t the rule stays off whatever is asked; in 3D+t (z streamed) the VolumeTimeSession gets it, and changed

@@ -200,6 +200,10 @@ class TrackingController:
         #: 3D+t (`geometry.coupled`): the `VolumeTimeSession` propagation runs on, kept between runs so that a
         #: correction recomputes only what it changes (None: made at the next propagation)
         self.volume = None
+        #: 3D+t previews: the 4-D stack's (intensity range, contrast step) last fitted, with the geometry, model and
+        #: contrast it was fitted for (`stack_preprocessing`); each time point's preview session takes it
+        self.fitted_stack: tuple | None = None
+        self.fit_lock = threading.Lock()
         self.encoded = (0, 0)
         self.workers: set = set()
         self.alive = True
@@ -255,6 +259,7 @@ class TrackingController:
 
     def set_model(self, model, source: str | None) -> None:
         self.model, self.model_source = model, source
+        self.fitted_stack = None  # fitted for the model before (and holding it)
         self.reset_sessions()
         self.view.show_model(model, source)
 
@@ -366,6 +371,7 @@ class TrackingController:
         objects) unless `new_labels` is False and the old array fits; → whether the label array is new."""
         old = self.geometry
         self.geometry = geometry
+        self.fitted_stack = None  # fitted for the geometry before (and holding it)
         self.current = None
         self.confidence.clear()
         self.drop_volume()
@@ -547,6 +553,20 @@ class TrackingController:
             self.create_session(self.current[0])
         self.view.show_state()
 
+    def stack_preprocessing(self, geometry, model, contrast):
+        """The intensity range and contrast step of the 4-D stack of a 3D+t `geometry` for `model` and `contrast`
+        (`volume_time.stack_preprocessing`, which reads 16 + 3 slices): fitted once and kept for every time point's
+        preview session until the geometry, the model or the contrast changes. Runs on workers."""
+        from ..volume_time import stack_preprocessing
+
+        with self.fit_lock:  # two previews made at once fit the stack once
+            known = self.fitted_stack
+            if known is not None and known[0] is geometry and known[1] is model and known[2] == contrast:
+                return known[3]
+            fitted = stack_preprocessing(geometry.volume_view(), model, contrast)
+            self.fitted_stack = (geometry, model, contrast, fitted)
+            return fitted
+
     def opened_log(self, key) -> list[dict] | None:
         """The edit log of the opened result when session `key` continues it (None: nothing to continue)."""
         record = self.opened_record
@@ -571,7 +591,10 @@ class TrackingController:
         contrast, click_rule = self.contrast, self.click_rule
 
         def job():
-            session = _worker.make_session(model, geometry, key, log, contrast, z_edge=z_edge, click_rule=click_rule)
+            fitted = self.stack_preprocessing(geometry, model, contrast) if geometry.coupled else None
+            session = _worker.make_session(
+                model, geometry, key, log, contrast, z_edge=z_edge, click_rule=click_rule, preprocessing=fitted
+            )
             if log is None:
                 return session, prompts.apply(session), None
             seen = {}

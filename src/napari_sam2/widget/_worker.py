@@ -22,7 +22,7 @@ def load_model_job(source: str, device: str):
     return load_model(source, device=device)
 
 
-def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto", click_rule=None):
+def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto", click_rule=None, preprocessing=None):
     """A fresh `TrackingSession` over the lazy stack of session `key` (reads a few frames for the intensity). A z
     stream (`geometry.z_stream`, not 3D+t, whose per-slice sessions only preview prompts) gets the axial edge rule
     (`napari_sam2.volume`): `z_edge` ("auto", a fraction or None: off; the face's choice, resolved as track() does);
@@ -30,7 +30,8 @@ def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto"
     model input's contrast step (None: the model's default); click_rule: the session's (`napari_sam2.click_rule`; None:
     the model's default). A 3D+t preview (`geometry.coupled`) takes the range and
     contrast window of the whole 4-D stack, as the `VolumeTimeSession` that propagates fits them, so a click previews
-    the mask propagation starts from."""
+    the mask propagation starts from: `preprocessing`, the (IntensityRange, contrast step) that
+    `volume_time.stack_preprocessing` fitted for this geometry, model and contrast (None: fitted here)."""
     from ..replay import log_z_edge
     from ..session import TrackingSession
     from ..volume import resolve_z_edge
@@ -46,7 +47,9 @@ def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto"
     if geometry.coupled:
         from ..volume_time import stack_preprocessing
 
-        options["intensity"], contrast = stack_preprocessing(geometry.volume_view(), model, contrast)
+        if preprocessing is None:
+            preprocessing = stack_preprocessing(geometry.volume_view(), model, contrast)
+        options["intensity"], contrast = preprocessing
     return TrackingSession(model, stack, axis=axis, z_edge=z_edge, contrast=contrast, click_rule=click_rule, **options)
 
 
