@@ -122,6 +122,7 @@ def test_tzyx_killed_run_resumes_to_the_uninterrupted_labels(tmp_path, tiny_chec
         np.testing.assert_array_equal(np.asarray(resumed.labels[:]), reference.labels)
         assert open_result(out).complete and resumed.provenance["status"] == "complete"
         assert resumed.provenance["settings"]["z_edge"] == 0.5  # the axial edge rule, recorded for resume / replay
+        assert resumed.provenance["settings"]["z_edge_background"] == 10.0  # and its background percentile
     # every (t, z) slice read has its digest in the store; resuming with another image of the same shape stops at
     # the first slice that differs, naming it
     digests = zarr.open_group(out / "labels" / LabelStore.open(out).name, mode="r")["input_digest"][...]

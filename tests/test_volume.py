@@ -14,6 +14,7 @@ from napari_sam2.replay import replay
 from napari_sam2.sample_data import synthetic_nuclei_4d
 from napari_sam2.session import TrackingSession
 from napari_sam2.volume import Z_EDGE
+from napari_sam2.volume_time import Z_EDGE_BACKGROUND
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,7 @@ def test_the_session_rule_keeps_prompted_slices_and_refuses_bad_fractions(nano, 
         for f, r in edged.items():
             assert (r.masks <= (r.logits > 0)).all() and ((r.labels > 0) <= r.masks.any(axis=0)).all()
             assert ((r.labels > 0) <= (session.result(f).labels > 0)).all()
-        assert session.edit_log[-1] == {"op": "edge", "z_edge": Z_EDGE}
+        assert session.edit_log[-1] == {"op": "edge", "z_edge": Z_EDGE, "background": Z_EDGE_BACKGROUND}
         # the session shows what the rule left (until the model recomputes an object there): a prompt on one object
         # does not bring back another's halo on that slice
         for f, r in edged.items():
@@ -117,9 +118,56 @@ def test_a_z_stack_store_resumes_and_replays_with_the_rule_it_was_made_with(tmp_
         resumed = track(tmp_path / "stack.npy", None, model=nano, axis="z", out=out, resume=True, tables=False)
         np.testing.assert_array_equal(np.asarray(resumed.labels[:]), np.asarray(reference.labels))
         assert resumed.provenance["settings"]["z_edge"] == Z_EDGE
+        assert resumed.provenance["settings"]["z_edge_background"] == Z_EDGE_BACKGROUND
     capsys.readouterr()
     assert cli.main(["replay", str(out), "--device", "cpu"]) == 0
     assert f"identical labels on all {n} frames" in capsys.readouterr().out
+
+
+def test_the_rule_takes_a_low_percentile_of_the_ring_as_background_beside_touching_neighbours():
+    """A dim nucleus wrapped by a brighter neighbour on some slices: most of the ring around its mask lies on the
+    neighbour there. The ring's median (the rule before session 12) took the neighbour for background and cut the
+    nucleus's own slices; its 10th percentile (`Z_EDGE_BACKGROUND`) reads the true background and keeps them."""
+    from napari_sam2.volume_time import Z_EDGE_BACKGROUND_BEFORE, axial_trim
+
+    yy, xx = np.mgrid[:48, :48]
+    r = np.hypot(yy - 24, xx - 24)
+    angle = np.arctan2(yy - 24, xx - 24)
+    image = np.full((8, 48, 48), 10.0, np.float32)
+    nucleus = r <= 6
+    image[1:7][:, nucleus] = 100.0  # the dim nucleus, slices 1-6
+    wrap = (r > 6) & (r <= 14) & (angle > -1.2)  # a neighbour around 70 % of it, slices 3-6
+    image[3:7][:, wrap] = 1000.0
+    mask = np.zeros(image.shape, bool)
+    mask[1:7] = nucleus
+    before = axial_trim(mask, lambda z: image[z], Z_EDGE, background=Z_EDGE_BACKGROUND_BEFORE)
+    now = axial_trim(mask, lambda z: image[z], Z_EDGE)
+    core = r <= 4  # away from the edge the neighbour's blur reaches
+    assert before[3:7][:, core].mean() < 0.5  # the median: the nucleus cut where the neighbour wraps it
+    assert now[1:7][:, core].all() and (now <= mask).all()  # the 10th percentile: all of it kept
+    assert Z_EDGE_BACKGROUND == 10.0 and Z_EDGE_BACKGROUND_BEFORE == 50.0
+
+
+def test_an_edit_log_from_before_the_background_percentile_replays_with_the_median(nano, zstack):
+    """The "edge" entries of a z-stack's edit log name the background percentile they applied; an entry without
+    one (written before session 12) is replayed with the median, as it was made."""
+    from napari_sam2.replay import replay_log
+    from napari_sam2.volume_time import Z_EDGE_BACKGROUND_BEFORE
+
+    image, labels, z = zstack
+    with TrackingSession(nano, image, z_edge=Z_EDGE, z_edge_background=Z_EDGE_BACKGROUND_BEFORE) as made:
+        assert made.z_edge_background == Z_EDGE_BACKGROUND_BEFORE
+        _clicks(labels, z).apply(made)
+        list(made.propagate("both"))
+        edged = {r.frame: r.labels for r in made.axial_edge()}
+        log = made.edit_log
+    assert log[-1] == {"op": "edge", "z_edge": Z_EDGE, "background": Z_EDGE_BACKGROUND_BEFORE}
+    old = [{k: v for k, v in e.items() if k != "background"} for e in log]  # as written before session 12
+    with TrackingSession(nano, image, z_edge=Z_EDGE) as again:  # a session of today (the 10th percentile)
+        assert again.z_edge_background == Z_EDGE_BACKGROUND
+        replayed = replay_log(again, old)
+    for f, expected in edged.items():
+        np.testing.assert_array_equal(replayed[f], expected, err_msg=f"slice {f}")
 
 
 def test_a_z_stack_store_made_before_the_rule_replays_and_resumes_without_it(tmp_path, nano, zstack):

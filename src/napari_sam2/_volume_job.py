@@ -258,6 +258,7 @@ class VolumeTimeJob(TrackJob):
             intensity=None if intensity is None else (intensity.low, intensity.high),
             on_read=lambda t, z, pixels: identity(t * n_slices + z, pixels),
             z_edge=self.z_edge,  # `TrackJob.plan`: the given or recorded rule (a store from before it: off)
+            z_edge_background=self.z_edge_background,  # `TrackJob.plan`: the recorded one on a resume
             contrast=self.contrast,  # `TrackJob.start`: the given, recorded or model's step
             click_rule=self.click_rule,  # `TrackJob.plan`: the given or recorded rule (a store from before it: off)
         )
@@ -284,6 +285,7 @@ class VolumeTimeJob(TrackJob):
             "threads": _torch_threads(),
             "engine": "volume_time",
             "z_edge": self.session.z_edge,
+            "z_edge_background": self.session.z_edge_background,
             **self.session.contrast.record(),  # "contrast" (and local's constants), for resume and replay
             **self.session.click_rule.record(),  # "click_rule", for resume and replay
         }
@@ -334,7 +336,7 @@ def replay_tzyx(saved, opened: OpenedStack, net, threads: int | None = None):
     from .click_rule import click_rule_from_record
     from .preprocess import contrast_from_record
     from .replay import ReplayResult
-    from .volume_time import replay_volume_time
+    from .volume_time import Z_EDGE_BACKGROUND_BEFORE, replay_volume_time
 
     record = saved.record
     settings = record.settings
@@ -360,6 +362,8 @@ def replay_tzyx(saved, opened: OpenedStack, net, threads: int | None = None):
             preset=settings.get("preset", "default"),
             intensity=window,
             z_edge=settings.get("z_edge"),  # none recorded: a result made before the axial edge rule
+            # none recorded: made before session 12, with the ring's median
+            z_edge_background=settings.get("z_edge_background", Z_EDGE_BACKGROUND_BEFORE),
             contrast=contrast_from_record(settings),  # none recorded: made before the option, global
             click_rule=click_rule_from_record(settings),  # none recorded: made before the rule, off
         )

@@ -357,6 +357,12 @@ class TrackJob:
         # the axial edge rule for a z stream (never time); a resumed run keeps what it began with, and a store that
         # predates the rule records no z_edge: off, as it was made
         self.z_edge = resolve_z_edge(a["z_edge"], self._z_stream(), settings if store is not None else None, out_path)
+        # and its background percentile: a resumed run keeps it too (none recorded: made before session 12, the median)
+        from .volume_time import Z_EDGE_BACKGROUND, Z_EDGE_BACKGROUND_BEFORE
+
+        self.z_edge_background = (
+            settings.get("z_edge_background", Z_EDGE_BACKGROUND_BEFORE) if store is not None else Z_EDGE_BACKGROUND
+        )
         # the contrast step: a resumed run replays the recorded one (none recorded: made before the option, global);
         # a new run's None is the model's default, resolved once the model is loaded (`start`)
         self.contrast = _plan_contrast(a["contrast"], settings if store is not None else None, out_path)
@@ -611,6 +617,7 @@ class TrackJob:
             embedding_cache=self.ask["embedding_cache"],
             on_read=self.identity,
             z_edge=self.z_edge,
+            z_edge_background=self.z_edge_background,
             contrast=self.contrast,
             click_rule=self.click_rule,
         )
@@ -641,6 +648,7 @@ class TrackJob:
             "device": str(self.net.device),
             "threads": _torch_threads(),
             "z_edge": self.session.z_edge,  # the axial edge rule (z streams; None: off), for resume and replay
+            "z_edge_background": self.session.z_edge_background,  # its background percentile, for resume
             **self.session.frames.contrast.record(),  # "contrast" (and local's constants), for resume and replay
             **self.session.click_rule.record(),  # "click_rule", for resume and replay
         }

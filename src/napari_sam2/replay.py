@@ -139,8 +139,11 @@ def replay_log(session, log: list[dict], labels: np.ndarray | None = None, on_re
             writer.enforce()
         elif op == "pass":
             write(session.propagate_pass(entry["first"], entry["last"], bool(entry["reverse"]), entry["frames"]))
-        elif op == "edge":  # the axial edge rule of a z-stack, applied where the face applied it
-            write(session.axial_edge(entry.get("z_edge")))
+        elif op == "edge":  # the axial edge rule of a z-stack, applied where the face applied it (an entry written
+            # before session 12 names no background: the ring's median then)
+            from .volume_time import Z_EDGE_BACKGROUND_BEFORE
+
+            write(session.axial_edge(entry.get("z_edge"), entry.get("background", Z_EDGE_BACKGROUND_BEFORE)))
         else:
             raise InputError(f"{where}: unknown edit {op!r}; this log was written by a newer napari-sam2")
     return out

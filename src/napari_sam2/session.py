@@ -225,6 +225,8 @@ class TrackingSession:
         the slices again with each object ended in z where the image falls below this fraction of the brightest
         voxel of each (y, x) column in its mask. `track()`, the CLI and the widget give `volume.Z_EDGE` (0.5) when
         the stream axis is z and None for time; None here (the session cannot tell z from t): the rule is off.
+    z_edge_background: the percentile of the ring around a mask that the rule takes as a slice's local background
+        (None: `volume_time.Z_EDGE_BACKGROUND`); each "edge" entry of the edit log records the one it applied.
     contrast: the contrast step of the model input (`preprocess`): "global", "local", a `preprocess.LocalContrast`,
         or None (default): the model's (`registry.ModelInfo.contrast`; "global" for a checkpoint not in the registry).
         The resolved step is `frames.contrast`.
@@ -249,6 +251,7 @@ class TrackingSession:
         embedding_cache: str | os.PathLike | None = None,
         object_batch: int | None = None,
         z_edge: float | None = None,
+        z_edge_background: float | None = None,
         contrast=None,
         click_rule=None,
         **frame_options,
@@ -287,12 +290,21 @@ class TrackingSession:
         self.max_cond_frames: int | None = None
         self.embeddings = None if embedding_cache is None else self._open_embedding_cache(embedding_cache)
         from .volume import AxialEdge, check_z_edge
+        from .volume_time import Z_EDGE_BACKGROUND, check_z_edge_background
 
         self.z_edge = check_z_edge(z_edge)
+        #: the axial edge rule's background percentile (`volume_time.Z_EDGE_BACKGROUND`): what `axial_edge` applies
+        self.z_edge_background = check_z_edge_background(
+            Z_EDGE_BACKGROUND if z_edge_background is None else z_edge_background
+        )
         if self.z_edge is not None and self.frames.preprocessed:
             raise InputError("z_edge (the axial edge rule) reads the image's pixels; a preprocessed stack has none")
         # the axial edge rule's notes of every object's mask on every slice (None: the rule is off)
-        self._edge = None if self.z_edge is None else AxialEdge(self.z_edge, len(self.frames), self.frame_shape)
+        self._edge = (
+            None
+            if self.z_edge is None
+            else AxialEdge(self.z_edge, len(self.frames), self.frame_shape, self.z_edge_background)
+        )
         # Every edit, in order (see `edit_log`); `_quiet` > 0 while a public method runs others on its behalf.
         self._log: list[dict] = []
         self._quiet = 0
@@ -1076,14 +1088,16 @@ class TrackingSession:
         with self._lock:
             return self._result(frame, computed=[])
 
-    def axial_edge(self, z_edge: float | None = None) -> Iterator[FrameResult]:
+    def axial_edge(self, z_edge: float | None = None, background: float | None = None) -> Iterator[FrameResult]:
         """The axial edge rule (`napari_sam2.volume`) on every object's whole 3-D mask: → an iterator of a
         `FrameResult` for every slice an object has an output on (the rule runs at the call; each slice's arrays are
         made as it is asked for), each object's mask ended in z where the image falls below `z_edge`
         (default the session's) of the brightest voxel of each (y, x) column inside it; slices the object is
-        prompted on are kept as drawn. Call it once a propagation has run to its end and write the results over
-        the slices (a face does this after its passes, `track()` before its tables). Logged ({"op": "edge"}), so a
-        replay applies it at the same point. Needs a session made with `z_edge` (the notes start then)."""
+        prompted on are kept as drawn; background: the percentile of the ring around the mask taken as a slice's
+        background (default the session's `z_edge_background`). Call it once a propagation has run to its end and
+        write the results over the slices (a face does this after its passes, `track()` before its tables). Logged
+        ({"op": "edge", "z_edge", "background"}), so a replay applies it at the same point. Needs a session made
+        with `z_edge` (the notes start then)."""
         with self._lock:
             if self._edge is None:
                 raise InputError(
@@ -1091,8 +1105,9 @@ class TrackingSession:
                     "TrackingSession(..., z_edge=napari_sam2.volume.Z_EDGE)"
                 )
             fraction = self.z_edge if z_edge is None else float(z_edge)
-            results = self._edge.results(self, fraction)
-            self._record({"op": "edge", "z_edge": fraction})
+            background = self.z_edge_background if background is None else float(background)
+            results = self._edge.results(self, fraction, background)
+            self._record({"op": "edge", "z_edge": fraction, "background": background})
             return results
 
     def segment_everything(self, frame: int, **params):

@@ -34,7 +34,7 @@ import numpy as np
 
 from .errors import InputError
 from .model.sam2 import NO_OBJECT_LOGIT
-from .volume_time import TRIM_MARGIN, Z_EDGE, axial_trim
+from .volume_time import TRIM_MARGIN, Z_EDGE, Z_EDGE_BACKGROUND, axial_trim, check_z_edge_background
 
 __all__ = ["Z_EDGE", "AxialEdge", "check_z_edge", "resolve_z_edge"]
 
@@ -101,8 +101,11 @@ class AxialEdge:
     """What a z-stack session keeps for the axial edge rule: per object and slice, the model's logits in the box of
     its mask there, as last yielded (`note`), and the rule applied to them all (`results`)."""
 
-    def __init__(self, fraction: float, num_slices: int, frame_shape: tuple[int, int]):
+    def __init__(
+        self, fraction: float, num_slices: int, frame_shape: tuple[int, int], background: float = Z_EDGE_BACKGROUND
+    ):
         self.fraction = check_z_edge(fraction)
+        self.background = check_z_edge_background(background)  # the ring percentile (`axial_trim`)
         if self.fraction is None:
             raise InputError("AxialEdge needs a fraction (z_edge); None is the rule off")
         self.num_slices = int(num_slices)
@@ -150,12 +153,13 @@ class AxialEdge:
             self.notes.pop(int(obj), None)
             self.kept.pop(int(obj), None)
 
-    def keep_masks(self, objects: dict, read_region, fraction: float | None = None) -> dict:
+    def keep_masks(self, objects: dict, read_region, fraction: float | None = None, background=None) -> dict:
         """{obj: {slice: (y0, x0, logits, kept [h, w] bool) or None (empty there)}}: each object's notes on the
         slices it has an output on now, with the voxels the rule keeps. objects: {obj: ObjectTrack} (the session's;
         `output(frame)` says where it has one, `prompts` the slices kept as drawn). read_region(z, rows, cols) →
-        [rows, cols] of slice z's image (grey)."""
+        [rows, cols] of slice z's image (grey); fraction / background: the rule's (None: this edge's)."""
         fraction = self.fraction if fraction is None else check_z_edge(fraction)
+        background = self.background if background is None else check_z_edge_background(background)
         h, w = self.frame_shape
         out = {}
         for obj, track in objects.items():
@@ -178,7 +182,9 @@ class AxialEdge:
                 return read_region(z, slice(rows.start + y_lo, rows.stop + y_lo), slice(cols.start + x_lo,
                                                                                         cols.stop + x_lo))  # fmt: skip
 
-            kept = axial_trim(mask, None, fraction, keep=list(track.prompts), read_region=region)
+            kept = axial_trim(
+                mask, None, fraction, keep=list(track.prompts), read_region=region, background=background
+            )
             per_slice = {}
             for f, n in notes.items():
                 if n is None:
@@ -190,7 +196,7 @@ class AxialEdge:
             out[obj] = per_slice
         return out
 
-    def results(self, session, fraction: float | None = None) -> Iterator:
+    def results(self, session, fraction: float | None = None, background: float | None = None) -> Iterator:
         """Every slice any object of `session` has an output on, as a `FrameResult` with the rule applied (an
         iterator, in slice order: the rule runs and the session is read at the call, each slice's arrays are made
         when it is asked for, so one slice's [K, Y, X] arrays are held at a time): masks
@@ -200,7 +206,7 @@ class AxialEdge:
         objects = dict(session.objects)
         for obj in [o for o in self.notes if o not in objects]:
             del self.notes[obj]  # removed objects
-        kept = self.keep_masks(objects, _grey_region(session.frames), fraction)
+        kept = self.keep_masks(objects, _grey_region(session.frames), fraction, background)
         self.kept = {
             obj: {
                 f: (e[0], e[1], e[3])

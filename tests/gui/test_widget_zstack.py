@@ -81,7 +81,9 @@ def test_a_z_stack_in_the_widget_gets_the_axial_edge_rule_as_track_does(sam_view
         w.save(str(path))
     saved = open_result(path)
     assert saved.axes == "zyx" and saved.record.settings["z_edge"] == Z_EDGE
-    assert saved.record.edit_log[-1] == {"op": "edge", "z_edge": Z_EDGE}
+    from napari_sam2.volume_time import Z_EDGE_BACKGROUND
+
+    assert saved.record.edit_log[-1] == {"op": "edge", "z_edge": Z_EDGE, "background": Z_EDGE_BACKGROUND}
     replayed = replay(path, image=image)
     assert replayed.identical, (replayed.differing_frames, replayed.differing_pixels)
 
@@ -121,8 +123,8 @@ def notes(monkeypatch):
 
 
 def test_the_z_edge_control_gives_track_s_labels_off_and_with_a_fraction(sam_viewer, qtbot, tmp_path, notes):
-    """ "off" typed before tracking gives track(z_edge="off")'s labels; 0.3 typed after the propagation propagates
-    again and gives track(z_edge=0.3)'s, which the save records and replays identically; a bad value is refused with
+    """ "off" typed before tracking gives track(z_edge="off")'s labels; 0.6 typed after the propagation propagates
+    again and gives track(z_edge=0.6)'s, which the save records and replays identically; a bad value is refused with
     --z-edge's message and changes nothing."""
     from napari_sam2 import track
     from napari_sam2.io.results import open_result
@@ -154,25 +156,28 @@ def test_the_z_edge_control_gives_track_s_labels_off_and_with_a_fraction(sam_vie
     off = tracked("off")
     np.testing.assert_array_equal(np.asarray(w.labels_layer.data), off)
 
-    with qtbot.waitSignal(w.propagationDone, timeout=5 * WAIT_MS):  # the frames are propagated again with 0.3
-        _type_z_edge(qtbot, w, "0.3")
+    with qtbot.waitSignal(w.propagationDone, timeout=5 * WAIT_MS):  # the frames are propagated again with 0.6
+        _type_z_edge(qtbot, w, "0.6")
     wait_idle(qtbot, w)
-    assert w.controller.session(()).z_edge == 0.3
-    assert ("info", "Axial edge rule now 0.3: propagating frames 0–11 again with it.") in notes
+    assert w.controller.session(()).z_edge == 0.6
+    assert ("info", "Axial edge rule now 0.6: propagating frames 0–11 again with it.") in notes
     labels = np.asarray(w.labels_layer.data).copy()
-    np.testing.assert_array_equal(labels, tracked(0.3))
+    np.testing.assert_array_equal(labels, tracked(0.6))
     assert not np.array_equal(labels, off)
 
     session = w.controller.session(())
     _type_z_edge(qtbot, w, "1.5")  # refused: the message of --z-edge, the field shows the rule in use again
     assert notes[-1] == ("warning", "z_edge is a fraction between 0 and 1 (or None: no axial edge rule); got 1.5")
-    assert w.z_edge_combo.currentText() == "0.3" and w.controller.session(()) is session
+    assert w.z_edge_combo.currentText() == "0.6" and w.controller.session(()) is session
 
     path = tmp_path / "zstack.ome.zarr"
     with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
         w.save(str(path))
     record = open_result(path).record
-    assert record.settings["z_edge"] == 0.3 and record.edit_log[-1] == {"op": "edge", "z_edge": 0.3}
+    assert record.settings["z_edge"] == 0.6
+    from napari_sam2.volume_time import Z_EDGE_BACKGROUND
+
+    assert record.edit_log[-1] == {"op": "edge", "z_edge": 0.6, "background": Z_EDGE_BACKGROUND}
     replayed = replay(path, image=image)
     assert replayed.identical, (replayed.differing_frames, replayed.differing_pixels)
 
@@ -183,10 +188,10 @@ def test_the_z_edge_control_gives_track_s_labels_off_and_with_a_fraction(sam_vie
     with qtbot.waitSignal(w.sessionReady, timeout=WAIT_MS), qtbot.waitSignal(w.opened, timeout=WAIT_MS):
         w.open(str(path))  # the result's rule comes back with it, and its continued session keeps it
     wait_idle(qtbot, w)
-    assert w.z_edge_combo.currentText() == "0.3" and w.controller.session(()).z_edge == 0.3
+    assert w.z_edge_combo.currentText() == "0.6" and w.controller.session(()).z_edge == 0.6
     np.testing.assert_array_equal(np.asarray(w.labels_layer.data), labels)
 
-    # changed on the opened result: it is no longer continued (its log applied 0.3); its frames are tracked again
+    # changed on the opened result: it is no longer continued (its log applied 0.6); its frames are tracked again
     with qtbot.waitSignal(w.propagationDone, timeout=5 * WAIT_MS):
         _type_z_edge(qtbot, w, "off")
     wait_idle(qtbot, w)

@@ -1000,6 +1000,7 @@ class TrackingController:
                         "engine": "volume_time",
                         "stream_axes": {"t": g.fixed_axes[0], "z": g.stream_axis},
                         "z_edge": self._z_edge(),  # the axial edge rule the labels were made with (replay)
+                        "z_edge_background": self._z_edge_background(),
                     }
                     if g.coupled
                     else {"z_edge": self._session_z_edge(session)}
@@ -1016,6 +1017,13 @@ class TrackingController:
         """The axial edge rule of this face's 3D+t session (`VolumeTimeSession.z_edge`; before one exists, the one
         the next will have: `z_edge_used`)."""
         return self.z_edge_used() if self.volume is None else self.volume.z_edge
+
+    def _z_edge_background(self) -> float:
+        """The axial edge rule's background percentile of this face's 3D+t session (before one exists, the one the
+        next will have: `volume_time.Z_EDGE_BACKGROUND`)."""
+        from ..volume_time import Z_EDGE_BACKGROUND
+
+        return Z_EDGE_BACKGROUND if self.volume is None else self.volume.z_edge_background
 
     def _session_z_edge(self, session) -> float | None:
         """The axial edge rule of a z-stack session (`TrackingSession.z_edge`; None on a time axis). Without a
