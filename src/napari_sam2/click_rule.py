@@ -183,12 +183,10 @@ class ClickRule:
         within extent_reach × that radius of it where `grey` (smoothed over one input pixel) is at least extent ×
         the clicked brightness (`brightness`), as far as they connect to a positive click (all on the low-res cells
         of the logits: their block means of `grey`)."""
-        if self.extent is None:
+        read = None if self.extent is None else self._read_click(logits, grey, coords_xy, labels)
+        if read is None:
             return logits, False
-        brightness = self.brightness(grey, coords_xy, labels)
-        if brightness is None or brightness <= 0:
-            return logits, False
-        plane = logits.detach().float().cpu().numpy()[0, 0]
+        brightness, plane, at = read
         h, w = plane.shape
         step = (grey.shape[0] // h, grey.shape[1] // w)  # input pixels per low-res cell
         mask = plane > 0
@@ -199,8 +197,6 @@ class ClickRule:
         threshold = self.extent * brightness
         near = ndimage.binary_dilation(mask, iterations=max(1, int(round(self.extent_reach * radius / step[0]))))
         parts, _ = ndimage.label(mask | (near & (cells >= threshold)), structure=_EIGHT_CONNECTED)
-        positive = _positive(coords_xy, labels)
-        at = [(int(np.clip(y / step[0], 0, h - 1)), int(np.clip(x / step[1], 0, w - 1))) for x, y in positive]
         region = np.isin(parts, list({int(parts[r, c]) for r, c in at} - {0}))
         added = region & ~mask
         if not added.any():
@@ -215,6 +211,20 @@ class ClickRule:
         out[ring] = np.maximum(plane[ring], soft[ring])
         return torch.from_numpy(out)[None, None].to(device=logits.device, dtype=logits.dtype), True
 
+    def _read_click(self, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray):
+        """What the extent and ceiling steps read: (the clicked brightness in `grey` [S, S], the logits [1, 1, h, w]
+        as a numpy plane [h, w], the low-res cells [(row, col)] of the positive clicks), or None without a positive
+        click or on a black spot."""
+        brightness = self.brightness(grey, coords_xy, labels)
+        if brightness is None or brightness <= 0:
+            return None
+        plane = logits.detach().float().cpu().numpy()[0, 0]
+        h, w = plane.shape
+        step = (grey.shape[0] // h, grey.shape[1] // w)  # input pixels per low-res cell
+        at = [(int(np.clip(y / step[0], 0, h - 1)), int(np.clip(x / step[1], 0, w - 1)))
+              for x, y in _positive(coords_xy, labels)]  # fmt: skip
+        return brightness, plane, at
+
     def cap(self, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray):
         """logits [1, 1, h, w] (low-res) and `grey` [S, S], the frame as it is (the model input in [0, 1], before
         any gain) → (the logits with the mask cut where the frame is brighter than ceiling × the clicked brightness,
@@ -225,12 +235,10 @@ class ClickRule:
         smoothed over one input pixel) at most ceiling × the clicked brightness (`brightness`, read on `grey`) that
         connect to a positive click are kept, holes filled (a bright spot inside the nucleus stays). Nothing changes
         when a click's own cell is above the ceiling."""
-        if self.ceiling is None:
+        read = None if self.ceiling is None else self._read_click(logits, grey, coords_xy, labels)
+        if read is None:
             return logits, False
-        brightness = self.brightness(grey, coords_xy, labels)
-        if brightness is None or brightness <= 0:
-            return logits, False
-        plane = logits.detach().float().cpu().numpy()[0, 0]
+        brightness, plane, at = read
         h, w = plane.shape
         mask = plane > 0
         if not mask.any():
@@ -240,9 +248,6 @@ class ClickRule:
         high = self.ceiling * brightness
         soft = (EXTENT_LOGIT_SCALE * (high - _cell_means(grey, h, w)) / high).astype(np.float32)
         parts, _ = ndimage.label(mask & (soft > 0), structure=_EIGHT_CONNECTED)
-        step = (grey.shape[0] // h, grey.shape[1] // w)
-        at = [(int(np.clip(y / step[0], 0, h - 1)), int(np.clip(x / step[1], 0, w - 1)))
-              for x, y in _positive(coords_xy, labels)]  # fmt: skip
         if any(parts[r, c] == 0 for r, c in at):  # a click on a spot brighter than the ceiling: nothing to go by
             return logits, False
         kept = ndimage.binary_fill_holes(np.isin(parts, list({int(parts[r, c]) for r, c in at})))

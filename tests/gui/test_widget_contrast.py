@@ -5,6 +5,23 @@ import numpy as np
 from gui_helpers import WAIT_MS, wait_idle
 
 
+def _click_and_track_as(w, qtbot, ref):
+    """A click at (30, 30) on frame 0 and a forward propagation in the widget: its labels [6, Y, X], checked to be
+    those of the TrackingSession `ref` given the same click."""
+    with qtbot.waitSignal(w.prompted, timeout=WAIT_MS):
+        w.prompt_layers.points.add([0, 30, 30])
+    wait_idle(qtbot, w)
+    with qtbot.waitSignal(w.propagationDone, timeout=WAIT_MS):
+        w.forward_button.click()
+    wait_idle(qtbot, w)
+    ref.add_prompt(0, 1, points=[[30, 30]], labels=[1])
+    expected = {r.frame: r.labels for r in ref.propagate("forward", start=0)}
+    labels = np.asarray(w.labels_layer.data)
+    for f in range(6):
+        np.testing.assert_array_equal(labels[f], expected[f], err_msg=f"frame {f}")
+    return labels
+
+
 def test_contrast_picker_restarts_sessions_records_and_reopens(sam_viewer, stack, qtbot, reference, tmp_path, capsys):
     from napari_sam2 import cli
     from napari_sam2.io.results import open_result
@@ -21,18 +38,7 @@ def test_contrast_picker_restarts_sessions_records_and_reopens(sam_viewer, stack
     fitted = w.session().frames.contrast  # its window fitted to the stack's objects
     assert isinstance(fitted, LocalContrast) and fitted.window is not None
 
-    with qtbot.waitSignal(w.prompted, timeout=WAIT_MS):
-        w.prompt_layers.points.add([0, 30, 30])
-    wait_idle(qtbot, w)
-    with qtbot.waitSignal(w.propagationDone, timeout=WAIT_MS):
-        w.forward_button.click()
-    wait_idle(qtbot, w)
-    ref = reference(stack, contrast="local")
-    ref.add_prompt(0, 1, points=[[30, 30]], labels=[1])
-    expected = {r.frame: r.labels for r in ref.propagate("forward", start=0)}
-    labels = np.asarray(w.labels_layer.data)
-    for f in range(6):
-        np.testing.assert_array_equal(labels[f], expected[f], err_msg=f"frame {f}")
+    labels = _click_and_track_as(w, qtbot, reference(stack, contrast="local"))
 
     path = tmp_path / "local.ome.zarr"
     with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
@@ -76,18 +82,7 @@ def test_click_rule_picker_restarts_sessions_records_and_reopens(sam_viewer, sta
     wait_idle(qtbot, w)
     assert w.controller.click_rule == CLICK_RULE_FLUORESCENCE == w.session().click_rule
 
-    with qtbot.waitSignal(w.prompted, timeout=WAIT_MS):
-        w.prompt_layers.points.add([0, 30, 30])
-    wait_idle(qtbot, w)
-    with qtbot.waitSignal(w.propagationDone, timeout=WAIT_MS):
-        w.forward_button.click()
-    wait_idle(qtbot, w)
-    ref = reference(stack, click_rule="fluorescence")
-    ref.add_prompt(0, 1, points=[[30, 30]], labels=[1])
-    expected = {r.frame: r.labels for r in ref.propagate("forward", start=0)}
-    labels = np.asarray(w.labels_layer.data)
-    for f in range(6):
-        np.testing.assert_array_equal(labels[f], expected[f], err_msg=f"frame {f}")
+    labels = _click_and_track_as(w, qtbot, reference(stack, click_rule="fluorescence"))
     path = tmp_path / "rule.ome.zarr"
     with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
         w.save(str(path))
