@@ -122,6 +122,17 @@ def test_a_z_stack_store_resumes_and_replays_with_the_rule_it_was_made_with(tmp_
     capsys.readouterr()
     assert cli.main(["replay", str(out), "--device", "cpu"]) == 0
     assert f"identical labels on all {n} frames" in capsys.readouterr().out
+    assert cli.main(["info", str(out)]) == 0
+    assert "z_edge=0.5 (background: ring percentile 10)" in capsys.readouterr().out
+    store = LabelStore.open(out, mode="r+")  # as a store made before session 12 records it: the median
+    store.update_provenance({"settings": {k: v for k, v in store.provenance["settings"].items()
+                                          if k != "z_edge_background"}})  # fmt: skip
+    assert cli.main(["info", str(out)]) == 0
+    assert "z_edge=0.5 (background: ring percentile 10)" in capsys.readouterr().out  # its log's edge entries say 10
+    log = [{k: v for k, v in e.items() if k != "background"} for e in store.provenance["edit_log"]]
+    store.update_provenance({"edit_log": log})
+    assert cli.main(["info", str(out)]) == 0
+    assert "z_edge=0.5 (background: ring percentile 50)" in capsys.readouterr().out
 
 
 def test_the_rule_takes_a_low_percentile_of_the_ring_as_background_beside_touching_neighbours():

@@ -481,7 +481,7 @@ def _cmd_info(args) -> int:
         shown = [f"{k}={settings.get(k)}" for k in keys if k in settings]
         if "z" in result.axes:  # the axial edge rule the labels were made with (none recorded: made before it, off)
             z_edge = settings.get("z_edge")
-            shown.append(f"z_edge={'off' if z_edge is None else z_edge}")
+            shown.append("z_edge=off" if z_edge is None else f"z_edge={z_edge} ({_z_edge_background_text(record)})")
         shown.append(_contrast_text(settings))
         shown.append(_click_rule_text(settings))
         print("  settings: " + ", ".join(shown))
@@ -491,6 +491,19 @@ def _cmd_info(args) -> int:
     if len(result.finished_frames) < n:
         print("  incomplete: finish it with `napari-sam2 track IMAGE --out STORE --resume`")
     return EXIT_OK
+
+
+def _z_edge_background_text(record) -> str:
+    """ "background: ring percentile 10": the axial edge rule's background (`volume_time.Z_EDGE_BACKGROUND`) as the
+    store records it (its settings; a widget z-stack: its log's "edge" entries; none: made before session 12, the
+    median)."""
+    from .volume_time import Z_EDGE_BACKGROUND_BEFORE
+
+    background = record.settings.get("z_edge_background")
+    if background is None:
+        edges = [e for e in record.edit_log or () if e.get("op") == "edge"]
+        background = edges[-1].get("background", Z_EDGE_BACKGROUND_BEFORE) if edges else Z_EDGE_BACKGROUND_BEFORE
+    return f"background: ring percentile {float(background):g}"
 
 
 def _click_rule_text(settings: dict) -> str:
