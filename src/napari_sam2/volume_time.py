@@ -43,10 +43,10 @@ slice drawn 2.15x too large, slice IoU 0.44; the middle slices 0.88, as good as 
 slice gives, 0.84). After an object's z-stream at t, each voxel of its 3-D mask is kept where the image (smoothed by
 1 pixel in (y, x), minus the 10th percentile of a ring around the mask on that slice: `Z_EDGE_BACKGROUND`) reaches
 half the brightest voxel of its (y, x) column in the mask — the half maximum, where a blurred edge is. Columns no
-brighter than the background (a dark object) are left alone, and so are slices the user prompted at t. It reads the object's box of its slices
-once more (not the whole slices) and runs no model; the z-stream's memory is not changed. Chosen on tuning seeds
-(3-D IoU of the z-streams at t = 0 0.771 → 0.842; the outermost slices 0.44 → 0.65, drawn 0.8x; the middle ones
-unchanged); `z_edge=None` turns it off. The plain z-stack path (`TrackingSession(z_edge=...)`, see
+brighter than the background (a dark object) are left alone, and so are slices the user prompted at t. It reads the
+object's box of its slices once more (not the whole slices) and runs no model; the z-stream's memory is not changed.
+Chosen on tuning seeds (3-D IoU of the z-streams at t = 0 0.771 → 0.842; the outermost slices 0.44 → 0.65, drawn
+0.8x; the middle ones unchanged); `z_edge=None` turns it off. The plain z-stack path (`TrackingSession(z_edge=...)`, see
 `napari_sam2.volume`) applies the same rule to a ZYX stack tracked along z.
 
 Cost per (t, z) slice over a plain z-stream: one more tracked frame per object and time point (the t-stream; its
@@ -830,8 +830,8 @@ def axial_trim(
     of the brightest voxel of its column (y, x) within the mask; brightness = the slice smoothed by a 1-pixel
     Gaussian in (y, x) (photon noise) minus that slice's local background (the `background` percentile of a ring 2-6
     pixels around the mask there; `Z_EDGE_BACKGROUND`). Columns whose brightest voxel is not above the background are
-    kept whole (no evidence: a dark object), and so are the slices in `keep` (e.g. those the user prompted) and a mask on one slice only. Returns a
-    new [Z, Y, X] bool mask (a subset of `mask`).
+    kept whole (no evidence: a dark object), and so are the slices in `keep` (e.g. those the user prompted) and a
+    mask on one slice only. Returns a new [Z, Y, X] bool mask (a subset of `mask`).
 
     Why: under the microscope's axial blur a nucleus's cap slices show a dim halo as wide as its middle, which the
     model segments whole; the half maximum along z is where a blurred edge really is (the rule's fraction was chosen

@@ -69,12 +69,11 @@ def test_click_rule_picker_restarts_sessions_records_and_reopens(sam_viewer, sta
     from napari_sam2.click_rule import CLICK_RULE_FLUORESCENCE, CLICK_RULE_OFF, CLICK_RULES
     from napari_sam2.io.ome_zarr import LabelStore
     from napari_sam2.io.results import open_result
-    from napari_sam2.widget._widget import CLICK_RULE_NAMES, RECORDED_CLICK_RULE
+    from napari_sam2.widget._widget import RECORDED_CLICK_RULE
 
-    assert set(CLICK_RULE_NAMES) == set(CLICK_RULES)  # the widget names them without importing torch
     _viewer, _layer, w = sam_viewer(stack)
     combo = w.click_rule_combo
-    assert [combo.itemData(i) for i in range(combo.count())] == [None, *CLICK_RULE_NAMES]
+    assert [combo.itemData(i) for i in range(combo.count())] == [None, *CLICK_RULES]
     assert combo.itemText(0) == "model default (off)"  # the tiny checkpoint is not in the registry
     assert w.session().click_rule == CLICK_RULE_OFF
     with qtbot.waitSignal(w.sessionReady, timeout=WAIT_MS):

@@ -45,10 +45,7 @@ if TYPE_CHECKING:
 
 CHOOSE_FILE = "choose a .pt file…"
 DEVICES = ("auto", "cpu", "cuda", "mps")
-#: the click rules the picker offers by name: `click_rule.CLICK_RULES`'s keys (that module imports torch, which the
-#: widget loads only with a model; tests/gui/test_widget_contrast.py keeps the two equal)
-CLICK_RULE_NAMES = ("off", "fluorescence")
-#: the picker's item for an opened result's rule that is none of the named ones (made with other constants)
+#: the click rule picker's item for an opened result's rule that is none of the named ones (made with other constants)
 RECORDED_CLICK_RULE = "as recorded"
 
 #: (key, what it does) — bound on the viewer while the widget lives; listed in the widget's tooltip and README
@@ -98,6 +95,14 @@ def _lineage_text(obj: int, parents: dict[int, int]) -> str:
     return "; ".join(parts)
 
 
+def _select_quietly(combo, index: int) -> None:
+    """Show item `index` of `combo` (a face showing state, not a user's pick: no change signal); -1: left as is."""
+    if index >= 0 and index != combo.currentIndex():
+        combo.blockSignals(True)
+        combo.setCurrentIndex(index)
+        combo.blockSignals(False)
+
+
 class SAM2Widget(QWidget, ControllerView):
     """Dock widget: image/model pickers, objects, prompts, propagation, confidence strip, save/open."""
 
@@ -124,6 +129,7 @@ class SAM2Widget(QWidget, ControllerView):
         self.discovery_options = None
         self._weak_cursor = -1
         self._alive = True
+        self._model_defaults: dict = {}  # lookup → (model, its default): what "model default" means in a picker
         self._build_ui()
         self._bind_keys()
         viewer.layers.events.inserted.connect(self._refresh_layer_choices)
@@ -227,8 +233,10 @@ class SAM2Widget(QWidget, ControllerView):
             "neighbour that looked alike is cut off;\n"
             "off: SAM 2's answer as it is (the official predictor). Default: the model's (nano-fluo: fluorescence)."
         )
+        from ..click_rule import CLICK_RULES
+
         self.click_rule_combo.addItem("model default", None)
-        for name in CLICK_RULE_NAMES:
+        for name in CLICK_RULES:
             self.click_rule_combo.addItem(name, name)
         grid.addWidget(QLabel("click rule"), 3, 0)
         grid.addWidget(self.click_rule_combo, 3, 1)
@@ -527,19 +535,18 @@ class SAM2Widget(QWidget, ControllerView):
         """The picker shows the controller's contrast (an opened result sets it) and what "model default" means."""
         from ..preprocess import default_contrast
 
-        model = self.model
-        known = getattr(self, "_default_of", None)
-        if known is None or known[0] is not model:  # looked up once per model
-            self._default_of = (model, None if model is None else default_contrast(model))
-        model_default = self._default_of[1]
-        self.contrast_combo.setItemText(0, f"model default ({model_default})" if model_default else "model default")
+        self._show_model_default(self.contrast_combo, default_contrast)
         wanted = self.controller.contrast
         name = wanted if wanted is None or isinstance(wanted, str) else wanted.name
-        index = 0 if name is None else self.contrast_combo.findData(name)
-        if index >= 0 and index != self.contrast_combo.currentIndex():
-            self.contrast_combo.blockSignals(True)
-            self.contrast_combo.setCurrentIndex(index)
-            self.contrast_combo.blockSignals(False)
+        _select_quietly(self.contrast_combo, 0 if name is None else self.contrast_combo.findData(name))
+
+    def _show_model_default(self, combo, lookup) -> None:
+        """Item 0 of a picker says what "model default" means for the loaded model: `lookup(model)` (e.g.
+        `preprocess.default_contrast`), looked up once per model and lookup."""
+        known = self._model_defaults.get(lookup)
+        if known is None or known[0] is not self.model:
+            known = self._model_defaults[lookup] = (self.model, None if self.model is None else lookup(self.model))
+        combo.setItemText(0, f"model default ({known[1]})" if known[1] else "model default")
 
     def _on_click_rule_choice(self, index=None) -> None:
         """The click rule picker changed: the sessions restart with it (labels and prompts stay)."""
@@ -552,13 +559,8 @@ class SAM2Widget(QWidget, ControllerView):
         recorded rule that is none of the named ones is shown as "as recorded"."""
         from ..click_rule import CLICK_RULES, ClickRule, default_click_rule
 
-        model = self.model
-        known = getattr(self, "_click_rule_default_of", None)
-        if known is None or known[0] is not model:  # looked up once per model
-            self._click_rule_default_of = (model, None if model is None else default_click_rule(model))
-        model_default = self._click_rule_default_of[1]
         combo = self.click_rule_combo
-        combo.setItemText(0, f"model default ({model_default})" if model_default else "model default")
+        self._show_model_default(combo, default_click_rule)
         wanted = self.controller.click_rule
         if isinstance(wanted, ClickRule):
             wanted = next((name for name, rule in CLICK_RULES.items() if rule == wanted), wanted)
@@ -573,10 +575,7 @@ class SAM2Widget(QWidget, ControllerView):
             index = recorded
         else:
             index = 0 if wanted is None else combo.findData(wanted)
-        if index >= 0 and index != combo.currentIndex():
-            combo.blockSignals(True)
-            combo.setCurrentIndex(index)
-            combo.blockSignals(False)
+        _select_quietly(combo, index)
 
     def _on_z_edge_choice(self, index=None) -> None:
         """The axial edge rule changed (a pick or a typed value, read as --z-edge reads it): the sessions restart
