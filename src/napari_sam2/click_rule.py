@@ -174,6 +174,15 @@ class ClickRule:
         out[0, 0][torch.from_numpy(drop).to(out.device)] = REMOVED_LOGIT
         return out, True
 
+    def reaches_extent(self, logits: torch.Tensor, image_size: int) -> bool:
+        """Whether the mask of logits [1, 1, h, w] is as large as the masks the extent step treats (equivalent radius
+        ≥ extent_radius input pixels). A session hands such a click from a click decoder back to the shared decoder
+        and this step (`model.click_decoder`: few large nuclei were in its training set)."""
+        if self.extent is None:
+            return False
+        area = float((logits.detach() > 0).sum()) * (image_size / logits.shape[-1]) * (image_size / logits.shape[-2])
+        return bool(np.sqrt(area / np.pi) >= self.extent_radius)
+
     def extend(self, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray):
         """logits [1, 1, h, w] (low-res) of a mask decoded from `grey` [S, S] (the model input in [0, 1]) → (the
         logits with the mask extended, whether anything changed).

@@ -633,17 +633,29 @@ class TrackingSession:
                 prev_logits = None
                 if previous is not None and previous.logits is not None:
                     prev_logits = previous.logits.clamp(-PROMPT_LOGIT_CLAMP, PROMPT_LOGIT_CLAMP)
-                out = self.model.decode(
-                    embedding,
-                    seen.high_res,
-                    coords,
-                    labels,
-                    mask_prompt=prev_logits,
-                    multimask=prompt.num_points <= 1,  # one click (or none) is ambiguous: best of three
-                )
+                one_click = prompt.box is None and prompt.num_points == 1 and int(prompt.labels[0]) == 1
+                drawn_by_click_decoder = False
+                if is_first and one_click and prev_logits is None:  # the click decoder's, where there is one
+                    out = self.model.decode_click(embedding, seen.high_res, coords, labels)
+                    drawn_by_click_decoder = self.model.click_decoder is not None
+                    if drawn_by_click_decoder and self.click_rule.reaches_extent(out.logits, self.model.image_size):
+                        # a large nucleus: the shared decoder's core and the extent step (the click decoder saw few)
+                        out = self.model.decode(embedding, seen.high_res, coords, labels, multimask=True)
+                        drawn_by_click_decoder = False
+                else:
+                    out = self.model.decode(
+                        embedding,
+                        seen.high_res,
+                        coords,
+                        labels,
+                        mask_prompt=prev_logits,
+                        multimask=prompt.num_points <= 1,  # one click (or none) is ambiguous: best of three
+                    )
                 points = coords[0].cpu().numpy(), labels[0].cpu().numpy()
                 logits, changed = self.click_rule.keep_clicked(out.logits.float(), *points, self.model.image_size)
-                if grey is not None:  # read on the frame the mask was decoded from
+                # read on the frame the mask was decoded from; the extent step mends the shared decoder's large
+                # nuclei, not a click decoder's masks (extended, they spill: model/README.md, "The click decoder")
+                if grey is not None and not drawn_by_click_decoder:
                     logits, extended = self.click_rule.extend(logits, grey, *points)
                     changed = changed or extended
                 if own_grey is not None:  # read on the frame as it is, where a brighter neighbour still differs

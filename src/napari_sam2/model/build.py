@@ -152,7 +152,7 @@ def model_from_state_dict(state_dict: dict, config: SAM2Config | None = None, so
     trusted = config in (CONFIGS.get(config.name), CUSTOM_CONFIGS.get(config.name))
     probe = None if trusted else _shapes_only(config)
     if probe is not None:
-        _attach_quality_head(probe, state_dict, source)
+        _attach_optional_parts(probe, state_dict, source)
         mismatch = _describe_mismatch(probe, state_dict)
         if mismatch:
             raise CheckpointError(f"{source} does not match the configuration {config.name!r}: {mismatch}")
@@ -163,7 +163,7 @@ def model_from_state_dict(state_dict: dict, config: SAM2Config | None = None, so
             "or the training diverged; use another checkpoint"
         )
     model = build_model(config)
-    _attach_quality_head(model, state_dict, source)
+    _attach_optional_parts(model, state_dict, source)
     mismatch = _describe_mismatch(model, state_dict)
     if mismatch:
         raise CheckpointError(f"{source} does not match the configuration {config.name!r}: {mismatch}")
@@ -171,13 +171,16 @@ def model_from_state_dict(state_dict: dict, config: SAM2Config | None = None, so
     return model
 
 
-def _attach_quality_head(model, state_dict: dict, source: str) -> None:
-    """Add the optional mask-quality head where the checkpoint carries its keys (`mask_quality.*`; official ones
-    never do): built from the keys' shapes, then loaded strictly with the rest."""
+def _attach_optional_parts(model, state_dict: dict, source: str) -> None:
+    """Add the optional mask-quality head and click decoder where the checkpoint carries their keys (`mask_quality.*`,
+    `click_decoder.*`; official ones never do): built from the keys' shapes or the model, then loaded strictly with the
+    rest."""
+    from .click_decoder import attach_from_state_dict as attach_click_decoder
     from .mask_quality import attach_from_state_dict
 
     try:
         attach_from_state_dict(model, state_dict)
+        attach_click_decoder(model, state_dict)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
 

@@ -16,7 +16,7 @@ It holds no state between calls: *which* memories a frame attends to is the trac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +184,9 @@ class SAM2Model(nn.Module):
         # optional learned mask-aware IoU head (`mask_quality.MaskQualityHead`): only where a checkpoint carries its
         # keys (`mask_quality.attach_from_state_dict`); official checkpoints never do, and then nothing changes
         self.mask_quality = None
+        # optional second decoder for clicks on frames without memory (`click_decoder`): only where a checkpoint
+        # carries its keys (`click_decoder.attach_from_state_dict`)
+        self.click_decoder = None
         self._init_embeddings()
 
     def _init_embeddings(self) -> None:
@@ -225,6 +228,7 @@ class SAM2Model(nn.Module):
         object_gate: bool = True,
         pad_when_empty: bool = True,
         quality: bool = True,
+        decoder: nn.Module | None = None,
     ) -> DecoderOutput:
         """Prompt encoder + mask decoder on an embedding [B, d, h, w], or [1, d, h, w] (with high_res of batch 1)
         shared by B point prompt sets (segment everything's clicks on one frame; computed once where it can be).
@@ -234,7 +238,8 @@ class SAM2Model(nn.Module):
         (`pad_when_empty`), while the official image predictor passes no sparse token at all. mask_prompt: [B, 1, H', W'] logits, resized to the prompt encoder's 4h × 4w.
         `object_gate` (video path) replaces the masks of absent objects by NO_OBJECT_LOGIT and their pointer
         by the learned no-object pointer; the official image predictor does not gate. `quality` False skips the
-        optional mask-quality head (multi_quality / quality None) where its number would not be used.
+        optional mask-quality head (multi_quality / quality None) where its number would not be used. `decoder`: a mask
+        decoder to use instead of `sam_mask_decoder` (the click decoder of a checkpoint that carries one).
         """
         batch = embedding.shape[0]
         if point_coords is not None:
@@ -256,7 +261,7 @@ class SAM2Model(nn.Module):
                     mask_prompt.float(), size=size, mode="bilinear", align_corners=False, antialias=True
                 )
         sparse, dense = self.sam_prompt_encoder(points=points, boxes=None, masks=mask_prompt)
-        multi_logits, multi_ious, tokens, object_score = self.sam_mask_decoder(
+        multi_logits, multi_ious, tokens, object_score = (decoder or self.sam_mask_decoder)(
             image_embeddings=embedding,
             image_pe=self.sam_prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
@@ -291,6 +296,24 @@ class SAM2Model(nn.Module):
         if object_gate:
             pointer = self._gate_pointer(pointer, present.float())
         return DecoderOutput(multi_logits, multi_ious, logits, iou, pointer, object_score, multi_quality, quality)
+
+    def decode_click(self, embedding: torch.Tensor, high_res: list[torch.Tensor], point_coords: torch.Tensor,
+                     point_labels: torch.Tensor, object_gate: bool = True) -> DecoderOutput:  # fmt: skip
+        """One positive click [B, 1, 2] ((x, y), model-input pixels) on a frame without memory (`image_embedding`),
+        three candidates, as a session decodes a first click. With a click decoder (`click_decoder`, where the
+        checkpoint carries one) the candidates, IoUs, object score and mask-quality estimates are its; the object
+        pointer stays the shared decoder's (the one memory attention learned to read), switched by the click
+        decoder's object score. Without one, `decode`'s answer. `object_gate`: as in `decode`."""
+        out = self.decode(embedding, high_res, point_coords, point_labels, multimask=True, object_gate=object_gate,
+                          decoder=self.click_decoder)  # fmt: skip
+        if self.click_decoder is None:
+            return out
+        shared = self.decode(embedding, high_res, point_coords, point_labels, multimask=True, object_gate=False,
+                             quality=False)  # fmt: skip
+        pointer = shared.object_pointer
+        if object_gate:
+            pointer = self._gate_pointer(pointer, (out.object_score > 0).float())
+        return replace(out, object_pointer=pointer)
 
     def _gate_pointer(self, pointer: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Hard switch to the learned no-object pointer where present [B, 1] is 0."""
