@@ -103,7 +103,8 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
 
     def candidates(y, x):
         coords = torch.tensor([[[x * scale[1], y * scale[0]]]], dtype=torch.float32, device=model.device)
-        out = model.decode(embedding, feats.high_res, coords, torch.ones(1, 1, dtype=torch.int32), multimask=True)
+        # a first click's candidates, as a session decodes it (the click decoder's, where the model carries one)
+        out = model.decode_click(embedding, feats.high_res, coords, torch.ones(1, 1, dtype=torch.int32))
         masks = (model.upsample_logits(out.multi_logits)[0] > 0).cpu().numpy()
         return masks, out.reported_multi_ious[0].float().cpu().numpy()  # the mask-quality head's, where there is one
 

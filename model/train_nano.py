@@ -57,6 +57,19 @@ a fresh session's click is:
         --warmup 0 --lr-min 0.1 --val-every 340 --save-every 100 --seed 16
     python model/train_nano.py --out runs/qd --export src/napari_sam2/weights/nano_fluo.pt
 
+Click decoder (`--click-decoder`, issue 16, session 13): a second copy of the mask decoder that draws only first
+single clicks on frames without memory (src/napari_sam2/model/click_decoder.py); the network of --init is frozen, so
+tracking, boxes, corrections, segment everything and `--auto` stay exactly as they were. It learns on a fixed set of
+clicks of bench_hard's kinds and issue-7 frames built as `--quality-data conditions` builds the head's (through the
+click rule's gain, both contrast steps), every condition drawn equally often, all three candidates on the clicked
+nucleus; then the head is retrained on its masks (the qy command with `--init` the exported file):
+
+    python model/train_nano.py --out runs/cd --click-decoder --init src/napari_sam2/weights/nano_fluo.pt \
+        --click-data runs/cd_set.pt --quality-groups 60 --quality-tune-groups 12 --quality-contrast both \
+        --quality-click-rule fluorescence --all-candidates --balance-conditions --steps 3000 --clicks-per-image 32 \
+        --threads 1 --lr 3e-4 --warmup 50 --lr-min 0.1 --val-every 500 --save-every 100 --seed 13
+    python model/train_nano.py --out runs/cd --export runs/cd/nano_fluo.pt
+
 GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
 15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
 movies, not the network, limits a GPU, hence the 12 worker processes):
@@ -124,6 +137,7 @@ from napari_sam2.automatic import deepest_point
 from napari_sam2.click_rule import CLICK_RULE_OFF, CLICK_RULES, ClickRule
 from napari_sam2.frames import FrameSource
 from napari_sam2.model import memory_bank
+from napari_sam2.model import click_decoder as click_decoder_module
 from napari_sam2.model.build import build_model, config_from_dict, resolve_device
 from napari_sam2.model.configs import NANO_FLUO
 from napari_sam2.model.mask_quality import MaskQualityHead, attach_from_state_dict
@@ -778,9 +792,11 @@ def export(state_path: Path, target: Path) -> None:
 
 
 def _model_for(state_dict: dict, cfg):
-    """A fresh network of `cfg` with the optional mask-quality head where `state_dict` carries its keys."""
+    """A fresh network of `cfg` with the optional mask-quality head and click decoder where `state_dict` carries their
+    keys."""
     model = build_model(cfg)
     attach_from_state_dict(model, state_dict)
+    click_decoder_module.attach_from_state_dict(model, state_dict)
     return model
 
 
@@ -896,13 +912,21 @@ def deepest_click(mask: np.ndarray) -> tuple[float, float]:
 
 
 def after_the_rule(
-    rule: ClickRule, logits: torch.Tensor, grey: np.ndarray, coords_xy: np.ndarray, size: int, own_grey: np.ndarray
+    rule: ClickRule,
+    logits: torch.Tensor,
+    grey: np.ndarray,
+    coords_xy: np.ndarray,
+    size: int,
+    own_grey: np.ndarray,
+    extend: bool = True,
 ):
     """One candidate's logits [1, 1, h, w] after the click rule's component, extent and ceiling steps, as
-    `TrackingSession` applies them to the chosen one (one positive click at coords_xy [1, 2]; grey: the decoded
-    frame, own_grey: the frame before the rule's gain, both [S, S])."""
+    `TrackingSession` applies them to the chosen one of a first click (one positive click at coords_xy [1, 2]; grey:
+    the decoded frame, own_grey: the frame before the rule's gain, both [S, S]; `extend` False: without the extent
+    step, as for a click decoder's mask)."""
     logits = rule.keep_clicked(logits, coords_xy, np.ones(1), size)[0]
-    logits = rule.extend(logits, grey, coords_xy, np.ones(1))[0]
+    if extend:
+        logits = rule.extend(logits, grey, coords_xy, np.ones(1))[0]
     return rule.cap(logits, own_grey, coords_xy, np.ones(1))[0]
 
 
@@ -919,6 +943,7 @@ def condition_clicks(
     flip: bool = False,
     contrast: str = "global",
     rule: ClickRule = CLICK_RULE_OFF,
+    inputs: bool = False,
 ) -> dict | None:
     """The frozen network's answers to single clicks on one frame, as a fresh `TrackingSession` gives them.
 
@@ -931,7 +956,10 @@ def condition_clicks(
     s1), logits [n, 3, 4h, 4w] (fp16,
     before the object gate: what the head reads), coords [n, 1, 2] (x, y at the model input), token [n, 3] (the IoU
     token's estimates: the session's choice is their argmax), actual [n, 3] (each candidate's IoU with the object
-    as the session returns it: gated, holes ≤ 8 px filled, resized to the frame), condition [n], deep [n]}."""
+    as the session returns it: gated, holes ≤ 8 px filled, resized to the frame), condition [n], deep [n]}; with
+    `inputs` also what a decoder needs to be trained on these clicks (`--click-decoder`): embedding [G, d, h, w] (fp16,
+    the no-memory embedding of each click's frame), truth [1, Y, X] (int16, the view's labels), target [n] (the
+    clicked object's label), view [n] (zeros: the view's index, offset by `condition_set`)."""
     size = model.image_size
     x = FrameSource(image, size, read_ahead=0, contrast=contrast).model_input(frame)[None]
     truth = np.rot90(truth, turns)
@@ -959,27 +987,40 @@ def condition_clicks(
     own_grey = ClickRule.grey(x[0])
     gains = [rule.gain(own_grey, coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
     groups = sorted(set(gains), key=gains.index)
-    s0, s1, logits, token = [], [], [None] * len(clicks), [None] * len(clicks)
+    s0, s1, embeddings, logits, token = [], [], [], [None] * len(clicks), [None] * len(clicks)
     head, model.mask_quality = model.mask_quality, None  # the frozen network's answers only
     try:
         for gain in groups:
             rows = [i for i, g in enumerate(gains) if g == gain]
             seen = x if gain == 1.0 else ClickRule.apply_gain(x[0], gain)[None]
             feats = model.encode_image(seen.to(model.device))
-            out = model.decode(model.image_embedding(feats), feats.high_res, coords[rows], ones[rows], multimask=True,
-                               object_gate=False)  # fmt: skip
+            # as the session decodes a first click (with the click decoder of a checkpoint that carries one)
+            out = model.decode_click(model.image_embedding(feats), feats.high_res, coords[rows], ones[rows],
+                                     object_gate=False)  # fmt: skip
+            shared = out
+            if model.click_decoder is not None:  # what a large nucleus is handed back to (`ClickRule.reaches_extent`)
+                shared = model.decode(model.image_embedding(feats), feats.high_res, coords[rows], ones[rows],
+                                      multimask=True, object_gate=False)  # fmt: skip
             s0.append(feats.high_res[0][0].half().cpu())
             s1.append(feats.high_res[1][0].half().cpu())
+            if inputs:
+                embeddings.append(model.image_embedding(feats)[0].half().cpu())
             grey = ClickRule.grey(seen[0])
             for j, i in enumerate(rows):
-                candidates = out.multi_logits[j : j + 1].float()
+                answer, by_click_decoder = out, model.click_decoder is not None
+                if by_click_decoder and out.object_score[j, 0] > 0:  # (an absent object's mask is empty)
+                    chosen = out.multi_logits[j, int(out.multi_ious[j].argmax())][None, None]
+                    if rule.reaches_extent(chosen, size):
+                        answer, by_click_decoder = shared, False
+                candidates = answer.multi_logits[j : j + 1].float()
                 if not rule.off:  # each candidate as the session would return it, were it the chosen one
                     candidates = torch.cat([
-                        after_the_rule(rule, candidates[:, m : m + 1], grey, coords[i].cpu().numpy(), size, own_grey)
+                        after_the_rule(rule, candidates[:, m : m + 1], grey, coords[i].cpu().numpy(), size, own_grey,
+                                       extend=not by_click_decoder)
                         for m in range(candidates.shape[1])
                     ], dim=1)  # fmt: skip
-                logits[i] = (candidates, out.object_score[j : j + 1])
-                token[i] = out.multi_ious[j : j + 1].float()
+                logits[i] = (candidates, answer.object_score[j : j + 1])
+                token[i] = answer.multi_ious[j : j + 1].float()
     finally:
         model.mask_quality = head
     multi_logits = torch.cat([c for c, _ in logits])
@@ -988,7 +1029,12 @@ def condition_clicks(
     masks = (model.upsample_logits(fill_holes(gated, 8), truth.shape) > 0).cpu()
     labels = torch.from_numpy(truth)
     actual = torch.stack([candidate_ious(masks[i], labels == obj, labels) for i, obj in enumerate(targets)])
+    extras = {}
+    if inputs:
+        extras = {"embedding": torch.stack(embeddings), "truth": labels.to(torch.int16)[None],
+                  "target": torch.tensor(targets), "view": torch.zeros(len(clicks), dtype=torch.long)}  # fmt: skip
     return {
+        **extras,
         "s0": torch.stack(s0),
         "s1": torch.stack(s1),
         "group": torch.tensor([groups.index(g) for g in gains]),
@@ -1002,7 +1048,9 @@ def condition_clicks(
     }
 
 
-def condition_set(model, groups: int, tuning: bool, contrasts=("global",), rule: ClickRule = CLICK_RULE_OFF) -> dict:
+def condition_set(
+    model, groups: int, tuning: bool, contrasts=("global",), rule: ClickRule = CLICK_RULE_OFF, inputs: bool = False
+) -> dict:
     """The clicks of `--quality-data conditions`, stacked: `condition_clicks` of every frame (their "frame" index
     points into s0 / s1). Group k: one stack of each of bench_hard's hard conditions (`hard_condition`, seeds
     QUALITY_TRAIN_SEED + 1000 c + k), an issue-7 frame (`nuclei_timelapse`, 10 nuclei, + 900 + k) and, in training
@@ -1010,7 +1058,8 @@ def condition_set(model, groups: int, tuning: bool, contrasts=("global",), rule:
     bench_hard — frame 0 (z-stacks: the middle slice), deepest clicks, no turning. Training: two random frames per
     stack, turned and flipped at random, half the objects clicked a second time anywhere deep inside. Each view is
     clicked once per contrast step of `contrasts` (the same clicks: the rng is drawn once per view), through the
-    click rule `rule` (`napari_sam2.click_rule`)."""
+    click rule `rule` (`napari_sam2.click_rule`); `inputs`: with the decoder's inputs and targets (`condition_clicks`),
+    "view" pointing into "truth"."""
     base = QUALITY_TUNE_SEED if tuning else QUALITY_TRAIN_SEED
     extra = 0.0 if tuning else 0.5
     parts = []
@@ -1036,7 +1085,9 @@ def condition_set(model, groups: int, tuning: bool, contrasts=("global",), rule:
             state = rng.bit_generator.state
             for contrast in contrasts:
                 rng.bit_generator.state = state  # every contrast step gets the same second clicks
-                got = condition_clicks(model, image, frame, truth, condition, rng, extra, turns, flip, contrast, rule)
+                got = condition_clicks(
+                    model, image, frame, truth, condition, rng, extra, turns, flip, contrast, rule, inputs
+                )
                 if got is not None:
                     parts.append(got)
     keys = ("logits", "coords", "token", "actual", "condition", "deep", "local")
@@ -1045,6 +1096,11 @@ def condition_set(model, groups: int, tuning: bool, contrasts=("global",), rule:
     data["s1"] = torch.cat([p["s1"] for p in parts])
     offsets = np.cumsum([0] + [len(p["s0"]) for p in parts])
     data["frame"] = torch.cat([p["group"] + int(offsets[i]) for i, p in enumerate(parts)])
+    if inputs:
+        data["embedding"] = torch.cat([p["embedding"] for p in parts])
+        data["truth"] = torch.cat([p["truth"] for p in parts])
+        data["target"] = torch.cat([p["target"] for p in parts])
+        data["view"] = torch.cat([p["view"] + i for i, p in enumerate(parts)])
     return data
 
 
@@ -1215,6 +1271,174 @@ def train_quality_head(args) -> int:
             window = {"loss": [], "pairs": [], "kinds": {}}
             if args.val_every and (done % args.val_every == 0 or done == args.steps):
                 record.update(validate_quality(model, cfg.image_size))
+            write_record(log, record)
+        if end_of_step(args, done, began, state_path, model, optimizer):
+            break
+    return 0
+
+
+# ---------------------------------------------------------------------- the click decoder (--click-decoder)
+def click_decoder_loss(model, decoder, data: dict, rows: torch.Tensor, all_candidates: bool) -> tuple:
+    """The loss of `decoder` on clicks `rows` of a `condition_set(inputs=True)`, decoded as a session decodes a first
+    click (no memory, three candidates): per candidate focal ×20 + dice against the clicked object at the frame's
+    size, the smallest of the three (SAM's rule; `all_candidates`: their mean), plus L1 between each candidate's
+    predicted and actual IoU and the object score's cross-entropy (the clicked object is there).
+    → (loss, IoU of the IoU token's choice [B], IoU of the best candidate [B])."""
+    device = model.device
+    frames = data["frame"][rows]
+    embedding = data["embedding"][frames].float().to(device)
+    high_res = [data["s0"][frames].float().to(device), data["s1"][frames].float().to(device)]
+    coords = data["coords"][rows].to(device)
+    ones = torch.ones(len(rows), 1, dtype=torch.int32, device=device)
+    out = model.decode(embedding, high_res, coords, ones, multimask=True, object_gate=False, quality=False,
+                       decoder=decoder)  # fmt: skip
+    truth = data["truth"][data["view"][rows]].to(device)
+    target = (truth == data["target"][rows].to(device)[:, None, None]).float()[:, None]  # [B, 1, Y, X]
+    logits = model.upsample_logits(out.multi_logits, tuple(target.shape[-2:]))  # [B, 3, Y, X]
+    target = target.expand_as(logits)
+    prob = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    focal = ((0.25 * target + 0.75 * (1 - target)) * ce * (1 - p_t) ** 2).flatten(2).mean(2)
+    dice = 1 - (2 * (prob * target).flatten(2).sum(2) + 1) / (prob.flatten(2).sum(2) + target.flatten(2).sum(2) + 1)
+    mask_loss = SAM2_LOSS_WEIGHTS["focal"] * focal + SAM2_LOSS_WEIGHTS["dice"] * dice  # [B, 3]
+    with torch.no_grad():
+        hit = (logits > 0).float()
+        inter = (hit * target).flatten(2).sum(2)
+        union = (hit + target).clamp(max=1).flatten(2).sum(2)
+        actual = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    chosen_loss = mask_loss.mean(1) if all_candidates else mask_loss.min(1).values
+    iou_loss = (out.multi_ious.float() - actual).abs().mean(1)
+    presence = F.binary_cross_entropy_with_logits(out.object_score[:, 0].float(), torch.ones(len(rows), device=device))
+    loss = chosen_loss.mean() + LOSS_WEIGHTS["iou"] * iou_loss.mean() + SAM2_LOSS_WEIGHTS["presence"] * presence
+    rows_ = torch.arange(len(rows), device=device)
+    return loss, actual[rows_, out.multi_ious.argmax(1)].cpu(), actual.max(1).values.cpu()
+
+
+@torch.no_grad()
+def click_decoder_validation(model, decoder, data: dict, batch: int = 128) -> dict:
+    """Median IoU (before the click rule's steps) of the IoU token's choice and of the best candidate over a tuning
+    `condition_set(inputs=True)`, overall and per condition."""
+    n = len(data["frame"])
+    chosen, best = [], []
+    for i in range(0, n, batch):
+        _, c, b = click_decoder_loss(model, decoder, data, torch.arange(i, min(n, i + batch)), False)
+        chosen.append(c)
+        best.append(b)
+    chosen, best = torch.cat(chosen), torch.cat(best)
+    stats = {"chosen": float(chosen.median()), "best": float(best.median())}
+    for c, name in enumerate(CONDITION_NAMES):
+        where = data["condition"] == c
+        if where.any():
+            stats[f"chosen_{name}"] = float(chosen[where].median())
+    return stats
+
+
+def balanced_rows(condition: torch.Tensor) -> torch.Tensor:
+    """Row indices in which every condition of `condition` [n] is as frequent as the most frequent one: each
+    condition's rows repeated in turn (--balance-conditions; the issue-7 frames hold ~6 % of a set's clicks)."""
+    kinds, counts = torch.unique(condition, return_counts=True)
+    most = int(counts.max())
+    rows = [torch.nonzero(condition == kind)[:, 0] for kind in kinds]
+    return torch.cat([r.repeat((most + len(r) - 1) // len(r))[:most] for r in rows])
+
+
+def click_decoder_sets(args, model) -> tuple[dict, dict | None]:
+    """The training and tuning `condition_set`s with the decoder's inputs, through --quality-click-rule's gain, under
+    --quality-contrast; kept in --click-data (a file of this machine: built once, ~1 GB per 10,000 frames)."""
+    if args.click_data is not None and args.click_data.exists():
+        sets = torch.load(args.click_data, map_location="cpu", weights_only=True)
+        return sets["train"], sets.get("tune")
+    contrasts = ("global", "local") if args.quality_contrast == "both" else (args.quality_contrast,)
+    rule = CLICK_RULES[args.quality_click_rule]
+    began = time.time()
+    data = condition_set(model, args.quality_groups, tuning=False, contrasts=contrasts, rule=rule, inputs=True)
+    tune = None
+    if args.quality_tune_groups:
+        tune = condition_set(model, args.quality_tune_groups, True, contrasts, rule, inputs=True)
+    print(f"click sets: {len(data['frame'])} training clicks ({len(data['s0'])} frames)"
+          + (f", {len(tune['frame'])} tuning clicks" if tune else "")
+          + f", {(time.time() - began) / 60:.1f} min", flush=True)  # fmt: skip
+    if args.click_data is not None:
+        torch.save({"train": data, "tune": tune}, args.click_data)
+    return data, tune
+
+
+def train_click_decoder(args) -> int:
+    """--click-decoder: train only `SAM2Model.click_decoder` (a copy of the shared mask decoder, new from --init or
+    the resumed state) on a fixed set of single clicks of bench_hard's kinds and issue-7 frames (`condition_set`,
+    as `--quality-data conditions` builds it, through the click rule's gain), passed over in minibatches of
+    --clicks-per-image clicks (`click_decoder_loss`); every other weight frozen, so tracked frames, segment everything
+    and discovery are unchanged. Every --val-every steps the tuning set's `click_decoder_validation`."""
+    state_path = args.out / "last.pt"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    resume = args.resume and state_path.exists()
+    source = state_path if resume else args.init
+    if source is None:
+        raise SystemExit("--click-decoder needs --init (the frozen network's weights) or --resume")
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    cfg = config_from_dict(state["config"])
+    model = _model_for(state["model"], cfg)
+    model.load_state_dict(state["model"])
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    data, tune = click_decoder_sets(args, model)  # (the shared decoder's answers: `decode` without `decoder`)
+    if model.click_decoder is None:  # a new one, else --init's (or the resumed state's) is trained on
+        if resume:
+            raise SystemExit(f"{state_path} carries no click decoder")
+        model.click_decoder = click_decoder_module.make_click_decoder(model)
+    decoder = model.click_decoder.to(device)
+    params = list(decoder.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    start = 0
+    if resume:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        print(f"resumed at step {start}", flush=True)
+    print(f"click decoder: {sum(p.numel() for p in params):,} parameters; steps {start}..{args.steps}", flush=True)
+    log = (args.out / "log.jsonl").open("a")
+    if tune is not None and start == 0:
+        before = click_decoder_validation(model, model.sam_mask_decoder, tune)  # the shared decoder's
+        write_record(log, {"step": 0, **{"before_" + k: v for k, v in before.items()}})
+    LOSS_WEIGHTS.update(SAM2_LOSS_WEIGHTS, iou=args.iou_weight)
+    pool = balanced_rows(data["condition"]) if args.balance_conditions else torch.arange(len(data["frame"]))
+    n, batch = len(pool), args.clicks_per_image
+    per_pass = (n + batch - 1) // batch
+    began = time.time()
+    window: dict = {"loss": [], "chosen": [], "best": []}
+    for step in range(start, args.steps):
+        order = pool[torch.from_numpy(np.random.default_rng([args.seed, step // per_pass]).permutation(n))]
+        rows = order[(step % per_pass) * batch : (step % per_pass + 1) * batch]
+        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        decoder.train()
+        loss, chosen, best = click_decoder_loss(model, decoder, data, rows, args.all_candidates)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        window["loss"].append(float(loss.detach()))
+        window["chosen"].extend(chosen.tolist())
+        window["best"].extend(best.tolist())
+        done = step + 1
+        validate = tune is not None and args.val_every and (done % args.val_every == 0 or done == args.steps)
+        if done % 50 == 0 or done == args.steps or validate:
+            record = {"step": done, "pass": done / per_pass, "lr": lr, "minutes": (time.time() - began) / 60,
+                      "loss": float(np.mean(window["loss"])), "train_chosen": float(np.median(window["chosen"])),
+                      "train_best": float(np.median(window["best"]))}  # fmt: skip
+            window = {k: [] for k in window}
+            if validate:
+                decoder.eval()
+                record.update({"tune_" + k: v for k, v in click_decoder_validation(model, decoder, tune).items()})
             write_record(log, record)
         if end_of_step(args, done, began, state_path, model, optimizer):
             break
@@ -1523,7 +1747,18 @@ def main(argv=None) -> int:
                         "head (the frozen network is --init's)")  # fmt: skip
     parser.add_argument("--quality-tune-groups", type=int, default=12, help="--quality-data conditions: tuning "
                         "groups validated every --val-every steps (0: none)")  # fmt: skip
+    parser.add_argument("--click-decoder", action="store_true", help="train only the optional click decoder "
+                        "(train_click_decoder) on --quality-data conditions' clicks (--quality-groups, "
+                        "--quality-contrast, --quality-click-rule, --quality-tune-groups) in minibatches of "
+                        "--clicks-per-image; the network of --init stays frozen")  # fmt: skip
+    parser.add_argument("--click-data", type=Path, help="--click-decoder: a file keeping the click sets between runs")
+    parser.add_argument("--balance-conditions", action="store_true", help="--click-decoder: draw every condition "
+                        "of the set as often as the most frequent one (balanced_rows)")  # fmt: skip
+    parser.add_argument("--all-candidates", action="store_true", help="--click-decoder: train all three "
+                        "candidates on the clicked object (default: the best of the three, SAM's rule)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.click_decoder and not args.export:
+        return train_click_decoder(args)
     if args.quality_head and not args.export:
         return train_quality_head(args)
     LOSS_WEIGHTS.update(SAM2_LOSS_WEIGHTS, iou=args.iou_weight)
@@ -1548,12 +1783,12 @@ def main(argv=None) -> int:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
         cfg = with_windows(config_from_dict(init["config"]), args.window_spec)
         model = build_model(cfg).to(device).train()
-        # a mask-quality head learned on the network this leg changes would misjudge its masks: it is left out
-        # (retrain it afterwards with --quality-head on the new frozen network)
-        network = {k: v for k, v in init["model"].items() if not k.startswith("mask_quality.")}
+        # a mask-quality head or click decoder learned on the network this leg changes would misjudge its masks /
+        # read features it never saw: they are left out (retrain them afterwards on the new frozen network)
+        network = {k: v for k, v in init["model"].items() if not k.startswith(("mask_quality.", "click_decoder."))}
         model.load_state_dict(tile_window_embedding(network, cfg))
         optimizer = make_optimizer(model, args)
-        dropped = " (its mask-quality head left out)" if len(network) < len(init["model"]) else ""
+        dropped = " (its mask-quality head / click decoder left out)" if len(network) < len(init["model"]) else ""
         print(f"initialised from {args.init}{dropped}", flush=True)
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)

@@ -496,3 +496,47 @@ def test_quality_head_on_conditions_resumes_exactly_and_logs_the_tuning_calibrat
     last = json.loads((straight / "log.jsonl").read_text().splitlines()[-1])
     assert last["step"] == 3 and 0 <= last["tune_err"] <= 1 and last["tune_clicks"] > 20
     assert {"tune_err_brightness_spread", "tune_err_large_anisotropic", "tune_err_issue7"} <= set(last)
+
+
+def test_click_decoder_leg_trains_only_the_click_decoder_resumes_exactly_and_exports(train_nano, tmp_path):
+    """--click-decoder: the click set is built once (--click-data), the leg stops and resumes to the same weights,
+    only click_decoder.* learn (the shared decoder, the encoder and the head stay --init's), and the exported file
+    loads with its click decoder."""
+    state = torch.load(ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt", weights_only=True)
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("click_decoder.")}
+    shipped = tmp_path / "without_click_decoder.pt"  # (the shipped file carries one: a leg from it trains on it)
+    torch.save(state, shipped)
+    args = ["--click-decoder", "--init", str(shipped), "--click-data", str(tmp_path / "clicks.pt"), "--quality-groups",
+            "1", "--quality-tune-groups", "1", "--quality-click-rule", "fluorescence", "--steps", "3",
+            "--clicks-per-image", "16", "--threads", "1", "--save-every", "1", "--seed", "7", "--warmup", "1",
+            "--val-every", "3", "--all-candidates", "--balance-conditions"]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_nano.main(["--out", str(straight), *args]) == 0
+    assert (tmp_path / "clicks.pt").exists()
+    assert train_nano.main(["--out", str(split), *args, "--until", "2"]) == 0
+    assert train_nano.main(["--out", str(split), *args, "--resume"]) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(split / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "stop + resume changed the decoder"
+    init = torch.load(shipped, weights_only=True)["model"]
+    own = [k for k in a if k.startswith("click_decoder.")]
+    assert own and set(a) - set(own) == set(init)
+    assert all(torch.equal(a[k], init[k]) for k in init), "a weight outside the click decoder moved"
+    moved = [k for k in own if not torch.equal(a[k], init["sam_mask_decoder." + k[len("click_decoder.") :]])]
+    assert moved, "the click decoder did not learn"
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and 0 <= log[0]["before_chosen"] <= 1  # the shared decoder's, before training
+    assert log[-1]["step"] == 3 and 0 <= log[-1]["tune_chosen"] <= 1 and "tune_chosen_issue7" in log[-1]
+
+    target = tmp_path / "with_click_decoder.pt"
+    assert train_nano.main(["--out", str(straight), "--export", str(target)]) == 0
+    model = load_model(target, device="cpu")
+    assert model.click_decoder is not None and model.mask_quality is not None
+    assert json.loads(target.with_suffix(".json").read_text())["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_balanced_rows_draw_every_condition_equally(train_nano):
+    condition = torch.tensor([0] * 7 + [1] * 2 + [3] * 3)
+    rows = train_nano.balanced_rows(condition)
+    assert torch.bincount(condition[rows]).tolist() == [7, 7, 0, 7]
+    assert set(rows.tolist()) == set(range(len(condition)))  # every click is used
