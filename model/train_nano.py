@@ -791,6 +791,26 @@ def export(state_path: Path, target: Path) -> None:
     print(f"exported step {state['step']} to {target} ({record['file_size'] / 1e6:.2f} MB)")
 
 
+def start_frozen_leg(args, option: str) -> tuple:
+    """The start of a leg that trains one optional part on a frozen network (`option`: --quality-head, --click-decoder):
+    torch threads and seed, the output folder, and the state to start from (<out>/last.pt with --resume, else --init)
+    → (that state, its config, a network of it with the optional parts its keys carry, its path, whether resumed,
+    the device)."""
+    state_path = args.out / "last.pt"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    resume = args.resume and state_path.exists()
+    source = state_path if resume else args.init
+    if source is None:
+        raise SystemExit(f"{option} needs --init (the frozen network's weights) or --resume")
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    cfg = config_from_dict(state["config"])
+    return state, cfg, _model_for(state["model"], cfg), source, resume, device
+
+
 def _model_for(state_dict: dict, cfg):
     """A fresh network of `cfg` with the optional mask-quality head and click decoder where `state_dict` carries their
     keys."""
@@ -1182,18 +1202,7 @@ def train_quality_head(args) -> int:
     state) to regress the actual IoU of each of the 3 candidates of single clicks (L1), every other weight frozen:
     the masks stay exactly those of the --init weights, only their predicted IoUs change."""
     state_path = args.out / "last.pt"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    resume = args.resume and state_path.exists()
-    source = state_path if resume else args.init
-    if source is None:
-        raise SystemExit("--quality-head needs --init (the frozen network's weights) or --resume")
-    state = torch.load(source, map_location="cpu", weights_only=True)
-    cfg = config_from_dict(state["config"])
-    model = _model_for(state["model"], cfg)
+    state, cfg, model, source, resume, device = start_frozen_leg(args, "--quality-head")
     if model.mask_quality is None:
         model.mask_quality = MaskQualityHead(cfg.d_model, args.quality_width, args.quality_hidden)
     elif (model.mask_quality.width, model.mask_quality.hidden) != (args.quality_width, args.quality_hidden):
@@ -1278,10 +1287,13 @@ def train_quality_head(args) -> int:
 
 
 # ---------------------------------------------------------------------- the click decoder (--click-decoder)
-def click_decoder_loss(model, decoder, data: dict, rows: torch.Tensor, all_candidates: bool) -> tuple:
+def click_decoder_loss(
+    model, decoder, data: dict, rows: torch.Tensor, all_candidates: bool, focal_alpha: float = 0.25
+) -> tuple:
     """The loss of `decoder` on clicks `rows` of a `condition_set(inputs=True)`, decoded as a session decodes a first
     click (no memory, three candidates): per candidate focal ×20 + dice against the clicked object at the frame's
-    size, the smallest of the three (SAM's rule; `all_candidates`: their mean), plus L1 between each candidate's
+    size (`focal_alpha`: the object pixels' weight, SAM's 0.25), the smallest of the three (SAM's rule;
+    `all_candidates`: their mean), plus L1 between each candidate's
     predicted and actual IoU and the object score's cross-entropy (the clicked object is there).
     → (loss, IoU of the IoU token's choice [B], IoU of the best candidate [B])."""
     device = model.device
@@ -1299,7 +1311,7 @@ def click_decoder_loss(model, decoder, data: dict, rows: torch.Tensor, all_candi
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = prob * target + (1 - prob) * (1 - target)
-    focal = ((0.25 * target + 0.75 * (1 - target)) * ce * (1 - p_t) ** 2).flatten(2).mean(2)
+    focal = ((focal_alpha * target + (1 - focal_alpha) * (1 - target)) * ce * (1 - p_t) ** 2).flatten(2).mean(2)
     dice = 1 - (2 * (prob * target).flatten(2).sum(2) + 1) / (prob.flatten(2).sum(2) + target.flatten(2).sum(2) + 1)
     mask_loss = SAM2_LOSS_WEIGHTS["focal"] * focal + SAM2_LOSS_WEIGHTS["dice"] * dice  # [B, 3]
     with torch.no_grad():
@@ -1371,18 +1383,7 @@ def train_click_decoder(args) -> int:
     --clicks-per-image clicks (`click_decoder_loss`); every other weight frozen, so tracked frames, segment everything
     and discovery are unchanged. Every --val-every steps the tuning set's `click_decoder_validation`."""
     state_path = args.out / "last.pt"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    resume = args.resume and state_path.exists()
-    source = state_path if resume else args.init
-    if source is None:
-        raise SystemExit("--click-decoder needs --init (the frozen network's weights) or --resume")
-    state = torch.load(source, map_location="cpu", weights_only=True)
-    cfg = config_from_dict(state["config"])
-    model = _model_for(state["model"], cfg)
+    state, cfg, model, _, resume, device = start_frozen_leg(args, "--click-decoder")
     model.load_state_dict(state["model"])
     model = model.to(device).eval()
     for p in model.parameters():
@@ -1421,7 +1422,7 @@ def train_click_decoder(args) -> int:
         for group in optimizer.param_groups:
             group["lr"] = lr
         decoder.train()
-        loss, chosen, best = click_decoder_loss(model, decoder, data, rows, args.all_candidates)
+        loss, chosen, best = click_decoder_loss(model, decoder, data, rows, args.all_candidates, args.focal_alpha)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -1754,6 +1755,8 @@ def main(argv=None) -> int:
     parser.add_argument("--click-data", type=Path, help="--click-decoder: a file keeping the click sets between runs")
     parser.add_argument("--balance-conditions", action="store_true", help="--click-decoder: draw every condition "
                         "of the set as often as the most frequent one (balanced_rows)")  # fmt: skip
+    parser.add_argument("--focal-alpha", type=float, default=0.25, help="--click-decoder: the focal loss's weight "
+                        "of object pixels (SAM's 0.25; background 1 − it)")  # fmt: skip
     parser.add_argument("--all-candidates", action="store_true", help="--click-decoder: train all three "
                         "candidates on the clicked object (default: the best of the three, SAM's rule)")  # fmt: skip
     args = parser.parse_args(argv)
