@@ -811,6 +811,22 @@ def start_frozen_leg(args, option: str) -> tuple:
     return state, cfg, _model_for(state["model"], cfg), source, resume, device
 
 
+def part_optimizer(args, params: list, state: dict, resume: bool, name: str) -> tuple:
+    """AdamW over one optional part's `params` (made trainable), with its moments, the torch rng and the step restored
+    from `state` when resumed → (optimizer, first step, the run's log file)."""
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    start = 0
+    if resume:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = int(state["step"])
+        print(f"resumed at step {start}", flush=True)
+    print(f"{name}: {sum(p.numel() for p in params):,} parameters; steps {start}..{args.steps}", flush=True)
+    return optimizer, start, (args.out / "log.jsonl").open("a")
+
+
 def _model_for(state_dict: dict, cfg):
     """A fresh network of `cfg` with the optional mask-quality head and click decoder where `state_dict` carries their
     keys."""
@@ -1225,17 +1241,7 @@ def train_quality_head(args) -> int:
     for p in model.parameters():
         p.requires_grad_(False)
     params = list(model.mask_quality.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    start = 0
-    if resume:
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
-        print(f"resumed at step {start}", flush=True)
-    print(f"mask-quality head: {sum(p.numel() for p in params):,} parameters; steps {start}..{args.steps}", flush=True)
-    log = (args.out / "log.jsonl").open("a")
+    optimizer, start, log = part_optimizer(args, params, state, resume, "mask-quality head")
     if args.quality_data == "conditions":
         return train_quality_on_conditions(args, model, params, optimizer, start, log)
     odds = args.quality_odds or QUALITY_ODDS
@@ -1395,17 +1401,7 @@ def train_click_decoder(args) -> int:
         model.click_decoder = click_decoder_module.make_click_decoder(model)
     decoder = model.click_decoder.to(device)
     params = list(decoder.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    start = 0
-    if resume:
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        start = int(state["step"])
-        print(f"resumed at step {start}", flush=True)
-    print(f"click decoder: {sum(p.numel() for p in params):,} parameters; steps {start}..{args.steps}", flush=True)
-    log = (args.out / "log.jsonl").open("a")
+    optimizer, start, log = part_optimizer(args, params, state, resume, "click decoder")
     if tune is not None and start == 0:
         before = click_decoder_validation(model, model.sam_mask_decoder, tune)  # the shared decoder's
         write_record(log, {"step": 0, **{"before_" + k: v for k, v in before.items()}})
