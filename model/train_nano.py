@@ -62,13 +62,20 @@ single clicks on frames without memory (src/napari_sam2/model/click_decoder.py);
 tracking, boxes, corrections, segment everything and `--auto` stay exactly as they were. It learns on a fixed set of
 clicks of bench_hard's kinds and issue-7 frames built as `--quality-data conditions` builds the head's (through the
 click rule's gain, both contrast steps), every condition drawn equally often, all three candidates on the clicked
-nucleus; then the head is retrained on its masks (the qy command with `--init` the exported file):
+nucleus; then the head is retrained on its masks (the qy command with `--init` the exported file). The shipped one
+started from session 12's file (sha256 9a8eb4ef…, `git show ee8a90a:src/napari_sam2/weights/nano_fluo.pt >
+nano_s12.pt`; from a file that carries a click decoder, a leg trains that one on):
 
-    python model/train_nano.py --out runs/cd --click-decoder --init src/napari_sam2/weights/nano_fluo.pt \
+    python model/train_nano.py --out runs/cd --click-decoder --init nano_s12.pt \
         --click-data runs/cd_set.pt --quality-groups 60 --quality-tune-groups 12 --quality-contrast both \
         --quality-click-rule fluorescence --all-candidates --balance-conditions --steps 3000 --clicks-per-image 32 \
         --threads 1 --lr 3e-4 --warmup 50 --lr-min 0.1 --val-every 500 --save-every 100 --seed 13
-    python model/train_nano.py --out runs/cd --export runs/cd/nano_fluo.pt
+    python model/train_nano.py --out runs/cd --export runs/cd/cd13.pt
+    python model/train_nano.py --out runs/qz --quality-head --quality-data conditions --quality-contrast both \
+        --quality-click-rule fluorescence --init runs/cd/cd13.pt --quality-groups 60 --quality-tune-groups 12 \
+        --steps 2600 --clicks-per-image 64 --threads 1 --lr 1e-3 --warmup 100 --lr-min 0.05 --val-every 325 \
+        --save-every 100 --seed 16
+    python model/train_nano.py --out runs/qz --export src/napari_sam2/weights/nano_fluo.pt
 
 GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
 15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
