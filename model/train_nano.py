@@ -1037,17 +1037,17 @@ def condition_clicks(
             rows = [i for i, g in enumerate(gains) if g == gain]
             seen = x if gain == 1.0 else ClickRule.apply_gain(x[0], gain)[None]
             feats = model.encode_image(seen.to(model.device))
+            embedding = model.image_embedding(feats)
             # as the session decodes a first click (with the click decoder of a checkpoint that carries one)
-            out = model.decode_click(model.image_embedding(feats), feats.high_res, coords[rows], ones[rows],
-                                     object_gate=False)  # fmt: skip
+            out = model.decode_click(embedding, feats.high_res, coords[rows], ones[rows], object_gate=False)
             shared = out
             if model.click_decoder is not None:  # what a large nucleus is handed back to (`ClickRule.reaches_extent`)
-                shared = model.decode(model.image_embedding(feats), feats.high_res, coords[rows], ones[rows],
-                                      multimask=True, object_gate=False)  # fmt: skip
+                shared = model.decode(embedding, feats.high_res, coords[rows], ones[rows], multimask=True,
+                                      object_gate=False)  # fmt: skip
             s0.append(feats.high_res[0][0].half().cpu())
             s1.append(feats.high_res[1][0].half().cpu())
             if inputs:
-                embeddings.append(model.image_embedding(feats)[0].half().cpu())
+                embeddings.append(embedding[0].half().cpu())
             grey = ClickRule.grey(seen[0])
             for j, i in enumerate(rows):
                 answer, by_click_decoder = out, model.click_decoder is not None

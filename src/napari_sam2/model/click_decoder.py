@@ -11,9 +11,10 @@ once by the shared decoder's and read by both).
 
 It is part of a model only when a checkpoint carries its keys (`click_decoder.*`; see `attach_from_state_dict`):
 official checkpoints have none and are built, loaded and run exactly as without this file. Where present, a
-`TrackingSession` draws the mask of a click or box prompt on an initial conditioning frame with it; tracked frames,
-corrections on tracked frames, segment everything and discovery keep the shared decoder, so their masks are the
-network's without the click decoder.
+`TrackingSession` draws with it the mask of a single positive click on an initial conditioning frame
+(`SAM2Model.decode_click`), unless that mask is as large as the click rule's extent step treats
+(`ClickRule.reaches_extent`: it is then the shared decoder's); boxes, several points, corrections, tracked frames,
+segment everything and discovery keep the shared decoder, so their masks are the network's without the click decoder.
 """
 
 from __future__ import annotations
