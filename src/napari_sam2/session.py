@@ -635,7 +635,8 @@ class TrackingSession:
                     prev_logits = previous.logits.clamp(-PROMPT_LOGIT_CLAMP, PROMPT_LOGIT_CLAMP)
                 one_click = prompt.box is None and prompt.num_points == 1 and int(prompt.labels[0]) == 1
                 drawn_by_click_decoder = False
-                if is_first and one_click and prev_logits is None:  # the click decoder's, where there is one
+                first_click = is_first and one_click and prev_logits is None
+                if first_click:  # the click decoder's, where there is one
                     out = self.model.decode_click(embedding, seen.high_res, coords, labels)
                     drawn_by_click_decoder = self.model.click_decoder is not None
                     if drawn_by_click_decoder and self.click_rule.reaches_extent(out.logits, self.model.image_size):
@@ -661,6 +662,11 @@ class TrackingSession:
                 if own_grey is not None:  # read on the frame as it is, where a brighter neighbour still differs
                     logits, capped = self.click_rule.cap(logits, own_grey, *points)
                     changed = changed or capped
+                if first_click and self.model.mask_refiner is not None:  # its borders, read on the frame
+                    if grey is None:  # (a rule that reads no image: the frame as it is, decoded as it is)
+                        grey = ClickRule.grey(self.frames.model_input(frame))
+                    logits = self.model.refine_click_mask(logits, torch.from_numpy(grey)[None, None], seen.high_res)
+                    changed = True
                 if changed and out.quality is not None:  # the head's estimate is of the mask that is kept
                     # (read on the frame the mask was decoded from: on the frame as it is, the dim nucleus a good
                     # mask covers is near black, and the head's |error| on tuning clicks rose from 0.13 to 0.34)

@@ -172,15 +172,17 @@ def model_from_state_dict(state_dict: dict, config: SAM2Config | None = None, so
 
 
 def _attach_optional_parts(model, state_dict: dict, source: str) -> None:
-    """Add the optional mask-quality head and click decoder where the checkpoint carries their keys (`mask_quality.*`,
-    `click_decoder.*`; official ones never do): built from the keys' shapes or the model, then loaded strictly with the
-    rest."""
+    """Add the optional mask-quality head, click decoder and mask refiner where the checkpoint carries their keys
+    (`mask_quality.*`, `click_decoder.*`, `mask_refiner.*`; official ones never do): built from the keys' shapes or the
+    model, then loaded strictly with the rest."""
     from .click_decoder import attach_from_state_dict as attach_click_decoder
     from .mask_quality import attach_from_state_dict
+    from .mask_refiner import attach_from_state_dict as attach_mask_refiner
 
     try:
         attach_from_state_dict(model, state_dict)
         attach_click_decoder(model, state_dict)
+        attach_mask_refiner(model, state_dict)
     except ValueError as exc:
         raise CheckpointError(f"{source}: {exc}") from None
 

@@ -187,6 +187,9 @@ class SAM2Model(nn.Module):
         # optional second decoder for clicks on frames without memory (`click_decoder`): only where a checkpoint
         # carries its keys (`click_decoder.attach_from_state_dict`)
         self.click_decoder = None
+        # optional border refiner of a first click's mask (`mask_refiner`): only where a checkpoint carries its
+        # keys (`mask_refiner.attach_from_state_dict`)
+        self.mask_refiner = None
         self._init_embeddings()
 
     def _init_embeddings(self) -> None:
@@ -314,6 +317,14 @@ class SAM2Model(nn.Module):
         if object_gate:
             pointer = self._gate_pointer(pointer, (out.object_score > 0).float())
         return replace(out, object_pointer=pointer)
+
+    def refine_click_mask(self, logits: torch.Tensor, grey: torch.Tensor, high_res: list[torch.Tensor]) -> torch.Tensor:
+        """A first click's mask logits [B, 1, 4h, 4w] with their borders corrected by the mask refiner
+        (`mask_refiner`, where the checkpoint carries one) from grey [B, 1, S, S] (the frame they were decoded from, in
+        [0, 1]) and the stride-4 map high_res[0]; without one, the logits unchanged."""
+        if self.mask_refiner is None:
+            return logits
+        return self.mask_refiner(logits, grey.to(logits.device), high_res[0])
 
     def _gate_pointer(self, pointer: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Hard switch to the learned no-object pointer where present [B, 1] is 0."""
