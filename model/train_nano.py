@@ -77,6 +77,24 @@ nano_s12.pt`; from a file that carries a click decoder, a leg trains that one on
         --save-every 100 --seed 16
     python model/train_nano.py --out runs/qz --export src/napari_sam2/weights/nano_fluo.pt
 
+Mask refiner (`--mask-refiner`, issue 16, session 14): a few 3×3 convolutions that correct the border of a first
+click's mask from the frame at the model input's resolution (src/napari_sam2/model/mask_refiner.py); the network,
+head and click decoder of --init are frozen. It learns on the chosen masks of the click decoder's kind of set (built
+without a refiner, the frames kept), on crops of 32 × 32 logit pixels around the clicks; then the head is retrained on
+the refined masks (the qz command with `--init` the refiner's export). The shipped one, from session 13's file
+(sha256 012816cd…, `git show 04ca976:src/napari_sam2/weights/nano_fluo.pt > nano_s13.pt`):
+
+    python model/train_nano.py --out runs/ref --mask-refiner --init nano_s13.pt --click-data runs/ref_set.pt \
+        --quality-groups 40 --quality-tune-groups 12 --quality-contrast both --quality-click-rule fluorescence \
+        --balance-conditions --refiner-width 64 --refiner-depth 2 --steps 3000 --clicks-per-image 48 --threads 2 \
+        --lr 2e-3 --warmup 50 --lr-min 0.1 --val-every 500 --save-every 100 --seed 21
+    python model/train_nano.py --out runs/ref --export runs/ref/r2.pt
+    python model/train_nano.py --out runs/h2 --quality-head --quality-data conditions --quality-contrast both \
+        --quality-click-rule fluorescence --init runs/ref/r2.pt --quality-groups 60 --quality-tune-groups 12 \
+        --steps 2600 --clicks-per-image 64 --threads 1 --lr 1e-3 --warmup 100 --lr-min 0.05 --val-every 325 \
+        --save-every 100 --seed 16
+    python model/train_nano.py --out runs/h2 --export src/napari_sam2/weights/nano_fluo.pt
+
 GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
 15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
 movies, not the network, limits a GPU, hence the 12 worker processes):
@@ -145,6 +163,7 @@ from napari_sam2.click_rule import CLICK_RULE_OFF, CLICK_RULES, ClickRule
 from napari_sam2.frames import FrameSource
 from napari_sam2.model import memory_bank
 from napari_sam2.model import click_decoder as click_decoder_module
+from napari_sam2.model import mask_refiner as mask_refiner_module
 from napari_sam2.model.build import build_model, config_from_dict, resolve_device
 from napari_sam2.model.configs import NANO_FLUO
 from napari_sam2.model.mask_quality import MaskQualityHead, attach_from_state_dict
@@ -840,6 +859,7 @@ def _model_for(state_dict: dict, cfg):
     model = build_model(cfg)
     attach_from_state_dict(model, state_dict)
     click_decoder_module.attach_from_state_dict(model, state_dict)
+    mask_refiner_module.attach_from_state_dict(model, state_dict)
     return model
 
 
@@ -994,14 +1014,16 @@ def condition_clicks(
     [Y, X] its labels; the frame (and truth) turned by `turns` × 90° and flipped left-right with `flip`. One click at
     each object's deepest pixel (objects ≥ 20 px, as the benchmarks click), and with odds `extra` a second one
     anywhere ≥ 40 % deep; contrast: the model input's contrast step (`preprocess`), rule: the click rule
-    (`napari_sam2.click_rule`), as the session's. → {s0 [G, d/8, 4h, 4w], s1 [G, d/4, 2h, 2w] (fp16 high-res maps of
+    (`napari_sam2.click_rule`), as the session's; a model with a mask refiner refines each candidate as the session
+    refines a first click's mask. → {s0 [G, d/8, 4h, 4w], s1 [G, d/4, 2h, 2w] (fp16 high-res maps of
     the G frames the clicks were decoded from: one per gain of the click rule), group [n] (each click's frame in s0 /
     s1), logits [n, 3, 4h, 4w] (fp16,
     before the object gate: what the head reads), coords [n, 1, 2] (x, y at the model input), token [n, 3] (the IoU
     token's estimates: the session's choice is their argmax), actual [n, 3] (each candidate's IoU with the object
     as the session returns it: gated, holes ≤ 8 px filled, resized to the frame), condition [n], deep [n]}; with
     `inputs` also what a decoder needs to be trained on these clicks (`--click-decoder`): embedding [G, d, h, w] (fp16,
-    the no-memory embedding of each click's frame), truth [1, Y, X] (int16, the view's labels), target [n] (the
+    the no-memory embedding of each click's frame), grey [G, S, S] (fp16, that frame in [0, 1]: what the mask refiner
+    reads, `--mask-refiner`), truth [1, Y, X] (int16, the view's labels), target [n] (the
     clicked object's label), view [n] (zeros: the view's index, offset by `condition_set`)."""
     size = model.image_size
     x = FrameSource(image, size, read_ahead=0, contrast=contrast).model_input(frame)[None]
@@ -1030,7 +1052,7 @@ def condition_clicks(
     own_grey = ClickRule.grey(x[0])
     gains = [rule.gain(own_grey, coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
     groups = sorted(set(gains), key=gains.index)
-    s0, s1, embeddings, logits, token = [], [], [], [None] * len(clicks), [None] * len(clicks)
+    s0, s1, embeddings, greys, logits, token = [], [], [], [], [None] * len(clicks), [None] * len(clicks)
     head, model.mask_quality = model.mask_quality, None  # the frozen network's answers only
     try:
         for gain in groups:
@@ -1049,6 +1071,8 @@ def condition_clicks(
             if inputs:
                 embeddings.append(embedding[0].half().cpu())
             grey = ClickRule.grey(seen[0])
+            if inputs:
+                greys.append(torch.from_numpy(np.ascontiguousarray(grey)).half())
             for j, i in enumerate(rows):
                 answer, by_click_decoder = out, model.click_decoder is not None
                 if by_click_decoder and out.object_score[j, 0] > 0:  # (an absent object's mask is empty)
@@ -1060,6 +1084,12 @@ def condition_clicks(
                     candidates = torch.cat([
                         after_the_rule(rule, candidates[:, m : m + 1], grey, coords[i].cpu().numpy(), size, own_grey,
                                        extend=not by_click_decoder)
+                        for m in range(candidates.shape[1])
+                    ], dim=1)  # fmt: skip
+                if model.mask_refiner is not None:  # as the session refines a first click's mask
+                    candidates = torch.cat([
+                        model.refine_click_mask(candidates[:, m : m + 1], torch.from_numpy(grey)[None, None],
+                                                [h[:1] for h in feats.high_res])
                         for m in range(candidates.shape[1])
                     ], dim=1)  # fmt: skip
                 logits[i] = (candidates, answer.object_score[j : j + 1])
@@ -1074,7 +1104,8 @@ def condition_clicks(
     actual = torch.stack([candidate_ious(masks[i], labels == obj, labels) for i, obj in enumerate(targets)])
     extras = {}
     if inputs:
-        extras = {"embedding": torch.stack(embeddings), "truth": labels.to(torch.int16)[None],
+        extras = {"embedding": torch.stack(embeddings), "grey": torch.stack(greys),
+                  "truth": labels.to(torch.int16)[None],
                   "target": torch.tensor(targets), "view": torch.zeros(len(clicks), dtype=torch.long)}  # fmt: skip
     return {
         **extras,
@@ -1141,6 +1172,7 @@ def condition_set(
     data["frame"] = torch.cat([p["group"] + int(offsets[i]) for i, p in enumerate(parts)])
     if inputs:
         data["embedding"] = torch.cat([p["embedding"] for p in parts])
+        data["grey"] = torch.cat([p["grey"] for p in parts])
         data["truth"] = torch.cat([p["truth"] for p in parts])
         data["target"] = torch.cat([p["target"] for p in parts])
         data["view"] = torch.cat([p["view"] + i for i, p in enumerate(parts)])
@@ -1443,6 +1475,136 @@ def train_click_decoder(args) -> int:
             if validate:
                 decoder.eval()
                 record.update({"tune_" + k: v for k, v in click_decoder_validation(model, decoder, tune).items()})
+            write_record(log, record)
+        if end_of_step(args, done, began, state_path, model, optimizer):
+            break
+    return 0
+
+
+# ---------------------------------------------------------------------- the mask refiner (--mask-refiner)
+def refiner_inputs(data: dict, rows: torch.Tensor, crop: int = 0) -> tuple:
+    """What the mask refiner reads for clicks `rows` of a `condition_set(inputs=True)`, as a session gives it the
+    chosen candidate → (logits [B, 1, L, L]: the IoU token's choice after the click rule's steps; grey [B, 1, 4L, 4L]
+    (the frame it was decoded from); s0 [B, C, L, L]; target [B, 1, 4L, 4L] (the clicked object; the view is the
+    model input's size)). `crop` > 0: windows of crop × crop logit pixels around each click (training: 1/16 the
+    work of a whole 256² frame for nuclei of radius ≤ 40 px), else the whole frame."""
+    frames = data["frame"][rows]
+    chosen = data["token"][rows].argmax(1)
+    logits = data["logits"][rows, chosen][:, None].float()
+    grey = data["grey"][frames][:, None].float()
+    s0 = data["s0"][frames].float()
+    truth = data["truth"][data["view"][rows]]
+    if truth.shape[-1] != grey.shape[-1]:
+        raise ValueError(f"the views are {tuple(truth.shape[-2:])}, not the model input's size {grey.shape[-1]}")
+    target = (truth == data["target"][rows][:, None, None]).float()[:, None]
+    if crop:
+        side = logits.shape[-1]
+        x0, y0 = ((data["coords"][rows][:, 0] / 4).long() - crop // 2).clamp(0, side - crop).unbind(1)
+        pick = [(int(y), int(x)) for y, x in zip(y0, x0)]
+        logits, s0 = ([t[i, :, y : y + crop, x : x + crop] for i, (y, x) in enumerate(pick)] for t in (logits, s0))
+        grey, target = ([t[i, :, 4 * y : 4 * (y + crop), 4 * x : 4 * (x + crop)] for i, (y, x) in enumerate(pick)]
+                        for t in (grey, target))  # fmt: skip
+        logits, s0, grey, target = map(torch.stack, (logits, s0, grey, target))
+    return logits, grey, s0, target
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU [B] of logits [B, 1, l, l] (bilinear to target's size, > 0) with target [B, 1, Y, X]."""
+    hit = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False) > 0
+    truth = target > 0.5
+    return ((hit & truth).flatten(1).sum(1) / (hit | truth).flatten(1).sum(1).clamp(min=1)).float()
+
+
+def mask_refiner_loss(refiner, data: dict, rows: torch.Tensor, crop: int) -> torch.Tensor:
+    """SAM 2's mask loss (focal ×20 + dice) of the refined logits, bilinear to the model input's size, against the
+    clicked object, on crops around the clicks."""
+    logits, grey, s0, target = refiner_inputs(data, rows, crop)
+    refined = refiner(logits, grey, s0)
+    up = F.interpolate(refined, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    prob = torch.sigmoid(up)
+    ce = F.binary_cross_entropy_with_logits(up, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    focal = ((0.25 * target + 0.75 * (1 - target)) * ce * (1 - p_t) ** 2).flatten(1).mean(1)
+    dice = 1 - (2 * (prob * target).flatten(1).sum(1) + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
+    return (SAM2_LOSS_WEIGHTS["focal"] * focal + SAM2_LOSS_WEIGHTS["dice"] * dice).mean()
+
+
+@torch.no_grad()
+def mask_refiner_validation(refiner, data: dict, batch: int = 64) -> dict:
+    """Median IoU of the chosen masks of a tuning `condition_set(inputs=True)` without and with the refiner (whole
+    frames), per condition and contrast step."""
+    n = len(data["frame"])
+    before, after = [], []
+    for i in range(0, n, batch):
+        logits, grey, s0, target = refiner_inputs(data, torch.arange(i, min(n, i + batch)))
+        before.append(mask_iou(logits, target))
+        after.append(mask_iou(refiner(logits, grey, s0), target))
+    before, after = torch.cat(before), torch.cat(after)
+    stats = {"before": float(before.median()), "after": float(after.median())}
+    for c, name in enumerate(CONDITION_NAMES):
+        for local in (False, True):
+            where = (data["condition"] == c) & (data["local"] == local)
+            if where.any():
+                key = name + ("_local" if local else "")
+                stats[f"before_{key}"] = float(before[where].median())
+                stats[f"after_{key}"] = float(after[where].median())
+    return stats
+
+
+def train_mask_refiner(args) -> int:
+    """--mask-refiner: train only `SAM2Model.mask_refiner` (`napari_sam2.model.mask_refiner`, new from --init or the
+    resumed state) on the click decoder's chosen masks of a fixed set of single clicks (`condition_set`, as
+    --click-decoder builds it, with the frames), in minibatches of --clicks-per-image crops (`mask_refiner_loss`);
+    every other weight frozen. Every --val-every steps the tuning set's `mask_refiner_validation`."""
+    from napari_sam2.model.mask_refiner import MaskRefiner
+
+    state_path = args.out / "last.pt"
+    state, cfg, model, _, resume, device = start_frozen_leg(args, "--mask-refiner")
+    model.load_state_dict(state["model"])
+    model = model.to(device).eval()
+    if model.click_decoder is None:
+        raise SystemExit("--mask-refiner refines a click decoder's masks: --init must carry one (--click-decoder)")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    refiner = model.mask_refiner
+    model.mask_refiner = None  # the set holds the unrefined masks the refiner is given
+    data, tune = click_decoder_sets(args, model)
+    if refiner is None:
+        if resume:
+            raise SystemExit(f"{state_path} carries no mask refiner")
+        refiner = MaskRefiner(data["s0"].shape[1], hidden=args.refiner_width, depth=args.refiner_depth)
+    model.mask_refiner = refiner.to(device)
+    params = list(refiner.parameters())
+    optimizer, start, log = part_optimizer(args, params, state, resume, "mask refiner")
+    if tune is not None and start == 0:
+        write_record(log, {"step": 0, **mask_refiner_validation(refiner, tune)})
+    pool = balanced_rows(data["condition"]) if args.balance_conditions else torch.arange(len(data["frame"]))
+    n, batch = len(pool), args.clicks_per_image
+    per_pass = (n + batch - 1) // batch
+    began = time.time()
+    losses = []
+    for step in range(start, args.steps):
+        order = pool[torch.from_numpy(np.random.default_rng([args.seed, step // per_pass]).permutation(n))]
+        rows = order[(step % per_pass) * batch : (step % per_pass + 1) * batch]
+        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        refiner.train()
+        loss = mask_refiner_loss(refiner, data, rows, args.refiner_crop)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        done = step + 1
+        validate = tune is not None and args.val_every and (done % args.val_every == 0 or done == args.steps)
+        if done % 50 == 0 or done == args.steps or validate:
+            record = {"step": done, "pass": done / per_pass, "lr": lr, "minutes": (time.time() - began) / 60,
+                      "loss": float(np.mean(losses))}  # fmt: skip
+            losses = []
+            if validate:
+                refiner.eval()
+                record.update({"tune_" + k: v for k, v in mask_refiner_validation(refiner, tune).items()})
             write_record(log, record)
         if end_of_step(args, done, began, state_path, model, optimizer):
             break
@@ -1762,7 +1924,17 @@ def main(argv=None) -> int:
                         "of object pixels (SAM's 0.25; background 1 − it)")  # fmt: skip
     parser.add_argument("--all-candidates", action="store_true", help="--click-decoder: train all three "
                         "candidates on the clicked object (default: the best of the three, SAM's rule)")  # fmt: skip
+    parser.add_argument("--mask-refiner", action="store_true", help="train only the optional mask refiner "
+                        "(train_mask_refiner) on the click decoder's masks of --quality-data conditions' clicks (the "
+                        "options of --click-decoder); the network of --init, which must carry a click decoder, stays "
+                        "frozen")  # fmt: skip
+    parser.add_argument("--refiner-width", type=int, default=32, help="--mask-refiner: hidden channels")
+    parser.add_argument("--refiner-depth", type=int, default=2, help="--mask-refiner: hidden convolutions")
+    parser.add_argument("--refiner-crop", type=int, default=32, help="--mask-refiner: the training window around "
+                        "each click, in logit pixels (4 input pixels each)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.mask_refiner and not args.export:
+        return train_mask_refiner(args)
     if args.click_decoder and not args.export:
         return train_click_decoder(args)
     if args.quality_head and not args.export:
@@ -1789,12 +1961,13 @@ def main(argv=None) -> int:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
         cfg = with_windows(config_from_dict(init["config"]), args.window_spec)
         model = build_model(cfg).to(device).train()
-        # a mask-quality head or click decoder learned on the network this leg changes would misjudge its masks /
-        # read features it never saw: they are left out (retrain them afterwards on the new frozen network)
-        network = {k: v for k, v in init["model"].items() if not k.startswith(("mask_quality.", "click_decoder."))}
+        # a mask-quality head, click decoder or mask refiner learned on the network this leg changes would misjudge
+        # its masks / read features it never saw: they are left out (retrain them afterwards on the new network)
+        optional = ("mask_quality.", "click_decoder.", "mask_refiner.")
+        network = {k: v for k, v in init["model"].items() if not k.startswith(optional)}
         model.load_state_dict(tile_window_embedding(network, cfg))
         optimizer = make_optimizer(model, args)
-        dropped = " (its mask-quality head / click decoder left out)" if len(network) < len(init["model"]) else ""
+        dropped = " (its optional parts left out)" if len(network) < len(init["model"]) else ""
         print(f"initialised from {args.init}{dropped}", flush=True)
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)

@@ -535,6 +535,43 @@ def test_click_decoder_leg_trains_only_the_click_decoder_resumes_exactly_and_exp
     assert json.loads(target.with_suffix(".json").read_text())["params"] == sum(p.numel() for p in model.parameters())
 
 
+def test_mask_refiner_leg_trains_only_the_refiner_resumes_exactly_and_exports(train_nano, tmp_path):
+    """--mask-refiner: the leg reads the unrefined masks of the click set (with the frames they were decoded from),
+    stops and resumes to the same weights, only mask_refiner.* learn, its tuning validation compares without / with
+    the refiner, and the exported file loads with it."""
+    state = torch.load(ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt", weights_only=True)
+    state["model"] = {k: v for k, v in state["model"].items() if not k.startswith("mask_refiner.")}
+    init_path = tmp_path / "without_refiner.pt"
+    torch.save(state, init_path)
+    args = ["--mask-refiner", "--init", str(init_path), "--click-data", str(tmp_path / "clicks.pt"), "--quality-groups",
+            "1", "--quality-tune-groups", "1", "--quality-click-rule", "fluorescence", "--steps", "3",
+            "--clicks-per-image", "8", "--threads", "1", "--save-every", "1", "--seed", "7", "--warmup", "1",
+            "--val-every", "3", "--refiner-width", "8", "--refiner-depth", "3", "--lr", "1e-2"]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_nano.main(["--out", str(straight), *args]) == 0
+    data = torch.load(tmp_path / "clicks.pt", weights_only=True)["train"]
+    assert data["grey"].shape[-2:] == (256, 256) and len(data["grey"]) == len(data["s0"])
+    assert train_nano.main(["--out", str(split), *args, "--until", "2"]) == 0
+    assert train_nano.main(["--out", str(split), *args, "--resume"]) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(split / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "stop + resume changed the refiner"
+    init = torch.load(init_path, weights_only=True)["model"]
+    own = [k for k in a if k.startswith("mask_refiner.")]
+    assert own and set(a) - set(own) == set(init)
+    assert all(torch.equal(a[k], init[k]) for k in init), "a weight outside the refiner moved"
+    assert a["mask_refiner.out.weight"].abs().sum() > 0, "the refiner did not learn (its last layer starts at zero)"
+    log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    assert log[0]["step"] == 0 and log[0]["before"] == log[0]["after"]  # a new refiner changes nothing
+    assert log[-1]["step"] == 3 and 0 <= log[-1]["tune_after"] <= 1 and "tune_after_issue7" in log[-1]
+
+    target = tmp_path / "with_refiner.pt"
+    assert train_nano.main(["--out", str(straight), "--export", str(target)]) == 0
+    model = load_model(target, device="cpu")
+    assert model.mask_refiner is not None and len(model.mask_refiner.layers) == 3
+    assert json.loads(target.with_suffix(".json").read_text())["params"] == sum(p.numel() for p in model.parameters())
+
+
 def test_balanced_rows_draw_every_condition_equally(train_nano):
     condition = torch.tensor([0] * 7 + [1] * 2 + [3] * 3)
     rows = train_nano.balanced_rows(condition)
