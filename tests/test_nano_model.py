@@ -120,27 +120,34 @@ def test_the_reported_iou_says_how_good_the_clicked_mask_is(nano):
                 actual.append(iou(result.masks[k], truth == obj))
                 session.remove_object(int(obj))
     predicted, actual = np.array(predicted), np.array(actual)
-    assert len(actual) >= 30 and (actual < 0.5).sum() >= 5  # the condition is hard: some clicks go wrong
+    # the condition is hard: some clicks go wrong ("wrong": IoU < 0.6; with the refiner of session 14 only 3 of 94 are
+    # below 0.5, 11 below 0.6)
+    assert len(actual) >= 30 and (actual < 0.6).sum() >= 5
     assert np.abs(predicted - actual).mean() <= 0.12
     # (0.73 with the click decoder of session 13, 0.8+ before it: with fewer masks on the wrong nucleus the actual
     # IoUs spread less, and a correlation with them is lower for the same error)
     assert np.corrcoef(predicted, actual)[0, 1] >= 0.65
-    assert predicted[actual < 0.5].mean() < predicted[actual > 0.7].mean() - 0.2
+    # (measured with session 14's file: 0.60 on the wrong masks against 0.81 on the good ones; |err| 0.068, correlation
+    # 0.75; the gap asked was 0.2 with "wrong" at IoU < 0.5, which too few clicks now reach)
+    assert predicted[actual < 0.6].mean() < predicted[actual > 0.7].mean() - 0.15
 
 
-def test_the_click_decoder_puts_clicks_on_dim_nuclei_on_them(nano):
-    """Issue 16, session 13: the shipped click decoder draws first clicks; on hard held-out frames (a 10× brightness
-    spread, dim nuclei beside mitotic figures) its masks are better than the shared decoder's and rarely lie on
-    another nucleus (measured: median 0.71 / 0.72 against 0.68 / 0.67; on another nucleus 3 % / 10 % against 19 % /
-    16 %)."""
+def test_the_click_decoder_and_refiner_put_clicks_on_dim_nuclei_on_them(nano):
+    """Issue 16, sessions 13–14: the shipped click decoder draws first clicks and the mask refiner corrects their
+    borders; on hard held-out frames (a 10× brightness spread, dim nuclei beside mitotic figures) the click decoder's
+    masks are better than the shared decoder's and rarely lie on another nucleus, and the refiner's are better still
+    (measured, median / share on another nucleus: refined 0.78 / 2 % and 0.80 / 8 %, the click decoder alone
+    0.71 / 3 % and 0.72 / 10 %, the shared decoder 0.68 / 19 % and 0.67 / 16 %)."""
     from napari_sam2.synthetic_hard import hard_condition
 
-    assert nano.click_decoder is not None
+    assert nano.click_decoder is not None and nano.mask_refiner is not None
+    unrefined = load_model("nano-fluo", device="cpu")
+    unrefined.mask_refiner = None  # the click decoder's masks as they were
     shared = load_model("nano-fluo", device="cpu")
-    shared.click_decoder = None  # the same network drawing first clicks with its shared decoder
-    for name, at_least in (("brightness_spread", 0.69), ("mitotic_neighbours", 0.70)):
+    shared.click_decoder = shared.mask_refiner = None  # the same network drawing first clicks with its shared decoder
+    for name, at_least in (("brightness_spread", BRIGHT), ("mitotic_neighbours", MITOTIC)):
         got = {}
-        for label, model in (("click decoder", nano), ("shared", shared)):
+        for label, model in (("refined", nano), ("click decoder", unrefined), ("shared", shared)):
             ious, wrong = [], []
             for seed in (HELD_OUT + 16, HELD_OUT + 17):
                 stack = hard_condition(name, seed, n=2)
@@ -153,5 +160,11 @@ def test_the_click_decoder_puts_clicks_on_dim_nuclei_on_them(nano):
                         wrong.append(bool(mask.any()) and (truth[mask] != obj).mean() > 0.5)
                         session.remove_object(obj)
             got[label] = float(np.median(ious)), float(np.mean(wrong))
-        assert got["click decoder"][0] >= at_least and got["click decoder"][0] >= got["shared"][0] + 0.03, got
+        print(name, got)
+        assert got["click decoder"][0] >= got["shared"][0] + 0.03, got
         assert got["click decoder"][1] <= 0.12 and got["click decoder"][1] < got["shared"][1], got
+        assert got["refined"][0] >= at_least and got["refined"][0] >= got["click decoder"][0] + 0.03, got
+        assert got["refined"][1] <= 0.12, got
+
+
+BRIGHT, MITOTIC = 0.76, 0.78  # the refined first clicks' medians (measured 0.782, 0.800)

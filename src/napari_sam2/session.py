@@ -85,6 +85,8 @@ class FrameOutput:
     score [1, 1] object-score logit; iou: predicted IoU.
     pending_memory: made by a prompt; its memory is encoded at the next propagation from the binarised mask
     (official: propagate_in_video_preflight), so that several clicks on a frame cost one memory encoding.
+    memory_logits: the logits that memory is encoded from where they are not `logits` (a first click's mask before
+    the mask refiner: the network's own mask, the kind its memory encoder learned on); None: `logits`.
     """
 
     logits: torch.Tensor | None
@@ -93,6 +95,7 @@ class FrameOutput:
     score: torch.Tensor
     iou: float
     pending_memory: bool = False
+    memory_logits: torch.Tensor | None = None
 
 
 class ObjectTrack:
@@ -613,6 +616,7 @@ class TrackingSession:
         previous = obj.output(frame)
         feats = self._features(frame)
         changed = False
+        memory_logits = None
         with autocast_context(self.device, self.precision):
             if prompt.mask is not None:
                 mask = torch.from_numpy(prompt.mask).float()[None, None].to(self.device)
@@ -665,6 +669,9 @@ class TrackingSession:
                 if first_click and self.model.mask_refiner is not None:  # its borders, read on the frame
                     if grey is None:  # (a rule that reads no image: the frame as it is, decoded as it is)
                         grey = ClickRule.grey(self.frames.model_input(frame))
+                    # the object's memory is encoded from the network's own mask, as without a refiner (from the
+                    # refined one, tracking fell: tuning bench_nano 0.852 -> 0.832; model/README.md, "The mask refiner")
+                    memory_logits = fill_holes(logits, self.fill_hole_area)
                     logits = self.model.refine_click_mask(logits, torch.from_numpy(grey)[None, None], seen.high_res)
                     changed = True
                 if changed and out.quality is not None:  # the head's estimate is of the mask that is kept
@@ -679,6 +686,7 @@ class TrackingSession:
             score=out.object_score.float(),
             iou=float(out.reported_iou.float().flatten()[0]),
             pending_memory=True,
+            memory_logits=memory_logits,
         )
         self._forget_result(obj.obj_id, frame)
         if is_first or self.sticky_corrections:
@@ -749,7 +757,7 @@ class TrackingSession:
                 del obj.tracked[frame]
             out = obj.cond.pop(frame, None)
             if out is not None:  # as the official: the output stays as a tracked one, the frame unvisited
-                out.pending_memory = False
+                out.pending_memory, out.memory_logits = False, None
                 obj.tracked[frame] = out
                 obj.holding_memory.add(frame)
                 obj.holding_pointer.add(frame)
@@ -851,11 +859,12 @@ class TrackingSession:
             for frame, out in list(obj.tracked.items()) + list(obj.cond.items()):
                 if out.pending_memory:
                     feats = self._features(frame)
-                    high = F.interpolate(out.logits, size=(size, size), mode="bilinear", align_corners=False)
+                    source = out.logits if out.memory_logits is None else out.memory_logits
+                    high = F.interpolate(source, size=(size, size), mode="bilinear", align_corners=False)
                     with autocast_context(self.device, self.precision):
                         memory = self.model.encode_memory(feats, high, out.score, binarize=True)
                     out.memory = memory.to(torch.bfloat16)
-                    out.pending_memory = False
+                    out.pending_memory, out.memory_logits = False, None
             for frame in obj.cond:
                 if obj.tracked.pop(frame, None) is not None:
                     self._forget_result(obj.obj_id, frame)

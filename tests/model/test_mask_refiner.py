@@ -54,8 +54,9 @@ def test_a_new_refiner_changes_nothing_and_official_checkpoints_have_none(tiny_c
 
 
 def test_a_session_refines_only_a_first_single_click(tiny_checkpoint, tmp_path):
-    """With the refiner the first click's mask differs; a box, two clicks and their tracked frames are the same as
-    without it, and only the first click runs it; the file loads it."""
+    """With the refiner the first click's mask differs; a box, two clicks, every tracked frame (the clicked object's
+    too: its memory is the unrefined mask's) and a correction are the same as without it, and only the first click
+    runs it; the file loads it."""
     from napari_sam2.session import TrackingSession
 
     plain, refined = _checkpoints(tiny_checkpoint, tmp_path)
@@ -82,4 +83,6 @@ def test_a_session_refines_only_a_first_single_click(tiny_checkpoint, tmp_path):
     assert np.array_equal(plain_masks[2], refined_masks[2])  # the box
     assert np.array_equal(plain_masks[3], refined_masks[3])  # two clicks
     assert np.array_equal(plain_frames[1][3], refined_frames[1][3])  # object 3 tracked: no refined mask in its memory
+    # object 1's memory is encoded from the network's own mask, not the refined one: its tracked frames are the same
+    assert all(np.array_equal(plain_frames[f][1], refined_frames[f][1]) for f in (1, 2))
     assert np.array_equal(plain_masks["corrected"], refined_masks["corrected"])  # a click on a tracked frame
