@@ -161,9 +161,9 @@ from scipy import ndimage
 from napari_sam2.automatic import deepest_point
 from napari_sam2.click_rule import CLICK_RULE_OFF, CLICK_RULES, ClickRule
 from napari_sam2.frames import FrameSource
-from napari_sam2.model import memory_bank
 from napari_sam2.model import click_decoder as click_decoder_module
 from napari_sam2.model import mask_refiner as mask_refiner_module
+from napari_sam2.model import memory_bank
 from napari_sam2.model.build import build_model, config_from_dict, resolve_device
 from napari_sam2.model.configs import NANO_FLUO
 from napari_sam2.model.mask_quality import MaskQualityHead, attach_from_state_dict
@@ -853,6 +853,50 @@ def part_optimizer(args, params: list, state: dict, resume: bool, name: str) -> 
     return optimizer, start, (args.out / "log.jsonl").open("a")
 
 
+def run_part_leg(
+    args, model, part, optimizer, start: int, log, pool: torch.Tensor, step_loss, validation, began: float,
+    log_every: int = 50,
+) -> int:
+    """The steps of a leg that trains one optional part (`part`: the head, the click decoder, the mask refiner) on a
+    frozen network: minibatches of --clicks-per-image rows of `pool` drawn without replacement (a new order per pass,
+    seeded by (--seed, pass)), `learning_rate`'s schedule, gradients clipped to norm 1. `step_loss(rows)` → (loss,
+    {name: values}, logged as the median "train_<name>"); `validation()` (None: none) every --val-every steps,
+    logged as "tune_<key>"; a record every `log_every` steps; the state saved as `end_of_step` says."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    n, batch = len(pool), args.clicks_per_image
+    per_pass = (n + batch - 1) // batch
+    window: dict = {"loss": []}
+    for step in range(start, args.steps):
+        order = pool[torch.from_numpy(np.random.default_rng([args.seed, step // per_pass]).permutation(n))]
+        rows = order[(step % per_pass) * batch : (step % per_pass + 1) * batch]
+        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        part.train()
+        loss, extra = step_loss(rows)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        window["loss"].append(float(loss.detach()))
+        for name, values in extra.items():
+            window.setdefault(name, []).extend(values)
+        done = step + 1
+        validate = validation is not None and args.val_every and (done % args.val_every == 0 or done == args.steps)
+        if done % log_every == 0 or done == args.steps or validate:
+            record = {"step": done, "pass": done / per_pass, "lr": lr, "minutes": (time.time() - began) / 60,
+                      "loss": float(np.mean(window.pop("loss")))}  # fmt: skip
+            record.update({f"train_{name}": float(np.median(values)) for name, values in window.items()})
+            window = {"loss": []}
+            if validate:
+                part.eval()
+                record.update({"tune_" + k: v for k, v in validation().items()})
+            write_record(log, record)
+        if end_of_step(args, done, began, args.out / "last.pt", model, optimizer):
+            break
+    return 0
+
+
 def _model_for(state_dict: dict, cfg):
     """A fresh network of `cfg` with the optional mask-quality head and click decoder where `state_dict` carries their
     keys."""
@@ -1208,7 +1252,7 @@ def condition_calibration(head, data: dict, batch: int = 256) -> dict:
     return stats
 
 
-def train_quality_on_conditions(args, model, params, optimizer, start: int, log) -> int:
+def train_quality_on_conditions(args, model, optimizer, start: int, log) -> int:
     """--quality-data conditions: minibatches of --clicks-per-image clicks drawn without replacement (a new order
     per pass, seeded by (--seed, pass)) from `condition_set(--quality-groups)`, L1 to each candidate's actual IoU;
     every --val-every steps the tuning set's calibration (`condition_calibration`, --quality-tune-groups groups)."""
@@ -1223,33 +1267,12 @@ def train_quality_on_conditions(args, model, params, optimizer, start: int, log)
     print(f"conditions set: {n} training clicks ({len(data['s0'])} frames)"
           + (f", {len(tune['frame'])} tuning clicks" if tune else "")
           + f", {(time.time() - began) / 60:.1f} min; {per_pass} steps per pass", flush=True)  # fmt: skip
-    losses = []
-    for step in range(start, args.steps):
-        order = torch.from_numpy(np.random.default_rng([args.seed, step // per_pass]).permutation(n))
-        rows = order[(step % per_pass) * batch : (step % per_pass + 1) * batch]
-        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        head.train()
-        loss = (condition_predict(head, data, rows) - data["actual"][rows].to(model.device)).abs().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        done = step + 1
-        validate = tune is not None and args.val_every and (done % args.val_every == 0 or done == args.steps)
-        if done % 100 == 0 or done == args.steps or validate:
-            record = {"step": done, "pass": done / per_pass, "lr": lr, "minutes": (time.time() - began) / 60,
-                      "loss": float(np.mean(losses))}  # fmt: skip
-            losses = []
-            if validate:
-                head.eval()
-                record.update({"tune_" + k: v for k, v in condition_calibration(head, tune).items()})
-            write_record(log, record)
-        if end_of_step(args, done, began, args.out / "last.pt", model, optimizer):
-            break
-    return 0
+
+    def step_loss(rows):
+        return (condition_predict(head, data, rows) - data["actual"][rows].to(model.device)).abs().mean(), {}
+
+    validation = (lambda: condition_calibration(head, tune)) if tune is not None else None
+    return run_part_leg(args, model, head, optimizer, start, log, torch.arange(n), step_loss, validation, began, 100)
 
 
 def train_quality_head(args) -> int:
@@ -1282,7 +1305,7 @@ def train_quality_head(args) -> int:
     params = list(model.mask_quality.parameters())
     optimizer, start, log = part_optimizer(args, params, state, resume, "mask-quality head")
     if args.quality_data == "conditions":
-        return train_quality_on_conditions(args, model, params, optimizer, start, log)
+        return train_quality_on_conditions(args, model, optimizer, start, log)
     odds = args.quality_odds or QUALITY_ODDS
     began = time.time()
     window: dict = {"loss": [], "pairs": [], "kinds": {}}
@@ -1428,7 +1451,7 @@ def train_click_decoder(args) -> int:
     --clicks-per-image clicks (`click_decoder_loss`); every other weight frozen, so tracked frames, segment everything
     and discovery are unchanged. Every --val-every steps the tuning set's `click_decoder_validation`."""
     state_path = args.out / "last.pt"
-    state, cfg, model, _, resume, device = start_frozen_leg(args, "--click-decoder")
+    state, _, model, _, resume, device = start_frozen_leg(args, "--click-decoder")
     model.load_state_dict(state["model"])
     model = model.to(device).eval()
     for p in model.parameters():
@@ -1446,39 +1469,13 @@ def train_click_decoder(args) -> int:
         write_record(log, {"step": 0, **{"before_" + k: v for k, v in before.items()}})
     LOSS_WEIGHTS.update(SAM2_LOSS_WEIGHTS, iou=args.iou_weight)
     pool = balanced_rows(data["condition"]) if args.balance_conditions else torch.arange(len(data["frame"]))
-    n, batch = len(pool), args.clicks_per_image
-    per_pass = (n + batch - 1) // batch
-    began = time.time()
-    window: dict = {"loss": [], "chosen": [], "best": []}
-    for step in range(start, args.steps):
-        order = pool[torch.from_numpy(np.random.default_rng([args.seed, step // per_pass]).permutation(n))]
-        rows = order[(step % per_pass) * batch : (step % per_pass + 1) * batch]
-        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        decoder.train()
+
+    def step_loss(rows):
         loss, chosen, best = click_decoder_loss(model, decoder, data, rows, args.all_candidates, args.focal_alpha)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        window["loss"].append(float(loss.detach()))
-        window["chosen"].extend(chosen.tolist())
-        window["best"].extend(best.tolist())
-        done = step + 1
-        validate = tune is not None and args.val_every and (done % args.val_every == 0 or done == args.steps)
-        if done % 50 == 0 or done == args.steps or validate:
-            record = {"step": done, "pass": done / per_pass, "lr": lr, "minutes": (time.time() - began) / 60,
-                      "loss": float(np.mean(window["loss"])), "train_chosen": float(np.median(window["chosen"])),
-                      "train_best": float(np.median(window["best"]))}  # fmt: skip
-            window = {k: [] for k in window}
-            if validate:
-                decoder.eval()
-                record.update({"tune_" + k: v for k, v in click_decoder_validation(model, decoder, tune).items()})
-            write_record(log, record)
-        if end_of_step(args, done, began, state_path, model, optimizer):
-            break
-    return 0
+        return loss, {"chosen": chosen.tolist(), "best": best.tolist()}
+
+    validation = (lambda: click_decoder_validation(model, decoder, tune)) if tune is not None else None
+    return run_part_leg(args, model, decoder, optimizer, start, log, pool, step_loss, validation, time.time())
 
 
 # ---------------------------------------------------------------------- the mask refiner (--mask-refiner)
@@ -1559,7 +1556,7 @@ def train_mask_refiner(args) -> int:
     from napari_sam2.model.mask_refiner import MaskRefiner
 
     state_path = args.out / "last.pt"
-    state, cfg, model, _, resume, device = start_frozen_leg(args, "--mask-refiner")
+    state, _, model, _, resume, device = start_frozen_leg(args, "--mask-refiner")
     model.load_state_dict(state["model"])
     model = model.to(device).eval()
     if model.click_decoder is None:
@@ -1579,36 +1576,12 @@ def train_mask_refiner(args) -> int:
     if tune is not None and start == 0:
         write_record(log, {"step": 0, **mask_refiner_validation(refiner, tune)})
     pool = balanced_rows(data["condition"]) if args.balance_conditions else torch.arange(len(data["frame"]))
-    n, batch = len(pool), args.clicks_per_image
-    per_pass = (n + batch - 1) // batch
-    began = time.time()
-    losses = []
-    for step in range(start, args.steps):
-        order = pool[torch.from_numpy(np.random.default_rng([args.seed, step // per_pass]).permutation(n))]
-        rows = order[(step % per_pass) * batch : (step % per_pass + 1) * batch]
-        lr = learning_rate(step, args.steps, args.lr, args.warmup, args.lr_min)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        refiner.train()
-        loss = mask_refiner_loss(refiner, data, rows, args.refiner_crop)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        done = step + 1
-        validate = tune is not None and args.val_every and (done % args.val_every == 0 or done == args.steps)
-        if done % 50 == 0 or done == args.steps or validate:
-            record = {"step": done, "pass": done / per_pass, "lr": lr, "minutes": (time.time() - began) / 60,
-                      "loss": float(np.mean(losses))}  # fmt: skip
-            losses = []
-            if validate:
-                refiner.eval()
-                record.update({"tune_" + k: v for k, v in mask_refiner_validation(refiner, tune).items()})
-            write_record(log, record)
-        if end_of_step(args, done, began, state_path, model, optimizer):
-            break
-    return 0
+
+    def step_loss(rows):
+        return mask_refiner_loss(refiner, data, rows, args.refiner_crop), {}
+
+    validation = (lambda: mask_refiner_validation(refiner, tune)) if tune is not None else None
+    return run_part_leg(args, model, refiner, optimizer, start, log, pool, step_loss, validation, time.time())
 
 
 # ---------------------------------------------------------------------- validation (quick; the benchmark is thorough)
