@@ -103,3 +103,18 @@ def tiny_config():
 def blob_stack():
     """blob_stack(n_frames=8, shape=(96, 128), dtype=np.uint16) -> a small moving-disks stack."""
     return build_moving_blobs
+
+
+@pytest.fixture(scope="session")
+def click_decoder_weights(tiny_checkpoint):
+    """A click decoder for the tiny checkpoint that differs from its shared decoder (seeded): its state dict, without
+    the "click_decoder." prefix."""
+    from napari_sam2 import load_model
+    from napari_sam2.model.click_decoder import make_click_decoder
+
+    decoder = make_click_decoder(load_model(tiny_checkpoint, device="cpu"))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return decoder.state_dict()

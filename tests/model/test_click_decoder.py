@@ -5,20 +5,13 @@ import numpy as np
 import torch
 
 from napari_sam2 import load_model
-from napari_sam2.model.click_decoder import SHARED, carries_click_decoder, make_click_decoder
+from napari_sam2.model.click_decoder import SHARED, carries_click_decoder
 
 
-def _with_click_decoder(tiny_checkpoint, tmp_path):
-    """The tiny random checkpoint plus a click decoder that differs from its shared decoder → (path, swapped path):
+def _with_click_decoder(tiny_checkpoint, tmp_path, state):
+    """The tiny random checkpoint plus the click decoder `state` (`click_decoder_weights`) → (path, swapped path):
     swapped is the plain checkpoint whose shared decoder *is* that click decoder (its high-res projections kept)."""
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
-    model = load_model(tiny_checkpoint, device="cpu")
-    decoder = make_click_decoder(model)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for p in decoder.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    state = decoder.state_dict()
     with_decoder = {**ckpt, "model": {**ckpt["model"], **{f"click_decoder.{k}": v for k, v in state.items()}}}
     swapped = {**ckpt, "model": {**ckpt["model"], **{f"sam_mask_decoder.{k}": v for k, v in state.items()}}}
     paths = tmp_path / "with_click_decoder.pt", tmp_path / "swapped.pt"
@@ -48,8 +41,10 @@ def test_official_format_checkpoints_have_none_and_a_first_click_decodes_as_befo
 
 
 @torch.no_grad()
-def test_a_checkpoint_with_a_click_decoder_loads_it_and_keeps_the_shared_pointer(tiny_checkpoint, tmp_path):
-    path, _ = _with_click_decoder(tiny_checkpoint, tmp_path)
+def test_a_checkpoint_with_a_click_decoder_loads_it_and_keeps_the_shared_pointer(
+    tiny_checkpoint, tmp_path, click_decoder_weights
+):
+    path, _ = _with_click_decoder(tiny_checkpoint, tmp_path, click_decoder_weights)
     model = load_model(path, device="cpu")
     assert model.click_decoder is not None
     assert not any(hasattr(model.click_decoder, name) for name in SHARED)  # projected once, by the shared decoder
@@ -63,13 +58,13 @@ def test_a_checkpoint_with_a_click_decoder_loads_it_and_keeps_the_shared_pointer
     assert torch.equal(got.object_pointer, present * shared.object_pointer + (1 - present) * model.no_obj_ptr)
 
 
-def test_a_session_draws_only_a_first_single_click_with_it(tiny_checkpoint, tmp_path):
+def test_a_session_draws_only_a_first_single_click_with_it(tiny_checkpoint, tmp_path, click_decoder_weights):
     """The first click's mask is the click decoder's (the checkpoint whose shared decoder is that decoder gives the
     same mask); a box and two clicks are the shared decoder's; tracking and a correction on a tracked frame never
     run the click decoder."""
     from napari_sam2.session import TrackingSession
 
-    path, swapped = _with_click_decoder(tiny_checkpoint, tmp_path)
+    path, swapped = _with_click_decoder(tiny_checkpoint, tmp_path, click_decoder_weights)
     stack = np.random.default_rng(0).random((3, 128, 128)).astype(np.float32)
     got = {}
     for name, p in (("plain", tiny_checkpoint), ("click", path), ("swapped", swapped)):
@@ -92,7 +87,7 @@ def test_a_session_draws_only_a_first_single_click_with_it(tiny_checkpoint, tmp_
 
 
 def test_the_click_rules_extent_step_skips_the_click_decoders_masks_and_a_large_one_goes_back(
-    tiny_checkpoint, tmp_path, monkeypatch
+    tiny_checkpoint, tmp_path, monkeypatch, click_decoder_weights
 ):
     """The extent step mends the shared decoder's under-segmented large nuclei. A click decoder's first-click mask
     skips it while it is smaller than the step's radius (extent_radius); one that reaches it is handed back to the
@@ -102,7 +97,7 @@ def test_the_click_rules_extent_step_skips_the_click_decoders_masks_and_a_large_
     from napari_sam2.click_rule import CLICK_RULE_FLUORESCENCE, ClickRule
     from napari_sam2.session import TrackingSession
 
-    path, _ = _with_click_decoder(tiny_checkpoint, tmp_path)
+    path, _ = _with_click_decoder(tiny_checkpoint, tmp_path, click_decoder_weights)
     calls = {"extend": 0, "cap": 0}
     for name in calls:
         real = getattr(ClickRule, name)

@@ -5,7 +5,6 @@ import numpy as np
 import torch
 
 from napari_sam2 import load_model
-from napari_sam2.model.click_decoder import make_click_decoder
 from napari_sam2.model.mask_refiner import MaskRefiner, carries_mask_refiner
 
 
@@ -18,16 +17,12 @@ def _refiner_for(model, seed: int = 3, scale: float = 0.3) -> MaskRefiner:
     return refiner
 
 
-def _checkpoints(tiny_checkpoint, tmp_path):
-    """The tiny random checkpoint with a click decoder, without and with a (random, non-zero) mask refiner."""
+def _checkpoints(tiny_checkpoint, tmp_path, click_decoder):
+    """The tiny random checkpoint with a click decoder (`click_decoder_weights`), without and with a (random,
+    non-zero) mask refiner."""
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     model = load_model(tiny_checkpoint, device="cpu")
-    decoder = make_click_decoder(model)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for p in decoder.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    with_decoder = {**ckpt["model"], **{f"click_decoder.{k}": v for k, v in decoder.state_dict().items()}}
+    with_decoder = {**ckpt["model"], **{f"click_decoder.{k}": v for k, v in click_decoder.items()}}
     refiner = {f"mask_refiner.{k}": v for k, v in _refiner_for(model).state_dict().items()}
     paths = tmp_path / "click.pt", tmp_path / "click_refined.pt"
     torch.save({**ckpt, "model": with_decoder}, paths[0])
@@ -53,13 +48,13 @@ def test_a_new_refiner_changes_nothing_and_official_checkpoints_have_none(tiny_c
     assert (_refiner_for(model)(cut, grey, s0)[:, :, :4] < 0).all()
 
 
-def test_a_session_refines_only_a_first_single_click(tiny_checkpoint, tmp_path):
+def test_a_session_refines_only_a_first_single_click(tiny_checkpoint, tmp_path, click_decoder_weights):
     """With the refiner the first click's mask differs; a box, two clicks, every tracked frame (the clicked object's
     too: its memory is the unrefined mask's) and a correction are the same as without it, and only the first click
     runs it; the file loads it."""
     from napari_sam2.session import TrackingSession
 
-    plain, refined = _checkpoints(tiny_checkpoint, tmp_path)
+    plain, refined = _checkpoints(tiny_checkpoint, tmp_path, click_decoder_weights)
     assert load_model(refined, device="cpu").mask_refiner is not None
     assert load_model(plain, device="cpu").mask_refiner is None
     stack = np.random.default_rng(0).random((3, 128, 128)).astype(np.float32)
