@@ -80,20 +80,25 @@ nano_s12.pt`; from a file that carries a click decoder, a leg trains that one on
 Mask refiner (`--mask-refiner`, issue 16, session 14): a few 3×3 convolutions that correct the border of a first
 click's mask from the frame at the model input's resolution (src/napari_sam2/model/mask_refiner.py); the network,
 head and click decoder of --init are frozen. It learns on the chosen masks of the click decoder's kind of set (built
-without a refiner, the frames kept), on crops of 32 × 32 logit pixels around the clicks; then the head is retrained on
-the refined masks (the qz command with `--init` the refiner's export). The shipped one, from session 13's file
-(sha256 012816cd…, `git show 04ca976:src/napari_sam2/weights/nano_fluo.pt > nano_s13.pt`):
+without a refiner, the frames kept), on crops of 32 × 32 logit pixels around the clicks. The shipped file is leg r4's
+refiner with head h2, fitted to the refined masks of the shorter leg r2 (first 40 groups, 3,000 steps), all from
+session 13's file (sha256 012816cd…, `git show 04ca976:src/napari_sam2/weights/nano_fluo.pt > nano_s13.pt`):
 
-    python model/train_nano.py --out runs/ref --mask-refiner --init nano_s13.pt --click-data runs/ref_set.pt \
+    python model/train_nano.py --out runs/r2 --mask-refiner --init nano_s13.pt --click-data runs/set40.pt \
         --quality-groups 40 --quality-tune-groups 12 --quality-contrast both --quality-click-rule fluorescence \
         --balance-conditions --refiner-width 64 --refiner-depth 2 --steps 3000 --clicks-per-image 48 --threads 2 \
         --lr 2e-3 --warmup 50 --lr-min 0.1 --val-every 500 --save-every 100 --seed 21
-    python model/train_nano.py --out runs/ref --export runs/ref/r2.pt
+    python model/train_nano.py --out runs/r2 --export runs/r2.pt
     python model/train_nano.py --out runs/h2 --quality-head --quality-data conditions --quality-contrast both \
-        --quality-click-rule fluorescence --init runs/ref/r2.pt --quality-groups 60 --quality-tune-groups 12 \
+        --quality-click-rule fluorescence --init runs/r2.pt --quality-groups 60 --quality-tune-groups 12 \
         --steps 2600 --clicks-per-image 64 --threads 1 --lr 1e-3 --warmup 100 --lr-min 0.05 --val-every 325 \
         --save-every 100 --seed 16
-    python model/train_nano.py --out runs/h2 --export src/napari_sam2/weights/nano_fluo.pt
+    python model/train_nano.py --out runs/h2 --export runs/h2.pt
+    python model/train_nano.py --out runs/r4 --mask-refiner --init nano_s13.pt --click-data runs/set60.pt \
+        --quality-groups 60 --quality-tune-groups 12 --quality-contrast both --quality-click-rule fluorescence \
+        --balance-conditions --refiner-width 64 --refiner-depth 2 --steps 4500 --clicks-per-image 48 --threads 2 \
+        --lr 2e-3 --warmup 50 --lr-min 0.1 --val-every 750 --save-every 100 --seed 21
+    python model/train_nano.py --out runs/r4 --export src/napari_sam2/weights/nano_fluo.pt --head-from runs/h2.pt
 
 GPU recipe (NOT run: no GPU was lent while this was written; sized from the CPU timings, to stop by itself within
 15 minutes on one H200 with 16 CPU cores — `--stop-after 13` saves a resumable state whatever the speed; making
@@ -797,15 +802,24 @@ def save_training_state(path: Path, model, optimizer, step: int, args) -> None:
     tmp.replace(path)
 
 
-def export(state_path: Path, target: Path) -> None:
+def export(state_path: Path, target: Path, head_from: Path | None = None) -> None:
     """Write the shipped checkpoint {"model": fp32 state dict, "config": ...} (tensors and plain values only, loadable
-    with weights_only=True) and, beside it, the JSON record the registry checks it against (hash, size, params)."""
+    with weights_only=True) and, beside it, the JSON record the registry checks it against (hash, size, params).
+    `head_from` (--head-from): a checkpoint whose mask-quality head replaces the state's (the same network, a head
+    fitted later), recorded by name and hash."""
     from napari_sam2.registry import file_sha256
 
     state = torch.load(state_path, map_location="cpu", weights_only=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     # "steps": the step the weights are at (the run's --steps, the schedule's length, is "schedule_steps")
     training = {**state["args"], "schedule_steps": state["args"].get("steps"), "steps": state["step"]}
+    if head_from is not None:
+        other = torch.load(head_from, map_location="cpu", weights_only=True)["model"]
+        head = {k: v for k, v in other.items() if k.startswith("mask_quality.")}
+        if not head:
+            raise SystemExit(f"--head-from {head_from} carries no mask-quality head")
+        state["model"] = {**{k: v for k, v in state["model"].items() if not k.startswith("mask_quality.")}, **head}
+        training["head_from"] = f"{Path(head_from).name} (sha256 {file_sha256(Path(head_from))})"
     torch.save({"model": state["model"], "config": state["config"], "training": training}, target)
     record = {
         "sha256": file_sha256(target),
@@ -1822,6 +1836,7 @@ def main(argv=None) -> int:
     parser.add_argument("--val-every", type=int, default=500)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     parser.add_argument("--export", type=Path, help="only write the shipped checkpoint from <out>/last.pt and exit")
+    parser.add_argument("--head-from", type=Path, help="--export: take the mask-quality head from this checkpoint")
     parser.add_argument("--stop-after", type=float, default=0, help="stop (saving) after this many minutes")
     parser.add_argument("--until", type=int, default=0, help="stop (saving) after this step (to change settings)")
     parser.add_argument("--init", type=Path, help="start from these weights (a shipped checkpoint or a last.pt)")
@@ -1919,7 +1934,7 @@ def main(argv=None) -> int:
 
     state_path = args.out / "last.pt"
     if args.export:
-        export(state_path, args.export)
+        export(state_path, args.export, args.head_from)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
