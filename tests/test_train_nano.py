@@ -571,6 +571,17 @@ def test_mask_refiner_leg_trains_only_the_refiner_resumes_exactly_and_exports(tr
     assert model.mask_refiner is not None and len(model.mask_refiner.layers) == 3
     assert json.loads(target.with_suffix(".json").read_text())["params"] == sum(p.numel() for p in model.parameters())
 
+    # --head-from: the refiner's file with a head fitted elsewhere (a copy of the init with its head moved)
+    other = torch.load(init_path, weights_only=True)
+    other["model"] = {k: v + 0.5 if k.startswith("mask_quality.") else v for k, v in other["model"].items()}
+    torch.save(other, tmp_path / "other_head.pt")
+    combined = tmp_path / "combined.pt"
+    assert train_nano.main(["--out", str(straight), "--export", str(combined), "--head-from",
+                            str(tmp_path / "other_head.pt")]) == 0  # fmt: skip
+    got = torch.load(combined, weights_only=True)["model"]
+    assert all(torch.equal(got[k], other["model"][k] if k.startswith("mask_quality.") else a[k]) for k in a)
+    assert "other_head.pt" in json.loads(combined.with_suffix(".json").read_text())["training"]["head_from"]
+
 
 def test_balanced_rows_draw_every_condition_equally(train_nano):
     condition = torch.tensor([0] * 7 + [1] * 2 + [3] * 3)
