@@ -561,14 +561,17 @@ def refine_pass_loss(model, embedding, feats, coords, first, clicks, stats) -> t
 
 
 # ---------------------------------------------------------------------- losses
-def mask_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per candidate (logits [M, S, S], target [S, S]): sigmoid focal loss (α 0.25, γ 2, mean over pixels), dice
-    loss, and class-balanced cross-entropy (mean over object pixels + mean over background pixels, halved)."""
+def mask_losses(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per candidate (logits [M, S, S], target [S, S] or [M, S, S]): sigmoid focal loss (γ 2, object pixels weighted
+    `alpha`, SAM's 0.25, mean over pixels), dice loss, and class-balanced cross-entropy (mean over object pixels +
+    mean over background pixels, halved)."""
     target = target.float().expand_as(logits)
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = prob * target + (1 - prob) * (1 - target)
-    alpha = 0.25 * target + 0.75 * (1 - target)
+    alpha = alpha * target + (1 - alpha) * (1 - target)
     focal = (alpha * ce * (1 - p_t) ** 2).flatten(1).mean(1)
     inter = (prob * target).flatten(1).sum(1)
     dice = 1 - (2 * inter + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
@@ -1390,12 +1393,8 @@ def click_decoder_loss(
     target = (truth == data["target"][rows].to(device)[:, None, None]).float()[:, None]  # [B, 1, Y, X]
     logits = model.upsample_logits(out.multi_logits, tuple(target.shape[-2:]))  # [B, 3, Y, X]
     target = target.expand_as(logits)
-    prob = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    p_t = prob * target + (1 - prob) * (1 - target)
-    focal = ((focal_alpha * target + (1 - focal_alpha) * (1 - target)) * ce * (1 - p_t) ** 2).flatten(2).mean(2)
-    dice = 1 - (2 * (prob * target).flatten(2).sum(2) + 1) / (prob.flatten(2).sum(2) + target.flatten(2).sum(2) + 1)
-    mask_loss = SAM2_LOSS_WEIGHTS["focal"] * focal + SAM2_LOSS_WEIGHTS["dice"] * dice  # [B, 3]
+    focal, dice, _ = mask_losses(logits.flatten(0, 1), target.flatten(0, 1), focal_alpha)
+    mask_loss = (SAM2_LOSS_WEIGHTS["focal"] * focal + SAM2_LOSS_WEIGHTS["dice"] * dice).view(len(rows), -1)  # [B, 3]
     with torch.no_grad():
         hit = (logits > 0).float()
         inter = (hit * target).flatten(2).sum(2)
@@ -1532,11 +1531,7 @@ def mask_refiner_loss(refiner, data: dict, rows: torch.Tensor, crop: int) -> tor
     logits, grey, s0, target = refiner_inputs(data, rows, crop)
     refined = refiner(logits, grey, s0)
     up = F.interpolate(refined, size=target.shape[-2:], mode="bilinear", align_corners=False)
-    prob = torch.sigmoid(up)
-    ce = F.binary_cross_entropy_with_logits(up, target, reduction="none")
-    p_t = prob * target + (1 - prob) * (1 - target)
-    focal = ((0.25 * target + 0.75 * (1 - target)) * ce * (1 - p_t) ** 2).flatten(1).mean(1)
-    dice = 1 - (2 * (prob * target).flatten(1).sum(1) + 1) / (prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
+    focal, dice, _ = mask_losses(up[:, 0], target[:, 0])
     return (SAM2_LOSS_WEIGHTS["focal"] * focal + SAM2_LOSS_WEIGHTS["dice"] * dice).mean()
 
 

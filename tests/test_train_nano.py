@@ -498,6 +498,24 @@ def test_quality_head_on_conditions_resumes_exactly_and_logs_the_tuning_calibrat
     assert {"tune_err_brightness_spread", "tune_err_large_anisotropic", "tune_err_issue7"} <= set(last)
 
 
+def _part_leg_straight_and_resumed(train_nano, tmp_path, args, init_path, prefix):
+    """Run a leg that trains one optional part (keys `prefix`) straight through, and stopped at step 2 then resumed:
+    both end with the same weights, the part's keys are the only ones added to --init's, and no weight of --init
+    moved → (the straight run's state dict, its folder)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_nano.main(["--out", str(straight), *args]) == 0
+    assert train_nano.main(["--out", str(split), *args, "--until", "2"]) == 0
+    assert train_nano.main(["--out", str(split), *args, "--resume"]) == 0
+    a = torch.load(straight / "last.pt", weights_only=True)["model"]
+    b = torch.load(split / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"stop + resume changed {prefix}*"
+    init = torch.load(init_path, weights_only=True)["model"]
+    own = [k for k in a if k.startswith(prefix)]
+    assert own and set(a) - set(own) == set(init)
+    assert all(torch.equal(a[k], init[k]) for k in init), f"a weight outside {prefix}* moved"
+    return a, straight
+
+
 def test_click_decoder_leg_trains_only_the_click_decoder_resumes_exactly_and_exports(train_nano, tmp_path):
     """--click-decoder: the click set is built once (--click-data), the leg stops and resumes to the same weights,
     only click_decoder.* learn (the shared decoder, the encoder and the head stay --init's), and the exported file
@@ -510,18 +528,10 @@ def test_click_decoder_leg_trains_only_the_click_decoder_resumes_exactly_and_exp
             "1", "--quality-tune-groups", "1", "--quality-click-rule", "fluorescence", "--steps", "3",
             "--clicks-per-image", "16", "--threads", "1", "--save-every", "1", "--seed", "7", "--warmup", "1",
             "--val-every", "3", "--all-candidates", "--balance-conditions"]  # fmt: skip
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert train_nano.main(["--out", str(straight), *args]) == 0
+    a, straight = _part_leg_straight_and_resumed(train_nano, tmp_path, args, shipped, "click_decoder.")
     assert (tmp_path / "clicks.pt").exists()
-    assert train_nano.main(["--out", str(split), *args, "--until", "2"]) == 0
-    assert train_nano.main(["--out", str(split), *args, "--resume"]) == 0
-    a = torch.load(straight / "last.pt", weights_only=True)["model"]
-    b = torch.load(split / "last.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "stop + resume changed the decoder"
-    init = torch.load(shipped, weights_only=True)["model"]
     own = [k for k in a if k.startswith("click_decoder.")]
-    assert own and set(a) - set(own) == set(init)
-    assert all(torch.equal(a[k], init[k]) for k in init), "a weight outside the click decoder moved"
+    init = torch.load(shipped, weights_only=True)["model"]
     moved = [k for k in own if not torch.equal(a[k], init["sam_mask_decoder." + k[len("click_decoder.") :]])]
     assert moved, "the click decoder did not learn"
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
@@ -547,19 +557,9 @@ def test_mask_refiner_leg_trains_only_the_refiner_resumes_exactly_and_exports(tr
             "1", "--quality-tune-groups", "1", "--quality-click-rule", "fluorescence", "--steps", "3",
             "--clicks-per-image", "8", "--threads", "1", "--save-every", "1", "--seed", "7", "--warmup", "1",
             "--val-every", "3", "--refiner-width", "8", "--refiner-depth", "3", "--lr", "1e-2"]  # fmt: skip
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert train_nano.main(["--out", str(straight), *args]) == 0
+    a, straight = _part_leg_straight_and_resumed(train_nano, tmp_path, args, init_path, "mask_refiner.")
     data = torch.load(tmp_path / "clicks.pt", weights_only=True)["train"]
     assert data["grey"].shape[-2:] == (256, 256) and len(data["grey"]) == len(data["s0"])
-    assert train_nano.main(["--out", str(split), *args, "--until", "2"]) == 0
-    assert train_nano.main(["--out", str(split), *args, "--resume"]) == 0
-    a = torch.load(straight / "last.pt", weights_only=True)["model"]
-    b = torch.load(split / "last.pt", weights_only=True)["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "stop + resume changed the refiner"
-    init = torch.load(init_path, weights_only=True)["model"]
-    own = [k for k in a if k.startswith("mask_refiner.")]
-    assert own and set(a) - set(own) == set(init)
-    assert all(torch.equal(a[k], init[k]) for k in init), "a weight outside the refiner moved"
     assert a["mask_refiner.out.weight"].abs().sum() > 0, "the refiner did not learn (its last layer starts at zero)"
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 0 and log[0]["before"] == log[0]["after"]  # a new refiner changes nothing

@@ -52,8 +52,9 @@ class MaskRefiner(nn.Module):
         # the frame relative to the mask's own brightness: a border lies where a nucleus falls to a fraction of its
         # level, whatever that level (dim nuclei are dim after any gain)
         inside = (F.interpolate(logits.float(), size=grey.shape[-2:], mode="bilinear", align_corners=False) > 0).float()
-        level = (grey * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp(min=1.0)
-        level = torch.where(inside.flatten(1).sum(1) > 0, level, grey.flatten(1).amax(1)).clamp(min=1e-3)
+        area = inside.flatten(1).sum(1)
+        level = (grey * inside).flatten(1).sum(1) / area.clamp(min=1.0)
+        level = torch.where(area > 0, level, grey.flatten(1).amax(1)).clamp(min=1e-3)
         relative = (grey / level[:, None, None, None]).clamp(max=4.0)
         x = torch.cat([clipped, F.pixel_unshuffle(grey, self.fold), F.pixel_unshuffle(relative, self.fold),
                        s0.float()], dim=1)  # fmt: skip
