@@ -165,6 +165,7 @@ from scipy import ndimage
 
 from napari_sam2.automatic import deepest_point
 from napari_sam2.click_rule import CLICK_RULE_OFF, CLICK_RULES, ClickRule
+from napari_sam2.first_click import decode_first_click
 from napari_sam2.frames import FrameSource
 from napari_sam2.model import click_decoder as click_decoder_module
 from napari_sam2.model import mask_refiner as mask_refiner_module
@@ -1035,25 +1036,6 @@ def deepest_click(mask: np.ndarray) -> tuple[float, float]:
     return float(y), float(x)
 
 
-def after_the_rule(
-    rule: ClickRule,
-    logits: torch.Tensor,
-    grey: np.ndarray,
-    coords_xy: np.ndarray,
-    size: int,
-    own_grey: np.ndarray,
-    extend: bool = True,
-):
-    """One candidate's logits [1, 1, h, w] after the click rule's component, extent and ceiling steps, as
-    `TrackingSession` applies them to the chosen one of a first click (one positive click at coords_xy [1, 2]; grey:
-    the decoded frame, own_grey: the frame before the rule's gain, both [S, S]; `extend` False: without the extent
-    step, as for a click decoder's mask)."""
-    logits = rule.keep_clicked(logits, coords_xy, np.ones(1), size)[0]
-    if extend:
-        logits = rule.extend(logits, grey, coords_xy, np.ones(1))[0]
-    return rule.cap(logits, own_grey, coords_xy, np.ones(1))[0]
-
-
 @torch.no_grad()
 def condition_clicks(
     model,
@@ -1108,55 +1090,29 @@ def condition_clicks(
             deep.append(False)
             targets.append(obj)
     coords = torch.from_numpy(points_to_model(np.array(clicks), truth.shape, size))[:, None].to(model.device)
-    ones = torch.ones(len(clicks), 1, dtype=torch.int32, device=model.device)
     # the click rule's level: each click is decoded from the frame raised for it (clicks of one gain share a frame)
     own_grey = ClickRule.grey(x[0])
     gains = [rule.gain(own_grey, coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
     groups = sorted(set(gains), key=gains.index)
     s0, s1, embeddings, greys, logits, token = [], [], [], [], [None] * len(clicks), [None] * len(clicks)
-    head, model.mask_quality = model.mask_quality, None  # the frozen network's answers only
-    try:
-        for gain in groups:
-            rows = [i for i, g in enumerate(gains) if g == gain]
-            seen = x if gain == 1.0 else ClickRule.apply_gain(x[0], gain)[None]
-            feats = model.encode_image(seen.to(model.device))
-            embedding = model.image_embedding(feats)
-            # as the session decodes a first click (with the click decoder of a checkpoint that carries one)
-            out = model.decode_click(embedding, feats.high_res, coords[rows], ones[rows], object_gate=False)
-            shared = out
-            if model.click_decoder is not None:  # what a large nucleus is handed back to (`ClickRule.reaches_extent`)
-                shared = model.decode(embedding, feats.high_res, coords[rows], ones[rows], multimask=True,
-                                      object_gate=False)  # fmt: skip
-            s0.append(feats.high_res[0][0].half().cpu())
-            s1.append(feats.high_res[1][0].half().cpu())
-            if inputs:
-                embeddings.append(embedding[0].half().cpu())
-            grey = ClickRule.grey(seen[0])
-            if inputs:
-                greys.append(torch.from_numpy(np.ascontiguousarray(grey)).half())
-            for j, i in enumerate(rows):
-                answer, by_click_decoder = out, model.click_decoder is not None
-                if by_click_decoder and out.object_score[j, 0] > 0:  # (an absent object's mask is empty)
-                    chosen = out.multi_logits[j, int(out.multi_ious[j].argmax())][None, None]
-                    if rule.reaches_extent(chosen, size):
-                        answer, by_click_decoder = shared, False
-                candidates = answer.multi_logits[j : j + 1].float()
-                if not rule.off:  # each candidate as the session would return it, were it the chosen one
-                    candidates = torch.cat([
-                        after_the_rule(rule, candidates[:, m : m + 1], grey, coords[i].cpu().numpy(), size, own_grey,
-                                       extend=not by_click_decoder)
-                        for m in range(candidates.shape[1])
-                    ], dim=1)  # fmt: skip
-                if model.mask_refiner is not None:  # as the session refines a first click's mask
-                    candidates = torch.cat([
-                        model.refine_click_mask(candidates[:, m : m + 1], torch.from_numpy(grey)[None, None],
-                                                [h[:1] for h in feats.high_res])
-                        for m in range(candidates.shape[1])
-                    ], dim=1)  # fmt: skip
-                logits[i] = (candidates, answer.object_score[j : j + 1])
-                token[i] = answer.multi_ious[j : j + 1].float()
-    finally:
-        model.mask_quality = head
+    for gain in groups:
+        rows = [i for i, g in enumerate(gains) if g == gain]
+        seen = x if gain == 1.0 else ClickRule.apply_gain(x[0], gain)[None]
+        feats = model.encode_image(seen.to(model.device))
+        embedding = model.image_embedding(feats)
+        s0.append(feats.high_res[0][0].half().cpu())
+        s1.append(feats.high_res[1][0].half().cpu())
+        grey = ClickRule.grey(seen[0])
+        if inputs:
+            embeddings.append(embedding[0].half().cpu())
+            greys.append(torch.from_numpy(np.ascontiguousarray(grey)).half())
+        # as every face decodes a first click, each candidate as it would be returned were it the chosen one (the
+        # frozen network's answers: no mask-quality head)
+        first = decode_first_click(model, rule, embedding, feats.high_res, coords[rows], grey, own_grey,
+                                   object_gate=False, quality=False)  # fmt: skip
+        for j, i in enumerate(rows):
+            logits[i] = (first.logits[j : j + 1], first.object_score[j : j + 1])
+            token[i] = first.token_ious[j : j + 1]
     multi_logits = torch.cat([c for c, _ in logits])
     present = torch.cat([o for _, o in logits])[:, 0] > 0
     gated = torch.where(present[:, None, None, None], multi_logits, NO_OBJECT_LOGIT)

@@ -77,3 +77,29 @@ def test_bad_inputs(predictor):
         predictor.predict(mask=np.zeros((20, 20)))
     with pytest.raises(InputError, match="no prompt"):
         predictor.predict()
+
+
+def test_a_first_click_is_read_by_the_click_rule_and_other_prompts_are_not(tiny_model, blob_stack):
+    """An official checkpoint answers every prompt as `SAM2Model.decode` under the rule "off" (its default); with a
+    rule, one positive click alone is decoded as a session's first click (the IoU token's `choice`, the session's
+    mask), and boxes, several clicks and mask prompts stay the official predictor's."""
+    from napari_sam2.session import TrackingSession
+
+    image = blob_stack(n_frames=1)[0]
+    official, ruled = ImagePredictor(tiny_model), ImagePredictor(tiny_model, click_rule="fluorescence")
+    assert official.click_rule.off and not ruled.click_rule.off
+    for p in (official, ruled):
+        p.set_image(image)
+    plain = official.predict(points=[[30, 30]])
+    assert plain.choice is None and plain.best == int(np.argmax(plain.iou))
+    first = ruled.predict(points=[[30, 30]])
+    assert first.choice is not None and first.masks.shape == plain.masks.shape
+    with TrackingSession(tiny_model, image[None], click_rule="fluorescence", fill_hole_area=0) as session:
+        result = session.add_prompt(0, 1, points=[[30, 30]], labels=[1])
+    assert result.masks[0].any()  # (a session gates an absent object; the image predictor, as the official, does not)
+    assert np.array_equal(first.masks[first.best], result.masks[0])
+    for prompt in ({"box": [10, 10, 50, 60]}, {"points": [[30, 30], [60, 90]], "labels": [1, 0]},
+                   {"points": [[30, 30]], "mask": plain.low_res_logits[plain.best]}):  # fmt: skip
+        a, b = official.predict(**prompt), ruled.predict(**prompt)
+        assert a.choice is None and b.choice is None
+        np.testing.assert_array_equal(a.low_res_logits, b.low_res_logits)

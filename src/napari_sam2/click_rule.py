@@ -95,6 +95,25 @@ class ClickRule:
     def off(self) -> bool:
         return self.level is None and not self.component and self.extent is None and self.ceiling is None
 
+    @property
+    def reads_image(self) -> bool:
+        """Whether a step reads the frame (the level, extent or ceiling step)."""
+        return self.level is not None or self.extent is not None or self.ceiling is not None
+
+    def clicked_input(self, model_input: torch.Tensor, coords_xy: np.ndarray, labels: np.ndarray, raise_level: bool):
+        """What a click prompt on a frame (model input [3, S, S]) is decoded from → (that input raised to the clicked
+        object's level [3, S, S], or None where the frame as it is serves; the grey [S, S] of the input decoded from;
+        the grey of the frame as it is); (None, None, None) where the rule reads no image. `raise_level`: only a
+        first prompt on a frame is raised (corrections read the frame's memory, encoded from the frame as it is)."""
+        if not self.reads_image:
+            return None, None, None
+        grey = self.grey(model_input)
+        gain = self.gain(grey, coords_xy, labels) if raise_level else 1.0
+        if gain == 1.0:
+            return None, grey, grey
+        raised = self.apply_gain(model_input, gain)
+        return raised, self.grey(raised), grey
+
     # ------------------------------------------------------------------ before the network
     def gain(self, grey: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray) -> float:
         """The factor the prompted frame is multiplied by (1.0: unchanged).
@@ -174,6 +193,29 @@ class ClickRule:
         out[0, 0][torch.from_numpy(drop).to(out.device)] = REMOVED_LOGIT
         return out, True
 
+    def steps(
+        self,
+        logits: torch.Tensor,
+        grey: np.ndarray | None,
+        own_grey: np.ndarray | None,
+        coords_xy: np.ndarray,
+        labels: np.ndarray,
+        image_size: int,
+        extend: bool = True,
+    ):
+        """The rule's steps after the network on one mask's logits [1, 1, h, w] (low-res) → (the logits, whether any
+        step changed them): `keep_clicked`; `extend` on `grey` (the model input the mask was decoded from, in [0, 1];
+        skipped when None or `extend` is False); `cap` on `own_grey` (the frame before any gain; skipped when None).
+        coords_xy [P, 2] (x, y) model-input pixels, labels [P]."""
+        logits, changed = self.keep_clicked(logits, coords_xy, labels, image_size)
+        if grey is not None and extend:
+            logits, extended = self.extend(logits, grey, coords_xy, labels)
+            changed = changed or extended
+        if own_grey is not None:
+            logits, capped = self.cap(logits, own_grey, coords_xy, labels)
+            changed = changed or capped
+        return logits, changed
+
     def reaches_extent(self, logits: torch.Tensor, image_size: int) -> bool:
         """Whether the mask of logits [1, 1, h, w] is as large as the masks the extent step treats (equivalent radius
         ≥ extent_radius input pixels). A session hands such a click from a click decoder back to the shared decoder
@@ -204,7 +246,7 @@ class ClickRule:
             return logits, False
         cells = _cell_means(grey, h, w)
         threshold = self.extent * brightness
-        near = ndimage.binary_dilation(mask, iterations=max(1, int(round(self.extent_reach * radius / step[0]))))
+        near = ndimage.binary_dilation(mask, iterations=max(1, round(self.extent_reach * radius / step[0])))
         parts, _ = ndimage.label(mask | (near & (cells >= threshold)), structure=_EIGHT_CONNECTED)
         region = np.isin(parts, list({int(parts[r, c]) for r, c in at} - {0}))
         added = region & ~mask

@@ -4,6 +4,11 @@
     predict(points=[[y, x], …], labels=[1, 0, …], box=[y0, x0, y1, x1], mask=low_res_logits)
                       → masks at the image's own size, predicted IoU, 4h × 4w low-res logits
 
+One positive click alone is a first click and is decoded as a `TrackingSession` decodes it
+(`napari_sam2.first_click`: the click rule, and the click decoder and mask refiner of a checkpoint that carries them),
+so a click gives the same mask here as in the widget; with an official checkpoint under the click rule "off" every
+prompt is the official predictor's.
+
 Coordinates are napari's: (row, column) = (y, x) in pixels of the original image.
 """
 
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .click_rule import ClickRule, resolve_click_rule
+from .first_click import decode_first_click
 from .model.precision import autocast_context, resolve_precision
 from .postprocess import fill_holes, remove_sprinkles
 from .preprocess import (
@@ -38,17 +45,20 @@ class Prediction:
 
     masks: [M, H, W] bool (or float logits with `return_logits=True`) at the image's size;
     iou: [M] predicted IoU; low_res_logits: [M, 4h, 4w] (256 × 256 for 1024 input), clamped to ±32, to be
-    passed back as `mask=` for refinement. M = 3 with multimask, else 1.
+    passed back as `mask=` for refinement. M = 3 with multimask, else 1. choice: the mask a session keeps for a
+    first click (the IoU token's choice, which the reported `iou` of a mask-quality head need not rank first); None
+    for other prompts.
     """
 
     masks: np.ndarray
     iou: np.ndarray
     low_res_logits: np.ndarray
+    choice: int | None = None
 
     @property
     def best(self) -> int:
-        """Index of the mask with the highest predicted IoU."""
-        return int(np.argmax(self.iou))
+        """Index of the mask to keep: a first click's `choice`, else the highest predicted IoU."""
+        return int(np.argmax(self.iou)) if self.choice is None else self.choice
 
 
 def validate_points(points, labels, frame_shape) -> tuple[np.ndarray, np.ndarray]:
@@ -76,17 +86,23 @@ class ImagePredictor:
     precision: "auto" = bf16 autocast on CUDA, and for SAM 2-sized networks on CPUs with native bf16; fp32 elsewhere;
     or "fp32" / "bf16" (see `napari_sam2.model.precision`).
     max_hole_area / max_sprinkle_area: optional post-processing on the low-res logits (CPU; off by default as
-    in the official predictor).
+    in the official predictor). click_rule: how a first click is read ("off", "fluorescence", a
+    `click_rule.ClickRule`, or None: the model's default, as a session's; "off" with an official checkpoint is the
+    official predictor).
     """
 
-    def __init__(self, model, precision: str = "auto", max_hole_area: int = 0, max_sprinkle_area: int = 0):
+    def __init__(
+        self, model, precision: str = "auto", max_hole_area: int = 0, max_sprinkle_area: int = 0, click_rule=None
+    ):
         self.model = model
         self.device = model.device
         self.precision = resolve_precision(self.device, precision, model=model)
+        self.click_rule = resolve_click_rule(click_rule, model)
         self.max_hole_area = max_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         self._features = None
         self._embedding = None
+        self._model_input = None  # [3, S, S] on the CPU: what the click rule reads
         self.image_shape: tuple[int, int] | None = None
         self.contrast = None  # the contrast step of the image set last (`set_image`)
 
@@ -131,6 +147,7 @@ class ImagePredictor:
         with autocast_context(self.device, self.precision):
             self._features = self.model.encode_image(model_input.to(self.device))
             self._embedding = self.model.image_embedding(self._features)
+        self._model_input = model_input[0].detach().cpu()
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
 
     @property
@@ -177,6 +194,9 @@ class ImagePredictor:
         if not coords and mask_prompt is None:
             raise InputError("no prompt: give points, a box or a mask")
         point_coords = point_lab = None
+        first_click = box is None and mask_prompt is None and len(point_labels) == 1 and point_labels[0].tolist() == [1]
+        if first_click and self._reads_first_clicks:
+            return self._first_click(torch.from_numpy(coords[0])[None].to(self.device), multimask, return_logits)
         if coords:
             point_coords = torch.from_numpy(np.concatenate(coords))[None].to(self.device)
             point_lab = torch.from_numpy(np.concatenate(point_labels))[None].to(self.device)
@@ -191,13 +211,42 @@ class ImagePredictor:
                 object_gate=False,
                 pad_when_empty=False,
             )
-        raw = out.multi_logits.float()
+        return self._prediction(out.multi_logits, out.reported_multi_ious, return_logits)
+
+    @property
+    def _reads_first_clicks(self) -> bool:
+        """Whether a first click is decoded otherwise than by `SAM2Model.decode` (the rule or the model's parts)."""
+        model = self.model
+        return not self.click_rule.off or model.click_decoder is not None or model.mask_refiner is not None
+
+    def _first_click(self, coords: torch.Tensor, multimask: bool, return_logits: bool) -> Prediction:
+        """One positive click (coords [1, 1, 2], (x, y) model-input pixels), as a session decodes a first click:
+        three candidates each as returned were it the chosen one, or (not `multimask`) the chosen one."""
+        features, embedding, rule = self._features, self._embedding, self.click_rule
+        point = coords[0].cpu().numpy()
+        raised, grey, own_grey = rule.clicked_input(self._model_input, point, np.ones(1), raise_level=True)
+        if grey is None and self.model.mask_refiner is not None:  # (a rule that reads no image: the frame as it is)
+            grey = ClickRule.grey(self._model_input)
+        with autocast_context(self.device, self.precision):
+            if raised is not None:  # the frame at the clicked object's level, encoded for this click
+                features = self.model.encode_image(raised[None].to(self.device))
+                embedding = self.model.image_embedding(features)
+            first = decode_first_click(self.model, rule, embedding, features.high_res, coords, grey, own_grey,
+                                       object_gate=False, every_candidate=multimask)  # fmt: skip
+        if multimask:
+            return self._prediction(first.logits, first.reported, return_logits, int(first.choice[0]))
+        return self._prediction(first.chosen("logits"), first.chosen("reported"), return_logits, 0)
+
+    def _prediction(self, logits, ious, return_logits: bool, choice: int | None = None) -> Prediction:
+        """Logits [1, M, 4h, 4w] and their reported IoUs [1, M] → the `Prediction` at the image's size."""
+        raw = logits.float()
         cleaned = remove_sprinkles(fill_holes(raw, self.max_hole_area, fill_value=10.0), self.max_sprinkle_area)
         masks = self.model.upsample_logits(cleaned, self.image_shape)[0]
         if not return_logits:
             masks = masks > 0.0
         return Prediction(
             masks=masks.cpu().numpy(),
-            iou=out.reported_multi_ious[0].float().cpu().numpy(),
+            iou=ious[0].float().cpu().numpy(),
             low_res_logits=torch.clamp(raw[0], -LOW_RES_CLAMP, LOW_RES_CLAMP).cpu().numpy(),
+            choice=choice,
         )

@@ -200,8 +200,8 @@ def replay(
     import torch
 
     from .api import _load_model, _open_input
-    from .io.results import open_result
     from .click_rule import click_rule_from_record
+    from .io.results import open_result
     from .preprocess import contrast_from_record
     from .session import TrackingSession
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from .click_rule import ClickRule, resolve_click_rule
 from .embedding_cache import EmbeddingStore, model_fingerprint
+from .first_click import decode_first_click
 from .frames import FrameSource
 from .model.memory_bank import (
     conditioning_memory_index,
@@ -615,7 +616,6 @@ class TrackingSession:
         reverse = False if is_first else obj.visited[frame]
         previous = obj.output(frame)
         feats = self._features(frame)
-        changed = False
         memory_logits = None
         with autocast_context(self.device, self.precision):
             if prompt.mask is not None:
@@ -626,6 +626,7 @@ class TrackingSession:
                     mask = (mask >= 0.5).float()
                 out = self.model.mask_as_output(feats, mask)
                 logits = out.logits.float()
+                pointer, score, iou = out.object_pointer, out.object_score, out.reported_iou
             else:
                 coords, labels = self._prompt_points(prompt)
                 # the click rule's level: a dim clicked object is decoded from the frame brought up to its level
@@ -638,15 +639,18 @@ class TrackingSession:
                 if previous is not None and previous.logits is not None:
                     prev_logits = previous.logits.clamp(-PROMPT_LOGIT_CLAMP, PROMPT_LOGIT_CLAMP)
                 one_click = prompt.box is None and prompt.num_points == 1 and int(prompt.labels[0]) == 1
-                drawn_by_click_decoder = False
-                first_click = is_first and one_click and prev_logits is None
-                if first_click:  # the click decoder's, where there is one
-                    out = self.model.decode_click(embedding, seen.high_res, coords, labels)
-                    drawn_by_click_decoder = self.model.click_decoder is not None
-                    if drawn_by_click_decoder and self.click_rule.reaches_extent(out.logits, self.model.image_size):
-                        # a large nucleus: the shared decoder's core and the extent step (the click decoder saw few)
-                        out = self.model.decode(embedding, seen.high_res, coords, labels, multimask=True)
-                        drawn_by_click_decoder = False
+                if is_first and one_click and prev_logits is None:  # a first click: as every face decodes it
+                    if grey is None and self.model.mask_refiner is not None:
+                        grey = ClickRule.grey(self.frames.model_input(frame))  # (a rule that reads no image)
+                    first = decode_first_click(self.model, self.click_rule, embedding, seen.high_res, coords, grey,
+                                               own_grey, every_candidate=False)  # fmt: skip
+                    logits = first.chosen("logits")
+                    if self.model.mask_refiner is not None:
+                        # the object's memory is encoded from the network's own mask, as without a refiner (from the
+                        # refined one, tracking fell: tuning bench_nano 0.852 -> 0.832; model/README.md, "The mask
+                        # refiner")
+                        memory_logits = fill_holes(first.chosen("unrefined"), self.fill_hole_area)
+                    pointer, score, iou = first.object_pointer, first.object_score, first.chosen("reported")
                 else:
                     out = self.model.decode(
                         embedding,
@@ -656,35 +660,21 @@ class TrackingSession:
                         mask_prompt=prev_logits,
                         multimask=prompt.num_points <= 1,  # one click (or none) is ambiguous: best of three
                     )
-                points = coords[0].cpu().numpy(), labels[0].cpu().numpy()
-                logits, changed = self.click_rule.keep_clicked(out.logits.float(), *points, self.model.image_size)
-                # read on the frame the mask was decoded from; the extent step mends the shared decoder's large
-                # nuclei, not a click decoder's masks (extended, they spill: model/README.md, "The click decoder")
-                if grey is not None and not drawn_by_click_decoder:
-                    logits, extended = self.click_rule.extend(logits, grey, *points)
-                    changed = changed or extended
-                if own_grey is not None:  # read on the frame as it is, where a brighter neighbour still differs
-                    logits, capped = self.click_rule.cap(logits, own_grey, *points)
-                    changed = changed or capped
-                if first_click and self.model.mask_refiner is not None:  # its borders, read on the frame
-                    if grey is None:  # (a rule that reads no image: the frame as it is, decoded as it is)
-                        grey = ClickRule.grey(self.frames.model_input(frame))
-                    # the object's memory is encoded from the network's own mask, as without a refiner (from the
-                    # refined one, tracking fell: tuning bench_nano 0.852 -> 0.832; model/README.md, "The mask refiner")
-                    memory_logits = fill_holes(logits, self.fill_hole_area)
-                    logits = self.model.refine_click_mask(logits, torch.from_numpy(grey)[None, None], seen.high_res)
-                    changed = True
-                if changed and out.quality is not None:  # the head's estimate is of the mask that is kept
-                    # (read on the frame the mask was decoded from: on the frame as it is, the dim nucleus a good
-                    # mask covers is near black, and the head's |error| on tuning clicks rose from 0.13 to 0.34)
-                    quality = self.model.mask_quality(logits, seen.high_res, coords, labels, self.model.image_size)
-                    out = replace(out, quality=quality.to(out.iou.dtype))
+                    # read on the frame the mask was decoded from (grey), and on the frame as it is (own_grey)
+                    logits, changed = self.click_rule.steps(
+                        out.logits.float(), grey, own_grey, *(t[0].cpu().numpy() for t in (coords, labels)),
+                        self.model.image_size,
+                    )  # fmt: skip
+                    if changed and out.quality is not None:  # the head's estimate is of the mask that is kept
+                        quality = self.model.mask_quality(logits, seen.high_res, coords, labels, self.model.image_size)
+                        out = replace(out, quality=quality.to(out.iou.dtype))
+                    pointer, score, iou = out.object_pointer, out.object_score, out.reported_iou
         result = FrameOutput(
             logits=fill_holes(logits, self.fill_hole_area),
             memory=None,
-            pointer=out.object_pointer.float(),
-            score=out.object_score.float(),
-            iou=float(out.reported_iou.float().flatten()[0]),
+            pointer=pointer.float(),
+            score=score.float(),
+            iou=float(iou.float().flatten()[0]),
             pending_memory=True,
             memory_logits=memory_logits,
         )
@@ -708,19 +698,17 @@ class TrackingSession:
         a first prompt (`raise_level`) whose clicked object the rule raises (`ClickRule.gain` > 1) — those of the
         frame times that gain, encoded once for this prompt and not cached (the frame's memory and every tracked
         frame use the frame's own)."""
-        rule = self.click_rule
-        if rule.level is None and rule.extent is None and rule.ceiling is None:
+        if not self.click_rule.reads_image:
             return feats, None, None
-        x = self.frames.model_input(frame)
-        grey = ClickRule.grey(x)
-        gain = rule.gain(grey, coords[0].cpu().numpy(), labels[0].cpu().numpy()) if raise_level else 1.0
-        if gain == 1.0:
-            return feats, grey, grey
-        x = ClickRule.apply_gain(x, gain)
+        raised, grey, own_grey = self.click_rule.clicked_input(
+            self.frames.model_input(frame), coords[0].cpu().numpy(), labels[0].cpu().numpy(), raise_level
+        )
+        if raised is None:
+            return feats, grey, own_grey
         with torch.inference_mode(), autocast_context(self.device, self.precision):
-            gained = self.model.encode_image(x[None].to(self.device))
+            gained = self.model.encode_image(raised[None].to(self.device))
         self.encoder_runs += 1
-        return gained, ClickRule.grey(x), grey
+        return gained, grey, own_grey
 
     def _prompt_points(self, prompt: ObjectPrompt):
         size = self.model.image_size

@@ -301,14 +301,14 @@ class SAM2Model(nn.Module):
         return DecoderOutput(multi_logits, multi_ious, logits, iou, pointer, object_score, multi_quality, quality)
 
     def decode_click(self, embedding: torch.Tensor, high_res: list[torch.Tensor], point_coords: torch.Tensor,
-                     point_labels: torch.Tensor, object_gate: bool = True) -> DecoderOutput:  # fmt: skip
+                     point_labels: torch.Tensor, object_gate: bool = True, quality: bool = True) -> DecoderOutput:  # fmt: skip
         """One positive click [B, 1, 2] ((x, y), model-input pixels) on a frame without memory (`image_embedding`),
         three candidates, as a session decodes a first click. With a click decoder (`click_decoder`, where the
         checkpoint carries one) the candidates, IoUs, object score and mask-quality estimates are its; the object
         pointer stays the shared decoder's (the one memory attention learned to read), switched by the click
-        decoder's object score. Without one, `decode`'s answer. `object_gate`: as in `decode`."""
+        decoder's object score. Without one, `decode`'s answer. `object_gate`, `quality`: as in `decode`."""
         out = self.decode(embedding, high_res, point_coords, point_labels, multimask=True, object_gate=object_gate,
-                          decoder=self.click_decoder)  # fmt: skip
+                          quality=quality, decoder=self.click_decoder)  # fmt: skip
         if self.click_decoder is None:
             return out
         shared = self.decode(embedding, high_res, point_coords, point_labels, multimask=True, object_gate=False,
