@@ -13,6 +13,8 @@ Measured per condition (bars of issue 16 in brackets):
                   session: IoU of the returned mask with the truth; median over objects [≥ 0.80]. Also the median
                   over the dimmer half of the nuclei, over the dim nuclei touched by a mitotic figure, and the
                   share of masks that lie mostly (> 50 %) on another object ("wrong object").
+  single image    the same clicks through the single-image API (`ImagePredictor` on the clicked frame alone, scaled
+                  by its own percentiles): median IoU.
   zstack          large_anisotropic only: the middle-slice click propagated both ways through z; mean IoU over
                   (object, slice) with > 30 true pixels (the real-image z-stack measure).
   calibration     mean |predicted IoU − actual IoU| of the returned masks over every click [≤ 0.10], and the
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_sam2 import load_model
+from napari_sam2 import ImagePredictor, load_model
 from napari_sam2.click_rule import CLICK_RULES, resolve_click_rule
 from napari_sam2.frames import FrameSource
 from napari_sam2.preprocess import CONTRASTS, resolve_contrast
@@ -83,6 +85,20 @@ def clicks_in_session(
             )
             session.remove_object(obj)  # each click alone, as on a fresh image
     return rows
+
+
+def clicks_on_the_image_alone(model, image: np.ndarray, truth: np.ndarray, contrast=None, click_rule=None) -> list:
+    """The IoU of one click per object (as `clicks_in_session` clicks) through `ImagePredictor` on the 2-D `image`
+    alone: the mask it ranks best (a first click: the one a session keeps)."""
+    predictor = ImagePredictor(model, click_rule=click_rule)
+    predictor.set_image(image, contrast=contrast)
+    ious = []
+    for obj in (int(i) for i in np.unique(truth)[1:]):
+        mask = truth == obj
+        if mask.sum() >= 20:
+            got = predictor.predict(points=[deepest_point(mask)])
+            ious.append(iou(got.masks[got.best], mask))
+    return ious
 
 
 @torch.no_grad()
@@ -147,7 +163,7 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None)
     probe = {"ambiguous_pairwise": [], "ambiguous_split": [], "isolated_pairwise": [], "candidate_abs_err": [],
              "tokens": []}  # fmt: skip
     for c, name in enumerate(HARD_CONDITIONS):
-        rows, dim_rows, partner_rows, zious = [], [], [], []
+        rows, dim_rows, partner_rows, zious, alone = [], [], [], [], []
         for k in range(seeds):
             stack = hard_condition(name, HELD_OUT + 100 * c + k, n=n)
             frame = n // 2 if stack.axes == "ZYX" else 0
@@ -160,6 +176,7 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None)
             mitotic = set(stack.events["mitotic"])
             partner_rows += [r for r in interphase if mitotic & set(stack.events["neighbours"].get(r["obj"], []))]
             rows += got
+            alone += clicks_on_the_image_alone(model, stack.image[frame], truth, contrast, click_rule)
             for key, values in multimask_probe(
                 model, stack.image, frame, truth, stack.events["neighbours"], contrast
             ).items():
@@ -188,6 +205,7 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None)
             ),
             "mitotic_partners": len(partner_rows),
             "wrong_object_share": float(np.mean([r["on_other"] for r in rows])),
+            "single_image_click_iou_median": float(np.median(alone)),
             "calibration_abs_err": float(np.mean([abs(r["predicted"] - r["iou"]) for r in rows])),
         }
         if zious:
