@@ -360,3 +360,25 @@ def test_builtin_model_damaged_or_missing_is_refused_with_the_fix(monkeypatch, t
     (tmp_path / original.name).write_bytes(bytes(data[:-10]))
     with pytest.raises(ChecksumError, match="bytes, expected"):
         registry.checkpoint_path("nano-fluo")
+
+
+def test_a_copy_of_a_registry_file_keeps_its_defaults(tmp_path):
+    """A byte-identical copy of nano-fluo (on a lab server, downloaded by hand) is still nano-fluo: the click rule and
+    contrast every face uses with it are the registry's, not those of an unknown checkpoint; one changed byte makes it
+    unknown."""
+    import shutil
+
+    from napari_sam2 import ImagePredictor, load_model
+    from napari_sam2.click_rule import default_click_rule
+
+    copy = tmp_path / "my_nano.pt"
+    shutil.copyfile(registry.checkpoint_path("nano-fluo"), copy)
+    info = registry.model_info("nano-fluo")
+    assert default_click_rule(copy) == info.click_rule == "fluorescence"
+    assert registry.default_contrast(copy) == info.contrast
+    assert not ImagePredictor(load_model(copy, device="cpu")).click_rule.off
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1
+    changed = tmp_path / "changed.pt"
+    changed.write_bytes(bytes(data))
+    assert default_click_rule(changed) == "off"

@@ -210,8 +210,8 @@ def model_info(name: str) -> ModelInfo:
 
 
 def _known_info(name_or_path: str | os.PathLike) -> ModelInfo | None:
-    """The registry entry a name, an alias or a checkpoint path names (its built-in file, or its file in the
-    download cache); None for a checkpoint the registry does not know."""
+    """The registry entry a name, an alias or a checkpoint path names (its built-in file, its file in the download
+    cache, or a byte-identical copy of either); None for a checkpoint the registry does not know."""
     path = Path(name_or_path)
     if not path.exists():
         try:
@@ -224,6 +224,12 @@ def _known_info(name_or_path: str | os.PathLike) -> ModelInfo | None:
             known = _model_file(info)
             if known.is_file() and known.resolve() == resolved:
                 return info
+        # a copy of a registry file elsewhere (a lab server, a download by hand): the same bytes, so the same model
+        # and the same defaults (hashed only where the size matches a registry file's)
+        size = path.stat().st_size
+        for info in MODELS.values():
+            if info.sha256 is not None and info.file_size == size and file_sha256(path) == info.sha256:
+                return info
     except OSError:
         pass
     return None
@@ -231,7 +237,7 @@ def _known_info(name_or_path: str | os.PathLike) -> ModelInfo | None:
 
 def default_contrast(name_or_path: str | os.PathLike) -> str:
     """The `ModelInfo.contrast` of the registry model a name, an alias or a checkpoint path names (its built-in file,
-    or its file in the download cache); "global" for a checkpoint the registry does not know."""
+    its file in the download cache, or a copy of either); "global" for a checkpoint the registry does not know."""
     info = _known_info(name_or_path)
     return "global" if info is None else info.contrast
 
