@@ -10,9 +10,9 @@ frozen: `model/train_nano.py --click-decoder`), without its conv_s0 / conv_s1 (t
 once by the shared decoder's and read by both).
 
 It is part of a model only when a checkpoint carries its keys (`click_decoder.*`; see `attach_from_state_dict`):
-official checkpoints have none and are built, loaded and run exactly as without this file. Where present, a
-`TrackingSession` draws with it the mask of a single positive click on an initial conditioning frame
-(`SAM2Model.decode_click`), unless that mask is as large as the click rule's extent step treats
+official checkpoints have none and are built, loaded and run exactly as without this file. Where present, every face
+(`napari_sam2.first_click`: a session, the single-image predictor) draws with it the mask of a single positive click
+on a frame without memory (`SAM2Model.decode_click`), unless that mask is as large as the click rule's extent step treats
 (`ClickRule.reaches_extent`: it is then the shared decoder's); boxes, several points, corrections, tracked frames,
 segment everything and discovery keep the shared decoder, so their masks are the network's without the click decoder.
 """

@@ -9,8 +9,8 @@ over (the logits, the frame folded 4 × 4 into channels, the frame relative to t
 stride-4 high-resolution map). Its last layer starts at zero, so a new refiner changes nothing.
 
 It is part of a model only when a checkpoint carries its keys (`mask_refiner.*`; see `attach_from_state_dict`):
-official checkpoints have none and run exactly as without this file. Where present, a `TrackingSession` applies it
-to the mask of a first single positive click on a frame without memory (`SAM2Model.refine_click_mask`: the click
+official checkpoints have none and run exactly as without this file. Where present, every face
+(`napari_sam2.first_click`: a session, the single-image predictor) applies it to the mask of a first single positive click on a frame without memory (`SAM2Model.refine_click_mask`: the click
 decoder's mask, or the shared decoder's for a large nucleus handed back to it), after the click rule's steps; every
 other mask (boxes, several points, corrections, tracked frames, segment everything, discovery, `--auto`) is the
 network's without it.
