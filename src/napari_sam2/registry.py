@@ -19,6 +19,7 @@ sources. A field that could not be found is None, never a guess.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -226,9 +227,14 @@ def _known_info(name_or_path: str | os.PathLike) -> ModelInfo | None:
                 return info
         # a copy of a registry file elsewhere (a lab server, a download by hand): the same bytes, so the same model
         # and the same defaults (hashed only where the size matches a registry file's)
-        size = path.stat().st_size
+        stat = path.stat()
+        version = (str(resolved), stat.st_size, stat.st_mtime_ns)
         for info in MODELS.values():
-            if info.sha256 is not None and info.file_size == size and file_sha256(path) == info.sha256:
+            if (
+                info.sha256 is not None
+                and info.file_size == stat.st_size
+                and _sha256_of_version(*version) == info.sha256
+            ):
                 return info
     except OSError:
         pass
@@ -294,6 +300,14 @@ def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: f.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path: str, size: int, mtime_ns: int) -> str:
+    """`file_sha256` of one version of a file (its size and modification time are the cache key): the faces resolve
+    a model's defaults several times per session (contrast, click rule), and a copy of a 900 MB checkpoint takes
+    seconds to hash."""
+    return file_sha256(path)
 
 
 def _stamp_path(path: Path) -> Path:
