@@ -2,6 +2,8 @@
 after it, a large one extended, a brighter neighbour cut off; the model's default, the parity preset, and the rule
 recorded, replayed and resumed through the faces."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -19,9 +21,11 @@ from napari_sam2.click_rule import (
     resolve_click_rule,
 )
 from napari_sam2.errors import InputError
+from napari_sam2.frames import FrameSource
 from napari_sam2.io.ome_zarr import LabelStore
 from napari_sam2.io.results import open_result
 from napari_sam2.preprocess import to_model_input
+from napari_sam2.prompts import PromptSet
 from napari_sam2.replay import replay
 from napari_sam2.session import TrackingSession
 from napari_sam2.synthetic_hard import hard_condition
@@ -166,6 +170,53 @@ def test_rule_options_and_records():
     second = {"click_rule": {k: v for k, v in CLICK_RULE_FLUORESCENCE.record()["click_rule"].items() if k != "ceiling"}}
     assert click_rule_from_record(second) == ClickRule(**{**second["click_rule"], "ceiling": None})
     assert CLICK_RULE_FLUORESCENCE.ceiling == 1.5 and click_rule_from_record(second) != CLICK_RULE_FLUORESCENCE
+    # a rule recorded before the local view existed (sessions 11-15's stores) read every click on the frame as it is
+    third = {"click_rule": {k: v for k, v in CLICK_RULE_FLUORESCENCE.record()["click_rule"].items() if k != "local_view"}}
+    assert CLICK_RULE_FLUORESCENCE.local_view and not click_rule_from_record(third).local_view
+    with pytest.raises(InputError, match="local_view is True or False"):
+        ClickRule(local_view="yes")
+
+
+def test_a_dim_click_is_read_under_local_contrast():
+    """`local_view`: a first click on a dim nucleus beside a bright one is decoded from the frame under local contrast
+    (the stack's `FrameSource.local_view_input`: what contrast="local" makes), times the gain still needed there; a
+    bright click, a correction and a rule without the view read the frame as it is (the view is not even made)."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :64]
+    frame = rng.normal(100, 4, (64, 64)).astype(np.float32)
+    frame[(yy - 16) ** 2 + (xx - 16) ** 2 <= 36] += 150  # a dim nucleus
+    frame[(yy - 40) ** 2 + (xx - 44) ** 2 <= 36] += 3000  # a bright one, 20x brighter
+    stack = np.stack([frame, frame])
+    source = FrameSource(stack, 64, read_ahead=0)
+    local = source.local_view_input(0)
+    as_local = FrameSource(stack, 64, read_ahead=0, contrast="local")
+    np.testing.assert_array_equal(local.numpy(), as_local.model_input(0).numpy())
+    assert as_local.local_view_input(0) is None  # its frames are that view already
+    x, made = source.model_input(0), []
+
+    def view():
+        made.append(True)
+        return local
+
+    dim, bright, one = np.array([[16.0, 16.0]]), np.array([[44.0, 40.0]]), np.ones(1)
+    rule = CLICK_RULE_FLUORESCENCE
+    assert rule.gain(ClickRule.grey(x), dim, one) > 5  # near black under the stack's range
+    seen, grey, own = rule.clicked_input(x, dim, one, raise_level=True, local_view=view)
+    local_gain = rule.gain(ClickRule.grey(local), dim, one)
+    expected = local if local_gain == 1.0 else ClickRule.apply_gain(local, local_gain)
+    assert made and torch.equal(seen, expected)
+    np.testing.assert_array_equal(own, ClickRule.grey(local))  # the ceiling step reads the view before its gain
+    np.testing.assert_allclose(grey, ClickRule.grey(seen))
+    # each nucleus at its own level: under the stack's range the dim one is under a tenth of the bright one
+    for view_grey, low, high in ((ClickRule.grey(x), 0.0, 0.1), (ClickRule.grey(local), 0.5, 1.01)):
+        assert low < view_grey[16, 16] / view_grey[40, 44] < high
+    gained = ClickRule.apply_gain(x, rule.gain(ClickRule.grey(x), dim, one))
+    made.clear()
+    assert rule.clicked_input(x, bright, one, raise_level=True, local_view=view)[0] is None and not made
+    assert rule.clicked_input(x, dim, one, raise_level=False, local_view=view)[0] is None and not made
+    plain, _, own = replace(rule, local_view=False).clicked_input(x, dim, one, raise_level=True, local_view=view)
+    assert not made and torch.equal(plain, gained)
+    np.testing.assert_array_equal(own, ClickRule.grey(x))
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +304,27 @@ def test_track_records_the_click_rule_replays_and_resumes_it(tmp_path, capsys):
     clicks().save(tmp_path / "p.json")
     assert cli.main([*argv, "--prompts", str(tmp_path / "p.json")]) == 0
     np.testing.assert_array_equal(open_result(tmp_path / "cli.ome.zarr").labels[:], np.asarray(off.labels))
+
+
+def test_a_store_made_before_the_local_view_replays_without_it(tmp_path):
+    """Stores of sessions 11-15 record the fluorescence rule without `local_view`: they replay reading the dim click
+    on the frame as it is (times the gain), not under local contrast, so their labels come back as they were made."""
+    stack = tmp_path / "stack.npy"
+    np.save(stack, hard_condition("brightness_spread", 77, n=2).image)  # a test seed, neither tuning nor held-out
+    prompts = PromptSet()
+    prompts.add(0, 1, points=[[181, 40]])  # a dim nucleus (brightness 0.46 of the brightest interphase ones)
+    made = {}
+    for name, rule in (("now", CLICK_RULE_FLUORESCENCE), ("before", replace(CLICK_RULE_FLUORESCENCE, local_view=False))):
+        made[name] = tmp_path / f"{name}.ome.zarr"
+        track(stack, prompts, model="nano-fluo", device="cpu", out=made[name], tables=False, click_rule=rule)
+    # (the two rules draw this nucleus differently, else the replay below would show nothing)
+    assert not np.array_equal(open_result(made["now"]).labels[0], open_result(made["before"]).labels[0])
+    store = LabelStore.open(made["before"], mode="r+")
+    recorded = {k: v for k, v in store.provenance["settings"]["click_rule"].items() if k != "local_view"}
+    store.update_provenance({"settings": {**store.provenance["settings"], "click_rule": recorded}})
+    assert not click_rule_from_record(open_result(made["before"]).record.settings).local_view
+    assert replay(made["before"], device="cpu").identical
+    assert replay(made["now"], device="cpu").identical
 
 
 def test_track_many_takes_the_click_rule():

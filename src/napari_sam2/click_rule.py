@@ -9,7 +9,10 @@ user prompts with clicks only:
   pixels within `radius` model-input pixels of the click, the dimmest positive click when there are several — is
   brought up to `level` by a gain (the frame times level / brightness, clipped to [0, 1]) and that frame is encoded
   once more for the decoder. A click already at or above `level` leaves the frame as it is. Brighter neighbours
-  saturate; they stay apart by shape, which the network reads well on the issue-7 data.
+  saturate; they stay apart by shape, which the network reads well on the issue-7 data. With `local_view` the
+  frame a dim click is decoded from is the frame under local contrast (`preprocess.LocalContrast`, its window fitted
+  to the stack) instead, times the gain that still brings the clicked object to `level` there: each nucleus at its
+  own level, so a bright neighbour keeps its shape instead of saturating beside the dim one.
 * component (after the network): of the returned mask only the 8-connected parts that hold a positive click are
   kept (the part nearest to a click where none holds it). One click means one object; the rest are bright
   neighbours the gain made look alike.
@@ -18,17 +21,18 @@ user prompts with clicks only:
   and that connect to the click. The network answers a large nucleus with its bright core (its attention windows
   are 32 input pixels wide).
 * ceiling (after the network): of the mask only the pixels, connected to the click, where the frame as it is (before
-  the gain) is at most `ceiling` × the clicked brightness are kept, holes filled. After the gain a dim nucleus and
-  a brighter neighbour touching it look alike and the mask often covers both; before the gain they still differ.
+  the gain; under `local_view` the frame under local contrast) is at most `ceiling` × the clicked brightness are
+  kept, holes filled. After the gain a dim nucleus and a brighter neighbour touching it look alike and the mask
+  often covers both; before the gain they still differ.
 
 Tracked frames and discovery are not touched: memory attention reads the frame's own features, and the prompted
 frame's memory is encoded from those features with the rule's mask. Corrections on frames a propagation has
 visited keep the frame's own features (their embedding is memory-conditioned); the component, extent and ceiling
 steps apply there too. A box or mask prompt uses none of the steps.
 
-`level` 0.7, `radius` 2, the component step, the extent step's 0.5 / 16 / 0.5 and `ceiling` 1.5 were chosen on
-tuning seeds only (model/README.md, "The click rule"): synthetic_hard stacks 4,000,050 + 100 c + k and issue-7
-frames 4,950,000 + k.
+`level` 0.7, `radius` 2, the component step, the extent step's 0.5 / 16 / 0.5, `ceiling` 1.5 and `local_view` were
+chosen on tuning seeds only (model/README.md, "The click rule", "A dim click read under local contrast"):
+synthetic_hard stacks 4,000,050 + 100 c + k and issue-7 frames 4,950,000 + k.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class ClickRule:
     parts of the mask; extent: a large mask (equivalent radius ≥ extent_radius model-input pixels) takes in the
     pixels around it, within extent_reach × its radius, where the image is at least `extent` × the clicked
     brightness (None: off); ceiling: the mask keeps only the pixels, connected to the click, where the frame as it is
-    is at most `ceiling` × the clicked brightness (None: off)."""
+    is at most `ceiling` × the clicked brightness (None: off); local_view: a dim clicked object (one the level step
+    raises) is read on the frame under local contrast, raised there (see `clicked_input`)."""
 
     level: float | None = None
     radius: float = 2.0
@@ -71,6 +76,7 @@ class ClickRule:
     extent_radius: float = 12.0
     extent_reach: float = 0.5
     ceiling: float | None = None
+    local_view: bool = False
 
     name: ClassVar[str] = "click_rule"
 
@@ -86,6 +92,8 @@ class ClickRule:
                 f"the click rule's ceiling is a multiple of the clicked brightness above 1 (or None: off); "
                 f"got {self.ceiling!r}"
             )
+        if not isinstance(self.local_view, (bool, np.bool_)):
+            raise InputError(f"the click rule's local_view is True or False; got {self.local_view!r}")
         for name in ("extent_radius", "extent_reach"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and float(value) > 0):
@@ -100,17 +108,30 @@ class ClickRule:
         """Whether a step reads the frame (the level, extent or ceiling step)."""
         return self.level is not None or self.extent is not None or self.ceiling is not None
 
-    def clicked_input(self, model_input: torch.Tensor, coords_xy: np.ndarray, labels: np.ndarray, raise_level: bool):
-        """What a click prompt on a frame (model input [3, S, S]) is decoded from → (that input raised to the clicked
-        object's level [3, S, S], or None where the frame as it is serves; the grey [S, S] of the input decoded from;
-        the grey of the frame as it is); (None, None, None) where the rule reads no image. `raise_level`: only a
-        first prompt on a frame is raised (corrections read the frame's memory, encoded from the frame as it is)."""
+    def clicked_input(
+        self, model_input: torch.Tensor, coords_xy: np.ndarray, labels: np.ndarray, raise_level: bool, local_view=None
+    ):
+        """What a click prompt on a frame (model input [3, S, S]) is decoded from → (the input to encode for it
+        [3, S, S], or None where the frame as it is serves; the grey [S, S] of the input decoded from; the grey of
+        the frame as the ceiling step reads it); (None, None, None) where the rule reads no image. `raise_level`: only
+        a first prompt on a frame is raised (corrections read the frame's memory, encoded from the frame as it is).
+        A first prompt on a dim clicked object (`gain` > 1) is decoded from the frame at the object's level: under
+        `local_view` (a callable → the frame under local contrast [3, S, S], or None where there is none), where the
+        rule's `local_view` is on, times its own gain; else the frame times `gain`."""
         if not self.reads_image:
             return None, None, None
         grey = self.grey(model_input)
         gain = self.gain(grey, coords_xy, labels) if raise_level else 1.0
         if gain == 1.0:
             return None, grey, grey
+        local = local_view() if self.local_view and local_view is not None else None
+        if local is not None:
+            # each nucleus at its own level: a dim one beside bright ones keeps its shape and they keep theirs
+            # (model/README.md, "A dim click read under local contrast")
+            grey = self.grey(local)
+            model_input, gain = local, self.gain(grey, coords_xy, labels)
+            if gain == 1.0:
+                return local, grey, grey
         raised = self.apply_gain(model_input, gain)
         return raised, self.grey(raised), grey
 
@@ -330,7 +351,8 @@ def _cell_means(grey: np.ndarray, h: int, w: int) -> np.ndarray:
 CLICK_RULE_OFF = ClickRule()
 #: the rule for fluorescence nuclei (nano-fluo's default)
 CLICK_RULE_FLUORESCENCE = ClickRule(
-    level=0.7, radius=2.0, component=True, extent=0.5, extent_radius=16.0, extent_reach=0.5, ceiling=1.5
+    level=0.7, radius=2.0, component=True, extent=0.5, extent_radius=16.0, extent_reach=0.5, ceiling=1.5,
+    local_view=True,
 )
 #: the values a face's `click_rule` option takes by name (None: the model's default)
 CLICK_RULES = {"off": CLICK_RULE_OFF, "fluorescence": CLICK_RULE_FLUORESCENCE}
@@ -371,7 +393,7 @@ def click_rule_from_record(settings: dict | None) -> ClickRule:
     if not isinstance(recorded, dict):
         return CLICK_RULE_OFF
     try:
-        # a field a record lacks was not part of the rule when it was made: off (extent), or its default
+        # a field a record lacks was not part of the rule when it was made: off (extent, local_view), or its default
         return ClickRule(**{f.name: recorded[f.name] for f in fields(ClickRule) if f.name in recorded})
     except TypeError as exc:
         raise InputError(f"the recorded click rule {recorded!r} cannot be read ({exc})") from None

@@ -21,6 +21,7 @@ from .preprocess import (
     INTENSITY_SAMPLE_FRAMES,
     InputError,
     IntensityRange,
+    LocalContrast,
     as_rgb,
     check_finite,
     contrast_step,
@@ -128,6 +129,7 @@ class FrameSource:
         self.digests = False  # set by a session that persists features (embedding_cache)
         self._pending: dict[int, Future] = {}
         self._constant: dict[int, bool] = {}  # frame -> every pixel equal (noted as frames are loaded)
+        self._local_view: LocalContrast | None = None  # fitted on the first `local_view_input`
 
     def __len__(self) -> int:
         return self.num_frames
@@ -209,6 +211,20 @@ class FrameSource:
         it has no window), so that every frame is scaled with the same window, and a store records it."""
         picks = evenly_spaced(int(self.stack.shape[self.axis]), CONTRAST_FIT_PLANES)
         return contrast.fitted((self.intensity.scale(self.rgb_frame(i)) for i in picks), self.image_size)
+
+    def local_view_input(self, index: int) -> torch.Tensor | None:
+        """Network input [3, S, S] of frame `index` under local contrast (`preprocess.LocalContrast`, its window
+        fitted to the stack once, as `contrast="local"` would fit it) — the view the click rule decodes a first click
+        from (`ClickRule.local_view`). None where `model_input` is that view already (a stack under local contrast)
+        or where there are no pixels to scale (a preprocessed stack)."""
+        if self.preprocessed or isinstance(self.contrast, LocalContrast):
+            return None
+        self.check_index(index)
+        if self._local_view is None:
+            self._local_view = self._fit_contrast(LocalContrast())
+        rgb = self.rgb_frame(index)
+        check_finite(rgb, f"frame {index}")
+        return to_model_input(scale_frame(rgb, self.intensity, self._local_view, self.image_size), self.image_size)
 
     def rgb_frame(self, index: int) -> np.ndarray:
         """Frame `index` as the network input is made from it, before intensity scaling and resizing: [Y, X, 3]

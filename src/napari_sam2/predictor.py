@@ -27,6 +27,7 @@ from .preprocess import (
     DEFAULT_PERCENTILES,
     InputError,
     IntensityRange,
+    LocalContrast,
     as_rgb,
     box_to_model,
     check_finite,
@@ -103,6 +104,7 @@ class ImagePredictor:
         self._features = None
         self._embedding = None
         self._model_input = None  # [3, S, S] on the CPU: what the click rule reads
+        self._local_view = None  # [3, S, S]: the image under local contrast (`ClickRule.local_view`)
         self.image_shape: tuple[int, int] | None = None
         self.contrast = None  # the contrast step of the image set last (`set_image`)
 
@@ -140,6 +142,9 @@ class ImagePredictor:
         self.contrast = step
         x = to_model_input(step.apply(scaled, size), size)[None].to(self.device)
         self.set_preprocessed(x, rgb.shape[:2])
+        if self.click_rule.local_view and not isinstance(step, LocalContrast):
+            # a first click's view (`ClickRule.local_view`), as a session's: local contrast fitted to this image
+            self._local_view = to_model_input(LocalContrast().fitted([scaled], size).apply(scaled, size), size)
 
     @torch.inference_mode()
     def set_preprocessed(self, model_input: torch.Tensor, image_shape: tuple[int, int]) -> None:
@@ -148,6 +153,7 @@ class ImagePredictor:
             self._features = self.model.encode_image(model_input.to(self.device))
             self._embedding = self.model.image_embedding(self._features)
         self._model_input = model_input[0].detach().cpu()
+        self._local_view = None  # (set_image makes it; a preprocessed input has no pixels to make it from)
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
 
     @property
@@ -224,7 +230,9 @@ class ImagePredictor:
         three candidates each as returned were it the chosen one, or (not `multimask`) the chosen one."""
         features, embedding, rule = self._features, self._embedding, self.click_rule
         point = coords[0].cpu().numpy()
-        raised, grey, own_grey = rule.clicked_input(self._model_input, point, np.ones(1), raise_level=True)
+        raised, grey, own_grey = rule.clicked_input(
+            self._model_input, point, np.ones(1), raise_level=True, local_view=lambda: self._local_view
+        )
         if grey is None and self.model.mask_refiner is not None:  # (a rule that reads no image: the frame as it is)
             grey = ClickRule.grey(self._model_input)
         with autocast_context(self.device, self.precision):

@@ -701,8 +701,9 @@ class TrackingSession:
         if not self.click_rule.reads_image:
             return feats, None, None
         raised, grey, own_grey = self.click_rule.clicked_input(
-            self.frames.model_input(frame), coords[0].cpu().numpy(), labels[0].cpu().numpy(), raise_level
-        )
+            self.frames.model_input(frame), coords[0].cpu().numpy(), labels[0].cpu().numpy(), raise_level,
+            local_view=lambda: self.frames.local_view_input(frame),
+        )  # fmt: skip
         if raised is None:
             return feats, grey, own_grey
         with torch.inference_mode(), autocast_context(self.device, self.precision):
