@@ -31,6 +31,10 @@ from napari_sam2.session import TrackingSession
 from napari_sam2.synthetic_hard import hard_condition
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
 def test_the_gain_brings_the_dimmest_positive_click_to_the_level():
     grey = np.full((32, 32), 0.05, np.float32)
     grey[4:12, 4:12] = 0.14  # a dim object
@@ -170,9 +174,12 @@ def test_rule_options_and_records():
     second = {"click_rule": {k: v for k, v in CLICK_RULE_FLUORESCENCE.record()["click_rule"].items() if k != "ceiling"}}
     assert click_rule_from_record(second) == ClickRule(**{**second["click_rule"], "ceiling": None})
     assert CLICK_RULE_FLUORESCENCE.ceiling == 1.5 and click_rule_from_record(second) != CLICK_RULE_FLUORESCENCE
-    # a rule recorded before the local view existed (sessions 11-15's stores) read every click on the frame as it is
-    third = {"click_rule": {k: v for k, v in CLICK_RULE_FLUORESCENCE.record()["click_rule"].items() if k != "local_view"}}
+    # a rule recorded before the local view and through_z (sessions 11-15's stores): every click read on the frame as
+    # it is, tracked masks as the network drew them
+    new = ("local_view", "through_z")
+    third = {"click_rule": {k: v for k, v in CLICK_RULE_FLUORESCENCE.record()["click_rule"].items() if k not in new}}
     assert CLICK_RULE_FLUORESCENCE.local_view and not click_rule_from_record(third).local_view
+    assert CLICK_RULE_FLUORESCENCE.through_z and not click_rule_from_record(third).through_z
     with pytest.raises(InputError, match="local_view is True or False"):
         ClickRule(local_view="yes")
 
@@ -314,7 +321,8 @@ def test_a_store_made_before_the_local_view_replays_without_it(tmp_path):
     prompts = PromptSet()
     prompts.add(0, 1, points=[[181, 40]])  # a dim nucleus (brightness 0.46 of the brightest interphase ones)
     made = {}
-    for name, rule in (("now", CLICK_RULE_FLUORESCENCE), ("before", replace(CLICK_RULE_FLUORESCENCE, local_view=False))):
+    earlier = replace(CLICK_RULE_FLUORESCENCE, local_view=False)
+    for name, rule in (("now", CLICK_RULE_FLUORESCENCE), ("before", earlier)):
         made[name] = tmp_path / f"{name}.ome.zarr"
         track(stack, prompts, model="nano-fluo", device="cpu", out=made[name], tables=False, click_rule=rule)
     # (the two rules draw this nucleus differently, else the replay below would show nothing)
@@ -323,6 +331,72 @@ def test_a_store_made_before_the_local_view_replays_without_it(tmp_path):
     recorded = {k: v for k, v in store.provenance["settings"]["click_rule"].items() if k != "local_view"}
     store.update_provenance({"settings": {**store.provenance["settings"], "click_rule": recorded}})
     assert not click_rule_from_record(open_result(made["before"]).record.settings).local_view
+    assert replay(made["before"], device="cpu").identical
+    assert replay(made["now"], device="cpu").identical
+
+
+def test_masks_tracked_through_z_are_mended_and_what_is_tracked_is_not(nano):
+    """`through_z`: in a z stream a large nucleus's tracked masks get the extent step and the mask refiner (the network
+    answers it with its core); their memory is the network's own, so every tracked slice's object score and IoU are
+    unchanged; a time stream is left as it is."""
+    stack = hard_condition("large_anisotropic", 78, n=16)  # a test seed, neither tuning nor held-out
+    truth, middle, slices = stack.labels, 8, range(16)
+    # three large nuclei the network follows through z (most others of this stack it loses on the next slice: an
+    # object score below zero there, mended or not; model/README.md, session 16)
+    objects = [7, 8, 9]
+    assert all((truth[middle] == o).sum() > 1500 for o in objects)
+    runs = {}
+    for name, rule, z_stream in (
+        ("mended", CLICK_RULE_FLUORESCENCE, True),
+        ("not mended", replace(CLICK_RULE_FLUORESCENCE, through_z=False), True),
+        ("time", CLICK_RULE_FLUORESCENCE, False),
+    ):
+        with TrackingSession(nano, stack.image, click_rule=rule, z_stream=z_stream) as session:
+            assert session.z_stream is z_stream
+            for obj in objects:
+                depth = ndimage.distance_transform_edt(truth[middle] == obj)
+                y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+                session.add_prompt(middle, obj, points=[(y, x)], labels=[1])
+            by_slice = {r.frame: r.labels for r in session.propagate("both")}
+            labels = np.stack([by_slice[z] for z in slices])
+            tracked = {(o, f): (out.score.item(), out.iou) for o in objects
+                       for f, out in session.objects[o].tracked.items()}  # fmt: skip
+        runs[name] = labels, tracked
+    mended, plain, time = runs["mended"], runs["not mended"], runs["time"]
+    np.testing.assert_array_equal(mended[0][middle], plain[0][middle])  # the clicked slice: a first click's mask
+    np.testing.assert_array_equal(plain[0], time[0])  # a time stream: not mended
+    assert mended[1].keys() == plain[1].keys() and len(mended[1]) == len(objects) * 15
+    for key, (score, iou_token) in plain[1].items():  # what was tracked is the same
+        assert mended[1][key][0] == pytest.approx(score, abs=1e-5) and mended[1][key][1] == pytest.approx(iou_token)
+
+    def mean_iou(labels):
+        return np.mean([_iou(labels[z] == o, truth[z] == o) for o in objects for z in slices if z != middle
+                        if (truth[z] == o).sum() > 30])  # fmt: skip
+
+    assert not np.array_equal(mended[0], plain[0])
+    assert mean_iou(mended[0]) > mean_iou(plain[0]), (mean_iou(mended[0]), mean_iou(plain[0]))
+
+
+def test_a_z_stack_made_before_through_z_replays_without_it(tmp_path):
+    """Stores of sessions 11-15 record the fluorescence rule without `through_z`: their tracked z masks are replayed
+    as the network drew them."""
+    stack = hard_condition("large_anisotropic", 78, n=16)
+    np.save(tmp_path / "stack.npy", stack.image)
+    depth = ndimage.distance_transform_edt(stack.labels[8] == 9)  # a nucleus the network follows through z
+    prompts = PromptSet()
+    prompts.add(8, 9, points=[np.unravel_index(int(np.argmax(depth)), depth.shape)])
+    made = {}
+    earlier = replace(CLICK_RULE_FLUORESCENCE, through_z=False)
+    for name, rule in (("now", CLICK_RULE_FLUORESCENCE), ("before", earlier)):
+        made[name] = tmp_path / f"{name}.ome.zarr"
+        track(tmp_path / "stack.npy", prompts, model="nano-fluo", device="cpu", axis="z", out=made[name],
+              tables=False, click_rule=rule)  # fmt: skip
+        assert open_result(made[name]).record.settings["z_edge"] is not None  # a z stream
+    assert not np.array_equal(open_result(made["now"]).labels[:], open_result(made["before"]).labels[:])
+    store = LabelStore.open(made["before"], mode="r+")
+    recorded = {k: v for k, v in store.provenance["settings"]["click_rule"].items() if k != "through_z"}
+    store.update_provenance({"settings": {**store.provenance["settings"], "click_rule": recorded}})
+    assert not click_rule_from_record(open_result(made["before"]).record.settings).through_z
     assert replay(made["before"], device="cpu").identical
     assert replay(made["now"], device="cpu").identical
 

@@ -28,11 +28,17 @@ user prompts with clicks only:
 Tracked frames and discovery are not touched: memory attention reads the frame's own features, and the prompted
 frame's memory is encoded from those features with the rule's mask. Corrections on frames a propagation has
 visited keep the frame's own features (their embedding is memory-conditioned); the component, extent and ceiling
-steps apply there too. A box or mask prompt uses none of the steps.
+steps apply there too. A box or mask prompt uses none of the steps. One exception, `through_z`: in a z stream (a
+session given the axial edge rule, or a 3D+t z-stream) a large nucleus tracked from slice to slice comes back as its
+core as it does on the clicked slice, so each tracked mask gets the extent step (read at the mask's deepest point)
+and the mask refiner before it is shown and saved; its memory is still encoded from the network's own mask, so what
+is tracked is unchanged. On time-lapses the refiner lowered TRA (model/README.md, "Refining tracked masks"): time
+streams are left as they are.
 
-`level` 0.7, `radius` 2, the component step, the extent step's 0.5 / 16 / 0.5, `ceiling` 1.5 and `local_view` were
-chosen on tuning seeds only (model/README.md, "The click rule", "A dim click read under local contrast"):
-synthetic_hard stacks 4,000,050 + 100 c + k and issue-7 frames 4,950,000 + k.
+`level` 0.7, `radius` 2, the component step, the extent step's 0.5 / 16 / 0.5, `ceiling` 1.5, `local_view` and
+`through_z` were chosen on tuning seeds only (model/README.md, "The click rule", "Session 16: a dim click under local
+contrast; tracked z masks mended"): synthetic_hard stacks 4,000,050 + 100 c + k, issue-7 frames 4,950,000 + k and
+`bench_4d` z-stacks 2,990,000 + k.
 """
 
 from __future__ import annotations
@@ -67,7 +73,8 @@ class ClickRule:
     pixels around it, within extent_reach × its radius, where the image is at least `extent` × the clicked
     brightness (None: off); ceiling: the mask keeps only the pixels, connected to the click, where the frame as it is
     is at most `ceiling` × the clicked brightness (None: off); local_view: a dim clicked object (one the level step
-    raises) is read on the frame under local contrast, raised there (see `clicked_input`)."""
+    raises) is read on the frame under local contrast, raised there (see `clicked_input`); through_z: in a z stream
+    the masks tracked from the clicks get the extent step and the mask refiner too (`mend_tracked`)."""
 
     level: float | None = None
     radius: float = 2.0
@@ -77,6 +84,7 @@ class ClickRule:
     extent_reach: float = 0.5
     ceiling: float | None = None
     local_view: bool = False
+    through_z: bool = False
 
     name: ClassVar[str] = "click_rule"
 
@@ -92,8 +100,9 @@ class ClickRule:
                 f"the click rule's ceiling is a multiple of the clicked brightness above 1 (or None: off); "
                 f"got {self.ceiling!r}"
             )
-        if not isinstance(self.local_view, (bool, np.bool_)):
-            raise InputError(f"the click rule's local_view is True or False; got {self.local_view!r}")
+        for name in ("local_view", "through_z"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise InputError(f"the click rule's {name} is True or False; got {getattr(self, name)!r}")
         for name in ("extent_radius", "extent_reach"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and float(value) > 0):
@@ -334,6 +343,20 @@ class ClickRule:
         out[edge] = np.minimum(plane[edge], soft[edge])
         return torch.from_numpy(out)[None, None].to(device=logits.device, dtype=logits.dtype), True
 
+    def mend_tracked(self, logits: torch.Tensor, grey: np.ndarray, refine=None) -> torch.Tensor:
+        """A tracked mask's logits [1, 1, h, w] (low-res) on a frame whose model input has grey [S, S] (in [0, 1]) →
+        the logits after the extent step, read at the mask's deepest point as if clicked there, and `refine`
+        (the model's mask refiner as a callable logits → logits, or None). An empty mask is returned as it is."""
+        plane = (logits[0, 0] > 0).detach().cpu().numpy()
+        if not plane.any():
+            return logits
+        depth = ndimage.distance_transform_edt(plane)
+        row, col = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        step = (grey.shape[0] / plane.shape[0], grey.shape[1] / plane.shape[1])  # input pixels per low-res cell
+        point = np.array([[(col + 0.5) * step[1], (row + 0.5) * step[0]]])
+        logits, _ = self.extend(logits, grey, point, np.ones(1))
+        return logits if refine is None else refine(logits)
+
     # ------------------------------------------------------------------ provenance
     def record(self) -> dict:
         """settings["click_rule"]: what a replay or a resumed run re-applies."""
@@ -352,8 +375,8 @@ CLICK_RULE_OFF = ClickRule()
 #: the rule for fluorescence nuclei (nano-fluo's default)
 CLICK_RULE_FLUORESCENCE = ClickRule(
     level=0.7, radius=2.0, component=True, extent=0.5, extent_radius=16.0, extent_reach=0.5, ceiling=1.5,
-    local_view=True,
-)
+    local_view=True, through_z=True,
+)  # fmt: skip
 #: the values a face's `click_rule` option takes by name (None: the model's default)
 CLICK_RULES = {"off": CLICK_RULE_OFF, "fluorescence": CLICK_RULE_FLUORESCENCE}
 
@@ -393,7 +416,8 @@ def click_rule_from_record(settings: dict | None) -> ClickRule:
     if not isinstance(recorded, dict):
         return CLICK_RULE_OFF
     try:
-        # a field a record lacks was not part of the rule when it was made: off (extent, local_view), or its default
+        # a field a record lacks was not part of the rule when it was made: off (extent, local_view, through_z), or
+        # its default
         return ClickRule(**{f.name: recorded[f.name] for f in fields(ClickRule) if f.name in recorded})
     except TypeError as exc:
         raise InputError(f"the recorded click rule {recorded!r} cannot be read ({exc})") from None

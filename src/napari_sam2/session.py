@@ -237,6 +237,8 @@ class TrackingSession:
     click_rule: how a frame prompted with clicks is read (`napari_sam2.click_rule`): "off", "fluorescence", a
         `click_rule.ClickRule`, or None (default): the model's (`registry.ModelInfo.click_rule`; "off" for a
         checkpoint not in the registry and under preset "parity"). The resolved rule is `click_rule`.
+    z_stream: the stream axis is z (True wherever `z_edge` is given): the rule's `through_z` mends tracked masks
+        (`ClickRule.mend_tracked`) in a z stream only. The 3D+t engine's z-streams say so; time is left as it is.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
     frame_shape, read_ahead).
     """
@@ -258,6 +260,7 @@ class TrackingSession:
         z_edge_background: float | None = None,
         contrast=None,
         click_rule=None,
+        z_stream: bool = False,
         **frame_options,
     ):
         if preset not in PRESETS:
@@ -301,6 +304,8 @@ class TrackingSession:
         self.z_edge_background = check_z_edge_background(
             Z_EDGE_BACKGROUND if z_edge_background is None else z_edge_background
         )
+        #: the stream axis is z: tracked masks are mended where the click rule says so (`ClickRule.through_z`)
+        self.z_stream = bool(z_stream) or self.z_edge is not None
         if self.z_edge is not None and self.frames.preprocessed:
             raise InputError("z_edge (the axial edge rule) reads the image's pixels; a preprocessed stack has none")
         # the axial edge rule's notes of every object's mask on every slice (None: the rule is off)
@@ -1020,6 +1025,8 @@ class TrackingSession:
                 high = self.model.upsample_logits(out.logits)
                 memory = self.model.encode_memory(batch, high, out.object_score, binarize=False)
             logits = fill_holes(out.logits.float(), self.fill_hole_area)
+            if self._mends_tracked:
+                logits = self._mended(frame, logits, batch.high_res)
             for k, obj in enumerate(group):
                 result = FrameOutput(
                     logits=logits[k : k + 1],
@@ -1036,6 +1043,26 @@ class TrackingSession:
                 obj.stale.discard(frame)
                 self._remember_result(obj.obj_id, frame, result)
                 self._prune(obj, frame, reverse)
+
+    @property
+    def _mends_tracked(self) -> bool:
+        """Tracked masks get the click rule's extent step and the mask refiner (`ClickRule.through_z`, z streams)."""
+        return self.z_stream and self.click_rule.through_z and not self.frames.preprocessed
+
+    def _mended(self, frame: int, logits: torch.Tensor, high_res: list[torch.Tensor]) -> torch.Tensor:
+        """The tracked masks' logits [B, 1, h, w] of one frame (their memory already encoded from the network's own)
+        → each mended as a z stream's (`ClickRule.mend_tracked`): shown, saved and handed to a later correction."""
+        grey = ClickRule.grey(self.frames.model_input(frame))
+        grey_t = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]
+        mended = logits.clone()
+        with autocast_context(self.device, self.precision):
+            for k in range(logits.shape[0]):
+                maps = [h[k : k + 1] for h in high_res]
+                refine = None
+                if self.model.mask_refiner is not None:
+                    refine = lambda lg, maps=maps: self.model.refine_click_mask(lg, grey_t, maps).float()
+                mended[k : k + 1] = self.click_rule.mend_tracked(logits[k : k + 1], grey, refine)
+        return mended
 
     # ------------------------------------------------------------------ results
     def _result(self, frame: int, computed: list[int]) -> FrameResult:

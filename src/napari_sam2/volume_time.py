@@ -507,8 +507,9 @@ class VolumeTimeSession:
     def _z_session(self, t: int) -> TrackingSession:
         hook = None if self.on_read is None else (lambda z, pixels: self.on_read(t, int(z), pixels))
         session = TrackingSession(
-            self.model, _Slab(self.frames, t), axis=0, feature_cache_bytes=0, on_read=hook, **self._options
-        )
+            self.model, _Slab(self.frames, t), axis=0, feature_cache_bytes=0, on_read=hook, z_stream=True,
+            **self._options,
+        )  # fmt: skip
         session.features = self._features_of(t)  # shared by every object's z-stream of this time point
         return session
 
