@@ -1069,11 +1069,16 @@ def condition_clicks(
     reads, `--mask-refiner`), truth [1, Y, X] (int16, the view's labels), target [n] (the
     clicked object's label), view [n] (zeros: the view's index, offset by `condition_set`)."""
     size = model.image_size
-    x = FrameSource(image, size, read_ahead=0, contrast=contrast).model_input(frame)[None]
+    source = FrameSource(image, size, read_ahead=0, contrast=contrast)
+    x = source.model_input(frame)[None]
+    # the frame under local contrast, where the rule reads dim clicks there (`ClickRule.local_view`)
+    local = source.local_view_input(frame) if rule.local_view else None
     truth = np.rot90(truth, turns)
     x = torch.rot90(x, turns, dims=(-2, -1))
+    local = None if local is None else torch.rot90(local, turns, dims=(-2, -1))
     if flip:
         x, truth = x.flip(-1), truth[:, ::-1]
+        local = None if local is None else local.flip(-1)
     truth = np.ascontiguousarray(truth)
     objs = [int(o) for o in np.unique(truth)[1:] if (truth == o).sum() >= 20]
     if not objs:
@@ -1090,19 +1095,30 @@ def condition_clicks(
             deep.append(False)
             targets.append(obj)
     coords = torch.from_numpy(points_to_model(np.array(clicks), truth.shape, size))[:, None].to(model.device)
-    # the click rule's level: each click is decoded from the frame raised for it (clicks of one gain share a frame)
-    own_grey = ClickRule.grey(x[0])
-    gains = [rule.gain(own_grey, coords[i].cpu().numpy(), np.ones(1)) for i in range(len(clicks))]
+    # the click rule's level: each click is decoded from the frame as the rule reads it (`ClickRule.clicked_input`:
+    # raised, or under local contrast and raised there); clicks read the same way share one encoding
+    frame_grey = ClickRule.grey(x[0])
+    local_grey = None if local is None else ClickRule.grey(local)
+
+    def reading(i):  # what decides the input of click i: (its gain on the frame, its gain on the local view)
+        point = coords[i].cpu().numpy()
+        gain = rule.gain(frame_grey, point, np.ones(1))
+        return gain, (rule.gain(local_grey, point, np.ones(1)) if gain != 1.0 and local is not None else None)
+
+    gains = [reading(i) for i in range(len(clicks))]
     groups = sorted(set(gains), key=gains.index)
     s0, s1, embeddings, greys, logits, token = [], [], [], [], [None] * len(clicks), [None] * len(clicks)
     for gain in groups:
         rows = [i for i, g in enumerate(gains) if g == gain]
-        seen = x if gain == 1.0 else ClickRule.apply_gain(x[0], gain)[None]
+        view, grey, own_grey = rule.clicked_input(x[0], coords[rows[0]].cpu().numpy(), np.ones(1), True,
+                                                  local_view=lambda: local)  # fmt: skip
+        seen = x if view is None else view[None]
         feats = model.encode_image(seen.to(model.device))
         embedding = model.image_embedding(feats)
         s0.append(feats.high_res[0][0].half().cpu())
         s1.append(feats.high_res[1][0].half().cpu())
-        grey = ClickRule.grey(seen[0])
+        if grey is None:  # a rule that reads no image
+            grey = own_grey = ClickRule.grey(seen[0])
         if inputs:
             embeddings.append(embedding[0].half().cpu())
             greys.append(torch.from_numpy(np.ascontiguousarray(grey)).half())

@@ -351,7 +351,8 @@ def test_masks_tracked_through_z_are_mended_and_what_is_tracked_is_not(nano):
         ("not mended", replace(CLICK_RULE_FLUORESCENCE, through_z=False), True),
         ("time", CLICK_RULE_FLUORESCENCE, False),
     ):
-        with TrackingSession(nano, stack.image, click_rule=rule, z_stream=z_stream) as session:
+        # (one contrast for all three: a z stream's default would be local, `registry.ModelInfo.z_contrast`)
+        with TrackingSession(nano, stack.image, click_rule=rule, z_stream=z_stream, contrast="global") as session:
             assert session.z_stream is z_stream
             for obj in objects:
                 depth = ndimage.distance_transform_edt(truth[middle] == obj)

@@ -425,7 +425,7 @@ class TrackJob:
         if model is None:
             model = (recorded.model.source if recorded is not None else None) or registry.DEFAULT_MODEL
         self.net, used_model = _load_model(model, a["device"])
-        self.contrast = resolve_contrast(self.contrast, self.net)
+        self.contrast = resolve_contrast(self.contrast, self.net, z_stream=self._z_stream_contrast())
         recorded_sha = recorded.model.checkpoint_sha256 if recorded is not None else None
         if recorded_sha and used_model.checkpoint_sha256 and recorded_sha != used_model.checkpoint_sha256:
             raise InputError(
@@ -620,11 +620,17 @@ class TrackJob:
             z_edge_background=self.z_edge_background,
             contrast=self.contrast,
             click_rule=self.click_rule,
+            z_stream=self._z_stream(),  # (tracked masks mended by the click rule's through_z, the axial edge rule or not)
         )
 
     def _z_stream(self) -> bool:
         """The stream axis is z (the axial edge rule's domain), not time."""
         return self.letter == "z"
+
+    def _z_stream_contrast(self) -> bool:
+        """A new run's default contrast is the model's z-stream one (`registry.ModelInfo.z_contrast`), as the session
+        resolves it: a z stream, not under the parity preset."""
+        return self._z_stream() and self.preset != "parity"
 
     def _image_view(self):
         """The frames as the store's image and the region table's intensities (None: several channels kept)."""
@@ -649,6 +655,7 @@ class TrackJob:
             "threads": _torch_threads(),
             "z_edge": self.session.z_edge,  # the axial edge rule (z streams; None: off), for resume and replay
             "z_edge_background": self.session.z_edge_background,  # its background percentile, for resume
+            "z_stream": self.session.z_stream,  # the stream is z (the click rule's through_z), for replay
             **self.session.frames.contrast.record(),  # "contrast" (and local's constants), for resume and replay
             **self.session.click_rule.record(),  # "click_rule", for resume and replay
         }

@@ -140,11 +140,14 @@ class ImagePredictor:
         # a local window fitted to this image's objects (when none is given)
         step = resolve_contrast(contrast, self.model).fitted([scaled], size)
         self.contrast = step
+        local_view = None
+        if self.click_rule.local_view and not isinstance(step, LocalContrast):
+            # a first click's view (`ClickRule.local_view`), as a session's: local contrast fitted to this image (made
+            # first: the global step clips `scaled` in place, and local contrast reads it unclipped)
+            local_view = to_model_input(LocalContrast().fitted([scaled], size).apply(scaled, size), size)
         x = to_model_input(step.apply(scaled, size), size)[None].to(self.device)
         self.set_preprocessed(x, rgb.shape[:2])
-        if self.click_rule.local_view and not isinstance(step, LocalContrast):
-            # a first click's view (`ClickRule.local_view`), as a session's: local contrast fitted to this image
-            self._local_view = to_model_input(LocalContrast().fitted([scaled], size).apply(scaled, size), size)
+        self._local_view = local_view
 
     @torch.inference_mode()
     def set_preprocessed(self, model_input: torch.Tensor, image_shape: tuple[int, int]) -> None:

@@ -327,21 +327,22 @@ def contrast_step(contrast) -> ContrastStep:
     )
 
 
-def default_contrast(model) -> str:
+def default_contrast(model, z_stream: bool = False) -> str:
     """The contrast a model's input is made with unless the user says otherwise: `registry.ModelInfo.contrast` of
-    the registry model `model` names (a name, an alias, its checkpoint path, or a loaded model's `checkpoint_path`);
-    "global" for any other checkpoint or an in-memory model."""
+    the registry model `model` names (a name, an alias, its checkpoint path, or a loaded model's `checkpoint_path`),
+    or its `z_contrast` for a z stream (`z_stream`: a z-stack tracked along z); "global" for any other checkpoint or
+    an in-memory model."""
     from . import registry
 
     source = model if isinstance(model, (str, os.PathLike)) else getattr(model, "checkpoint_path", None)
-    return "global" if source is None else registry.default_contrast(source)
+    return "global" if source is None else registry.default_contrast(source, z_stream=z_stream)
 
 
-def resolve_contrast(contrast, model) -> ContrastStep:
-    """A face's contrast option → its step: None → the model's default (`default_contrast`), else
-    `contrast_step`."""
+def resolve_contrast(contrast, model, z_stream: bool = False) -> ContrastStep:
+    """A face's contrast option → its step: None → the model's default (`default_contrast`; `z_stream`: its default
+    for a z stream), else `contrast_step`."""
     if contrast is None:
-        contrast = default_contrast(model)
+        contrast = default_contrast(model, z_stream=z_stream)
     return contrast_step(contrast)
 
 

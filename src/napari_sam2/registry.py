@@ -90,7 +90,8 @@ class ModelInfo:
     params: parameter count; hf_repo: Meta's Hugging Face repository holding the same file; aliases: other accepted
     spellings; builtin: the file ships inside the package (`BUILTIN_DIR`), written by model/train_nano.py --export
     together with a JSON record of its hash, size and parameter count. contrast: the contrast step its input is made
-    with unless the user picks one ("global" or "local"; `napari_sam2.preprocess.resolve_contrast`). click_rule: the
+    with unless the user picks one ("global" or "local"; `napari_sam2.preprocess.resolve_contrast`); z_contrast: the
+    same for a z stream (a z-stack tracked along z; None: `contrast`). click_rule: the
     click rule its sessions use unless the user picks one ("off" or "fluorescence"; `napari_sam2.click_rule`).
     """
 
@@ -109,6 +110,7 @@ class ModelInfo:
     builtin: bool = False  # shipped in napari_sam2/weights/ (no url, never downloaded)
     contrast: str = "global"  # preprocess.CONTRASTS: the default contrast step of every face for this model
     click_rule: str = "off"  # click_rule.CLICK_RULES: how every face reads a clicked frame for this model
+    z_contrast: str | None = None  # the default contrast step of a z stream (None: `contrast`)
 
 
 _SHORT = {"tiny": "t", "small": "s", "base_plus": "b+", "large": "l"}
@@ -149,7 +151,9 @@ _OFFICIAL = [
 ]
 
 
-def _builtin(name: str, stem: str, config: str, contrast: str = "global", click_rule: str = "off") -> ModelInfo:
+def _builtin(
+    name: str, stem: str, config: str, contrast: str = "global", click_rule: str = "off", z_contrast: str | None = None
+) -> ModelInfo:
     """A model shipped in the package; its hash, size and parameters come from the record written beside it."""
     import json
 
@@ -172,6 +176,7 @@ def _builtin(name: str, stem: str, config: str, contrast: str = "global", click_
         builtin=True,
         contrast=contrast,
         click_rule=click_rule,
+        z_contrast=z_contrast,
     )
 
 
@@ -182,7 +187,11 @@ MODELS: dict[str, ModelInfo] = {
     for info in [
         # contrast: nano-fluo's default contrast step (preprocess.LocalContrast is "local")
         # click_rule: nano-fluo's clicks are read with the fluorescence rule (click_rule.py; model/README.md)
-        _builtin(BUILTIN_MODEL, "nano_fluo", "nano-fluo", contrast="global", click_rule="fluorescence"),
+        # z_contrast: a z-stack tracked along z under local contrast: under the stack's range the network loses a dim
+        # large nucleus on the slice after the click (model/README.md, "Session 16")
+        _builtin(
+            BUILTIN_MODEL, "nano_fluo", "nano-fluo", contrast="global", click_rule="fluorescence", z_contrast="local"
+        ),
         *(_official(*row) for row in _OFFICIAL),
     ]
 }
@@ -241,11 +250,14 @@ def _known_info(name_or_path: str | os.PathLike) -> ModelInfo | None:
     return None
 
 
-def default_contrast(name_or_path: str | os.PathLike) -> str:
-    """The `ModelInfo.contrast` of the registry model a name, an alias or a checkpoint path names (its built-in file,
-    its file in the download cache, or a copy of either); "global" for a checkpoint the registry does not know."""
+def default_contrast(name_or_path: str | os.PathLike, z_stream: bool = False) -> str:
+    """The `ModelInfo.contrast` (`z_stream`: its `z_contrast`, where it has one) of the registry model a name, an
+    alias or a checkpoint path names (its built-in file, its file in the download cache, or a copy of either);
+    "global" for a checkpoint the registry does not know."""
     info = _known_info(name_or_path)
-    return "global" if info is None else info.contrast
+    if info is None:
+        return "global"
+    return info.z_contrast if z_stream and info.z_contrast is not None else info.contrast
 
 
 def default_click_rule(name_or_path: str | os.PathLike) -> str:

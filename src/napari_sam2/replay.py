@@ -253,6 +253,9 @@ def replay(
             axis=axis,
             preset=settings.get("preset", "default"),
             z_edge=log_z_edge(record.edit_log, settings.get("z_edge")),
+            # a z stream's tracked masks are mended by a click rule with through_z (none recorded: made before it,
+            # when the rule had no such step)
+            z_stream=bool(settings.get("z_stream", False)),
             **options,
         ) as session:
             if (len(session), *session.frame_shape) != tuple(saved.labels.shape):

@@ -594,7 +594,7 @@ def _open_session(
 ):
     """A TrackingSession over `stack` built as `track` builds it (same axis, channel and intensity resolution),
     so that its embedding-cache key equals that of a later `track(..., embedding_cache=...)`."""
-    from .api import _channel_axis, _frame_shape, _load_model, _open_input
+    from .api import _channel_axis, _frame_shape, _load_model, _open_input, _stream_letter
     from .io.readers import parse_window, resolve_axis
     from .preprocess import IntensityRange
     from .session import TrackingSession
@@ -618,6 +618,7 @@ def _open_session(
         embedding_cache=embedding_cache,
         feature_cache_bytes=feature_cache_bytes,
         contrast=contrast,  # None: the model's default, as track()
+        z_stream=_stream_letter(axis, opened.axes[ax]) == "z",  # (a z stream's default contrast, as track())
     )
 
 

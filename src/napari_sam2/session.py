@@ -232,13 +232,14 @@ class TrackingSession:
     z_edge_background: the percentile of the ring around a mask that the rule takes as a slice's local background
         (None: `volume_time.Z_EDGE_BACKGROUND`); each "edge" entry of the edit log records the one it applied.
     contrast: the contrast step of the model input (`preprocess`): "global", "local", a `preprocess.LocalContrast`,
-        or None (default): the model's (`registry.ModelInfo.contrast`; "global" for a checkpoint not in the registry).
-        The resolved step is `frames.contrast`.
+        or None (default): the model's (`registry.ModelInfo.contrast`, in a z stream its `z_contrast`; "global" for a
+        checkpoint not in the registry). The resolved step is `frames.contrast`.
     click_rule: how a frame prompted with clicks is read (`napari_sam2.click_rule`): "off", "fluorescence", a
         `click_rule.ClickRule`, or None (default): the model's (`registry.ModelInfo.click_rule`; "off" for a
         checkpoint not in the registry and under preset "parity"). The resolved rule is `click_rule`.
     z_stream: the stream axis is z (True wherever `z_edge` is given): the rule's `through_z` mends tracked masks
-        (`ClickRule.mend_tracked`) in a z stream only. The 3D+t engine's z-streams say so; time is left as it is.
+        (`ClickRule.mend_tracked`) in a z stream only, and `contrast` None is the model's z-stream default. The
+        3D+t engine's z-streams say so (their contrast is given: the 4-D stack's); time is left as it is.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
     frame_shape, read_ahead).
     """
@@ -276,7 +277,9 @@ class TrackingSession:
         self.fill_hole_area = options["fill_hole_area"] if fill_hole_area is None else fill_hole_area
         self.precision = resolve_precision(self.device, precision, preset, model)
         frame_options.setdefault("pin_memory", self.device.type == "cuda")
-        contrast = resolve_contrast(contrast, model)
+        # a z stream's default contrast may differ (registry.ModelInfo.z_contrast); the parity preset keeps the stack's
+        z_stream = (bool(z_stream) or z_edge is not None) and preset != "parity"
+        contrast = resolve_contrast(contrast, model, z_stream=z_stream)
         self.click_rule = resolve_click_rule(click_rule, model, preset)
         self.frames = FrameSource(stack, model.image_size, axis=axis, contrast=contrast, **frame_options)
         self.num_frames = num_frames or len(self.frames)

@@ -69,7 +69,8 @@ def test_a_z_stack_in_the_widget_gets_the_axial_edge_rule_as_track_does(sam_view
 
     expected = np.asarray(track(image, prompts, model="nano-fluo", axis="z", device="cpu", tables=False).labels)
     np.testing.assert_array_equal(labels, expected)  # the widget's z-stack labels are track()'s, rule included
-    with TrackingSession(w.controller.model, image) as plain:  # the same clicks without the rule
+    # the same clicks, the same z stream (its contrast, its masks mended: the click rule's through_z), without the rule
+    with TrackingSession(w.controller.model, image, z_stream=True) as plain:
         prompts.apply(plain)
         untrimmed = np.zeros_like(labels)
         for r in plain.propagate("both"):

@@ -1003,7 +1003,10 @@ class TrackingController:
                         "z_edge_background": self._z_edge_background(),
                     }
                     if g.coupled
-                    else {"z_edge": self._session_z_edge(session)}
+                    else {
+                        "z_edge": self._session_z_edge(session),
+                        "z_stream": bool(getattr(session, "z_stream", False)),  # (the click rule's through_z)
+                    }
                 ),
             },
             parents=parents,

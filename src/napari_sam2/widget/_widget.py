@@ -95,6 +95,15 @@ def _lineage_text(obj: int, parents: dict[int, int]) -> str:
     return "; ".join(parts)
 
 
+def _default_contrasts(model) -> str:
+    """What "model default" means on the contrast picker: the model's contrast step, and its z-stack one where that
+    differs (`registry.ModelInfo.z_contrast`: a stack tracked along z)."""
+    from ..preprocess import default_contrast
+
+    plain, along_z = default_contrast(model), default_contrast(model, z_stream=True)
+    return plain if plain == along_z else f"{plain}; along z {along_z}"
+
+
 def _select_quietly(combo, index: int) -> None:
     """Show item `index` of `combo` (a face showing state, not a user's pick: no change signal); -1: left as is."""
     if index >= 0 and index != combo.currentIndex():
@@ -533,9 +542,7 @@ class SAM2Widget(QWidget, ControllerView):
 
     def _show_contrast(self) -> None:
         """The picker shows the controller's contrast (an opened result sets it) and what "model default" means."""
-        from ..preprocess import default_contrast
-
-        self._show_model_default(self.contrast_combo, default_contrast)
+        self._show_model_default(self.contrast_combo, _default_contrasts)
         wanted = self.controller.contrast
         name = wanted if wanted is None or isinstance(wanted, str) else wanted.name
         _select_quietly(self.contrast_combo, 0 if name is None else self.contrast_combo.findData(name))

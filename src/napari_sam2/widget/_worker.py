@@ -50,7 +50,9 @@ def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto"
         if preprocessing is None:
             preprocessing = stack_preprocessing(geometry.volume_view(), model, contrast)
         options["intensity"], contrast = preprocessing
-    return TrackingSession(model, stack, axis=axis, z_edge=z_edge, contrast=contrast, click_rule=click_rule, **options)
+    return TrackingSession(
+        model, stack, axis=axis, z_edge=z_edge, contrast=contrast, click_rule=click_rule, z_stream=z_stream, **options
+    )
 
 
 def apply_changed(session, prompts: PromptSet) -> list:
