@@ -320,17 +320,23 @@ def test_a_store_made_before_the_local_view_replays_without_it(tmp_path):
     np.save(stack, hard_condition("brightness_spread", 77, n=2).image)  # a test seed, neither tuning nor held-out
     prompts = PromptSet()
     prompts.add(0, 1, points=[[181, 40]])  # a dim nucleus (brightness 0.46 of the brightest interphase ones)
+    _made_before_the_field("local_view", tmp_path, stack, prompts)
+
+
+def _made_before_the_field(field: str, tmp_path, stack, prompts, **options) -> None:
+    """A store made by the fluorescence rule without `field` (the rule as it was before the field existed), its record
+    stripped of it as an older store's is: replayed identically, as the store made with today's rule is; the two
+    rules' labels differ (else the replay would show nothing)."""
     made = {}
-    earlier = replace(CLICK_RULE_FLUORESCENCE, local_view=False)
-    for name, rule in (("now", CLICK_RULE_FLUORESCENCE), ("before", earlier)):
+    for name, rule in (("now", CLICK_RULE_FLUORESCENCE), ("before", replace(CLICK_RULE_FLUORESCENCE, **{field: False}))):
         made[name] = tmp_path / f"{name}.ome.zarr"
-        track(stack, prompts, model="nano-fluo", device="cpu", out=made[name], tables=False, click_rule=rule)
-    # (the two rules draw this nucleus differently, else the replay below would show nothing)
-    assert not np.array_equal(open_result(made["now"]).labels[0], open_result(made["before"]).labels[0])
+        track(stack, prompts, model="nano-fluo", device="cpu", out=made[name], tables=False, click_rule=rule,
+              **options)  # fmt: skip
+    assert not np.array_equal(open_result(made["now"]).labels[:], open_result(made["before"]).labels[:])
     store = LabelStore.open(made["before"], mode="r+")
-    recorded = {k: v for k, v in store.provenance["settings"]["click_rule"].items() if k != "local_view"}
+    recorded = {k: v for k, v in store.provenance["settings"]["click_rule"].items() if k != field}
     store.update_provenance({"settings": {**store.provenance["settings"], "click_rule": recorded}})
-    assert not click_rule_from_record(open_result(made["before"]).record.settings).local_view
+    assert not getattr(click_rule_from_record(open_result(made["before"]).record.settings), field)
     assert replay(made["before"], device="cpu").identical
     assert replay(made["now"], device="cpu").identical
 
@@ -386,20 +392,7 @@ def test_a_z_stack_made_before_through_z_replays_without_it(tmp_path):
     depth = ndimage.distance_transform_edt(stack.labels[8] == 9)  # a nucleus the network follows through z
     prompts = PromptSet()
     prompts.add(8, 9, points=[np.unravel_index(int(np.argmax(depth)), depth.shape)])
-    made = {}
-    earlier = replace(CLICK_RULE_FLUORESCENCE, through_z=False)
-    for name, rule in (("now", CLICK_RULE_FLUORESCENCE), ("before", earlier)):
-        made[name] = tmp_path / f"{name}.ome.zarr"
-        track(tmp_path / "stack.npy", prompts, model="nano-fluo", device="cpu", axis="z", out=made[name],
-              tables=False, click_rule=rule)  # fmt: skip
-        assert open_result(made[name]).record.settings["z_edge"] is not None  # a z stream
-    assert not np.array_equal(open_result(made["now"]).labels[:], open_result(made["before"]).labels[:])
-    store = LabelStore.open(made["before"], mode="r+")
-    recorded = {k: v for k, v in store.provenance["settings"]["click_rule"].items() if k != "through_z"}
-    store.update_provenance({"settings": {**store.provenance["settings"], "click_rule": recorded}})
-    assert not click_rule_from_record(open_result(made["before"]).record.settings).through_z
-    assert replay(made["before"], device="cpu").identical
-    assert replay(made["now"], device="cpu").identical
+    _made_before_the_field("through_z", tmp_path, tmp_path / "stack.npy", prompts, axis="z")  # a z stream
 
 
 def test_track_many_takes_the_click_rule():
