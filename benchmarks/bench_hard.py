@@ -296,7 +296,7 @@ def main(argv=None) -> int:
     contrast = resolve_contrast(args.contrast, model).name
     rule = resolve_click_rule(args.click_rule, model)
     numbers = {"model": str(args.model), "seeds": args.seeds, "threads": torch.get_num_threads(), "contrast": contrast,
-               **rule.record(), **evaluate(model, args.seeds, args.frames, contrast, rule)}  # fmt: skip
+               **rule.record(), **evaluate(model, args.seeds, args.frames, args.contrast, rule)}  # fmt: skip
     numbers["seconds"] = time.perf_counter() - began
     print(json.dumps(numbers, indent=1))
     if args.json:

@@ -46,11 +46,15 @@ def _window(image):
 
 
 def test_a_z_stack_tracked_as_zyx_and_as_one_time_point_tzyx_gives_the_same_labels(nano, zstack):
-    """Same stack, same clicks (all on one slice), same window: ZYX along z and [1, Z, Y, X] through the 3D+t
-    engine give identical labels, the axial edge rule included; along t (a time-lapse) the rule is off."""
+    """Same stack, same clicks (all on one slice), same window and contrast: ZYX along z and [1, Z, Y, X] through the
+    3D+t engine give identical labels, the axial edge rule and the click rule's through_z included; along t (a
+    time-lapse) the rule is off. (Left to the model, their contrast differs: nano-fluo's z-stream default, local, is a
+    plain z-stack's; 3D+t keeps global.)"""
     image, labels, z = zstack
-    as_zyx = track(image, _clicks(labels, z), model=nano, axis="z", window=_window(image), tables=False)
+    as_zyx = track(image, _clicks(labels, z), model=nano, axis="z", window=_window(image), tables=False,
+                   contrast="global")  # fmt: skip
     as_tzyx = track(image[None], _clicks(labels, z, True), model=nano, window=_window(image), tables=False)
+    assert as_tzyx.provenance["settings"]["contrast"] == "global"
     zyx, tzyx = np.asarray(as_zyx.labels), np.asarray(as_tzyx.labels)[0]
     assert len(np.unique(zyx)) == 4  # three nuclei
     np.testing.assert_array_equal(zyx, tzyx)
@@ -61,7 +65,8 @@ def test_a_z_stack_tracked_as_zyx_and_as_one_time_point_tzyx_gives_the_same_labe
     assert "edge" not in [e["op"] for e in along_t.provenance["edit_log"]]
     # the same z stream without the rule (its masks mended as the click rule's through_z mends a z stream's)
     plain = np.asarray(
-        track(image, _clicks(labels, z), model=nano, axis="z", window=_window(image), tables=False, z_edge="off").labels
+        track(image, _clicks(labels, z), model=nano, axis="z", window=_window(image), tables=False, z_edge="off",
+              contrast="global").labels  # fmt: skip
     )
     trimmed = (plain > 0) & (zyx == 0)
     assert trimmed.any() and not ((zyx > 0) & (plain == 0)).any()  # the rule only takes voxels away (here 20)
@@ -211,7 +216,8 @@ def test_z_edge_is_an_option_of_track_and_the_cli_and_a_resume_refuses_a_changed
     is written, and a resumed run refuses a z_edge other than the one it was made with."""
     image, labels, z = zstack
     window = _window(image)
-    off = track(image, _clicks(labels, z), model=nano, axis="z", window=window, tables=False, z_edge="off")
+    off = track(image, _clicks(labels, z), model=nano, axis="z", window=window, tables=False, z_edge="off",
+                contrast="global")  # (3D+t's below: the model's plain default)
     assert off.provenance["settings"]["z_edge"] is None and off.provenance["settings"]["z_stream"]
     assert "edge" not in [e["op"] for e in off.provenance["edit_log"]]
     off_4d = track(image[None], _clicks(labels, z, True), model=nano, window=window, tables=False, z_edge=None)

@@ -266,6 +266,11 @@ class VolumeTimeJob(TrackJob):
     def _z_stream(self) -> bool:
         return True  # 3D+t: every object's z-stream at each time point
 
+    def _z_stream_contrast(self) -> bool:
+        # 3D+t keeps the model's contrast, not its z-stream one: on the 4-D tuning movies (small nuclei of similar
+        # brightness) local contrast lost IoU and TRA (model/README.md, "Session 16")
+        return False
+
     def _image_view(self):
         return self.view
 

@@ -239,7 +239,8 @@ class TrackingSession:
         checkpoint not in the registry and under preset "parity"). The resolved rule is `click_rule`.
     z_stream: the stream axis is z (True wherever `z_edge` is given): the rule's `through_z` mends tracked masks
         (`ClickRule.mend_tracked`) in a z stream only, and `contrast` None is the model's z-stream default. The
-        3D+t engine's z-streams say so (their contrast is given: the 4-D stack's); time is left as it is.
+        3D+t engine's z-streams say so (their contrast is given: the 4-D stack's, the model's plain default); time is
+        left as it is.
     Other keyword arguments go to `FrameSource` (channel, channel_axis, intensity, percentiles, preprocessed,
     frame_shape, read_ahead).
     """

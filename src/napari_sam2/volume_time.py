@@ -202,8 +202,9 @@ def _stack_contrast(frames, step, intensity: IntensityRange, image_size: int, sa
 
 def stack_preprocessing(frames, model, contrast=None, percentiles=DEFAULT_PERCENTILES, intensity=None):
     """The intensity range and the fitted contrast step a `VolumeTimeSession` over `frames` [T, Z, Y, X] gives every
-    slice: → (IntensityRange, contrast step). contrast: as `VolumeTimeSession` takes it (None: the model's default
-    for z streams, `registry.ModelInfo.z_contrast`: every object is followed through z);
+    slice: → (IntensityRange, contrast step). contrast: as `VolumeTimeSession` takes it (None: the model's default;
+    not its z-stream default, `registry.ModelInfo.z_contrast`, which was chosen for plain z-stacks: on 3D+t's tuning
+    movies local contrast lost TRA, model/README.md "Session 16");
     intensity: a given range or (low, high) (None: percentiles of slices spread over (t, z)). A per-slice session
     given these (`TrackingSession(..., intensity=, contrast=)`) makes the same network input for a slice as the
     3D+t session does (the widget's 3D+t previews)."""
@@ -211,8 +212,7 @@ def stack_preprocessing(frames, model, contrast=None, percentiles=DEFAULT_PERCEN
         intensity = _stack_intensity(frames, percentiles)
     elif not isinstance(intensity, IntensityRange):
         intensity = IntensityRange(*intensity)
-    step = resolve_contrast(contrast, model, z_stream=True)
-    return intensity, _stack_contrast(frames, step, intensity, model.image_size)
+    return intensity, _stack_contrast(frames, resolve_contrast(contrast, model), intensity, model.image_size)
 
 
 class VolumeTimeSession:
