@@ -184,6 +184,11 @@ class ClickRule:
         return (model_input.detach().float().cpu() * std + mean).mean(0).numpy()
 
     @staticmethod
+    def grey_tensor(grey: np.ndarray) -> torch.Tensor:
+        """`grey`'s [S, S] frame → the [1, 1, S, S] float32 tensor the mask refiner reads."""
+        return torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]
+
+    @staticmethod
     def apply_gain(model_input: torch.Tensor, gain: float) -> torch.Tensor:
         """A normalised model input [3, S, S] (ImageNet mean / std) → the same frame times `gain`, clipped to
         [0, 1] before normalising again."""

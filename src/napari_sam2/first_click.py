@@ -95,7 +95,7 @@ def decode_first_click(
                 by_click_decoder[j] = False
     unrefined = logits.clone()
     changed = torch.zeros(logits.shape[:2], dtype=torch.bool)
-    grey_t = None if grey is None else torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]
+    grey_t = None if grey is None else ClickRule.grey_tensor(grey)
     if model.mask_refiner is not None and grey_t is None:
         raise ValueError("a model with a mask refiner needs the frame's grey (ClickRule.grey of the model input)")
     labels = np.ones(1)

@@ -1057,7 +1057,7 @@ class TrackingSession:
         """The tracked masks' logits [B, 1, h, w] of one frame (their memory already encoded from the network's own)
         → each mended as a z stream's (`ClickRule.mend_tracked`): shown, saved and handed to a later correction."""
         grey = ClickRule.grey(self.frames.model_input(frame))
-        grey_t = torch.from_numpy(np.ascontiguousarray(grey, dtype=np.float32))[None, None]
+        grey_t = ClickRule.grey_tensor(grey)
         mended = logits.clone()
         with autocast_context(self.device, self.precision):
             for k in range(logits.shape[0]):
