@@ -77,6 +77,19 @@ nano_s12.pt`; from a file that carries a click decoder, a leg trains that one on
         --save-every 100 --seed 16
     python model/train_nano.py --out runs/qz --export src/napari_sam2/weights/nano_fluo.pt
 
+Ambiguous clicks for the click decoder (`--cluster-candidates`, `--border-clicks`; issue 16, session 17; measured,
+not shipped: model/README.md, "Session 17"): the click set also holds, with odds --border-clicks per touching nucleus,
+a click on its shared border with a neighbour (the tuning set: each touching nucleus once, at the middle of the border,
+as bench_hard's probe clicks), and the three candidates are trained on the clicked nucleus, it with the touching
+neighbour nearest the click, and its touching cluster (`candidate_targets`); the validation adds the border clicks'
+mean pairwise IoU of the candidates and the share offering both the nucleus and the pair (`ambiguity`). From the
+shipped file (a leg trains its click decoder on), e.g.
+
+    python model/train_nano.py --out runs/cc1 --click-decoder --init src/napari_sam2/weights/nano_fluo.pt \
+        --click-data runs/set60b.pt --quality-groups 60 --quality-tune-groups 12 --quality-contrast both \
+        --quality-click-rule fluorescence --cluster-candidates --border-clicks 0.5 --balance-conditions --steps 2000 \
+        --clicks-per-image 32 --threads 2 --lr 3e-4 --warmup 50 --lr-min 0.1 --val-every 500 --save-every 100 --seed 17
+
 Mask refiner (`--mask-refiner`, issue 16, session 14): a few 3×3 convolutions that correct the border of a first
 click's mask from the frame at the model input's resolution (src/napari_sam2/model/mask_refiner.py); the network,
 head and click decoder of --init are frozen. It learns on the chosen masks of the click decoder's kind of set (built
@@ -348,6 +361,27 @@ def hard_negative_targets(labels: torch.Tensor, candidates: list[int], brightnes
     return chosen
 
 
+def touching_neighbours(labels: np.ndarray, obj: int) -> list[int]:
+    """The labels of the objects touching `obj` in labels [Y, X] (within 2 px of it), sorted."""
+    mask = labels == obj
+    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask & (labels > 0)
+    return [int(i) for i in np.unique(labels[ring])]
+
+
+def touching_cluster(labels: np.ndarray, obj: int, depth: int = 3) -> list[int]:
+    """The labels of the touching cluster around `obj` (itself included), up to `depth` neighbours deep."""
+    cluster = labels == obj
+    for _ in range(depth):
+        ring = ndimage.binary_dilation(cluster, iterations=2) & ~cluster & (labels > 0)
+        cluster |= np.isin(labels, np.unique(labels[ring]))
+    return [int(i) for i in np.unique(labels[cluster])]
+
+
+def contact_pixels(labels: np.ndarray, obj: int, other: int) -> np.ndarray:
+    """(y, x) rows of the pixels of `obj` within 2 px of `other`: their shared border, on obj's side."""
+    return np.argwhere((labels == obj) & ndimage.binary_dilation(labels == other, iterations=2))
+
+
 def ambiguous_click(
     labels0: np.ndarray, obj: int, rng: np.random.Generator
 ) -> tuple[tuple[float, float], np.ndarray] | None:
@@ -355,17 +389,13 @@ def ambiguous_click(
     neighbour, and a target drawn among the three a user could mean — the nucleus, the nucleus with that
     neighbour, the whole touching cluster. None when the object touches nothing."""
     mask = labels0 == obj
-    ring = ndimage.binary_dilation(mask, iterations=2) & ~mask & (labels0 > 0)
-    neighbours = [int(i) for i in np.unique(labels0[ring])]
+    neighbours = touching_neighbours(labels0, obj)
     if not neighbours:
         return None
     other = int(rng.choice(neighbours))
-    contact = np.argwhere(mask & ndimage.binary_dilation(labels0 == other, iterations=2))
+    contact = contact_pixels(labels0, obj, other)
     y, x = contact[int(rng.integers(len(contact)))]
-    cluster = mask.copy()
-    for _ in range(3):  # the touching cluster around it, up to three neighbours deep
-        ring = ndimage.binary_dilation(cluster, iterations=2) & ~cluster & (labels0 > 0)
-        cluster |= np.isin(labels0, np.unique(labels0[ring]))
+    cluster = np.isin(labels0, touching_cluster(labels0, obj))
     choice = int(rng.integers(3))
     target = [mask, mask | (labels0 == other), cluster][choice]
     return (float(x), float(y)), target
@@ -1036,6 +1066,22 @@ def deepest_click(mask: np.ndarray) -> tuple[float, float]:
     return float(y), float(x)
 
 
+def touching_targets(truth: np.ndarray, targets: list[int], clicks: list) -> dict:
+    """What a click on a nucleus in a touching cluster may ask for besides the nucleus, per click: partner [n] (the
+    touching neighbour nearest the click (y, x), −1: none) and cluster [n, 16] (`touching_cluster`'s labels, padded
+    with −1). Targets of `--cluster-candidates`."""
+    partner = torch.full((len(targets),), -1, dtype=torch.int16)
+    cluster = torch.full((len(targets), 16), -1, dtype=torch.int16)
+    for i, (obj, (y, x)) in enumerate(zip(targets, clicks)):
+        neighbours = touching_neighbours(truth, obj)
+        if neighbours:
+            reach = [((np.argwhere(truth == n) - (y, x)) ** 2).sum(1).min() for n in neighbours]
+            partner[i] = neighbours[int(np.argmin(reach))]
+        members = touching_cluster(truth, obj)[:16]
+        cluster[i, : len(members)] = torch.tensor(members)
+    return {"partner": partner, "cluster": cluster}
+
+
 @torch.no_grad()
 def condition_clicks(
     model,
@@ -1050,13 +1096,16 @@ def condition_clicks(
     contrast: str = "global",
     rule: ClickRule = CLICK_RULE_OFF,
     inputs: bool = False,
+    border: float | None = 0.0,
 ) -> dict | None:
     """The frozen network's answers to single clicks on one frame, as a fresh `TrackingSession` gives them.
 
     image [T, Y, X] (a stack, preprocessed by `FrameSource` as at inference), frame: the clicked index, truth
     [Y, X] its labels; the frame (and truth) turned by `turns` × 90° and flipped left-right with `flip`. One click at
     each object's deepest pixel (objects ≥ 20 px, as the benchmarks click), and with odds `extra` a second one
-    anywhere ≥ 40 % deep; contrast: the model input's contrast step (`preprocess`), rule: the click rule
+    anywhere ≥ 40 % deep; `border`: with these odds, an object that touches another is also clicked on their shared
+    border (on its side; at a random pixel of it, or None: at the middle of its border with its first neighbour, as
+    bench_hard's ambiguous-click probe clicks); contrast: the model input's contrast step (`preprocess`), rule: the click rule
     (`napari_sam2.click_rule`), as the session's; a model with a mask refiner refines each candidate as the session
     refines a first click's mask. → {s0 [G, d/8, 4h, 4w], s1 [G, d/4, 2h, 2w] (fp16 high-res maps of
     the G frames the clicks were decoded from: one per gain of the click rule), group [n] (each click's frame in s0 /
@@ -1067,7 +1116,9 @@ def condition_clicks(
     `inputs` also what a decoder needs to be trained on these clicks (`--click-decoder`): embedding [G, d, h, w] (fp16,
     the no-memory embedding of each click's frame), grey [G, S, S] (fp16, that frame in [0, 1]: what the mask refiner
     reads, `--mask-refiner`), truth [1, Y, X] (int16, the view's labels), target [n] (the
-    clicked object's label), view [n] (zeros: the view's index, offset by `condition_set`)."""
+    clicked object's label), view [n] (zeros: the view's index, offset by `condition_set`), border [n] (a click on a
+    shared border), partner [n] (the touching neighbour nearest the click, −1: none), cluster [n, 16] (the labels of
+    the clicked object's touching cluster, `touching_cluster`, padded with −1)."""
     size = model.image_size
     source = FrameSource(image, size, read_ahead=0, contrast=contrast)
     x = source.model_input(frame)[None]
@@ -1094,6 +1145,21 @@ def condition_clicks(
             clicks.append((cy, cx))
             deep.append(False)
             targets.append(obj)
+    on_border = [False] * len(clicks)
+    for obj in objs if border != 0.0 else ():
+        neighbours = touching_neighbours(truth, obj)
+        if not neighbours or (border is not None and rng.random() >= border):
+            continue
+        if border is None:  # the middle of the contact, as bench_hard's border_click
+            contact = contact_pixels(truth, obj, neighbours[0])
+            row, col = contact[int(np.argmin(((contact - contact.mean(0)) ** 2).sum(1)))]
+        else:
+            contact = contact_pixels(truth, obj, int(rng.choice(neighbours)))
+            row, col = contact[int(rng.integers(len(contact)))]
+        clicks.append((float(row), float(col)))
+        deep.append(False)
+        targets.append(obj)
+        on_border.append(True)
     coords = torch.from_numpy(points_to_model(np.array(clicks), truth.shape, size))[:, None].to(model.device)
     # the click rule's level: each click is decoded from the frame as the rule reads it (`ClickRule.clicked_input`:
     # raised, or under local contrast and raised there); clicks read the same way share one encoding
@@ -1139,7 +1205,8 @@ def condition_clicks(
     if inputs:
         extras = {"embedding": torch.stack(embeddings), "grey": torch.stack(greys),
                   "truth": labels.to(torch.int16)[None],
-                  "target": torch.tensor(targets), "view": torch.zeros(len(clicks), dtype=torch.long)}  # fmt: skip
+                  "target": torch.tensor(targets), "view": torch.zeros(len(clicks), dtype=torch.long),
+                  "border": torch.tensor(on_border), **touching_targets(truth, targets, clicks)}  # fmt: skip
     return {
         **extras,
         "s0": torch.stack(s0),
@@ -1156,7 +1223,13 @@ def condition_clicks(
 
 
 def condition_set(
-    model, groups: int, tuning: bool, contrasts=("global",), rule: ClickRule = CLICK_RULE_OFF, inputs: bool = False
+    model,
+    groups: int,
+    tuning: bool,
+    contrasts=("global",),
+    rule: ClickRule = CLICK_RULE_OFF,
+    inputs: bool = False,
+    border: float = 0.0,
 ) -> dict:
     """The clicks of `--quality-data conditions`, stacked: `condition_clicks` of every frame (their "frame" index
     points into s0 / s1). Group k: one stack of each of bench_hard's hard conditions (`hard_condition`, seeds
@@ -1166,9 +1239,11 @@ def condition_set(
     stack, turned and flipped at random, half the objects clicked a second time anywhere deep inside. Each view is
     clicked once per contrast step of `contrasts` (the same clicks: the rng is drawn once per view), through the
     click rule `rule` (`napari_sam2.click_rule`); `inputs`: with the decoder's inputs and targets (`condition_clicks`),
-    "view" pointing into "truth"."""
+    "view" pointing into "truth"; `border`: the odds of a shared-border click per touching object (training: at a
+    random pixel of the border; tuning, where it is not 0: every touching object once, at the middle)."""
     base = QUALITY_TUNE_SEED if tuning else QUALITY_TRAIN_SEED
     extra = 0.0 if tuning else 0.5
+    odds = None if tuning and border else border  # (None: each touching object once, at the middle)
     parts = []
     for k in range(groups):
         rng = np.random.default_rng([base, k])
@@ -1193,7 +1268,7 @@ def condition_set(
             for contrast in contrasts:
                 rng.bit_generator.state = state  # every contrast step gets the same second clicks
                 got = condition_clicks(
-                    model, image, frame, truth, condition, rng, extra, turns, flip, contrast, rule, inputs
+                    model, image, frame, truth, condition, rng, extra, turns, flip, contrast, rule, inputs, odds
                 )
                 if got is not None:
                     parts.append(got)
@@ -1209,6 +1284,8 @@ def condition_set(
         data["truth"] = torch.cat([p["truth"] for p in parts])
         data["target"] = torch.cat([p["target"] for p in parts])
         data["view"] = torch.cat([p["view"] + i for i, p in enumerate(parts)])
+        for key in ("border", "partner", "cluster"):
+            data[key] = torch.cat([p[key] for p in parts])
     return data
 
 
@@ -1344,15 +1421,36 @@ def train_quality_head(args) -> int:
 
 
 # ---------------------------------------------------------------------- the click decoder (--click-decoder)
+def candidate_targets(data: dict, rows: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """`--cluster-candidates`' targets of clicks `rows` (truth [B, Y, X]: their views' labels) → [B, 3, Y, X]: the
+    clicked nucleus, it with the touching neighbour nearest the click, its touching cluster (both the nucleus alone
+    where it touches nothing): SAM's part / whole / group for a click on a nucleus among touching ones."""
+    device = truth.device
+    nucleus = truth == data["target"][rows].to(device)[:, None, None]
+    partner = data["partner"][rows].to(device)
+    pair = nucleus | ((truth == partner[:, None, None]) & (partner >= 0)[:, None, None])
+    members = data["cluster"][rows].to(device)  # [B, 16], −1 padded
+    cluster = nucleus | ((truth[:, None] == members[:, :, None, None]) & (members >= 0)[:, :, None, None]).any(1)
+    return torch.stack([nucleus, pair, cluster], 1).float()
+
+
 def click_decoder_loss(
-    model, decoder, data: dict, rows: torch.Tensor, all_candidates: bool, focal_alpha: float = 0.25
+    model,
+    decoder,
+    data: dict,
+    rows: torch.Tensor,
+    all_candidates: bool,
+    focal_alpha: float = 0.25,
+    cluster_candidates: bool = False,
+    masks: list | None = None,
 ) -> tuple:
     """The loss of `decoder` on clicks `rows` of a `condition_set(inputs=True)`, decoded as a session decodes a first
     click (no memory, three candidates): per candidate focal ×20 + dice against the clicked object at the frame's
     size (`focal_alpha`: the object pixels' weight, SAM's 0.25), the smallest of the three (SAM's rule;
-    `all_candidates`: their mean), plus L1 between each candidate's
-    predicted and actual IoU and the object score's cross-entropy (the clicked object is there).
-    → (loss, IoU of the IoU token's choice [B], IoU of the best candidate [B])."""
+    `all_candidates`: their mean; `cluster_candidates`: their mean, each against its own target of
+    `candidate_targets`), plus L1 between each candidate's predicted and actual IoU (with the clicked object) and
+    the object score's cross-entropy (the clicked object is there); `masks`, a list: the candidates' masks
+    [B, 3, Y, X] are appended to it. → (loss, IoU of the IoU token's choice [B], IoU of the best candidate [B])."""
     device = model.device
     frames = data["frame"][rows]
     embedding = data["embedding"][frames].float().to(device)
@@ -1361,18 +1459,21 @@ def click_decoder_loss(
     ones = torch.ones(len(rows), 1, dtype=torch.int32, device=device)
     out = model.decode(embedding, high_res, coords, ones, multimask=True, object_gate=False, quality=False,
                        decoder=decoder)  # fmt: skip
-    truth = data["truth"][data["view"][rows]].to(device)
+    truth = data["truth"][data["view"][rows]].to(device).long()
     target = (truth == data["target"][rows].to(device)[:, None, None]).float()[:, None]  # [B, 1, Y, X]
     logits = model.upsample_logits(out.multi_logits, tuple(target.shape[-2:]))  # [B, 3, Y, X]
     target = target.expand_as(logits)
-    focal, dice, _ = mask_losses(logits.flatten(0, 1), target.flatten(0, 1), focal_alpha)
+    wanted = candidate_targets(data, rows, truth) if cluster_candidates else target
+    focal, dice, _ = mask_losses(logits.flatten(0, 1), wanted.flatten(0, 1), focal_alpha)
     mask_loss = (SAM2_LOSS_WEIGHTS["focal"] * focal + SAM2_LOSS_WEIGHTS["dice"] * dice).view(len(rows), -1)  # [B, 3]
     with torch.no_grad():
         hit = (logits > 0).float()
         inter = (hit * target).flatten(2).sum(2)
         union = (hit + target).clamp(max=1).flatten(2).sum(2)
         actual = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    chosen_loss = mask_loss.mean(1) if all_candidates else mask_loss.min(1).values
+    if masks is not None:
+        masks.append(logits.detach() > 0)
+    chosen_loss = mask_loss.mean(1) if all_candidates or cluster_candidates else mask_loss.min(1).values
     iou_loss = (out.multi_ious.float() - actual).abs().mean(1)
     presence = F.binary_cross_entropy_with_logits(out.object_score[:, 0].float(), torch.ones(len(rows), device=device))
     loss = chosen_loss.mean() + LOSS_WEIGHTS["iou"] * iou_loss.mean() + SAM2_LOSS_WEIGHTS["presence"] * presence
@@ -1385,18 +1486,44 @@ def click_decoder_validation(model, decoder, data: dict, batch: int = 128) -> di
     """Median IoU (before the click rule's steps) of the IoU token's choice and of the best candidate over a tuning
     `condition_set(inputs=True)`, overall and per condition."""
     n = len(data["frame"])
-    chosen, best = [], []
+    chosen, best, pairwise, offered = [], [], [], []
     for i in range(0, n, batch):
-        _, c, b = click_decoder_loss(model, decoder, data, torch.arange(i, min(n, i + batch)), False)
+        rows, masks = torch.arange(i, min(n, i + batch)), []
+        _, c, b = click_decoder_loss(model, decoder, data, rows, False, masks=masks)
         chosen.append(c)
         best.append(b)
+        if "border" in data and data["border"][rows].any():
+            on = rows[data["border"][rows]]
+            got = masks[0][data["border"][rows]].cpu()
+            p, o = ambiguity(got, candidate_targets(data, on, data["truth"][data["view"][on]].long()).bool())
+            pairwise.append(p)
+            offered.append(o)
     chosen, best = torch.cat(chosen), torch.cat(best)
-    stats = {"chosen": float(chosen.median()), "best": float(best.median())}
+    plain = ~data["border"] if "border" in data else torch.ones(n, dtype=torch.bool)
+    stats = {"chosen": float(chosen[plain].median()), "best": float(best[plain].median())}
     for c, name in enumerate(CONDITION_NAMES):
-        where = data["condition"] == c
+        where = (data["condition"] == c) & plain
         if where.any():
             stats[f"chosen_{name}"] = float(chosen[where].median())
+    if pairwise:
+        stats.update(border_clicks=int((~plain).sum()), border_pairwise=float(torch.cat(pairwise).mean()),
+                     border_nucleus_and_pair=float(torch.cat(offered).float().mean()))  # fmt: skip
     return stats
+
+
+def ambiguity(masks: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Of clicks on a shared border, masks [B, 3, Y, X] their candidates and targets [B, 3, Y, X]
+    (`candidate_targets`) → (the candidates' mean pairwise IoU [B]; whether they offer both the nucleus and the pair,
+    each at IoU ≥ 0.7 [B]) — bench_hard's ambiguous-click probe."""
+
+    def iou(a, b):
+        union = (a | b).flatten(1).sum(1)
+        return torch.where(union > 0, (a & b).flatten(1).sum(1) / union.clamp(min=1), torch.ones_like(union).float())
+
+    pairwise = torch.stack([iou(masks[:, i], masks[:, j]) for i, j in ((0, 1), (0, 2), (1, 2))]).mean(0)
+    nucleus = torch.stack([iou(masks[:, k], targets[:, 0]) for k in range(3)]).max(0).values
+    pair = torch.stack([iou(masks[:, k], targets[:, 1]) for k in range(3)]).max(0).values
+    return pairwise, (nucleus >= 0.7) & (pair >= 0.7)
 
 
 def balanced_rows(condition: torch.Tensor) -> torch.Tensor:
@@ -1417,10 +1544,10 @@ def click_decoder_sets(args, model) -> tuple[dict, dict | None]:
     contrasts = ("global", "local") if args.quality_contrast == "both" else (args.quality_contrast,)
     rule = CLICK_RULES[args.quality_click_rule]
     began = time.time()
-    data = condition_set(model, args.quality_groups, tuning=False, contrasts=contrasts, rule=rule, inputs=True)
+    data = condition_set(model, args.quality_groups, False, contrasts, rule, inputs=True, border=args.border_clicks)
     tune = None
     if args.quality_tune_groups:
-        tune = condition_set(model, args.quality_tune_groups, True, contrasts, rule, inputs=True)
+        tune = condition_set(model, args.quality_tune_groups, True, contrasts, rule, True, args.border_clicks)
     print(f"click sets: {len(data['frame'])} training clicks ({len(data['s0'])} frames)"
           + (f", {len(tune['frame'])} tuning clicks" if tune else "")
           + f", {(time.time() - began) / 60:.1f} min", flush=True)  # fmt: skip
@@ -1456,7 +1583,9 @@ def train_click_decoder(args) -> int:
     pool = balanced_rows(data["condition"]) if args.balance_conditions else torch.arange(len(data["frame"]))
 
     def step_loss(rows):
-        loss, chosen, best = click_decoder_loss(model, decoder, data, rows, args.all_candidates, args.focal_alpha)
+        loss, chosen, best = click_decoder_loss(
+            model, decoder, data, rows, args.all_candidates, args.focal_alpha, args.cluster_candidates
+        )
         return loss, {"chosen": chosen.tolist(), "best": best.tolist()}
 
     validation = (lambda: click_decoder_validation(model, decoder, tune)) if tune is not None else None
@@ -1879,6 +2008,11 @@ def main(argv=None) -> int:
                         "of object pixels (SAM's 0.25; background 1 − it)")  # fmt: skip
     parser.add_argument("--all-candidates", action="store_true", help="--click-decoder: train all three "
                         "candidates on the clicked object (default: the best of the three, SAM's rule)")  # fmt: skip
+    parser.add_argument("--cluster-candidates", action="store_true", help="--click-decoder: train the three "
+                        "candidates on the clicked nucleus, it with its touching neighbour nearest the click, and "
+                        "its touching cluster (candidate_targets), so a click among touching nuclei offers each")  # fmt: skip
+    parser.add_argument("--border-clicks", type=float, default=0.0, help="--click-decoder: the odds of a click on "
+                        "the shared border of each touching nucleus in the click sets (the tuning set: each once)")  # fmt: skip
     parser.add_argument("--mask-refiner", action="store_true", help="train only the optional mask refiner "
                         "(train_mask_refiner) on the click decoder's masks of --quality-data conditions' clicks (the "
                         "options of --click-decoder); the network of --init, which must carry a click decoder, stays "

@@ -169,6 +169,77 @@ def test_ambiguous_click_sits_on_the_shared_border_and_asks_for_nucleus_pair_or_
     assert train_nano.ambiguous_click(labels, 4, np.random.default_rng(0)) is None
 
 
+def test_cluster_candidates_target_the_nucleus_the_pair_and_the_cluster(train_nano):
+    """--cluster-candidates: a click among touching nuclei asks candidate 1 for the nucleus, 2 for it with the
+    touching neighbour nearest the click, 3 for the touching cluster; an isolated nucleus is all three."""
+    labels = np.zeros((64, 64), np.int64)
+    labels[10:30, 10:30], labels[10:30, 30:50], labels[30:45, 35:50] = 1, 2, 3  # a chain of three
+    labels[10:30, 8:10] = 5  # a thin neighbour of 1 on its left
+    labels[50:60, 5:15] = 4  # alone
+    targets, clicks = [1, 1, 2, 4], [(20.0, 28.0), (20.0, 11.0), (20.0, 40.0), (55.0, 10.0)]
+    got = train_nano.touching_targets(labels, targets, clicks)
+    assert got["partner"].tolist() == [2, 5, 3, -1]  # the touching neighbour nearest each click (y, x)
+    assert [sorted(set(row.tolist()) - {-1}) for row in got["cluster"]] == [[1, 2, 3, 5]] * 3 + [[4]]
+    data = {"target": torch.tensor(targets), **got}
+    truth = torch.from_numpy(labels)[None].expand(4, -1, -1)
+    wanted = train_nano.candidate_targets(data, torch.arange(4), truth).bool()
+    assert wanted.shape == (4, 3, 64, 64)
+    for row, (obj, partner) in enumerate(zip(targets, [2, 5, 3, None])):
+        assert torch.equal(wanted[row, 0], truth[row] == obj)
+        pair = (truth[row] == obj) | (truth[row] == partner) if partner else truth[row] == obj
+        assert torch.equal(wanted[row, 1], pair)
+    assert torch.equal(wanted[0, 2], truth[0] > 0) is False  # nucleus 4 is not in 1's cluster
+    assert torch.equal(wanted[0, 2], torch.from_numpy(np.isin(labels, [1, 2, 3, 5])))
+    assert torch.equal(wanted[3, 2], truth[3] == 4)
+
+    # bench_hard's ambiguity measure on them: the targets themselves offer the nucleus and the pair and differ
+    pairwise, offered = train_nano.ambiguity(wanted, wanted)
+    assert offered.tolist() == [True, True, True, True] and pairwise[3] == 1 and (pairwise[:3] < 0.8).all()
+    # the nucleus three times: one mask; it passes for the pair only beside a thin neighbour (IoU 400 / 440)
+    pairwise, offered = train_nano.ambiguity(wanted[:, :1].expand(-1, 3, -1, -1), wanted)
+    assert pairwise.tolist() == [1.0] * 4 and offered.tolist() == [False, True, False, True]
+
+
+@pytest.mark.parametrize("odds", [None, 1.0])
+def test_border_clicks_sit_on_a_shared_border_and_name_the_neighbour(train_nano, odds):
+    """--border-clicks: each touching object of a view is also clicked on its border with a neighbour (the tuning
+    set: at the middle of its border with its first neighbour, as bench_hard's probe clicks), flagged "border", its
+    partner the neighbour beside the click; the other clicks are as before."""
+    from napari_sam2.synthetic_hard import hard_condition
+
+    model = load_model("nano-fluo", device="cpu")
+    stack = hard_condition("mitotic_neighbours", 3_000_021, n=2)
+    truth = stack.labels[0]
+    plain = train_nano.condition_clicks(model, stack.image, 0, truth, 1, np.random.default_rng(0), 0.0, inputs=True)
+    got = train_nano.condition_clicks(
+        model, stack.image, 0, truth, 1, np.random.default_rng(0), 0.0, inputs=True, border=odds
+    )
+    n = len(plain["target"])
+    touching = [int(t) for t in plain["target"] if train_nano.touching_neighbours(truth, int(t))]
+    assert touching, "the frame must hold touching nuclei"
+    assert not plain["border"].any() and got["border"][:n].sum() == 0
+    assert torch.equal(got["target"][:n], plain["target"]) and torch.equal(got["coords"][:n], plain["coords"])
+    assert got["target"][n:].tolist() == touching and got["border"][n:].all()
+    scale = np.array(truth.shape, float) / model.image_size
+    for obj, partner, (x, y) in zip(got["target"][n:], got["partner"][n:], got["coords"][n:, 0].numpy()):
+        row, col = int(np.rint(y * scale[0])), int(np.rint(x * scale[1]))
+        near = ndimage.binary_dilation(truth == int(partner), iterations=3)
+        assert int(partner) in train_nano.touching_neighbours(truth, int(obj)) and near[row, col]
+        if odds is None:
+            assert int(partner) == train_nano.touching_neighbours(truth, int(obj))[0]
+
+    # --cluster-candidates: the border clicks' second and third candidates answer for the pair and the cluster, so
+    # their loss differs from all three on the nucleus; an isolated nucleus is the same target three times
+    got["frame"] = got["group"]
+    alone = [i for i, p in enumerate(got["partner"].tolist()) if p < 0]
+    for rows, same in ((torch.arange(n, len(got["target"])), False), (torch.tensor(alone), True)):
+        if len(rows):
+            decoder = model.click_decoder
+            nested = train_nano.click_decoder_loss(model, decoder, got, rows, False, cluster_candidates=True)
+            nucleus = train_nano.click_decoder_loss(model, decoder, got, rows, True)
+            assert torch.isclose(nested[0], nucleus[0]) == same
+
+
 def test_multimask_min_trains_one_candidate_mask_and_every_iou(train_nano):
     model = train_nano.build_model(train_nano.NANO_FLUO)
     size = model.image_size
