@@ -278,9 +278,10 @@ class TrackingSession:
         self.fill_hole_area = options["fill_hole_area"] if fill_hole_area is None else fill_hole_area
         self.precision = resolve_precision(self.device, precision, preset, model)
         frame_options.setdefault("pin_memory", self.device.type == "cuda")
+        #: the stream axis is z: tracked masks are mended where the click rule says so (`ClickRule.through_z`)
+        self.z_stream = bool(z_stream) or z_edge is not None
         # a z stream's default contrast may differ (registry.ModelInfo.z_contrast); the parity preset keeps the stack's
-        z_stream = (bool(z_stream) or z_edge is not None) and preset != "parity"
-        contrast = resolve_contrast(contrast, model, z_stream=z_stream)
+        contrast = resolve_contrast(contrast, model, z_stream=self.z_stream and preset != "parity")
         self.click_rule = resolve_click_rule(click_rule, model, preset)
         self.frames = FrameSource(stack, model.image_size, axis=axis, contrast=contrast, **frame_options)
         self.num_frames = num_frames or len(self.frames)
@@ -308,8 +309,6 @@ class TrackingSession:
         self.z_edge_background = check_z_edge_background(
             Z_EDGE_BACKGROUND if z_edge_background is None else z_edge_background
         )
-        #: the stream axis is z: tracked masks are mended where the click rule says so (`ClickRule.through_z`)
-        self.z_stream = bool(z_stream) or self.z_edge is not None
         if self.z_edge is not None and self.frames.preprocessed:
             raise InputError("z_edge (the axial edge rule) reads the image's pixels; a preprocessed stack has none")
         # the axial edge rule's notes of every object's mask on every slice (None: the rule is off)
