@@ -2,6 +2,11 @@
 
     python benchmarks/bench_hard.py                          # the built-in nano-fluo, 3 seeds per condition
     python benchmarks/bench_hard.py --model PATH.pt --seeds 2 --json out.json
+    python benchmarks/bench_hard.py --model runs/leg.pt --defaults-of nano-fluo   # a training candidate, run as shipped
+
+A checkpoint file the registry does not know (a training leg's export) runs with an unknown model's defaults: the
+click rule off and global contrast. `--defaults-of NAME` measures it under registry model NAME's (its contrast, its
+z-stream contrast, its click rule), as it would run were it shipped as NAME.
 
 Held-out data: `napari_sam2.synthetic_hard.hard_condition` stacks with seeds from 4,000,000 up (training draws
 `random_hard_stack` movies seeded --seed × 10,000,000 + k, never these; see model/train_nano.py), 16 frames / slices of 256² (the model's input
@@ -40,7 +45,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_sam2 import ImagePredictor, load_model
+from napari_sam2 import ImagePredictor, load_model, registry
 from napari_sam2.click_rule import CLICK_RULES, resolve_click_rule
 from napari_sam2.frames import FrameSource
 from napari_sam2.preprocess import CONTRASTS, resolve_contrast
@@ -158,7 +163,10 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
             "candidate_abs_err": cand_err, "tokens": tokens}  # fmt: skip
 
 
-def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None) -> dict:
+def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None, z_contrast=None) -> dict:
+    """Every measure of the module docstring. contrast, click_rule: the sessions' (None: the model's defaults);
+    z_contrast: that of the z stream as the faces run it (None: `contrast`, or where that is None the model's
+    z-stream default)."""
     results: dict[str, dict] = {}
     rows_of: dict[str, list] = {}
     all_pred, all_actual = [], []
@@ -195,8 +203,9 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None)
                     ]
                     # as track(), the CLI and the widget run a z stream: the axial edge rule (and with it the click
                     # rule's through_z), the edge applied once the propagation has run
+                    z_step = contrast if z_contrast is None else z_contrast
                     with TrackingSession(
-                        model, stack.image, contrast=contrast, click_rule=click_rule, z_edge=Z_EDGE
+                        model, stack.image, contrast=z_step, click_rule=click_rule, z_edge=Z_EDGE
                     ) as session:
                         session.add_prompt(frame, obj, points=[deepest_point(truth == obj)], labels=[1])
                         masks = {fr.frame: fr.masks[fr.obj_ids.index(obj)] for fr in session.propagate("both")
@@ -287,16 +296,28 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--click-rule", choices=sorted(CLICK_RULES), help="how a clicked frame is read (default: the model's)"
     )
+    parser.add_argument(
+        "--defaults-of", metavar="NAME", help="a registry model whose defaults (contrast, z-stream contrast, click "
+        "rule) the --model file runs with where --contrast / --click-rule do not say (default: the file's own)"
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
     began = time.perf_counter()
-    contrast = resolve_contrast(args.contrast, model).name
-    rule = resolve_click_rule(args.click_rule, model)
-    numbers = {"model": str(args.model), "seeds": args.seeds, "threads": torch.get_num_threads(), "contrast": contrast,
-               **rule.record(), **evaluate(model, args.seeds, args.frames, args.contrast, rule)}  # fmt: skip
+    given, z_given, rule_given = args.contrast, None, args.click_rule
+    if args.defaults_of is not None:
+        registry.model_info(args.defaults_of)  # (an unknown name fails here, with the known ones)
+        given = given or registry.default_contrast(args.defaults_of)
+        z_given = args.contrast or registry.default_contrast(args.defaults_of, z_stream=True)
+        rule_given = rule_given or registry.default_click_rule(args.defaults_of)
+    contrast = resolve_contrast(given, model).name
+    z_contrast = resolve_contrast(given if z_given is None else z_given, model, z_stream=True).name
+    rule = resolve_click_rule(rule_given, model)
+    numbers = {"model": str(args.model), "defaults_of": args.defaults_of, "seeds": args.seeds,
+               "threads": torch.get_num_threads(), "contrast": contrast, "z_contrast": z_contrast, **rule.record(),
+               **evaluate(model, args.seeds, args.frames, given, rule, z_given)}  # fmt: skip
     numbers["seconds"] = time.perf_counter() - began
     print(json.dumps(numbers, indent=1))
     if args.json:

@@ -123,7 +123,7 @@ movies, not the network, limits a GPU, hence the 12 worker processes):
         --click-images 4 --clicks-per-image 8 --click-odds 0.55 0.1 0.25 0.1 --iou-weight 3 --balanced-end 0 \
         --lr 3e-4 --warmup 100 --lr-min 0.1 --val-every 500 --save-every 100 --pool 24 --stop-after 13
     python model/train_nano.py --out runs/v2gpu --export runs/v2gpu/export.pt
-    python benchmarks/bench_hard.py --model runs/v2gpu/export.pt
+    python benchmarks/bench_hard.py --model runs/v2gpu/export.pt --defaults-of nano-fluo
     python model/train_nano.py --out runs/v2q --quality-head --quality-data conditions --quality-contrast both \
         --init runs/v2gpu/export.pt --quality-init src/napari_sam2/weights/nano_fluo.pt --quality-groups 80 \
         --quality-tune-groups 12 --steps 1700 --clicks-per-image 64 --lr 3e-4 --warmup 0 --lr-min 0.1 \

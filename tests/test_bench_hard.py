@@ -1,0 +1,59 @@
+"""benchmarks/bench_hard.py runs a training candidate under the defaults it would ship with (`--defaults-of`)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from napari_sam2.click_rule import CLICK_RULES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def bench_hard(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_hard
+
+    return bench_hard
+
+
+def test_a_candidate_file_runs_under_the_defaults_of_the_model_it_would_ship_as(bench_hard, monkeypatch, tmp_path):
+    """A leg's export is a checkpoint the registry does not know: on its own it runs with the click rule off and
+    global contrast (how session 17's first measure of a candidate went wrong). `--defaults-of nano-fluo` passes
+    nano-fluo's contrast, z-stream contrast and click rule to every session, and the numbers record them; an explicit
+    --contrast / --click-rule still wins."""
+    state = torch.load(ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt", weights_only=True)
+    state["candidate"] = "a training leg's export"  # other bytes: not a copy of the registry's file
+    candidate = tmp_path / "leg.pt"
+    torch.save(state, candidate)
+    calls = []
+
+    def recorded(model, seeds, n, contrast=None, click_rule=None, z_contrast=None):
+        calls.append((contrast, click_rule, z_contrast))
+        return {}
+
+    monkeypatch.setattr(bench_hard, "evaluate", recorded)
+
+    def run(*options):
+        out = tmp_path / f"numbers{len(calls)}.json"
+        assert bench_hard.main(["--model", str(candidate), "--json", str(out), *options]) == 0
+        return json.loads(out.read_text()), calls[-1]
+
+    numbers, (contrast, rule, z_contrast) = run()
+    assert (contrast, z_contrast, rule) == (None, None, CLICK_RULES["off"])
+    assert (numbers["contrast"], numbers["z_contrast"], numbers["defaults_of"]) == ("global", "global", None)
+
+    numbers, (contrast, rule, z_contrast) = run("--defaults-of", "nano-fluo")
+    assert (contrast, z_contrast, rule) == ("global", "local", CLICK_RULES["fluorescence"])
+    assert (numbers["contrast"], numbers["z_contrast"], numbers["defaults_of"]) == ("global", "local", "nano-fluo")
+    assert numbers["click_rule"] == CLICK_RULES["fluorescence"].record()["click_rule"]
+
+    numbers, (contrast, rule, z_contrast) = run(
+        "--defaults-of", "nano-fluo", "--contrast", "local", "--click-rule", "off"
+    )
+    assert (contrast, z_contrast, rule) == ("local", "local", CLICK_RULES["off"])
+
+    with pytest.raises(KeyError):
+        run("--defaults-of", "no-such-model")
