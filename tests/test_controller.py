@@ -246,13 +246,14 @@ def _deepest(mask):
 def test_the_widget_clicks_with_the_models_click_rule_and_saves_it_for_replay(nano, tmp_path):
     """The widget's sessions read a click as track() does (nano-fluo: the fluorescence rule), record the rule, and
     its saved result replays to the same labels; an opened result made without the rule is continued without it."""
+    from test_contrast_track import dim_and_bright_movie
+
     from napari_sam2.click_rule import CLICK_RULE_FLUORESCENCE, CLICK_RULE_OFF
     from napari_sam2.io.ome_zarr import LabelStore
     from napari_sam2.io.results import open_result
     from napari_sam2.prompts import PromptSet
     from napari_sam2.replay import replay
     from napari_sam2.sample_data import SampleStack
-    from test_contrast_track import dim_and_bright_movie
 
     stack = dim_and_bright_movie()
     c = _on(SampleStack(image=stack, labels=np.zeros(stack.shape, np.uint32), axes="TYX"), nano)
@@ -460,9 +461,9 @@ def test_a_3d_t_preview_makes_the_input_the_3d_t_session_propagates_from(tiny_mo
     with VolumeTimeSession(tiny_model, stack, contrast=contrast) as vt:
         assert preview.frames.intensity == vt.intensity and preview.frames.contrast == vt.contrast
         assert own.frames.intensity != vt.intensity  # time point 0 alone would be scaled otherwise
-        zs = vt._z_session(0)
+        z_session = vt._z_session(0)
         for z in range(4):
-            assert np.array_equal(preview.frames.model_input(z).numpy(), vt._z_session(0).frames.model_input(z).numpy())
+            assert np.array_equal(preview.frames.model_input(z).numpy(), z_session.frames.model_input(z).numpy())
         clicked = preview.add_prompt(2, 1, points=[[20, 18]], labels=[1])
         started = vt.add(0, 2, make_prompt(2, 1, points=[[20, 18]], labels=[1]))
         assert np.array_equal(clicked.masks[clicked.obj_ids.index(1)], started)
@@ -473,7 +474,7 @@ def test_a_3d_t_preview_makes_the_input_the_3d_t_session_propagates_from(tiny_mo
 def test_3d_t_previews_fit_the_4d_stack_once(tiny_model, monkeypatch):
     """Each time point a user visits gets its own preview session, all with the 4-D stack's range and contrast
     window: fitted once (16 + 3 slice reads) and again only when the contrast, the model or the geometry changes."""
-    import napari_sam2.volume_time as volume_time
+    from napari_sam2 import volume_time
 
     fits = []
     real = volume_time.stack_preprocessing
