@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_sam2 import ImagePredictor, load_model, registry
+from napari_sam2 import ImagePredictor, load_model
 from napari_sam2.click_rule import CLICK_RULES, resolve_click_rule
 from napari_sam2.frames import FrameSource
 from napari_sam2.preprocess import CONTRASTS, resolve_contrast
@@ -55,7 +55,7 @@ from napari_sam2.synthetic_hard import HARD_CONDITIONS, hard_condition
 from napari_sam2.volume import Z_EDGE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_nano import deepest_point, iou  # the click and the score of the issue-7 bars
+from bench_nano import deepest_point, defaults_of, iou  # the issue-7 bars' click and score; --defaults-of
 
 HELD_OUT = 4_000_000
 OLD_HELD_OUT = 4_900_000
@@ -306,12 +306,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
     began = time.perf_counter()
-    given, z_given, rule_given = args.contrast, None, args.click_rule
-    if args.defaults_of is not None:
-        registry.model_info(args.defaults_of)  # (an unknown name fails here, with the known ones)
-        given = given or registry.default_contrast(args.defaults_of)
-        z_given = args.contrast or registry.default_contrast(args.defaults_of, z_stream=True)
-        rule_given = rule_given or registry.default_click_rule(args.defaults_of)
+    given, z_given, rule_given = defaults_of(args.defaults_of, args.contrast, args.click_rule)
     contrast = resolve_contrast(given, model).name
     z_contrast = resolve_contrast(given if z_given is None else z_given, model, z_stream=True).name
     rule = resolve_click_rule(rule_given, model)

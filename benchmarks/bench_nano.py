@@ -3,6 +3,7 @@
     python benchmarks/bench_nano.py                       # the built-in nano-fluo
     python benchmarks/bench_nano.py --model PATH.pt --json out.json
     python benchmarks/bench_nano.py --model PATH.pt --seeds 2 --conditions default --threads 1 --no-speed
+    python benchmarks/bench_nano.py --model runs/leg.pt --defaults-of nano-fluo   # a training candidate, run as shipped
 
 Held-out data: `nuclei_timelapse` movies with seeds from 2,000,000 up (training draws its movie seeds from
 another generator: see model/train_nano.py), in four conditions (the sample defaults; small crowded nuclei;
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from napari_sam2 import load_model, track
+from napari_sam2 import load_model, registry, track
 from napari_sam2.prompts import PromptSet
 from napari_sam2.sample_data import nuclei_timelapse, write_ctc_ground_truth
 from napari_sam2.session import TrackingSession
@@ -57,6 +58,21 @@ def held_out_movies(seeds: int, frames: int, size: int = 256, conditions=None):
         for k in range(seeds):
             kwargs = {"n_frames": frames, "shape": (size, size), "n_nuclei": 8, **options}
             yield name, nuclei_timelapse(seed=HELD_OUT + 100 * list(CONDITIONS).index(name) + k, **kwargs)
+
+
+def defaults_of(name: str | None, contrast=None, click_rule=None) -> tuple:
+    """The contrast and click-rule options of a checkpoint file measured as registry model `name` would run it
+    (`--defaults-of`) → (contrast, z-stream contrast, click rule): each the option given, else `name`'s default;
+    without a name, the options as given (None: the file's own defaults). A training leg's export is a file the
+    registry does not know, so on its own it runs with the click rule off and global contrast."""
+    if name is None:
+        return contrast, None, click_rule
+    registry.model_info(name)  # (an unknown name fails here, naming the known ones)
+    return (
+        contrast or registry.default_contrast(name),
+        contrast or registry.default_contrast(name, z_stream=True),
+        click_rule or registry.default_click_rule(name),
+    )
 
 
 def deepest_point(mask: np.ndarray) -> tuple[float, float]:
@@ -80,8 +96,17 @@ def click_prompts(labels0: np.ndarray, min_area: int = 20) -> PromptSet:
     return prompts
 
 
-def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = None, conditions=None) -> dict:
-    """The quality numbers of the module docstring; `conditions`: names of CONDITIONS to run (default all)."""
+def evaluate(
+    model,
+    seeds: int = 3,
+    frames: int = 40,
+    workdir: Path | None = None,
+    conditions=None,
+    contrast=None,
+    click_rule=None,
+) -> dict:
+    """The quality numbers of the module docstring; `conditions`: names of CONDITIONS to run (default all); contrast,
+    click_rule: the sessions' and track()'s (None: the model's defaults)."""
     from ctc_metrics import evaluate_sequence
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="bench_nano_"))
@@ -91,7 +116,7 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
         labels = movie.labels
         prompts = click_prompts(labels[0])
         # --- one click per object, frame 0 (a fresh session: no memory)
-        with TrackingSession(model, movie.image) as session:
+        with TrackingSession(model, movie.image, contrast=contrast, click_rule=click_rule) as session:
             for p in prompts:
                 result = session.add_prompt(0, p.obj_id, points=p.points, labels=p.labels)
                 k = result.obj_ids.index(p.obj_id)
@@ -101,7 +126,8 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
         # --- tracking from those clicks, through the public track() with CTC output
         run = workdir / f"{name}_{len(tra)}"
         write_ctc_ground_truth(movie, run / "01_GT", overwrite=True)
-        result = track(movie.image, prompts, model=model, axis=0, direction="forward", ctc=run / "01_RES", tables=False)
+        result = track(movie.image, prompts, model=model, axis=0, direction="forward", ctc=run / "01_RES", tables=False,
+                       contrast=contrast, click_rule=click_rule)  # fmt: skip
         predicted = np.asarray(result.labels)
         said = {(r["frame"], r["obj_id"]): r for r in result.confidence}
         for p in prompts:
@@ -148,7 +174,7 @@ def evaluate(model, seeds: int = 3, frames: int = 40, workdir: Path | None = Non
     return summary
 
 
-def speed(model, frames: int = 40, repeats: int = 2) -> dict:
+def speed(model, frames: int = 40, repeats: int = 2, contrast=None, click_rule=None) -> dict:
     """Seconds per tracked frame for one object at the model's input size (encoder included; best of repeats)."""
     size = model.image_size
     movie = nuclei_timelapse(n_frames=frames, shape=(size, size), seed=HELD_OUT + 999)
@@ -156,7 +182,7 @@ def speed(model, frames: int = 40, repeats: int = 2) -> dict:
     first = prompts[0]
     best = float("inf")
     for _ in range(repeats):
-        with TrackingSession(model, movie.image) as session:
+        with TrackingSession(model, movie.image, contrast=contrast, click_rule=click_rule) as session:
             session.add_prompt(0, first.obj_id, points=first.points, labels=first.labels)
             start = time.perf_counter()
             n = sum(1 for _ in session.propagate("forward"))
@@ -172,15 +198,20 @@ def main(argv=None) -> int:
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), help="only these (default: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed measure")
+    parser.add_argument("--defaults-of", metavar="NAME", help="a registry model whose defaults (contrast, click "
+                        "rule) the --model file runs with (default: the file's own)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
-    numbers = {"model": str(args.model), **({} if args.no_speed else speed(model))}
+    contrast, _, rule = defaults_of(args.defaults_of)
+    numbers = {"model": str(args.model), "defaults_of": args.defaults_of, "contrast": contrast, "click_rule": rule}
+    numbers.update({} if args.no_speed else speed(model, contrast=contrast, click_rule=rule))
     numbers.update(
-        {"threads": torch.get_num_threads(), **evaluate(model, args.seeds, args.frames, None, args.conditions)}
-    )
+        {"threads": torch.get_num_threads(),
+         **evaluate(model, args.seeds, args.frames, None, args.conditions, contrast, rule)}
+    )  # fmt: skip
     print(json.dumps(numbers, indent=1))
     if args.json:
         args.json.write_text(json.dumps(numbers, indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""benchmarks/bench_hard.py runs a training candidate under the defaults it would ship with (`--defaults-of`)."""
+"""The benchmarks run a training candidate under the defaults it would ship with (`--defaults-of`)."""
 
 import json
 from pathlib import Path
@@ -19,15 +19,23 @@ def bench_hard(monkeypatch):
     return bench_hard
 
 
-def test_a_candidate_file_runs_under_the_defaults_of_the_model_it_would_ship_as(bench_hard, monkeypatch, tmp_path):
+@pytest.fixture
+def candidate(tmp_path):
+    """The shipped nano-fluo saved again with one more key: other bytes, so not a copy of the registry's file."""
+    state = torch.load(ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt", weights_only=True)
+    state["candidate"] = "a training leg's export"
+    path = tmp_path / "leg.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_a_candidate_file_runs_under_the_defaults_of_the_model_it_would_ship_as(
+    bench_hard, candidate, monkeypatch, tmp_path
+):
     """A leg's export is a checkpoint the registry does not know: on its own it runs with the click rule off and
     global contrast (how session 17's first measure of a candidate went wrong). `--defaults-of nano-fluo` passes
     nano-fluo's contrast, z-stream contrast and click rule to every session, and the numbers record them; an explicit
     --contrast / --click-rule still wins."""
-    state = torch.load(ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt", weights_only=True)
-    state["candidate"] = "a training leg's export"  # other bytes: not a copy of the registry's file
-    candidate = tmp_path / "leg.pt"
-    torch.save(state, candidate)
     calls = []
 
     def recorded(model, seeds, n, contrast=None, click_rule=None, z_contrast=None):
@@ -57,3 +65,25 @@ def test_a_candidate_file_runs_under_the_defaults_of_the_model_it_would_ship_as(
 
     with pytest.raises(KeyError):
         run("--defaults-of", "no-such-model")
+
+
+def test_bench_nano_runs_a_candidate_file_under_the_defaults_of_a_registry_model(
+    bench_hard, candidate, monkeypatch, tmp_path
+):
+    """bench_nano (the issue-7 bars) too: --defaults-of gives its sessions and track() nano-fluo's contrast and click
+    rule; without it the file's own (none: the session's unknown-model defaults)."""
+    import bench_nano
+
+    calls = []
+
+    def recorded(model, seeds, frames, workdir=None, conditions=None, contrast=None, click_rule=None):
+        calls.append((contrast, click_rule))
+        return {}
+
+    monkeypatch.setattr(bench_nano, "evaluate", recorded)
+    for options, expected in (([], (None, None)), (["--defaults-of", "nano-fluo"], ("global", "fluorescence"))):
+        out = tmp_path / "numbers.json"
+        argv = ["--model", str(candidate), "--no-speed", "--json", str(out), *options]
+        assert bench_nano.main(argv) == 0
+        assert calls[-1] == expected
+        assert (json.loads(out.read_text())["contrast"], json.loads(out.read_text())["click_rule"]) == expected
