@@ -1072,12 +1072,15 @@ def touching_targets(truth: np.ndarray, targets: list[int], clicks: list) -> dic
     with −1). Targets of `--cluster-candidates`."""
     partner = torch.full((len(targets),), -1, dtype=torch.int16)
     cluster = torch.full((len(targets), 16), -1, dtype=torch.int16)
+    known: dict[int, tuple] = {}  # per object (its neighbours' pixels, its cluster): an object is clicked 1–3 times
     for i, (obj, (y, x)) in enumerate(zip(targets, clicks)):
-        neighbours = touching_neighbours(truth, obj)
-        if neighbours:
-            reach = [((np.argwhere(truth == n) - (y, x)) ** 2).sum(1).min() for n in neighbours]
-            partner[i] = neighbours[int(np.argmin(reach))]
-        members = touching_cluster(truth, obj)[:16]
+        if obj not in known:
+            pixels = {n: np.argwhere(truth == n) for n in touching_neighbours(truth, obj)}
+            known[obj] = pixels, touching_cluster(truth, obj)[:16]
+        pixels, members = known[obj]
+        if pixels:
+            reach = [((where - (y, x)) ** 2).sum(1).min() for where in pixels.values()]
+            partner[i] = list(pixels)[int(np.argmin(reach))]
         cluster[i, : len(members)] = torch.tensor(members)
     return {"partner": partner, "cluster": cluster}
 
