@@ -81,7 +81,7 @@ def test_a_z_stack_in_the_widget_gets_the_axial_edge_rule_as_track_does(sam_view
     with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
         w.save(str(path))
     saved = open_result(path)
-    assert saved.axes == "zyx" and saved.record.settings["z_edge"] == Z_EDGE
+    assert saved.axes == "zyx" and saved.record.settings["z_edge"] == Z_EDGE and saved.record.settings["z_stream"]
     from napari_sam2.volume_time import Z_EDGE_BACKGROUND
 
     assert saved.record.edit_log[-1] == {"op": "edge", "z_edge": Z_EDGE, "background": Z_EDGE_BACKGROUND}
@@ -98,7 +98,8 @@ def test_a_stack_streamed_along_t_gets_no_axial_edge_rule(sam_viewer, qtbot, tmp
     path = tmp_path / "movie.ome.zarr"
     with qtbot.waitSignal(w.saved, timeout=WAIT_MS):
         w.save(str(path))
-    assert open_result(path).record.settings["z_edge"] is None
+    settings = open_result(path).record.settings
+    assert settings["z_edge"] is None and settings["z_stream"] is False
 
 
 def test_the_z_stack_sample_is_streamed_along_z(make_napari_viewer):

@@ -1005,7 +1005,9 @@ class TrackingController:
                     if g.coupled
                     else {
                         "z_edge": self._session_z_edge(session),
-                        "z_stream": bool(getattr(session, "z_stream", False)),  # (the click rule's through_z)
+                        # the stream is z (the click rule's through_z): as make_session gives it, so also without
+                        # a session (an opened result saved again untracked)
+                        "z_stream": g.z_stream,
                     }
                 ),
             },
