@@ -90,7 +90,9 @@ def test_the_extent_step_grows_a_large_core_to_its_object_only():
     grey[(yy - 30) ** 2 + (xx - 28) ** 2 <= 18**2] = 0.8  # the clicked nucleus, radius 18
     grey[(yy - 30) ** 2 + (xx - 58) ** 2 <= 5**2] = 0.9  # a neighbour beyond a dark gap
     cy, cx = (np.mgrid[:low, :low] + 0.5) * (size / low)
-    core = torch.from_numpy(np.where((cy - 30) ** 2 + (cx - 28) ** 2 <= 13**2, 4.0, -4.0).astype(np.float32))[None, None]
+    core = torch.from_numpy(np.where((cy - 30) ** 2 + (cx - 28) ** 2 <= 13**2, 4.0, -4.0).astype(np.float32))[
+        None, None
+    ]
     rule = ClickRule(level=0.7, component=True, extent=0.6, extent_radius=12.0, extent_reach=0.5)
     click = np.array([[28.0, 30.0]])  # (x, y)
 
@@ -107,7 +109,9 @@ def test_the_extent_step_grows_a_large_core_to_its_object_only():
     assert (grown[core > 0] == core[core > 0]).all()  # what was foreground stays as it was
     # off, a small mask, a dim surrounding (below extent × the clicked brightness), no positive click: unchanged
     assert not ClickRule(level=0.7).extend(core, grey, click, np.array([1]))[1]
-    small = torch.from_numpy(np.where((cy - 30) ** 2 + (cx - 28) ** 2 <= 6**2, 4.0, -4.0).astype(np.float32))[None, None]
+    small = torch.from_numpy(np.where((cy - 30) ** 2 + (cx - 28) ** 2 <= 6**2, 4.0, -4.0).astype(np.float32))[
+        None, None
+    ]
     assert not rule.extend(small, grey, click, np.array([1]))[1]
     dim = np.where((yy - 30) ** 2 + (xx - 28) ** 2 <= 10**2, 0.8, 0.3).astype(np.float32)  # all inside the core
     assert not rule.extend(core, dim, click, np.array([1]))[1]
@@ -182,6 +186,46 @@ def test_rule_options_and_records():
     assert CLICK_RULE_FLUORESCENCE.through_z and not click_rule_from_record(third).through_z
     with pytest.raises(InputError, match="local_view is True or False"):
         ClickRule(local_view="yes")
+    # a rule recorded before across_border (sessions 16-17's stores): no alternatives offered
+    fourth = {
+        "click_rule": {k: v for k, v in CLICK_RULE_FLUORESCENCE.record()["click_rule"].items() if k != "across_border"}
+    }
+    assert CLICK_RULE_FLUORESCENCE.across_border and not click_rule_from_record(fourth).across_border
+    assert not ClickRule(across_border=True).off  # a rule with only this field still reads first clicks
+    with pytest.raises(InputError, match="across_border is True or False"):
+        ClickRule(across_border=1)
+
+
+def _disc(shape, centre, radius):
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2
+
+
+def test_what_lies_across_the_border_of_a_click():
+    """`across_border`'s geometry on hand-made masks: two touching discs, a click on their seam, the answers of first
+    clicks around it. The disc across the seam is picked; a part of the clicked disc, a disc that does not touch it,
+    or a neighbour whose border passes far from the click (a click deep inside its own disc) is not."""
+    shape = (64, 64)
+    left, right = _disc(shape, (32, 22), 8), _disc(shape, (32, 38), 8) & ~_disc(shape, (32, 22), 8)
+    seam = np.array([30.0, 32.0])  # (x, y): the touching point of the two discs
+    rule = CLICK_RULE_FLUORESCENCE
+    seeds = rule.across_seeds(left, seam)
+    assert len(seeds) and not any(left[int(np.rint(y)), int(np.rint(x))] for x, y in seeds)  # none inside the mask
+    assert {round(float(r)) for r in np.hypot(*(seeds - seam).T)} <= {4, 8}
+    assert not len(replace(rule, across_border=False).across_seeds(left, seam))
+
+    far = _disc(shape, (8, 56), 5)  # touches nothing
+    part = left & _disc(shape, (32, 26), 4)  # a piece of the clicked disc
+    answers = np.stack([far, part, right])
+    deep_seeds = np.array([[56.0, 8.0], [26.0, 32.0], [40.0, 32.0]])  # each answer's own seed (x, y)
+    assert ClickRule.pick_across(left, seam, deep_seeds, answers) == 2
+    assert ClickRule.pick_across(left, seam, deep_seeds[:2], answers[:2]) is None
+    # the same neighbour, but the click deep inside the left disc: its border passes 8 px from the click
+    assert ClickRule.pick_across(left, np.array([22.0, 32.0]), deep_seeds, answers) is None
+    # of two readings of the disc across, the one whose seed lies deepest inside it
+    shallow = right & _disc(shape, (32, 34), 6)
+    two = np.stack([shallow, right])
+    assert ClickRule.pick_across(left, seam, np.array([[35.0, 32.0], [38.0, 32.0]]), two) == 1
 
 
 def test_a_dim_click_is_read_under_local_contrast():
@@ -328,7 +372,10 @@ def _made_before_the_field(field: str, tmp_path, stack, prompts, **options) -> N
     stripped of it as an older store's is: replayed identically, as the store made with today's rule is; the two
     rules' labels differ (else the replay would show nothing)."""
     made = {}
-    for name, rule in (("now", CLICK_RULE_FLUORESCENCE), ("before", replace(CLICK_RULE_FLUORESCENCE, **{field: False}))):
+    for name, rule in (
+        ("now", CLICK_RULE_FLUORESCENCE),
+        ("before", replace(CLICK_RULE_FLUORESCENCE, **{field: False})),
+    ):
         made[name] = tmp_path / f"{name}.ome.zarr"
         track(stack, prompts, model="nano-fluo", device="cpu", out=made[name], tables=False, click_rule=rule,
               **options)  # fmt: skip

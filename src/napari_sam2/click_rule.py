@@ -35,9 +35,18 @@ and the mask refiner before it is shown and saved; its memory is still encoded f
 is tracked is unchanged. On time-lapses the refiner lowered TRA (model/README.md, "Refining tracked masks"): time
 streams are left as they are.
 
+`across_border` does not change the mask a click gives; it changes what else is offered. A click on the border of two
+touching nuclei is ambiguous (this one, that one, or both), but the network's three candidates answer it with one
+mask three times. Where the click lies within `ACROSS_REACH` pixels of the border between its mask and a touching
+object, the single-image API's three candidates (`ImagePredictor.predict(multimask=True)`) become: the click's mask
+(still the one chosen), the object across the border, and the two together. The object across is found by
+decoding first clicks at `across_seeds`, a ring of points around the click outside its mask, and keeping the answer
+`pick_across` accepts.
+
 `level` 0.7, `radius` 2, the component step, the extent step's 0.5 / 16 / 0.5, `ceiling` 1.5, `local_view` and
-`through_z` were chosen on tuning seeds only (model/README.md, "The click rule", "Session 16: a dim click under local
-contrast; tracked z masks mended"): synthetic_hard stacks 4,000,050 + 100 c + k, issue-7 frames 4,950,000 + k and
+`through_z` and `across_border`'s numbers were chosen on tuning seeds only (model/README.md, "The click rule",
+"Session 16: a dim click under local contrast; tracked z masks mended", "Session 18: what lies across the border of
+an ambiguous click"): synthetic_hard stacks 4,000,050 + 100 c + k, issue-7 frames 4,950,000 + k and
 `bench_4d` z-stacks 2,990,000 + k.
 """
 
@@ -58,6 +67,17 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 REMOVED_LOGIT = -10.0
 #: the extent step's logits per unit of relative brightness above its threshold (a cell twice as bright: +10)
 EXTENT_LOGIT_SCALE = 10.0
+#: `across_border`: the ring of first clicks around an ambiguous click, model-input pixels from it × directions
+ACROSS_RADII = (4.0, 8.0)
+ACROSS_DIRECTIONS = 8
+#: … the border an answer shares with the click's mask passes within this many model-input pixels of the click
+ACROSS_REACH = 2.0
+#: … an answer lying more than this share inside the click's mask is a part of it, not the object across
+ACROSS_INSIDE = 0.3
+#: … an answer touches the click's mask where it comes within this many model-input pixels of it
+ACROSS_TOUCH = 2
+#: … answers smaller than this (model-input pixels) are noise
+ACROSS_MIN_AREA = 10
 
 
 def _positive(coords_xy: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -74,7 +94,9 @@ class ClickRule:
     brightness (None: off); ceiling: the mask keeps only the pixels, connected to the click, where the frame as it is
     is at most `ceiling` × the clicked brightness (None: off); local_view: a dim clicked object (one the level step
     raises) is read on the frame under local contrast, raised there (see `clicked_input`); through_z: in a z stream
-    the masks tracked from the clicks get the extent step and the mask refiner too (`mend_tracked`)."""
+    the masks tracked from the clicks get the extent step and the mask refiner too (`mend_tracked`); across_border:
+    the single-image API offers, for a click on the border of two touching objects, the other object and the two
+    together as the second and third candidates (`across_seeds`, `pick_across`)."""
 
     level: float | None = None
     radius: float = 2.0
@@ -85,6 +107,7 @@ class ClickRule:
     ceiling: float | None = None
     local_view: bool = False
     through_z: bool = False
+    across_border: bool = False
 
     name: ClassVar[str] = "click_rule"
 
@@ -100,7 +123,7 @@ class ClickRule:
                 f"the click rule's ceiling is a multiple of the clicked brightness above 1 (or None: off); "
                 f"got {self.ceiling!r}"
             )
-        for name in ("local_view", "through_z"):
+        for name in ("local_view", "through_z", "across_border"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise InputError(f"the click rule's {name} is True or False; got {getattr(self, name)!r}")
         for name in ("extent_radius", "extent_reach"):
@@ -110,7 +133,13 @@ class ClickRule:
 
     @property
     def off(self) -> bool:
-        return self.level is None and not self.component and self.extent is None and self.ceiling is None
+        return (
+            self.level is None
+            and not self.component
+            and self.extent is None
+            and self.ceiling is None
+            and not self.across_border
+        )
 
     @property
     def reads_image(self) -> bool:
@@ -362,6 +391,51 @@ class ClickRule:
         logits, _ = self.extend(logits, grey, point, np.ones(1))
         return logits if refine is None else refine(logits)
 
+    # ------------------------------------------------------------------ what else an ambiguous click offers
+    def across_seeds(self, mask: np.ndarray, click_xy) -> np.ndarray:
+        """Where to look for an object across the border of a first click's mask: [K, 2] (x, y) model-input pixels,
+        the points `ACROSS_RADII` from the click in `ACROSS_DIRECTIONS` directions that lie inside the input and
+        outside the mask. mask [S, S] bool: the click's mask at the model input; click_xy (x, y). None of them where
+        `across_border` is off."""
+        if not self.across_border:
+            return np.zeros((0, 2))
+        x, y = float(click_xy[0]), float(click_xy[1])
+        h, w = mask.shape
+        seeds = []
+        for radius in ACROSS_RADII:
+            for k in range(ACROSS_DIRECTIONS):
+                angle = 2 * np.pi * k / ACROSS_DIRECTIONS
+                sx, sy = x + radius * np.cos(angle), y + radius * np.sin(angle)
+                if 0 <= sx <= w - 1 and 0 <= sy <= h - 1 and not mask[int(np.rint(sy)), int(np.rint(sx))]:
+                    seeds.append((sx, sy))
+        return np.array(seeds, dtype=np.float64).reshape(-1, 2)
+
+    @staticmethod
+    def pick_across(mask: np.ndarray, click_xy, seeds: np.ndarray, answers: np.ndarray) -> int | None:
+        """Which of `answers` [K, S, S] (bool: the masks of first clicks at `seeds` [K, 2] (x, y)) is the object across
+        the border of the click's `mask` [S, S], or None: the click is not on such a border.
+
+        An answer qualifies when it is an object (≥ `ACROSS_MIN_AREA` pixels), lies mostly outside the mask (at most
+        `ACROSS_INSIDE` of it inside), touches it (within `ACROSS_TOUCH` pixels) and its border passes within
+        `ACROSS_REACH` pixels of the click (inside or out): the click sits on the seam between the two. Of several,
+        the one whose seed lies deepest inside its own answer (the most confident reading of that object)."""
+        col = int(np.clip(round(float(click_xy[0])), 0, mask.shape[1] - 1))
+        row = int(np.clip(round(float(click_xy[1])), 0, mask.shape[0] - 1))
+        near = ndimage.binary_dilation(mask, iterations=ACROSS_TOUCH)
+        best, best_depth = None, -1.0
+        for k, (answer, (sx, sy)) in enumerate(zip(answers, seeds)):
+            area = int(answer.sum())
+            if area < ACROSS_MIN_AREA or (answer & mask).sum() > ACROSS_INSIDE * area or not (answer & near).any():
+                continue
+            inside = ndimage.distance_transform_edt(answer)
+            outside = ndimage.distance_transform_edt(~answer)
+            if abs(outside[row, col] - inside[row, col]) > ACROSS_REACH:
+                continue
+            depth = float(inside[int(np.rint(sy)), int(np.rint(sx))])
+            if depth > best_depth:
+                best, best_depth = k, depth
+        return best
+
     # ------------------------------------------------------------------ provenance
     def record(self) -> dict:
         """settings["click_rule"]: what a replay or a resumed run re-applies."""
@@ -380,7 +454,7 @@ CLICK_RULE_OFF = ClickRule()
 #: the rule for fluorescence nuclei (nano-fluo's default)
 CLICK_RULE_FLUORESCENCE = ClickRule(
     level=0.7, radius=2.0, component=True, extent=0.5, extent_radius=16.0, extent_reach=0.5, ceiling=1.5,
-    local_view=True, through_z=True,
+    local_view=True, through_z=True, across_border=True,
 )  # fmt: skip
 #: the values a face's `click_rule` option takes by name (None: the model's default)
 CLICK_RULES = {"off": CLICK_RULE_OFF, "fluorescence": CLICK_RULE_FLUORESCENCE}
@@ -421,7 +495,8 @@ def click_rule_from_record(settings: dict | None) -> ClickRule:
     if not isinstance(recorded, dict):
         return CLICK_RULE_OFF
     try:
-        # a field a record lacks was not part of the rule when it was made: off (extent, local_view, through_z), or
+        # a field a record lacks was not part of the rule when it was made: off (extent, local_view, through_z,
+        # across_border), or
         # its default
         return ClickRule(**{f.name: recorded[f.name] for f in fields(ClickRule) if f.name in recorded})
     except TypeError as exc:

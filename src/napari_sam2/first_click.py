@@ -13,6 +13,9 @@ it here, so one click on one model input gives one mask:
 
 The IoU token chooses among the three, as in SAM 2. A checkpoint without click decoder, refiner and head under the
 rule "off" (every official one) gets `SAM2Model.decode`'s answer unchanged.
+
+A face that shows the three candidates (the single-image API) asks `across_border` what else a click on the border
+of two touching objects may mean: the object across the border, and the two together (the rule's `across_border`).
 """
 
 from __future__ import annotations
@@ -118,3 +121,39 @@ def decode_first_click(
         rescored = model.mask_quality(logits, high_res, coords, ones, size).float()
         reported = torch.where(changed.to(reported.device), rescored, reported)
     return FirstClick(logits, unrefined, token_ious, reported, choice, score, pointer)
+
+
+@torch.no_grad()
+def across_border(model, rule: ClickRule, coords: torch.Tensor, first: FirstClick, decode) -> tuple | None:
+    """The candidates of one first click on the border of two touching objects → (logits [1, 3, 4h, 4w], reported
+    IoUs [1, 3]): the click's own mask (the chosen one, first), the object across the border, the two together (the
+    larger logit of the two); None where the rule's `across_border` is off or the click is not on such a border
+    (`ClickRule.pick_across`).
+
+    coords [1, 1, 2]: the click, (x, y) model-input pixels; first: its `decode_first_click` answer; decode(coords,
+    every_candidate) → `FirstClick`: how the face decodes a first click at other coords (its level, view and
+    encoding), which reads the object across from a ring of clicks around this one (`ClickRule.across_seeds`). The
+    reported IoU of the pair is the lower of its two masks'."""
+    if not rule.across_border:
+        return None
+
+    def at_input(logits):  # [1, 1, 4h, 4w] → [S, S] bool, the mask at the model input
+        return (model.upsample_logits(logits.float())[0, 0] > 0).cpu().numpy()
+
+    own = first.chosen("logits")
+    mask = at_input(own)
+    click = coords[0, 0].cpu().numpy()
+    seeds = rule.across_seeds(mask, click)
+    if not len(seeds) or not mask.any():
+        return None
+    answers = [
+        decode(torch.tensor(seed, dtype=coords.dtype, device=coords.device).view(1, 1, 2), False) for seed in seeds
+    ]
+    k = rule.pick_across(mask, click, seeds, np.stack([at_input(a.chosen("logits")) for a in answers]))
+    if k is None:
+        return None
+    other_logits = answers[k].chosen("logits").to(own.device)
+    logits = torch.cat([own, other_logits, torch.maximum(own, other_logits)], dim=1)
+    own_iou = first.chosen("reported")
+    other_iou = answers[k].chosen("reported").to(own_iou.device)
+    return logits, torch.cat([own_iou, other_iou, torch.minimum(own_iou, other_iou)], dim=1)

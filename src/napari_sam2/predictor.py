@@ -7,7 +7,9 @@
 One positive click alone is a first click and is decoded as a `TrackingSession` decodes it
 (`napari_sam2.first_click`: the click rule, and the click decoder and mask refiner of a checkpoint that carries them),
 so a click gives the same mask here as in the widget; with an official checkpoint under the click rule "off" every
-prompt is the official predictor's.
+prompt is the official predictor's. Its three candidates (`multimask=True`) are the network's, except on the border of
+two touching objects under a rule with `across_border` (nano-fluo's): there they are the click's mask, the object
+across the border and the two together (`click_rule.ClickRule.pick_across`).
 
 Coordinates are napari's: (row, column) = (y, x) in pixels of the original image.
 """
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from .click_rule import ClickRule, resolve_click_rule
-from .first_click import decode_first_click
+from .first_click import FirstClick, across_border, decode_first_click
 from .model.precision import autocast_context, resolve_precision
 from .postprocess import fill_holes, remove_sprinkles
 from .preprocess import (
@@ -230,7 +232,19 @@ class ImagePredictor:
 
     def _first_click(self, coords: torch.Tensor, multimask: bool, return_logits: bool) -> Prediction:
         """One positive click (coords [1, 1, 2], (x, y) model-input pixels), as a session decodes a first click:
-        three candidates each as returned were it the chosen one, or (not `multimask`) the chosen one."""
+        three candidates each as returned were it the chosen one, or (not `multimask`) the chosen one. On the border
+        of two touching objects the rule's `across_border` makes the second and third the object across and the two
+        together (`first_click.across_border`)."""
+        first = self._decode_first_click(coords, every_candidate=multimask)
+        if not multimask:
+            return self._prediction(first.chosen("logits"), first.chosen("reported"), return_logits, 0)
+        across = across_border(self.model, self.click_rule, coords, first, self._decode_first_click)
+        if across is not None:
+            return self._prediction(*across, return_logits, 0)
+        return self._prediction(first.logits, first.reported, return_logits, int(first.choice[0]))
+
+    def _decode_first_click(self, coords: torch.Tensor, every_candidate: bool) -> FirstClick:
+        """`first_click.decode_first_click` of one click coords [1, 1, 2] on this image, at the click's level."""
         features, embedding, rule = self._features, self._embedding, self.click_rule
         point = coords[0].cpu().numpy()
         raised, grey, own_grey = rule.clicked_input(
@@ -242,11 +256,8 @@ class ImagePredictor:
             if raised is not None:  # the frame at the clicked object's level, encoded for this click
                 features = self.model.encode_image(raised[None].to(self.device))
                 embedding = self.model.image_embedding(features)
-            first = decode_first_click(self.model, rule, embedding, features.high_res, coords, grey, own_grey,
-                                       object_gate=False, every_candidate=multimask)  # fmt: skip
-        if multimask:
-            return self._prediction(first.logits, first.reported, return_logits, int(first.choice[0]))
-        return self._prediction(first.chosen("logits"), first.chosen("reported"), return_logits, 0)
+            return decode_first_click(self.model, rule, embedding, features.high_res, coords, grey, own_grey,
+                                      object_gate=False, every_candidate=every_candidate)  # fmt: skip
 
     def _prediction(self, logits, ious, return_logits: bool, choice: int | None = None) -> Prediction:
         """Logits [1, M, 4h, 4w] and their reported IoUs [1, M] → the `Prediction` at the image's size."""
