@@ -30,7 +30,9 @@ Measured per condition (bars of issue 16 in brackets):
                   ambiguous click — on the shared border of two touching nuclei — their mean pairwise IoU, and
                   how often one candidate is the nucleus and another the pair (IoU ≥ 0.7 each); the same pairwise
                   IoU on unambiguous clicks (deep inside an isolated nucleus) for comparison, and there, per
-                  candidate (output token 1…3), the mean predicted and actual IoU and their correlation.
+                  candidate (output token 1…3), the mean predicted and actual IoU and their correlation. Under
+                  "returned", the same measures of the candidates as the single-image API returns them (the click
+                  rule's steps and alternatives: `ClickRule.across_border`).
 """
 
 from __future__ import annotations
@@ -108,6 +110,48 @@ def clicks_on_the_image_alone(model, image: np.ndarray, truth: np.ndarray, contr
     return ious
 
 
+def returned_candidates_probe(
+    model, image: np.ndarray, truth: np.ndarray, neighbours: dict, contrast=None, click_rule=None
+) -> dict:
+    """The three candidates as the single-image API returns them (`ImagePredictor.predict(multimask=True)` on the 2-D
+    `image`: the click rule's steps, the refiner, and where the rule says so `across_border`'s alternatives), at the
+    image's pixels: the same ambiguous (border) and unambiguous (isolated) clicks as `multimask_probe`."""
+    predictor = ImagePredictor(model, click_rule=click_rule)
+    predictor.set_image(image, contrast=contrast)
+    ambiguous, split, isolated = [], [], []
+    present = {int(i) for i in np.unique(truth)[1:]}
+    for a, b in touching_pairs(neighbours, present):
+        click = border_click(truth, a, b)
+        if click is None:
+            continue
+        masks = predictor.predict(points=[click]).masks
+        ambiguous.append(_pairwise(masks))
+        one = max(max(iou(m, truth == a), iou(m, truth == b)) for m in masks)
+        pair = max(iou(m, (truth == a) | (truth == b)) for m in masks)
+        split.append(one >= 0.7 and pair >= 0.7)
+    touched = set(neighbours) | {b for v in neighbours.values() for b in v}
+    for obj in sorted(present - touched):
+        if (truth == obj).sum() >= 20:
+            isolated.append(_pairwise(predictor.predict(points=[deepest_point(truth == obj)]).masks))
+    return {"returned_ambiguous_pairwise": ambiguous, "returned_ambiguous_split": split,
+            "returned_isolated_pairwise": isolated}  # fmt: skip
+
+
+def touching_pairs(neighbours: dict, present: set) -> list[tuple[int, int]]:
+    """Each touching pair (a, b) of objects both present, once, in the order `neighbours` lists them."""
+    pairs = []
+    for a, others in neighbours.items():
+        for b in others:
+            if (b, a) not in pairs and a in present and b in present:
+                pairs.append((a, b))
+    return pairs
+
+
+def _pairwise(masks) -> float:
+    """The mean IoU of the pairs among three candidate masks."""
+    return float(np.mean([iou(masks[i], masks[j]) for i in range(3) for j in range(i + 1, 3)]))
+
+
 @torch.no_grad()
 def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, neighbours: dict, contrast=None) -> dict:
     """Three candidates of one click at the model input: ambiguous (border) vs unambiguous (isolated) clicks."""
@@ -131,32 +175,24 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
         masks = (model.upsample_logits(out.multi_logits)[0] > 0).cpu().numpy()
         return masks, out.reported_multi_ious[0].float().cpu().numpy()  # the mask-quality head's, where there is one
 
-    def pairwise(masks):
-        return float(np.mean([iou(masks[i], masks[j]) for i in range(3) for j in range(i + 1, 3)]))
-
     ambiguous, split, isolated, cand_err, tokens = [], [], [], [], []
     present = {int(i) for i in np.unique(small)[1:]}
-    done = set()
-    for a, others in neighbours.items():
-        for b in others:
-            if (b, a) in done or a not in present or b not in present:
-                continue
-            done.add((a, b))
-            click = border_click(truth, a, b)
-            if click is None:
-                continue
-            masks, predicted = candidates(*click)
-            ambiguous.append(pairwise(masks))
-            one = max(max(iou(m, small == a), iou(m, small == b)) for m in masks)
-            pair = max(iou(m, (small == a) | (small == b)) for m in masks)
-            split.append(one >= 0.7 and pair >= 0.7)
+    for a, b in touching_pairs(neighbours, present):
+        click = border_click(truth, a, b)
+        if click is None:
+            continue
+        masks, predicted = candidates(*click)
+        ambiguous.append(_pairwise(masks))
+        one = max(max(iou(m, small == a), iou(m, small == b)) for m in masks)
+        pair = max(iou(m, (small == a) | (small == b)) for m in masks)
+        split.append(one >= 0.7 and pair >= 0.7)
     touched = set(neighbours) | {b for v in neighbours.values() for b in v}
     for obj in sorted(present - touched):
         mask = small == obj
         if mask.sum() < 20:
             continue
         masks, predicted = candidates(*[c / s for c, s in zip(deepest_point(mask), scale)])
-        isolated.append(pairwise(masks))
+        isolated.append(_pairwise(masks))
         cand_err.extend(abs(float(p) - iou(m, mask)) for m, p in zip(masks, predicted))
         tokens.append([(float(p), iou(m, mask)) for m, p in zip(masks, predicted)])
     return {"ambiguous_pairwise": ambiguous, "ambiguous_split": split, "isolated_pairwise": isolated,
@@ -171,7 +207,8 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None,
     rows_of: dict[str, list] = {}
     all_pred, all_actual = [], []
     probe = {"ambiguous_pairwise": [], "ambiguous_split": [], "isolated_pairwise": [], "candidate_abs_err": [],
-             "tokens": []}  # fmt: skip
+             "tokens": [], "returned_ambiguous_pairwise": [], "returned_ambiguous_split": [],
+             "returned_isolated_pairwise": []}  # fmt: skip
     for c, name in enumerate(HARD_CONDITIONS):
         rows, dim_rows, partner_rows, zious, faces_zious, alone = [], [], [], [], [], []
         for k in range(seeds):
@@ -190,6 +227,11 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None,
             for key, values in multimask_probe(
                 model, stack.image, frame, truth, stack.events["neighbours"], contrast
             ).items():
+                probe[key] += values
+            returned = returned_candidates_probe(
+                model, stack.image[frame], truth, stack.events["neighbours"], contrast, click_rule
+            )
+            for key, values in returned.items():
                 probe[key] += values
             if stack.axes == "ZYX":  # propagate the middle-slice click through z
                 for r in got[:6]:
@@ -264,6 +306,12 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None,
                 float(np.mean(probe["ambiguous_split"])) if probe["ambiguous_split"] else None
             ),
             "isolated_pairwise_iou": float(np.mean(probe["isolated_pairwise"])) if probe["isolated_pairwise"] else None,
+            # the same clicks, the candidates as the single-image API returns them (`returned_candidates_probe`)
+            "returned": {
+                "ambiguous_pairwise_iou": _mean_or_none(probe["returned_ambiguous_pairwise"]),
+                "ambiguous_nucleus_and_pair_offered": _mean_or_none(probe["returned_ambiguous_split"]),
+                "isolated_pairwise_iou": _mean_or_none(probe["returned_isolated_pairwise"]),
+            },
             "candidate_calibration_abs_err": (
                 float(np.mean(probe["candidate_abs_err"])) if probe["candidate_abs_err"] else None
             ),
@@ -282,6 +330,10 @@ def evaluate(model, seeds: int = 3, n: int = 16, contrast=None, click_rule=None,
             else [],
         },
     }
+
+
+def _mean_or_none(values) -> float | None:
+    return float(np.mean(values)) if len(values) else None
 
 
 def main(argv=None) -> int:
