@@ -536,3 +536,28 @@ def test_the_axial_edge_rule_is_checked_once_and_applies_only_where_z_is_streame
     assert c.propagate_volume("both", (0, 1), prompts) and c.volume.z_edge == 0.3
     assert c.set_z_edge(" Auto ") == (0, 1) and c.z_edge == "auto" and c.z_edge_used() == 0.5  # as --z-edge reads it
     c.shutdown()
+
+
+def test_the_contrast_recorded_before_any_session_is_the_one_a_session_would_use(nano):
+    """A z-stack saved before any session exists (nothing tracked yet) records the contrast a session on it would be
+    made with: the model's z-stream default (nano-fluo: local), as `make_session` gives a ZYX stack; a time-lapse
+    records the model's default. Before, both recorded the latter."""
+    from dataclasses import replace
+
+    from napari_sam2.session import TrackingSession
+
+    stack = (np.random.default_rng(0).random((4, 48, 48)) * 255).astype(np.uint8)
+    c = TrackingController(Recorder())
+    c.set_model(nano, "nano-fluo")
+    try:
+        c.set_geometry(replace(StackGeometry.from_array(stack), z_stream=True))
+        assert c.session(()) is None
+        # (the step, not yet fitted to the stack: a replay fits it as the session did)
+        with TrackingSession(nano, stack, z_stream=True) as session:
+            assert c.contrast_used().name == session.contrast.name == "local"
+        c.set_geometry(StackGeometry.from_array(stack))
+        with TrackingSession(nano, stack) as session:
+            assert c.contrast_used().name == session.contrast.name == "global"
+    finally:
+        c.shutdown()
+        c.reset_sessions()

@@ -35,6 +35,9 @@ def test_the_z_stream_default_is_the_models_z_contrast(nano, stack):
     assert default_contrast("nano-fluo") == "global" and default_contrast("nano-fluo", z_stream=True) == "local"
     assert default_contrast("sam2.1_hiera_tiny", z_stream=True) == "global"  # official checkpoints: no z default
     assert resolve_contrast("global", nano, z_stream=True).name == "global"  # asked for: as asked
+    # the parity preset keeps the model's own contrast on a z stream too (one rule for the session and track())
+    assert resolve_contrast(None, nano, z_stream=True, preset="parity").name == "global"
+    assert resolve_contrast("local", nano, z_stream=True, preset="parity").name == "local"
     image = stack.image
     assert TrackingSession(nano, image, z_edge=0.5).frames.contrast.name == "local"
     assert TrackingSession(nano, image, z_stream=True).frames.contrast.name == "local"

@@ -425,7 +425,9 @@ class TrackJob:
         if model is None:
             model = (recorded.model.source if recorded is not None else None) or registry.DEFAULT_MODEL
         self.net, used_model = _load_model(model, a["device"])
-        self.contrast = resolve_contrast(self.contrast, self.net, z_stream=self._z_stream_contrast())
+        self.contrast = resolve_contrast(
+            self.contrast, self.net, z_stream=self._z_stream_contrast(), preset=self.preset
+        )
         recorded_sha = recorded.model.checkpoint_sha256 if recorded is not None else None
         if recorded_sha and used_model.checkpoint_sha256 and recorded_sha != used_model.checkpoint_sha256:
             raise InputError(
@@ -628,9 +630,9 @@ class TrackJob:
         return self.letter == "z"
 
     def _z_stream_contrast(self) -> bool:
-        """A new run's default contrast is the model's z-stream one (`registry.ModelInfo.z_contrast`), as the session
-        resolves it: a z stream, not under the parity preset."""
-        return self._z_stream() and self.preset != "parity"
+        """Whether a new run's default contrast is the model's z-stream one (`registry.ModelInfo.z_contrast`, resolved
+        as the session resolves it: `preprocess.resolve_contrast`): on a z stream."""
+        return self._z_stream()
 
     def _image_view(self):
         """The frames as the store's image and the region table's intensities (None: several channels kept)."""

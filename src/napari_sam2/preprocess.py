@@ -338,11 +338,12 @@ def default_contrast(model, z_stream: bool = False) -> str:
     return "global" if source is None else registry.default_contrast(source, z_stream=z_stream)
 
 
-def resolve_contrast(contrast, model, z_stream: bool = False) -> ContrastStep:
+def resolve_contrast(contrast, model, z_stream: bool = False, preset: str = "default") -> ContrastStep:
     """A face's contrast option → its step: None → the model's default (`default_contrast`; `z_stream`: its default
-    for a z stream), else `contrast_step`."""
+    for a z stream, except under preset "parity", which keeps the model's own as the official predictor does), else
+    `contrast_step`."""
     if contrast is None:
-        contrast = default_contrast(model, z_stream=z_stream)
+        contrast = default_contrast(model, z_stream=z_stream and preset != "parity")
     return contrast_step(contrast)
 
 

@@ -281,7 +281,7 @@ class TrackingSession:
         #: the stream axis is z: tracked masks are mended where the click rule says so (`ClickRule.through_z`)
         self.z_stream = bool(z_stream) or z_edge is not None
         # a z stream's default contrast may differ (registry.ModelInfo.z_contrast); the parity preset keeps the stack's
-        contrast = resolve_contrast(contrast, model, z_stream=self.z_stream and preset != "parity")
+        contrast = resolve_contrast(contrast, model, z_stream=self.z_stream, preset=preset)
         self.click_rule = resolve_click_rule(click_rule, model, preset)
         self.frames = FrameSource(stack, model.image_size, axis=axis, contrast=contrast, **frame_options)
         self.num_frames = num_frames or len(self.frames)

@@ -295,7 +295,13 @@ class TrackingController:
         with; an opened result not tracked again: its recorded one."""
         from ..preprocess import GlobalContrast, contrast_from_record, resolve_contrast
 
-        return self._made_with(session, "contrast", contrast_from_record, GlobalContrast(), resolve_contrast)
+        g = self.geometry
+        z_stream = g is not None and g.z_stream and not g.coupled  # as `make_session` gives a session its z stream
+
+        def resolve(contrast, model):
+            return resolve_contrast(contrast, model, z_stream=z_stream)
+
+        return self._made_with(session, "contrast", contrast_from_record, GlobalContrast(), resolve)
 
     def click_rule_used(self, session=None):
         """The click rule (resolved, never None) the labels of `session` (or of this face's 3D+t session) are made
