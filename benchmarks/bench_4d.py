@@ -8,6 +8,7 @@
     python benchmarks/bench_4d.py quality --tuning --seeds 10 --discover-every 1
     python benchmarks/bench_4d.py cost --discover-every 1
     python benchmarks/bench_4d.py zstack --seeds 10 [--tuning]   # the plain ZYX z-stack path, with / without the rule
+    python benchmarks/bench_4d.py zstack --model runs/leg.pt --defaults-of nano-fluo   # a training leg, as shipped
 
 Held-out data: seeds from 3,000,000 up (nano-fluo never saw a 4-D movie; its training draws 2-D movies from other
 seeds). Tuning seeds (`--tuning`): 2,990,000 up — the 3D+t discovery rules (`volume_time.PIECE_FROM_MOTHER`,
@@ -138,6 +139,9 @@ from napari_sam2.sample_data import synthetic_nuclei_4d
 from napari_sam2.session import TrackingSession
 from napari_sam2.volume_time import Z_EDGE, VolumeTimeSession, propagate_volume_with_discovery
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_nano import defaults_of  # --defaults-of: a training leg's export run as the registry model it would ship as
+
 HELD_OUT_4D = 3_000_000
 TUNING_4D = 2_990_000  # --tuning: seeds the 3D+t discovery rules were looked at on (never the held-out ones)
 
@@ -161,6 +165,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def _options(args, z_stream: bool = False) -> dict:
+    """The contrast and click rule a session of this run takes (`--defaults-of`; both None: the model's own): a
+    z stream the z-stream contrast, the 3D+t engine the model's contrast (as the faces give them)."""
+    contrast, z_contrast, rule = getattr(args, "defaults", (None, None, None))
+    return {"contrast": z_contrast if z_stream else contrast, "click_rule": rule}
+
+
 def movie(seed: int, args) -> object:
     return synthetic_nuclei_4d(
         n_frames=args.frames, n_slices=args.slices, shape=(args.size, args.size), n_nuclei=args.nuclei, seed=seed
@@ -178,7 +189,7 @@ def quality(model, args) -> dict:
     first_seed = (TUNING_4D if args.tuning else HELD_OUT_4D) + args.skip
     for k in range(args.seeds):
         s = movie(first_seed + k, args)
-        vt = VolumeTimeSession(model, s.image, z_edge=args.z_edge)
+        vt = VolumeTimeSession(model, s.image, z_edge=args.z_edge, **_options(args))
         prompted = clicks(s.labels[0])
         for obj, z, y, x in prompted:
             vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]))
@@ -252,7 +263,7 @@ def slices(model, args) -> dict:
         truth_all = s.labels[0]
         drawn = {}
         for variant, z_edge in (("plain", None), ("edge", args.z_edge)):  # the engine's z-streams, without / with
-            with VolumeTimeSession(model, s.image[:1], z_edge=z_edge) as vt:
+            with VolumeTimeSession(model, s.image[:1], z_edge=z_edge, **_options(args)) as vt:
                 for obj, z, y, x in clicks(truth_all):
                     vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]), preview=False)
                 drawn[variant] = next(iter(vt.propagate("forward")))[1]
@@ -315,7 +326,7 @@ def zstack(model, args) -> dict:
         image, truth_all = s.image[0], s.labels[0]
         prompted = clicks(truth_all)
         drawn = {}
-        with TrackingSession(model, image, z_edge=args.z_edge) as session:
+        with TrackingSession(model, image, z_edge=args.z_edge, **_options(args, z_stream=True)) as session:
             for obj, z, y, x in prompted:
                 session.add_prompt(z, obj, points=[[y, x]], labels=[1])
             plain = np.zeros(truth_all.shape, np.uint32)
@@ -326,7 +337,7 @@ def zstack(model, args) -> dict:
             for r in session.axial_edge():
                 edged[r.frame] = r.labels
             drawn["zyx_edge"] = edged
-        with VolumeTimeSession(model, s.image[:1], z_edge=args.z_edge) as vt:
+        with VolumeTimeSession(model, s.image[:1], z_edge=args.z_edge, **_options(args)) as vt:
             for obj, z, y, x in prompted:
                 vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]), preview=False)
             drawn["tzyx_edge"] = next(iter(vt.propagate("forward")))[1]
@@ -406,7 +417,7 @@ def cost(model, args) -> dict:
     def run_volume(discover: bool) -> float:
         nonlocal divisions
         start = time.perf_counter()
-        with VolumeTimeSession(model, s.image, z_edge=args.z_edge) as vt:
+        with VolumeTimeSession(model, s.image, z_edge=args.z_edge, **_options(args)) as vt:
             for obj, z, y, x in prompted:
                 vt.add(0, z, make_prompt(z, obj, [[y, x]], [1]))
             events: list[dict] = []
@@ -421,7 +432,7 @@ def cost(model, args) -> dict:
 
     for _ in range(args.turns):
         start = time.perf_counter()
-        with TrackingSession(model, s.image[0]) as session:
+        with TrackingSession(model, s.image[0], **_options(args)) as session:  # (no z_edge: the model's contrast)
             for obj, z, y, x in prompted:
                 session.add_prompt(z, obj, points=[[y, x]], labels=[1])
             for _r in session.propagate("both"):
@@ -474,8 +485,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: on a shared, loaded CPU two threads spin-wait)"
     )
+    parser.add_argument(
+        "--defaults-of", metavar="NAME", help="a registry model whose defaults (contrast, z-stream contrast, click "
+        "rule) the --model file runs with (default: the file's own); memory runs the file as it is"
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.defaults = defaults_of(args.defaults_of)
     defaults = {
         "quality": {"frames": 8, "slices": 16, "size": 96, "nuclei": 5, "turns": 1},
         "memory": {"frames": 0, "slices": 4, "size": 64, "nuclei": 1, "turns": 1},
@@ -496,6 +512,7 @@ def main(argv=None) -> int:
             leg = {"quality": quality, "cost": cost, "slices": slices, "zstack": zstack}[what]
             report[what] = leg(model or load_model(args.model, device="cpu"), run)
         print(json.dumps({what: report[what]}, indent=1), flush=True)
+    report["defaults_of"] = args.defaults_of
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0

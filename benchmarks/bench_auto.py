@@ -7,6 +7,7 @@
     /work/bin/py benchmarks/bench_auto.py cost   [--frames T] [--turns N] [--threads N] [--modes plain,changed,every2]
                                                                              # discovery vs plain tracking
     ... auto|demo --options '{"reclaim_reference": 0}'                      # other DiscoveryOptions fields (A/B)
+    ... auto --model runs/leg.pt --defaults-of nano-fluo                    # a training leg, as it would ship
 
 Threads: the quality legs (auto, demo, and segment-everything F1 in all) run torch with `--threads` threads,
 default 1 — a mask's boundary pixels depend on the number of threads (the float sums of a convolution or a
@@ -40,12 +41,16 @@ cost: seconds per frame of plain tracking vs tracking with discovery on every fr
     2af2ca5 (load 10-14): 2.16 (default then), 2.11 (near as it was then), 2.56 (dense), 1.46 (found).
 all: auto (held-out), demo, cost, and segment-everything instance F1 on single frames (bench_automatic.py's
     held-out frames, 2 movies per condition).
+--defaults-of NAME: the --model file's tracking (auto, demo, cost) runs with registry model NAME's contrast and click
+    rule, as it would ship as NAME (a file the registry does not know runs with the click rule off); segment
+    everything reads no click rule and runs the file as it is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -56,6 +61,9 @@ import numpy as np
 from napari_sam2 import load_model, track
 from napari_sam2.discovery import DiscoveryOptions
 from napari_sam2.sample_data import nuclei_lineage_timelapse, nuclei_timelapse, write_ctc_ground_truth
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_nano import defaults_of  # --defaults-of: a training leg's export run as the registry model it would ship as
 
 HELD_OUT = 4_000_001
 DEV = 4_100_000
@@ -117,6 +125,12 @@ def set_threads(args) -> int:
     return torch.get_num_threads()
 
 
+def _options(args) -> dict:
+    """The contrast and click rule of this run's sessions and `track()` calls (`--defaults-of`; None: the model's)."""
+    contrast, _, rule = defaults_of(getattr(args, "defaults_of", None))
+    return {"contrast": contrast, "click_rule": rule}
+
+
 def discover_option(args):
     """The `discover=` argument of the quality legs: every K frames, plus the fields of `--options` (JSON)."""
     extra = json.loads(args.options) if args.options else {}
@@ -134,7 +148,9 @@ def run_auto(args) -> list[dict]:
             tmp = Path(tmp)
             write_ctc_ground_truth(movie, tmp / "GT")
             start = time.perf_counter()
-            result = track(movie.image, model=model, auto=True, discover=discover_option(args), ctc=tmp / "RES")
+            result = track(
+                movie.image, model=model, auto=True, discover=discover_option(args), ctc=tmp / "RES", **_options(args)
+            )
             seconds = time.perf_counter() - start
             scores = traccuracy_scores(tmp / "GT", tmp / "RES")
             found, total = arrivals_found(movie, result.labels)
@@ -168,7 +184,10 @@ def run_demo(args) -> dict:
         for name, discover in (("seeds only", None), (f"seeds + discovery every {args.every}", discover_option(args))):
             res = tmp / f"RES_{len(rows)}"
             start = time.perf_counter()
-            result = track(movie.image, movie.labels[0], model=model, direction="forward", discover=discover, ctc=res)
+            result = track(
+                movie.image, movie.labels[0], model=model, direction="forward", discover=discover, ctc=res,
+                **_options(args),
+            )  # fmt: skip
             seconds = time.perf_counter() - start
             ctc = evaluate_sequence(str(res), str(tmp / "01_GT"), ["Valid", "DET", "TRA"], threads=1)
             labels = np.asarray(result.labels)
@@ -214,14 +233,14 @@ def run_cost(args) -> dict:
     unknown = set(modes) - {"plain", "changed", "grid", "every2", "every4", "dense", "found", "near", "off"}
     if unknown:
         raise SystemExit(f"unknown cost modes {sorted(unknown)}")
-    found = _objects_found(model, movie) if "found" in modes else None
+    found = _objects_found(model, movie, _options(args)) if "found" in modes else None
     times: dict[str, list[float]] = {m: [] for m in modes}
     cpu: dict[str, list[float]] = {m: [] for m in modes}
     object_frames: dict[str, int] = {}
     clicks: list[int] = []
     for turn in range(args.turns):
         for mode in modes:
-            session = TrackingSession(model, movie.image)
+            session = TrackingSession(model, movie.image, **_options(args))
             if mode == "found":  # the objects discovery found, each prompted once on its first frame
                 for obj, (first, last, mask) in found.items():
                     session.add_object(obj, start=first)
@@ -269,7 +288,7 @@ def run_cost(args) -> dict:
 
     d.ChangeSampler.clicks = counted
     try:
-        session = TrackingSession(model, movie.image)
+        session = TrackingSession(model, movie.image, **_options(args))
         for obj in np.unique(movie.labels[0])[1:]:
             session.add_prompt(0, int(obj), mask=movie.labels[0] == obj)
         for _ in propagate_with_discovery(session, counting):
@@ -298,14 +317,15 @@ def run_cost(args) -> dict:
     return out
 
 
-def _objects_found(model, movie) -> dict:
+def _objects_found(model, movie, options: dict) -> dict:
     """{object id: (first frame, last frame or None, its mask on the first frame)} of one untimed discovery run
     (default options) on `movie` seeded with its first-frame truth: what mode "found" tracks without discovery
-    (a lower bound of discovery's tracking time: the tracker follows every object it finds)."""
+    (a lower bound of discovery's tracking time: the tracker follows every object it finds); options: the
+    sessions' contrast and click rule (`_options`)."""
     from napari_sam2.discovery import propagate_with_discovery
     from napari_sam2.session import TrackingSession
 
-    session = TrackingSession(model, movie.image)
+    session = TrackingSession(model, movie.image, **options)
     for obj in np.unique(movie.labels[0])[1:]:
         session.add_prompt(0, int(obj), mask=movie.labels[0] == obj)
     for _ in propagate_with_discovery(session, DiscoveryOptions()):
@@ -361,6 +381,10 @@ def main() -> None:
     )
     parser.add_argument("--model", default="nano-fluo", help="registry name or checkpoint path (default nano-fluo)")
     parser.add_argument("--dev", action="store_true", help="auto: the tuning seeds instead of the held-out ones")
+    parser.add_argument(
+        "--defaults-of", metavar="NAME", help="a registry model whose defaults (contrast, click rule) the --model "
+        "file's tracking runs with (default: the file's own)"
+    )  # fmt: skip
     parser.add_argument("--json", help="write the numbers to this file")
     args = parser.parse_args()
     out = {"all": run_everything, "auto": run_auto, "demo": run_demo, "cost": run_cost}[args.what](args)

@@ -87,3 +87,36 @@ def test_bench_nano_runs_a_candidate_file_under_the_defaults_of_a_registry_model
         assert bench_nano.main(argv) == 0
         assert calls[-1] == expected
         assert (json.loads(out.read_text())["contrast"], json.loads(out.read_text())["click_rule"]) == expected
+
+
+def test_bench_4d_and_bench_auto_run_a_candidate_file_under_the_defaults_of_a_registry_model(
+    bench_hard, candidate, monkeypatch, tmp_path
+):
+    """bench_4d (3D+t and z-stacks) and bench_auto (lineage) take --defaults-of too (session 17 noted they lacked
+    it): their sessions and track() calls get the registry model's contrast (a z stream: its z-stream contrast) and
+    click rule; without it, the file's own (None everywhere: the session's unknown-model defaults)."""
+    import sys
+
+    import bench_4d
+    import bench_auto
+
+    got = {}
+
+    def leg(model, args):
+        got["4d"] = (bench_4d._options(args), bench_4d._options(args, z_stream=True))
+        return {}
+
+    monkeypatch.setattr(bench_4d, "zstack", leg)
+    monkeypatch.setattr(bench_auto, "run_auto", lambda args: got.update(auto=bench_auto._options(args)) or {})
+    for options, plain, z in (
+        ([], {"contrast": None, "click_rule": None}, {"contrast": None, "click_rule": None}),
+        (["--defaults-of", "nano-fluo"], {"contrast": "global", "click_rule": "fluorescence"},
+         {"contrast": "local", "click_rule": "fluorescence"}),
+    ):  # fmt: skip
+        out = tmp_path / "4d.json"
+        assert bench_4d.main(["zstack", "--model", str(candidate), "--json", str(out), *options]) == 0
+        assert got["4d"] == (plain, z)
+        assert json.loads(out.read_text())["defaults_of"] == (options[1] if options else None)
+        monkeypatch.setattr(sys, "argv", ["bench_auto.py", "auto", "--model", str(candidate), *options])
+        bench_auto.main()
+        assert got["auto"] == plain
