@@ -902,7 +902,16 @@ def part_optimizer(args, params: list, state: dict, resume: bool, name: str) -> 
 
 
 def run_part_leg(
-    args, model, part, optimizer, start: int, log, pool: torch.Tensor, step_loss, validation, began: float,
+    args,
+    model,
+    part,
+    optimizer,
+    start: int,
+    log,
+    pool: torch.Tensor,
+    step_loss,
+    validation,
+    began: float,
     log_every: int = 50,
 ) -> int:
     """The steps of a leg that trains one optional part (`part`: the head, the click decoder, the mask refiner) on a
@@ -1355,9 +1364,12 @@ def train_quality_head(args) -> int:
     elif (model.mask_quality.width, model.mask_quality.hidden) != (args.quality_width, args.quality_hidden):
         # the head of --init (or of the resumed state) is trained on; its size wins (the shipped head's leg qw
         # was run with --quality-width 32 --quality-hidden 128 and kept the 16 / 64 head it started from)
-        print(f"note: the head of {source.name} is {model.mask_quality.width} wide with a hidden width of "
-              f"{model.mask_quality.hidden}; --quality-width {args.quality_width} --quality-hidden "
-              f"{args.quality_hidden} do not apply", flush=True)
+        print(
+            f"note: the head of {source.name} is {model.mask_quality.width} wide with a hidden width of "
+            f"{model.mask_quality.hidden}; --quality-width {args.quality_width} --quality-hidden "
+            f"{args.quality_hidden} do not apply",
+            flush=True,
+        )
     model.load_state_dict(state["model"], strict=model.mask_quality is not None and resume)
     if args.quality_init is not None and not resume:
         # a head fitted to an earlier network is a better start than a random one for the retrained network's head;

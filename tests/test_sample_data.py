@@ -252,8 +252,9 @@ def test_a_lineage_movie_too_short_for_arrivals_leaves_them_out(n_frames):
         assert _frames_present(movie.labels, arrival["id"])[0] == arrival["frame"] < n_frames
 
 
-@pytest.mark.parametrize("generator", ["nuclei_timelapse", "nuclei_lineage_timelapse", "nuclei_zstack",
-                                       "synthetic_nuclei_4d"])
+@pytest.mark.parametrize(
+    "generator", ["nuclei_timelapse", "nuclei_lineage_timelapse", "nuclei_zstack", "synthetic_nuclei_4d"]
+)
 def test_nuclei_too_large_to_keep_clear_of_the_border_are_cut_by_it(generator):
     """A nucleus radius close to the field's size (train_nano draws up to 18 px at its input size, tests train at
     64²) left no room between the margins and numpy raised "high - low < 0"; the nucleus is now centred and cut by

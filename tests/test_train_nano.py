@@ -327,22 +327,48 @@ def test_window_spec_widens_the_trunk_windows_of_an_initialised_network_and_expo
     its position signal), one step trains, and the exported checkpoint loads with the wider windows."""
     shipped = ROOT / "src" / "napari_sam2" / "weights" / "nano_fluo.pt"
     out = tmp_path / "wide"
-    args = ["--out", str(out), "--init", str(shipped), "--window-spec", "16", "4", "8", "8", "--steps", "1",
-            "--clips", "1", "--frames", "2", "--val-every", "0", "--save-every", "1", "--pool", "1", "--threads", "1"]
+    args = [
+        "--out",
+        str(out),
+        "--init",
+        str(shipped),
+        "--window-spec",
+        "16",
+        "4",
+        "8",
+        "8",
+        "--steps",
+        "1",
+        "--clips",
+        "1",
+        "--frames",
+        "2",
+        "--val-every",
+        "0",
+        "--save-every",
+        "1",
+        "--pool",
+        "1",
+        "--threads",
+        "1",
+    ]
     assert train_nano.main(args) == 0
     state = torch.load(out / "last.pt", weights_only=True)
     assert tuple(state["config"]["trunk"]["window_spec"]) == (16, 4, 8, 8)
     start = torch.load(shipped, weights_only=True)["model"]["image_encoder.trunk.pos_embed_window"]
     assert start.shape[-1] == 8 and state["model"]["image_encoder.trunk.pos_embed_window"].shape[-1] == 16
-    tiled = train_nano.tile_window_embedding({"image_encoder.trunk.pos_embed_window": start},
-                                             train_nano.with_windows(train_nano.NANO_FLUO, (16, 4, 8, 8)))
+    tiled = train_nano.tile_window_embedding(
+        {"image_encoder.trunk.pos_embed_window": start}, train_nano.with_windows(train_nano.NANO_FLUO, (16, 4, 8, 8))
+    )
     assert torch.equal(tiled["image_encoder.trunk.pos_embed_window"][..., 8:, 8:], start)
     assert train_nano.main(["--out", str(out), "--export", str(tmp_path / "wide.pt")]) == 0
     model = load_model(tmp_path / "wide.pt", device="cpu")
     assert model.cfg.trunk.window_spec == (16, 4, 8, 8)
     with pytest.raises(SystemExit, match="multiple"):
-        train_nano.tile_window_embedding({"image_encoder.trunk.pos_embed_window": start},
-                                         train_nano.with_windows(train_nano.NANO_FLUO, (12, 4, 8, 8)))
+        train_nano.tile_window_embedding(
+            {"image_encoder.trunk.pos_embed_window": start},
+            train_nano.with_windows(train_nano.NANO_FLUO, (12, 4, 8, 8)),
+        )
 
 
 def test_iou_head_only_stage_changes_only_the_iou_head(train_nano, tmp_path):

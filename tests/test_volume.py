@@ -215,8 +215,9 @@ def test_z_edge_is_an_option_of_track_and_the_cli_and_a_resume_refuses_a_changed
     is written, and a resumed run refuses a z_edge other than the one it was made with."""
     image, labels, z = zstack
     window = _window(image)
-    off = track(image, _clicks(labels, z), model=nano, axis="z", window=window, tables=False, z_edge="off",
-                contrast="global")  # (3D+t's below: the model's plain default)
+    off = track(
+        image, _clicks(labels, z), model=nano, axis="z", window=window, tables=False, z_edge="off", contrast="global"
+    )  # (3D+t's below: the model's plain default)
     assert off.provenance["settings"]["z_edge"] is None and off.provenance["settings"]["z_stream"]
     assert "edge" not in [e["op"] for e in off.provenance["edit_log"]]
     off_4d = track(image[None], _clicks(labels, z, True), model=nano, window=window, tables=False, z_edge=None)

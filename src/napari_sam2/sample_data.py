@@ -569,9 +569,7 @@ def nuclei_zstack(
             lo = 3 * a if obj == 1 else a + 2  # nucleus 1 stays clear of the edges: 2 is placed beside it
             best, best_gap = None, -np.inf
             for _ in range(30):  # best of 30 random candidates: spreads the nuclei through the volume
-                cand = np.array(
-                    [rng.uniform(0.15 * depth, 0.85 * depth), _inside(rng, lo, h), _inside(rng, lo, w)]
-                )
+                cand = np.array([rng.uniform(0.15 * depth, 0.85 * depth), _inside(rng, lo, h), _inside(rng, lo, w)])
                 gap = min((np.linalg.norm(cand - m["centre"]) - a - m["a"] for m in nuclei), default=np.inf)
                 if gap > best_gap:
                     best, best_gap = cand, gap

@@ -182,9 +182,7 @@ class AxialEdge:
                 return read_region(z, slice(rows.start + y_lo, rows.stop + y_lo), slice(cols.start + x_lo,
                                                                                         cols.stop + x_lo))  # fmt: skip
 
-            kept = axial_trim(
-                mask, None, fraction, keep=list(track.prompts), read_region=region, background=background
-            )
+            kept = axial_trim(mask, None, fraction, keep=list(track.prompts), read_region=region, background=background)
             per_slice = {}
             for f, n in notes.items():
                 if n is None:
