@@ -49,8 +49,9 @@ class Prediction:
     masks: [M, H, W] bool (or float logits with `return_logits=True`) at the image's size;
     iou: [M] predicted IoU; low_res_logits: [M, 4h, 4w] (256 × 256 for 1024 input), clamped to ±32, to be
     passed back as `mask=` for refinement. M = 3 with multimask, else 1. choice: the mask a session keeps for a
-    first click (the IoU token's choice, which the reported `iou` of a mask-quality head need not rank first); None
-    for other prompts.
+    first click (the IoU token's choice, which the reported `iou` of a mask-quality head need not rank first; 0 where
+    the click rule's `across_border` offers the object across the border and the pair as masks 1 and 2); None for
+    other prompts.
     """
 
     masks: np.ndarray
