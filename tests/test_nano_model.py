@@ -263,3 +263,25 @@ def test_a_click_on_the_border_of_two_nuclei_offers_them_apart_and_together(nano
     assert np.mean(pairwise["without"]) >= 0.85  # the network's candidates: one mask three times
     assert np.mean(pairwise["with"]) <= np.mean(pairwise["without"]) - 0.2
     assert np.mean(both) >= 0.25
+
+
+def test_a_click_on_a_large_anisotropic_nucleus_gives_it_whole(nano):
+    """Issue 16's third hard condition: nuclei of radius 20–40 px at the model input in an anisotropic z-stack (z step
+    2–5× the pixel, axial blur), one click at the deepest pixel of each on the middle slice, fresh session: median IoU
+    ≥ 0.80, the issue's bar (measured on these two test stacks: 0.905 over 12 nuclei, worst 0.80; bench_hard's
+    held-out median 0.924). Before the click rule's extent step the network answered with the bright core (v1:
+    0.607)."""
+    from napari_sam2.synthetic_hard import hard_condition
+
+    ious, areas = [], []
+    for seed in (HELD_OUT + 22, HELD_OUT + 23):
+        stack = hard_condition("large_anisotropic", seed, n=16)
+        truth = stack.labels[8]
+        with TrackingSession(nano, stack.image) as session:
+            for obj in (int(o) for o in np.unique(truth)[1:] if (truth == o).sum() >= 20):
+                result = session.add_prompt(8, obj, points=[deepest_point(truth == obj)], labels=[1])
+                ious.append(iou(result.masks[result.obj_ids.index(obj)], truth == obj))
+                areas.append(int((truth == obj).sum()))
+                session.remove_object(obj)
+    assert len(ious) >= 10 and np.median(areas) >= 1000  # (radius ≥ 18 px: large)
+    assert np.median(ious) >= 0.80, ious
