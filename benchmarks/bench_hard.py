@@ -118,23 +118,32 @@ def returned_candidates_probe(
     image's pixels: the same ambiguous (border) and unambiguous (isolated) clicks as `multimask_probe`."""
     predictor = ImagePredictor(model, click_rule=click_rule)
     predictor.set_image(image, contrast=contrast)
-    ambiguous, split, isolated = [], [], []
     present = {int(i) for i in np.unique(truth)[1:]}
-    for a, b in touching_pairs(neighbours, present):
-        click = border_click(truth, a, b)
-        if click is None:
-            continue
-        masks = predictor.predict(points=[click]).masks
-        ambiguous.append(_pairwise(masks))
-        one = max(max(iou(m, truth == a), iou(m, truth == b)) for m in masks)
-        pair = max(iou(m, (truth == a) | (truth == b)) for m in masks)
-        split.append(one >= 0.7 and pair >= 0.7)
+    ambiguous, split = _border_clicks(truth, truth, neighbours, present, lambda *c: predictor.predict(points=[c]).masks)
+    isolated = []
     touched = set(neighbours) | {b for v in neighbours.values() for b in v}
     for obj in sorted(present - touched):
         if (truth == obj).sum() >= 20:
             isolated.append(_pairwise(predictor.predict(points=[deepest_point(truth == obj)]).masks))
     return {"returned_ambiguous_pairwise": ambiguous, "returned_ambiguous_split": split,
             "returned_isolated_pairwise": isolated}  # fmt: skip
+
+
+def _border_clicks(truth, scored_on, neighbours: dict, present: set, masks_at) -> tuple[list, list]:
+    """One click per touching pair on its shared border (`border_click` on `truth` [Y, X], (y, x) image pixels) →
+    (the mean pairwise IoU of the three masks `masks_at(y, x)` returns, whether one of them is either nucleus and
+    another the pair, IoU ≥ 0.7 each against `scored_on`: the truth at the masks' size)."""
+    ambiguous, split = [], []
+    for a, b in touching_pairs(neighbours, present):
+        click = border_click(truth, a, b)
+        if click is None:
+            continue
+        masks = masks_at(*click)
+        ambiguous.append(_pairwise(masks))
+        one = max(max(iou(m, scored_on == a), iou(m, scored_on == b)) for m in masks)
+        pair = max(iou(m, (scored_on == a) | (scored_on == b)) for m in masks)
+        split.append(one >= 0.7 and pair >= 0.7)
+    return ambiguous, split
 
 
 def touching_pairs(neighbours: dict, present: set) -> list[tuple[int, int]]:
@@ -175,17 +184,9 @@ def multimask_probe(model, image: np.ndarray, frame: int, truth: np.ndarray, nei
         masks = (model.upsample_logits(out.multi_logits)[0] > 0).cpu().numpy()
         return masks, out.reported_multi_ious[0].float().cpu().numpy()  # the mask-quality head's, where there is one
 
-    ambiguous, split, isolated, cand_err, tokens = [], [], [], [], []
+    isolated, cand_err, tokens = [], [], []
     present = {int(i) for i in np.unique(small)[1:]}
-    for a, b in touching_pairs(neighbours, present):
-        click = border_click(truth, a, b)
-        if click is None:
-            continue
-        masks, predicted = candidates(*click)
-        ambiguous.append(_pairwise(masks))
-        one = max(max(iou(m, small == a), iou(m, small == b)) for m in masks)
-        pair = max(iou(m, (small == a) | (small == b)) for m in masks)
-        split.append(one >= 0.7 and pair >= 0.7)
+    ambiguous, split = _border_clicks(truth, small, neighbours, present, lambda y, x: candidates(y, x)[0])
     touched = set(neighbours) | {b for v in neighbours.values() for b in v}
     for obj in sorted(present - touched):
         mask = small == obj
