@@ -496,8 +496,7 @@ def click_rule_from_record(settings: dict | None) -> ClickRule:
         return CLICK_RULE_OFF
     try:
         # a field a record lacks was not part of the rule when it was made: off (extent, local_view, through_z,
-        # across_border), or
-        # its default
+        # across_border), or its default
         return ClickRule(**{f.name: recorded[f.name] for f in fields(ClickRule) if f.name in recorded})
     except TypeError as exc:
         raise InputError(f"the recorded click rule {recorded!r} cannot be read ({exc})") from None

@@ -132,8 +132,9 @@ def across_border(model, rule: ClickRule, coords: torch.Tensor, first: FirstClic
 
     coords [1, 1, 2]: the click, (x, y) model-input pixels; first: its `decode_first_click` answer; decode(coords,
     every_candidate) → `FirstClick`: how the face decodes a first click at other coords (its level, view and
-    encoding), which reads the object across from a ring of clicks around this one (`ClickRule.across_seeds`). The
-    reported IoU of the pair is the lower of its two masks'."""
+    encoding), which reads the object across from a ring of clicks around this one (`ClickRule.across_seeds`); an
+    answer the network scores as no object (object score ≤ 0) is not one. The reported IoU of the pair is the lower of
+    its two masks'."""
     if not rule.across_border:
         return None
 
@@ -149,7 +150,10 @@ def across_border(model, rule: ClickRule, coords: torch.Tensor, first: FirstClic
     answers = [
         decode(torch.tensor(seed, dtype=coords.dtype, device=coords.device).view(1, 1, 2), False) for seed in seeds
     ]
-    k = rule.pick_across(mask, click, seeds, np.stack([at_input(a.chosen("logits")) for a in answers]))
+    # an answer the network scores as no object is none (the single-image API does not gate its masks; of the 46
+    # answers picked on the tuning border clicks, none was)
+    found = [at_input(a.chosen("logits")) & bool(a.object_score[0, 0] > 0) for a in answers]
+    k = rule.pick_across(mask, click, seeds, np.stack(found))
     if k is None:
         return None
     other_logits = answers[k].chosen("logits").to(own.device)
