@@ -296,7 +296,7 @@ class TrackingController:
         from ..preprocess import GlobalContrast, contrast_from_record, resolve_contrast
 
         g = self.geometry
-        z_stream = g is not None and g.z_stream and not g.coupled  # as `make_session` gives a session its z stream
+        z_stream = g is not None and g.plain_z_stream  # as `make_session` gives a session its z stream
 
         def resolve(contrast, model):
             return resolve_contrast(contrast, model, z_stream=z_stream)

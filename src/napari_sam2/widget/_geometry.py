@@ -76,6 +76,12 @@ class StackGeometry:
     #: apply the axial edge rule (`napari_sam2.volume`), as `track()` does on a z stream; never on a time axis
     z_stream: bool = False
 
+    @property
+    def plain_z_stream(self) -> bool:
+        """The stack's own sessions stream z as a ZYX stack (a z stream that is not 3D+t): what `make_session` gives
+        them as `z_stream`, and so the z-stream defaults (contrast, axial edge rule) they resolve."""
+        return self.z_stream and not self.coupled
+
     def named(self, axis_labels) -> StackGeometry:
         """This geometry with `z_stream` read from the viewer's labels of the layer's axes (as `axes_string` names
         the saved axes: a 3-D layer's stream axis is z when labelled "z"; a 4-D layer's second axis is z)."""

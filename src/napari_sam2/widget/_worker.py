@@ -40,7 +40,7 @@ def make_session(model, geometry, key, log=None, contrast=None, *, z_edge="auto"
     options = {"channel_axis": channel_axis}
     if geometry.channel is not None:
         options["channel"] = geometry.channel
-    z_stream = geometry.z_stream and not geometry.coupled
+    z_stream = geometry.plain_z_stream
     z_edge = resolve_z_edge(z_edge if z_stream else "auto", z_stream)  # as track() resolves it for the stream
     if log is not None:
         z_edge = log_z_edge(log, z_edge)
